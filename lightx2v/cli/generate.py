@@ -1,0 +1,100 @@
+"""`lightx2v generate`: one video from a prompt."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lightx2v.errors import InputError
+
+HELP = "generate a video from a prompt"
+TASKS = ("t2v",)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'832x480' (or Wan's '832*480') -> (width, height)."""
+    for sep in ("x", "*", "X"):
+        if sep in text:
+            w, _, h = text.partition(sep)
+            try:
+                return int(w), int(h)
+            except ValueError:
+                break
+    raise InputError(f"size must be WIDTHxHEIGHT such as 832x480, got {text!r}")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lightx2v.schedulers import SOLVERS
+
+    p.add_argument("--model-path", required=True, help="model folder (official Wan or diffusers layout) or Hugging Face repo id")
+    p.add_argument("--task", default="t2v", choices=TASKS, help="what to generate")
+    p.add_argument("--prompt", required=True, help="what the video shows")
+    p.add_argument("--negative-prompt", default=None, help="what to avoid (default: Wan's default negative prompt)")
+    p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280)")
+    p.add_argument("--frames", type=int, default=81, help="number of frames, 4k+1")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 50 for Wan2.1)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the checkpoint's, 5.0)")
+    p.add_argument("--shift", type=float, default=None, help="sigma shift of the flow schedule (default: the checkpoint's)")
+    p.add_argument("--solver", default=None, choices=SOLVERS, help="sampler (default: the checkpoint's, unipc)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default 16)")
+    p.add_argument("--output", default=None, help="mp4 path to write (default: outputs/wan_t2v_<time>_seed<N>.mp4)")
+    p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
+    p.add_argument("--attention", default="auto", help="attention backend (auto, torch_sdpa, sdpa_cudnn, sdpa_flash, flash_attn, sage_attn, reference)")
+    p.add_argument("--config", default=None, help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40}); flags on the command line win")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def apply_config_file(parser: argparse.ArgumentParser, argv: list, args: argparse.Namespace) -> argparse.Namespace:
+    """Re-parse with the JSON file's values as defaults, so explicit flags still win."""
+    path = Path(args.config)
+    try:
+        values = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read config file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InputError(f"config file {path} is not valid JSON ({exc})") from None
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} must hold a JSON object of flag values")
+    sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser
+    known = {a.dest for a in sub._actions if a.dest not in ("help", "config")}
+    cleaned = {}
+    for k, v in values.items():
+        dest = k.lstrip("-").replace("-", "_")
+        if dest not in known:
+            raise InputError(f"config file {path}: unknown key {k!r}; expected flag names such as {', '.join(sorted(known)[:6])}")
+        cleaned[dest] = v
+    sub.set_defaults(**cleaned)
+    # required flags given by the file are no longer required on the command line
+    for a in sub._actions:
+        if a.dest in cleaned:
+            a.required = False
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lightx2v import LightX2V
+    from lightx2v.config import SamplingParams, check_writable
+
+    width, height = parse_size(args.size)
+    if args.output:
+        check_writable(Path(args.output))
+    # Validate the request before the (slow) model load.
+    SamplingParams(prompt=args.prompt, height=height, width=width, num_frames=args.frames,
+                   num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
+                   solver=args.solver).validate()
+    pipe = LightX2V.from_pretrained(args.model_path, device=args.device, dtype=args.dtype,
+                                    attention=args.attention, progress=not args.quiet)
+    result = pipe.generate(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
+        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
+        shift=args.shift, solver=args.solver, seed=args.seed, output_type="mp4",
+        output_path=args.output, fps=args.fps,
+    )
+    t = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"wrote {result.path} (seed {result.seed}; {t})", file=sys.stderr)
+    print(result.path)
+    return 0

@@ -1,0 +1,62 @@
+"""`lightx2v info DIR`: what was detected in a model folder."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+HELP = "show what a model folder holds: family, task, layout, sizes, dtypes, files"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_path", help="model folder (official Wan or diffusers layout) or Hugging Face repo id")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def describe(root: str | Path) -> dict:
+    from lightx2v.loading.detect import detect
+    from lightx2v.loading.hub import resolve_model_path
+    from lightx2v.loading.inspect import summarize
+    from lightx2v.models.wan.presets import size_name
+
+    mc = detect(resolve_model_path(root))
+    components = {}
+    for name in ("dit", "text_encoder", "vae"):
+        components[name] = summarize(mc.files[name])
+    d = dataclasses.asdict(mc.defaults)
+    d.pop("scheduler_config")
+    return {
+        "path": str(mc.root), "family": mc.family, "task": mc.task, "layout": mc.layout,
+        "size": size_name(mc.dit), "dit": dataclasses.asdict(mc.dit), "components": components,
+        "tokenizer": mc.files["tokenizer"], "defaults": d,
+    }
+
+
+def _human(n: float, unit: str = "B") -> str:
+    for p in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000 or p == "T":
+            return f"{n:.1f} {p}{unit}" if p else f"{int(n)} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model_path)
+    if args.json:
+        print(json.dumps(info, indent=2, ensure_ascii=False))
+        return 0
+    dit = info["dit"]
+    print(f"{info['path']}")
+    print(f"  model    {info['family']} {info['task']} {info['size']}  (layout: {info['layout']})")
+    print(f"  DiT      dim {dit['dim']}, {dit['num_layers']} layers, {dit['num_heads']} heads, ffn {dit['ffn_dim']}, in {dit['in_dim']} -> out {dit['out_dim']}")
+    for name, c in info["components"].items():
+        dtypes = ", ".join(f"{k} x{v}" for k, v in c["dtypes"].items())
+        print(f"  {name:<12} {_human(c['params'], 'params')}, {_human(c['bytes'])} on disk, {c['tensors']} tensors ({dtypes})")
+        for f in c["files"]:
+            print(f"               {f}")
+    print(f"  tokenizer    {info['tokenizer']}")
+    d = info["defaults"]
+    print(f"  defaults {d['solver']} ({d['convention']} sigmas), {d['num_inference_steps']} steps, guidance {d['guidance_scale']}, shift {d['shift']}, {d['fps']} fps")
+    return 0

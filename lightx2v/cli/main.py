@@ -1,0 +1,57 @@
+"""`lightx2v` command line: generate, info, demo.
+
+Errors meant for people (LightX2VError) are printed as one line on stderr with exit code 2,
+never as a traceback; Ctrl-C stops cleanly (exit 130) and leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from lightx2v.cli import demo, generate, info
+from lightx2v.errors import LightX2VError
+
+COMMANDS = {"generate": generate, "info": info, "demo": demo}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightx2v",
+        description="Fast, low-memory video generation (Wan2.1 text-to-video).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    from lightx2v import __version__
+
+    parser.add_argument("--version", action="version", version=f"lightx2v {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, mod in COMMANDS.items():
+        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "_run", None):
+            parser.print_help()
+            return 2
+        if getattr(args, "config", None):
+            args = generate.apply_config_file(parser, argv, args)
+        return int(args._run(args) or 0)
+    except LightX2VError as exc:
+        print(f"lightx2v: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lightx2v: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

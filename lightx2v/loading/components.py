@@ -1,0 +1,66 @@
+"""Build each Wan component on the meta device and load its weights (mmap + assign).
+
+One function per component; each knows the two layouts only through a key-renaming function
+that the model's own module provides, so loading is a rename table, not code.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from lightx2v.config import ModelConfig
+from lightx2v.loading.state_dict import load_into, read_sharded, read_tensors, rename
+
+
+def _build(cls: type, cfg) -> nn.Module:
+    with torch.device("meta"):
+        return cls(cfg)
+
+
+def _files(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _state_dict(files, key_map: Optional[Callable[[str], Optional[str]]]):
+    files = _files(files)
+    sd = read_tensors(files[0]) if len(files) == 1 else read_sharded(files)
+    return rename(sd, key_map) if key_map is not None else sd
+
+
+def load_dit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, attention: str = "auto") -> nn.Module:
+    from lightx2v.models.wan.dit import WanModel, dit_key_from_diffusers
+    from lightx2v.ops.attention import resolve_attention, set_attention_backend
+
+    model = _build(WanModel, mc.dit)
+    sd = _state_dict(mc.files["dit"], dit_key_from_diffusers if mc.layout == "diffusers" else None)
+    load_into(model, sd, dtype=dtype, device=device, keep_fp32=WanModel._keep_in_fp32, what="DiT")
+    set_attention_backend(model, resolve_attention(attention, device, dtype))
+    return model.eval().requires_grad_(False)
+
+
+def load_text_encoder(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    from lightx2v.models.wan.t5 import UMT5Encoder, t5_key_from_transformers
+
+    model = _build(UMT5Encoder, mc.text_encoder)
+    sd = _state_dict(mc.files["text_encoder"], t5_key_from_transformers if mc.layout == "diffusers" else None)
+    keep = getattr(UMT5Encoder, "_keep_in_fp32", ())
+    load_into(model, sd, dtype=dtype, device=device, keep_fp32=keep, what="text encoder")
+    return model.eval().requires_grad_(False)
+
+
+def load_tokenizer(mc: ModelConfig):
+    from lightx2v.models.wan.tokenizer import WanTokenizer
+
+    return WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len)
+
+
+def load_vae(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    from lightx2v.models.wan.vae import WanVAE, vae_key_from_diffusers
+
+    model = _build(WanVAE, mc.vae)
+    sd = _state_dict(mc.files["vae"], vae_key_from_diffusers if mc.layout == "diffusers" else None)
+    load_into(model, sd, dtype=dtype, device=device, what="VAE")
+    return model.eval().requires_grad_(False)

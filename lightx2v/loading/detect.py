@@ -1,0 +1,145 @@
+"""Find out what a model folder is, without reading any weights.
+
+Two layouts are recognised (docs/formats.md lists every file name):
+
+official (Wan-AI releases)          diffusers (Wan-AI/*-Diffusers)
+  config.json  (_class_name WanModel)  model_index.json (_class_name WanPipeline)
+  diffusion_pytorch_model*.safetensors transformer/  config.json + diffusion_pytorch_model*.safetensors
+  models_t5_umt5-xxl-enc-bf16.pth      text_encoder/ config.json + model*.safetensors
+  google/umt5-xxl/  (tokenizer)        tokenizer/
+  Wan2.1_VAE.pth                       vae/          config.json + diffusion_pytorch_model*.safetensors
+                                       scheduler/    scheduler_config.json
+
+The result is a `ModelConfig`: the family/task, the component files, the architecture configs
+read from the checkpoint's own config files, and the sampling defaults (the checkpoint's scheduler
+config where it has one, else the preset of that model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lightx2v.config import ModelConfig, SamplingDefaults
+from lightx2v.errors import CheckpointError
+from lightx2v.models.wan.presets import official_defaults, diffusers_defaults
+
+OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
+OFFICIAL_VAE = "Wan2.1_VAE.pth"
+OFFICIAL_TOKENIZER = "google/umt5-xxl"
+DIT_STEM = "diffusion_pytorch_model"
+
+# model_index.json _class_name -> task
+DIFFUSERS_PIPELINES = {"WanPipeline": "t2v", "WanImageToVideoPipeline": "i2v"}
+SUPPORTED_TASKS = ("t2v",)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} as JSON ({exc})") from None
+
+
+def find_weights(folder: Path, stem: str, what: str, layout: str) -> list[Path]:
+    """The weight files of one component: a single file, or the shards of an index."""
+    index = folder / f"{stem}.safetensors.index.json"
+    if index.is_file():
+        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise CheckpointError(f"{what}: shard {missing[0]} listed in {index.name} is missing in {folder}")
+        return [folder / s for s in shards]
+    single = folder / f"{stem}.safetensors"
+    if single.is_file():
+        return [single]
+    shards = sorted(folder.glob(f"{stem}-*-of-*.safetensors"))
+    if shards:
+        return shards
+    raise CheckpointError(
+        f"{what} weights not found: expected {folder / (stem + '.safetensors')} "
+        f"(or shards with {stem}.safetensors.index.json) in the {layout} layout"
+    )
+
+
+def _require(path: Path, what: str, layout: str) -> Path:
+    if not path.exists():
+        raise CheckpointError(f"{what} not found: expected {path} in the {layout} layout")
+    return path
+
+
+def _check_task(task: str, where: Path) -> str:
+    if task not in SUPPORTED_TASKS:
+        raise CheckpointError(
+            f"{where} is a Wan2.1 {task} checkpoint; this version runs {', '.join(SUPPORTED_TASKS)} only"
+        )
+    return task
+
+
+def detect_official(root: Path) -> ModelConfig:
+    from lightx2v.models.wan.dit import WanDiTConfig
+    from lightx2v.models.wan.t5 import UMT5Config
+    from lightx2v.models.wan.vae import WanVAEConfig
+
+    cfg = _read_json(root / "config.json")
+    dit = WanDiTConfig.from_official(cfg)
+    task = _check_task(cfg.get("model_type", "t2v"), root)
+    files = {
+        "dit": [str(p) for p in find_weights(root, DIT_STEM, "DiT", "official")],
+        "text_encoder": str(_require(root / OFFICIAL_T5, "text encoder", "official")),
+        "tokenizer": str(_require(root / OFFICIAL_TOKENIZER, "tokenizer folder", "official")),
+        "vae": str(_require(root / OFFICIAL_VAE, "VAE", "official")),
+    }
+    return ModelConfig(
+        family="wan2.1", task=task, layout="official", root=root, files=files,
+        dit=dit, vae=WanVAEConfig(), text_encoder=UMT5Config(), defaults=official_defaults(task, dit),
+    )
+
+
+def detect_diffusers(root: Path) -> ModelConfig:
+    from lightx2v.models.wan.dit import WanDiTConfig
+    from lightx2v.models.wan.t5 import UMT5Config
+    from lightx2v.models.wan.vae import WanVAEConfig
+
+    index = _read_json(root / "model_index.json")
+    cls = index.get("_class_name", "?")
+    if cls not in DIFFUSERS_PIPELINES:
+        raise CheckpointError(
+            f"{root} is a diffusers {cls} folder; expected one of {', '.join(DIFFUSERS_PIPELINES)}"
+        )
+    task = _check_task(DIFFUSERS_PIPELINES[cls], root)
+    sub = {name: _require(root / name, f"{name}/ folder", "diffusers")
+           for name in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")}
+    dit = WanDiTConfig.from_diffusers(_read_json(_require(sub["transformer"] / "config.json", "transformer config", "diffusers")))
+    t5 = UMT5Config.from_transformers(_read_json(_require(sub["text_encoder"] / "config.json", "text encoder config", "diffusers")))
+    vae = WanVAEConfig.from_diffusers(_read_json(_require(sub["vae"] / "config.json", "VAE config", "diffusers")))
+    sched = _read_json(_require(sub["scheduler"] / "scheduler_config.json", "scheduler config", "diffusers"))
+    files = {
+        "dit": [str(p) for p in find_weights(sub["transformer"], DIT_STEM, "transformer", "diffusers")],
+        "text_encoder": [str(p) for p in find_weights(sub["text_encoder"], "model", "text encoder", "diffusers")],
+        "tokenizer": str(sub["tokenizer"]),
+        "vae": [str(p) for p in find_weights(sub["vae"], DIT_STEM, "VAE", "diffusers")],
+        "scheduler_config": str(sub["scheduler"] / "scheduler_config.json"),
+    }
+    return ModelConfig(
+        family="wan2.1", task=task, layout="diffusers", root=root, files=files,
+        dit=dit, vae=vae, text_encoder=t5, defaults=diffusers_defaults(task, dit, sched),
+    )
+
+
+def detect(path: str | Path) -> ModelConfig:
+    """ModelConfig of a local model folder; a clear CheckpointError if it is not one we know."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise CheckpointError(f"model folder not found: {root}")
+    if not root.is_dir():
+        raise CheckpointError(f"{root} is a file; expected a model folder (official Wan or diffusers layout)")
+    if (root / "model_index.json").is_file():
+        return detect_diffusers(root)
+    if (root / "config.json").is_file():
+        return detect_official(root)
+    raise CheckpointError(
+        f"{root} is not a model folder we know: expected an official Wan folder (config.json, "
+        f"{DIT_STEM}*.safetensors, {OFFICIAL_T5}, {OFFICIAL_VAE}, {OFFICIAL_TOKENIZER}/) "
+        "or a diffusers folder (model_index.json, transformer/, text_encoder/, tokenizer/, vae/, scheduler/)"
+    )

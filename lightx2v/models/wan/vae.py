@@ -1,0 +1,232 @@
+"""The Wan2.1 video VAE: 3D causal encoder/decoder, 4x temporal and 8x8 spatial compression.
+
+Design: `WanVAE` is the official `WanVAE_` of Wan-Video/Wan2.1 (`wan/modules/vae.py`) with the same
+parameter names, so `Wan2.1_VAE.pth` (a plain state dict) loads with no renaming. Time is processed
+in chunks exactly as the reference does (encode: frame 0 alone, then 4 frames per chunk; decode:
+one latent frame per chunk), the causal history travelling in an explicit `CausalCache` that is
+reset at the start of each call. The latent normalisation constants come from the config (no
+buffers outside the checkpoint): `encode` returns normalized latents `(mu - mean) / std` and
+`decode` takes them, which is what the DiT sees in both the official code and diffusers.
+
+The diffusers layout (`AutoencoderKLWan`) is renamed to the official keys by `vae_key_from_diffusers`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from lightx2v.errors import CheckpointError, InputError
+from lightx2v.models.wan.vae_blocks import CausalCache, CausalConv3d, Decoder3d, Encoder3d
+
+__all__ = ["CausalCache", "WanVAE", "WanVAEConfig", "tiny_vae_config", "vae_key_from_diffusers"]
+
+# Per-channel statistics of the Wan2.1 latents (wan/modules/vae.py `WanVAE`, and the
+# `latents_mean` / `latents_std` of diffusers' AutoencoderKLWan config).
+WAN21_LATENTS_MEAN = (
+    -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+    0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+)  # fmt: skip
+WAN21_LATENTS_STD = (
+    2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+    3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WanVAEConfig:
+    """Architecture of the Wan2.1 VAE (defaults: the released Wan2.1_VAE.pth)."""
+
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    attn_scales: tuple[float, ...] = ()
+    temperal_downsample: tuple[bool, ...] = (False, True, True)  # (sic) the official spelling
+    latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
+    latents_std: tuple[float, ...] = WAN21_LATENTS_STD
+
+    def __post_init__(self) -> None:
+        if len(self.temperal_downsample) != len(self.dim_mult) - 1:
+            raise CheckpointError(
+                f"VAE config: temperal_downsample has {len(self.temperal_downsample)} entries, "
+                f"expected len(dim_mult) - 1 = {len(self.dim_mult) - 1}"
+            )
+        for name in ("latents_mean", "latents_std"):
+            if len(getattr(self, name)) != self.z_dim:
+                raise CheckpointError(
+                    f"VAE config: {name} has {len(getattr(self, name))} values, expected z_dim = {self.z_dim}"
+                )
+
+    @property
+    def scale_factor_temporal(self) -> int:
+        """Video frames per latent frame (after the first): 4 for Wan2.1."""
+        return 2 ** sum(bool(t) for t in self.temperal_downsample)
+
+    @property
+    def scale_factor_spatial(self) -> int:
+        """Pixels per latent pixel along H and W: 8 for Wan2.1."""
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @classmethod
+    def from_diffusers(cls, cfg: Mapping[str, Any]) -> "WanVAEConfig":
+        """From the config.json of a diffusers `AutoencoderKLWan` (the `vae/` folder).
+
+        `dropout` is read but unused (inference only). Wan2.2-style VAEs (`is_residual`,
+        `patch_size`) and a separate decoder width are a different architecture: refused.
+        """
+        if cfg.get("is_residual") or cfg.get("patch_size") is not None:
+            raise CheckpointError("this VAE is a Wan2.2-style residual/patchified VAE; only the Wan2.1 VAE is supported")
+        dim = int(cfg.get("base_dim", 96))
+        if cfg.get("decoder_base_dim") not in (None, dim):
+            raise CheckpointError(f"VAE config: decoder_base_dim {cfg['decoder_base_dim']} != base_dim {dim}")
+        for name in ("in_channels", "out_channels"):
+            if cfg.get(name, 3) != 3:
+                raise CheckpointError(f"VAE config: {name} = {cfg[name]}, the Wan2.1 VAE has 3 (RGB)")
+        return cls(
+            dim=dim,
+            z_dim=int(cfg.get("z_dim", 16)),
+            dim_mult=tuple(int(m) for m in cfg.get("dim_mult", (1, 2, 4, 4))),
+            num_res_blocks=int(cfg.get("num_res_blocks", 2)),
+            attn_scales=tuple(float(s) for s in cfg.get("attn_scales", ())),
+            temperal_downsample=tuple(bool(t) for t in cfg.get("temperal_downsample", (False, True, True))),
+            latents_mean=tuple(float(v) for v in cfg.get("latents_mean", WAN21_LATENTS_MEAN)),
+            latents_std=tuple(float(v) for v in cfg.get("latents_std", WAN21_LATENTS_STD)),
+        )
+
+
+def tiny_vae_config() -> WanVAEConfig:
+    """A small VAE of the same structure (4x8x8, 16 latent channels) for demos and tests."""
+    return WanVAEConfig(dim=8, dim_mult=(1, 2, 2, 2))
+
+
+class WanVAE(nn.Module):
+    """Official `WanVAE_`: `encoder`, `conv1` (posterior 1x1x1), `conv2` (post-quant 1x1x1), `decoder`."""
+
+    def __init__(self, config: WanVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.encoder = Encoder3d(
+            c.dim, c.z_dim * 2, c.dim_mult, c.num_res_blocks, c.attn_scales, c.temperal_downsample
+        )
+        self.conv1 = CausalConv3d(c.z_dim * 2, c.z_dim * 2, 1)
+        self.conv2 = CausalConv3d(c.z_dim, c.z_dim, 1)
+        self.decoder = Decoder3d(
+            c.dim, c.z_dim, c.dim_mult, c.num_res_blocks, c.attn_scales, tuple(reversed(c.temperal_downsample))
+        )
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1/std) as [1, z, 1, 1, 1] float32 tensors on the device of `like`."""
+        shape = (1, self.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=like.device).view(shape)
+        std = torch.tensor(self.config.latents_std, dtype=torch.float32, device=like.device).view(shape)
+        return mean, 1.0 / std
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        """Video [B, 3, T, H, W] in [-1, 1] -> normalized latents [B, z, 1 + (T-1)//4, H/8, W/8], float32.
+
+        The latent is the posterior mean `mu` (no sampling), normalized as `(mu - mean) / std`
+        with the config's per-channel constants, as the official `WanVAE.encode` returns it.
+        Frames past the last full chunk of 4 are ignored, as in the reference (pass T = 4k + 1).
+        """
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise InputError(f"VAE encode expects a video [B, 3, T, H, W], got shape {tuple(video.shape)}")
+        cache = cache if cache is not None else CausalCache()
+        cache.reset()
+        x = video.to(self.conv1.weight.dtype)
+        n_chunks = 1 + (x.shape[2] - 1) // self.config.scale_factor_temporal
+        outs = []
+        for i in range(n_chunks):
+            # chunk 0 is frame 0 alone; chunk i > 0 is frames 1 + 4(i-1) .. 4i
+            start = 0 if i == 0 else 1 + self.config.scale_factor_temporal * (i - 1)
+            stop = 1 + self.config.scale_factor_temporal * i
+            cache.start_chunk()
+            outs.append(self.encoder(x[:, :, start:stop], cache))
+        cache.reset()
+        mu = self.conv1(torch.cat(outs, dim=2))[:, : self.config.z_dim]  # [:z] mean, [z:] log-variance
+        mean, inv_std = self._stats(mu)
+        # (mu - mean) * (1/std): the reference's exact formula (official scale[1] and diffusers' pipelines)
+        return (mu.float() - mean) * inv_std
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32."""
+        if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
+            raise InputError(
+                f"VAE decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(latents.shape)}"
+            )
+        mean, inv_std = self._stats(latents)
+        z = latents.float() / inv_std + mean  # the reference divides by 1/std
+        x = self.conv2(z.to(self.conv2.weight.dtype))
+        cache = cache if cache is not None else CausalCache()
+        cache.reset()
+        outs = []
+        for i in range(x.shape[2]):
+            cache.start_chunk()
+            outs.append(self.decoder(x[:, :, i : i + 1], cache))
+        cache.reset()
+        return torch.cat(outs, dim=2).float().clamp_(-1.0, 1.0)
+
+
+# ---- diffusers AutoencoderKLWan -> official keys ------------------------------------------------
+
+# Inside a residual block: diffusers name -> index in the official `residual` Sequential.
+_RESNET_PARTS = {
+    "norm1.gamma": "residual.0.gamma",
+    "conv1.weight": "residual.2.weight",
+    "conv1.bias": "residual.2.bias",
+    "norm2.gamma": "residual.3.gamma",
+    "conv2.weight": "residual.6.weight",
+    "conv2.bias": "residual.6.bias",
+    "conv_shortcut.weight": "shortcut.weight",
+    "conv_shortcut.bias": "shortcut.bias",
+}
+
+_PLAIN = (
+    (re.compile(r"^quant_conv\.(weight|bias)$"), r"conv1.\1"),
+    (re.compile(r"^post_quant_conv\.(weight|bias)$"), r"conv2.\1"),
+    (re.compile(r"^(encoder|decoder)\.conv_in\.(weight|bias)$"), r"\1.conv1.\2"),
+    (re.compile(r"^(encoder|decoder)\.norm_out\.gamma$"), r"\1.head.0.gamma"),
+    (re.compile(r"^(encoder|decoder)\.conv_out\.(weight|bias)$"), r"\1.head.2.\2"),
+)
+_MID = re.compile(r"^(encoder|decoder)\.mid_block\.(resnets|attentions)\.(\d+)\.(.+)$")
+_DOWN = re.compile(r"^encoder\.down_blocks\.(\d+)\.(.+)$")
+_UP_RESNET = re.compile(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$")
+_UP_SAMPLER = re.compile(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)$")
+
+
+def vae_key_from_diffusers(key: str, num_res_blocks: int = 2) -> str | None:
+    """Official `Wan2.1_VAE.pth` key of a diffusers `AutoencoderKLWan` key.
+
+    The encoder's `down_blocks` is the same flat list as the official `downsamples`; the
+    decoder's `up_blocks[i]` (num_res_blocks + 1 resnets, then an upsampler) is flattened into
+    `upsamples` with num_res_blocks + 2 entries per stage. Valid for `attn_scales = ()` (diffusers
+    has no attention in its decoder stages). Unknown keys are returned unchanged so that loading
+    reports them.
+    """
+    for pattern, repl in _PLAIN:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    if m := _MID.match(key):
+        side, kind, n, rest = m.groups()
+        # official middle = (resnet 0, attention 0, resnet 1)
+        idx = 2 * int(n) if kind == "resnets" else 2 * int(n) + 1
+        rest = _RESNET_PARTS.get(rest, rest) if kind == "resnets" else rest
+        return f"{side}.middle.{idx}.{rest}"
+    if m := _DOWN.match(key):
+        # resnets get renamed parts; resample/time_conv/attention keys are identical
+        return f"encoder.downsamples.{m.group(1)}.{_RESNET_PARTS.get(m.group(2), m.group(2))}"
+    per_stage = num_res_blocks + 2
+    if m := _UP_RESNET.match(key):
+        stage, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        return f"decoder.upsamples.{stage * per_stage + j}.{_RESNET_PARTS.get(rest, rest)}"
+    if m := _UP_SAMPLER.match(key):
+        stage, rest = int(m.group(1)), m.group(2)
+        return f"decoder.upsamples.{stage * per_stage + num_res_blocks + 1}.{rest}"
+    return key

@@ -1,0 +1,328 @@
+"""Building blocks of the Wan2.1 3D causal VAE, with the official parameter names.
+
+Design: a video is processed in chunks along time (the encoder takes 1 frame, then 4 at a
+time; the decoder one latent frame at a time). Every causal convolution over time looks back
+at the last frames of the previous chunk, which a `CausalCache` carries from one chunk to the
+next: one slot per call site, handed out in call order (the order is the same in every chunk,
+so slot `i` always belongs to the same convolution). The cache is an explicit argument of each
+`forward`; no module keeps state between calls.
+
+Module layouts (`nn.Sequential` indices) follow `wan/modules/vae.py` of Wan-Video/Wan2.1 so that
+the `state_dict` keys equal those of `Wan2.1_VAE.pth` (e.g. `residual.0.gamma`, `residual.2.weight`,
+`resample.1.weight`, `time_conv.weight`, `middle.1.to_qkv.weight`, `head.2.weight`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Frames of history a temporal kernel of size 3 needs.
+CACHE_T = 2
+
+
+class CausalCache:
+    """The last frames seen by each causal convolution, carried from one time chunk to the next.
+
+    `frames[i]` is the history of the i-th call site: `None` before its first chunk, else a
+    tensor [B, C, t<=2, H, W] of the frames that precede the next chunk. A tensor with t=0 means
+    "the first chunk has passed but left no history" (the decoder's temporal upsampler, whose
+    first chunk skips its time convolution; the official code marks this with the string 'Rep').
+    """
+
+    def __init__(self) -> None:
+        self.frames: list[torch.Tensor | None] = []
+        self.index = 0
+
+    def reset(self) -> None:
+        """Forget all history (start of a new video); frees the cached tensors."""
+        self.frames = []
+        self.index = 0
+
+    def start_chunk(self) -> None:
+        """Rewind the slot counter: the next chunk calls the convolutions in the same order."""
+        self.index = 0
+
+    def next_slot(self) -> int:
+        """The slot of the next call site in this chunk (grown on first use)."""
+        i = self.index
+        self.index += 1
+        if i == len(self.frames):
+            self.frames.append(None)
+        return i
+
+
+def _history_after(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+    """The (up to) CACHE_T frames that precede the chunk after `x`, given `prev` before `x`."""
+    # x: [B, C, T, H, W]; a 1-frame chunk keeps the last frame of the chunk before it too.
+    last = x[:, :, -CACHE_T:].clone()
+    if last.shape[2] < CACHE_T and prev is not None:
+        last = torch.cat([prev[:, :, -1:].to(last.device), last], dim=2)
+    return last
+
+
+class CausalConv3d(nn.Conv3d):
+    """Conv3d that pads time on the left only (by 2*padding_t), so frame t sees frames <= t.
+
+    With a `cache`, the frames of the previous chunk replace (part of) the zero padding.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        pt, ph, pw = self.padding
+        # F.pad order: (w_left, w_right, h_top, h_bottom, t_front, t_back)
+        self._causal_padding = (pw, pw, ph, ph, 2 * pt, 0)
+        self.padding = (0, 0, 0)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        # x: [B, C, T, H, W]
+        if cache is None:
+            return self.conv_after(x, None)
+        slot = cache.next_slot()
+        prev = cache.frames[slot]
+        cache.frames[slot] = _history_after(x, prev)
+        return self.conv_after(x, prev)
+
+    def conv_after(self, x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+        """Convolve `x` given the frames `prev` [B, C, t, H, W] that precede it (None: zeros)."""
+        pad = list(self._causal_padding)
+        if prev is not None and pad[4] > 0:
+            x = torch.cat([prev.to(x.device), x], dim=2)
+            pad[4] -= prev.shape[2]
+        return super().forward(F.pad(x, pad))
+
+
+class RMS_norm(nn.Module):  # noqa: N801 - the official class name
+    """x / ||x||_channels * sqrt(C) * gamma (an RMS norm over the channel dimension 1).
+
+    `images=True` is for [N, C, H, W] inputs (gamma [C, 1, 1]), else [B, C, T, H, W] (gamma
+    [C, 1, 1, 1]). The normalisation runs in float32 for half-precision inputs (as diffusers
+    does); the official code relies on autocast for that.
+    """
+
+    def __init__(self, dim: int, images: bool = True) -> None:
+        super().__init__()
+        self.scale = dim**0.5
+        self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.normalize(x.float(), dim=1).to(x.dtype)
+        return normed * self.scale * self.gamma
+
+
+class Upsample(nn.Upsample):
+    """Nearest-exact upsampling computed in float32 (bf16 was unsupported by older kernels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float()).type_as(x)
+
+
+def _per_frame(fn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 2D module to each frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
+    b, c, t, h, w = x.shape
+    y = fn(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))
+    return y.reshape(b, t, *y.shape[1:]).permute(0, 2, 1, 3, 4)
+
+
+class Resample(nn.Module):
+    """2x spatial down/up-sampling, optionally with 2x temporal down/up-sampling ('...3d').
+
+    upsample3d: `time_conv` makes 2C channels, read as two frames per input frame, except in
+    the first chunk, which is not doubled in time (the first latent frame decodes to 1 frame).
+    downsample3d: `time_conv` (kernel 3, stride 2, no padding) runs on [last frame of the
+    previous chunk, chunk]; the first chunk is not downsampled in time (1 frame -> 1 latent).
+    """
+
+    MODES = ("none", "upsample2d", "upsample3d", "downsample2d", "downsample3d")
+
+    def __init__(self, dim: int, mode: str) -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"Resample mode {mode!r} is not one of {self.MODES}")
+        super().__init__()
+        self.mode = mode
+        if mode.startswith("upsample"):
+            # halves the channels: the next stage's first residual block expects dim // 2
+            self.resample = nn.Sequential(
+                Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1)
+            )
+        elif mode.startswith("downsample"):
+            # pad right/bottom only, so a stride-2 3x3 conv maps H to H/2
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=(2, 2)))
+        else:
+            self.resample = nn.Identity()
+        if mode == "upsample3d":
+            self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
+        elif mode == "downsample3d":
+            self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        # x: [B, C, T, H, W]
+        if self.mode == "upsample3d":
+            x = self._upsample_time(x, cache)
+        x = _per_frame(self.resample, x)
+        if self.mode == "downsample3d":
+            x = self._downsample_time(x, cache)
+        return x
+
+    def _upsample_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        slot = cache.next_slot()
+        prev = cache.frames[slot]
+        if prev is None:
+            # first chunk: no temporal upsampling; history starts empty (zeros) after it
+            cache.frames[slot] = x[:, :, :0]
+            return x
+        cache.frames[slot] = _history_after(x, prev)
+        b, c, t, h, w = x.shape
+        y = self.time_conv.conv_after(x, prev)  # [B, 2C, T, H, W]
+        # channels [0:C] are frame 2t, [C:2C] frame 2t+1
+        return y.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+
+    def _downsample_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        slot = cache.next_slot()
+        prev = cache.frames[slot]
+        cache.frames[slot] = x[:, :, -1:].clone()
+        if prev is None:
+            return x  # first chunk (1 frame) stays 1 frame
+        return self.time_conv.conv_after(torch.cat([prev[:, :, -1:], x], dim=2), None)
+
+
+class ResidualBlock(nn.Module):
+    """(RMS_norm, SiLU, causal conv 3x3x3) twice, plus a 1x1x1 causal conv shortcut if C changes."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        # index 5 is the dropout of the training code: kept as Identity so indices match the checkpoint
+        self.residual = nn.Sequential(
+            RMS_norm(in_dim, images=False),
+            nn.SiLU(),
+            CausalConv3d(in_dim, out_dim, 3, padding=1),
+            RMS_norm(out_dim, images=False),
+            nn.SiLU(),
+            nn.Identity(),
+            CausalConv3d(out_dim, out_dim, 3, padding=1),
+        )
+        self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        # x: [B, C_in, T, H, W] -> [B, C_out, T, H, W]; the 1x1x1 shortcut needs no history
+        h = self.shortcut(x)
+        for layer in self.residual:
+            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Single-head self-attention over the H*W positions of each frame (frames do not mix)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = RMS_norm(dim, images=True)
+        self.to_qkv = nn.Conv2d(dim, dim * 3, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+        # x: [B, C, T, H, W]; `cache` is unused (no history), accepted for a uniform call
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        qkv = self.to_qkv(self.norm(frames))  # [BT, 3C, H, W], channels ordered q | k | v
+        qkv = qkv.reshape(b * t, 1, 3 * c, h * w).permute(0, 1, 3, 2)  # [BT, 1, HW, 3C]
+        q, k, v = qkv.contiguous().chunk(3, dim=-1)
+        out = F.scaled_dot_product_attention(q, k, v)  # [BT, 1, HW, C]
+        out = out.squeeze(1).permute(0, 2, 1).reshape(b * t, c, h, w)
+        out = self.proj(out)
+        return out.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4) + x
+
+
+def _middle(dim: int) -> nn.Sequential:
+    return nn.Sequential(ResidualBlock(dim, dim), AttentionBlock(dim), ResidualBlock(dim, dim))
+
+
+def _head(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(RMS_norm(in_dim, images=False), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1))
+
+
+def _run(layers: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    """Run a sequence whose blocks take a cache (residual, attention, resample, causal conv)."""
+    for layer in layers:
+        takes_cache = isinstance(layer, (CausalConv3d, ResidualBlock, AttentionBlock, Resample))
+        x = layer(x, cache) if takes_cache else layer(x)
+    return x
+
+
+class Encoder3d(nn.Module):
+    """Video [B, 3, T, H, W] -> [B, z_dim, T', H/2^k, W/2^k] (z_dim here is 2x the latent channels)."""
+
+    def __init__(
+        self,
+        dim: int,
+        z_dim: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_scales: Sequence[float],
+        temperal_downsample: Sequence[bool],
+    ) -> None:
+        super().__init__()
+        dims = [dim * u for u in (1, *dim_mult)]
+        scale = 1.0  # current spatial scale relative to the input, for attn_scales
+        self.conv1 = CausalConv3d(3, dims[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            for _ in range(num_res_blocks):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                if scale in attn_scales:
+                    blocks.append(AttentionBlock(out_dim))
+                in_dim = out_dim
+            if i != len(dim_mult) - 1:
+                blocks.append(Resample(out_dim, "downsample3d" if temperal_downsample[i] else "downsample2d"))
+                scale /= 2.0
+        self.downsamples = nn.Sequential(*blocks)
+        self.middle = _middle(dims[-1])
+        self.head = _head(dims[-1], z_dim)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.conv1(x, cache)
+        x = _run(self.downsamples, x, cache)
+        x = _run(self.middle, x, cache)
+        return _run(self.head, x, cache)
+
+
+class Decoder3d(nn.Module):
+    """Latents [B, z_dim, T', h, w] -> video [B, 3, T, h*2^k, w*2^k] (one latent frame per chunk)."""
+
+    def __init__(
+        self,
+        dim: int,
+        z_dim: int,
+        dim_mult: Sequence[int],
+        num_res_blocks: int,
+        attn_scales: Sequence[float],
+        temperal_upsample: Sequence[bool],
+    ) -> None:
+        super().__init__()
+        dims = [dim * u for u in (dim_mult[-1], *reversed(dim_mult))]
+        scale = 1.0 / 2 ** (len(dim_mult) - 2)
+        self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
+        self.middle = _middle(dims[0])
+        blocks: list[nn.Module] = []
+        for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
+            if i > 0:
+                in_dim //= 2  # the previous stage's Resample halved the channels
+            for _ in range(num_res_blocks + 1):
+                blocks.append(ResidualBlock(in_dim, out_dim))
+                if scale in attn_scales:
+                    blocks.append(AttentionBlock(out_dim))
+                in_dim = out_dim
+            if i != len(dim_mult) - 1:
+                blocks.append(Resample(out_dim, "upsample3d" if temperal_upsample[i] else "upsample2d"))
+                scale *= 2.0
+        self.upsamples = nn.Sequential(*blocks)
+        self.head = _head(dims[-1], 3)
+
+    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        x = self.conv1(x, cache)
+        x = _run(self.middle, x, cache)
+        x = _run(self.upsamples, x, cache)
+        return _run(self.head, x, cache)
