@@ -1,0 +1,183 @@
+"""GPU check of the Wan2.1 DiT at full size: accuracy of bf16 vs an fp32 run, and speed, ours vs diffusers.
+
+One device call does everything (see .library device notes): random fp32 weights for the chosen
+shape are drawn once on the GPU and kept on the host; each model (ours, diffusers' WanTransformer3DModel)
+is built on the meta device and loaded from them, in turn, so only one model is on the GPU at a time.
+
+    python benchmarks/gpu_check.py --size 14B --layers 40 --out $OUT
+
+Accuracy: ||y - y_ref|| / ||y_ref|| where y_ref is diffusers in fp32 (TF32 off) on the same weights.
+Diffusers runs as `from_pretrained(torch_dtype=bf16)` would run it: its `_keep_in_fp32_modules` stay fp32.
+Speed: median of --repeat forwards (CUDA events) after a warm-up, one denoising step (one CFG branch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+SIZES = {"1.3B": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+         "14B": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)}
+RES = {"480p": (480, 832), "720p": (720, 1280)}
+
+
+def random_official_weights(model_cls, cfg, seed: int) -> dict:
+    """fp32 random weights with the official key names, drawn on the GPU, kept on the host."""
+    with torch.device("meta"):
+        shell = model_cls(cfg)
+    g = torch.Generator("cuda").manual_seed(seed)
+    out = {}
+    for name, p in shell.state_dict().items():
+        t = torch.empty(p.shape, device="cuda", dtype=torch.float32)
+        if p.ndim == 1 and "bias" in name:
+            t.normal_(0, 0.02, generator=g)
+        elif p.ndim == 1 or "norm" in name:
+            t.normal_(1.0, 0.05, generator=g)
+        elif "modulation" in name:
+            t.normal_(0, p.shape[-1] ** -0.5, generator=g)
+        else:
+            t.normal_(0, (p[0].numel()) ** -0.5, generator=g)
+        out[name] = t.cpu()
+        del t
+    return out
+
+
+def timed(fn, repeat: int) -> tuple[torch.Tensor, float]:
+    y = fn()  # warm-up (also the output we compare)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) / 1000)
+    times.sort()
+    return y, times[len(times) // 2] if times else float("nan")
+
+
+def build_ours(cfg, sd, dtype, attention):
+    from lightx2v.loading.state_dict import load_into
+    from lightx2v.models.wan.dit import WanModel
+    from lightx2v.ops.attention import resolve_attention, set_attention_backend
+
+    with torch.device("meta"):
+        m = WanModel(cfg)
+    load_into(m, sd, dtype=dtype, device="cuda", keep_fp32=WanModel._keep_in_fp32, what="DiT")
+    backend = resolve_attention(attention, torch.device("cuda"), dtype)
+    set_attention_backend(m, backend)
+    return m.eval().requires_grad_(False), backend.name
+
+
+def build_diffusers(cfg, sd, dtype):
+    from diffusers import WanTransformer3DModel
+
+    from lightx2v.models.wan.dit import dit_key_from_diffusers
+
+    kw = dict(patch_size=tuple(cfg.patch_size), num_attention_heads=cfg.num_heads,
+              attention_head_dim=cfg.dim // cfg.num_heads, in_channels=cfg.in_dim, out_channels=cfg.out_dim,
+              text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+              cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=cfg.eps)
+    with torch.device("meta"):
+        m = WanTransformer3DModel(**kw)
+    keep = tuple(getattr(WanTransformer3DModel, "_keep_in_fp32_modules", None) or ())
+    mine = {}
+    for dk, p in m.state_dict().items():
+        ok = dit_key_from_diffusers(dk)
+        t = sd[ok]
+        fp32 = dtype == torch.float32 or any(k in dk.split(".") for k in keep)
+        mine[dk] = t.to(device="cuda", dtype=torch.float32 if fp32 else dtype)
+    m.load_state_dict(mine, strict=True, assign=True)
+    return m.eval().requires_grad_(False)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="14B", choices=SIZES)
+    ap.add_argument("--layers", type=int, default=None, help="fewer blocks than the full model")
+    ap.add_argument("--res", default="480p", choices=RES)
+    ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--timestep", type=float, default=757.0)
+    ap.add_argument("--out", default="bench_out")
+    args = ap.parse_args()
+    from lightx2v.models.wan.dit import WanDiTConfig, WanModel
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    shape = dict(SIZES[args.size])
+    if args.layers:
+        shape["num_layers"] = args.layers
+    cfg = WanDiTConfig(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, freq_dim=256,
+                       text_dim=4096, out_dim=16, **shape)
+    h, w = RES[args.res]
+    lat = (1, 16, (args.frames - 1) // 4 + 1, h // 8, w // 8)
+    g = torch.Generator("cuda").manual_seed(1)
+    x = torch.randn(lat, device="cuda", generator=g)
+    t = torch.tensor([args.timestep], device="cuda")
+    ctx = torch.randn(1, 512, 4096, device="cuda", generator=g) * 0.2
+    ctx[:, 100:] = 0  # a 100-token prompt, zero-padded as the text encoder output is
+    tokens = lat[2] * lat[3] * lat[4] // 4
+
+    t0 = time.time()
+    sd = random_official_weights(WanModel, cfg, seed=0)
+    print(f"weights: {sum(v.numel() for v in sd.values()) / 1e9:.2f} B params in {time.time() - t0:.0f}s", flush=True)
+
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "size": args.size,
+           "layers": cfg.num_layers, "res": args.res, "frames": args.frames, "tokens": tokens, "timestep": args.timestep}
+    try:
+        res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        res["commit"] = "?"
+    import diffusers
+
+    res["diffusers"] = diffusers.__version__
+
+    def run(name, build, call, dtype):
+        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        m = build(dtype)
+        with torch.no_grad():
+            y, sec = timed(lambda: call(m, dtype), args.repeat if dtype != torch.float32 else 0)
+        y = y.float().cpu()
+        res[f"{name}_s"] = sec
+        res[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"{name}: {sec:.3f}s/forward, peak {res[f'{name}_peak_gib']:.1f} GiB", flush=True)
+        del m; torch.cuda.empty_cache()
+        return y
+
+    ours_call = lambda m, dt: m(x.to(dt), t, ctx.to(dt))
+    diff_call = lambda m, dt: m(hidden_states=x.to(dt), timestep=t, encoder_hidden_states=ctx.to(dt), return_dict=False)[0]
+    backend = {}
+
+    def ours_build(dt):
+        m, backend["name"] = build_ours(cfg, sd, dt, "auto" if dt != torch.float32 else "torch_sdpa")
+        return m
+
+    y_ref = run("diffusers_fp32", lambda dt: build_diffusers(cfg, sd, dt), diff_call, torch.float32)
+    y_ours32 = run("ours_fp32", ours_build, ours_call, torch.float32)
+    y_ours = run("ours_bf16", ours_build, ours_call, torch.bfloat16)
+    res["ours_attention"] = backend["name"]
+    y_diff = run("diffusers_bf16", lambda dt: build_diffusers(cfg, sd, dt), diff_call, torch.bfloat16)
+
+    res["err_ours_fp32_vs_ref"] = rel(y_ours32, y_ref)
+    res["err_ours_bf16"] = rel(y_ours, y_ref)
+    res["err_diffusers_bf16"] = rel(y_diff, y_ref)
+    res["err_ratio"] = res["err_ours_bf16"] / res["err_diffusers_bf16"]
+    res["pass"] = bool(res["err_ratio"] <= 1.1 and res["err_ours_fp32_vs_ref"] < 1e-3)
+    res["speedup"] = res["diffusers_bf16_s"] / res["ours_bf16_s"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"gpu_check_{args.size}_{args.res}.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The Wan2.1 diffusion transformer (DiT): T2V, I2V and FLF2V as configurations of one module.
+
+Design: `WanModel` reproduces the official `WanModel` (Wan-Video/Wan2.1, wan/modules/model.py)
+with the official parameter names, so the official checkpoint loads by name and a diffusers
+checkpoint through `dit_key_from_diffusers`. It is built on the meta device and filled by
+`lightx2v.loading.state_dict.load_into(..., keep_fp32=WanModel._keep_in_fp32)`; it holds no
+buffers (the RoPE angles are computed in forward and cached per grid/device).
+
+Differences from the reference that do not change the math: inputs are batched tensors (all
+samples the same size, so there is no padding to `seq_len` and no key mask), the image tokens
+are passed to cross-attention apart from the text tokens instead of being split off by
+`context.shape[1] - 512`, and no autocast is used (see dit_blocks.py for the precision rules).
+Reference quirks kept on purpose: the text context is zero-padded to `text_len` and the padding
+tokens are attended (no mask: the reference passes `context_lens=None`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightx2v.errors import CheckpointError, InputError
+from lightx2v.models.wan.dit_blocks import CLIP_DIM, Head, MLPProj, WanBlock, linear, rope_cos_sin
+
+MODEL_TYPES = ("t2v", "i2v", "flf2v")
+CLIP_TOKENS = 257  # CLIP ViT-H/14 tokens per image (256 patches + class token)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WanDiTConfig:
+    """Architecture of a Wan2.1 DiT, as in the official config.json (names of the official code)."""
+
+    model_type: str
+    in_dim: int
+    dim: int
+    ffn_dim: int
+    num_heads: int
+    num_layers: int
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    text_len: int = 512
+    freq_dim: int = 256
+    text_dim: int = 4096
+    out_dim: int = 16
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if self.model_type not in MODEL_TYPES:
+            raise CheckpointError(f"unknown Wan model_type {self.model_type!r}; expected one of {MODEL_TYPES}")
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise CheckpointError(
+                f"dim {self.dim} must split into {self.num_heads} heads of an even size (RoPE rotates channel pairs)"
+            )
+        if len(self.patch_size) != 3:
+            raise CheckpointError(f"patch_size must have 3 entries (t, h, w), got {self.patch_size}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def image_tokens(self) -> int:
+        """Number of CLIP context tokens: 0 (t2v), 257 (i2v) or 514 (flf2v: first and last frame)."""
+        return {"t2v": 0, "i2v": CLIP_TOKENS, "flf2v": 2 * CLIP_TOKENS}[self.model_type]
+
+    @classmethod
+    def from_official(cls, cfg: Mapping[str, Any]) -> "WanDiTConfig":
+        """From an official config.json (keys dim, ffn_dim, in_dim, model_type, num_heads, ...)."""
+        names = {f.name for f in fields(cls)}
+        missing = [k for k in ("dim", "ffn_dim", "num_heads", "num_layers") if k not in cfg]
+        if missing:
+            raise CheckpointError(f"official Wan config.json lacks {', '.join(missing)}")
+        # keys such as _class_name, _diffusers_version, window_size do not change the architecture
+        kw = {k: v for k, v in cfg.items() if k in names}
+        kw.setdefault("model_type", "t2v")
+        kw.setdefault("in_dim", 16)
+        return cls(**kw)
+
+    @classmethod
+    def from_diffusers(cls, cfg: Mapping[str, Any]) -> "WanDiTConfig":
+        """From a diffusers WanTransformer3DModel config (num_attention_heads, attention_head_dim, ...)."""
+        heads, head_dim = int(cfg["num_attention_heads"]), int(cfg["attention_head_dim"])
+        dim = heads * head_dim
+        qk_norm = cfg.get("qk_norm", "rms_norm_across_heads")
+        if qk_norm not in (None, "rms_norm_across_heads"):
+            raise CheckpointError(f"diffusers Wan qk_norm {qk_norm!r} is not supported; expected 'rms_norm_across_heads'")
+        if int(cfg.get("rope_max_seq_len", 1024)) != 1024:
+            raise CheckpointError(f"rope_max_seq_len {cfg['rope_max_seq_len']} is not supported; Wan2.1 uses 1024")
+        model_type = "t2v"
+        if cfg.get("image_dim") is not None:
+            if int(cfg["image_dim"]) != CLIP_DIM or int(cfg.get("added_kv_proj_dim") or dim) != dim:
+                raise CheckpointError(
+                    f"diffusers Wan image_dim {cfg['image_dim']} / added_kv_proj_dim {cfg.get('added_kv_proj_dim')} "
+                    f"unsupported; expected {CLIP_DIM} / {dim}"
+                )
+            pos_len = cfg.get("pos_embed_seq_len")
+            model_type = "flf2v" if pos_len else "i2v"
+            if pos_len and int(pos_len) != 2 * CLIP_TOKENS:
+                raise CheckpointError(f"pos_embed_seq_len {pos_len} unsupported; FLF2V uses {2 * CLIP_TOKENS}")
+        in_dim = int(cfg.get("in_channels", 16))
+        return cls(
+            model_type=model_type, in_dim=in_dim, dim=dim, ffn_dim=int(cfg["ffn_dim"]), num_heads=heads,
+            num_layers=int(cfg["num_layers"]), patch_size=tuple(cfg.get("patch_size", (1, 2, 2))),
+            text_len=int(cfg.get("text_len", 512)), freq_dim=int(cfg.get("freq_dim", 256)),
+            text_dim=int(cfg.get("text_dim", 4096)), out_dim=int(cfg.get("out_channels") or in_dim),
+            qk_norm=qk_norm is not None, cross_attn_norm=bool(cfg.get("cross_attn_norm", True)),
+            eps=float(cfg.get("eps", 1e-6)),
+        )
+
+
+def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
+    """[cos | sin] embedding of timesteps t: [B] -> [B, dim], computed in float64 as the reference."""
+    half = dim // 2
+    pos = t.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = torch.outer(pos, freqs)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)
+
+
+class WanModel(nn.Module):
+    """Wan2.1 DiT. forward(x [B, in_dim, F, H, W], t [B], context [B, Lc, text_dim]) -> [B, out_dim, F, H, W]."""
+
+    # params whose name contains one of these stay float32 (load_into(keep_fp32=...)): the time
+    # path and modulations, as the official code runs them in fp32, and the norm weights, which
+    # the official run multiplies in fp32 too (its weights are fp32 under autocast)
+    _keep_in_fp32 = (
+        "time_embedding", "time_projection", "modulation", "norm3", "norm_q", "norm_k",
+        "img_emb.proj.0", "img_emb.proj.4",
+    )
+    _repeated_blocks = "blocks"
+
+    def __init__(self, config: WanDiTConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.patch_embedding = nn.Conv3d(c.in_dim, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
+        image_input = c.image_tokens > 0
+        self.blocks = nn.ModuleList(
+            WanBlock(c.dim, c.ffn_dim, c.num_heads, c.qk_norm, c.cross_attn_norm, c.eps, image_input)
+            for _ in range(c.num_layers)
+        )
+        self.head = Head(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
+        if image_input:
+            self.img_emb = MLPProj(c.dim, 2 * CLIP_TOKENS if c.model_type == "flf2v" else None)
+        # (f, h, w, device) -> (cos, sin); derived data, so not a buffer (the model is meta-built)
+        self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+        """RoPE cos/sin for a token grid, cached (a few shapes per run)."""
+        key = (*grid, str(device))
+        if key not in self._rope_cache:
+            if len(self._rope_cache) >= 8:
+                self._rope_cache.clear()
+            self._rope_cache[key] = rope_cos_sin(grid, self.config.head_dim, device)
+        return self._rope_cache[key]
+
+    def _check_inputs(self, x: Tensor, t: Tensor, context: Tensor, clip_fea: Tensor | None, y: Tensor | None) -> None:
+        c = self.config
+        if x.ndim != 5:
+            raise InputError(f"x must be [B, C, F, H, W], got shape {tuple(x.shape)}")
+        channels = x.shape[1] + (y.shape[1] if y is not None else 0)
+        if channels != c.in_dim:
+            raise InputError(f"x (+ y) has {channels} channels, the {c.model_type} model expects {c.in_dim}")
+        if any(s % p for s, p in zip(x.shape[2:], c.patch_size)):
+            raise InputError(f"latent size {tuple(x.shape[2:])} is not divisible by the patch size {c.patch_size}")
+        if t.shape != (x.shape[0],):
+            raise InputError(f"t must be [B] = [{x.shape[0]}], got shape {tuple(t.shape)}")
+        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[1] > c.text_len:
+            raise InputError(
+                f"context must be [B={x.shape[0]}, <= {c.text_len}, {c.text_dim}], got {tuple(context.shape)}"
+            )
+        if c.image_tokens and (clip_fea is None or y is None):
+            raise InputError(f"the {c.model_type} model needs clip_fea and y (the image conditioning)")
+        if clip_fea is not None and clip_fea.numel() != x.shape[0] * c.image_tokens * CLIP_DIM:
+            raise InputError(
+                f"clip_fea must be [B, {c.image_tokens}, {CLIP_DIM}] for this {c.model_type} model, "
+                f"got {tuple(clip_fea.shape)}"
+            )
+
+    def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """t: [B] -> (e [B, C], e0 [B, 6, C]), both float32."""
+        s = sinusoidal_embedding(self.config.freq_dim, t).float()
+        e = linear(self.time_embedding[0], s)
+        e = linear(self.time_embedding[2], self.time_embedding[1](e)).float()
+        e0 = linear(self.time_projection[1], self.time_projection[0](e)).float()
+        return e, e0.unflatten(1, (6, self.config.dim))
+
+    def embed_context(self, context: Tensor, clip_fea: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Text context (zero-padded to text_len) and image context, projected to the model width."""
+        c = self.config
+        context = F.pad(context, (0, 0, 0, c.text_len - context.shape[1]))  # [B, text_len, text_dim]
+        ctx = linear(self.text_embedding[0], context)
+        ctx = linear(self.text_embedding[2], self.text_embedding[1](ctx))
+        ctx_img = None
+        if clip_fea is not None:
+            # flf2v: also accepts the reference's [2B, 257, 1280] (first/last frame per sample)
+            ctx_img = self.img_emb(clip_fea.reshape(ctx.shape[0], c.image_tokens, CLIP_DIM))
+        return ctx, ctx_img
+
+    def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """[B, L, prod(patch) * out_dim] -> [B, out_dim, F, H, W]."""
+        pt, ph, pw = self.config.patch_size
+        f, h, w = grid
+        x = x.reshape(x.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # [B, C, f, pt, h, ph, w, pw]
+        return x.reshape(x.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)
+
+    def forward(
+        self, x: Tensor, t: Tensor, context: Tensor, clip_fea: Tensor | None = None, y: Tensor | None = None
+    ) -> Tensor:
+        """Predict the flow (velocity) for latents x at timesteps t.
+
+        x: [B, in_dim (or in_dim - y's channels), F, H, W]; t: [B] float timesteps in [0, 1000];
+        context: [B, Lc <= text_len, text_dim] T5 features (zero-padded to text_len here);
+        clip_fea: [B, 257 | 514, 1280] CLIP features (i2v | flf2v); y: [B, 20, F, H, W] mask + image
+        latents (i2v), concatenated to x on channels. Returns float32 [B, out_dim, F, H, W].
+        """
+        self._check_inputs(x, t, context, clip_fea, y)
+        if y is not None:
+            x = torch.cat([x, y.to(x.dtype)], dim=1)
+        x = linear(self.patch_embedding, x)  # [B, C, f, h, w]
+        grid = tuple(x.shape[2:])
+        x = x.flatten(2).transpose(1, 2).float()  # [B, L, C] fp32 residual stream
+        e, e0 = self.embed_time(t)
+        ctx, ctx_img = self.embed_context(context, clip_fea)
+        rope = self.rope(grid, x.device)
+        for block in self.blocks:
+            x = block(x, e0, ctx, ctx_img, rope)
+        x = self.head(x, e)  # [B, L, prod(patch) * out_dim]
+        return self.unpatchify(x, grid).float()
+
+
+# ---------------------------------------------------------------- diffusers -> official keys
+
+_ATTN = {
+    "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "o", "norm_q": "norm_q", "norm_k": "norm_k",
+    "add_k_proj": "k_img", "add_v_proj": "v_img", "norm_added_k": "norm_k_img",
+}
+_TOP = {
+    "patch_embedding": "patch_embedding",
+    "condition_embedder.text_embedder.linear_1": "text_embedding.0",
+    "condition_embedder.text_embedder.linear_2": "text_embedding.2",
+    "condition_embedder.time_embedder.linear_1": "time_embedding.0",
+    "condition_embedder.time_embedder.linear_2": "time_embedding.2",
+    "condition_embedder.time_proj": "time_projection.1",
+    "condition_embedder.image_embedder.norm1": "img_emb.proj.0",
+    "condition_embedder.image_embedder.ff.net.0.proj": "img_emb.proj.1",
+    "condition_embedder.image_embedder.ff.net.2": "img_emb.proj.3",
+    "condition_embedder.image_embedder.norm2": "img_emb.proj.4",
+    "proj_out": "head.head",
+}
+_BLOCK = {
+    **{f"attn1.{k}": f"self_attn.{v}" for k, v in _ATTN.items()},
+    **{f"attn2.{k}": f"cross_attn.{v}" for k, v in _ATTN.items()},
+    "norm2": "norm3",  # diffusers' norm2 is the affine cross-attention norm, the official norm3
+    "ffn.net.0.proj": "ffn.0",
+    "ffn.net.2": "ffn.2",
+}
+_PARAM = re.compile(r"(?P<mod>.+)\.(?P<p>weight|bias)")
+_BLOCK_KEY = re.compile(r"blocks\.(?P<i>\d+)\.(?P<rest>.+)")
+_WHOLE = {
+    "scale_shift_table": "head.modulation",
+    "condition_embedder.image_embedder.pos_embed": "img_emb.emb_pos",
+}
+
+
+def dit_key_from_diffusers(key: str) -> str | None:
+    """Official key for a diffusers WanTransformer3DModel key; unknown keys are returned unchanged
+    (so that load_into reports them), keys diffusers itself ignores map to None."""
+    if key in _WHOLE:
+        return _WHOLE[key]
+    block = _BLOCK_KEY.fullmatch(key)
+    prefix, rest, table = "", key, _TOP
+    if block:
+        prefix, rest, table = f"blocks.{block['i']}.", block["rest"], _BLOCK
+        if rest == "scale_shift_table":
+            return prefix + "modulation"
+        if rest.startswith("attn2.norm_added_q."):
+            return None  # in some diffusers I2V checkpoints, unused (diffusers' _keys_to_ignore_on_load_unexpected)
+    param = _PARAM.fullmatch(rest)
+    if param and param["mod"] in table:
+        return f"{prefix}{table[param['mod']]}.{param['p']}"
+    return key

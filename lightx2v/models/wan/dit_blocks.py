@@ -1,0 +1,238 @@
+"""The layers of the Wan2.1 DiT: norms, 3D RoPE, attention, the transformer block, the head.
+
+Design: parameter names follow the official Wan2.1 code (wan/modules/model.py), so a checkpoint
+loads by name. Precision follows the official run (fp32 weights under bf16 autocast), written
+out without autocast so that the weights can be stored in bf16:
+- the residual stream `x` is float32; norms, modulation (shift/scale/gate) and RoPE are float32;
+- activations are cast to a layer's compute dtype right before each Linear and before attention
+  (`compute_dtype(layer)`: the layer's `compute_dtype` attribute if a transform set one, e.g. a
+  quantized linear, else the dtype of its weight).
+Attention goes through `module.attn_backend(q, k, v)` (see lightx2v.ops.attention), `[B, L, H, D]`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightx2v.ops.attention import get_backend
+
+CLIP_DIM = 1280  # width of the CLIP ViT-H/14 features the I2V models take (official MLPProj)
+
+
+def compute_dtype(layer: nn.Module) -> torch.dtype:
+    """The dtype a layer wants its input in."""
+    return getattr(layer, "compute_dtype", None) or layer.weight.dtype
+
+
+def linear(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply `layer` to `x` cast to the layer's compute dtype."""
+    return layer(x.to(compute_dtype(layer)))
+
+
+class LayerNormFP32(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the input / weight dtype; returns float32."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+
+
+class RMSNormFP32(nn.Module):
+    """RMSNorm over the last dim (the whole model width, across heads), in float32, with weight."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.float()
+        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+# ---------------------------------------------------------------- 3D RoPE
+
+
+def rope_split(head_dim: int) -> tuple[int, int, int]:
+    """Channels of one head given to the (frame, height, width) axes, as the reference splits them."""
+    hw = 2 * (head_dim // 6)
+    return head_dim - 2 * hw, hw, hw
+
+
+def rope_cos_sin(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """cos and sin of the 3D RoPE angles for a (f, h, w) token grid: each [f*h*w, 1, head_dim/2] fp32.
+
+    Angles are computed in float64 (theta 10000, positions 0..n-1 on each axis) like the
+    reference's `rope_params`, then rounded once to float32.
+    """
+    axes = []
+    for n, d in zip(grid, rope_split(head_dim)):
+        inv_freq = 1.0 / torch.pow(10000.0, torch.arange(0, d, 2, dtype=torch.float64, device=device) / d)
+        axes.append(torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv_freq))  # [n, d/2]
+    f, h, w = grid
+    angles = torch.cat(
+        [
+            axes[0][:, None, None, :].expand(f, h, w, -1),
+            axes[1][None, :, None, :].expand(f, h, w, -1),
+            axes[2][None, None, :, :].expand(f, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(f * h * w, 1, head_dim // 2)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x: [B, L, H, D] by the angles; float32 out.
+
+    Same as the reference's complex multiply of view_as_complex(x) by polar(1, angle).
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
+    re, im = pairs[..., 0], pairs[..., 1]
+    return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2)
+
+
+# ---------------------------------------------------------------- attention
+
+
+class SelfAttention(nn.Module):
+    """Self-attention with RMS q/k norm over the whole width and 3D RoPE (official WanSelfAttention)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
+        self.attn_backend = get_backend("torch_sdpa")  # swapped by set_attention_backend
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+        # x: [B, L, C] -> [B, L, C] in the compute dtype of `o`
+        dt = compute_dtype(self.q)
+        h = x.to(dt)
+        q = self.norm_q(self.q(h)).unflatten(-1, (self.num_heads, -1))  # [B, L, H, D]
+        k = self.norm_k(self.k(h)).unflatten(-1, (self.num_heads, -1))
+        v = self.v(h).unflatten(-1, (self.num_heads, -1))
+        q = apply_rope(q, *rope).to(dt)
+        k = apply_rope(k, *rope).to(dt)
+        out = self.attn_backend(q, k, v.to(dt))  # [B, L, H, D]
+        return linear(self.o, out.flatten(2))
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention to the text tokens; with `image_input`, also to the CLIP image tokens.
+
+    The image branch (official WanI2VCrossAttention) attends the same queries over the image
+    tokens with its own k_img / v_img / norm_k_img and adds the two results before `o`.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, image_input: bool) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.o = nn.Linear(dim, dim)
+        self.norm_q = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
+        self.norm_k = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
+        if image_input:
+            self.k_img = nn.Linear(dim, dim)
+            self.v_img = nn.Linear(dim, dim)
+            self.norm_k_img = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
+        self.attn_backend = get_backend("torch_sdpa")
+
+    def _heads(self, t: Tensor, dt: torch.dtype) -> Tensor:
+        return t.unflatten(-1, (self.num_heads, -1)).to(dt)  # [B, L, C] -> [B, L, H, D]
+
+    def forward(self, x: Tensor, context: Tensor, context_img: Tensor | None = None) -> Tensor:
+        # x: [B, L, C]; context: [B, text_len, C]; context_img: [B, n_img, C] | None
+        dt = compute_dtype(self.q)
+        q = self._heads(self.norm_q(linear(self.q, x)), dt)
+        k = self._heads(self.norm_k(linear(self.k, context)), dt)
+        v = self._heads(linear(self.v, context), dt)
+        out = self.attn_backend(q, k, v).flatten(2)  # [B, L, C]
+        if context_img is not None:
+            k_img = self._heads(self.norm_k_img(linear(self.k_img, context_img)), dt)
+            v_img = self._heads(linear(self.v_img, context_img), dt)
+            # the reference adds the two branches in float32 (its attention returns q's fp32 dtype)
+            out = out.float() + self.attn_backend(q, k_img, v_img).flatten(2).float()
+        return linear(self.o, out)
+
+
+# ---------------------------------------------------------------- block and head
+
+
+class WanBlock(nn.Module):
+    """One DiT block: modulated self-attn, cross-attn (norm3), modulated FFN; fp32 residual."""
+
+    def __init__(
+        self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool, cross_attn_norm: bool, eps: float,
+        image_input: bool,
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNormFP32(dim, eps=eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, num_heads, qk_norm, eps)
+        # official naming: norm3 is the (affine) norm before cross-attention, norm2 the one before the FFN
+        self.norm3 = LayerNormFP32(dim, eps=eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(dim, num_heads, qk_norm, eps, image_input)
+        self.norm2 = LayerNormFP32(dim, eps=eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+        self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+
+    def forward(
+        self, x: Tensor, e: Tensor, context: Tensor, context_img: Tensor | None, rope: tuple[Tensor, Tensor]
+    ) -> Tensor:
+        # x: [B, L, C] fp32 residual; e: [B, 6, C] fp32 (time projection); context: [B, text_len, C]
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
+        y = self.self_attn(self.norm1(x) * (1 + scale) + shift, rope)
+        x = x + y.float() * gate
+        x = x + self.cross_attn(self.norm3(x).float(), context, context_img).float()
+        y = linear(self.ffn[0], self.norm2(x) * (1 + c_scale) + c_shift)
+        y = self.ffn[2](self.ffn[1](y))
+        return x + y.float() * c_gate
+
+
+class Head(nn.Module):
+    """Final modulated LayerNorm + Linear to `out_dim * prod(patch_size)` channels per token."""
+
+    def __init__(self, dim: int, out_features: int, eps: float) -> None:
+        super().__init__()
+        self.norm = LayerNormFP32(dim, eps=eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_features)
+        self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        # x: [B, L, C] fp32; e: [B, C] fp32 (time embedding, before the projection)
+        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        return linear(self.head, self.norm(x) * (1 + scale) + shift)
+
+
+class MLPProj(nn.Module):
+    """CLIP image features -> image context tokens (official `img_emb`).
+
+    proj = LayerNorm(1280), Linear, GELU (exact), Linear(1280 -> dim), LayerNorm(dim), both norms
+    affine with torch's default eps 1e-5. FLF2V adds a learnt position embedding `emb_pos`
+    [1, 514, 1280] over the first and last frames' 257 tokens each.
+    """
+
+    def __init__(self, dim: int, num_tokens: int | None) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(
+            LayerNormFP32(CLIP_DIM), nn.Linear(CLIP_DIM, CLIP_DIM), nn.GELU(), nn.Linear(CLIP_DIM, dim),
+            LayerNormFP32(dim),
+        )
+        if num_tokens is not None:
+            self.emb_pos = nn.Parameter(torch.zeros(1, num_tokens, CLIP_DIM))
+
+    def forward(self, clip_fea: Tensor) -> Tensor:
+        # clip_fea: [B, n_img, 1280] -> [B, n_img, dim] fp32
+        if hasattr(self, "emb_pos"):
+            clip_fea = clip_fea.float() + self.emb_pos.float()
+        h = linear(self.proj[1], self.proj[0](clip_fea))
+        h = linear(self.proj[3], self.proj[2](h))
+        return self.proj[4](h)
