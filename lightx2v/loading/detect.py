@@ -77,9 +77,9 @@ def _check_task(task: str, where: Path) -> str:
 
 
 def detect_official(root: Path) -> ModelConfig:
+    from lightx2v.loading.infer import t5_config_from_state_dict, vae_config_from_state_dict
+    from lightx2v.loading.state_dict import read_tensors
     from lightx2v.models.wan.dit import WanDiTConfig
-    from lightx2v.models.wan.t5 import UMT5Config
-    from lightx2v.models.wan.vae import WanVAEConfig
 
     cfg = _read_json(root / "config.json")
     dit = WanDiTConfig.from_official(cfg)
@@ -90,9 +90,12 @@ def detect_official(root: Path) -> ModelConfig:
         "tokenizer": str(_require(root / OFFICIAL_TOKENIZER, "tokenizer folder", "official")),
         "vae": str(_require(root / OFFICIAL_VAE, "VAE", "official")),
     }
+    # The official layout ships no config for these two: their sizes are read off the tensors (mmap).
+    t5 = t5_config_from_state_dict(read_tensors(files["text_encoder"]), OFFICIAL_T5)
+    vae = vae_config_from_state_dict(read_tensors(files["vae"]), OFFICIAL_VAE)
     return ModelConfig(
         family="wan2.1", task=task, layout="official", root=root, files=files,
-        dit=dit, vae=WanVAEConfig(), text_encoder=UMT5Config(), defaults=official_defaults(task, dit),
+        dit=dit, vae=vae, text_encoder=t5, defaults=official_defaults(task, dit),
     )
 
 

@@ -183,7 +183,8 @@ def test_tiny_config_runs():
     cfg = tiny_vae_config()
     with torch.device("meta"):
         vae = WanVAE(cfg)
-    sd = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(5)) * 0.1 for k, v in vae.state_dict().items()}
+    gen = torch.Generator().manual_seed(5)
+    sd = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in vae.state_dict().items()}
     load_into(vae, sd)
     z = vae.encode(torch.zeros(1, 3, 17, 64, 64))
     assert z.shape == (1, cfg.z_dim, 5, 8, 8)

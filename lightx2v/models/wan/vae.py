@@ -80,7 +80,9 @@ class WanVAEConfig:
         `patch_size`) and a separate decoder width are a different architecture: refused.
         """
         if cfg.get("is_residual") or cfg.get("patch_size") is not None:
-            raise CheckpointError("this VAE is a Wan2.2-style residual/patchified VAE; only the Wan2.1 VAE is supported")
+            raise CheckpointError(
+                "this VAE is a Wan2.2-style residual/patchified VAE; only the Wan2.1 VAE is supported"
+            )
         dim = int(cfg.get("base_dim", 96))
         if cfg.get("decoder_base_dim") not in (None, dim):
             raise CheckpointError(f"VAE config: decoder_base_dim {cfg['decoder_base_dim']} != base_dim {dim}")
