@@ -59,12 +59,14 @@ class WanT2VPipeline:
         return out
 
     def make_scheduler(self, p: SamplingParams):
-        from lightx2v.schedulers import make_scheduler
+        from lightx2v.schedulers import make_scheduler, scheduler_from_diffusers_config
 
         d = self.model_config.defaults
         # A diffusers checkpoint's own scheduler config is honoured when its solver is the one asked for.
-        cfg = d.scheduler_config if (d.scheduler_config is not None and p.solver == d.solver) else None
-        sched = make_scheduler(p.solver, convention=d.convention, config=cfg)
+        if d.scheduler_config is not None and p.solver == d.solver:
+            sched, _ = scheduler_from_diffusers_config(d.scheduler_config)
+        else:
+            sched = make_scheduler(p.solver, convention=d.convention)
         sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
         return sched
 

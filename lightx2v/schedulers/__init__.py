@@ -56,12 +56,12 @@ def make_scheduler(
     if cls is None:
         raise LightX2VError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
     options = dict(config or {})
-    accepted = {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "convention", "num_train_timesteps")}
+    params = inspect.signature(cls.__init__).parameters
+    accepted = {n for n in params if n not in ("self", "convention", "num_train_timesteps")}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise LightX2VError(
-            f"solver {solver!r} has no option(s) {', '.join(unknown)}; its options are {', '.join(sorted(accepted)) or 'none'}"
-        )
+        valid = ", ".join(sorted(accepted)) or "none"
+        raise LightX2VError(f"solver {solver!r} has no option(s) {', '.join(unknown)}; its options are: {valid}")
     return cls(convention=convention, num_train_timesteps=num_train_timesteps, **options)
 
 
@@ -142,7 +142,7 @@ _SPECS: Mapping[str, _DiffusersSpec] = {
 
 
 def scheduler_from_diffusers_config(cfg: Mapping[str, Any]) -> tuple[Scheduler, dict[str, Any]]:
-    """(scheduler, {"shift": default shift}) sampling exactly as diffusers' `<_class_name>.from_config(cfg)`.
+    """(scheduler, {"shift": default shift, "solver": its name}) sampling exactly as diffusers' `<_class_name>.from_config(cfg)`.
 
     Keys missing from `cfg` take diffusers' defaults; an option we do not reproduce, or a key we do
     not know, is an error that names it. The scheduler uses the "diffusers" convention.
@@ -158,7 +158,8 @@ def scheduler_from_diffusers_config(cfg: Mapping[str, Any]) -> tuple[Scheduler, 
     for key, (default, allowed) in spec.required.items():
         value = cfg.get(key, default)
         if value not in allowed:
-            raise LightX2VError(f"{class_name}: {key}={value!r} is not supported (supported: {', '.join(map(repr, allowed))})")
+            supported = ", ".join(map(repr, allowed))
+            raise LightX2VError(f"{class_name}: {key}={value!r} is not supported (supported: {supported})")
 
     options = {k: cfg[k] for k in spec.options if k in cfg}
     if "solver_type" in options:
@@ -170,4 +171,4 @@ def scheduler_from_diffusers_config(cfg: Mapping[str, Any]) -> tuple[Scheduler, 
         num_train_timesteps=int(cfg.get("num_train_timesteps", 1000)),
         config=options,
     )
-    return sched, {"shift": shift}
+    return sched, {"shift": shift, "solver": spec.solver}

@@ -43,7 +43,9 @@ def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def _finish(sigmas: np.ndarray, num_train_timesteps: int, final_sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def finish_schedule(
+    sigmas: np.ndarray, num_train_timesteps: int, final_sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
     """float64 sigmas (n,) -> (float32 sigmas (n+1,) ending in `final_sigma`, float32 timesteps (n,)).
 
     Timesteps are `sigma * T` truncated toward zero (the references' `.to(torch.int64)`).
@@ -158,7 +160,8 @@ class Scheduler:
 
     def __init__(self, *, convention: str = "official", num_train_timesteps: int = 1000) -> None:
         if convention not in CONVENTIONS:
-            raise LightX2VError(f"unknown scheduler convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+            valid = ", ".join(CONVENTIONS)
+            raise LightX2VError(f"unknown scheduler convention {convention!r}; expected one of {valid}")
         if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
             raise LightX2VError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
         self.convention = convention

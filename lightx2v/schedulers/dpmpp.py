@@ -22,7 +22,7 @@ import torch
 
 from lightx2v.schedulers.base import (
     Scheduler,
-    _finish,
+    finish_schedule,
     check_choice,
     diffusers_dpm_sigmas,
     log_snr,
@@ -65,7 +65,7 @@ class DPMSolverPlusPlusScheduler(Scheduler):
             sigmas = wan_sampling_sigmas(n, shift)
         else:
             sigmas = diffusers_dpm_sigmas(n, shift, T)
-        return _finish(sigmas, T, 0.0)
+        return finish_schedule(sigmas, T, 0.0)
 
     def _update(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         st = self.state

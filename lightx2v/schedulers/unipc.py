@@ -23,7 +23,7 @@ import torch
 from lightx2v.errors import LightX2VError
 from lightx2v.schedulers.base import (
     Scheduler,
-    _finish,
+    finish_schedule,
     check_choice,
     diffusers_unipc_sigmas,
     log_snr,
@@ -72,7 +72,9 @@ class UniPCScheduler(Scheduler):
         check_choice(f"unipc ({convention})", "final_sigmas_type", final_sigmas_type, allowed_final)
         if solver_order > 1 and not lower_order_final and final_sigmas_type == "zero":
             # a multistep predictor onto sigma 0 divides by r_k = 0 (the references return inf/nan)
-            raise LightX2VError("unipc: lower_order_final=False needs final_sigmas_type='sigma_min' when solver_order > 1")
+            raise LightX2VError(
+                "unipc: lower_order_final=False needs final_sigmas_type='sigma_min' when solver_order > 1"
+            )
         self.solver_order = solver_order
         self.solver_type = solver_type
         self.lower_order_final = lower_order_final
@@ -86,7 +88,7 @@ class UniPCScheduler(Scheduler):
         else:
             sigmas = diffusers_unipc_sigmas(n, shift, T)
         final = 0.0 if self.final_sigmas_type == "zero" else float(sigmas[-1])
-        return _finish(sigmas, T, final)
+        return finish_schedule(sigmas, T, final)
 
     def _update(self, v: torch.Tensor, x: torch.Tensor, i: int) -> torch.Tensor:
         st = self.state
@@ -114,6 +116,8 @@ class UniPCScheduler(Scheduler):
         """
         sig, hist = self._sig, self.state.x0_history
         s0, t = sig[j], sig[j + 1]
+        if t == s0:  # final_sigmas_type="sigma_min" ends with a zero-length step: the references return x
+            return x
         lam_s0 = log_snr(s0)
         h = log_snr(t) - lam_s0
         hh = -h  # data prediction works with -h

@@ -242,3 +242,40 @@ def test_flf2v_matches_diffusers() -> None:
                    return_dict=False)[0]
         out = ours(x, t, context, clip_fea=clip, y=y)
     _close(out, ref)
+
+
+# ---------------------------------------------------------------- bf16 precision vs diffusers
+
+
+def _bf16_errors(device: str, attention: str) -> tuple[float, float]:
+    """RMS error vs the fp32 run of (ours in bf16, diffusers in bf16 with its fp32-kept modules)."""
+    diff = _diffusers_model().to(device)
+    x, t, context = (a.to(device) for a in _t2v_inputs(2, 11, seed=4))
+    ctx = _pad(context, T2V.text_len)
+    ours = _ours(diff, T2V, dtype=torch.bfloat16)
+    set_attention_backend(ours, resolve_attention(attention, device, torch.bfloat16))
+    diff_bf16 = _diffusers_model().to(device, torch.bfloat16)
+    for name, module in diff_bf16.named_modules():  # what from_pretrained(torch_dtype=bf16) keeps in fp32
+        if any(k in name for k in WanTransformer3DModel._keep_in_fp32_modules):
+            module.float()
+    diff_bf16.scale_shift_table.data = diff_bf16.scale_shift_table.data.float()
+    for block in diff_bf16.blocks:
+        block.scale_shift_table.data = block.scale_shift_table.data.float()
+    with torch.no_grad():
+        ref = diff(x, t, ctx, return_dict=False)[0].float()
+        ours_out = ours(x, t, context.bfloat16()).float()
+        diff_out = diff_bf16(x.bfloat16(), t, ctx.bfloat16(), return_dict=False)[0].float()
+    rms = lambda a: ((a - ref).pow(2).mean().sqrt() / ref.std()).item()  # noqa: E731
+    return rms(ours_out), rms(diff_out)
+
+
+def test_bf16_error_no_larger_than_diffusers_cpu() -> None:
+    ours, theirs = _bf16_errors("cpu", "torch_sdpa")
+    assert 0 < ours <= theirs, (ours, theirs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_error_no_larger_than_diffusers_gpu() -> None:
+    ours, theirs = _bf16_errors("cuda", "auto")
+    assert 0 < ours <= theirs, (ours, theirs)

@@ -166,3 +166,26 @@ def test_backend_is_frozen() -> None:
     assert isinstance(b, AttentionBackend)
     with pytest.raises(Exception):
         b.name = "x"  # type: ignore[misc]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_backends_match_reference(dtype: torch.dtype) -> None:
+    dev = torch.device("cuda")
+    names = [n for n in list_backends() if get_backend(n).available(dev, dtype) is None]
+    assert "torch_sdpa" in names
+    torch.manual_seed(3)
+    for lq, lk in ((77, 77), (300, 29)):
+        q = torch.randn(2, lq, 4, 128, device=dev)
+        k, v = torch.randn(2, lk, 4, 128, device=dev), torch.randn(2, lk, 4, 128, device=dev)
+        q, k, v = (t.to(dtype) for t in (q, k, v))
+        ref = get_backend("reference")(q, k, v).float()
+        for name in names:
+            tol_n = 5e-2 if name == "sage_attn" else (1e-3 if dtype == torch.float32 else 1e-2)
+            out = resolve_attention(name, dev, dtype)(q, k, v)
+            assert out.shape == q.shape and out.dtype == dtype, name
+            err = (out.float() - ref).abs().max().item()
+            assert err <= tol_n * ref.abs().max().item(), f"{name} {dtype}: err {err}"
+    if dtype != torch.float32 and torch.cuda.get_device_capability(dev) >= (9, 0):
+        assert resolve_attention("auto", dev, dtype).name == "sdpa_cudnn"
