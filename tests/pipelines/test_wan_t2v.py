@@ -20,7 +20,7 @@ NEG = "blurry, static"
 def reference_frames(tiny_diffusers_dir, tiny_latents):
     from diffusers import WanPipeline
 
-    pipe = WanPipeline.from_pretrained(tiny_diffusers_dir, torch_dtype=torch.float32)
+    pipe = WanPipeline.from_pretrained(tiny_diffusers_dir, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(prompt=PROMPT, negative_prompt=NEG, height=HEIGHT, width=WIDTH, num_frames=FRAMES,
                num_inference_steps=3, guidance_scale=5.0, latents=tiny_latents.clone(), output_type="np")
