@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+DEV = "cuda"  # --device cpu runs the same script on a tiny --size for a dry run
 SIZES = {"1.3B": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
-         "14B": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)}
+         "14B": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+         "tiny": dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2)}
 RES = {"480p": (480, 832), "720p": (720, 1280)}
 
 
@@ -30,10 +32,10 @@ def random_official_weights(model_cls, cfg, seed: int) -> dict:
     """fp32 random weights with the official key names, drawn on the GPU, kept on the host."""
     with torch.device("meta"):
         shell = model_cls(cfg)
-    g = torch.Generator("cuda").manual_seed(seed)
+    g = torch.Generator(DEV).manual_seed(seed)
     out = {}
     for name, p in shell.state_dict().items():
-        t = torch.empty(p.shape, device="cuda", dtype=torch.float32)
+        t = torch.empty(p.shape, device=DEV, dtype=torch.float32)
         if p.ndim == 1 and "bias" in name:
             t.normal_(0, 0.02, generator=g)
         elif p.ndim == 1 or "norm" in name:
@@ -48,6 +50,8 @@ def random_official_weights(model_cls, cfg, seed: int) -> dict:
 
 
 def timed(fn, repeat: int) -> tuple[torch.Tensor, float]:
+    if DEV == "cpu":
+        return fn(), float("nan")
     y = fn()  # warm-up (also the output we compare)
     torch.cuda.synchronize()
     times = []
@@ -66,13 +70,14 @@ def build_ours(cfg, sd, dtype, attention):
 
     with torch.device("meta"):
         m = WanModel(cfg)
-    load_into(m, sd, dtype=dtype, device="cuda", keep_fp32=WanModel._keep_in_fp32, what="DiT")
-    backend = resolve_attention(attention, torch.device("cuda"), dtype)
+    load_into(m, sd, dtype=dtype, device=DEV, keep_fp32=WanModel._keep_in_fp32, what="DiT")
+    backend = resolve_attention(attention, torch.device(DEV), dtype)
     set_attention_backend(m, backend)
     return m.eval().requires_grad_(False), backend.name
 
 
 def build_diffusers(cfg, sd, dtype):
+    from accelerate import init_empty_weights
     from diffusers import WanTransformer3DModel
 
     from lightx2v.models.wan.dit import dit_key_from_diffusers
@@ -81,7 +86,7 @@ def build_diffusers(cfg, sd, dtype):
               attention_head_dim=cfg.dim // cfg.num_heads, in_channels=cfg.in_dim, out_channels=cfg.out_dim,
               text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
               cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=cfg.eps)
-    with torch.device("meta"):
+    with init_empty_weights():  # parameters on meta, buffers (RoPE tables) real
         m = WanTransformer3DModel(**kw)
     keep = tuple(getattr(WanTransformer3DModel, "_keep_in_fp32_modules", None) or ())
     mine = {}
@@ -89,9 +94,9 @@ def build_diffusers(cfg, sd, dtype):
         ok = dit_key_from_diffusers(dk)
         t = sd[ok]
         fp32 = dtype == torch.float32 or any(k in dk.split(".") for k in keep)
-        mine[dk] = t.to(device="cuda", dtype=torch.float32 if fp32 else dtype)
+        mine[dk] = t.to(device=DEV, dtype=torch.float32 if fp32 else dtype)
     m.load_state_dict(mine, strict=True, assign=True)
-    return m.eval().requires_grad_(False)
+    return m.to(DEV).eval().requires_grad_(False)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -103,12 +108,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="14B", choices=SIZES)
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks than the full model")
-    ap.add_argument("--res", default="480p", choices=RES)
     ap.add_argument("--frames", type=int, default=81)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--timestep", type=float, default=757.0)
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--res", dest="res", default="480p", choices=RES)
     args = ap.parse_args()
+    global DEV
+    DEV = args.device
     from lightx2v.models.wan.dit import WanDiTConfig, WanModel
 
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -120,10 +128,10 @@ def main() -> None:
                        text_dim=4096, out_dim=16, **shape)
     h, w = RES[args.res]
     lat = (1, 16, (args.frames - 1) // 4 + 1, h // 8, w // 8)
-    g = torch.Generator("cuda").manual_seed(1)
-    x = torch.randn(lat, device="cuda", generator=g)
-    t = torch.tensor([args.timestep], device="cuda")
-    ctx = torch.randn(1, 512, 4096, device="cuda", generator=g) * 0.2
+    g = torch.Generator(DEV).manual_seed(1)
+    x = torch.randn(lat, device=DEV, generator=g)
+    t = torch.tensor([args.timestep], device=DEV)
+    ctx = torch.randn(1, 512, 4096, device=DEV, generator=g) * 0.2
     ctx[:, 100:] = 0  # a 100-token prompt, zero-padded as the text encoder output is
     tokens = lat[2] * lat[3] * lat[4] // 4
 
@@ -131,7 +139,7 @@ def main() -> None:
     sd = random_official_weights(WanModel, cfg, seed=0)
     print(f"weights: {sum(v.numel() for v in sd.values()) / 1e9:.2f} B params in {time.time() - t0:.0f}s", flush=True)
 
-    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "size": args.size,
+    res = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__, "size": args.size,
            "layers": cfg.num_layers, "res": args.res, "frames": args.frames, "tokens": tokens, "timestep": args.timestep}
     try:
         res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
@@ -142,15 +150,18 @@ def main() -> None:
     res["diffusers"] = diffusers.__version__
 
     def run(name, build, call, dtype):
-        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        if DEV == "cuda":
+            torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
         m = build(dtype)
         with torch.no_grad():
             y, sec = timed(lambda: call(m, dtype), args.repeat if dtype != torch.float32 else 0)
         y = y.float().cpu()
         res[f"{name}_s"] = sec
-        res[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        res[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0
         print(f"{name}: {sec:.3f}s/forward, peak {res[f'{name}_peak_gib']:.1f} GiB", flush=True)
-        del m; torch.cuda.empty_cache()
+        del m
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
         return y
 
     ours_call = lambda m, dt: m(x.to(dt), t, ctx.to(dt))

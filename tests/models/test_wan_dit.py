@@ -279,3 +279,19 @@ def test_bf16_error_no_larger_than_diffusers_cpu() -> None:
 def test_bf16_error_no_larger_than_diffusers_gpu() -> None:
     ours, theirs = _bf16_errors("cuda", "auto")
     assert 0 < ours <= theirs, (ours, theirs)
+
+
+def test_rope_real_form_used_under_compile_matches_complex(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightx2v.models.wan.dit_blocks import apply_rope, rope_freqs
+
+    torch.manual_seed(5)
+    freqs = rope_freqs((2, 3, 4), 32, torch.device("cpu"))
+    assert freqs.shape == (24, 1, 16) and freqs.dtype == torch.complex64
+    x = torch.randn(2, 24, 2, 32)
+    eager = apply_rope(x, freqs)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    real = apply_rope(x, freqs)
+    assert (eager - real).abs().max() <= 1e-6 * x.abs().max()
+    # rotation keeps the norm of each pair; position 0 is not rotated
+    assert torch.allclose(eager.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    assert torch.equal(eager[:, 0], x[:, 0])

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightx2v.errors import CheckpointError, InputError
-from lightx2v.models.wan.dit_blocks import CLIP_DIM, Head, MLPProj, WanBlock, linear, rope_cos_sin
+from lightx2v.models.wan.dit_blocks import CLIP_DIM, Head, MLPProj, WanBlock, linear, rope_freqs
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v")
 CLIP_TOKENS = 257  # CLIP ViT-H/14 tokens per image (256 patches + class token)
@@ -154,16 +154,16 @@ class WanModel(nn.Module):
         self.head = Head(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
         if image_input:
             self.img_emb = MLPProj(c.dim, 2 * CLIP_TOKENS if c.model_type == "flf2v" else None)
-        # (f, h, w, device) -> (cos, sin); derived data, so not a buffer (the model is meta-built)
-        self._rope_cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+        # (f, h, w, device) -> complex RoPE rotations; derived data, so not a buffer (the model is meta-built)
+        self._rope_cache: dict[tuple, Tensor] = {}
 
-    def rope(self, grid: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor]:
-        """RoPE cos/sin for a token grid, cached (a few shapes per run)."""
+    def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
+        """RoPE rotations [L, 1, head_dim/2] complex64 for a token grid, cached (a few shapes per run)."""
         key = (*grid, str(device))
         if key not in self._rope_cache:
             if len(self._rope_cache) >= 8:
                 self._rope_cache.clear()
-            self._rope_cache[key] = rope_cos_sin(grid, self.config.head_dim, device)
+            self._rope_cache[key] = rope_freqs(grid, self.config.head_dim, device)
         return self._rope_cache[key]
 
     def _check_inputs(self, x: Tensor, t: Tensor, context: Tensor, clip_fea: Tensor | None, y: Tensor | None) -> None:
@@ -232,7 +232,9 @@ class WanModel(nn.Module):
             x = torch.cat([x, y.to(x.dtype)], dim=1)
         x = linear(self.patch_embedding, x)  # [B, C, f, h, w]
         grid = tuple(x.shape[2:])
-        x = x.flatten(2).transpose(1, 2).float()  # [B, L, C] fp32 residual stream
+        # [B, L, C] fp32 residual stream; made contiguous, else the transposed strides of the conv
+        # output would carry into every elementwise op of every block (slow, non-vectorized kernels)
+        x = x.flatten(2).transpose(1, 2).contiguous().float()
         e, e0 = self.embed_time(t)
         ctx, ctx_img = self.embed_context(context, clip_fea)
         rope = self.rope(grid, x.device)

@@ -3,7 +3,7 @@
 Design: parameter names follow the official Wan2.1 code (wan/modules/model.py), so a checkpoint
 loads by name. Precision follows the official run (fp32 weights under bf16 autocast), written
 out without autocast so that the weights can be stored in bf16:
-- the residual stream `x` is float32; norms, modulation (shift/scale/gate) and RoPE are float32;
+- the residual stream `x` is float32; norms, modulation (shift/scale/gate) and RoPE (complex64) are fp32;
 - activations are cast to a layer's compute dtype right before each Linear and before attention
   (`compute_dtype(layer)`: the layer's `compute_dtype` attribute if a transform set one, e.g. a
   quantized linear, else the dtype of its weight).
@@ -49,8 +49,7 @@ class RMSNormFP32(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.float()
-        return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight.float()
+        return F.rms_norm(x.float(), (x.shape[-1],), self.weight.float(), self.eps)
 
 
 # ---------------------------------------------------------------- 3D RoPE
@@ -62,11 +61,11 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
-def rope_cos_sin(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """cos and sin of the 3D RoPE angles for a (f, h, w) token grid: each [f*h*w, 1, head_dim/2] fp32.
+def rope_freqs(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> Tensor:
+    """Unit complex rotations of the 3D RoPE for a (f, h, w) token grid: [f*h*w, 1, head_dim/2] complex64.
 
     Angles are computed in float64 (theta 10000, positions 0..n-1 on each axis) like the
-    reference's `rope_params`, then rounded once to float32.
+    reference's `rope_params`, then rounded once to complex64.
     """
     axes = []
     for n, d in zip(grid, rope_split(head_dim)):
@@ -81,17 +80,24 @@ def rope_cos_sin(grid: tuple[int, int, int], head_dim: int, device: torch.device
         ],
         dim=-1,
     ).reshape(f * h * w, 1, head_dim // 2)
-    return angles.cos().float(), angles.sin().float()
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x: [B, L, H, D] by the angles; float32 out.
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x: [B, L, H, D] by `freqs` [L, 1, D/2]; float32 out.
 
-    Same as the reference's complex multiply of view_as_complex(x) by polar(1, angle).
+    The reference's complex multiply, in complex64 (one kernel in eager; the reference uses
+    complex128). Under torch.compile the same product is written in real arithmetic, because
+    Inductor cannot generate code for complex ops but fuses the real form into one kernel.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
-    re, im = pairs[..., 0], pairs[..., 1]
-    return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2)
+    if torch.compiler.is_compiling():
+        cs = torch.view_as_real(freqs)  # [L, 1, D/2, 2]: (cos, sin)
+        cos, sin = cs[..., 0], cs[..., 1]
+        pairs = x.float().unflatten(-1, (-1, 2))
+        re, im = pairs[..., 0], pairs[..., 1]
+        return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2)
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [B, L, H, D/2]
+    return torch.view_as_real(xc * freqs).flatten(-2)
 
 
 # ---------------------------------------------------------------- attention
@@ -111,15 +117,15 @@ class SelfAttention(nn.Module):
         self.norm_k = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
         self.attn_backend = get_backend("torch_sdpa")  # swapped by set_attention_backend
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         # x: [B, L, C] -> [B, L, C] in the compute dtype of `o`
         dt = compute_dtype(self.q)
         h = x.to(dt)
         q = self.norm_q(self.q(h)).unflatten(-1, (self.num_heads, -1))  # [B, L, H, D]
         k = self.norm_k(self.k(h)).unflatten(-1, (self.num_heads, -1))
         v = self.v(h).unflatten(-1, (self.num_heads, -1))
-        q = apply_rope(q, *rope).to(dt)
-        k = apply_rope(k, *rope).to(dt)
+        q = apply_rope(q, rope).to(dt)
+        k = apply_rope(k, rope).to(dt)
         out = self.attn_backend(q, k, v.to(dt))  # [B, L, H, D]
         return linear(self.o, out.flatten(2))
 
@@ -185,7 +191,7 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
     def forward(
-        self, x: Tensor, e: Tensor, context: Tensor, context_img: Tensor | None, rope: tuple[Tensor, Tensor]
+        self, x: Tensor, e: Tensor, context: Tensor, context_img: Tensor | None, rope: Tensor
     ) -> Tensor:
         # x: [B, L, C] fp32 residual; e: [B, 6, C] fp32 (time projection); context: [B, text_len, C]
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
