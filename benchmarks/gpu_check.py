@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--timestep", type=float, default=757.0)
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--commit", default=None, help="commit being measured (the device copy has no .git)")
     ap.add_argument("--res", dest="res", default="480p", choices=RES)
     args = ap.parse_args()
     global DEV
@@ -141,10 +142,12 @@ def main() -> None:
 
     res = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__, "size": args.size,
            "layers": cfg.num_layers, "res": args.res, "frames": args.frames, "tokens": tokens, "timestep": args.timestep}
-    try:
-        res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        res["commit"] = "?"
+    res["commit"] = args.commit
+    if not res["commit"]:
+        try:
+            res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip() or "?"
+        except OSError:
+            res["commit"] = "?"
     import diffusers
 
     res["diffusers"] = diffusers.__version__

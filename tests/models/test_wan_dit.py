@@ -286,7 +286,7 @@ def test_rope_real_form_used_under_compile_matches_complex(monkeypatch: pytest.M
 
     torch.manual_seed(5)
     freqs = rope_freqs((2, 3, 4), 32, torch.device("cpu"))
-    assert freqs.shape == (24, 1, 16) and freqs.dtype == torch.complex64
+    assert freqs.shape == (24, 1, 16, 2) and freqs.dtype == torch.float32
     x = torch.randn(2, 24, 2, 32)
     eager = apply_rope(x, freqs)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)

@@ -154,11 +154,11 @@ class WanModel(nn.Module):
         self.head = Head(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
         if image_input:
             self.img_emb = MLPProj(c.dim, 2 * CLIP_TOKENS if c.model_type == "flf2v" else None)
-        # (f, h, w, device) -> complex RoPE rotations; derived data, so not a buffer (the model is meta-built)
+        # (f, h, w, device) -> RoPE (cos, sin); derived data, so not a buffer (the model is meta-built)
         self._rope_cache: dict[tuple, Tensor] = {}
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
-        """RoPE rotations [L, 1, head_dim/2] complex64 for a token grid, cached (a few shapes per run)."""
+        """RoPE (cos, sin) [L, 1, head_dim/2, 2] fp32 for a token grid, cached (a few shapes per run)."""
         key = (*grid, str(device))
         if key not in self._rope_cache:
             if len(self._rope_cache) >= 8:

@@ -3,7 +3,7 @@
 Design: parameter names follow the official Wan2.1 code (wan/modules/model.py), so a checkpoint
 loads by name. Precision follows the official run (fp32 weights under bf16 autocast), written
 out without autocast so that the weights can be stored in bf16:
-- the residual stream `x` is float32; norms, modulation (shift/scale/gate) and RoPE (complex64) are fp32;
+- the residual stream `x` is float32; norms, modulation (shift/scale/gate) and RoPE are float32;
 - activations are cast to a layer's compute dtype right before each Linear and before attention
   (`compute_dtype(layer)`: the layer's `compute_dtype` attribute if a transform set one, e.g. a
   quantized linear, else the dtype of its weight).
@@ -62,10 +62,11 @@ def rope_split(head_dim: int) -> tuple[int, int, int]:
 
 
 def rope_freqs(grid: tuple[int, int, int], head_dim: int, device: torch.device) -> Tensor:
-    """Unit complex rotations of the 3D RoPE for a (f, h, w) token grid: [f*h*w, 1, head_dim/2] complex64.
+    """3D RoPE rotations for a (f, h, w) token grid: [f*h*w, 1, head_dim/2, 2] float32 (cos, sin).
 
     Angles are computed in float64 (theta 10000, positions 0..n-1 on each axis) like the
-    reference's `rope_params`, then rounded once to complex64.
+    reference's `rope_params`, then rounded once. The last dim is (real, imag), so
+    `torch.view_as_complex` turns it into the reference's complex multipliers for free.
     """
     axes = []
     for n, d in zip(grid, rope_split(head_dim)):
@@ -80,24 +81,23 @@ def rope_freqs(grid: tuple[int, int, int], head_dim: int, device: torch.device) 
         ],
         dim=-1,
     ).reshape(f * h * w, 1, head_dim // 2)
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
 
 
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x: [B, L, H, D] by `freqs` [L, 1, D/2]; float32 out.
+    """Rotate channel pairs (2i, 2i+1) of x: [B, L, H, D] by `freqs` [L, 1, D/2, 2]; float32 out.
 
     The reference's complex multiply, in complex64 (one kernel in eager; the reference uses
     complex128). Under torch.compile the same product is written in real arithmetic, because
     Inductor cannot generate code for complex ops but fuses the real form into one kernel.
     """
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     if torch.compiler.is_compiling():
-        cs = torch.view_as_real(freqs)  # [L, 1, D/2, 2]: (cos, sin)
-        cos, sin = cs[..., 0], cs[..., 1]
-        pairs = x.float().unflatten(-1, (-1, 2))
+        cos, sin = freqs[..., 0], freqs[..., 1]
         re, im = pairs[..., 0], pairs[..., 1]
         return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2)
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)).contiguous())  # [B, L, H, D/2]
-    return torch.view_as_real(xc * freqs).flatten(-2)
+    rotated = torch.view_as_complex(pairs.contiguous()) * torch.view_as_complex(freqs)
+    return torch.view_as_real(rotated).flatten(-2)
 
 
 # ---------------------------------------------------------------- attention
