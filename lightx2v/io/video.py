@@ -45,6 +45,9 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 17
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -30,6 +30,9 @@ def test_generate_writes_valid_mp4(tiny_official_dir, tmp_path, capsys):
     assert info["fps"] == 16
     assert capsys.readouterr().out.strip() == str(out)
     assert sorted(p.name for p in out.parent.iterdir()) == ["fox.mp4"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private mode
 
 
 def test_config_file_values_and_override(tiny_official_dir, tmp_path):
