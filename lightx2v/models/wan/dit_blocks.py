@@ -103,8 +103,8 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
 # ---------------------------------------------------------------- attention
 
 
-class SelfAttention(nn.Module):
-    """Self-attention with RMS q/k norm over the whole width and 3D RoPE (official WanSelfAttention)."""
+class _QKVO(nn.Module):
+    """The projections shared by both attentions: q, k, v, o and RMS q/k norms over the whole width."""
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
         super().__init__()
@@ -116,6 +116,10 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
         self.norm_k = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
         self.attn_backend = get_backend("torch_sdpa")  # swapped by set_attention_backend
+
+
+class SelfAttention(_QKVO):
+    """Self-attention with RMS q/k norm over the whole width and 3D RoPE (official WanSelfAttention)."""
 
     def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         # x: [B, L, C] -> [B, L, C] in the compute dtype of `o`
@@ -130,7 +134,7 @@ class SelfAttention(nn.Module):
         return linear(self.o, out.flatten(2))
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(_QKVO):
     """Cross-attention to the text tokens; with `image_input`, also to the CLIP image tokens.
 
     The image branch (official WanI2VCrossAttention) attends the same queries over the image
@@ -138,14 +142,7 @@ class CrossAttention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, image_input: bool) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.o = nn.Linear(dim, dim)
-        self.norm_q = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
-        self.norm_k = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
+        super().__init__(dim, num_heads, qk_norm, eps)
         if image_input:
             self.k_img = nn.Linear(dim, dim)
             self.v_img = nn.Linear(dim, dim)
