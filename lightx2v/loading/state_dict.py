@@ -33,15 +33,25 @@ def read_tensors(path: str | Path) -> StateDict:
         except Exception as exc:  # safetensors raises its own types; name the file
             raise CheckpointError(f"cannot read {path} as safetensors ({exc}); is the file truncated?") from exc
     try:
-        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        obj = _torch_load(path)
     except Exception as exc:
-        raise CheckpointError(f"cannot read {path} as a torch checkpoint ({exc})") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot read {path} as a torch checkpoint ({first}); is the file complete?") from exc
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a state dict of tensors")
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # only files in torch's legacy (non-zip) format cannot be mapped
+            raise
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def read_sharded(files: Iterable[str | Path]) -> StateDict:

@@ -82,3 +82,13 @@ def test_api_validation_errors(tiny_official_dir):
         pipe.generate(prompt="x", output_type="gif")
     with pytest.raises(InputError, match="unknown dtype"):
         LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype="int3")
+
+
+def test_torch_files_legacy_and_corrupt(tmp_path):
+    from lightx2v.loading.state_dict import read_tensors
+
+    torch.save({"a": torch.arange(3.0)}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_tensors(tmp_path / "legacy.pth")["a"], torch.arange(3.0))  # no mmap: still read
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"cannot read .*bad.pth as a torch checkpoint .*is the file complete\?$"):
+        read_tensors(tmp_path / "bad.pth")
