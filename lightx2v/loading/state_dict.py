@@ -35,7 +35,9 @@ def read_tensors(path: str | Path) -> StateDict:
     try:
         obj = _torch_load(path)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        import pickle
+
+        first = "unpickling failed" if isinstance(exc, pickle.UnpicklingError) else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"cannot read {path} as a torch checkpoint ({first}); is the file complete?") from exc
     for key in ("state_dict", "model", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
