@@ -51,6 +51,13 @@ class SamplingDefaults:
     scheduler_config: Optional[dict] = None
     negative_prompt: str = ""
     fps: int = 16
+    # I2V: the official code uses shift 3.0 instead of `shift` at 480p sizes (area <= 832*480)
+    shift_480p: Optional[float] = None
+
+    def shift_for(self, height: int, width: int) -> float:
+        if self.shift_480p is not None and height * width <= 832 * 480:
+            return self.shift_480p
+        return self.shift
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class ModelConfig:
     vae: Any                    # WanVAEConfig
     text_encoder: Any           # UMT5Config
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
+    clip: Any = None            # CLIPVisionConfig for i2v / flf2v
+    image_processor: Optional[dict] = None  # diffusers layout: image_processor/preprocessor_config.json
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,9 @@ class SamplingParams:
 
     prompt: str
     negative_prompt: Optional[str] = None
+    image: Any = None            # PIL image (already loaded) for i2v / flf2v
+    last_image: Any = None       # PIL image for flf2v
+    resize_mode: str = "area"
     height: int = 480
     width: int = 832
     num_frames: int = 81
@@ -122,7 +134,7 @@ class SamplingParams:
             negative_prompt=d.negative_prompt if self.negative_prompt is None else self.negative_prompt,
             num_inference_steps=self.num_inference_steps or d.num_inference_steps,
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
-            shift=d.shift if self.shift is None else self.shift,
+            shift=d.shift_for(self.height, self.width) if self.shift is None else self.shift,
             solver=self.solver or d.solver,
             fps=self.fps or d.fps,
         )
@@ -148,6 +160,12 @@ class SamplingParams:
             raise InputError(f"shift must be > 0, got {self.shift}")
         if self.solver is not None and self.solver not in SOLVERS:
             raise InputError(f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVERS)}")
+        from lightx2v.pipelines.wan_image import RESIZE_MODES
+
+        if self.resize_mode not in RESIZE_MODES:
+            raise InputError(f"unknown resize_mode {self.resize_mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+        if self.last_image is not None and self.image is None:
+            raise InputError("last_image needs image (the first frame) too")
         if self.output_type not in OUTPUT_TYPES:
             raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}")
         if self.fps is not None and (not isinstance(self.fps, int) or self.fps < 1):
@@ -155,9 +173,11 @@ class SamplingParams:
         if self.output_path is not None and self.output_type == "mp4":
             check_writable(Path(self.output_path))
 
-    def latent_shape(self, z_dim: int = 16, stride: tuple[int, int, int] = (4, 8, 8)) -> tuple[int, ...]:
-        """diffusers' layout [1, C, T', H/8, W/8]."""
-        return (1, z_dim, (self.num_frames - 1) // stride[0] + 1, self.height // stride[1], self.width // stride[2])
+    def latent_shape(self, z_dim: int = 16, stride: tuple[int, int, int] = (4, 8, 8),
+                     size: Optional[tuple[int, int]] = None) -> tuple[int, ...]:
+        """diffusers' layout [1, C, T', H/8, W/8] (size: the (h, w) actually generated, if not height x width)."""
+        h, w = size or (self.height, self.width)
+        return (1, z_dim, (self.num_frames - 1) // stride[0] + 1, h // stride[1], w // stride[2])
 
 
 def check_writable(path: Path) -> None:

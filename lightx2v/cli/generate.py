@@ -9,8 +9,8 @@ from pathlib import Path
 
 from lightx2v.errors import InputError
 
-HELP = "generate a video from a prompt"
-TASKS = ("t2v",)
+HELP = "generate a video from a prompt (and an image for i2v, two for flf2v)"
+TASKS = ("t2v", "i2v", "flf2v")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -29,7 +29,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lightx2v.schedulers import SOLVERS
 
     p.add_argument("--model-path", required=True, help="model folder (official Wan or diffusers layout) or Hugging Face repo id")
-    p.add_argument("--task", default="t2v", choices=TASKS, help="what to generate")
+    p.add_argument("--task", default=None, choices=TASKS,
+                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video); default: the checkpoint's")
+    p.add_argument("--image", default=None, help="first frame for i2v / flf2v (PNG, JPEG, WebP)")
+    p.add_argument("--last-image", default=None, help="last frame for flf2v")
+    p.add_argument("--resize-mode", default="area", choices=("area", "crop", "pad"),
+                   help="i2v: area keeps the image's aspect ratio at the --size area (sides multiples of 16); "
+                        "crop / pad give exactly --size, cropping or padding the image")
     p.add_argument("--prompt", required=True, help="what the video shows")
     p.add_argument("--negative-prompt", default=None, help="what to avoid (default: Wan's default negative prompt)")
     p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280)")
@@ -40,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None, choices=SOLVERS, help="sampler (default: the checkpoint's, unipc)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default 16)")
-    p.add_argument("--output", default=None, help="mp4 path to write (default: outputs/wan_t2v_<time>_seed<N>.mp4)")
+    p.add_argument("--output", default=None, help="mp4 path to write (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
     p.add_argument("--attention", default="auto", help="attention backend (auto, torch_sdpa, sdpa_cudnn, sdpa_flash, flash_attn, sage_attn, reference)")
@@ -78,18 +84,30 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list, args: argpars
 def run(args: argparse.Namespace) -> int:
     from lightx2v import LightX2V
     from lightx2v.config import SamplingParams, check_writable
+    from lightx2v.io.image import load_image
 
     width, height = parse_size(args.size)
     if args.output:
         check_writable(Path(args.output))
-    # Validate the request before the (slow) model load.
+    # Validate the request (and read the images) before the (slow) model load.
+    image = None if args.image is None else load_image(args.image, "image")
+    last = None if args.last_image is None else load_image(args.last_image, "last image")
+    if args.task in ("i2v", "flf2v") and image is None:
+        raise InputError(f"--task {args.task} needs --image")
+    if args.task == "flf2v" and last is None:
+        raise InputError("--task flf2v needs --last-image")
+    if args.task in ("t2v", "i2v") and last is not None:
+        raise InputError(f"--last-image is for --task flf2v, not {args.task}")
+    if args.task == "t2v" and image is not None:
+        raise InputError("--image is for --task i2v or flf2v, not t2v")
     SamplingParams(prompt=args.prompt, height=height, width=width, num_frames=args.frames,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
-                   solver=args.solver).validate()
+                   solver=args.solver, resize_mode=args.resize_mode).validate()
     pipe = LightX2V.from_pretrained(args.model_path, device=args.device, dtype=args.dtype,
-                                    attention=args.attention, progress=not args.quiet)
+                                    attention=args.attention, task=args.task, progress=not args.quiet)
     result = pipe.generate(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, height=height, width=width,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, last_image=last,
+        resize_mode=args.resize_mode, height=height, width=width,
         num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
         shift=args.shift, solver=args.solver, seed=args.seed, output_type="mp4",
         output_path=args.output, fps=args.fps,

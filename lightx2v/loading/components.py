@@ -64,3 +64,19 @@ def load_vae(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> nn.Mo
     sd = _state_dict(mc.files["vae"], vae_key_from_diffusers if mc.layout == "diffusers" else None)
     load_into(model, sd, dtype=dtype, device=device, what="VAE")
     return model.eval().requires_grad_(False)
+
+
+def load_clip(mc: ModelConfig, device: torch.device, dtype: torch.dtype, attention: str = "auto") -> nn.Module:
+    """The CLIP ViT-H/14 image encoder of I2V/FLF2V checkpoints (official .pth or diffusers image_encoder/)."""
+    from lightx2v.models.wan.clip import WanCLIPVision, clip_key_from_official, clip_state_dict_from_transformers
+    from lightx2v.ops.attention import resolve_attention, set_attention_backend
+
+    model = _build(WanCLIPVision, mc.clip)
+    if mc.layout == "official":
+        sd = _state_dict(mc.files["clip"], clip_key_from_official)
+    else:
+        sd = clip_state_dict_from_transformers(_state_dict(mc.files["clip"], None))
+    load_into(model, sd, dtype=dtype, device=device, keep_fp32=getattr(WanCLIPVision, "_keep_in_fp32", ()),
+              what="image encoder")
+    set_attention_backend(model, resolve_attention(attention, device, dtype))
+    return model.eval().requires_grad_(False)

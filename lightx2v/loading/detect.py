@@ -27,11 +27,12 @@ from lightx2v.models.wan.presets import official_defaults, diffusers_defaults
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 OFFICIAL_VAE = "Wan2.1_VAE.pth"
 OFFICIAL_TOKENIZER = "google/umt5-xxl"
+OFFICIAL_CLIP = "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
 DIT_STEM = "diffusion_pytorch_model"
 
 # model_index.json _class_name -> task
 DIFFUSERS_PIPELINES = {"WanPipeline": "t2v", "WanImageToVideoPipeline": "i2v"}
-SUPPORTED_TASKS = ("t2v",)
+SUPPORTED_TASKS = ("t2v", "i2v", "flf2v")
 
 
 def _read_json(path: Path) -> dict:
@@ -90,12 +91,19 @@ def detect_official(root: Path) -> ModelConfig:
         "tokenizer": str(_require(root / OFFICIAL_TOKENIZER, "tokenizer folder", "official")),
         "vae": str(_require(root / OFFICIAL_VAE, "VAE", "official")),
     }
-    # The official layout ships no config for these two: their sizes are read off the tensors (mmap).
+    # The official layout ships no config for these: their sizes are read off the tensors (mmap).
     t5 = t5_config_from_state_dict(read_tensors(files["text_encoder"]), OFFICIAL_T5)
     vae = vae_config_from_state_dict(read_tensors(files["vae"]), OFFICIAL_VAE)
+    clip = None
+    if task != "t2v":
+        files["clip"] = str(_require(root / OFFICIAL_CLIP, "CLIP image encoder", "official"))
+        from lightx2v.loading.state_dict import rename
+        from lightx2v.models.wan.clip import CLIPVisionConfig, clip_key_from_official
+
+        clip = CLIPVisionConfig.from_state_dict(rename(read_tensors(files["clip"]), clip_key_from_official))
     return ModelConfig(
         family="wan2.1", task=task, layout="official", root=root, files=files,
-        dit=dit, vae=vae, text_encoder=t5, defaults=official_defaults(task, dit),
+        dit=dit, vae=vae, text_encoder=t5, defaults=official_defaults(task, dit), clip=clip,
     )
 
 
@@ -110,10 +118,12 @@ def detect_diffusers(root: Path) -> ModelConfig:
         raise CheckpointError(
             f"{root} is a diffusers {cls} folder; expected one of {', '.join(DIFFUSERS_PIPELINES)}"
         )
-    task = _check_task(DIFFUSERS_PIPELINES[cls], root)
-    sub = {name: _require(root / name, f"{name}/ folder", "diffusers")
-           for name in ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")}
+    parts = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+    if DIFFUSERS_PIPELINES[cls] != "t2v":
+        parts += ("image_encoder", "image_processor")
+    sub = {name: _require(root / name, f"{name}/ folder", "diffusers") for name in parts}
     dit = WanDiTConfig.from_diffusers(_read_json(_require(sub["transformer"] / "config.json", "transformer config", "diffusers")))
+    task = _check_task(dit.model_type, root)  # i2v vs flf2v: the transformer config tells
     t5 = UMT5Config.from_transformers(_read_json(_require(sub["text_encoder"] / "config.json", "text encoder config", "diffusers")))
     vae = WanVAEConfig.from_diffusers(_read_json(_require(sub["vae"] / "config.json", "VAE config", "diffusers")))
     sched = _read_json(_require(sub["scheduler"] / "scheduler_config.json", "scheduler config", "diffusers"))
@@ -124,9 +134,18 @@ def detect_diffusers(root: Path) -> ModelConfig:
         "vae": [str(p) for p in find_weights(sub["vae"], DIT_STEM, "VAE", "diffusers")],
         "scheduler_config": str(sub["scheduler"] / "scheduler_config.json"),
     }
+    clip = processor = None
+    if task != "t2v":
+        from lightx2v.models.wan.clip import CLIPVisionConfig
+
+        enc = sub["image_encoder"]
+        clip = CLIPVisionConfig.from_transformers(_read_json(_require(enc / "config.json", "image encoder config", "diffusers")))
+        files["clip"] = [str(p) for p in find_weights(enc, "model", "image encoder", "diffusers")]
+        processor = _read_json(_require(sub["image_processor"] / "preprocessor_config.json", "image processor config", "diffusers"))
     return ModelConfig(
         family="wan2.1", task=task, layout="diffusers", root=root, files=files,
         dit=dit, vae=vae, text_encoder=t5, defaults=diffusers_defaults(task, dit, sched),
+        clip=clip, image_processor=processor,
     )
 
 

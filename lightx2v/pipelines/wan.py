@@ -1,15 +1,22 @@
-"""Wan2.1 text-to-video: encode the prompt, denoise, decode, write.
+"""Wan2.1 text-to-video, image-to-video and first-last-frame-to-video: one pipeline, three tasks.
+
+    encode the prompt (and negative prompt)            T5
+    (i2v/flf2v) condition on the image(s)              CLIP tokens + VAE latents + mask (wan_image.py)
+    denoise                                            the loop of pipelines/base.py
+    decode, write                                      VAE, io/video.py
 
 The components are built and loaded by lightx2v.loading.components; this file only wires them
-into the loop of pipelines/base.py and turns a `SamplingParams` into a `GenerationResult`.
+into the loop and turns a `SamplingParams` into a `GenerationResult`.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -18,20 +25,33 @@ from lightx2v.errors import InputError
 from lightx2v.pipelines.base import GenerationResult, denoise, video_to_frames
 
 
-class WanT2VPipeline:
-    """Holds the loaded components of one Wan2.1 T2V checkpoint."""
+@dataclass(frozen=True)
+class DiTInputs:
+    """What the DiT is conditioned on besides x and t (one CFG branch)."""
+
+    context: torch.Tensor                     # [1, text_len, text_dim]
+    clip_fea: Optional[torch.Tensor] = None   # [1, 257 * n, 1280]
+    y: Optional[torch.Tensor] = None          # [1, 20, T', h, w]
+
+
+class WanPipeline:
+    """Holds the loaded components of one Wan2.1 checkpoint (t2v, i2v or flf2v)."""
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
-                 vae_dtype: torch.dtype = torch.float32, progress: bool = True):
+                 clip=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
         self.model_config = model_config
         self.engine = engine
         self.device = engine.torch_device()
-        self.dit, self.text_encoder, self.tokenizer, self.vae = dit, text_encoder, tokenizer, vae
+        self.dit, self.text_encoder, self.tokenizer, self.vae, self.clip = dit, text_encoder, tokenizer, vae, clip
         self.vae_dtype = vae_dtype
         self.progress = progress
 
+    @property
+    def task(self) -> str:
+        return self.model_config.task
+
     @classmethod
-    def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "WanT2VPipeline":
+    def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "WanPipeline":
         from lightx2v.loading import components as C
 
         device = engine.torch_device()
@@ -41,6 +61,7 @@ class WanT2VPipeline:
             text_encoder=C.load_text_encoder(mc, device, engine.dtype),
             tokenizer=C.load_tokenizer(mc),
             vae=C.load_vae(mc, device, torch.float32),
+            clip=C.load_clip(mc, device, engine.dtype, engine.attention) if mc.task != "t2v" else None,
             progress=progress,
         )
 
@@ -58,6 +79,30 @@ class WanT2VPipeline:
             out[i, : s.shape[0]] = s
         return out
 
+    @torch.no_grad()
+    def encode_images(self, images: list) -> torch.Tensor:
+        """CLIP tokens of the original images, each layout by its own preprocessing -> [1, 257 * n, 1280]."""
+        from lightx2v.models.wan.clip import preprocess_diffusers, preprocess_official
+        from lightx2v.pipelines.wan_image import to_signed_tensor
+
+        mc = self.model_config
+        if mc.layout == "official":
+            pixels = torch.cat([preprocess_official(to_signed_tensor(im)[None]) for im in images])
+        else:
+            pixels = preprocess_diffusers(images, mc.image_processor)
+        dtype = next(self.clip.parameters()).dtype
+        tokens = self.clip(pixels.to(self.device, dtype))    # [n, 257, 1280]
+        return tokens.reshape(1, -1, tokens.shape[-1])
+
+    def condition_on_images(self, p: SamplingParams):
+        from lightx2v.pipelines.wan_image import build_condition
+
+        return build_condition(
+            image=p.image, last_image=p.last_image, height=p.height, width=p.width, num_frames=p.num_frames,
+            mode=p.resize_mode, convention=self.model_config.layout, vae=self.vae, encode_clip=self.encode_images,
+            device=self.device, vae_dtype=self.vae_dtype,
+        )
+
     def make_scheduler(self, p: SamplingParams):
         from lightx2v.schedulers import make_scheduler, scheduler_from_diffusers_config
 
@@ -70,39 +115,60 @@ class WanT2VPipeline:
         sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
         return sched
 
-    def prepare_latents(self, p: SamplingParams) -> tuple[torch.Tensor, int | None]:
-        """Initial noise [1, 16, T', H/8, W/8] float32: given `latents`, or seeded (CPU generator, so the
+    def prepare_latents(self, p: SamplingParams, size: tuple[int, int]) -> tuple[torch.Tensor, int | None]:
+        """Initial noise [1, 16, T', h/8, w/8] float32: given `latents`, or seeded (CPU generator, so the
         same seed gives the same video on any device)."""
-        shape = p.latent_shape(self.model_config.dit.out_dim)
+        shape = p.latent_shape(self.model_config.dit.out_dim, size=size)
         if p.latents is not None:
             if tuple(p.latents.shape) != shape:
-                raise InputError(f"latents must have shape {list(shape)} for {p.width}x{p.height}, {p.num_frames} frames; got {list(p.latents.shape)}")
+                raise InputError(f"latents must have shape {list(shape)} for {size[1]}x{size[0]}, {p.num_frames} frames; got {list(p.latents.shape)}")
             return p.latents.to(self.device, torch.float32), p.seed
         seed = p.seed if p.seed is not None else random.randrange(2**31)
         g = torch.Generator("cpu").manual_seed(seed)
         return torch.randn(shape, generator=g, dtype=torch.float32).to(self.device), seed
 
-    def model_fn(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: DiTInputs) -> torch.Tensor:
         dtype = self.engine.dtype
-        return self.dit(x.to(dtype), t.float(), context.to(dtype))
+        cast = (lambda v: None if v is None else v.to(dtype))
+        return self.dit(x.to(dtype), t.float(), c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """float32 latents -> video [1, 3, F, H, W] in [-1, 1]."""
         return self.vae.decode(latents.to(self.vae_dtype))
 
+    def check_task(self, p: SamplingParams) -> None:
+        wanted = "t2v" if p.image is None else ("flf2v" if p.last_image is not None else "i2v")
+        if wanted == self.task:
+            return
+        if self.task == "t2v":
+            raise InputError("this is a text-to-video checkpoint: it takes no image (use an I2V checkpoint for image-to-video)")
+        if self.task == "i2v":
+            raise InputError("this is an image-to-video checkpoint: give an image" if p.image is None else
+                             "this I2V checkpoint takes one image; first-last-frame needs a Wan2.1 FLF2V checkpoint")
+        raise InputError("this is a first-last-frame checkpoint: give both image and last_image")
+
     # -- the whole run -------------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> GenerationResult:
         p = params.with_defaults(self.model_config.defaults)
+        self.check_task(p)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        cond = self.encode_prompt([p.prompt])
-        uncond = self.encode_prompt([p.negative_prompt]) if p.guidance_scale != 1.0 else None
+        context = self.encode_prompt([p.prompt])
+        neg = self.encode_prompt([p.negative_prompt]) if p.guidance_scale != 1.0 else None
         timings["text_encoder"] = self._lap(t0)
+        size, clip_fea, y = (p.height, p.width), None, None
+        if self.task != "t2v":
+            t1 = time.perf_counter()
+            c = self.condition_on_images(p)
+            size, clip_fea, y = (c.height, c.width), c.clip_fea, c.y
+            timings["image_encoder"] = self._lap(t1)
+        cond = DiTInputs(context, clip_fea, y)
+        uncond = None if neg is None else DiTInputs(neg, clip_fea, y)
 
         t1 = time.perf_counter()
-        latents, seed = self.prepare_latents(p)
+        latents, seed = self.prepare_latents(p, size)
         sched = self.make_scheduler(p)
         latents = denoise(self.model_fn, sched, latents, cond, uncond, p.guidance_scale,
                           callback=p.callback, progress=self.progress)
@@ -121,7 +187,7 @@ class WanT2VPipeline:
             from lightx2v.io.video import write_mp4
 
             t3 = time.perf_counter()
-            path = p.output_path or default_output_path(seed)
+            path = p.output_path or default_output_path(self.task, seed)
             result.path = str(write_mp4(frames, path, fps=p.fps))
             timings["save"] = self._lap(t3)
         timings["total"] = self._lap(t0)
@@ -133,6 +199,6 @@ class WanT2VPipeline:
         return time.perf_counter() - since
 
 
-def default_output_path(seed: int | None) -> str:
+def default_output_path(task: str, seed: int | None) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("outputs") / f"wan_t2v_{stamp}_seed{seed}.mp4")
+    return str(Path("outputs") / f"wan_{task}_{stamp}_seed{seed}.mp4")

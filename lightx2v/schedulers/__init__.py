@@ -5,6 +5,10 @@
     for t in sched.timesteps:
         x = sched.step(dit(x, t), x)
 
+`make_scheduler("distill")` is the fixed-timestep sampler of step-distilled models (`distill.py`):
+it runs only the step count its model was distilled on, so it is not in SOLVERS (the solvers that
+take any step count) but in SOLVER_NAMES (every name `make_scheduler` accepts).
+
 `convention="official"` reproduces the official Wan2.1 `generate()` schedule of each solver,
 `convention="diffusers"` the diffusers scheduler of the same name (they differ in where the
 schedule starts; see `base.py`). `scheduler_from_diffusers_config` reads a diffusers-layout
@@ -20,27 +24,34 @@ from typing import Any
 
 from lightx2v.errors import LightX2VError
 from lightx2v.schedulers.base import CONVENTIONS, Scheduler, SolverState
+from lightx2v.schedulers.distill import StepDistillScheduler
 from lightx2v.schedulers.dpmpp import DPMSolverPlusPlusScheduler
 from lightx2v.schedulers.euler import FlowEulerScheduler
 from lightx2v.schedulers.unipc import UniPCScheduler
 
 __all__ = [
     "CONVENTIONS",
+    "FIXED_STEP_SOLVERS",
     "SOLVERS",
+    "SOLVER_NAMES",
     "DPMSolverPlusPlusScheduler",
     "FlowEulerScheduler",
     "Scheduler",
     "SolverState",
+    "StepDistillScheduler",
     "UniPCScheduler",
     "make_scheduler",
     "scheduler_from_diffusers_config",
 ]
 
-SOLVERS = ("unipc", "dpm++", "euler")
+SOLVERS = ("unipc", "dpm++", "euler")  # ODE solvers: any step count, a diffusers counterpart each
+FIXED_STEP_SOLVERS = ("distill",)  # samplers bound to the timesteps a model was distilled on
+SOLVER_NAMES = SOLVERS + FIXED_STEP_SOLVERS
 _CLASSES: Mapping[str, type[Scheduler]] = {
     "unipc": UniPCScheduler,
     "dpm++": DPMSolverPlusPlusScheduler,
     "euler": FlowEulerScheduler,
+    "distill": StepDistillScheduler,
 }
 
 
@@ -51,10 +62,10 @@ def make_scheduler(
     num_train_timesteps: int = 1000,
     config: dict[str, Any] | None = None,
 ) -> Scheduler:
-    """A fresh scheduler for `solver` (one of SOLVERS); `config` holds the solver's options."""
+    """A fresh scheduler for `solver` (one of SOLVER_NAMES); `config` holds the solver's options."""
     cls = _CLASSES.get(solver)
     if cls is None:
-        raise LightX2VError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVERS)}")
+        raise LightX2VError(f"unknown solver {solver!r}; expected one of {', '.join(SOLVER_NAMES)}")
     options = dict(config or {})
     params = inspect.signature(cls.__init__).parameters
     accepted = {n for n in params if n not in ("self", "convention", "num_train_timesteps")}

@@ -33,10 +33,14 @@ def size_name(dit) -> str:
 
 
 def official_defaults(task: str, dit) -> SamplingDefaults:
-    """Sampling defaults of the official Wan2.1 code for this task."""
+    """Sampling defaults of the official Wan2.1 generate.py for this task: 50 steps (40 for i2v),
+    shift 5.0 (3.0 for i2v at 480p sizes, 16 for flf2v), guidance 5.0, UniPC."""
+    steps = 40 if task == "i2v" else 50
+    shift = 16.0 if task == "flf2v" else 5.0
     return SamplingDefaults(
-        num_inference_steps=50, guidance_scale=5.0, shift=5.0, solver="unipc",
+        num_inference_steps=steps, guidance_scale=5.0, shift=shift, solver="unipc",
         convention="official", scheduler_config=None, negative_prompt=DEFAULT_NEGATIVE_PROMPT, fps=16,
+        shift_480p=3.0 if task == "i2v" else None,
     )
 
 
