@@ -37,7 +37,7 @@ class ImageCondition:
 
 def to_signed_tensor(image) -> torch.Tensor:
     """PIL RGB -> float32 [3, H, W] in [-1, 1] (torchvision's to_tensor, then (x - 0.5) / 0.5)."""
-    arr = np.asarray(image, dtype=np.uint8)
+    arr = np.array(image, dtype=np.uint8)  # a copy: torch wants a writable array
     return torch.from_numpy(arr).permute(2, 0, 1).float().div(255.0).sub(0.5).div(0.5)
 
 
@@ -49,9 +49,11 @@ def frame_size(image_hw: tuple[int, int], height: int, width: int, mode: str, st
         return height, width
     ih, iw = image_hw
     ar, area = ih / iw, height * width
-    # the official rule (wan/image2video.py): latent sides floored to a multiple of the patch
-    lat_h = round(np.sqrt(area * ar) // stride // patch * patch)
-    lat_w = round(np.sqrt(area / ar) // stride // patch * patch)
+    # the official rule (wan/image2video.py): latent sides floored to a multiple of the patch. The
+    # 1e-6 keeps float error from flooring an exact side: the official code turns an 832x480 image
+    # at the 832x480 area into 832x464 (sqrt gives 479.99999999999994); we give 832x480.
+    lat_h = int((np.sqrt(area * ar) + 1e-6) // stride // patch * patch)
+    lat_w = int((np.sqrt(area / ar) + 1e-6) // stride // patch * patch)
     if lat_h < patch or lat_w < patch:
         raise InputError(f"image aspect ratio {iw}x{ih} is too extreme for a {width}x{height} video")
     return int(lat_h * stride), int(lat_w * stride)

@@ -36,7 +36,7 @@ DEFAULT_DENOISING_STEPS = (1000, 750, 500, 250)
 RENOISE_MODES = ("predicted", "fresh")
 
 
-def _check_steps(steps: Sequence[int], num_train_timesteps: int) -> tuple[int, ...]:
+def check_denoising_steps(steps: Sequence[int], num_train_timesteps: int) -> tuple[int, ...]:
     """The denoising steps as a tuple of ints: non-empty, strictly decreasing, within [1, T]."""
     if isinstance(steps, (str, bytes)) or not isinstance(steps, Sequence) or len(steps) == 0:
         raise LightX2VError(f"distill: denoising_steps must be a non-empty list of integers, got {steps!r}")
@@ -70,7 +70,7 @@ class StepDistillScheduler(Scheduler):
     ) -> None:
         # Both conventions sample the same way: the schedule comes from the distillation, not a library.
         super().__init__(convention=convention, num_train_timesteps=num_train_timesteps)
-        self.denoising_steps = _check_steps(denoising_steps, num_train_timesteps)
+        self.denoising_steps = check_denoising_steps(denoising_steps, num_train_timesteps)
         check_choice("distill", "renoise", renoise, RENOISE_MODES)
         if renoise == "fresh" and not isinstance(generator, torch.Generator):
             raise LightX2VError("distill: renoise='fresh' needs a torch.Generator seeded from the run's seed")

@@ -1,0 +1,524 @@
+"""Wan DiT weights from whatever file or folder a user has, plain or pre-quantized.
+
+Design: `inspect_dit_source(path)` finds out what a path holds by reading safetensors headers
+only (no tensor data): where the tensors are (`kind`), how they are named (`key_format`, the
+prefix to strip), whether and how they are quantized (`quant`, read from the tensors' dtypes and
+scale shapes, never from the file name), and what model they make (a `WanDiTConfig` read off the
+shapes). `read_dit_state_dict` then maps the tensors (mmap) to official keys, and `build_dit`
+loads them into a meta-built `WanModel`, with `QuantLinear` layers where the file is quantized.
+
+kind          what the user passed
+single-file   one .safetensors (or .pth/.pt/.bin): LightX2V releases (official keys), ComfyUI files
+              (`model.diffusion_model.` prefix), bare official state dicts, diffusers-keyed files
+sharded       a `*.safetensors.index.json` whose `weight_map` names the shards
+blocks        a folder of `block_<i>.safetensors` (the tensors `blocks.<i>.*`, full official names)
+              + `non_block.safetensors` (everything else): the layout LightX2V's converter writes
+              with `--save_by_block` (it may add an index; it is not needed)
+folder        a model folder: official Wan (diffusion_pytorch_model*.safetensors), a diffusers
+              pipeline root (its transformer/) or any folder with one DiT file or indexed shards
+
+Quantized formats (official names after renaming; see lightx2v.quant):
+  w8a8-int8   `<m>.weight` int8 [out, in] + `<m>.weight_scale` [out, 1]          (LightX2V)
+  w8a8-fp8    `<m>.weight` float8_e4m3fn + `<m>.weight_scale` [out, 1]            (LightX2V)
+  fp8-scaled  `<m>.weight` float8_e4m3fn + `<m>.scale_weight` [] (renamed to `weight_scale`),
+              `<m>.scale_input` and the `scaled_fp8` marker dropped                   (ComfyUI)
+              or float8 weights with no scale at all (a plain cast: scale 1)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from lightx2v.errors import CheckpointError
+from lightx2v.loading.state_dict import StateDict, load_into, read_sharded, read_tensors
+from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers
+from lightx2v.quant import QuantLinear, apply_quant, get_scheme
+
+KINDS = ("single-file", "sharded", "blocks", "folder")
+KEY_FORMATS = ("official", "comfyui", "diffusers")
+TORCH_FILES = (".pth", ".pt", ".bin", ".ckpt")
+# safetensors dtype -> (torch dtype, bytes per element)
+ST_DTYPES = {
+    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
+    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
+    "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
+    "F8_E4M3": (torch.float8_e4m3fn, 1), "F8_E5M2": (torch.float8_e5m2, 1),
+}
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+_OFFICIAL_BLOCK = re.compile(r"blocks\.\d+\.(self_attn|cross_attn|ffn\.\d+)\.")
+_DIFFUSERS_BLOCK = re.compile(r"blocks\.\d+\.(attn1|attn2|ffn\.net)\.")
+_BLOCK_INDEX = re.compile(r"blocks\.(\d+)\.")
+# file-key suffixes that carry no weight for the dequantizing path (ComfyUI's static activation
+# scales and its per-layer format records) and the scaled-fp8 marker tensor
+_DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
+_MARKERS = ("scaled_fp8",)
+
+TensorInfo = tuple[tuple[int, ...], torch.dtype]  # (shape, dtype)
+
+
+@dataclass(frozen=True)
+class DitSource:
+    """What a DiT path holds; read from headers only (see inspect_dit_source)."""
+
+    path: Path
+    kind: str                         # one of KINDS
+    files: tuple[Path, ...]
+    key_format: str                   # one of KEY_FORMATS
+    prefix: str                       # stripped from every key ("" if none)
+    quant: Optional[str]              # a lightx2v.quant scheme name, or None (plain float weights)
+    quantized: tuple[str, ...]        # module names (official) holding quantized weights
+    dtypes: tuple[tuple[str, int], ...]  # (dtype as stored, tensor count), most common first
+    num_tensors: int
+    num_params: int
+    shapes: Mapping[str, tuple[int, ...]]  # official key -> shape (quantized weights: [out, in])
+    config: WanDiTConfig              # read off the shapes; num_heads guessed (head size 128)
+    ignored: tuple[str, ...] = ()     # file keys not loaded (outside the prefix, markers, input scales)
+
+    @property
+    def looks_like(self) -> str:
+        return describe_config(self.config)
+
+    def describe(self) -> str:
+        """One paragraph for `lightx2v info FILE`."""
+        fmt = self.key_format + (f" keys (prefix {self.prefix!r} stripped)" if self.prefix else " keys")
+        quant = f"quantized {self.quant} ({len(self.quantized)} layers)" if self.quant else "not quantized"
+        dtypes = ", ".join(f"{d} x{n}" for d, n in self.dtypes)
+        lines = [f"{self.path}", f"  {self.looks_like}", f"  {self.kind}, {fmt}, {quant}",
+                 f"  {self.num_tensors} tensors, {_count(self.num_params)} params ({dtypes})"]
+        lines += [f"    {f}" for f in self.files[:4]] + ([f"    ... {len(self.files) - 4} more"] if len(self.files) > 4 else [])
+        if self.ignored:
+            lines.append(f"  not loaded: {len(self.ignored)} tensors, e.g. {', '.join(self.ignored[:3])}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "kind": self.kind, "files": [str(f) for f in self.files],
+                "key_format": self.key_format, "prefix": self.prefix, "quant": self.quant,
+                "quantized_layers": len(self.quantized), "dtypes": dict(self.dtypes), "tensors": self.num_tensors,
+                "params": self.num_params, "looks_like": self.looks_like, "config": dataclasses.asdict(self.config),
+                "ignored": list(self.ignored)}
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
+# ---------------------------------------------------------------- headers
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
+    """{key: (shape, dtype)} of a .safetensors file, checked against the file size (no data read)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path} is {size} bytes, too short to be a safetensors file; is it truncated?")
+        n = int.from_bytes(head, "little")
+        if n > size - 8 or n > _MAX_HEADER:
+            raise CheckpointError(f"{path} is truncated or not a safetensors file: its header length ({n} bytes) "
+                                  f"is beyond the file size ({size} bytes)")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except ValueError:
+        raise CheckpointError(f"{path} has a corrupt safetensors header (not valid JSON); download it again") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} has a corrupt safetensors header (not a JSON object)")
+    header.pop("__metadata__", None)
+    data = size - 8 - n
+    out: dict[str, TensorInfo] = {}
+    for key, info in header.items():
+        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+            raise CheckpointError(f"{path} has a corrupt safetensors header (entry {key!r})")
+        if info["dtype"] not in ST_DTYPES:
+            raise CheckpointError(f"{path}: tensor {key} has dtype {info['dtype']}, which lightx2v does not read")
+        dtype, itemsize = ST_DTYPES[info["dtype"]]
+        try:
+            shape = tuple(int(s) for s in info["shape"])
+            begin, end = (int(o) for o in info["data_offsets"])
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path} has a corrupt safetensors header (entry {key!r})") from None
+        if end > data:
+            raise CheckpointError(f"{path} is truncated: tensor {key} ends at byte {end} of the data, "
+                                  f"the file holds {data}; download it again")
+        if not 0 <= begin <= end or end - begin != math.prod(shape) * itemsize:
+            raise CheckpointError(f"{path} has a corrupt safetensors header: tensor {key} {list(shape)} "
+                                  f"does not fit its data offsets [{begin}, {end}]")
+        out[key] = (shape, dtype)
+    return out
+
+
+def _file_infos(path: Path) -> dict[str, TensorInfo]:
+    if path.suffix == ".safetensors":
+        return read_safetensors_header(path)
+    return {k: (tuple(v.shape), v.dtype) for k, v in read_tensors(path).items()}  # mmap: metadata only
+
+
+# ---------------------------------------------------------------- where the tensors are
+
+
+def _index_shards(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"cannot read {index} as a safetensors index (JSON with a weight_map)") from None
+    missing = [s for s in shards if not (index.parent / s).is_file()]
+    if missing:
+        raise CheckpointError(f"shard {missing[0]} listed in {index.name} is missing from {index.parent}")
+    return [index.parent / s for s in shards]
+
+
+def _block_files(folder: Path) -> Optional[list[Path]]:
+    blocks = {int(m[1]): p for p in folder.glob("block_*.safetensors")
+              if (m := re.fullmatch(r"block_(\d+)\.safetensors", p.name))}
+    if not blocks:
+        return None
+    gaps = [i for i in range(max(blocks) + 1) if i not in blocks]
+    if gaps:
+        raise CheckpointError(f"block-split folder {folder} lacks block_{gaps[0]}.safetensors "
+                              f"(it has block_0 .. block_{max(blocks)})")
+    non_block = folder / "non_block.safetensors"
+    if not non_block.is_file():
+        raise CheckpointError(f"block-split folder {folder} lacks non_block.safetensors (embeddings, head)")
+    return [blocks[i] for i in range(len(blocks))] + [non_block]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    if (folder / "model_index.json").is_file() and (folder / "transformer").is_dir():
+        return _folder_files(folder / "transformer")  # a diffusers pipeline root
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    preferred = [i for i in indexes if i.name == "diffusion_pytorch_model.safetensors.index.json"]
+    if preferred or len(indexes) == 1:
+        return _index_shards((preferred or indexes)[0])
+    if len(indexes) > 1:
+        raise CheckpointError(f"{folder} holds several indexes ({', '.join(i.name for i in indexes)}); pass one of them")
+    single = folder / "diffusion_pytorch_model.safetensors"
+    if single.is_file():
+        return [single]
+    files = sorted(folder.glob("*-of-*.safetensors")) or sorted(folder.glob("*.safetensors"))
+    if len(files) == 1 or (files and all("-of-" in f.name for f in files)):
+        return files
+    if files:
+        raise CheckpointError(f"{folder} holds several .safetensors files and no index "
+                              f"({', '.join(f.name for f in files[:4])}); pass the DiT file itself")
+    raise CheckpointError(f"no DiT weights in {folder}: expected a .safetensors file, shards with an index, "
+                          "or block_<i>.safetensors + non_block.safetensors")
+
+
+def locate_dit_files(path: Path) -> tuple[str, list[Path]]:
+    """(kind, files) of a DiT path; see the module docstring for the kinds."""
+    if path.is_dir():
+        blocks = _block_files(path)
+        return ("blocks", blocks) if blocks else ("folder", _folder_files(path))
+    if not path.is_file():
+        raise CheckpointError(f"DiT weights not found: {path}")
+    if path.name.endswith(".index.json"):
+        return "sharded", _index_shards(path)
+    if path.suffix == ".safetensors" or path.suffix in TORCH_FILES:
+        return "single-file", [path]
+    if path.suffix == ".gguf":
+        raise CheckpointError(f"{path} is a GGUF file, which lightx2v does not read; use a .safetensors DiT")
+    raise CheckpointError(f"{path}: unknown DiT file type {path.suffix!r}; expected .safetensors, "
+                          f"a .safetensors.index.json, {', '.join(TORCH_FILES)} or a folder")
+
+
+# ---------------------------------------------------------------- what the keys are
+
+
+# (what it looks like, regexes that must all match some key); the first match names the file
+_OTHER_MODELS = (
+    ("a LoRA (lora_A/lora_B or lora_down/lora_up tensors), not a full DiT: load it as a LoRA", (r"lora_(A|B|up|down)\b|\.lora\.",)),
+    ("a HunyuanVideo transformer", (r"individual_token_refiner",)),
+    ("a Flux transformer", (r"(^|\.)double_blocks\.", r"(^|\.)single_blocks\.")),
+    ("a diffusers Flux transformer", (r"(^|\.)single_transformer_blocks\.",)),
+    ("a Qwen-Image transformer", (r"(^|\.)transformer_blocks\.\d+\.img_mod",)),
+    ("an SD3 MMDiT", (r"(^|\.)joint_blocks\.",)),
+    ("a Stable Diffusion UNet", (r"(^|\.)input_blocks\.", r"(^|\.)middle_block\.")),
+    ("a diffusers VAE", (r"(^|\.)encoder\.down_blocks\.", r"(^|\.)decoder\.up_blocks\.")),
+    ("a diffusers UNet", (r"(^|\.)down_blocks\.", r"(^|\.)up_blocks\.")),
+    ("a Wan VAE (Wan2.1_VAE.pth), not a DiT", (r"(^|\.)encoder\.downsamples\.", r"(^|\.)decoder\.upsamples\.")),
+    ("a Wan T5 text encoder, not a DiT", (r"(^|\.)token_embedding\.", r"blocks\.\d+\.attn\.q\.")),
+    ("a T5 text encoder", (r"(^|\.)encoder\.block\.\d+\.layer\.",)),
+    ("a CLIP model", (r"(^|\.)(visual|vision_model|text_model)\.",)),
+    ("a language model (Qwen/Llama-style)", (r"(^|\.)layers\.\d+\.(self_attn|mlp)\.",)),
+    ("part of a block-split DiT (blocks only, no patch_embedding): pass the folder holding "
+     "block_<i>.safetensors and non_block.safetensors", (_OFFICIAL_BLOCK.pattern,)),
+    ("a diffusers transformer of another family", (r"(^|\.)transformer_blocks\.",)),
+)
+
+
+def _not_a_dit(keys: Iterable[str], where: Path) -> CheckpointError:
+    keys = sorted(keys)
+    for what, patterns in _OTHER_MODELS:
+        if all(any(re.search(p, k) for k in keys) for p in patterns):
+            return CheckpointError(f"{where} is not a Wan DiT checkpoint: it looks like {what} "
+                                   f"({len(keys)} tensors, e.g. {', '.join(keys[:2])})")
+    heads = Counter(".".join(k.split(".")[:2]) for k in keys).most_common(5)
+    return CheckpointError(f"{where} is not a Wan DiT checkpoint (no patch_embedding.weight and blocks.N.self_attn "
+                           f"tensors); its {len(keys)} tensors start with: {', '.join(h for h, _ in heads) or 'nothing'}")
+
+
+def detect_key_format(keys: Iterable[str], where: Path) -> tuple[str, str]:
+    """(key_format, prefix) of a DiT's keys; a CheckpointError saying what the file is otherwise."""
+    keys = list(keys)
+    anchors = [k for k in keys if k.endswith("patch_embedding.weight")]
+    if len(anchors) > 1:
+        raise CheckpointError(f"{where} holds {len(anchors)} patch embeddings ({', '.join(anchors[:3])}); "
+                              "expected one DiT")
+    if not anchors:
+        raise _not_a_dit(keys, where)
+    prefix = anchors[0][: -len("patch_embedding.weight")]
+    body = [k[len(prefix):] for k in keys if k.startswith(prefix)]
+    if any(_OFFICIAL_BLOCK.match(k) for k in body):
+        return ("comfyui" if prefix else "official"), prefix
+    if any(_DIFFUSERS_BLOCK.match(k) for k in body):
+        return "diffusers", prefix
+    raise _not_a_dit(keys, where)
+
+
+def dit_key_from_file(key: str, key_format: str) -> Optional[str]:
+    """Official key for a file key (its prefix already stripped); None for tensors not loaded."""
+    if key in _MARKERS or key.endswith(_DROPPED_SUFFIXES):
+        return None
+    if key.endswith(".scale_weight"):  # ComfyUI scaled fp8: per-tensor scale
+        key = key[: -len(".scale_weight")] + ".weight_scale"
+    if key_format != "diffusers":
+        return key
+    if key.endswith(".weight_scale"):
+        new = dit_key_from_diffusers(key[: -len("_scale")])
+        return None if new is None else new + "_scale"
+    return dit_key_from_diffusers(key)
+
+
+# ---------------------------------------------------------------- quantization, from the tensors
+
+
+def _scheme_of(module: str, weight: TensorInfo, scale: Optional[TensorInfo], where: Path) -> str:
+    (wshape, wdt) = weight
+    if scale is None:
+        if wdt == torch.float8_e4m3fn:
+            return "fp8-scaled"  # a plain cast to float8: scale 1
+        raise CheckpointError(f"{where}: {module}.weight is {wdt} without a weight_scale; cannot dequantize it")
+    n = math.prod(scale[0])
+    per_channel = n == wshape[0] and len(scale[0]) >= 1
+    if wdt == torch.int8 and per_channel:
+        return "w8a8-int8"
+    if wdt == torch.float8_e4m3fn and per_channel:
+        return "w8a8-fp8"
+    if wdt == torch.float8_e4m3fn and n == 1:
+        return "fp8-scaled"
+    raise CheckpointError(f"{where}: {module}.weight is {wdt} with a scale of shape {list(scale[0])}; lightx2v reads "
+                          "int8 / float8_e4m3fn weights with a per-channel [out, 1] or (fp8) per-tensor scale")
+
+
+def detect_quant(infos: Mapping[str, TensorInfo], where: Path) -> tuple[Optional[str], tuple[str, ...]]:
+    """(scheme name or None, quantized module names) from official-keyed (shape, dtype) infos."""
+    low = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
+    modules = {k[: -len(".weight_scale")] for k in infos if k.endswith(".weight_scale")}
+    modules |= {k[: -len(".weight")] for k, (s, d) in infos.items() if k.endswith(".weight") and d in low and len(s) == 2}
+    found: dict[str, str] = {}
+    for m in sorted(modules):
+        if f"{m}.weight" not in infos:
+            raise CheckpointError(f"{where} has {m}.weight_scale but no {m}.weight")
+        if infos[f"{m}.weight"][1] == torch.float8_e5m2:
+            raise CheckpointError(f"{where}: {m}.weight is float8_e5m2; lightx2v reads float8_e4m3fn and int8 weights")
+        found[m] = _scheme_of(m, infos[f"{m}.weight"], infos.get(f"{m}.weight_scale"), where)
+    schemes = sorted(set(found.values()))
+    if len(schemes) > 1:
+        first = {s: next(m for m, v in found.items() if v == s) for s in schemes}
+        raise CheckpointError(f"{where} mixes quantization schemes: " + ", ".join(f"{s} ({m})" for s, m in first.items()))
+    return (schemes[0] if schemes else None), tuple(sorted(found))
+
+
+# ---------------------------------------------------------------- config from shapes
+
+
+def describe_config(cfg: WanDiTConfig) -> str:
+    """'Wan2.1 14B i2v DiT (dim 5120, 40 layers)'."""
+    from lightx2v.models.wan.presets import SIZES
+
+    family = "Wan2.2" if cfg.in_dim == 48 else "Wan2.1"  # TI2V-5B; Wan2.2 A14B experts look like Wan2.1 14B
+    size = SIZES.get((cfg.dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim))
+    return f"{family} {size + ' ' if size else ''}{cfg.model_type} DiT (dim {cfg.dim}, {cfg.num_layers} layers)"
+
+
+def _guess_heads(dim: int) -> int:
+    # every Wan2.1/2.2 release uses 128-wide heads; heads cannot be read off the shapes
+    return next((dim // hd for hd in (128, 64, 32, 16, 8, 2) if dim % hd == 0), 1)
+
+
+def dit_config_from_state_dict(
+    sd: Mapping[str, Union[Tensor, tuple[int, ...]]], *, base: Optional[WanDiTConfig] = None, what: str = "DiT checkpoint",
+) -> WanDiTConfig:
+    """WanDiTConfig of an official-keyed DiT state dict (tensors or shapes; only shapes are read).
+
+    num_heads, text_len and eps cannot be read off the tensors: they come from `base` (the model
+    folder's config) when given, else Wan's values (128-wide heads, 512 text tokens, 1e-6).
+    """
+    shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in sd.items()}
+
+    def need(key: str) -> tuple[int, ...]:
+        if key not in shapes:
+            raise CheckpointError(f"{what} has no tensor {key}; is it a complete Wan DiT?")
+        return shapes[key]
+
+    dim, in_dim, *patch = need("patch_embedding.weight")
+    blocks = sorted({int(m[1]) for k in shapes if (m := _BLOCK_INDEX.match(k))})
+    if blocks != list(range(len(blocks))) or not blocks:
+        gap = next((i for i in range(len(blocks) + 1) if i not in blocks), 0)
+        raise CheckpointError(f"{what} has no tensors for blocks.{gap} (blocks found: {len(blocks)}); is it complete?")
+    has_img = any(k.startswith("img_emb.") for k in shapes)
+    out_dim = need("head.head.weight")[0] // math.prod(patch)
+    if not has_img and in_dim != out_dim:
+        raise CheckpointError(f"{what}: in_dim {in_dim} with no image embedding (img_emb) looks like a Wan2.2 "
+                              "image-to-video DiT, which this version does not run")
+    return WanDiTConfig(
+        model_type="flf2v" if "img_emb.emb_pos" in shapes else "i2v" if has_img else "t2v",
+        in_dim=in_dim, dim=dim, ffn_dim=need("blocks.0.ffn.0.weight")[0],
+        num_heads=base.num_heads if base else _guess_heads(dim), num_layers=len(blocks), patch_size=tuple(patch),
+        text_len=base.text_len if base else 512, freq_dim=need("time_embedding.0.weight")[1],
+        text_dim=need("text_embedding.0.weight")[1], out_dim=out_dim,
+        qk_norm="blocks.0.self_attn.norm_q.weight" in shapes, cross_attn_norm="blocks.0.norm3.weight" in shapes,
+        eps=base.eps if base else 1e-6,
+    )
+
+
+_SHAPE_FIELDS = ("model_type", "in_dim", "dim", "ffn_dim", "num_layers", "patch_size", "freq_dim", "text_dim",
+                 "out_dim", "qk_norm", "cross_attn_norm")
+
+
+def check_dit_matches(found: WanDiTConfig, expected: WanDiTConfig, what: str) -> None:
+    """A one-line CheckpointError when a DiT file is not the model the folder's config describes."""
+    diff = [f for f in _SHAPE_FIELDS if getattr(found, f) != getattr(expected, f)]
+    if diff:
+        detail = ", ".join(f"{f} {getattr(found, f)} vs {getattr(expected, f)}" for f in diff[:4])
+        raise CheckpointError(f"{what} is a {describe_config(found)}; the folder's config is a "
+                              f"{describe_config(expected)} ({detail})")
+
+
+# ---------------------------------------------------------------- the public entry points
+
+
+def inspect_dit_source(path: Union[str, Path]) -> DitSource:
+    """What a DiT file / index / folder holds, from the safetensors headers (no tensor data read)."""
+    path = Path(path).expanduser()
+    kind, files = locate_dit_files(path)
+    raw: dict[str, TensorInfo] = {}
+    for i, f in enumerate(files):
+        infos = _file_infos(f)
+        if kind == "blocks" and f.name != "non_block.safetensors":
+            stray = next((k for k in infos if f"blocks.{i}." not in k), None)
+            if stray is not None:
+                raise CheckpointError(f"{f} holds {stray}; a block-split folder keeps blocks.{i}.* in block_{i}.safetensors")
+        dup = raw.keys() & infos.keys()
+        if dup:
+            raise CheckpointError(f"key {sorted(dup)[0]!r} appears in more than one file ({f})")
+        raw.update(infos)
+    key_format, prefix = detect_key_format(raw, path)
+    official: dict[str, TensorInfo] = {}
+    ignored = []
+    for k, info in raw.items():
+        nk = dit_key_from_file(k[len(prefix):], key_format) if k.startswith(prefix) else None
+        if nk is None:
+            ignored.append(k)
+        else:
+            official[nk] = info
+    quant, quantized = detect_quant(official, path)
+    shapes = {k: s for k, (s, _) in official.items()}
+    counts = Counter(str(d).replace("torch.", "") for _, d in raw.values()).most_common()
+    return DitSource(
+        path=path, kind=kind, files=tuple(files), key_format=key_format, prefix=prefix, quant=quant,
+        quantized=quantized, dtypes=tuple(counts), num_tensors=len(raw),
+        num_params=sum(math.prod(s) for s, _ in raw.values()), shapes=shapes,
+        config=dit_config_from_state_dict(shapes, what=str(path)), ignored=tuple(sorted(ignored)),
+    )
+
+
+def read_dit_state_dict(source: DitSource) -> StateDict:
+    """Official-keyed tensors of a DiT source (mmap). Quantized weights stay int8 / float8 with their
+    `weight_scale` (reshaped to the scheme's [out, 1] or []; scale 1 where a float8 file has none)."""
+    files = list(source.files)
+    sd = read_tensors(files[0]) if len(files) == 1 else read_sharded(files)
+    out: StateDict = {}
+    for k, v in sd.items():
+        nk = dit_key_from_file(k[len(source.prefix):], source.key_format) if k.startswith(source.prefix) else None
+        if nk is not None:
+            out[nk] = v
+    if source.quant is not None:
+        scheme = get_scheme(source.quant)
+        for m in source.quantized:
+            shape = scheme.scale_shape(out[f"{m}.weight"].shape[0])
+            scale = out.get(f"{m}.weight_scale")
+            out[f"{m}.weight_scale"] = torch.ones(shape) if scale is None else scale.reshape(shape)
+    return out
+
+
+def prepare_for_quantized(model: nn.Module, source: DitSource, *, dtype: torch.dtype) -> nn.Module:
+    """Swap the Linears that the file holds quantized for QuantLinear (on the meta-built model), so
+    that loading finds `weight` / `weight_scale` where the file has them. `dtype`: the compute dtype."""
+    if source.quant is None:
+        return model
+    layers = {n for n, m in model.named_modules() if isinstance(m, (nn.Linear, QuantLinear))}
+    stray = [m for m in source.quantized if m not in layers]
+    if stray:
+        raise CheckpointError(f"{source.path} holds quantized weights for {stray[0]}, which is not a Linear of the model")
+    return apply_quant(model, source.quant, targets=source.quantized, compute_dtype=dtype)
+
+
+def _cast_for(model: nn.Module, sd: Mapping[str, Tensor], dtype, device, keep: tuple[str, ...]) -> StateDict:
+    quant = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    out: StateDict = {}
+    for k, v in sd.items():
+        owner, _, leaf = k.rpartition(".")
+        q = quant.get(owner)
+        dev = device or v.device
+        if q is not None and leaf == "weight" and v.dtype != q.scheme.qdtype:
+            if not v.is_floating_point() or f"{owner}.weight_scale" in sd:
+                raise CheckpointError(f"DiT tensor {k} is {v.dtype}; the {q.scheme.name} layer expects {q.scheme.qdtype}")
+            v, out[f"{owner}.weight_scale"] = q.scheme.quantize(v.to(dev))  # a float file: quantize on load
+        elif q is not None:
+            v = v.to(dev, {"weight": v.dtype, "weight_scale": torch.float32}.get(leaf, q.compute_dtype))
+        elif v.is_floating_point():
+            v = v.to(dev, torch.float32 if any(p in k for p in keep) else (dtype or v.dtype))
+        else:
+            v = v.to(dev)
+        out[k] = v
+    return out
+
+
+def load_dit_weights(
+    model: nn.Module, sd: Mapping[str, Tensor], *, dtype: Optional[torch.dtype], device=None,
+    keep_fp32: Optional[Iterable[str]] = None, what: str = "DiT",
+) -> nn.Module:
+    """`load_into` for a DiT that may hold QuantLinear layers: their weights keep the file's int8 /
+    float8 (a float weight is quantized on the way, so `apply_quant` on the meta model + a float
+    file quantizes at load), scales become fp32, biases the layer's compute dtype; every other
+    tensor is cast as load_into does (`keep_fp32` defaults to the model's `_keep_in_fp32`)."""
+    keep = tuple(getattr(model, "_keep_in_fp32", ()) if keep_fp32 is None else keep_fp32)
+    return load_into(model, _cast_for(model, sd, dtype, device, keep), what=what)
+
+
+def build_dit(
+    source: DitSource, *, dtype: torch.dtype, device=None, expected: Optional[WanDiTConfig] = None,
+) -> WanModel:
+    """A loaded WanModel from a DiT source. `expected`: the model folder's DiT config; a file of
+    another size or task is a CheckpointError, and the fields shapes cannot tell come from it."""
+    if expected is not None:
+        check_dit_matches(source.config, expected, str(source.path))
+    cfg = source.config if expected is None else dataclasses.replace(
+        source.config, num_heads=expected.num_heads, text_len=expected.text_len, eps=expected.eps)
+    with torch.device("meta"):
+        model = WanModel(cfg)
+    prepare_for_quantized(model, source, dtype=dtype)
+    load_dit_weights(model, read_dit_state_dict(source), dtype=dtype, device=device)
+    return model.eval().requires_grad_(False)

@@ -1,0 +1,441 @@
+"""LoRA files: reading every common layout, normalising onto our model's names, merging.
+
+Design: a LoRA file is read once into `LoraWeights`, a normalised set keyed by the names of
+OUR model's tensors (official Wan names, e.g. `blocks.0.self_attn.q.weight`): per target tensor
+a low-rank pair (`down` [r, in], `up` [out, r], `scale`) and/or a full delta. Every tensor of
+the file either lands on a target or is listed in `unmatched` with the reason; nothing is
+dropped silently. Merging (`merge_loras_`) and the run-time transform
+(`lightx2v.runtime.lora.apply_dynamic_lora`) both consume that set.
+
+A key is `<prefix><module path>.<kind>`:
+- prefixes: `diffusion_model.` / `model.diffusion_model.` (official / ComfyUI / LightX2V),
+  `transformer.` / `base_model.model.` (diffusers / PEFT), `lora_unet_` (Kohya / musubi-tuner:
+  dots written as underscores, resolved against the model's own module names, never guessed),
+  or none;
+- kinds: `lora_down.weight` / `lora_A.weight` (down), `lora_up.weight` / `lora_B.weight` (up),
+  `alpha` (scale = alpha / rank), `lora_B.bias` (PEFT bias delta, scaled like its pair),
+  `diff` (full delta of the module's weight, or of the named tensor itself), `diff_b` (bias
+  delta), `diff_m` (delta of the module's `modulation`).
+Module paths in official names are used as they are; otherwise the model's diffusers renamer
+(`dit_key_from_diffusers` for `WanModel`) maps them. For diffusers/PEFT files without `.alpha`
+keys, the `lora_adapter_metadata` that diffusers writes (lora_alpha, alpha_pattern, use_rslora)
+gives the scale, as PEFT computes it.
+
+Quantized layers expose `dequantize_weight()` and `set_weight(w)`; a merge goes through them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lightx2v.errors import CheckpointError
+from lightx2v.loading.state_dict import read_tensors
+
+# `lora_A.<adapter>.weight` is how PEFT names a tensor inside a live model; accepted too
+_KEY = re.compile(
+    r"(?P<path>.+?)\.(?P<kind>lora_(?:down|up)\.weight|lora_[AB](?:\.[^.]+)?\.(?:weight|bias)|alpha|diff|diff_b|diff_m)"
+)
+_ADAPTER = re.compile(r"lora_([AB])(?:\.[^.]+)?\.(weight|bias)")
+_KINDS = {
+    "lora_down.weight": "down", "lora_A.weight": "down", "lora_up.weight": "up", "lora_B.weight": "up",
+    "lora_B.bias": "up_bias", "alpha": "alpha", "diff": "diff", "diff_b": "diff_b", "diff_m": "diff_m",
+}
+_UNSUPPORTED = re.compile(r"\.(hada_|lokr_|dora_scale|lora_mid|lora_magnitude_vector)")
+_DOTTED_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "base_model.model.", "transformer.")
+_UNDERSCORE_PREFIX = "lora_unet_"
+_KNOWN_WIDTHS = {1536: "Wan2.1 1.3B", 5120: "Wan2.1/2.2 14B", 3072: "Wan2.2 5B"}
+
+Rename = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """delta W = scale * up @ down, reshaped to `shape` (a Conv weight: [out, in, *kernel])."""
+
+    down: Tensor  # [r, in]   (in = prod(shape[1:]))
+    up: Tensor  # [out, r]
+    scale: float
+    shape: tuple[int, ...]
+
+    @property
+    def rank(self) -> int:
+        return self.down.shape[0]
+
+    def delta(self, device: torch.device | None = None) -> Tensor:
+        """The full delta in float32, on `device`."""
+        d = self.up.to(device, torch.float32) @ self.down.to(device, torch.float32)
+        return d.mul_(self.scale).reshape(self.shape)
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One LoRA file, normalised onto one model's tensor names (see the module docstring)."""
+
+    source: str
+    low_rank: Mapping[str, LowRank]  # our tensor name -> pair
+    diffs: Mapping[str, Tensor]  # our tensor name -> full delta, the tensor's shape
+    unmatched: Mapping[str, str] = field(default_factory=dict)  # file key -> why it targets nothing
+
+    @property
+    def targets(self) -> frozenset[str]:
+        return frozenset(self.low_rank) | frozenset(self.diffs)
+
+    def delta(self, name: str, device: torch.device | None = None) -> Tensor:
+        """Total float32 delta of one target (unit strength)."""
+        out = self.low_rank[name].delta(device) if name in self.low_rank else None
+        if name in self.diffs:
+            d = self.diffs[name].to(device, torch.float32)
+            out = d.clone() if out is None else out.add_(d.reshape(out.shape))
+        return out
+
+
+# ---------------------------------------------------------------- model side
+
+
+def is_quantized(module: nn.Module) -> bool:
+    """A layer that stores its weight quantized and can give / take it in float."""
+    return callable(getattr(module, "dequantize_weight", None)) and callable(getattr(module, "set_weight", None))
+
+
+def target_shape(module: nn.Module, attr: str) -> tuple[int, ...]:
+    if attr == "weight" and is_quantized(module):
+        if hasattr(module, "out_features") and hasattr(module, "in_features"):
+            return (int(module.out_features), int(module.in_features))
+        return tuple(module.dequantize_weight().shape)
+    return tuple(getattr(module, attr).shape)
+
+
+class _Resolver:
+    """Maps a module path of a LoRA file to the name of one of the model's tensors."""
+
+    def __init__(self, model: nn.Module, rename: Rename | None) -> None:
+        self.modules = dict(model.named_modules())
+        self.rename = rename
+        # Kohya writes `blocks_0_cross_attn_k_img`; the model's names, written the same way, say
+        # where the dots were. Two names that collide this way resolve to nothing (reported).
+        self.flat: dict[str, str | None] = {}
+        for name in [*self.modules, *(n for n, _ in model.named_parameters())]:
+            u = name.replace(".", "_")
+            self.flat[u] = name if self.flat.get(u, name) == name else None
+
+    def _tensor(self, module_path: str, attr: str) -> str | None:
+        module = self.modules.get(module_path)
+        if module is None:
+            return None
+        direct = dict(module.named_parameters(recurse=False)) | dict(module.named_buffers(recurse=False))
+        if direct.get(attr) is None and not (attr == "weight" and is_quantized(module)):
+            return None
+        return f"{module_path}.{attr}" if module_path else attr
+
+    def resolve(self, path: str, attr: str | None, underscore: bool) -> str | None:
+        """Our tensor `attr` of module `path`; attr None: `path` itself names a tensor."""
+        if underscore:
+            path = self.flat.get(path) or ""
+            if not path:
+                return None
+        candidates = [f"{path}.{attr}" if attr else path]
+        if not underscore and self.rename is not None:
+            renamed = self.rename(candidates[0])
+            if renamed and renamed != candidates[0]:
+                candidates.append(renamed)
+        for full in candidates:
+            parent, _, leaf = full.rpartition(".")
+            found = self._tensor(parent, leaf)
+            if found:
+                return found
+        return None
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        parent, _, leaf = name.rpartition(".")
+        return target_shape(self.modules[parent], leaf)
+
+
+def _default_rename(model: nn.Module) -> Rename | None:
+    from lightx2v.models.wan.dit import WanModel, dit_key_from_diffusers
+
+    return dit_key_from_diffusers if isinstance(model, WanModel) else None
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class _PeftAlphas:
+    """Scales of a diffusers/PEFT file from its `lora_adapter_metadata` (LoraConfig fields)."""
+
+    alpha: float
+    pattern: Mapping[str, float]
+    rslora: bool
+
+    def scale(self, module: str, rank: int) -> float:
+        alpha = self.alpha
+        for pat, value in self.pattern.items():  # PEFT's pattern rule: the key ends the module name
+            if module == pat or re.match(rf"(.*\.)?({pat})$", module):
+                alpha = float(value)
+                break
+        return alpha / (math.sqrt(rank) if self.rslora else rank)
+
+
+def _peft_alphas(path: Path) -> _PeftAlphas | None:
+    if path.suffix != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("lora_adapter_metadata")
+    if not raw:
+        return None
+    try:
+        meta = {k.removeprefix("transformer."): v for k, v in json.loads(raw).items()}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: lora_adapter_metadata is not valid JSON ({exc})") from exc
+    # PEFT's LoraConfig default lora_alpha is 8 when the config does not say
+    return _PeftAlphas(float(meta.get("lora_alpha", 8)), dict(meta.get("alpha_pattern") or {}),
+                       bool(meta.get("use_rslora", False)))
+
+
+def _split_key(key: str) -> tuple[str, bool, str] | str:
+    """(module path without prefix, underscore style, kind), or the reason the key is not LoRA."""
+    m = _KEY.fullmatch(key)
+    if m is None:
+        if _UNSUPPORTED.search(key):
+            return "LoHa / LoKr / DoRA / LoCon-mid tensors are not supported"
+        return "not a LoRA tensor (expected .lora_down/.lora_up/.lora_A/.lora_B/.alpha/.diff/.diff_b/.diff_m)"
+    path, kind = m["path"], _ADAPTER.sub(r"lora_\1.\2", m["kind"])
+    if path.startswith(_UNDERSCORE_PREFIX):
+        return path[len(_UNDERSCORE_PREFIX):], True, _KINDS[kind]
+    for prefix in _DOTTED_PREFIXES:
+        if path.startswith(prefix):
+            return path[len(prefix):], False, _KINDS[kind]
+    return path, False, _KINDS[kind]
+
+
+def _pair(
+    group: dict[str, tuple[str, Tensor]], shape: tuple[int, ...], alphas: _PeftAlphas | None, path: str
+) -> LowRank | str:
+    """The normalised pair of one module, or why its shapes do not fit `shape`."""
+    (_, down), (_, up) = group["down"], group["up"]
+    if down.ndim < 2 or up.ndim < 2 or up.shape[1] != down.shape[0] or any(s != 1 for s in up.shape[2:]):
+        return f"lora pair of shapes down {tuple(down.shape)} / up {tuple(up.shape)} is not a low-rank pair"
+    rank = down.shape[0]
+    d2, u2 = down.reshape(rank, -1), up.reshape(up.shape[0], rank)
+    fits = u2.shape[0] == shape[0] and d2.shape[1] == math.prod(shape[1:])
+    if down.ndim > 2 and tuple(down.shape[1:]) != tuple(shape[1:]):
+        fits = False
+    if not fits:
+        return f"gives [{u2.shape[0]}, {d2.shape[1]}]"
+    if "alpha" in group:
+        scale = float(group["alpha"][1].float().item()) / rank
+    elif alphas is not None:
+        scale = alphas.scale(path, rank)
+    else:
+        scale = 1.0
+    return LowRank(d2, u2, scale, tuple(shape))
+
+
+def _fit_diff(t: Tensor, shape: tuple[int, ...]) -> Tensor | None:
+    if tuple(t.shape) == shape:
+        return t
+    # [1, 6, C] modulation deltas are sometimes stored squeezed, and the other way round
+    squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
+    return t.reshape(shape) if squeeze(t.shape) == squeeze(shape) else None
+
+
+_DIFF_ATTR = {"diff": "weight", "diff_b": "bias", "up_bias": "bias", "diff_m": "modulation"}
+
+
+class _Builder:
+    """Collects the targets of one file; shape mismatches are kept for one error at the end."""
+
+    def __init__(self, resolver: _Resolver, alphas: _PeftAlphas | None) -> None:
+        self.resolver, self.alphas = resolver, alphas
+        self.low_rank: dict[str, LowRank] = {}
+        self.diffs: dict[str, Tensor] = {}
+        self.unmatched: dict[str, str] = {}
+        self.mismatched: list[tuple[str, str, tuple[int, ...]]] = []  # (key, what the file gives, model shape)
+
+    def add_group(self, path: str, underscore: bool, group: dict[str, tuple[str, Tensor]]) -> None:
+        has_pair = "down" in group and "up" in group
+        if not has_pair:
+            for kind in ("down", "up", "alpha"):
+                if kind in group:
+                    self.unmatched[group[kind][0]] = "lora_down/lora_A and lora_up/lora_B must come as a pair"
+        pair_scale = 1.0
+        if has_pair:
+            name = self.resolver.resolve(path, "weight", underscore)
+            key = group["down"][0]
+            if name is None:
+                for kind in ("down", "up", "alpha"):
+                    if kind in group:
+                        self.unmatched[group[kind][0]] = f"no weight {path!r} in this model"
+            else:
+                pair = _pair(group, self.resolver.shape(name), self.alphas, path)
+                if isinstance(pair, str):
+                    self.mismatched.append((key, pair, self.resolver.shape(name)))
+                else:
+                    self.low_rank[name] = pair
+                    pair_scale = pair.scale
+        for kind in ("diff", "diff_b", "up_bias", "diff_m"):
+            if kind in group:
+                self._add_diff(path, underscore, kind, *group[kind], scale=pair_scale if kind == "up_bias" else 1.0)
+
+    def _add_diff(self, path: str, underscore: bool, kind: str, key: str, t: Tensor, scale: float) -> None:
+        name = self.resolver.resolve(path, _DIFF_ATTR[kind], underscore)
+        if name is None and kind == "diff":  # `<tensor>.diff`: a delta of a named tensor, e.g. a modulation
+            name = self.resolver.resolve(path, None, underscore)
+        if name is None:
+            self.unmatched[key] = f"no {_DIFF_ATTR[kind]} for {path!r} in this model"
+            return
+        shape = self.resolver.shape(name)
+        fitted = _fit_diff(t, shape)
+        if fitted is None:
+            self.mismatched.append((key, f"gives {list(t.shape)}", shape))
+            return
+        fitted = fitted * scale if scale != 1.0 else fitted
+        self.diffs[name] = fitted + self.diffs[name] if name in self.diffs else fitted
+
+
+def _groups(sd: Mapping[str, Tensor], unmatched: dict[str, str]) -> dict[tuple[str, bool], dict]:
+    groups: dict[tuple[str, bool], dict[str, tuple[str, Tensor]]] = {}
+    for key, t in sd.items():
+        split = _split_key(key)
+        if isinstance(split, str):
+            unmatched[key] = split
+            continue
+        path, underscore, kind = split
+        group = groups.setdefault((path, underscore), {})
+        if kind in group:
+            raise CheckpointError(f"LoRA keys {group[kind][0]!r} and {key!r} are the same tensor of one module")
+        group[kind] = (key, t)
+    return groups
+
+
+def load_lora(path: str | Path, model: nn.Module, *, rename: Rename | None = None) -> LoraWeights:
+    """Read a LoRA file (.safetensors, or a torch state dict) and normalise it onto `model`.
+
+    `rename` maps a diffusers-layout tensor name to the model's own (default: the Wan DiT's
+    `dit_key_from_diffusers` for a `WanModel`). Raises `CheckpointError` for an unreadable file,
+    a file none of whose tensors targets the model, or one whose shapes do not fit it (a LoRA
+    for another model size): the message says what model the LoRA looks made for.
+    """
+    path = Path(path)
+    sd = read_tensors(path)
+    builder = _Builder(_Resolver(model, rename or _default_rename(model)), _peft_alphas(path))
+    for (mod_path, underscore), group in _groups(sd, builder.unmatched).items():
+        builder.add_group(mod_path, underscore, group)
+    if builder.mismatched:
+        raise CheckpointError(_mismatch_message(path, builder.mismatched, sd, model))
+    if not builder.low_rank and not builder.diffs:
+        first = ", ".join(sorted(sd)[:3]) or "no tensors"
+        raise CheckpointError(f"no tensor of LoRA {path.name} targets this model (keys: {first}, ...); "
+                              f"is it a LoRA for another model?")
+    return LoraWeights(str(path), builder.low_rank, builder.diffs, builder.unmatched)
+
+
+def _mismatch_message(path: Path, mismatched: list, sd: Mapping[str, Tensor], model: nn.Module) -> str:
+    key, gives, shape = mismatched[0]
+    more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+    return (f"LoRA {path.name} does not fit this model: {key} {gives}, the model's tensor is "
+            f"{list(shape)}{more}. {_looks_like(sd, model)}")
+
+
+def _looks_like(sd: Mapping[str, Tensor], model: nn.Module) -> str:
+    """What Wan DiT the LoRA's shapes point to, next to this model's width and depth."""
+    widths: Counter[int] = Counter()
+    blocks = set()
+    for key, t in sd.items():
+        m = re.search(r"blocks[._](\d+)[._](self_attn|attn1)[._](q|to_q)\b", key)
+        if m and t.ndim >= 2:
+            widths[t.shape[0] if re.search(r"lora_(up|B)|diff$", key) else t.shape[-1]] += 1
+        b = re.search(r"blocks[._](\d+)[._]", key)
+        if b:
+            blocks.add(int(b[1]))
+    own = [p.shape[0] for n, p in model.named_parameters() if n.endswith("self_attn.q.weight")]
+    mine = f"this model has width {own[0]} and {len(own)} blocks" if own else ""
+    if not widths:
+        return (mine + ".") if mine else ""
+    width = widths.most_common(1)[0][0]
+    known = f" ({_KNOWN_WIDTHS[width]})" if width in _KNOWN_WIDTHS else ""
+    return f"It looks like a LoRA for a Wan DiT of width {width}{known} with {len(blocks)} blocks; {mine}."
+
+
+# ---------------------------------------------------------------- merging
+
+
+def report_unmatched(loras: Sequence[tuple[LoraWeights, float]], allow_unmatched: bool) -> list[str]:
+    """Raise (or, with allow_unmatched, warn) about the keys of `loras` that target nothing."""
+    parts, keys = [], []
+    for lw, _ in loras:
+        if not lw.unmatched:
+            continue
+        items = sorted(lw.unmatched.items())
+        keys += [k for k, _ in items]
+        shown = ", ".join(f"{k} ({why})" for k, why in items[:4])
+        more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+        parts.append(f"{len(items)} tensor(s) of {Path(lw.source).name} target nothing in this model: {shown}{more}")
+    if parts and not allow_unmatched:
+        raise CheckpointError("; ".join(parts) + "; pass allow_unmatched=True to apply the rest")
+    if parts:
+        warnings.warn("LoRA tensors skipped: " + "; ".join(parts), UserWarning, stacklevel=3)
+    return keys
+
+
+def resolve_target(model: nn.Module, name: str, shape: tuple[int, ...]) -> tuple[nn.Module, str]:
+    """(module, attribute) of a target, checked against the shape the LoRA was normalised for."""
+    parent, _, attr = name.rpartition(".")
+    try:
+        module = model.get_submodule(parent)
+    except AttributeError as exc:
+        raise CheckpointError(f"LoRA target {name} is not in this model (was the LoRA loaded for another?)") from exc
+    if not (hasattr(module, attr) or (attr == "weight" and is_quantized(module))):
+        raise CheckpointError(f"LoRA target {name} is not in this model (was the LoRA loaded for another?)")
+    if target_shape(module, attr) != tuple(shape):
+        raise CheckpointError(f"LoRA target {name} has shape {list(target_shape(module, attr))} here, "
+                              f"the LoRA was loaded for {list(shape)}")
+    return module, attr
+
+
+def target_shapes(lw: LoraWeights) -> dict[str, tuple[int, ...]]:
+    return {**{n: tuple(d.shape) for n, d in lw.diffs.items()}, **{n: p.shape for n, p in lw.low_rank.items()}}
+
+
+@torch.no_grad()
+def merge_loras_(
+    model: nn.Module, loras: Sequence[tuple[LoraWeights, float]], *, allow_unmatched: bool = False
+) -> dict:
+    """Add `strength * delta` of each LoRA into the model's tensors, in place.
+
+    Each target is summed in float32 over all LoRAs and cast back to its dtype once; a quantized
+    layer is dequantized, merged and requantized through `dequantize_weight` / `set_weight`.
+    Keys that target nothing raise a `CheckpointError` listing them (before anything is
+    changed), or with `allow_unmatched=True` a warning. Returns a report:
+    {"merged": [tensor names], "unmatched": [file keys], "loras": [(source, strength)]}.
+    """
+    loras = [(lw, float(s)) for lw, s in loras]
+    unmatched = report_unmatched(loras, allow_unmatched)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for lw, _ in loras:
+        shapes |= target_shapes(lw)
+    places = {name: resolve_target(model, name, shape) for name, shape in sorted(shapes.items())}
+    for name, (module, attr) in places.items():
+        quantized = attr == "weight" and is_quantized(module)
+        base = module.dequantize_weight() if quantized else getattr(module, attr)
+        acc = base.detach().to(torch.float32, copy=True)
+        for lw, strength in loras:
+            if name in lw.targets:
+                acc.add_(lw.delta(name, acc.device), alpha=strength)
+        if quantized:
+            module.set_weight(acc)
+        else:
+            base.copy_(acc)  # back to the tensor's own dtype, rounded once
+    return {"merged": list(places), "unmatched": unmatched, "loras": [(lw.source, s) for lw, s in loras]}

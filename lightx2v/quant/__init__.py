@@ -1,0 +1,29 @@
+"""Quantized linear layers: schemes (one per file), `QuantLinear`, and the `apply_quant` transform.
+
+`QUANT_SCHEMES` maps a scheme name to its (stateless) method object; `get_scheme(name)` is the
+one place an unknown name becomes an error. Which scheme a checkpoint uses is read from its
+tensors (dtype of `.weight`, shape of the scale), never from its file name:
+lightx2v.loading.dit_files.inspect_dit_source.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from lightx2v.errors import InputError
+from lightx2v.quant.base import DIT_BLOCK_LINEARS, QuantLinear, QuantScheme, apply_quant
+from lightx2v.quant.fp8 import Fp8PerChannel, Fp8PerTensor
+from lightx2v.quant.int8 import Int8PerChannel
+
+QUANT_SCHEMES = MappingProxyType({s.name: s for s in (Int8PerChannel(), Fp8PerChannel(), Fp8PerTensor())})
+
+
+def get_scheme(name: str) -> QuantScheme:
+    """The scheme object for a name ('w8a8-int8', 'w8a8-fp8', 'fp8-scaled')."""
+    try:
+        return QUANT_SCHEMES[name]
+    except KeyError:
+        raise InputError(f"unknown quantization scheme {name!r}; expected one of {', '.join(QUANT_SCHEMES)}") from None
+
+
+__all__ = ["QUANT_SCHEMES", "get_scheme", "QuantScheme", "QuantLinear", "apply_quant", "DIT_BLOCK_LINEARS"]

@@ -1,0 +1,172 @@
+"""Quantization as a method object on a linear layer (DESIGN principle 5, vLLM's QuantizeMethodBase).
+
+Design: a `QuantScheme` is a stateless object that knows one weight format: how to quantize a
+float weight `[out, in]` into `(qweight, scale)`, how to dequantize it, and how to compute a
+linear layer with it. `QuantLinear` is the layer: it holds `weight` (int8 / float8), `weight_scale`
+(float32) and `bias` under exactly the names LightX2V's quantized checkpoints use
+(`<name>.weight`, `<name>.weight_scale`, `<name>.bias`), so a pre-quantized file loads by name.
+`apply_quant(model, scheme)` is the transform that swaps `nn.Linear` modules for `QuantLinear`:
+on a meta-built model (before loading a pre-quantized file) or on a loaded one (quantizing its
+weights). The model's `forward` never knows.
+
+The compute path here is the reference one: dequantize the weight to the activation dtype and
+call `F.linear`. Fast w8a8 kernels (activation quantization + int8/fp8 GEMM) plug in later as a
+scheme's `forward`; the reference stays to test them against (principle 10).
+
+Caveat: do not call `model.to(dtype)` on a quantized model: torch casts every floating tensor,
+float8 weights included. Move with `model.to(device)` only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# The linears LightX2V quantizes in a Wan DiT (its converter's target keys for "wan_dit":
+# `blocks.N.{self_attn,cross_attn,ffn}.*`, 2-D weights only): q, k, v, o, k_img, v_img, ffn.0,
+# ffn.2. Embeddings, the time projection and the head stay in float (small, precision-sensitive).
+DIT_BLOCK_LINEARS = r"blocks\.\d+\.(self_attn|cross_attn|ffn)\..+"
+
+
+class QuantScheme:
+    """One quantized weight format. Subclasses set `name`, `qdtype`, `per_channel`, `qmax` and
+    implement `_round` (float values already divided by the scale -> `qdtype`)."""
+
+    name: str = ""
+    qdtype: torch.dtype = torch.int8
+    per_channel: bool = True  # scale [out, 1] (one per output channel); else one scalar []
+    qmax: float = 127.0
+    min_absmax: float = 1e-5  # floor of |w|max, so an all-zero row gets a finite scale (as LightX2V)
+
+    def scale_shape(self, out_features: int) -> tuple[int, ...]:
+        return (out_features, 1) if self.per_channel else ()
+
+    def _round(self, w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def quantize(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """Symmetric absmax quantization: weight [out, in] -> (qweight [out, in] qdtype, scale fp32)."""
+        if weight.ndim != 2:
+            raise ValueError(f"{self.name}: expected a 2-D weight [out, in], got shape {tuple(weight.shape)}")
+        w = weight.float()
+        absmax = w.abs().amax(dim=1, keepdim=True) if self.per_channel else w.abs().amax()
+        scale = absmax.clamp(min=self.min_absmax) / self.qmax  # [out, 1] or []
+        return self._round(w / scale), scale
+
+    def dequantize(self, qweight: Tensor, scale: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """(qweight [out, in], scale) -> weight [out, in] in `dtype`; the product is taken in fp32."""
+        return (qweight.float() * scale.float()).to(dtype)
+
+    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """Reference compute: x [..., in] -> [..., out] in x's dtype."""
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
+        return F.linear(x, self.dequantize(qweight, scale, x.dtype), bias)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class QuantLinear(nn.Module):
+    """A Linear with a quantized weight. State dict: `weight` (qdtype [out, in]),
+    `weight_scale` (fp32, [out, 1] or []), `bias` ([out], in the compute dtype)."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool, scheme: QuantScheme,
+        compute_dtype: torch.dtype = torch.bfloat16, device: Union[torch.device, str, None] = None,
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.scheme = scheme
+        # the activation dtype: lightx2v.models.wan.dit_blocks.compute_dtype() reads this attribute
+        self.compute_dtype = compute_dtype
+        # Parameters (not buffers) so that transforms that walk parameters (offload, LoRA) see them
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=scheme.qdtype, device=device),
+                                   requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(scheme.scale_shape(out_features), dtype=torch.float32,
+                                                     device=device), requires_grad=False)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype, device=device), requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, scheme: QuantScheme, compute_dtype: Optional[torch.dtype] = None) -> "QuantLinear":
+        """Quantize a loaded Linear (or make an empty one of the same shape if it is on meta)."""
+        dt = compute_dtype or linear.weight.dtype
+        q = cls(linear.in_features, linear.out_features, linear.bias is not None, scheme, dt, linear.weight.device)
+        if linear.weight.device.type != "meta":
+            q.set_weight(linear.weight)
+            if linear.bias is not None:
+                q.bias = nn.Parameter(linear.bias.detach().to(dt), requires_grad=False)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        # x: [..., in] -> [..., out] in the compute dtype
+        return self.scheme.forward(x.to(self.compute_dtype), self.weight, self.weight_scale, self.bias)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The float weight [out, in] this layer computes with (fp32 by default: for LoRA merging)."""
+        return self.scheme.dequantize(self.weight, self.weight_scale, dtype)
+
+    @torch.no_grad()
+    def set_weight(self, weight: Tensor) -> None:
+        """Quantize `weight` [out, in] and store it in place (LoRA: dequantize, merge, requantize)."""
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            raise ValueError(f"set_weight: shape {tuple(weight.shape)}, expected {(self.out_features, self.in_features)}")
+        q, s = self.scheme.quantize(weight.to(self.weight.device))
+        self.weight.copy_(q)
+        self.weight_scale.copy_(s)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"scheme={self.scheme.name}, compute_dtype={self.compute_dtype}")
+
+
+def _selected(name: str, targets: Union[str, Iterable[str]]) -> bool:
+    if isinstance(targets, str):
+        return re.fullmatch(targets, name) is not None
+    return name in targets
+
+
+def apply_quant(
+    model: nn.Module,
+    scheme: Union[str, QuantScheme],
+    *,
+    targets: Union[str, Iterable[str], None] = None,
+    skip: Iterable[str] = (),
+    compute_dtype: Optional[torch.dtype] = None,
+) -> nn.Module:
+    """Replace the selected `nn.Linear` modules of `model` by `QuantLinear` (in place; returns model).
+
+    targets: a regex matched against full module names, or a collection of exact names (those a
+    pre-quantized file holds); default: the model's `_quant_targets` if it declares one, else the
+    DiT blocks' linears (`DIT_BLOCK_LINEARS`, what LightX2V quantizes). skip: substrings of module
+    names to leave in float. compute_dtype: the activation dtype (needed on a meta-built model,
+    whose weights are fp32 placeholders); default: each linear's weight dtype. Modules the model
+    keeps in fp32 (`_keep_in_fp32`) compute in fp32 whatever `compute_dtype` says.
+    """
+    if isinstance(scheme, str):
+        from lightx2v.quant import get_scheme
+
+        scheme = get_scheme(scheme)
+    if targets is None:
+        targets = getattr(model, "_quant_targets", DIT_BLOCK_LINEARS)
+    if not isinstance(targets, str):
+        targets = frozenset(targets)
+    skip = tuple(skip)
+    keep = tuple(getattr(model, "_keep_in_fp32", ()))
+    chosen = [
+        (name, m) for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and _selected(name, targets) and not any(s in name for s in skip)
+    ]
+    for name, linear in chosen:
+        dt = torch.float32 if any(p in name for p in keep) else compute_dtype
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, QuantLinear.from_linear(linear, scheme, dt))
+    return model

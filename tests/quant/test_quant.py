@@ -1,0 +1,141 @@
+"""Quantization schemes, QuantLinear and the apply_quant transform (reference dequantizing path)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightx2v.errors import LightX2VError
+from lightx2v.models.wan.dit import WanModel
+from lightx2v.models.wan.tiny import randomize_, tiny_dit_config
+from lightx2v.quant import QUANT_SCHEMES, QuantLinear, apply_quant, get_scheme
+
+
+def _weight(out: int = 48, inp: int = 40) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(out, inp, generator=g) * torch.linspace(0.01, 3.0, out)[:, None]  # rows of very different ranges
+    w[3] = 0.0  # an all-zero row must get a finite scale
+    return w
+
+
+def _dit_inputs():
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(1, 16, 1, 4, 4, generator=g), torch.tensor([700.0]), torch.randn(1, 6, 32, generator=g))
+
+
+@pytest.mark.parametrize("name, qdtype, qmax", [("w8a8-int8", torch.int8, 127.0),
+                                                ("w8a8-fp8", torch.float8_e4m3fn, 448.0)])
+def test_per_channel_quantize_roundtrip(name, qdtype, qmax):
+    scheme = get_scheme(name)
+    w = _weight()
+    q, s = scheme.quantize(w)
+    assert q.dtype == qdtype and q.shape == w.shape
+    assert s.dtype == torch.float32 and s.shape == (w.shape[0], 1)
+    absmax = w.abs().amax(dim=1, keepdim=True)
+    torch.testing.assert_close(s, absmax.clamp(min=1e-5) / qmax)
+    assert torch.all(q[3].float() == 0)
+    # the largest entry of each row maps to +-qmax exactly
+    assert torch.all(q.float().abs().amax(dim=1) == torch.where(absmax[:, 0] > 0, qmax, 0.0))
+    err = (scheme.dequantize(q, s) - w).abs()
+    if qdtype == torch.int8:
+        assert torch.all(err <= s / 2 + 1e-7)  # rounding to the nearest step
+    else:
+        assert torch.all(err <= w.abs() * 2**-4 + s * 2**-9 + 1e-7)  # e4m3: 3 mantissa bits (+ subnormals)
+
+
+def test_per_tensor_fp8_scale_is_a_scalar():
+    scheme = get_scheme("fp8-scaled")
+    w = _weight()
+    q, s = scheme.quantize(w)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == ()
+    torch.testing.assert_close(s, w.abs().max() / 448.0)
+    assert scheme.dequantize(q, s).sub(w).abs().max() <= w.abs().max() * 2**-4
+
+
+def test_unknown_scheme_is_one_clear_error():
+    with pytest.raises(LightX2VError, match=r"unknown quantization scheme 'int4'; expected one of w8a8-int8, w8a8-fp8, fp8-scaled"):
+        get_scheme("int4")
+    assert set(QUANT_SCHEMES) == {"w8a8-int8", "w8a8-fp8", "fp8-scaled"}
+
+
+@pytest.mark.parametrize("name", sorted(QUANT_SCHEMES))
+def test_quant_linear_computes_with_the_dequantized_weight(name):
+    torch.manual_seed(0)
+    lin = nn.Linear(40, 48)
+    lin.weight.data = _weight()
+    q = QuantLinear.from_linear(lin, get_scheme(name))
+    assert list(q.state_dict()) == ["weight", "weight_scale", "bias"]  # LightX2V's names
+    assert q.compute_dtype == torch.float32 and q.weight.dtype == get_scheme(name).qdtype
+    x = torch.randn(2, 5, 40)
+    w = q.dequantize_weight()
+    assert torch.equal(q(x), F.linear(x, w, lin.bias))
+    assert (q(x) - lin(x)).abs().max() <= 0.1 * lin(x).abs().max()
+
+
+def test_quant_linear_bf16_compute():
+    lin = nn.Linear(40, 48)
+    q = QuantLinear.from_linear(lin, get_scheme("w8a8-int8"), compute_dtype=torch.bfloat16)
+    assert q.bias.dtype == torch.bfloat16 and q.weight_scale.dtype == torch.float32
+    x = torch.randn(3, 40)
+    out = q(x)  # fp32 input is cast to the compute dtype
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, F.linear(x.bfloat16(), q.dequantize_weight(torch.bfloat16), q.bias))
+
+
+@pytest.mark.parametrize("name", sorted(QUANT_SCHEMES))
+def test_set_weight_requantizes_for_lora_merging(name):
+    lin = nn.Linear(40, 48)
+    lin.weight.data = _weight()
+    q = QuantLinear.from_linear(lin, get_scheme(name))
+    storage = q.weight.data_ptr()
+    delta = 0.05 * torch.randn(48, 8) @ torch.randn(8, 40)  # a low-rank LoRA update
+    merged = q.dequantize_weight() + delta
+    q.set_weight(merged)
+    assert q.weight.data_ptr() == storage  # in place: offload buffers and pins stay valid
+    tol = 0.5 * merged.abs().amax() / (127 if name == "w8a8-int8" else 8)
+    assert (q.dequantize_weight() - merged).abs().max() <= tol
+    assert (q.dequantize_weight() - lin.weight).abs().max() > 1e-3  # the update did land
+    with pytest.raises(ValueError, match="shape"):
+        q.set_weight(torch.zeros(40, 48))
+
+
+def _dit():
+    return randomize_(WanModel(tiny_dit_config()), seed=3).eval()
+
+
+def test_apply_quant_on_a_loaded_dit_quantizes_the_block_linears():
+    ref = _dit()
+    model = apply_quant(_dit(), "w8a8-int8")
+    names = sorted(n for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    per_block = ["cross_attn.k", "cross_attn.o", "cross_attn.q", "cross_attn.v", "ffn.0", "ffn.2",
+                 "self_attn.k", "self_attn.o", "self_attn.q", "self_attn.v"]
+    assert names == [f"blocks.{i}.{p}" for i in range(2) for p in per_block]
+    assert isinstance(model.text_embedding[0], nn.Linear) and isinstance(model.head.head, nn.Linear)
+    sd = model.state_dict()
+    assert sd["blocks.1.ffn.0.weight"].dtype == torch.int8 and sd["blocks.1.ffn.0.weight_scale"].shape == (128, 1)
+    x, t, c = _dit_inputs()
+    with torch.no_grad():
+        out, want = model(x, t, c), ref(x, t, c)
+    err = (out - want).abs().max()
+    assert 0 < err <= 0.05 * want.abs().max()
+
+
+def test_apply_quant_on_meta_then_skip():
+    with torch.device("meta"):
+        model = WanModel(tiny_dit_config())
+    apply_quant(model, "w8a8-fp8", compute_dtype=torch.bfloat16, skip=("ffn",))
+    q = model.blocks[0].self_attn.q
+    assert isinstance(q, QuantLinear) and q.weight.is_meta
+    assert (q.weight.dtype, q.weight_scale.dtype, q.bias.dtype) == (torch.float8_e4m3fn, torch.float32, torch.bfloat16)
+    assert isinstance(model.blocks[0].ffn[0], nn.Linear)
+
+
+def test_apply_quant_keeps_fp32_modules_in_fp32():
+    with torch.device("meta"):
+        model = WanModel(tiny_dit_config())
+    apply_quant(model, "fp8-scaled", targets=["time_embedding.0", "blocks.0.self_attn.q"], compute_dtype=torch.bfloat16)
+    assert model.time_embedding[0].compute_dtype == torch.float32  # WanModel._keep_in_fp32
+    assert model.blocks[0].self_attn.q.compute_dtype == torch.bfloat16
+    assert model.blocks[0].self_attn.q.weight_scale.shape == ()
