@@ -86,6 +86,8 @@ def build_diffusers(cfg, sd, dtype):
               attention_head_dim=cfg.dim // cfg.num_heads, in_channels=cfg.in_dim, out_channels=cfg.out_dim,
               text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
               cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=cfg.eps)
+    if cfg.model_type != "t2v":
+        kw.update(image_dim=1280, added_kv_proj_dim=cfg.dim)
     with init_empty_weights():  # parameters on meta, buffers (RoPE tables) real
         m = WanTransformer3DModel(**kw)
     keep = tuple(getattr(WanTransformer3DModel, "_keep_in_fp32_modules", None) or ())
@@ -109,6 +111,8 @@ def main() -> None:
     ap.add_argument("--size", default="14B", choices=SIZES)
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks than the full model")
     ap.add_argument("--frames", type=int, default=81)
+    ap.add_argument("--task", default="t2v", choices=("t2v", "i2v"))
+    ap.add_argument("--skip-ours-fp32", action="store_true", help="skip our fp32 parity run (saves a slow fp32 forward)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--timestep", type=float, default=757.0)
     ap.add_argument("--out", default="bench_out")
@@ -125,7 +129,7 @@ def main() -> None:
     shape = dict(SIZES[args.size])
     if args.layers:
         shape["num_layers"] = args.layers
-    cfg = WanDiTConfig(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, freq_dim=256,
+    cfg = WanDiTConfig(model_type=args.task, patch_size=(1, 2, 2), text_len=512, in_dim=16 if args.task == "t2v" else 36, freq_dim=256,
                        text_dim=4096, out_dim=16, **shape)
     h, w = RES[args.res]
     lat = (1, 16, (args.frames - 1) // 4 + 1, h // 8, w // 8)
@@ -135,6 +139,10 @@ def main() -> None:
     ctx = torch.randn(1, 512, 4096, device=DEV, generator=g) * 0.2
     ctx[:, 100:] = 0  # a 100-token prompt, zero-padded as the text encoder output is
     tokens = lat[2] * lat[3] * lat[4] // 4
+    # I2V: the image condition (mask + first-frame latents) and 257 CLIP tokens
+    y = torch.cat([torch.zeros(1, 4, *lat[2:], device=DEV), torch.randn(1, 16, *lat[2:], device=DEV, generator=g)], 1)
+    y[:, :4, 0] = 1
+    clip = torch.randn(1, 257, 1280, device=DEV, generator=g)
 
     t0 = time.time()
     sd = random_official_weights(WanModel, cfg, seed=0)
@@ -167,8 +175,17 @@ def main() -> None:
             torch.cuda.empty_cache()
         return y
 
-    ours_call = lambda m, dt: m(x.to(dt), t, ctx.to(dt))
-    diff_call = lambda m, dt: m(hidden_states=x.to(dt), timestep=t, encoder_hidden_states=ctx.to(dt), return_dict=False)[0]
+    i2v = args.task == "i2v"
+
+    def ours_call(m, dt):
+        if i2v:
+            return m(x.to(dt), t, ctx.to(dt), clip_fea=clip.to(dt), y=y.to(dt))
+        return m(x.to(dt), t, ctx.to(dt))
+
+    def diff_call(m, dt):
+        extra = dict(encoder_hidden_states_image=clip.to(dt)) if i2v else {}
+        h = torch.cat([x, y], 1) if i2v else x
+        return m(hidden_states=h.to(dt), timestep=t, encoder_hidden_states=ctx.to(dt), return_dict=False, **extra)[0]
     backend = {}
 
     def ours_build(dt):
@@ -176,20 +193,21 @@ def main() -> None:
         return m
 
     y_ref = run("diffusers_fp32", lambda dt: build_diffusers(cfg, sd, dt), diff_call, torch.float32)
-    y_ours32 = run("ours_fp32", ours_build, ours_call, torch.float32)
+    y_ours32 = None if args.skip_ours_fp32 else run("ours_fp32", ours_build, ours_call, torch.float32)
     y_ours = run("ours_bf16", ours_build, ours_call, torch.bfloat16)
     res["ours_attention"] = backend["name"]
     y_diff = run("diffusers_bf16", lambda dt: build_diffusers(cfg, sd, dt), diff_call, torch.bfloat16)
 
-    res["err_ours_fp32_vs_ref"] = rel(y_ours32, y_ref)
+    res["task"] = args.task
+    res["err_ours_fp32_vs_ref"] = None if y_ours32 is None else rel(y_ours32, y_ref)
     res["err_ours_bf16"] = rel(y_ours, y_ref)
     res["err_diffusers_bf16"] = rel(y_diff, y_ref)
     res["err_ratio"] = res["err_ours_bf16"] / res["err_diffusers_bf16"]
-    res["pass"] = bool(res["err_ratio"] <= 1.1 and res["err_ours_fp32_vs_ref"] < 1e-3)
+    res["pass"] = bool(res["err_ratio"] <= 1.1 and (y_ours32 is None or res["err_ours_fp32_vs_ref"] < 1e-3))
     res["speedup"] = res["diffusers_bf16_s"] / res["ours_bf16_s"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"gpu_check_{args.size}_{args.res}.json").write_text(json.dumps(res, indent=2))
+    (out / f"gpu_check_{args.task}_{args.size}_{args.res}_{cfg.num_layers}l.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 
 

@@ -162,7 +162,7 @@ class LoraSet:
             acc = t.detach().to(torch.float32, copy=True)
             for lw, strength, _, _ in parts:
                 acc.add_(lw.delta(name, acc.device), alpha=strength)
-            pass
+            t.copy_(acc)
 
     @torch.no_grad()
     def _clear(self) -> None:
