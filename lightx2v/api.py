@@ -11,7 +11,7 @@ The layout (official or diffusers) is detected from the files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -35,8 +35,14 @@ class LightX2V:
         device: str = "cuda",
         dtype: torch.dtype | str = torch.bfloat16,
         attention: str = "auto",
+        quant: Optional[str] = None,
         *,
         task: Optional[str] = None,
+        dit_path: Optional[str | Path] = None,
+        lora: Sequence[tuple[str | Path, float]] = (),
+        lora_mode: str = "merge",
+        lora_allow_unmatched: bool = False,
+        preset: Optional[str] = None,
         cache_dir: Optional[str | Path] = None,
         revision: Optional[str] = None,
         local_files_only: bool = False,
@@ -45,19 +51,43 @@ class LightX2V:
         """Detect the checkpoint layout, build the models on the meta device and load them (mmap).
 
         `task` ("t2v", "i2v", "flf2v"), if given, must be the checkpoint's: checked before any weight is read.
+        `quant` ("w8a8-int8", "w8a8-fp8") quantizes the DiT's block linears at load (a pre-quantized
+        file needs nothing). `dit_path`: DiT weights replacing the folder's (a distilled single file,
+        ComfyUI/diffusers keys, shards, a block folder, int8/fp8 files). `lora`: (path, strength)
+        pairs, merged into the weights (`lora_mode="merge"`, no run-time cost) or kept apart
+        (`"dynamic"`, switch with `set_lora`); a LoRA key that matches nothing is an error unless
+        `lora_allow_unmatched` (then a warning). `preset`: a step-distilled preset
+        (`lightx2v.models.wan.distill.DISTILL_PRESETS`) when the checkpoint does not say it is one.
         """
         from lightx2v.config import resolve_device
         from lightx2v.loading.detect import detect
         from lightx2v.loading.hub import resolve_model_path
         from lightx2v.pipelines.wan import WanPipeline
 
-        engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention)
+        if lora_mode not in ("merge", "dynamic"):
+            raise InputError(f"lora_mode must be 'merge' or 'dynamic', got {lora_mode!r}")
+        engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
+                              quant=quant)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only)
-        mc = detect(root)
+        lora = [(Path(p), float(s)) for p, s in lora]
+        for p, _ in lora:
+            if not p.is_file():
+                raise InputError(f"LoRA file not found: {p}")
+        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(str(p) for p, _ in lora))
         if task is not None and task != mc.task:
             raise InputError(f"--task {task} does not fit this checkpoint: {root} is a Wan2.1 {mc.task} model")
-        return cls(WanPipeline.load(mc, engine, progress=progress), mc, engine)
+        pipeline = WanPipeline.load(mc, engine, progress=progress)
+        if lora and lora_mode == "merge":
+            pipeline.merge_loras(lora, allow_unmatched=lora_allow_unmatched)
+        elif lora:
+            pipeline.set_lora(lora, allow_unmatched=lora_allow_unmatched)
+        return cls(pipeline, mc, engine)
+
+    def set_lora(self, lora: Sequence[tuple[str | Path, float]], allow_unmatched: bool = False) -> None:
+        """Switch or re-weight LoRAs between generations without reloading the base weights
+        ([] removes them). LoRAs merged at load stay merged."""
+        self.pipeline.set_lora(lora, allow_unmatched=allow_unmatched)
 
     def generate(
         self,

@@ -53,6 +53,8 @@ class SamplingDefaults:
     fps: int = 16
     # I2V: the official code uses shift 3.0 instead of `shift` at 480p sizes (area <= 832*480)
     shift_480p: Optional[float] = None
+    # options of the default solver (the distill solver's step list)
+    solver_options: Optional[dict] = None
 
     def shift_for(self, height: int, width: int) -> float:
         if self.shift_480p is not None and height * width <= 832 * 480:
@@ -74,6 +76,8 @@ class ModelConfig:
     text_encoder: Any           # UMT5Config
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     clip: Any = None            # CLIPVisionConfig for i2v / flf2v
+    dit_source: Any = None      # DitSource when the DiT weights come from a file given by the user
+    distill: Any = None         # DistillMatch when the checkpoint is step-distilled (why we think so)
     image_processor: Optional[dict] = None  # diffusers layout: image_processor/preprocessor_config.json
 
 
@@ -84,6 +88,7 @@ class EngineConfig:
     device: str = "cuda"
     dtype: torch.dtype = torch.bfloat16
     attention: str = "auto"
+    quant: Optional[str] = None  # quantize the DiT's block linears at load: "w8a8-int8" | "w8a8-fp8"
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -142,7 +147,7 @@ class SamplingParams:
         return filled
 
     def validate(self) -> None:
-        from lightx2v.schedulers import SOLVERS
+        from lightx2v.schedulers import SOLVER_NAMES
 
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("the prompt is empty; give a text describing the video")
@@ -158,8 +163,8 @@ class SamplingParams:
             raise InputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.shift is not None and self.shift <= 0:
             raise InputError(f"shift must be > 0, got {self.shift}")
-        if self.solver is not None and self.solver not in SOLVERS:
-            raise InputError(f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVERS)}")
+        if self.solver is not None and self.solver not in SOLVER_NAMES:
+            raise InputError(f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVER_NAMES)}")
         from lightx2v.pipelines.wan_image import RESIZE_MODES
 
         if self.resize_mode not in RESIZE_MODES:

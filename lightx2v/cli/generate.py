@@ -26,7 +26,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lightx2v.schedulers import SOLVERS
+    from lightx2v.schedulers import SOLVER_NAMES
 
     p.add_argument("--model-path", required=True, help="model folder (official Wan or diffusers layout) or Hugging Face repo id")
     p.add_argument("--task", default=None, choices=TASKS,
@@ -43,10 +43,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 50 for Wan2.1)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the checkpoint's, 5.0)")
     p.add_argument("--shift", type=float, default=None, help="sigma shift of the flow schedule (default: the checkpoint's)")
-    p.add_argument("--solver", default=None, choices=SOLVERS, help="sampler (default: the checkpoint's, unipc)")
+    p.add_argument("--solver", default=None, choices=SOLVER_NAMES, help="sampler (default: the checkpoint's: unipc, or distill for 4-step distilled models)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default 16)")
     p.add_argument("--output", default=None, help="mp4 path to write (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="merge a LoRA into the DiT (repeatable; strength 1.0 by default)")
+    p.add_argument("--lora-allow-unmatched", action="store_true",
+                   help="warn instead of failing when a LoRA key matches no weight of the model")
+    p.add_argument("--quant", default=None, choices=("w8a8-int8", "w8a8-fp8"),
+                   help="quantize the DiT's block linears at load (pre-quantized files need no flag)")
+    p.add_argument("--preset", default=None,
+                   help="step-distilled preset when the checkpoint does not say it is one: "
+                        "wan2.1-t2v-14b-distill, wan2.1-i2v-480p-distill, wan2.1-i2v-720p-distill")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
     p.add_argument("--attention", default="auto", help="attention backend (auto, torch_sdpa, sdpa_cudnn, sdpa_flash, flash_attn, sage_attn, reference)")
@@ -103,8 +113,13 @@ def run(args: argparse.Namespace) -> int:
     SamplingParams(prompt=args.prompt, height=height, width=width, num_frames=args.frames,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
                    solver=args.solver, resize_mode=args.resize_mode).validate()
+    from lightx2v.loading.lora import parse_lora_spec
+
+    loras = [parse_lora_spec(spec) for spec in args.lora]
     pipe = LightX2V.from_pretrained(args.model_path, device=args.device, dtype=args.dtype,
-                                    attention=args.attention, task=args.task, progress=not args.quiet)
+                                    attention=args.attention, quant=args.quant, task=args.task,
+                                    dit_path=args.dit_path, lora=loras, lora_allow_unmatched=args.lora_allow_unmatched,
+                                    preset=args.preset, progress=not args.quiet)
     result = pipe.generate(
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, last_image=last,
         resize_mode=args.resize_mode, height=height, width=width,

@@ -7,11 +7,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-HELP = "show what a model folder holds: family, task, layout, sizes, dtypes, files"
+HELP = "show what a model folder or DiT file holds: family, task, layout, sizes, dtypes, quantization, files"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_path", help="model folder (official Wan or diffusers layout) or Hugging Face repo id")
+    p.add_argument("model_path", help="model folder (official Wan or diffusers layout), Hugging Face repo id, "
+                                      "or a DiT weight file / block folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -22,6 +23,8 @@ def describe(root: str | Path) -> dict:
     from lightx2v.models.wan.presets import size_name
 
     mc = detect(resolve_model_path(root))
+    distill = None if mc.distill is None else {"evidence": mc.distill.evidence,
+                                              "preset": getattr(mc.distill.preset, "name", None)}
     components = {}
     for name in ("dit", "text_encoder", "vae"):
         components[name] = summarize(mc.files[name])
@@ -30,8 +33,16 @@ def describe(root: str | Path) -> dict:
     return {
         "path": str(mc.root), "family": mc.family, "task": mc.task, "layout": mc.layout,
         "size": size_name(mc.dit), "dit": dataclasses.asdict(mc.dit), "components": components,
-        "tokenizer": mc.files["tokenizer"], "defaults": d,
+        "tokenizer": mc.files["tokenizer"], "defaults": d, "distill": distill,
+        "clip": mc.files.get("clip"),
     }
+
+
+def is_dit_source(path: Path) -> bool:
+    """A weight file, or a folder that is not a model folder (a block-split or sharded DiT)."""
+    return path.is_file() or (path.is_dir() and not (path / "config.json").is_file()
+                              and not (path / "model_index.json").is_file()
+                              and any(path.glob("*.safetensors")))
 
 
 def _human(n: float, unit: str = "B") -> str:
@@ -43,6 +54,13 @@ def _human(n: float, unit: str = "B") -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    path = Path(args.model_path).expanduser()
+    if is_dit_source(path):
+        from lightx2v.loading.dit_files import inspect_dit_source
+
+        src = inspect_dit_source(path)
+        print(json.dumps(src.as_dict(), indent=2) if args.json else src.describe())
+        return 0
     info = describe(args.model_path)
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
@@ -58,5 +76,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"               {f}")
     print(f"  tokenizer    {info['tokenizer']}")
     d = info["defaults"]
+    if info["clip"]:
+        print(f"  clip         {info['clip']}")
     print(f"  defaults {d['solver']} ({d['convention']} sigmas), {d['num_inference_steps']} steps, guidance {d['guidance_scale']}, shift {d['shift']}, {d['fps']} fps")
+    if info["distill"]:
+        print(f"  step-distilled: {info['distill']['evidence']}")
     return 0

@@ -30,13 +30,37 @@ def _state_dict(files, key_map: Optional[Callable[[str], Optional[str]]]):
     return rename(sd, key_map) if key_map is not None else sd
 
 
-def load_dit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, attention: str = "auto") -> nn.Module:
+def load_dit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, attention: str = "auto",
+             quant: Optional[str] = None) -> nn.Module:
+    """The DiT of the folder (or of `mc.dit_source`, a file the user gave), optionally quantized.
+
+    A pre-quantized file loads into quantized layers as it is. `quant` on float weights quantizes
+    the block linears; from a folder each tensor is quantized as it is read (the float model is
+    never whole in memory).
+    """
+    from lightx2v.errors import InputError
+    from lightx2v.loading.dit_files import build_dit, load_dit_weights
     from lightx2v.models.wan.dit import WanModel, dit_key_from_diffusers
     from lightx2v.ops.attention import resolve_attention, set_attention_backend
+    from lightx2v.quant import apply_quant, get_scheme
 
-    model = _build(WanModel, mc.dit)
-    sd = _state_dict(mc.files["dit"], dit_key_from_diffusers if mc.layout == "diffusers" else None)
-    load_into(model, sd, dtype=dtype, device=device, keep_fp32=WanModel._keep_in_fp32, what="DiT")
+    src = mc.dit_source
+    if quant is not None:
+        get_scheme(quant)  # a clear error for an unknown name
+    if src is not None and src.quant is not None and quant not in (None, src.quant):
+        raise InputError(f"{src.path} is already quantized ({src.quant}); it cannot be loaded as {quant}")
+    if src is not None:
+        model = build_dit(src, dtype=dtype, device=device, expected=mc.dit)
+        if quant is not None and src.quant is None:
+            apply_quant(model, quant, compute_dtype=dtype)
+    else:
+        model = _build(WanModel, mc.dit)
+        sd = _state_dict(mc.files["dit"], dit_key_from_diffusers if mc.layout == "diffusers" else None)
+        if quant is None:
+            load_into(model, sd, dtype=dtype, device=device, keep_fp32=WanModel._keep_in_fp32, what="DiT")
+        else:
+            apply_quant(model, quant, compute_dtype=dtype)
+            load_dit_weights(model, sd, dtype=dtype, device=device)
     set_attention_backend(model, resolve_attention(attention, device, dtype))
     return model.eval().requires_grad_(False)
 
@@ -71,6 +95,8 @@ def load_clip(mc: ModelConfig, device: torch.device, dtype: torch.dtype, attenti
     from lightx2v.models.wan.clip import WanCLIPVision, clip_key_from_official, clip_state_dict_from_transformers
     from lightx2v.ops.attention import resolve_attention, set_attention_backend
 
+    # the official code runs CLIP in fp16 (clip_dtype); fp32 stays fp32
+    dtype = torch.float32 if dtype == torch.float32 else torch.float16
     model = _build(WanCLIPVision, mc.clip)
     if mc.layout == "official":
         sd = _state_dict(mc.files["clip"], clip_key_from_official)

@@ -17,7 +17,9 @@ config where it has one, else the preset of that model).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 from lightx2v.config import ModelConfig, SamplingDefaults
@@ -149,13 +151,7 @@ def detect_diffusers(root: Path) -> ModelConfig:
     )
 
 
-def detect(path: str | Path) -> ModelConfig:
-    """ModelConfig of a local model folder; a clear CheckpointError if it is not one we know."""
-    root = Path(path).expanduser()
-    if not root.exists():
-        raise CheckpointError(f"model folder not found: {root}")
-    if not root.is_dir():
-        raise CheckpointError(f"{root} is a file; expected a model folder (official Wan or diffusers layout)")
+def _detect_layout(root: Path) -> ModelConfig:
     if (root / "model_index.json").is_file():
         return detect_diffusers(root)
     if (root / "config.json").is_file():
@@ -165,3 +161,61 @@ def detect(path: str | Path) -> ModelConfig:
         f"{DIT_STEM}*.safetensors, {OFFICIAL_T5}, {OFFICIAL_VAE}, {OFFICIAL_TOKENIZER}/) "
         "or a diffusers folder (model_index.json, transformer/, text_encoder/, tokenizer/, vae/, scheduler/)"
     )
+
+
+def with_dit_file(mc: ModelConfig, dit_path: str | Path) -> ModelConfig:
+    """The folder's DiT replaced by a file the user gives (a distilled single file, a quantized
+    file, ComfyUI or diffusers keys, shards, a block folder); it must fit the folder's model."""
+    from lightx2v.loading.dit_files import check_dit_matches, inspect_dit_source
+
+    src = inspect_dit_source(dit_path)
+    check_dit_matches(src.config, mc.dit, str(dit_path))
+    return dataclasses.replace(mc, files={**mc.files, "dit": [str(p) for p in src.files]}, dit_source=src)
+
+
+def with_distill(mc: ModelConfig, preset: str | None, hints: tuple[str, ...]) -> ModelConfig:
+    """Step-distilled sampling defaults when the user names a preset or the checkpoint says so
+    (a LightX2V config, its distill_models/ folder); file or folder names are only a hint, and
+    what was assumed is said in a warning."""
+    from lightx2v.models.wan.distill import DISTILL_WEIGHT_FILES, distill_preset_for
+
+    config = None
+    if mc.layout == "official":
+        config = _read_json(mc.root / "config.json")
+    match = distill_preset_for(mc.task, preset=preset, config=config, root=mc.root, dit=mc.dit)
+    for name in hints:
+        if match is not None:
+            break
+        match = distill_preset_for(mc.task, name=name, dit=mc.dit)
+    if match is None:
+        return mc
+    if match.notice:
+        warnings.warn(match.notice, stacklevel=3)
+    d = match.defaults
+    defaults = dataclasses.replace(d.sampling_defaults(mc.defaults.negative_prompt, mc.defaults.fps),
+                                   solver_options=d.solver_options())
+    mc = dataclasses.replace(mc, defaults=defaults, distill=match)
+    weights = [mc.root / rel for rel in DISTILL_WEIGHT_FILES if (mc.root / rel).is_file()]
+    if weights and mc.dit_source is None:  # LightX2V's layout: the distilled DiT beside the base files
+        mc = with_dit_file(mc, weights[0])
+    return mc
+
+
+def detect(path: str | Path, *, dit_path: str | Path | None = None, preset: str | None = None,
+           hints: tuple[str, ...] = ()) -> ModelConfig:
+    """ModelConfig of a local model folder; a clear CheckpointError if it is not one we know.
+
+    dit_path: DiT weights that replace the folder's; preset: a distilled-model preset name;
+    hints: names (LoRA files) that may tell a distilled model apart, as a last resort.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise CheckpointError(f"model folder not found: {root}")
+    if not root.is_dir():
+        raise CheckpointError(f"{root} is a file; expected a model folder (official Wan or diffusers layout); "
+                              "a DiT file goes with --dit-path beside its model folder")
+    mc = _detect_layout(root)
+    if dit_path is not None:
+        mc = with_dit_file(mc, dit_path)
+    names = tuple(Path(h).name for h in ((dit_path,) if dit_path else ()) + tuple(hints)) + (root.name,)
+    return with_distill(mc, preset, names)

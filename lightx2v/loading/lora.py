@@ -439,3 +439,15 @@ def merge_loras_(
         else:
             base.copy_(acc)  # back to the tensor's own dtype, rounded once
     return {"merged": list(places), "unmatched": unmatched, "loras": [(lw.source, s) for lw, s in loras]}
+
+
+def parse_lora_spec(spec: str) -> tuple[Path, float]:
+    """'FILE' or 'FILE:STRENGTH' (strength 1.0 by default) -> (path, strength); one-line errors."""
+    path, sep, tail = spec.rpartition(":")
+    if sep and path and not tail.startswith(("/", "\\")):
+        try:
+            strength = float(tail)
+        except ValueError:
+            raise CheckpointError(f"LoRA spec {spec!r}: the strength after ':' must be a number, as in lora.safetensors:0.8") from None
+        return Path(path), strength
+    return Path(spec), 1.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +46,31 @@ class WanPipeline:
         self.dit, self.text_encoder, self.tokenizer, self.vae, self.clip = dit, text_encoder, tokenizer, vae, clip
         self.vae_dtype = vae_dtype
         self.progress = progress
+        self.merged_loras: tuple = ()   # (path, strength) merged into the DiT at load
+        self.lora_set = None            # runtime.lora.LoraSet once dynamic LoRAs are used
+
+    # -- LoRA -----------------------------------------------------------------------------------
+    def merge_loras(self, loras, allow_unmatched: bool = False) -> None:
+        """Merge (path, strength) LoRAs into the DiT weights: no run-time cost, fixed until reload."""
+        from lightx2v.loading.lora import load_lora, merge_loras_
+
+        if self.lora_set is not None and self.lora_set.active:
+            raise InputError("dynamic LoRAs are active; set_lora([]) before merging LoRAs")
+        weights = [(load_lora(path, self.dit), float(s)) for path, s in loras]
+        merge_loras_(self.dit, weights, allow_unmatched=allow_unmatched)
+        self.merged_loras += tuple((str(path), float(s)) for path, s in loras)
+
+    def set_lora(self, loras, allow_unmatched: bool = False) -> None:
+        """Switch the dynamic LoRAs to (path, strength) pairs ([] removes them): the base weights
+        stay untouched, so this needs no reload."""
+        from lightx2v.loading.lora import load_lora
+        from lightx2v.runtime.lora import apply_dynamic_lora
+
+        weights = [(load_lora(path, self.dit), float(s)) for path, s in loras]
+        if self.lora_set is None:
+            self.lora_set = apply_dynamic_lora(self.dit, weights, allow_unmatched=allow_unmatched)
+        else:
+            self.lora_set.set(weights, allow_unmatched=allow_unmatched)
 
     @property
     def task(self) -> str:
@@ -57,7 +83,7 @@ class WanPipeline:
         device = engine.torch_device()
         return cls(
             mc, engine,
-            dit=C.load_dit(mc, device, engine.dtype, engine.attention),
+            dit=C.load_dit(mc, device, engine.dtype, engine.attention, engine.quant),
             text_encoder=C.load_text_encoder(mc, device, engine.dtype),
             tokenizer=C.load_tokenizer(mc),
             vae=C.load_vae(mc, device, torch.float32),
@@ -111,7 +137,8 @@ class WanPipeline:
         if d.scheduler_config is not None and p.solver == d.solver:
             sched, _ = scheduler_from_diffusers_config(d.scheduler_config)
         else:
-            sched = make_scheduler(p.solver, convention=d.convention)
+            options = d.solver_options if p.solver == d.solver else None
+            sched = make_scheduler(p.solver, convention=d.convention, config=options)
         sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
         return sched
 
@@ -153,6 +180,11 @@ class WanPipeline:
     def __call__(self, params: SamplingParams) -> GenerationResult:
         p = params.with_defaults(self.model_config.defaults)
         self.check_task(p)
+        if self.model_config.distill is not None:
+            from lightx2v.models.wan.distill import cfg_warning
+
+            if (msg := cfg_warning(p.guidance_scale)) is not None:
+                warnings.warn(msg, stacklevel=3)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         context = self.encode_prompt([p.prompt])
