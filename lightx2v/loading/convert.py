@@ -1,0 +1,505 @@
+"""Converting a DiT checkpoint to another layout, dtype or quantization, one tensor at a time.
+
+Design: `convert_dit(src, dst, ...)` reads any DiT source `inspect_dit_source` reads (official or
+diffusers folders, single files in official / ComfyUI / diffusers keys, indexed shards, block-split
+folders, pre-quantized files) and writes one of three layouts:
+
+layout     files                                                           keys
+official   diffusion_pytorch_model.safetensors, or -0000i-of-0000N shards   official
+           + diffusion_pytorch_model.safetensors.index.json; config.json
+           (official format) when the source gives a config
+diffusers  the same file names + config.json of WanTransformer3DModel       diffusers
+blocks     block_<i>.safetensors (blocks.<i>.*) + non_block.safetensors;   official
+           config.json (official format) when the source gives a config
+
+Streaming, so a 14B model converts in a few hundred MB: the whole output is planned first from
+the safetensors headers (each output tensor's name, shape and dtype, so every shard's header is
+known before its data), then each tensor is read on its own, merged / cast / quantized, and
+appended to its shard with `write_safetensors`, a writer of the safetensors format that writes a
+tensor's bytes as they come (safetensors' own `save_file` needs the whole shard as a dict). A
+source file is opened anew for every tensor: safetensors maps the whole file, and the pages a
+kept handle has touched stay in the process's RSS until it is closed (reading a 2 GB file
+through one handle peaked at 2.2 GB RSS, reopening per tensor at 0.25 GB). `.pth` sources are
+mapped once by `torch.load(mmap=True)`; their touched pages do count in RSS.
+
+Per tensor, in this order: LoRA deltas (`strength * delta`, summed in fp32 in the order given,
+as `merge_loras_` does at load), then quantization (`--quant`: the linears `apply_quant` selects
+by default; a pre-quantized layer that a LoRA targets is dequantized, merged and requantized
+with its own scheme), then the dtype: without `dtype` every tensor keeps the source's dtype (so a
+conversion is bit-exact); with `dtype` floating tensors are cast to it, except the ones
+`WanModel._keep_in_fp32` names (time embedding, modulations, norms), which are written in fp32
+because the loader computes them in fp32 anyway. Quantized weights keep int8 / float8 and scales
+are always written in fp32.
+
+Atomic: everything goes to a temp folder beside `dst`, renamed to `dst` at the end; any error or
+Ctrl-C removes it, so a failed conversion leaves nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from lightx2v.errors import CheckpointError, InputError
+from lightx2v.loading.dit_files import (
+    ST_DTYPES, DitSource, TensorInfo, check_dit_matches, dit_key_from_file, inspect_dit_source,
+    read_safetensors_header,
+)
+from lightx2v.loading.lora import LoraWeights, load_lora, report_unmatched
+from lightx2v.loading.state_dict import read_tensors
+from lightx2v.models.wan.dit import CLIP_TOKENS, WanDiTConfig, WanModel, dit_key_from_diffusers
+from lightx2v.quant import QuantLinear, QuantScheme, apply_quant, get_scheme
+
+LAYOUTS = ("official", "diffusers", "blocks")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8")
+DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes; memory use does not depend on it (tensors stream)
+WEIGHTS = "diffusion_pytorch_model"
+_ST_NAMES = {dt: name for name, (dt, _) in ST_DTYPES.items()}
+_BLOCK = re.compile(r"blocks\.(\d+)\.")
+
+Log = Callable[[str], None]
+
+
+# ---------------------------------------------------------------- official -> diffusers names
+
+
+def diffusers_dit_keys(cfg: WanDiTConfig) -> list[str]:
+    """The state-dict keys of diffusers' WanTransformer3DModel for a config (as diffusers names them)."""
+    wb = ("weight", "bias")
+    keys = ["scale_shift_table", *(f"patch_embedding.{p}" for p in wb), *(f"proj_out.{p}" for p in wb)]
+    emb = [f"condition_embedder.{m}" for m in ("time_embedder.linear_1", "time_embedder.linear_2", "time_proj",
+                                                  "text_embedder.linear_1", "text_embedder.linear_2")]
+    if cfg.image_tokens:
+        emb += [f"condition_embedder.image_embedder.{m}" for m in ("norm1", "ff.net.0.proj", "ff.net.2", "norm2")]
+        if cfg.model_type == "flf2v":
+            keys.append("condition_embedder.image_embedder.pos_embed")
+    keys += [f"{m}.{p}" for m in emb for p in wb]
+    attn = ["to_q", "to_k", "to_v", "to_out.0"]
+    for i in range(cfg.num_layers):
+        b = f"blocks.{i}."
+        cross = attn + (["add_k_proj", "add_v_proj"] if cfg.image_tokens else [])
+        keys += [b + "scale_shift_table", *(f"{b}ffn.{m}.{p}" for m in ("net.0.proj", "net.2") for p in wb)]
+        keys += [f"{b}attn1.{m}.{p}" for m in attn for p in wb] + [f"{b}attn2.{m}.{p}" for m in cross for p in wb]
+        if cfg.qk_norm:
+            norms = ["norm_q", "norm_k"] + (["norm_added_k"] if cfg.image_tokens else [])
+            keys += [f"{b}attn1.{n}.weight" for n in norms[:2]] + [f"{b}attn2.{n}.weight" for n in norms]
+        if cfg.cross_attn_norm:
+            keys += [f"{b}norm2.{p}" for p in wb]
+    return keys
+
+
+def diffusers_key_table(cfg: WanDiTConfig) -> dict[str, str]:
+    """{official key: diffusers key}: `dit_key_from_diffusers` inverted over `diffusers_dit_keys(cfg)`."""
+    table: dict[str, str] = {}
+    for key in diffusers_dit_keys(cfg):
+        official = dit_key_from_diffusers(key)
+        if official is None or official in table:
+            raise CheckpointError(f"diffusers key {key} has no unique official name ({official}); the rename table is incomplete")
+        table[official] = key
+    return table
+
+
+def official_to_diffusers_key(key: str, table: Mapping[str, str]) -> str:
+    """Diffusers name of an official key (`table` from `diffusers_key_table`); a quantized layer's
+    `weight_scale` follows its weight (`...to_q.weight_scale`, as dit_files reads it back)."""
+    if key.endswith(".weight_scale") and key[: -len("_scale")] in table:
+        return table[key[: -len("_scale")]] + "_scale"
+    if key not in table:
+        raise CheckpointError(f"DiT tensor {key} has no name in the diffusers layout (WanTransformer3DModel)")
+    return table[key]
+
+
+def official_config_json(cfg: WanDiTConfig) -> dict:
+    """config.json of the official Wan-AI layout."""
+    return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "model_type": cfg.model_type,
+            "patch_size": list(cfg.patch_size), "text_len": cfg.text_len, "in_dim": cfg.in_dim, "dim": cfg.dim,
+            "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "out_dim": cfg.out_dim,
+            "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "window_size": [-1, -1],
+            "qk_norm": cfg.qk_norm, "cross_attn_norm": cfg.cross_attn_norm, "eps": cfg.eps}
+
+
+def diffusers_config_json(cfg: WanDiTConfig) -> dict:
+    """config.json of diffusers' WanTransformer3DModel (text_len, not a diffusers field, only if not 512)."""
+    image = cfg.image_tokens > 0
+    out = {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.1", "patch_size": list(cfg.patch_size),
+           "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_dim,
+           "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim,
+           "num_layers": cfg.num_layers, "cross_attn_norm": cfg.cross_attn_norm,
+           "qk_norm": "rms_norm_across_heads" if cfg.qk_norm else None, "eps": cfg.eps,
+           "image_dim": 1280 if image else None, "added_kv_proj_dim": cfg.dim if image else None,
+           "rope_max_seq_len": 1024, "pos_embed_seq_len": 2 * CLIP_TOKENS if cfg.model_type == "flf2v" else None}
+    if cfg.text_len != 512:
+        out["text_len"] = cfg.text_len
+    return out
+
+
+# ---------------------------------------------------------------- the source
+
+
+def _parse_config(path: Path) -> Optional[WanDiTConfig]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CheckpointError(f"cannot read {path} as JSON") from None
+    if not isinstance(raw, dict):
+        return None
+    if "num_attention_heads" in raw:
+        return WanDiTConfig.from_diffusers(raw)
+    return WanDiTConfig.from_official(raw) if "dim" in raw else None
+
+
+def given_config(path: Path, source: DitSource) -> Optional[WanDiTConfig]:
+    """The DiT config.json the source comes with (official or diffusers format), or None.
+
+    A folder's config must describe its weights (else an error); the config.json beside a single
+    file or index is used only if it does (a models folder may hold other models' configs)."""
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() and (path / "model_index.json").is_file() and (path / "transformer").is_dir():
+        folder = path / "transformer"
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        cfg = _parse_config(folder / "config.json")
+        if cfg is not None:
+            check_dit_matches(source.config, cfg, str(path))
+    except CheckpointError:
+        if path.is_dir():
+            raise
+        return None
+    return cfg
+
+
+class _Reader:
+    """Official-keyed tensors of a source, read one at a time (see the module docstring)."""
+
+    def __init__(self, source: DitSource) -> None:
+        self.where: dict[str, tuple[Path, str]] = {}  # official key -> (file, key in the file)
+        self.infos: dict[str, TensorInfo] = {}
+        self._mapped: dict[Path, dict[str, Tensor]] = {}  # .pth files, mapped once
+        for f in source.files:
+            infos = read_safetensors_header(f) if f.suffix == ".safetensors" else {
+                k: (tuple(v.shape), v.dtype) for k, v in self._mapped.setdefault(f, read_tensors(f)).items()}
+            for k, info in infos.items():
+                if k.startswith(source.prefix) and (nk := dit_key_from_file(k[len(source.prefix):], source.key_format)):
+                    self.where[nk], self.infos[nk] = (f, k), info
+
+    def get(self, key: str) -> Tensor:
+        from safetensors import safe_open
+
+        f, k = self.where[key]
+        if f in self._mapped:
+            return self._mapped[f][k]
+        try:
+            with safe_open(str(f), framework="pt") as handle:
+                return handle.get_tensor(k)
+        except Exception as exc:  # safetensors raises its own types; name the file
+            raise CheckpointError(f"cannot read tensor {k} of {f} ({exc}); is the file complete?") from exc
+
+
+# ---------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    key: str  # official key
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Output tensors made from one read. kind: 'tensor' (one tensor), 'quantize' (a float
+    weight -> weight + weight_scale), 'quantized' (a pre-quantized weight + its scale)."""
+
+    kind: str
+    key: str  # the tensor read (official key)
+    outputs: tuple[OutTensor, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(o.nbytes for o in self.outputs)
+
+
+def _natural(key: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+def quant_targets(cfg: WanDiTConfig, scheme: QuantScheme) -> frozenset[str]:
+    """The modules `apply_quant` quantizes by default in this DiT (found on a meta-built model)."""
+    with torch.device("meta"):
+        model = WanModel(cfg)
+    apply_quant(model, scheme)
+    return frozenset(n for n, m in model.named_modules() if isinstance(m, QuantLinear))
+
+
+def plan_units(
+    infos: Mapping[str, TensorInfo], source: DitSource, *, quant: Optional[QuantScheme],
+    targets: frozenset[str], dtype: Optional[torch.dtype],
+) -> list[Unit]:
+    """Every output tensor with its shape and dtype, in natural key order (blocks in order)."""
+    keep = WanModel._keep_in_fp32
+    src_scheme = get_scheme(source.quant) if source.quant else None
+    units = []
+    for key in sorted(infos, key=_natural):
+        shape, dt = infos[key]
+        module, _, leaf = key.rpartition(".")
+        if leaf == "weight_scale" and module in source.quantized:
+            continue  # written with its weight
+        if leaf == "weight" and module in source.quantized:
+            scale = OutTensor(f"{module}.weight_scale", src_scheme.scale_shape(shape[0]), torch.float32)
+            units.append(Unit("quantized", key, (OutTensor(key, shape, dt), scale)))
+        elif leaf == "weight" and quant is not None and module in targets:
+            outs = (OutTensor(key, shape, quant.qdtype),
+                    OutTensor(f"{module}.weight_scale", quant.scale_shape(shape[0]), torch.float32))
+            units.append(Unit("quantize", key, outs))
+        else:
+            if dt.is_floating_point and dtype is not None:
+                dt = torch.float32 if any(p in key for p in keep) else dtype
+            units.append(Unit("tensor", key, (OutTensor(key, shape, dt),)))
+    return units
+
+
+@dataclass(frozen=True)
+class Shard:
+    file: str
+    units: tuple[Unit, ...]
+
+
+def plan_shards(units: Sequence[Unit], layout: str, shard_size: int) -> list[Shard]:
+    """Files of the output: per block (blocks layout), or packed up to `shard_size` bytes."""
+    if layout == "blocks":
+        groups: dict[str, list[Unit]] = {}
+        for u in units:
+            m = _BLOCK.match(u.key)
+            groups.setdefault(f"block_{m[1]}.safetensors" if m else "non_block.safetensors", []).append(u)
+        return [Shard(name, tuple(us)) for name, us in groups.items()]
+    packs: list[list[Unit]] = [[]]
+    size = 0
+    for u in units:
+        if packs[-1] and size + u.nbytes > shard_size:
+            packs.append([])
+            size = 0
+        packs[-1].append(u)
+        size += u.nbytes
+    if len(packs) == 1:
+        return [Shard(f"{WEIGHTS}.safetensors", tuple(packs[0]))]
+    n = len(packs)
+    return [Shard(f"{WEIGHTS}-{i + 1:05d}-of-{n:05d}.safetensors", tuple(p)) for i, p in enumerate(packs)]
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_safetensors(
+    path: Path, specs: Sequence[tuple[str, tuple[int, ...], torch.dtype]], tensors: Iterable[Tensor],
+) -> int:
+    """Write a safetensors file whose names, shapes and dtypes are known up front, taking each
+    tensor from `tensors` as it comes (one tensor in memory at a time). Returns the file size."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape, dt in specs:
+        n = math.prod(shape) * dt.itemsize
+        header[name] = {"dtype": _ST_NAMES[dt], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for (name, shape, dt), t in zip(specs, tensors, strict=True):
+            if tuple(t.shape) != tuple(shape) or t.dtype != dt:
+                raise RuntimeError(f"converter bug: {name} came out {t.dtype} {list(t.shape)}, planned {dt} {list(shape)}")
+            f.write(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        f.flush()
+        os.fsync(f.fileno())
+    return 8 + len(raw) + offset
+
+
+@dataclass
+class _Job:
+    """What turns a unit's source tensor into its output tensors."""
+
+    reader: _Reader
+    source: DitSource
+    quant: Optional[QuantScheme]
+    loras: Sequence[tuple[LoraWeights, float]]
+    merged: set = dataclasses.field(default_factory=set)
+
+    def _lora(self, key: str, w: Tensor) -> Optional[Tensor]:
+        """w + sum of strength * delta, in fp32 (None if no LoRA targets `key`)."""
+        hits = [(lw, s) for lw, s in self.loras if key in lw.targets]
+        if not hits:
+            return None
+        acc = w.to(torch.float32, copy=True)
+        for lw, strength in hits:
+            acc.add_(lw.delta(key, acc.device), alpha=strength)
+        self.merged.add(key)
+        return acc
+
+    def produce(self, unit: Unit) -> Iterator[Tensor]:
+        w = self.reader.get(unit.key)
+        if unit.kind == "tensor":
+            merged = self._lora(unit.key, w)
+            yield (w if merged is None else merged).to(unit.outputs[0].dtype)
+        elif unit.kind == "quantize":
+            merged = self._lora(unit.key, w)
+            yield from self.quant.quantize(w if merged is None else merged)
+        else:  # pre-quantized: the scale as dit_files reads it ([out, 1] or []; 1 where a float8 file has none)
+            scheme = get_scheme(self.source.quant)
+            scale_key = unit.outputs[1].key
+            scale = self.reader.get(scale_key) if scale_key in self.reader.where else torch.ones(())
+            scale = scale.reshape(unit.outputs[1].shape).to(torch.float32)
+            merged = self._lora(unit.key, scheme.dequantize(w, scale)) if self.loras else None
+            yield from (w, scale) if merged is None else scheme.quantize(merged)
+
+
+# ---------------------------------------------------------------- the entry point
+
+
+@dataclass(frozen=True)
+class ConvertReport:
+    dst: Path
+    layout: str
+    files: tuple[str, ...]
+    num_tensors: int
+    total_bytes: int  # tensor data
+    quant: Optional[str]  # scheme of the output, or None
+    merged: tuple[str, ...]  # tensors LoRAs were merged into
+    notes: tuple[str, ...]  # what the user should know (heads guessed, tensors not carried over)
+
+
+def _check_dst(dst: Path) -> None:
+    if dst.exists() and not dst.is_dir():
+        raise InputError(f"output {dst} exists and is not a folder")
+    if dst.is_dir() and any(dst.iterdir()):
+        raise InputError(f"output folder {dst} is not empty; pass a new or empty folder")
+    if not dst.parent.is_dir():
+        raise InputError(f"the folder {dst.parent} (where {dst.name} would go) does not exist")
+
+
+def _prepare(
+    src: Path, quant: Optional[str], loras: Sequence[tuple[Union[str, Path], float]], allow_unmatched: bool,
+) -> tuple[DitSource, WanDiTConfig, Optional[WanDiTConfig], list, list[str]]:
+    source = inspect_dit_source(src)
+    notes = []
+    if quant is not None and source.quant is not None:
+        raise InputError(f"{src} is already quantized ({source.quant}); convert it without --quant "
+                         f"(or quantize the float model)")
+    given = given_config(src, source)
+    cfg = source.config if given is None else dataclasses.replace(
+        source.config, num_heads=given.num_heads, text_len=given.text_len, eps=given.eps)
+    if given is None:
+        notes.append(f"no config.json with the source: num_heads ({cfg.num_heads}), text_len and eps are Wan's defaults")
+    if source.ignored:
+        notes.append(f"not carried over: {len(source.ignored)} tensors, e.g. {', '.join(source.ignored[:3])}")
+    lws = []
+    if loras:
+        with torch.device("meta"):
+            model = WanModel(cfg)  # names and shapes only, no memory
+        lws = [(load_lora(Path(p), model), float(s)) for p, s in loras]
+        skipped = report_unmatched(lws, allow_unmatched)
+        if skipped:
+            notes.append(f"LoRA tensors skipped (they target nothing): {len(skipped)}")
+    return source, cfg, given, lws, notes
+
+
+def convert_dit(
+    src: Union[str, Path], dst: Union[str, Path], *, to: str = "official", quant: Optional[str] = None,
+    loras: Sequence[tuple[Union[str, Path], float]] = (), allow_unmatched: bool = False,
+    dtype: Union[str, torch.dtype, None] = None, shard_size: int = DEFAULT_SHARD_SIZE, log: Optional[Log] = None,
+) -> ConvertReport:
+    """Convert the DiT at `src` into the `to` layout in the new folder `dst` (see the module docstring).
+
+    quant: 'w8a8-int8' / 'w8a8-fp8' (a float source only); loras: (file, strength) pairs, merged
+    before quantizing (a LoRA key that targets nothing is an error, or with `allow_unmatched` a
+    warning); dtype: 'bf16' / 'fp16' / 'fp32' or a torch dtype; shard_size: bytes per file
+    (official / diffusers layouts). Bad input raises a one-line LightX2VError before anything is written.
+    """
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    if to not in LAYOUTS:
+        raise InputError(f"unknown output layout {to!r}; expected one of {', '.join(LAYOUTS)}")
+    if quant is not None and quant not in QUANT_CHOICES:
+        raise InputError(f"--quant {quant!r}: expected one of {', '.join(QUANT_CHOICES)}")
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise InputError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        dtype = DTYPES[dtype]
+    if shard_size <= 0:
+        raise InputError(f"shard size must be positive, got {shard_size}")
+    _check_dst(dst)
+    source, cfg, given, lws, notes = _prepare(src, quant, loras, allow_unmatched)
+    scheme = get_scheme(quant) if quant else None
+    reader = _Reader(source)
+    units = plan_units(reader.infos, source, quant=scheme, dtype=dtype,
+                       targets=quant_targets(cfg, scheme) if scheme else frozenset())
+    shards = plan_shards(units, to, shard_size)
+    total = sum(u.nbytes for u in units)
+    free = shutil.disk_usage(dst.parent).free
+    if total > free:
+        raise InputError(f"not enough disk space for {dst}: the output needs {total / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
+    job = _Job(reader, source, scheme, lws)
+    files = _write_atomic(dst, cfg, given, to, shards, job, log or (lambda _: None))
+    return ConvertReport(dst=dst, layout=to, files=tuple(files), num_tensors=sum(len(u.outputs) for u in units),
+                         total_bytes=total, quant=quant or source.quant, merged=tuple(sorted(job.merged)),
+                         notes=tuple(notes))
+
+
+def _write_atomic(
+    dst: Path, cfg: WanDiTConfig, given: Optional[WanDiTConfig], layout: str, shards: Sequence[Shard],
+    job: _Job, log: Log,
+) -> list[str]:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        files = _write_all(tmp, cfg, given, layout, shards, job, log)
+        if dst.is_dir():
+            dst.rmdir()  # empty (checked); rename() does not replace a folder on every platform
+        tmp.rename(dst)
+    except BaseException:  # Ctrl-C included: leave nothing half-written
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files
+
+
+def _write_all(
+    tmp: Path, cfg: WanDiTConfig, given: Optional[WanDiTConfig], layout: str, shards: Sequence[Shard],
+    job: _Job, log: Log,
+) -> list[str]:
+    table = diffusers_key_table(cfg) if layout == "diffusers" else None
+    name = (lambda k: official_to_diffusers_key(k, table)) if table else (lambda k: k)
+    weight_map: dict[str, str] = {}
+    for i, shard in enumerate(shards):
+        specs = [(name(o.key), o.shape, o.dtype) for u in shard.units for o in u.outputs]
+        tensors = (t for u in shard.units for t in job.produce(u))
+        size = write_safetensors(tmp / shard.file, specs, tensors)
+        weight_map |= {k: shard.file for k, _, _ in specs}
+        log(f"[{i + 1}/{len(shards)}] {shard.file} ({size / 1e9:.2f} GB)")
+    missing = {k for lw, _ in job.loras for k in lw.targets} - job.merged
+    if missing:
+        raise CheckpointError(f"LoRA targets not in the source: {', '.join(sorted(missing)[:4])}")
+    files = [s.file for s in shards]
+    if len(shards) > 1 and layout != "blocks":
+        total = sum(o.nbytes for s in shards for u in s.units for o in u.outputs)
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (tmp / f"{WEIGHTS}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        files.append(f"{WEIGHTS}.safetensors.index.json")
+    config = diffusers_config_json(cfg) if layout == "diffusers" else official_config_json(cfg) if given else None
+    if config is not None:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        files.append("config.json")
+    return files
