@@ -10,10 +10,10 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from lightx2v.cli import demo, generate, info
+from lightx2v.cli import convert, demo, generate, info
 from lightx2v.errors import LightX2VError
 
-COMMANDS = {"generate": generate, "info": info, "demo": demo}
+COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -149,15 +149,21 @@ def diffusers_config_json(cfg: WanDiTConfig) -> dict:
 
 
 def _parse_config(path: Path) -> Optional[WanDiTConfig]:
+    """A Wan DiT config.json in either format; None for a config of something else."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
         raise CheckpointError(f"cannot read {path} as JSON") from None
-    if not isinstance(raw, dict):
+    if not isinstance(raw, dict) or not ({"num_attention_heads", "dim"} & raw.keys()):
         return None
-    if "num_attention_heads" in raw:
-        return WanDiTConfig.from_diffusers(raw)
-    return WanDiTConfig.from_official(raw) if "dim" in raw else None
+    try:
+        if "num_attention_heads" in raw:
+            return WanDiTConfig.from_diffusers(raw)
+        return WanDiTConfig.from_official(raw)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not a Wan DiT config ({type(exc).__name__}: {exc})") from None
 
 
 def given_config(path: Path, source: DitSource) -> Optional[WanDiTConfig]:
@@ -341,12 +347,12 @@ class _Job:
     loras: Sequence[tuple[LoraWeights, float]]
     merged: set = dataclasses.field(default_factory=set)
 
-    def _lora(self, key: str, w: Tensor) -> Optional[Tensor]:
-        """w + sum of strength * delta, in fp32 (None if no LoRA targets `key`)."""
+    def _lora(self, key: str, w: Callable[[], Tensor]) -> Optional[Tensor]:
+        """w() + sum of strength * delta, in fp32, as merge_loras_ sums it (None: no LoRA targets `key`)."""
         hits = [(lw, s) for lw, s in self.loras if key in lw.targets]
         if not hits:
             return None
-        acc = w.to(torch.float32, copy=True)
+        acc = w().to(torch.float32, copy=True)
         for lw, strength in hits:
             acc.add_(lw.delta(key, acc.device), alpha=strength)
         self.merged.add(key)
@@ -354,18 +360,17 @@ class _Job:
 
     def produce(self, unit: Unit) -> Iterator[Tensor]:
         w = self.reader.get(unit.key)
+        merged = self._lora(unit.key, lambda: w) if unit.kind != "quantized" else None
         if unit.kind == "tensor":
-            merged = self._lora(unit.key, w)
             yield (w if merged is None else merged).to(unit.outputs[0].dtype)
         elif unit.kind == "quantize":
-            merged = self._lora(unit.key, w)
             yield from self.quant.quantize(w if merged is None else merged)
         else:  # pre-quantized: the scale as dit_files reads it ([out, 1] or []; 1 where a float8 file has none)
             scheme = get_scheme(self.source.quant)
             scale_key = unit.outputs[1].key
             scale = self.reader.get(scale_key) if scale_key in self.reader.where else torch.ones(())
             scale = scale.reshape(unit.outputs[1].shape).to(torch.float32)
-            merged = self._lora(unit.key, scheme.dequantize(w, scale)) if self.loras else None
+            merged = self._lora(unit.key, lambda: scheme.dequantize(w, scale))  # dequantize, merge, requantize
             yield from (w, scale) if merged is None else scheme.quantize(merged)
 
 
@@ -404,8 +409,6 @@ def _prepare(
     given = given_config(src, source)
     cfg = source.config if given is None else dataclasses.replace(
         source.config, num_heads=given.num_heads, text_len=given.text_len, eps=given.eps)
-    if given is None:
-        notes.append(f"no config.json with the source: num_heads ({cfg.num_heads}), text_len and eps are Wan's defaults")
     if source.ignored:
         notes.append(f"not carried over: {len(source.ignored)} tensors, e.g. {', '.join(source.ignored[:3])}")
     lws = []
@@ -444,6 +447,9 @@ def convert_dit(
         raise InputError(f"shard size must be positive, got {shard_size}")
     _check_dst(dst)
     source, cfg, given, lws, notes = _prepare(src, quant, loras, allow_unmatched)
+    if given is None and to == "diffusers":
+        notes.append(f"no config.json with the source: num_heads {cfg.num_heads} (128-wide heads), text_len and eps "
+                     "in config.json are Wan's defaults")
     scheme = get_scheme(quant) if quant else None
     reader = _Reader(source)
     units = plan_units(reader.infos, source, quant=scheme, dtype=dtype,
@@ -467,6 +473,9 @@ def _write_atomic(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
         files = _write_all(tmp, cfg, given, layout, shards, job, log)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; give it a normal folder's mode
         if dst.is_dir():
             dst.rmdir()  # empty (checked); rename() does not replace a folder on every platform
         tmp.rename(dst)
