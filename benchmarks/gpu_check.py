@@ -165,7 +165,7 @@ def main() -> None:
             torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
         m = build(dtype)
         with torch.no_grad():
-            y, sec = timed(lambda: call(m, dtype), args.repeat if dtype != torch.float32 else 0)
+            y, sec = timed(lambda m=m: call(m, dtype), args.repeat if dtype != torch.float32 else 0)
         y = y.float().cpu()
         res[f"{name}_s"] = sec
         res[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0.0

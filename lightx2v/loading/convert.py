@@ -46,16 +46,17 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
-    ST_DTYPES, DitSource, TensorInfo, check_dit_matches, dit_key_from_file, inspect_dit_source,
+    DitSource, TensorInfo, check_dit_matches, dit_key_from_file, inspect_dit_source,
     read_safetensors_header,
 )
+from lightx2v.loading.safetensors_io import write_safetensors
 from lightx2v.loading.lora import LoraWeights, load_lora, report_unmatched
 from lightx2v.loading.state_dict import read_tensors
 from lightx2v.models.wan.dit import CLIP_TOKENS, WanDiTConfig, WanModel, dit_key_from_diffusers
@@ -66,7 +67,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8")
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes; memory use does not depend on it (tensors stream)
 WEIGHTS = "diffusion_pytorch_model"
-_ST_NAMES = {dt: name for name, (dt, _) in ST_DTYPES.items()}
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
 
 Log = Callable[[str], None]
@@ -310,31 +310,6 @@ def plan_shards(units: Sequence[Unit], layout: str, shard_size: int) -> list[Sha
 
 
 # ---------------------------------------------------------------- writing
-
-
-def write_safetensors(
-    path: Path, specs: Sequence[tuple[str, tuple[int, ...], torch.dtype]], tensors: Iterable[Tensor],
-) -> int:
-    """Write a safetensors file whose names, shapes and dtypes are known up front, taking each
-    tensor from `tensors` as it comes (one tensor in memory at a time). Returns the file size."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, shape, dt in specs:
-        n = math.prod(shape) * dt.itemsize
-        header[name] = {"dtype": _ST_NAMES[dt], "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for (name, shape, dt), t in zip(specs, tensors, strict=True):
-            if tuple(t.shape) != tuple(shape) or t.dtype != dt:
-                raise RuntimeError(f"converter bug: {name} came out {t.dtype} {list(t.shape)}, planned {dt} {list(shape)}")
-            f.write(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-        f.flush()
-        os.fsync(f.fileno())
-    return 8 + len(raw) + offset
 
 
 @dataclass

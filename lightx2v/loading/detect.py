@@ -22,7 +22,7 @@ import json
 import warnings
 from pathlib import Path
 
-from lightx2v.config import ModelConfig, SamplingDefaults
+from lightx2v.config import ModelConfig
 from lightx2v.errors import CheckpointError
 from lightx2v.models.wan.presets import official_defaults, diffusers_defaults
 

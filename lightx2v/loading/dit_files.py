@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from lightx2v.errors import CheckpointError
+from lightx2v.loading.safetensors_io import ST_DTYPES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
 from lightx2v.loading.state_dict import StateDict, load_into, read_sharded, read_tensors
 from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers
 from lightx2v.quant import QuantLinear, apply_quant, get_scheme
@@ -47,14 +48,6 @@ from lightx2v.quant import QuantLinear, apply_quant, get_scheme
 KINDS = ("single-file", "sharded", "blocks", "folder")
 KEY_FORMATS = ("official", "comfyui", "diffusers")
 TORCH_FILES = (".pth", ".pt", ".bin", ".ckpt")
-# safetensors dtype -> (torch dtype, bytes per element)
-ST_DTYPES = {
-    "F64": (torch.float64, 8), "F32": (torch.float32, 4), "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2),
-    "I64": (torch.int64, 8), "I32": (torch.int32, 4), "I16": (torch.int16, 2), "I8": (torch.int8, 1),
-    "U8": (torch.uint8, 1), "BOOL": (torch.bool, 1),
-    "F8_E4M3": (torch.float8_e4m3fn, 1), "F8_E5M2": (torch.float8_e5m2, 1),
-}
-_MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
 _OFFICIAL_BLOCK = re.compile(r"blocks\.\d+\.(self_attn|cross_attn|ffn\.\d+)\.")
 _DIFFUSERS_BLOCK = re.compile(r"blocks\.\d+\.(attn1|attn2|ffn\.net)\.")
 _BLOCK_INDEX = re.compile(r"blocks\.(\d+)\.")
@@ -63,7 +56,6 @@ _BLOCK_INDEX = re.compile(r"blocks\.(\d+)\.")
 _DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
 _MARKERS = ("scaled_fp8",)
 
-TensorInfo = tuple[tuple[int, ...], torch.dtype]  # (shape, dtype)
 
 
 @dataclass(frozen=True)
@@ -113,48 +105,6 @@ def _count(n: int) -> str:
 
 
 # ---------------------------------------------------------------- headers
-
-
-def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
-    """{key: (shape, dtype)} of a .safetensors file, checked against the file size (no data read)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is {size} bytes, too short to be a safetensors file; is it truncated?")
-        n = int.from_bytes(head, "little")
-        if n > size - 8 or n > _MAX_HEADER:
-            raise CheckpointError(f"{path} is truncated or not a safetensors file: its header length ({n} bytes) "
-                                  f"is beyond the file size ({size} bytes)")
-        raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        raise CheckpointError(f"{path} has a corrupt safetensors header (not valid JSON); download it again") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} has a corrupt safetensors header (not a JSON object)")
-    header.pop("__metadata__", None)
-    data = size - 8 - n
-    out: dict[str, TensorInfo] = {}
-    for key, info in header.items():
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise CheckpointError(f"{path} has a corrupt safetensors header (entry {key!r})")
-        if info["dtype"] not in ST_DTYPES:
-            raise CheckpointError(f"{path}: tensor {key} has dtype {info['dtype']}, which lightx2v does not read")
-        dtype, itemsize = ST_DTYPES[info["dtype"]]
-        try:
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (TypeError, ValueError):
-            raise CheckpointError(f"{path} has a corrupt safetensors header (entry {key!r})") from None
-        if end > data:
-            raise CheckpointError(f"{path} is truncated: tensor {key} ends at byte {end} of the data, "
-                                  f"the file holds {data}; download it again")
-        if not 0 <= begin <= end or end - begin != math.prod(shape) * itemsize:
-            raise CheckpointError(f"{path} has a corrupt safetensors header: tensor {key} {list(shape)} "
-                                  f"does not fit its data offsets [{begin}, {end}]")
-        out[key] = (shape, dtype)
-    return out
 
 
 def _file_infos(path: Path) -> dict[str, TensorInfo]:

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from pathlib import Path
 
+from lightx2v.loading.safetensors_io import read_safetensors_header
 from lightx2v.loading.state_dict import read_tensors
-
-
-def _safetensors_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    header.pop("__metadata__", None)
-    return header
 
 
 def summarize(files: list | str) -> dict:
@@ -25,9 +17,9 @@ def summarize(files: list | str) -> dict:
     params = tensors = 0
     for f in files:
         if f.suffix == ".safetensors":
-            for info in _safetensors_header(f).values():
-                dtypes[info["dtype"].lower()] += 1
-                params += math.prod(info["shape"])
+            for shape, dtype in read_safetensors_header(f).values():  # header only, checked
+                dtypes[str(dtype).replace("torch.", "")] += 1
+                params += math.prod(shape)
                 tensors += 1
         else:
             for t in read_tensors(f).values():  # mmap: only the metadata is touched

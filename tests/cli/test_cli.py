@@ -63,7 +63,7 @@ def test_info_reports_layout_sizes_dtypes(tiny_official_dir, tiny_diffusers_dir,
     assert (info["family"], info["task"], info["layout"]) == ("wan2.1", "t2v", "official")
     assert info["components"]["text_encoder"]["files"][0].endswith("models_t5_umt5-xxl-enc-bf16.pth")
     assert info["components"]["vae"]["files"][0].endswith("Wan2.1_VAE.pth")
-    assert info["dit"]["dim"] == 64 and info["components"]["dit"]["dtypes"] == {"f32": info["components"]["dit"]["tensors"]}
+    assert info["dit"]["dim"] == 64 and info["components"]["dit"]["dtypes"] == {"float32": info["components"]["dit"]["tensors"]}
     assert main(["info", str(tiny_diffusers_dir)]) == 0
     text = capsys.readouterr().out
     assert "layout: diffusers" in text and "unipc" in text and "shift 3.0" in text
