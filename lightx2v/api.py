@@ -62,12 +62,15 @@ class LightX2V:
         from lightx2v.config import resolve_device
         from lightx2v.loading.detect import detect
         from lightx2v.loading.hub import resolve_model_path
+        from lightx2v.ops.attention import resolve_attention
         from lightx2v.pipelines.wan import WanPipeline
 
         if lora_mode not in ("merge", "dynamic"):
             raise InputError(f"lora_mode must be 'merge' or 'dynamic', got {lora_mode!r}")
         engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                               quant=quant)
+        # a backend that cannot run here fails now, not after the DiT's weights were read
+        resolve_attention(attention, engine.torch_device(), engine.dtype)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only)
         lora = [(Path(p), float(s)) for p, s in lora]

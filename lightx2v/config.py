@@ -12,6 +12,7 @@ Environment variables are never read here (only the CLI reads them).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -137,11 +138,12 @@ class SamplingParams:
         filled = dataclasses.replace(
             self,
             negative_prompt=d.negative_prompt if self.negative_prompt is None else self.negative_prompt,
-            num_inference_steps=self.num_inference_steps or d.num_inference_steps,
+            # `is None`, not `or`: an explicit 0 must reach validate() as an error, not become the default
+            num_inference_steps=d.num_inference_steps if self.num_inference_steps is None else self.num_inference_steps,
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
             shift=d.shift_for(self.height, self.width) if self.shift is None else self.shift,
             solver=self.solver or d.solver,
-            fps=self.fps or d.fps,
+            fps=d.fps if self.fps is None else self.fps,
         )
         filled.validate()
         return filled
@@ -159,10 +161,17 @@ class SamplingParams:
             raise InputError(f"num_frames must be 4k+1 (1, 5, ..., 77, 81), got {self.num_frames!r}")
         if self.num_inference_steps is not None and (not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1):
             raise InputError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}")
+        for name in ("guidance_scale", "shift"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+                raise InputError(f"{name} must be a number, got {v!r}")
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise InputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
         if self.shift is not None and self.shift <= 0:
             raise InputError(f"shift must be > 0, got {self.shift}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
+                                      or not -(2**63) <= self.seed < 2**64):
+            raise InputError(f"seed must be an integer that fits in 64 bits, got {self.seed!r}")
         if self.solver is not None and self.solver not in SOLVER_NAMES:
             raise InputError(f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVER_NAMES)}")
         from lightx2v.pipelines.wan_image import RESIZE_MODES
@@ -191,7 +200,7 @@ def check_writable(path: Path) -> None:
 
     if path.exists() and path.is_dir():
         raise InputError(f"output path {path} is a folder; expected a file name such as out.mp4")
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # Path("out.mp4").parent is Path(".")
     probe = folder
     while not probe.exists():
         probe = probe.parent

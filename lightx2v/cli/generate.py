@@ -26,6 +26,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lightx2v.ops.attention import list_backends
     from lightx2v.schedulers import SOLVER_NAMES
 
     p.add_argument("--model-path", required=True, help="model folder (official Wan or diffusers layout) or Hugging Face repo id")
@@ -59,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "wan2.1-t2v-14b-distill, wan2.1-i2v-480p-distill, wan2.1-i2v-720p-distill")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
-    p.add_argument("--attention", default="auto", help="attention backend (auto, torch_sdpa, sdpa_cudnn, sdpa_flash, flash_attn, sage_attn, reference)")
+    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(list_backends())})")
     p.add_argument("--config", default=None, help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40}); flags on the command line win")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--image is for --task i2v or flf2v, not t2v")
     SamplingParams(prompt=args.prompt, height=height, width=width, num_frames=args.frames,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
-                   solver=args.solver, resize_mode=args.resize_mode).validate()
+                   solver=args.solver, resize_mode=args.resize_mode, seed=args.seed, fps=args.fps).validate()
     from lightx2v.loading.lora import parse_lora_spec
 
     loras = [parse_lora_spec(spec) for spec in args.lora]

@@ -1,4 +1,4 @@
-"""`lightx2v` command line: generate, info, demo.
+"""`lightx2v` command line: generate, info, demo, convert.
 
 Errors meant for people (LightX2VError) are printed as one line on stderr with exit code 2,
 never as a traceback; Ctrl-C stops cleanly (exit 130) and leaves no partial output.
@@ -19,7 +19,7 @@ COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightx2v",
-        description="Fast, low-memory video generation (Wan2.1 text-to-video).",
+        description="Fast, low-memory video generation (Wan2.1 text-, image- and first-last-frame-to-video).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     from lightx2v import __version__

@@ -36,6 +36,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 17
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
     os.close(fd)
+    writer = None
     try:
         writer = imageio_ffmpeg.write_frames(
             tmp, (w, h), fps=fps, codec="libx264", pix_fmt_in="rgb24", pix_fmt_out="yuv420p",
@@ -45,11 +46,17 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 17
         for frame in frames:
             writer.send(np.ascontiguousarray(frame))
         writer.close()
+        writer = None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
+        if writer is not None:  # stop ffmpeg before removing its output (an open file cannot go on Windows)
+            try:
+                writer.close()
+            except Exception:
+                pass
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
@@ -61,7 +68,10 @@ def probe_mp4(path: str | Path) -> dict:
     import imageio_ffmpeg
 
     reader = imageio_ffmpeg.read_frames(str(path))
-    meta = next(reader)
-    count = sum(1 for _ in reader)
+    try:
+        meta = next(reader)
+        count = sum(1 for _ in reader)
+    finally:
+        reader.close()  # ends the ffmpeg process
     w, h = meta["size"]
     return {"frames": count, "width": w, "height": h, "fps": meta.get("fps"), "codec": meta.get("codec")}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lightx2v.config import ModelConfig
 from lightx2v.errors import CheckpointError
+from lightx2v.loading.state_dict import index_shards
 from lightx2v.models.wan.presets import official_defaults, diffusers_defaults
 
 OFFICIAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
@@ -48,11 +49,7 @@ def find_weights(folder: Path, stem: str, what: str, layout: str) -> list[Path]:
     """The weight files of one component: a single file, or the shards of an index."""
     index = folder / f"{stem}.safetensors.index.json"
     if index.is_file():
-        shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        missing = [s for s in shards if not (folder / s).is_file()]
-        if missing:
-            raise CheckpointError(f"{what}: shard {missing[0]} listed in {index.name} is missing in {folder}")
-        return [folder / s for s in shards]
+        return index_shards(index, what)
     single = folder / f"{stem}.safetensors"
     if single.is_file():
         return [single]

@@ -28,7 +28,6 @@ Quantized formats (official names after renaming; see lightx2v.quant):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections import Counter
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 
 from lightx2v.errors import CheckpointError
 from lightx2v.loading.safetensors_io import ST_DTYPES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
-from lightx2v.loading.state_dict import StateDict, load_into, read_sharded, read_tensors
+from lightx2v.loading.state_dict import StateDict, index_shards, load_into, read_sharded, read_tensors
 from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers
 from lightx2v.quant import QuantLinear, apply_quant, get_scheme
 
@@ -116,18 +115,6 @@ def _file_infos(path: Path) -> dict[str, TensorInfo]:
 # ---------------------------------------------------------------- where the tensors are
 
 
-def _index_shards(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise CheckpointError(f"cannot read {index} as a safetensors index (JSON with a weight_map)") from None
-    missing = [s for s in shards if not (index.parent / s).is_file()]
-    if missing:
-        raise CheckpointError(f"shard {missing[0]} listed in {index.name} is missing from {index.parent}")
-    return [index.parent / s for s in shards]
-
-
 def _block_files(folder: Path) -> Optional[list[Path]]:
     blocks = {int(m[1]): p for p in folder.glob("block_*.safetensors")
               if (m := re.fullmatch(r"block_(\d+)\.safetensors", p.name))}
@@ -149,7 +136,7 @@ def _folder_files(folder: Path) -> list[Path]:
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     preferred = [i for i in indexes if i.name == "diffusion_pytorch_model.safetensors.index.json"]
     if preferred or len(indexes) == 1:
-        return _index_shards((preferred or indexes)[0])
+        return index_shards((preferred or indexes)[0])
     if len(indexes) > 1:
         raise CheckpointError(f"{folder} holds several indexes ({', '.join(i.name for i in indexes)}); pass one of them")
     single = folder / "diffusion_pytorch_model.safetensors"
@@ -173,7 +160,7 @@ def locate_dit_files(path: Path) -> tuple[str, list[Path]]:
     if not path.is_file():
         raise CheckpointError(f"DiT weights not found: {path}")
     if path.name.endswith(".index.json"):
-        return "sharded", _index_shards(path)
+        return "sharded", index_shards(path)
     if path.suffix == ".safetensors" or path.suffix in TORCH_FILES:
         return "single-file", [path]
     if path.suffix == ".gguf":

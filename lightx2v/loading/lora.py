@@ -38,7 +38,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from lightx2v.errors import CheckpointError
+from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.state_dict import read_tensors
 
 # `lora_A.<adapter>.weight` is how PEFT names a tensor inside a live model; accepted too
@@ -448,6 +448,6 @@ def parse_lora_spec(spec: str) -> tuple[Path, float]:
         try:
             strength = float(tail)
         except ValueError:
-            raise CheckpointError(f"LoRA spec {spec!r}: the strength after ':' must be a number, as in lora.safetensors:0.8") from None
+            raise InputError(f"LoRA spec {spec!r}: the strength after ':' must be a number, as in lora.safetensors:0.8") from None
         return Path(path), strength
     return Path(spec), 1.0

@@ -68,15 +68,18 @@ def read_sharded(files: Iterable[str | Path]) -> StateDict:
     return out
 
 
-def read_index(index_file: str | Path) -> StateDict:
-    """Tensors of a sharded checkpoint described by a `*.safetensors.index.json`."""
+def index_shards(index_file: str | Path, what: str = "") -> list[Path]:
+    """The shard files a `*.safetensors.index.json` names (its `weight_map` values), all checked to exist."""
     index_file = Path(index_file)
-    weight_map = json.loads(index_file.read_text())["weight_map"]
-    shards = sorted(set(weight_map.values()))
+    try:
+        shards = sorted(set(json.loads(index_file.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise CheckpointError(f"cannot read {index_file} as a safetensors index (JSON with a weight_map)") from None
     missing = [s for s in shards if not (index_file.parent / s).is_file()]
     if missing:
-        raise CheckpointError(f"shard {missing[0]} listed in {index_file.name} is missing from {index_file.parent}")
-    return read_sharded(index_file.parent / s for s in shards)
+        raise CheckpointError(f"{what + ': ' if what else ''}shard {missing[0]} listed in {index_file.name} "
+                              f"is missing from {index_file.parent}")
+    return [index_file.parent / s for s in shards]
 
 
 def rename(sd: Mapping[str, torch.Tensor], fn: Callable[[str], str | None]) -> StateDict:

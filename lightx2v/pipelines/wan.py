@@ -113,7 +113,7 @@ class WanPipeline:
 
         mc = self.model_config
         if mc.layout == "official":
-            pixels = torch.cat([preprocess_official(to_signed_tensor(im)[None]) for im in images])
+            pixels = torch.cat([preprocess_official(to_signed_tensor(im)[None], mc.clip) for im in images])
         else:
             pixels = preprocess_diffusers(images, mc.image_processor)
         dtype = next(self.clip.parameters()).dtype

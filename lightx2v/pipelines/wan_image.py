@@ -121,6 +121,8 @@ def first_last_mask(num_frames: int, lat_h: int, lat_w: int, last: bool, stride_
 def build_condition(*, image, last_image: Optional[Any], height: int, width: int, num_frames: int, mode: str,
                     convention: str, vae, encode_clip, device: torch.device, vae_dtype: torch.dtype) -> ImageCondition:
     """Everything the I2V/FLF2V DiT is conditioned on, for one request."""
+    if last_image is not None and num_frames < 2:
+        raise InputError(f"first-last-frame video needs at least 5 frames (4k+1), got {num_frames}")
     ih, iw = image.size[1], image.size[0]
     h, w = frame_size((ih, iw), height, width, mode)
     check_not_smaller((ih, iw), h, w, "image")
@@ -133,7 +135,7 @@ def build_condition(*, image, last_image: Optional[Any], height: int, width: int
         check_not_smaller((last_image.size[1], last_image.size[0]), h, w, "last image")
         clip_images.append(last_image)
         gap = torch.zeros(3, num_frames - 2, h, w)
-        frames += [gap, resize_image(last_image, h, w, "area" if mode == "area" else mode, convention)[:, None]]
+        frames += [gap, resize_image(last_image, h, w, mode, convention)[:, None]]
     else:
         frames.append(torch.zeros(3, num_frames - 1, h, w))
     video = torch.cat(frames, dim=1)[None].to(device, vae_dtype)      # [1, 3, F, h, w]

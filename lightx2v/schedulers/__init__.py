@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from lightx2v.errors import LightX2VError
@@ -47,12 +48,12 @@ __all__ = [
 SOLVERS = ("unipc", "dpm++", "euler")  # ODE solvers: any step count, a diffusers counterpart each
 FIXED_STEP_SOLVERS = ("distill",)  # samplers bound to the timesteps a model was distilled on
 SOLVER_NAMES = SOLVERS + FIXED_STEP_SOLVERS
-_CLASSES: Mapping[str, type[Scheduler]] = {
+_CLASSES: Mapping[str, type[Scheduler]] = MappingProxyType({
     "unipc": UniPCScheduler,
     "dpm++": DPMSolverPlusPlusScheduler,
     "euler": FlowEulerScheduler,
     "distill": StepDistillScheduler,
-}
+})
 
 
 def make_scheduler(
@@ -97,7 +98,7 @@ _NO_SIGMA_TRANSFORMS = {
 }
 _FLOW = {"prediction_type": ("epsilon", ("flow_prediction",)), "use_flow_sigmas": (False, (True,))}
 
-_SPECS: Mapping[str, _DiffusersSpec] = {
+_SPECS: Mapping[str, _DiffusersSpec] = MappingProxyType({
     "UniPCMultistepScheduler": _DiffusersSpec(
         solver="unipc",
         shift_key="flow_shift",
@@ -149,7 +150,7 @@ _SPECS: Mapping[str, _DiffusersSpec] = {
         ignored=frozenset(("base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len", "time_shift_type")),
         solver_type_aliases={},
     ),
-}
+})
 
 
 def scheduler_from_diffusers_config(cfg: Mapping[str, Any]) -> tuple[Scheduler, dict[str, Any]]:

@@ -87,6 +87,9 @@ class WanDiTConfig:
     @classmethod
     def from_diffusers(cls, cfg: Mapping[str, Any]) -> "WanDiTConfig":
         """From a diffusers WanTransformer3DModel config (num_attention_heads, attention_head_dim, ...)."""
+        missing = [k for k in ("num_attention_heads", "attention_head_dim", "ffn_dim", "num_layers") if k not in cfg]
+        if missing:
+            raise CheckpointError(f"diffusers Wan transformer config.json lacks {', '.join(missing)}")
         heads, head_dim = int(cfg["num_attention_heads"]), int(cfg["attention_head_dim"])
         dim = heads * head_dim
         qk_norm = cfg.get("qk_norm", "rms_norm_across_heads")

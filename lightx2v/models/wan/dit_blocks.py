@@ -147,7 +147,6 @@ class CrossAttention(_QKVO):
             self.k_img = nn.Linear(dim, dim)
             self.v_img = nn.Linear(dim, dim)
             self.norm_k_img = RMSNormFP32(dim, eps) if qk_norm else nn.Identity()
-        self.attn_backend = get_backend("torch_sdpa")
 
     def _heads(self, t: Tensor, dt: torch.dtype) -> Tensor:
         return t.unflatten(-1, (self.num_heads, -1)).to(dt)  # [B, L, C] -> [B, L, H, D]

@@ -43,18 +43,11 @@ def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def _official_dit_config_json(cfg) -> dict:
-    return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "model_type": cfg.model_type,
-            "patch_size": list(cfg.patch_size), "text_len": cfg.text_len, "in_dim": cfg.in_dim, "dim": cfg.dim,
-            "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "out_dim": cfg.out_dim,
-            "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "window_size": [-1, -1],
-            "qk_norm": True, "cross_attn_norm": True, "eps": 1e-06}
-
-
 def write_official_checkpoint(folder: str | Path, seed: int = 0, dit_dtype: torch.dtype = torch.float32) -> Path:
     """Write a tiny Wan2.1-T2V checkpoint in the official Wan-AI layout into `folder`."""
     from safetensors.torch import save_file
 
+    from lightx2v.loading.convert import official_config_json
     from lightx2v.models.wan.dit import WanModel
     from lightx2v.models.wan.t5 import UMT5Encoder
     from lightx2v.models.wan.tokenizer import WanTokenizer, build_tiny_tokenizer
@@ -73,7 +66,7 @@ def write_official_checkpoint(folder: str | Path, seed: int = 0, dit_dtype: torc
     dit = randomize_(WanModel(dit_cfg), seed)
     save_file({k: v.to(dit_dtype).contiguous() for k, v in dit.state_dict().items()},
               str(root / "diffusion_pytorch_model.safetensors"))
-    (root / "config.json").write_text(json.dumps(_official_dit_config_json(dit_cfg), indent=2))
+    (root / "config.json").write_text(json.dumps(official_config_json(dit_cfg), indent=2))
 
     vae = randomize_(WanVAE(tiny_vae_config()), seed + 2)
     torch.save(vae.state_dict(), root / "Wan2.1_VAE.pth")

@@ -53,7 +53,10 @@ def _special_token(folder: Path, name: str, default: str) -> str:
         f = folder / fname
         if not f.is_file():
             continue
-        value = json.loads(f.read_text(encoding="utf-8")).get(name)
+        try:
+            value = json.loads(f.read_text(encoding="utf-8")).get(name)
+        except (ValueError, AttributeError):  # not JSON, or not a JSON object
+            raise CheckpointError(f"{f} is not a valid tokenizer config (a JSON object)") from None
         if isinstance(value, dict):  # {"content": "<pad>", "lstrip": false, ...}
             value = value.get("content")
         if isinstance(value, str):
@@ -171,6 +174,9 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
