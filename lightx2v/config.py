@@ -142,7 +142,7 @@ class SamplingParams:
             num_inference_steps=d.num_inference_steps if self.num_inference_steps is None else self.num_inference_steps,
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
             shift=d.shift_for(self.height, self.width) if self.shift is None else self.shift,
-            solver=self.solver or d.solver,
+            solver=d.solver if self.solver is None else self.solver,
             fps=d.fps if self.fps is None else self.fps,
         )
         filled.validate()

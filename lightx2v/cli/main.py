@@ -34,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # the library warns (an assumed preset, CFG on a distilled model, unmatched LoRA keys):
+    # people see one line, not a file:line and a source line
+    print(f"lightx2v: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

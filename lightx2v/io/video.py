@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lightx2v.io.atomic import make_public
 from lightx2v.errors import InputError
 
 
@@ -47,9 +48,7 @@ def write_mp4(frames: np.ndarray, path: str | Path, fps: int = 16, crf: int = 17
             writer.send(np.ascontiguousarray(frame))
         writer.close()
         writer = None
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
+        make_public(tmp)  # mkstemp made it private
         os.replace(tmp, path)
     except BaseException:
         if writer is not None:  # stop ffmpeg before removing its output (an open file cannot go on Windows)

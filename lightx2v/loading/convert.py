@@ -40,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -51,6 +50,7 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightx2v.io.atomic import make_public
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
     DitSource, TensorInfo, check_dit_matches, dit_key_from_file, inspect_dit_source,
@@ -448,9 +448,7 @@ def _write_atomic(
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     try:
         files = _write_all(tmp, cfg, given, layout, shards, job, log)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; give it a normal folder's mode
+        make_public(tmp, folder=True)  # mkdtemp made it private
         if dst.is_dir():
             dst.rmdir()  # empty (checked); rename() does not replace a folder on every platform
         tmp.rename(dst)

@@ -180,7 +180,8 @@ class WanModel(nn.Module):
             raise InputError(f"latent size {tuple(x.shape[2:])} is not divisible by the patch size {c.patch_size}")
         if t.shape != (x.shape[0],):
             raise InputError(f"t must be [B] = [{x.shape[0]}], got shape {tuple(t.shape)}")
-        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[1] > c.text_len:
+        if (context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[1] > c.text_len
+                or context.shape[2] != c.text_dim):
             raise InputError(
                 f"context must be [B={x.shape[0]}, <= {c.text_len}, {c.text_dim}], got {tuple(context.shape)}"
             )

@@ -28,6 +28,7 @@ import torch
 from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
 from tokenizers.models import Unigram
 
+from lightx2v.io.atomic import make_public
 from lightx2v.errors import CheckpointError
 
 __all__ = ["WanTokenizer", "build_tiny_tokenizer", "clean_prompt"]
@@ -174,9 +175,7 @@ def _write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; give it a normal file's mode
+        make_public(tmp)  # mkstemp made it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
