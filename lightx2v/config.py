@@ -155,11 +155,11 @@ class SamplingParams:
             raise InputError("the prompt is empty; give a text describing the video")
         for name in ("height", "width"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0 or v % 16:
+            if not _is_int(v) or v <= 0 or v % 16:
                 raise InputError(f"{name} must be a positive multiple of 16 (e.g. 480, 832), got {v!r}")
-        if not isinstance(self.num_frames, int) or self.num_frames < 1 or (self.num_frames - 1) % 4:
+        if not _is_int(self.num_frames) or self.num_frames < 1 or (self.num_frames - 1) % 4:
             raise InputError(f"num_frames must be 4k+1 (1, 5, ..., 77, 81), got {self.num_frames!r}")
-        if self.num_inference_steps is not None and (not isinstance(self.num_inference_steps, int) or self.num_inference_steps < 1):
+        if self.num_inference_steps is not None and (not _is_int(self.num_inference_steps) or self.num_inference_steps < 1):
             raise InputError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}")
         for name in ("guidance_scale", "shift"):
             v = getattr(self, name)
@@ -182,7 +182,7 @@ class SamplingParams:
             raise InputError("last_image needs image (the first frame) too")
         if self.output_type not in OUTPUT_TYPES:
             raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}")
-        if self.fps is not None and (not isinstance(self.fps, int) or self.fps < 1):
+        if self.fps is not None and (not _is_int(self.fps) or self.fps < 1):
             raise InputError(f"fps must be a positive integer, got {self.fps!r}")
         if self.output_path is not None and self.output_type == "mp4":
             check_writable(Path(self.output_path))
@@ -192,6 +192,11 @@ class SamplingParams:
         """diffusers' layout [1, C, T', H/8, W/8] (size: the (h, w) actually generated, if not height x width)."""
         h, w = size or (self.height, self.width)
         return (1, z_dim, (self.num_frames - 1) // stride[0] + 1, h // stride[1], w // stride[2])
+
+
+def _is_int(v) -> bool:
+    """A whole number (numpy's too), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 def check_writable(path: Path) -> None:

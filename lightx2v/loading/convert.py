@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 
 from lightx2v.io.atomic import make_public
+from lightx2v.config import parse_dtype
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
     DitSource, TensorInfo, check_dit_matches, dit_key_from_file, inspect_dit_source,
@@ -63,7 +64,7 @@ from lightx2v.models.wan.dit import CLIP_TOKENS, WanDiTConfig, WanModel, dit_key
 from lightx2v.quant import QuantLinear, QuantScheme, apply_quant, get_scheme
 
 LAYOUTS = ("official", "diffusers", "blocks")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = ("bf16", "fp16", "fp32")  # the CLI's choices; config.parse_dtype reads them
 QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8")
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes; memory use does not depend on it (tensors stream)
 WEIGHTS = "diffusion_pytorch_model"
@@ -414,10 +415,8 @@ def convert_dit(
         raise InputError(f"unknown output layout {to!r}; expected one of {', '.join(LAYOUTS)}")
     if quant is not None and quant not in QUANT_CHOICES:
         raise InputError(f"--quant {quant!r}: expected one of {', '.join(QUANT_CHOICES)}")
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise InputError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
+    if dtype is not None:
+        dtype = parse_dtype(dtype)  # 'bf16' | 'bfloat16' | torch.bfloat16 ...: one table for the whole package
     if shard_size <= 0:
         raise InputError(f"shard size must be positive, got {shard_size}")
     _check_dst(dst)

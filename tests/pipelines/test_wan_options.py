@@ -138,3 +138,24 @@ def test_info_on_a_dit_file(tiny_official_dir):
     info = json.loads(_info_json(tiny_official_dir / "diffusion_pytorch_model.safetensors"))
     assert (info["kind"], info["key_format"], info["quant"]) == ("single-file", "official", None)
     assert info["config"]["dim"] == 64
+
+
+def test_cli_prints_library_warnings_as_one_line(tiny_official_dir, tmp_path, capsys):
+    dst = tmp_path / "distilled"
+    shutil.copytree(tiny_official_dir, dst)
+    (dst / "distill_models").mkdir()
+    shutil.copy(dst / "diffusion_pytorch_model.safetensors", dst / "distill_models" / "distill_model.safetensors")
+    out = tmp_path / "v.mp4"
+    assert main(["generate", "--model-path", str(dst), "--prompt", PROMPT, "--size", "48x32", "--frames", "5",
+                 "--device", "cpu", "--dtype", "fp32", "--guidance", "4", "--quiet", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if "warning" in ln]
+    assert lines and lines[0].startswith("lightx2v: warning: guidance_scale 4 with a step-distilled model")
+    assert "UserWarning" not in err and ".py:" not in err
+
+
+def test_numpy_integers_are_accepted(tiny_official_dir):
+    import numpy as np
+
+    a = _load(tiny_official_dir).generate(**{**KW, "height": np.int64(32), "width": np.int32(48), "num_frames": np.int64(5)})
+    assert a.latents.shape == (1, 16, 2, 4, 6)

@@ -82,7 +82,10 @@ class WanDiTConfig:
         kw = {k: v for k, v in cfg.items() if k in names}
         kw.setdefault("model_type", "t2v")
         kw.setdefault("in_dim", 16)
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"official Wan config.json has a malformed value ({exc})") from None
 
     @classmethod
     def from_diffusers(cls, cfg: Mapping[str, Any]) -> "WanDiTConfig":
