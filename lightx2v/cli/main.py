@@ -43,7 +43,12 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import warnings
 
-    warnings.showwarning = _one_line_warning
+    with warnings.catch_warnings():  # restores the caller's warning display on return
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
