@@ -104,9 +104,12 @@ class LoraSet:
         loras = tuple((lw, float(s)) for lw, s in loras)
         report_unmatched(loras, allow_unmatched)
         hooked, patched = self._plan(loras)
+        # every hook's tensors are built before the previous set is cleared: a failure here (out of
+        # memory, a bad file) leaves the previous LoRAs active, as the docstring promises
+        hooks = [(module, _LoraHook(module, *self._combine(module, parts))) for module, parts in hooked.items()]
         self._clear()
-        for module, parts in hooked.items():
-            self._hooks.append(module.register_forward_hook(_LoraHook(module, *self._combine(module, parts))))
+        for module, hook in hooks:
+            self._hooks.append(module.register_forward_hook(hook))
         self._patch(patched)
         self._active = loras
 
