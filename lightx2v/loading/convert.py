@@ -122,15 +122,6 @@ def official_to_diffusers_key(key: str, table: Mapping[str, str]) -> str:
     return table[key]
 
 
-def official_config_json(cfg: WanDiTConfig) -> dict:
-    """config.json of the official Wan-AI layout."""
-    return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "model_type": cfg.model_type,
-            "patch_size": list(cfg.patch_size), "text_len": cfg.text_len, "in_dim": cfg.in_dim, "dim": cfg.dim,
-            "ffn_dim": cfg.ffn_dim, "freq_dim": cfg.freq_dim, "text_dim": cfg.text_dim, "out_dim": cfg.out_dim,
-            "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "window_size": [-1, -1],
-            "qk_norm": cfg.qk_norm, "cross_attn_norm": cfg.cross_attn_norm, "eps": cfg.eps}
-
-
 def diffusers_config_json(cfg: WanDiTConfig) -> dict:
     """config.json of diffusers' WanTransformer3DModel (text_len, not a diffusers field, only if not 512)."""
     image = cfg.image_tokens > 0
@@ -479,7 +470,7 @@ def _write_all(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / f"{WEIGHTS}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         files.append(f"{WEIGHTS}.safetensors.index.json")
-    config = diffusers_config_json(cfg) if layout == "diffusers" else official_config_json(cfg) if given else None
+    config = diffusers_config_json(cfg) if layout == "diffusers" else cfg.to_official() if given else None
     if config is not None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         files.append("config.json")

@@ -71,6 +71,15 @@ class WanDiTConfig:
         """Number of CLIP context tokens: 0 (t2v), 257 (i2v) or 514 (flf2v: first and last frame)."""
         return {"t2v": 0, "i2v": CLIP_TOKENS, "flf2v": 2 * CLIP_TOKENS}[self.model_type]
 
+    def to_official(self) -> dict:
+        """config.json of the official Wan-AI layout (what `from_official` reads back)."""
+        return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "model_type": self.model_type,
+                "patch_size": list(self.patch_size), "text_len": self.text_len, "in_dim": self.in_dim,
+                "dim": self.dim, "ffn_dim": self.ffn_dim, "freq_dim": self.freq_dim, "text_dim": self.text_dim,
+                "out_dim": self.out_dim, "num_heads": self.num_heads, "num_layers": self.num_layers,
+                "window_size": [-1, -1], "qk_norm": self.qk_norm, "cross_attn_norm": self.cross_attn_norm,
+                "eps": self.eps}
+
     @classmethod
     def from_official(cls, cfg: Mapping[str, Any]) -> "WanDiTConfig":
         """From an official config.json (keys dim, ffn_dim, in_dim, model_type, num_heads, ...)."""

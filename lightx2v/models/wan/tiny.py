@@ -47,7 +47,6 @@ def write_official_checkpoint(folder: str | Path, seed: int = 0, dit_dtype: torc
     """Write a tiny Wan2.1-T2V checkpoint in the official Wan-AI layout into `folder`."""
     from safetensors.torch import save_file
 
-    from lightx2v.loading.convert import official_config_json
     from lightx2v.models.wan.dit import WanModel
     from lightx2v.models.wan.t5 import UMT5Encoder
     from lightx2v.models.wan.tokenizer import WanTokenizer, build_tiny_tokenizer
@@ -66,7 +65,7 @@ def write_official_checkpoint(folder: str | Path, seed: int = 0, dit_dtype: torc
     dit = randomize_(WanModel(dit_cfg), seed)
     save_file({k: v.to(dit_dtype).contiguous() for k, v in dit.state_dict().items()},
               str(root / "diffusion_pytorch_model.safetensors"))
-    (root / "config.json").write_text(json.dumps(official_config_json(dit_cfg), indent=2))
+    (root / "config.json").write_text(json.dumps(dit_cfg.to_official(), indent=2))
 
     vae = randomize_(WanVAE(tiny_vae_config()), seed + 2)
     torch.save(vae.state_dict(), root / "Wan2.1_VAE.pth")
