@@ -218,3 +218,41 @@ def test_cli_i2v_writes_video(task_dirs, tmp_path):
     info = probe_mp4(out)
     # area rule: a 200x130 image at the 96x64 area -> latent sides floored to even: 96x48
     assert (info["frames"], info["width"], info["height"]) == (5, 96, 48)
+
+
+def test_official_conditioning_matches_reference_with_official_clip_input(task_dirs, latents):
+    """The official layout's own image path (CLIP on a plain 224x224 bicubic resize of the whole
+    image, no crop) against diffusers given the CLIP tokens of that same input: only the sampler
+    convention is swapped to diffusers' so the two loops can be compared step by step."""
+    import dataclasses
+
+    from diffusers import WanImageToVideoPipeline
+    from transformers import CLIPVisionModel
+
+    from lightx2v.models.wan.clip import preprocess_official
+    from lightx2v.pipelines.wan_image import to_signed_tensor
+
+    task, diff, off = task_dirs
+    images = [_image(1)] + ([_image(2)] if task == "flf2v" else [])
+    clip = CLIPVisionModel.from_pretrained(diff / "image_encoder").eval()
+    pixels = torch.cat([preprocess_official(to_signed_tensor(im)[None]) for im in images])
+    with torch.no_grad():
+        embeds = clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    ref_pipe = WanImageToVideoPipeline.from_pretrained(diff, dtype=torch.float32)
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref_pipe.encode_image = lambda image, device=None: embeds  # diffusers refuses image + image_embeds together
+    kw = dict(last_image=images[1]) if task == "flf2v" else {}
+    ref = ref_pipe(image=images[0], prompt=PROMPT, negative_prompt=NEG, height=H, width=W, num_frames=FRAMES,
+                   num_inference_steps=3, guidance_scale=5.0, latents=latents.clone(), output_type="np",
+                   **kw).frames[0]
+
+    pipe = LightX2V.from_pretrained(off, device="cpu", dtype=torch.float32, progress=False)
+    sched_cfg = LightX2V.from_pretrained(diff, device="cpu", dtype=torch.float32, progress=False).model_config.defaults.scheduler_config
+    mc = pipe.model_config
+    pipe.pipeline.model_config = dataclasses.replace(mc, defaults=dataclasses.replace(
+        mc.defaults, convention="diffusers", scheduler_config=sched_cfg))
+    assert pipe.pipeline.model_config.layout == "official"
+    ours = pipe.generate(prompt=PROMPT, negative_prompt=NEG, image=images[0], height=H, width=W, num_frames=FRAMES,
+                         num_inference_steps=3, guidance_scale=5.0, shift=3.0, latents=latents.clone(),
+                         output_type="np", **kw).frames
+    assert np.abs(ours - np.asarray(ref, dtype=np.float32)).max() <= 1e-3
