@@ -34,35 +34,17 @@ def load_dit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, attentio
              quant: Optional[str] = None) -> nn.Module:
     """The DiT of the folder (or of `mc.dit_source`, a file the user gave), optionally quantized.
 
-    A pre-quantized file loads into quantized layers as it is. `quant` on float weights quantizes
-    the block linears; from a folder each tensor is quantized as it is read (the float model is
-    never whole in memory).
+    One path for every source (lightx2v.loading.dit_files.build_dit): a pre-quantized file loads
+    into quantized layers as it is; `quant` on float weights quantizes the block linears as each
+    tensor is read, so the float model is never whole in memory.
     """
-    from lightx2v.errors import InputError
-    from lightx2v.loading.dit_files import build_dit, load_dit_weights
-    from lightx2v.models.wan.dit import WanModel, dit_key_from_diffusers
+    from lightx2v.loading.dit_files import build_dit, inspect_dit_source
     from lightx2v.ops.attention import resolve_attention, set_attention_backend
-    from lightx2v.quant import apply_quant, get_scheme
 
-    src = mc.dit_source
-    if quant is not None:
-        get_scheme(quant)  # a clear error for an unknown name
-    if src is not None and src.quant is not None and quant not in (None, src.quant):
-        raise InputError(f"{src.path} is already quantized ({src.quant}); it cannot be loaded as {quant}")
-    if src is not None:
-        model = build_dit(src, dtype=dtype, device=device, expected=mc.dit)
-        if quant is not None and src.quant is None:
-            apply_quant(model, quant, compute_dtype=dtype)
-    else:
-        model = _build(WanModel, mc.dit)
-        sd = _state_dict(mc.files["dit"], dit_key_from_diffusers if mc.layout == "diffusers" else None)
-        if quant is None:
-            load_into(model, sd, dtype=dtype, device=device, keep_fp32=WanModel._keep_in_fp32, what="DiT")
-        else:
-            apply_quant(model, quant, compute_dtype=dtype)
-            load_dit_weights(model, sd, dtype=dtype, device=device)
+    src = mc.dit_source if mc.dit_source is not None else inspect_dit_source(mc.root)
+    model = build_dit(src, dtype=dtype, device=device, expected=mc.dit, quant=quant)
     set_attention_backend(model, resolve_attention(attention, device, dtype))
-    return model.eval().requires_grad_(False)
+    return model
 
 
 def load_text_encoder(mc: ModelConfig, device: torch.device, dtype: torch.dtype) -> nn.Module:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from lightx2v.errors import CheckpointError
+from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.safetensors_io import ST_DTYPES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
 from lightx2v.loading.state_dict import StateDict, index_shards, load_into, read_sharded, read_tensors
 from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers
@@ -447,15 +447,22 @@ def load_dit_weights(
 
 def build_dit(
     source: DitSource, *, dtype: torch.dtype, device=None, expected: Optional[WanDiTConfig] = None,
+    quant: Optional[str] = None,
 ) -> WanModel:
     """A loaded WanModel from a DiT source. `expected`: the model folder's DiT config; a file of
-    another size or task is a CheckpointError, and the fields shapes cannot tell come from it."""
+    another size or task is a CheckpointError, and the fields shapes cannot tell come from it.
+    `quant`: quantize the block linears of a float source as each weight is read (a pre-quantized
+    source loads as it is; asking it for another scheme is an error)."""
     if expected is not None:
         check_dit_matches(source.config, expected, str(source.path))
-    cfg = source.config if expected is None else dataclasses.replace(
-        source.config, num_heads=expected.num_heads, text_len=expected.text_len, eps=expected.eps)
+    if quant is not None:
+        get_scheme(quant)  # a clear error for an unknown name
+        if source.quant is not None and quant != source.quant:
+            raise InputError(f"{source.path} is already quantized ({source.quant}); it cannot be loaded as {quant}")
     with torch.device("meta"):
-        model = WanModel(cfg)
+        model = WanModel(source.config if expected is None else expected)
     prepare_for_quantized(model, source, dtype=dtype)
+    if quant is not None and source.quant is None:
+        apply_quant(model, quant, compute_dtype=dtype)
     load_dit_weights(model, read_dit_state_dict(source), dtype=dtype, device=device)
     return model.eval().requires_grad_(False)
