@@ -187,8 +187,9 @@ class WanPipeline:
                 warnings.warn(msg, stacklevel=3)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        context = self.encode_prompt([p.prompt])
-        neg = self.encode_prompt([p.negative_prompt]) if p.guidance_scale != 1.0 else None
+        cfg = p.guidance_scale != 1.0
+        states = self.encode_prompt([p.prompt, p.negative_prompt] if cfg else [p.prompt])  # one T5 pass
+        context, neg = states[:1], (states[1:] if cfg else None)
         timings["text_encoder"] = self._lap(t0)
         size, clip_fea, y = (p.height, p.width), None, None
         if self.task != "t2v":
