@@ -34,7 +34,7 @@ NAIVE = ("import sys; from safetensors.torch import load_file, save_file; "
 
 def build_model(folder: Path, dim: int, ffn: int, heads: int, layers: int, dtype: torch.dtype) -> int:
     """A random official-layout Wan2.1 T2V DiT; returns the bytes of its tensors."""
-    from lightx2v.loading.convert import official_config_json, write_safetensors
+    from lightx2v.loading.safetensors_io import write_safetensors
     from lightx2v.models.wan.dit import WanDiTConfig, WanModel
 
     cfg = WanDiTConfig(model_type="t2v", in_dim=16, dim=dim, ffn_dim=ffn, num_heads=heads, num_layers=layers)
@@ -45,7 +45,7 @@ def build_model(folder: Path, dim: int, ffn: int, heads: int, layers: int, dtype
     tensors = ((torch.randn(s, generator=g) * 0.02).to(dtype) for _, s, _ in specs)
     folder.mkdir(parents=True)
     write_safetensors(folder / "diffusion_pytorch_model.safetensors", specs, tensors)
-    (folder / "config.json").write_text(json.dumps(official_config_json(cfg)))
+    (folder / "config.json").write_text(json.dumps(cfg.to_official()))
     return sum(torch.Size(s).numel() * dtype.itemsize for _, s, _ in specs)
 
 

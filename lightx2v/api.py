@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from lightx2v.config import EngineConfig, ModelConfig, SamplingParams, parse_dtype
+from lightx2v.config import CompileConfig, EngineConfig, ModelConfig, SamplingParams, parse_dtype
 from lightx2v.errors import InputError
 from lightx2v.pipelines.base import GenerationResult
 
@@ -42,49 +42,52 @@ class LightX2V:
         lora: Sequence[tuple[str | Path, float]] = (),
         lora_mode: str = "merge",
         lora_allow_unmatched: bool = False,
+        compile: bool | CompileConfig = False,
+        cfg_mode: str = "sequential",
         preset: Optional[str] = None,
         cache_dir: Optional[str | Path] = None,
         revision: Optional[str] = None,
         local_files_only: bool = False,
         progress: bool = True,
     ) -> "LightX2V":
-        """Detect the checkpoint layout, build the models on the meta device and load them (mmap).
+        """Detect the checkpoint's family and layout, build the models on the meta device, load them
+        (mmap) and apply the engine (lightx2v.runtime.engine, one place, one order).
 
         `task` ("t2v", "i2v", "flf2v"), if given, must be the checkpoint's: checked before any weight is read.
-        `quant` ("w8a8-int8", "w8a8-fp8") quantizes the DiT's block linears at load (a pre-quantized
+        `quant` ("w8a8-int8", "w8a8-fp8") quantizes the DiT's declared linears (a pre-quantized
         file needs nothing). `dit_path`: DiT weights replacing the folder's (a distilled single file,
         ComfyUI/diffusers keys, shards, a block folder, int8/fp8 files). `lora`: (path, strength)
         pairs, merged into the weights (`lora_mode="merge"`, no run-time cost) or kept apart
         (`"dynamic"`, switch with `set_lora`); a LoRA key that matches nothing is an error unless
-        `lora_allow_unmatched` (then a warning). `preset`: a step-distilled preset
-        (`lightx2v.models.wan.distill.DISTILL_PRESETS`) when the checkpoint does not say it is one.
+        `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
+        blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
+        `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         """
-        from lightx2v.config import resolve_device
+        from lightx2v.config import LoraConfig, resolve_device
         from lightx2v.loading.detect import detect
         from lightx2v.loading.hub import resolve_model_path
         from lightx2v.ops.attention import resolve_attention
-        from lightx2v.pipelines.wan import WanPipeline
 
-        if lora_mode not in ("merge", "dynamic"):
-            raise InputError(f"lora_mode must be 'merge' or 'dynamic', got {lora_mode!r}")
+        lora = tuple((str(Path(p)), _strength(s)) for p, s in lora)
         engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
-                              quant=quant)
+                              quant=quant, compile=compile, cfg_mode=cfg_mode,
+                              lora=LoraConfig(lora, mode=lora_mode, allow_unmatched=lora_allow_unmatched))
+        if engine.quant.scheme is not None:
+            from lightx2v.quant import get_scheme
+
+            get_scheme(engine.quant.scheme)  # a clear error for an unknown name, before any weight is read
         # a backend that cannot run here fails now, not after the DiT's weights were read
         resolve_attention(attention, engine.torch_device(), engine.dtype)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only)
-        lora = [(Path(p), float(s)) for p, s in lora]
         for p, _ in lora:
-            if not p.is_file():
+            if not Path(p).is_file():
                 raise InputError(f"LoRA file not found: {p}")
-        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(str(p) for p, _ in lora))
+        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(p for p, _ in lora))
+        spec = mc.spec
         if task is not None and task != mc.task:
-            raise InputError(f"--task {task} does not fit this checkpoint: {root} is a Wan2.1 {mc.task} model")
-        pipeline = WanPipeline.load(mc, engine, progress=progress)
-        if lora and lora_mode == "merge":
-            pipeline.merge_loras(lora, allow_unmatched=lora_allow_unmatched)
-        elif lora:
-            pipeline.set_lora(lora, allow_unmatched=lora_allow_unmatched)
+            raise InputError(f"--task {task} does not fit this checkpoint: {root} is a {spec.title} {mc.task} model")
+        pipeline = spec.pipeline().load(mc, engine, progress=progress)
         return cls(pipeline, mc, engine)
 
     def set_lora(self, lora: Sequence[tuple[str | Path, float]], allow_unmatched: bool = False) -> None:
@@ -110,14 +113,15 @@ class LightX2V:
         output_path: Optional[str | Path] = None,
         callback: Optional[Callable] = None,
         *,
+        guidance_scale_2: Optional[float] = None,
         last_image: Any = None,
         resize_mode: str = "area",
         fps: Optional[int] = None,
         video_length: Optional[int] = None,
         resolution: Optional[tuple[int, int]] = None,
     ) -> GenerationResult:
-        """Generate one video. `image` (and `last_image`) make it image-to-video (first-last-frame):
-        a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width."""
+        """Generate one video (or, with num_frames=1 and output_type "png", one image). `image` (and
+        `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width."""
         from lightx2v.io.image import load_image
 
         if video_length is not None:
@@ -132,7 +136,25 @@ class LightX2V:
             last_image=None if last_image is None else load_image(last_image, "last image"),
             resize_mode=resize_mode, height=height, width=width,
             num_frames=num_frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            guidance_scale_2=guidance_scale_2,
             shift=shift, solver=solver, seed=seed, latents=latents, output_type=output_type,
             output_path=None if output_path is None else str(output_path), fps=fps, callback=callback,
         )
         return self.pipeline(params)
+
+    def run(self, request: SamplingParams | dict) -> GenerationResult:
+        """Generate from a whole request: a `SamplingParams`, or its JSON form (`SamplingParams.to_dict`)."""
+        params = request if isinstance(request, SamplingParams) else SamplingParams.from_dict(request)
+        return self.pipeline(params)
+
+
+def _strength(value) -> float:
+    import math
+
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"LoRA strength must be a number, got {value!r}") from None
+    if not math.isfinite(s):
+        raise InputError(f"LoRA strength must be a finite number, got {value!r}")
+    return s

@@ -1,8 +1,9 @@
 """Typed, frozen configuration in three layers (DESIGN principle 6).
 
 - `ModelConfig`   what the checkpoint is: family, task, on-disk layout, component files and
-                  architecture configs, and the sampling defaults that go with it.
-- `EngineConfig`  how to run it: device, dtype, attention backend.
+                  architecture configs (the family's, typed there), and its sampling defaults.
+- `EngineConfig`  how to run it: device, dtype, attention backend, and one typed sub-config
+                  per engine transform (quant, LoRA, compile ...), applied by runtime/engine.py.
 - `SamplingParams` one request: prompt, size, frames, steps, guidance, seed ...
 
 Each is a frozen dataclass; `SamplingParams.validate()` turns bad input into one clear line.
@@ -15,13 +16,20 @@ import dataclasses
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Union
 
 import torch
 
 from lightx2v.errors import InputError
 
-OUTPUT_TYPES = ("mp4", "np", "pt", "latent")
+if TYPE_CHECKING:
+    from lightx2v.loading.dit_files import DitSource
+
+OUTPUT_TYPES = ("mp4", "png", "np", "pt", "latent")
+IMAGE_OUTPUT_TYPES = ("png",)          # one image: num_frames must be 1
+FILE_OUTPUT_TYPES = ("mp4", "png")     # written to output_path
+# how a conditioning image is fitted to the frame (see lightx2v.pipelines.wan_image)
+RESIZE_MODES = ("area", "crop", "pad")
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 
@@ -40,7 +48,7 @@ def parse_dtype(value: str | torch.dtype) -> torch.dtype:
 
 @dataclass(frozen=True)
 class SamplingDefaults:
-    """Per-checkpoint defaults, from its scheduler config or the model's preset."""
+    """Per-checkpoint defaults, from its scheduler config or the family's preset."""
 
     num_inference_steps: int = 50
     guidance_scale: float = 5.0
@@ -49,50 +57,117 @@ class SamplingDefaults:
     # "official": sigmas as wan/utils/fm_solvers*.py; "diffusers": as diffusers' schedulers.
     convention: str = "official"
     # The diffusers-layout scheduler_config.json, honoured as-is when present.
-    scheduler_config: Optional[dict] = None
+    scheduler_config: Optional[Mapping] = None
     negative_prompt: str = ""
     fps: int = 16
-    # I2V: the official code uses shift 3.0 instead of `shift` at 480p sizes (area <= 832*480)
-    shift_480p: Optional[float] = None
+    # (max_pixels, shift): the shift for sizes up to max_pixels (Wan2.1 I2V: 3.0 up to 832*480)
+    area_shift: Optional[tuple[int, float]] = None
     # options of the default solver (the distill solver's step list)
-    solver_options: Optional[dict] = None
+    solver_options: Optional[Mapping] = None
+    # the guidance scale of a second expert (Wan2.2 low-noise); None: one scale for all
+    guidance_scale_2: Optional[float] = None
 
     def shift_for(self, height: int, width: int) -> float:
-        if self.shift_480p is not None and height * width <= 832 * 480:
-            return self.shift_480p
+        if self.area_shift is not None and height * width <= self.area_shift[0]:
+            return self.area_shift[1]
         return self.shift
+
+
+class ArchConfig(Protocol):
+    """A family's architecture configs (e.g. lightx2v.models.wan.layouts.WanArch); every family has a DiT."""
+
+    dit: Any
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """What was found on disk (see lightx2v.loading.detect)."""
+    """What was found on disk (lightx2v.loading.detect, through the family's spec)."""
 
-    family: str                 # "wan2.1"
-    task: str                   # "t2v"
-    layout: str                 # "official" | "diffusers"
+    family: str                         # a registered family name: "wan2.1"
+    task: str                           # one of the family's tasks: "t2v"
+    layout: str                         # one of the family's layouts: "official" | "diffusers"
     root: Path
-    files: dict                 # component -> path (str); see detect.py for the names
-    dit: Any                    # WanDiTConfig
-    vae: Any                    # WanVAEConfig
-    text_encoder: Any           # UMT5Config
+    files: Mapping[str, Union[str, tuple[str, ...]]]  # component -> file or files (the family names them)
+    arch: ArchConfig                    # the family's architecture configs
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
-    clip: Any = None            # CLIPVisionConfig for i2v / flf2v
-    dit_source: Any = None      # DitSource when the DiT weights come from a file given by the user
-    distill: Any = None         # DistillMatch when the checkpoint is step-distilled (why we think so)
-    image_processor: Optional[dict] = None  # diffusers layout: image_processor/preprocessor_config.json
+    dit_source: Optional["DitSource"] = None  # the DiT file given by the user (--dit-path), if any
+    distill: Optional[Any] = None       # the family's preset match when the checkpoint is step-distilled (why we think so)
+
+    @property
+    def dit(self) -> Any:
+        """The DiT's architecture config (every family has one)."""
+        return self.arch.dit
+
+    @property
+    def spec(self):
+        """The family's FamilySpec."""
+        from lightx2v.models.registry import get_family
+
+        return get_family(self.family)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """`apply_quant`: quantize the DiT's declared linears with one scheme ("w8a8-int8", "w8a8-fp8")."""
+
+    scheme: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRAs: (path, strength) pairs, merged into the weights or kept as run-time hooks (`set_lora`)."""
+
+    loras: tuple[tuple[str, float], ...] = ()
+    mode: str = "merge"                 # "merge" | "dynamic"
+    allow_unmatched: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("merge", "dynamic"):
+            raise InputError(f"lora_mode must be 'merge' or 'dynamic', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Regional `torch.compile` of the model's declared repeated blocks (each block compiled once,
+    reused by all: a short first call, the speed of a whole-model compile)."""
+
+    enabled: bool = False
+    mode: Optional[str] = None          # torch.compile mode: None, "max-autotune-no-cudagraphs" ...
+    backend: str = "inductor"
+    fullgraph: bool = False
+    dynamic: Optional[bool] = None
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to run: where, in which precision, with which attention kernel."""
+    """How to run: where, in which precision, and every transform (lightx2v.runtime.engine applies
+    them in one place, in one order). A sub-config per transform; more join as they land."""
 
     device: str = "cuda"
     dtype: torch.dtype = torch.bfloat16
     attention: str = "auto"
-    quant: Optional[str] = None  # quantize the DiT's block linears at load: "w8a8-int8" | "w8a8-fp8"
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    # where components are loaded before the engine places them: None = the target device
+    staging: Optional[str] = None
+    # CFG branches: "sequential" (two calls of batch 1, as the references) or "batched" (one call of batch 2)
+    cfg_mode: str = "sequential"
+
+    def __post_init__(self) -> None:
+        # shorthand: quant="w8a8-int8", compile=True
+        if self.quant is None or isinstance(self.quant, str):
+            object.__setattr__(self, "quant", QuantConfig(self.quant))
+        if isinstance(self.compile, bool):
+            object.__setattr__(self, "compile", CompileConfig(enabled=self.compile))
+        if self.cfg_mode not in ("sequential", "batched"):
+            raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
+
+    def staging_device(self) -> torch.device:
+        return self.torch_device() if self.staging is None else resolve_device(self.staging)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,18 +187,25 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """One generation request. `None` fields take the checkpoint's defaults."""
+    """One generation request. `None` fields take the checkpoint's defaults.
+
+    It carries no family geometry: the family checks sizes and frames (its `Geometry`). An image
+    request is `num_frames=1` with an image output type ("png", "np", "pt"). It round-trips through
+    JSON (`to_dict` / `from_dict`): images as paths or PNG bytes, `latents` as raw float32 bytes;
+    `callback` is not serialized.
+    """
 
     prompt: str
     negative_prompt: Optional[str] = None
-    image: Any = None            # PIL image (already loaded) for i2v / flf2v
-    last_image: Any = None       # PIL image for flf2v
+    image: Any = None            # first frame (i2v / flf2v): PIL image, path, or encoded bytes
+    last_image: Any = None       # last frame (flf2v)
     resize_mode: str = "area"
     height: int = 480
     width: int = 832
     num_frames: int = 81
     num_inference_steps: Optional[int] = None
     guidance_scale: Optional[float] = None
+    guidance_scale_2: Optional[float] = None   # a second expert's scale (Wan2.2); None: the first's
     shift: Optional[float] = None
     solver: Optional[str] = None
     seed: Optional[int] = None
@@ -145,28 +227,34 @@ class SamplingParams:
             solver=d.solver if self.solver is None else self.solver,
             fps=d.fps if self.fps is None else self.fps,
         )
+        if filled.guidance_scale_2 is None:
+            g2 = d.guidance_scale_2 if self.guidance_scale is None else None
+            filled = dataclasses.replace(filled, guidance_scale_2=filled.guidance_scale if g2 is None else g2)
         filled.validate()
         return filled
 
     def validate(self) -> None:
+        """Family-independent checks, one line each (the family checks the geometry)."""
         from lightx2v.schedulers import SOLVER_NAMES
 
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise InputError("the prompt is empty; give a text describing the video")
         for name in ("height", "width"):
             v = getattr(self, name)
-            if not _is_int(v) or v <= 0 or v % 16:
-                raise InputError(f"{name} must be a positive multiple of 16 (e.g. 480, 832), got {v!r}")
-        if not _is_int(self.num_frames) or self.num_frames < 1 or (self.num_frames - 1) % 4:
-            raise InputError(f"num_frames must be 4k+1 (1, 5, ..., 77, 81), got {self.num_frames!r}")
+            if not _is_int(v) or v <= 0:
+                raise InputError(f"{name} must be a positive integer (e.g. 480, 832), got {v!r}")
+        if not _is_int(self.num_frames) or self.num_frames < 1:
+            raise InputError(f"num_frames must be a positive integer, got {self.num_frames!r}")
         if self.num_inference_steps is not None and (not _is_int(self.num_inference_steps) or self.num_inference_steps < 1):
             raise InputError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}")
-        for name in ("guidance_scale", "shift"):
+        for name in ("guidance_scale", "guidance_scale_2", "shift"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
                 raise InputError(f"{name} must be a number, got {v!r}")
-        if self.guidance_scale is not None and self.guidance_scale < 0:
-            raise InputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        for name in ("guidance_scale", "guidance_scale_2"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise InputError(f"{name} must be >= 0, got {v}")
         if self.shift is not None and self.shift <= 0:
             raise InputError(f"shift must be > 0, got {self.shift}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
@@ -174,24 +262,61 @@ class SamplingParams:
             raise InputError(f"seed must be an integer that fits in 64 bits, got {self.seed!r}")
         if self.solver is not None and self.solver not in SOLVER_NAMES:
             raise InputError(f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVER_NAMES)}")
-        from lightx2v.pipelines.wan_image import RESIZE_MODES
-
         if self.resize_mode not in RESIZE_MODES:
             raise InputError(f"unknown resize_mode {self.resize_mode!r}; expected one of {', '.join(RESIZE_MODES)}")
         if self.last_image is not None and self.image is None:
             raise InputError("last_image needs image (the first frame) too")
         if self.output_type not in OUTPUT_TYPES:
             raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}")
+        if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames != 1:
+            raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}")
         if self.fps is not None and (not _is_int(self.fps) or self.fps < 1):
             raise InputError(f"fps must be a positive integer, got {self.fps!r}")
-        if self.output_path is not None and self.output_type == "mp4":
+        if self.latents is not None and not isinstance(self.latents, torch.Tensor):
+            raise InputError(f"latents must be a torch.Tensor, got {type(self.latents).__name__}")
+        if self.output_path is not None and self.output_type in FILE_OUTPUT_TYPES:
             check_writable(Path(self.output_path))
 
-    def latent_shape(self, z_dim: int = 16, stride: tuple[int, int, int] = (4, 8, 8),
-                     size: Optional[tuple[int, int]] = None) -> tuple[int, ...]:
-        """diffusers' layout [1, C, T', H/8, W/8] (size: the (h, w) actually generated, if not height x width)."""
-        h, w = size or (self.height, self.width)
-        return (1, z_dim, (self.num_frames - 1) // stride[0] + 1, h // stride[1], w // stride[2])
+    @property
+    def is_image(self) -> bool:
+        return self.num_frames == 1
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable dict (`from_dict` reads it back); `callback` is left out."""
+        from lightx2v.io.serialize import image_to_json, tensor_to_json
+
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "callback":
+                continue
+            v = getattr(self, f.name)
+            if f.name in ("image", "last_image"):
+                v = image_to_json(v)
+            elif f.name == "latents":
+                v = tensor_to_json(v)
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SamplingParams":
+        """The request `to_dict` wrote (images come back as paths or bytes; unknown keys are an error)."""
+        from lightx2v.io.serialize import image_from_json, tensor_from_json
+
+        if not isinstance(data, Mapping):
+            raise InputError(f"a request must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"callback"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown request field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        if "prompt" not in data:
+            raise InputError("a request needs a prompt")
+        kw = dict(data)
+        for name in ("image", "last_image"):
+            if name in kw:
+                kw[name] = image_from_json(kw[name], name)
+        if "latents" in kw:
+            kw["latents"] = tensor_from_json(kw["latents"])
+        return cls(**kw)
 
 
 def _is_int(v) -> bool:

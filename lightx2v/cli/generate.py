@@ -10,7 +10,6 @@ from pathlib import Path
 from lightx2v.errors import InputError
 
 HELP = "generate a video from a prompt (and an image for i2v, two for flf2v)"
-TASKS = ("t2v", "i2v", "flf2v")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -26,11 +25,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from lightx2v.models.registry import all_presets, all_tasks
     from lightx2v.ops.attention import list_backends
     from lightx2v.schedulers import SOLVER_NAMES
 
-    p.add_argument("--model-path", required=True, help="model folder (official Wan or diffusers layout) or Hugging Face repo id")
-    p.add_argument("--task", default=None, choices=TASKS,
+    p.add_argument("--model-path", required=True, help="model folder (any layout of a supported family) or Hugging Face repo id")
+    p.add_argument("--task", default=None, choices=all_tasks(),
                    help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video); default: the checkpoint's")
     p.add_argument("--image", default=None, help="first frame for i2v / flf2v (PNG, JPEG, WebP)")
     p.add_argument("--last-image", default=None, help="last frame for flf2v")
@@ -56,8 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quant", default=None, choices=("w8a8-int8", "w8a8-fp8"),
                    help="quantize the DiT's block linears at load (pre-quantized files need no flag)")
     p.add_argument("--preset", default=None,
-                   help="step-distilled preset when the checkpoint does not say it is one: "
-                        "wan2.1-t2v-14b-distill, wan2.1-i2v-480p-distill, wan2.1-i2v-720p-distill")
+                   help="step-distilled preset when the checkpoint does not say it is one: " + ", ".join(all_presets()))
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
     p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(list_backends())})")
@@ -114,13 +115,19 @@ def run(args: argparse.Namespace) -> int:
     SamplingParams(prompt=args.prompt, height=height, width=width, num_frames=args.frames,
                    num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
                    solver=args.solver, resize_mode=args.resize_mode, seed=args.seed, fps=args.fps).validate()
+    from lightx2v.loading.detect import detect
+    from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.lora import parse_lora_spec
+
+    # the family's size and frame rules, checked before the (slow) load; detection reads no weights
+    mc = detect(resolve_model_path(args.model_path), dit_path=args.dit_path, preset=args.preset)
+    mc.spec.geometry(mc).check(height, width, args.frames)
 
     loras = [parse_lora_spec(spec) for spec in args.lora]
     pipe = LightX2V.from_pretrained(args.model_path, device=args.device, dtype=args.dtype,
                                     attention=args.attention, quant=args.quant, task=args.task,
                                     dit_path=args.dit_path, lora=loras, lora_allow_unmatched=args.lora_allow_unmatched,
-                                    preset=args.preset, progress=not args.quiet)
+                                    preset=args.preset, compile=args.compile, progress=not args.quiet)
     result = pipe.generate(
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, last_image=last,
         resize_mode=args.resize_mode, height=height, width=width,

@@ -11,7 +11,7 @@ HELP = "show what a model folder or DiT file holds: family, task, layout, sizes,
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model_path", help="model folder (official Wan or diffusers layout), Hugging Face repo id, "
+    p.add_argument("model_path", help="model folder (any layout of a supported family), Hugging Face repo id, "
                                       "or a DiT weight file / block folder")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -20,21 +20,23 @@ def describe(root: str | Path) -> dict:
     from lightx2v.loading.detect import detect
     from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.inspect import summarize
-    from lightx2v.models.wan.presets import size_name
 
     mc = detect(resolve_model_path(root))
+    spec = mc.spec
     distill = None if mc.distill is None else {"evidence": mc.distill.evidence,
                                               "preset": getattr(mc.distill.preset, "name", None)}
-    components = {}
-    for name in ("dit", "text_encoder", "vae"):
-        components[name] = summarize(mc.files[name])
+    components = {"dit": summarize(list(mc.files["dit"]))}
+    for comp in spec.components:
+        if comp.needed(mc):
+            files = mc.files[comp.name]
+            components[comp.name] = summarize(list(files) if isinstance(files, tuple) else files)
     d = dataclasses.asdict(mc.defaults)
     d.pop("scheduler_config")
+    extra = spec.describe(mc)
     return {
         "path": str(mc.root), "family": mc.family, "task": mc.task, "layout": mc.layout,
-        "size": size_name(mc.dit), "dit": dataclasses.asdict(mc.dit), "components": components,
-        "tokenizer": mc.files["tokenizer"], "defaults": d, "distill": distill,
-        "clip": mc.files.get("clip"),
+        "size": extra.pop("size", ""), "dit": dataclasses.asdict(mc.dit), "components": components,
+        "defaults": d, "distill": distill, **extra,
     }
 
 
@@ -74,10 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<12} {_human(c['params'], 'params')}, {_human(c['bytes'])} on disk, {c['tensors']} tensors ({dtypes})")
         for f in c["files"]:
             print(f"               {f}")
-    print(f"  tokenizer    {info['tokenizer']}")
+    if info.get("tokenizer"):
+        print(f"  tokenizer    {info['tokenizer']}")
     d = info["defaults"]
-    if info["clip"]:
-        print(f"  clip         {info['clip']}")
     print(f"  defaults {d['solver']} ({d['convention']} sigmas), {d['num_inference_steps']} steps, guidance {d['guidance_scale']}, shift {d['shift']}, {d['fps']} fps")
     if info["distill"]:
         print(f"  step-distilled: {info['distill']['evidence']}")

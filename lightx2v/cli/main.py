@@ -12,6 +12,7 @@ from typing import Optional, Sequence
 
 from lightx2v.cli import convert, demo, generate, info
 from lightx2v.errors import LightX2VError
+from lightx2v.pipelines.base import GenerationCancelled
 
 COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert}
 
@@ -19,7 +20,7 @@ COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightx2v",
-        description="Fast, low-memory video generation (Wan2.1 text-, image- and first-last-frame-to-video).",
+        description="Fast, low-memory video generation (Wan2.1 text-, image- and first-last-frame-to-video; more families through one registry).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     from lightx2v import __version__
@@ -62,6 +63,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     except LightX2VError as exc:
         print(f"lightx2v: error: {exc}", file=sys.stderr)
         return 2
+    except GenerationCancelled as exc:
+        print(f"lightx2v: {exc}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("lightx2v: interrupted; nothing was written", file=sys.stderr)
         return 130

@@ -11,11 +11,20 @@ from lightx2v.errors import InputError
 
 
 def load_image(value: Any, what: str = "image"):
-    """RGB PIL.Image from a file path, a PIL image, or an array [H, W, 3|4] / [H, W] (uint8, or float in [0, 1])."""
+    """RGB PIL.Image from a file path, encoded bytes, a PIL image, or an array [H, W, 3|4] / [H, W] (uint8, or float in [0, 1])."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
         return value.convert("RGB")
+    if isinstance(value, (bytes, bytearray)):  # an encoded file (a request read back from JSON)
+        import io
+
+        try:
+            with Image.open(io.BytesIO(bytes(value))) as im:
+                im.load()
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"{what} bytes are not a readable image ({type(exc).__name__}); expected PNG, JPEG or WebP data") from None
     if isinstance(value, (str, Path)):
         path = Path(value).expanduser()
         if not path.is_file():
@@ -46,4 +55,30 @@ def load_image(value: Any, what: str = "image"):
                 raise InputError(f"{what} array must be uint8 or float in [0, 1], got {arr.dtype}")
             arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(arr), "RGB")
-    raise InputError(f"{what} must be a file path, a PIL image or an array, got {type(value).__name__}")
+    raise InputError(f"{what} must be a file path, image bytes, a PIL image or an array, got {type(value).__name__}")
+
+
+def write_png(frame, path: str | Path) -> Path:
+    """One frame (float [H, W, 3] in [0, 1], or uint8) as a PNG at `path`, atomically (temp file + rename)."""
+    import os
+    import tempfile
+
+    from PIL import Image
+
+    from lightx2v.io.atomic import make_public
+
+    path = Path(path)
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            Image.fromarray(np.ascontiguousarray(arr), "RGB").save(f, format="PNG")
+        make_public(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -8,7 +8,7 @@ layout     files                                                           keys
 official   diffusion_pytorch_model.safetensors, or -0000i-of-0000N shards   official
            + diffusion_pytorch_model.safetensors.index.json; config.json
            (official format) when the source gives a config
-diffusers  the same file names + config.json of WanTransformer3DModel       diffusers
+diffusers  the same file names + config.json of the diffusers transformer   diffusers
 blocks     block_<i>.safetensors (blocks.<i>.*) + non_block.safetensors;   official
            config.json (official format) when the source gives a config
 
@@ -27,7 +27,7 @@ as `merge_loras_` does at load), then quantization (`--quant`: the linears `appl
 by default; a pre-quantized layer that a LoRA targets is dequantized, merged and requantized
 with its own scheme), then the dtype: without `dtype` every tensor keeps the source's dtype (so a
 conversion is bit-exact); with `dtype` floating tensors are cast to it, except the ones
-`WanModel._keep_in_fp32` names (time embedding, modulations, norms), which are written in fp32
+the model's `_keep_in_fp32` names (Wan: time embedding, modulations, norms), which are written in fp32
 because the loader computes them in fp32 anyway. Quantized weights keep int8 / float8 and scales
 are always written in fp32.
 
@@ -45,7 +45,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -54,13 +54,12 @@ from lightx2v.io.atomic import make_public
 from lightx2v.config import parse_dtype
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
-    DitSource, TensorInfo, check_dit_matches, dit_key_from_file, inspect_dit_source,
+    DitSource, TensorInfo, dit_key_from_file, inspect_dit_source,
     read_safetensors_header,
 )
 from lightx2v.loading.safetensors_io import write_safetensors
 from lightx2v.loading.lora import LoraWeights, load_lora, report_unmatched
 from lightx2v.loading.state_dict import read_tensors
-from lightx2v.models.wan.dit import CLIP_TOKENS, WanDiTConfig, WanModel, dit_key_from_diffusers
 from lightx2v.quant import QuantLinear, QuantScheme, apply_quant, get_scheme
 
 LAYOUTS = ("official", "diffusers", "blocks")
@@ -73,92 +72,34 @@ _BLOCK = re.compile(r"blocks\.(\d+)\.")
 Log = Callable[[str], None]
 
 
-# ---------------------------------------------------------------- official -> diffusers names
-
-
-def diffusers_dit_keys(cfg: WanDiTConfig) -> list[str]:
-    """The state-dict keys of diffusers' WanTransformer3DModel for a config (as diffusers names them)."""
-    wb = ("weight", "bias")
-    keys = ["scale_shift_table", *(f"patch_embedding.{p}" for p in wb), *(f"proj_out.{p}" for p in wb)]
-    emb = [f"condition_embedder.{m}" for m in ("time_embedder.linear_1", "time_embedder.linear_2", "time_proj",
-                                                  "text_embedder.linear_1", "text_embedder.linear_2")]
-    if cfg.image_tokens:
-        emb += [f"condition_embedder.image_embedder.{m}" for m in ("norm1", "ff.net.0.proj", "ff.net.2", "norm2")]
-        if cfg.model_type == "flf2v":
-            keys.append("condition_embedder.image_embedder.pos_embed")
-    keys += [f"{m}.{p}" for m in emb for p in wb]
-    attn = ["to_q", "to_k", "to_v", "to_out.0"]
-    for i in range(cfg.num_layers):
-        b = f"blocks.{i}."
-        cross = attn + (["add_k_proj", "add_v_proj"] if cfg.image_tokens else [])
-        keys += [b + "scale_shift_table", *(f"{b}ffn.{m}.{p}" for m in ("net.0.proj", "net.2") for p in wb)]
-        keys += [f"{b}attn1.{m}.{p}" for m in attn for p in wb] + [f"{b}attn2.{m}.{p}" for m in cross for p in wb]
-        if cfg.qk_norm:
-            norms = ["norm_q", "norm_k"] + (["norm_added_k"] if cfg.image_tokens else [])
-            keys += [f"{b}attn1.{n}.weight" for n in norms[:2]] + [f"{b}attn2.{n}.weight" for n in norms]
-        if cfg.cross_attn_norm:
-            keys += [f"{b}norm2.{p}" for p in wb]
-    return keys
-
-
-def diffusers_key_table(cfg: WanDiTConfig) -> dict[str, str]:
-    """{official key: diffusers key}: `dit_key_from_diffusers` inverted over `diffusers_dit_keys(cfg)`."""
-    table: dict[str, str] = {}
-    for key in diffusers_dit_keys(cfg):
-        official = dit_key_from_diffusers(key)
-        if official is None or official in table:
-            raise CheckpointError(f"diffusers key {key} has no unique official name ({official}); the rename table is incomplete")
-        table[official] = key
-    return table
-
-
-def official_to_diffusers_key(key: str, table: Mapping[str, str]) -> str:
-    """Diffusers name of an official key (`table` from `diffusers_key_table`); a quantized layer's
-    `weight_scale` follows its weight (`...to_q.weight_scale`, as dit_files reads it back)."""
-    if key.endswith(".weight_scale") and key[: -len("_scale")] in table:
-        return table[key[: -len("_scale")]] + "_scale"
-    if key not in table:
-        raise CheckpointError(f"DiT tensor {key} has no name in the diffusers layout (WanTransformer3DModel)")
-    return table[key]
-
-
-def diffusers_config_json(cfg: WanDiTConfig) -> dict:
-    """config.json of diffusers' WanTransformer3DModel (text_len, not a diffusers field, only if not 512)."""
-    image = cfg.image_tokens > 0
-    out = {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.1", "patch_size": list(cfg.patch_size),
-           "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_dim,
-           "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim,
-           "num_layers": cfg.num_layers, "cross_attn_norm": cfg.cross_attn_norm,
-           "qk_norm": "rms_norm_across_heads" if cfg.qk_norm else None, "eps": cfg.eps,
-           "image_dim": 1280 if image else None, "added_kv_proj_dim": cfg.dim if image else None,
-           "rope_max_seq_len": 1024, "pos_embed_seq_len": 2 * CLIP_TOKENS if cfg.model_type == "flf2v" else None}
-    if cfg.text_len != 512:
-        out["text_len"] = cfg.text_len
-    return out
-
-
 # ---------------------------------------------------------------- the source
 
 
-def _parse_config(path: Path) -> Optional[WanDiTConfig]:
-    """A Wan DiT config.json in either format; None for a config of something else."""
+def _parse_config(path: Path, fmt) -> Optional[Any]:
+    """The family's DiT config.json in either format; None for a config of something else."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
         raise CheckpointError(f"cannot read {path} as JSON") from None
-    if not isinstance(raw, dict) or not ({"num_attention_heads", "dim"} & raw.keys()):
+    if not isinstance(raw, dict):
         return None
     try:
-        if "num_attention_heads" in raw:
-            return WanDiTConfig.from_diffusers(raw)
-        return WanDiTConfig.from_official(raw)
-    except CheckpointError:
-        raise
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a Wan DiT config ({type(exc).__name__}: {exc})") from None
+        return fmt.parse_config(raw)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
 
 
-def given_config(path: Path, source: DitSource) -> Optional[WanDiTConfig]:
+def official_to_diffusers_key(key: str, table: Mapping[str, str]) -> str:
+    """Diffusers name of a model key (`table`: the family's `diffusers_key_table`); a quantized layer's
+    `weight_scale` follows its weight (`...to_q.weight_scale`, as dit_files reads it back)."""
+    if key.endswith(".weight_scale") and key[: -len("_scale")] in table:
+        return table[key[: -len("_scale")]] + "_scale"
+    if key not in table:
+        raise CheckpointError(f"DiT tensor {key} has no name in the diffusers layout")
+    return table[key]
+
+
+def given_config(path: Path, source: DitSource) -> Optional[Any]:
     """The DiT config.json the source comes with (official or diffusers format), or None.
 
     A folder's config must describe its weights (else an error); the config.json beside a single
@@ -169,9 +110,9 @@ def given_config(path: Path, source: DitSource) -> Optional[WanDiTConfig]:
     if not (folder / "config.json").is_file():
         return None
     try:
-        cfg = _parse_config(folder / "config.json")
+        cfg = _parse_config(folder / "config.json", source.format)
         if cfg is not None:
-            check_dit_matches(source.config, cfg, str(path))
+            source.format.check_matches(source.config, cfg, str(path))
     except CheckpointError:
         if path.is_dir():
             raise
@@ -190,7 +131,7 @@ class _Reader:
             infos = read_safetensors_header(f) if f.suffix == ".safetensors" else {
                 k: (tuple(v.shape), v.dtype) for k, v in self._mapped.setdefault(f, read_tensors(f)).items()}
             for k, info in infos.items():
-                if k.startswith(source.prefix) and (nk := dit_key_from_file(k[len(source.prefix):], source.key_format)):
+                if k.startswith(source.prefix) and (nk := dit_key_from_file(k[len(source.prefix):], source.key_format, source.format)):
                     self.where[nk], self.infos[nk] = (f, k), info
 
     def get(self, key: str) -> Tensor:
@@ -238,10 +179,10 @@ def _natural(key: str) -> list:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
 
 
-def quant_targets(cfg: WanDiTConfig, scheme: QuantScheme) -> frozenset[str]:
-    """The modules `apply_quant` quantizes by default in this DiT (found on a meta-built model)."""
+def quant_targets(fmt, cfg: Any, scheme: QuantScheme) -> frozenset[str]:
+    """The linears the DiT declares quantizable (found on a meta-built model)."""
     with torch.device("meta"):
-        model = WanModel(cfg)
+        model = fmt.build(cfg)
     apply_quant(model, scheme)
     return frozenset(n for n, m in model.named_modules() if isinstance(m, QuantLinear))
 
@@ -251,7 +192,7 @@ def plan_units(
     targets: frozenset[str], dtype: Optional[torch.dtype],
 ) -> list[Unit]:
     """Every output tensor with its shape and dtype, in natural key order (blocks in order)."""
-    keep = WanModel._keep_in_fp32
+    keep = source.format.model_class._keep_in_fp32
     src_scheme = get_scheme(source.quant) if source.quant else None
     units = []
     for key in sorted(infos, key=_natural):
@@ -367,21 +308,20 @@ def _check_dst(dst: Path) -> None:
 
 def _prepare(
     src: Path, quant: Optional[str], loras: Sequence[tuple[Union[str, Path], float]], allow_unmatched: bool,
-) -> tuple[DitSource, WanDiTConfig, Optional[WanDiTConfig], list, list[str]]:
+) -> tuple[DitSource, Any, Optional[Any], list, list[str]]:
     source = inspect_dit_source(src)
     notes = []
     if quant is not None and source.quant is not None:
         raise InputError(f"{src} is already quantized ({source.quant}); convert it without --quant "
                          f"(or quantize the float model)")
     given = given_config(src, source)
-    cfg = source.config if given is None else dataclasses.replace(
-        source.config, num_heads=given.num_heads, text_len=given.text_len, eps=given.eps)
+    cfg = source.config if given is None else source.format.with_given(source.config, given)
     if source.ignored:
         notes.append(f"not carried over: {len(source.ignored)} tensors, e.g. {', '.join(source.ignored[:3])}")
     lws = []
     if loras:
         with torch.device("meta"):
-            model = WanModel(cfg)  # names and shapes only, no memory
+            model = source.format.build(cfg)  # names and shapes only, no memory
         lws = [(load_lora(Path(p), model), float(s)) for p, s in loras]
         skipped = report_unmatched(lws, allow_unmatched)
         if skipped:
@@ -413,12 +353,12 @@ def convert_dit(
     _check_dst(dst)
     source, cfg, given, lws, notes = _prepare(src, quant, loras, allow_unmatched)
     if given is None and to == "diffusers":
-        notes.append(f"no config.json with the source: num_heads {cfg.num_heads} (128-wide heads), text_len and eps "
-                     "in config.json are Wan's defaults")
+        notes.append(f"no config.json with the source: {source.format.guessed_fields(cfg)} in config.json are "
+                     f"{source.family}'s defaults")
     scheme = get_scheme(quant) if quant else None
     reader = _Reader(source)
     units = plan_units(reader.infos, source, quant=scheme, dtype=dtype,
-                       targets=quant_targets(cfg, scheme) if scheme else frozenset())
+                       targets=quant_targets(source.format, cfg, scheme) if scheme else frozenset())
     shards = plan_shards(units, to, shard_size)
     total = sum(u.nbytes for u in units)
     free = shutil.disk_usage(dst.parent).free
@@ -432,7 +372,7 @@ def convert_dit(
 
 
 def _write_atomic(
-    dst: Path, cfg: WanDiTConfig, given: Optional[WanDiTConfig], layout: str, shards: Sequence[Shard],
+    dst: Path, cfg: Any, given: Optional[Any], layout: str, shards: Sequence[Shard],
     job: _Job, log: Log,
 ) -> list[str]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
@@ -449,10 +389,11 @@ def _write_atomic(
 
 
 def _write_all(
-    tmp: Path, cfg: WanDiTConfig, given: Optional[WanDiTConfig], layout: str, shards: Sequence[Shard],
+    tmp: Path, cfg: Any, given: Optional[Any], layout: str, shards: Sequence[Shard],
     job: _Job, log: Log,
 ) -> list[str]:
-    table = diffusers_key_table(cfg) if layout == "diffusers" else None
+    fmt = job.source.format
+    table = fmt.diffusers_key_table(cfg) if layout == "diffusers" else None
     name = (lambda k: official_to_diffusers_key(k, table)) if table else (lambda k: k)
     weight_map: dict[str, str] = {}
     for i, shard in enumerate(shards):
@@ -470,7 +411,7 @@ def _write_all(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (tmp / f"{WEIGHTS}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         files.append(f"{WEIGHTS}.safetensors.index.json")
-    config = diffusers_config_json(cfg) if layout == "diffusers" else cfg.to_official() if given else None
+    config = fmt.diffusers_config(cfg) if layout == "diffusers" else fmt.official_config(cfg) if given else None
     if config is not None:
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         files.append("config.json")

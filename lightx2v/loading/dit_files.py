@@ -3,9 +3,11 @@
 Design: `inspect_dit_source(path)` finds out what a path holds by reading safetensors headers
 only (no tensor data): where the tensors are (`kind`), how they are named (`key_format`, the
 prefix to strip), whether and how they are quantized (`quant`, read from the tensors' dtypes and
-scale shapes, never from the file name), and what model they make (a `WanDiTConfig` read off the
-shapes). `read_dit_state_dict` then maps the tensors (mmap) to official keys, and `build_dit`
-loads them into a meta-built `WanModel`, with `QuantLinear` layers where the file is quantized.
+scale shapes, never from the file name), which family's DiT they are (the first registered family
+whose `DitFormat` recognises the keys) and what model they make (its config, read off the shapes). `read_dit_state_dict` then maps the tensors (mmap) to official keys, and `build_dit`
+loads them into the family's meta-built model, with `QuantLinear` layers where the file is quantized.
+Nothing here names a family: key formats, configs and model classes come from the family's
+`DitFormat` (e.g. lightx2v.models.wan.dit_format).
 
 kind          what the user passed
 single-file   one .safetensors (or .pth/.pt/.bin): LightX2V releases (official keys), ComfyUI files
@@ -41,15 +43,11 @@ from torch import Tensor, nn
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.safetensors_io import ST_DTYPES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
 from lightx2v.loading.state_dict import StateDict, index_shards, load_into, read_sharded, read_tensors
-from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers
 from lightx2v.quant import QuantLinear, apply_quant, get_scheme
 
 KINDS = ("single-file", "sharded", "blocks", "folder")
 KEY_FORMATS = ("official", "comfyui", "diffusers")
 TORCH_FILES = (".pth", ".pt", ".bin", ".ckpt")
-_OFFICIAL_BLOCK = re.compile(r"blocks\.\d+\.(self_attn|cross_attn|ffn\.\d+)\.")
-_DIFFUSERS_BLOCK = re.compile(r"blocks\.\d+\.(attn1|attn2|ffn\.net)\.")
-_BLOCK_INDEX = re.compile(r"blocks\.(\d+)\.")
 # file-key suffixes that carry no weight for the dequantizing path (ComfyUI's static activation
 # scales and its per-layer format records) and the scaled-fp8 marker tensor
 _DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
@@ -62,6 +60,7 @@ class DitSource:
     """What a DiT path holds; read from headers only (see inspect_dit_source)."""
 
     path: Path
+    family: str                       # the registered family whose DiT this is ("wan2.1")
     kind: str                         # one of KINDS
     files: tuple[Path, ...]
     key_format: str                   # one of KEY_FORMATS
@@ -72,12 +71,17 @@ class DitSource:
     num_tensors: int
     num_params: int
     shapes: Mapping[str, tuple[int, ...]]  # official key -> shape (quantized weights: [out, in])
-    config: WanDiTConfig              # read off the shapes; num_heads guessed (head size 128)
+    config: Any                       # the family's DiT config, read off the shapes (heads guessed)
     ignored: tuple[str, ...] = ()     # file keys not loaded (outside the prefix, markers, input scales)
 
     @property
+    def format(self):
+        """The family's DitFormat."""
+        return format_of(self.family)
+
+    @property
     def looks_like(self) -> str:
-        return describe_config(self.config)
+        return self.format.describe(self.config)
 
     def describe(self) -> str:
         """One paragraph for `lightx2v info FILE`."""
@@ -189,42 +193,67 @@ _OTHER_MODELS = (
     ("a CLIP model", (r"(^|\.)(visual|vision_model|text_model)\.",)),
     ("a language model (Qwen/Llama-style)", (r"(^|\.)layers\.\d+\.(self_attn|mlp)\.",)),
     ("part of a block-split DiT (blocks only, no patch_embedding): pass the folder holding "
-     "block_<i>.safetensors and non_block.safetensors", (_OFFICIAL_BLOCK.pattern,)),
+     "block_<i>.safetensors and non_block.safetensors", (r"^blocks\.\d+\.",)),
     ("a diffusers transformer of another family", (r"(^|\.)transformer_blocks\.",)),
 )
 
 
+def dit_formats() -> list:
+    """The DiT file formats of the registered families, in registration order."""
+    from lightx2v.models.registry import families
+
+    return [f.dit_format for f in families()]
+
+
+def format_of(family: str):
+    from lightx2v.models.registry import get_family
+
+    return get_family(family).dit_format
+
+
 def _not_a_dit(keys: Iterable[str], where: Path) -> CheckpointError:
     keys = sorted(keys)
+    names = " or ".join(f.title for f in _families())
     for what, patterns in _OTHER_MODELS:
         if all(any(re.search(p, k) for k in keys) for p in patterns):
-            return CheckpointError(f"{where} is not a Wan DiT checkpoint: it looks like {what} "
+            return CheckpointError(f"{where} is not a {names} DiT checkpoint: it looks like {what} "
                                    f"({len(keys)} tensors, e.g. {', '.join(keys[:2])})")
     heads = Counter(".".join(k.split(".")[:2]) for k in keys).most_common(5)
-    return CheckpointError(f"{where} is not a Wan DiT checkpoint (no patch_embedding.weight and blocks.N.self_attn "
-                           f"tensors); its {len(keys)} tensors start with: {', '.join(h for h, _ in heads) or 'nothing'}")
+    anchors = ", ".join(sorted({f.anchor for f in dit_formats()}))
+    return CheckpointError(f"{where} is not a {names} DiT checkpoint (no {anchors} and block tensors); "
+                           f"its {len(keys)} tensors start with: {', '.join(h for h, _ in heads) or 'nothing'}")
 
 
-def detect_key_format(keys: Iterable[str], where: Path) -> tuple[str, str]:
-    """(key_format, prefix) of a DiT's keys; a CheckpointError saying what the file is otherwise."""
+def _families():
+    from lightx2v.models.registry import families
+
+    return families()
+
+
+def detect_key_format(keys: Iterable[str], where: Path) -> tuple[str, str, str]:
+    """(family, key_format, prefix) of a DiT's keys: the first family whose format recognises them;
+    a CheckpointError saying what the file is otherwise."""
     keys = list(keys)
-    anchors = [k for k in keys if k.endswith("patch_embedding.weight")]
-    if len(anchors) > 1:
-        raise CheckpointError(f"{where} holds {len(anchors)} patch embeddings ({', '.join(anchors[:3])}); "
-                              "expected one DiT")
-    if not anchors:
-        raise _not_a_dit(keys, where)
-    prefix = anchors[0][: -len("patch_embedding.weight")]
-    body = [k[len(prefix):] for k in keys if k.startswith(prefix)]
-    if any(_OFFICIAL_BLOCK.match(k) for k in body):
-        return ("comfyui" if prefix else "official"), prefix
-    if any(_DIFFUSERS_BLOCK.match(k) for k in body):
-        return "diffusers", prefix
+    for spec in _families():
+        fmt = spec.dit_format
+        anchors = [k for k in keys if k.endswith(fmt.anchor)]
+        if len(anchors) > 1:
+            raise CheckpointError(f"{where} holds {len(anchors)} {fmt.anchor} tensors ({', '.join(anchors[:3])}); "
+                                  "expected one DiT")
+        if not anchors:
+            continue
+        prefix = anchors[0][: -len(fmt.anchor)]
+        found = fmt.key_format([k[len(prefix):] for k in keys if k.startswith(prefix)])
+        if found == "official":
+            return spec.name, ("comfyui" if prefix else "official"), prefix
+        if found is not None:
+            return spec.name, found, prefix
     raise _not_a_dit(keys, where)
 
 
-def dit_key_from_file(key: str, key_format: str) -> Optional[str]:
-    """Official key for a file key (its prefix already stripped); None for tensors not loaded."""
+def dit_key_from_file(key: str, key_format: str, fmt) -> Optional[str]:
+    """The model's key for a file key (its prefix already stripped); None for tensors not loaded.
+    `fmt`: the family's DitFormat (its diffusers rename)."""
     if key in _MARKERS or key.endswith(_DROPPED_SUFFIXES):
         return None
     if key.endswith(".scale_weight"):  # ComfyUI scaled fp8: per-tensor scale
@@ -232,9 +261,9 @@ def dit_key_from_file(key: str, key_format: str) -> Optional[str]:
     if key_format != "diffusers":
         return key
     if key.endswith(".weight_scale"):
-        new = dit_key_from_diffusers(key[: -len("_scale")])
+        new = fmt.key_from_diffusers(key[: -len("_scale")])
         return None if new is None else new + "_scale"
-    return dit_key_from_diffusers(key)
+    return fmt.key_from_diffusers(key)
 
 
 # ---------------------------------------------------------------- quantization, from the tensors
@@ -277,72 +306,6 @@ def detect_quant(infos: Mapping[str, TensorInfo], where: Path) -> tuple[Optional
     return (schemes[0] if schemes else None), tuple(sorted(found))
 
 
-# ---------------------------------------------------------------- config from shapes
-
-
-def describe_config(cfg: WanDiTConfig) -> str:
-    """'Wan2.1 14B i2v DiT (dim 5120, 40 layers)'."""
-    from lightx2v.models.wan.presets import SIZES
-
-    family = "Wan2.2" if cfg.in_dim == 48 else "Wan2.1"  # TI2V-5B; Wan2.2 A14B experts look like Wan2.1 14B
-    size = SIZES.get((cfg.dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim))
-    return f"{family} {size + ' ' if size else ''}{cfg.model_type} DiT (dim {cfg.dim}, {cfg.num_layers} layers)"
-
-
-def _guess_heads(dim: int) -> int:
-    # every Wan2.1/2.2 release uses 128-wide heads; heads cannot be read off the shapes
-    return next((dim // hd for hd in (128, 64, 32, 16, 8, 2) if dim % hd == 0), 1)
-
-
-def dit_config_from_state_dict(
-    sd: Mapping[str, Union[Tensor, tuple[int, ...]]], *, base: Optional[WanDiTConfig] = None, what: str = "DiT checkpoint",
-) -> WanDiTConfig:
-    """WanDiTConfig of an official-keyed DiT state dict (tensors or shapes; only shapes are read).
-
-    num_heads, text_len and eps cannot be read off the tensors: they come from `base` (the model
-    folder's config) when given, else Wan's values (128-wide heads, 512 text tokens, 1e-6).
-    """
-    shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in sd.items()}
-
-    def need(key: str) -> tuple[int, ...]:
-        if key not in shapes:
-            raise CheckpointError(f"{what} has no tensor {key}; is it a complete Wan DiT?")
-        return shapes[key]
-
-    dim, in_dim, *patch = need("patch_embedding.weight")
-    blocks = sorted({int(m[1]) for k in shapes if (m := _BLOCK_INDEX.match(k))})
-    if blocks != list(range(len(blocks))) or not blocks:
-        gap = next((i for i in range(len(blocks) + 1) if i not in blocks), 0)
-        raise CheckpointError(f"{what} has no tensors for blocks.{gap} (blocks found: {len(blocks)}); is it complete?")
-    has_img = any(k.startswith("img_emb.") for k in shapes)
-    out_dim = need("head.head.weight")[0] // math.prod(patch)
-    if not has_img and in_dim != out_dim:
-        raise CheckpointError(f"{what}: in_dim {in_dim} with no image embedding (img_emb) looks like a Wan2.2 "
-                              "image-to-video DiT, which this version does not run")
-    return WanDiTConfig(
-        model_type="flf2v" if "img_emb.emb_pos" in shapes else "i2v" if has_img else "t2v",
-        in_dim=in_dim, dim=dim, ffn_dim=need("blocks.0.ffn.0.weight")[0],
-        num_heads=base.num_heads if base else _guess_heads(dim), num_layers=len(blocks), patch_size=tuple(patch),
-        text_len=base.text_len if base else 512, freq_dim=need("time_embedding.0.weight")[1],
-        text_dim=need("text_embedding.0.weight")[1], out_dim=out_dim,
-        qk_norm="blocks.0.self_attn.norm_q.weight" in shapes, cross_attn_norm="blocks.0.norm3.weight" in shapes,
-        eps=base.eps if base else 1e-6,
-    )
-
-
-_SHAPE_FIELDS = ("model_type", "in_dim", "dim", "ffn_dim", "num_layers", "patch_size", "freq_dim", "text_dim",
-                 "out_dim", "qk_norm", "cross_attn_norm")
-
-
-def check_dit_matches(found: WanDiTConfig, expected: WanDiTConfig, what: str) -> None:
-    """A one-line CheckpointError when a DiT file is not the model the folder's config describes."""
-    diff = [f for f in _SHAPE_FIELDS if getattr(found, f) != getattr(expected, f)]
-    if diff:
-        detail = ", ".join(f"{f} {getattr(found, f)} vs {getattr(expected, f)}" for f in diff[:4])
-        raise CheckpointError(f"{what} is a {describe_config(found)}; the folder's config is a "
-                              f"{describe_config(expected)} ({detail})")
-
-
 # ---------------------------------------------------------------- the public entry points
 
 
@@ -361,11 +324,12 @@ def inspect_dit_source(path: Union[str, Path]) -> DitSource:
         if dup:
             raise CheckpointError(f"key {sorted(dup)[0]!r} appears in more than one file ({f})")
         raw.update(infos)
-    key_format, prefix = detect_key_format(raw, path)
+    family, key_format, prefix = detect_key_format(raw, path)
+    fmt = format_of(family)
     official: dict[str, TensorInfo] = {}
     ignored = []
     for k, info in raw.items():
-        nk = dit_key_from_file(k[len(prefix):], key_format) if k.startswith(prefix) else None
+        nk = dit_key_from_file(k[len(prefix):], key_format, fmt) if k.startswith(prefix) else None
         if nk is None:
             ignored.append(k)
         else:
@@ -374,10 +338,10 @@ def inspect_dit_source(path: Union[str, Path]) -> DitSource:
     shapes = {k: s for k, (s, _) in official.items()}
     counts = Counter(str(d).replace("torch.", "") for _, d in raw.values()).most_common()
     return DitSource(
-        path=path, kind=kind, files=tuple(files), key_format=key_format, prefix=prefix, quant=quant,
+        path=path, family=family, kind=kind, files=tuple(files), key_format=key_format, prefix=prefix, quant=quant,
         quantized=quantized, dtypes=tuple(counts), num_tensors=len(raw),
         num_params=sum(math.prod(s) for s, _ in raw.values()), shapes=shapes,
-        config=dit_config_from_state_dict(shapes, what=str(path)), ignored=tuple(sorted(ignored)),
+        config=fmt.config_from_shapes(shapes, what=str(path)), ignored=tuple(sorted(ignored)),
     )
 
 
@@ -388,7 +352,8 @@ def read_dit_state_dict(source: DitSource) -> StateDict:
     sd = read_tensors(files[0]) if len(files) == 1 else read_sharded(files)
     out: StateDict = {}
     for k, v in sd.items():
-        nk = dit_key_from_file(k[len(source.prefix):], source.key_format) if k.startswith(source.prefix) else None
+        nk = (dit_key_from_file(k[len(source.prefix):], source.key_format, source.format)
+              if k.startswith(source.prefix) else None)
         if nk is not None:
             out[nk] = v
     if source.quant is not None:
@@ -446,21 +411,21 @@ def load_dit_weights(
 
 
 def build_dit(
-    source: DitSource, *, dtype: torch.dtype, device=None, expected: Optional[WanDiTConfig] = None,
+    source: DitSource, *, dtype: torch.dtype, device=None, expected: Optional[Any] = None,
     quant: Optional[str] = None,
-) -> WanModel:
-    """A loaded WanModel from a DiT source. `expected`: the model folder's DiT config; a file of
+) -> nn.Module:
+    """The family's loaded DiT from a DiT source. `expected`: the model folder's DiT config; a file of
     another size or task is a CheckpointError, and the fields shapes cannot tell come from it.
     `quant`: quantize the block linears of a float source as each weight is read (a pre-quantized
     source loads as it is; asking it for another scheme is an error)."""
     if expected is not None:
-        check_dit_matches(source.config, expected, str(source.path))
+        source.format.check_matches(source.config, expected, str(source.path))
     if quant is not None:
         get_scheme(quant)  # a clear error for an unknown name
         if source.quant is not None and quant != source.quant:
             raise InputError(f"{source.path} is already quantized ({source.quant}); it cannot be loaded as {quant}")
     with torch.device("meta"):
-        model = WanModel(source.config if expected is None else expected)
+        model = source.format.build(source.config if expected is None else expected)
     prepare_for_quantized(model, source, dtype=dtype)
     if quant is not None and source.quant is None:
         apply_quant(model, quant, compute_dtype=dtype)

@@ -17,7 +17,7 @@ A key is `<prefix><module path>.<kind>`:
   `diff` (full delta of the module's weight, or of the named tensor itself), `diff_b` (bias
   delta), `diff_m` (delta of the module's `modulation`).
 Module paths in official names are used as they are; otherwise the model's diffusers renamer
-(`dit_key_from_diffusers` for `WanModel`) maps them. For diffusers/PEFT files without `.alpha`
+(the `key_from_diffusers` the model declares) maps them. For diffusers/PEFT files without `.alpha`
 keys, the `lora_adapter_metadata` that diffusers writes (lora_alpha, alpha_pattern, use_rslora)
 gives the scale, as PEFT computes it.
 
@@ -161,9 +161,8 @@ class _Resolver:
 
 
 def _default_rename(model: nn.Module) -> Rename | None:
-    from lightx2v.models.wan.dit import WanModel, dit_key_from_diffusers
-
-    return dit_key_from_diffusers if isinstance(model, WanModel) else None
+    """The model's own diffusers -> model-name rename, if it declares one (`key_from_diffusers`)."""
+    return getattr(model, "key_from_diffusers", None)
 
 
 # ---------------------------------------------------------------- reading

@@ -1,29 +1,31 @@
 """The denoising loop, written once (DESIGN principle 7), and the result of a generation.
 
-    for each timestep t:
-        v = model(x, t, cond)                         # conditional prediction
-        if CFG: v = v_u + g * (v - v_u)               # v_u = model(x, t, uncond)
+    for each timestep t (step i of n):
+        ctx = StepContext(i, n, t, branch, expert)    # expert: the pipeline's choice for this step (MoE)
+        v = guidance(model_fn, x, t, cond, uncond, ctx)   # model_fn(x, t, cond, ctx) once or more
         x = scheduler.step(v, x)
         callback(StepInfo) -> False stops the run
 
 The loop does not know how the model is run (precision, attention kernel, offload, cache): those
-are transforms applied to the model before. Latents stay float32 between steps, as the
-references keep them; the model is given them in its own dtype.
+are transforms applied to the model before. It passes a `StepContext` to the model function, so
+that a cache can decide to skip and a two-expert pipeline can pick its expert, and a `Guidance`
+object decides how the CFG branches run (none; two calls; one batch of 2; a scale per expert;
+norm-rescaled). Latents stay float32 between steps, as the references keep them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 import torch
 
-from lightx2v.errors import LightX2VError
 
+class GenerationCancelled(Exception):
+    """The per-step callback asked to stop; nothing was written.
 
-class GenerationCancelled(LightX2VError):
-    """The per-step callback asked to stop; nothing was written."""
+    Not a `ValueError` (nor a LightX2VError): a cancel is not bad input (a server must not answer 400)."""
 
 
 @dataclass(frozen=True)
@@ -36,27 +38,96 @@ class StepInfo:
     latents: torch.Tensor     # [1, C, T', H', W'] float32, after this step
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What the model function knows about the call it is making.
+
+    branch: "cond" | "uncond" (one CFG branch) or "cfg" (both, batched [cond, uncond]);
+    expert: the expert the pipeline chose for this step (None for one-expert models)."""
+
+    step: int
+    num_steps: int
+    timestep: float
+    branch: str = "cond"
+    expert: Optional[str] = None
+
+
 @dataclass
 class GenerationResult:
-    """frames: float32 [F, H, W, 3] in [0, 1] (None for output_type 'latent'); path: the mp4 written."""
+    """frames: float32 [F, H, W, 3] in [0, 1] (None for output_type 'latent'); path: the file written.
+
+    stats: counters of the run: `model_calls` (DiT forwards run; a batched CFG pair counts as one
+    forward of batch 2), `model_samples` (samples through the DiT), more as transforms land."""
 
     frames: Any = None
     path: Optional[str] = None
     latents: Optional[torch.Tensor] = None
     seed: Optional[int] = None
     timings: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
 
 
-ModelFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+ModelFn = Callable[[torch.Tensor, torch.Tensor, Any, StepContext], torch.Tensor]
 
 
-def guided(model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: Any, uncond: Any, scale: float) -> torch.Tensor:
-    """Classifier-free guidance: v_u + g (v_c - v_u); a single call when g == 1 or there is no uncond."""
-    v = model_fn(x, t, cond).float()  # combine in float32, whatever the model's dtype
-    if uncond is None or scale == 1.0:
-        return v
-    v_u = model_fn(x, t, uncond).float()
-    return v_u + scale * (v - v_u)
+class Counter:
+    """Counts what the loop asks of the model (GenerationResult.stats)."""
+
+    def __init__(self, model_fn: ModelFn) -> None:
+        self.model_fn = model_fn
+        self.calls = 0
+        self.samples = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Any, ctx: StepContext) -> torch.Tensor:
+        self.calls += 1
+        self.samples += x.shape[0]
+        return self.model_fn(x, t, cond, ctx)
+
+    def stats(self) -> dict:
+        return {"model_calls": self.calls, "model_samples": self.samples}
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """How the CFG branches run and combine: v = v_u + g (v_c - v_u), g per expert.
+
+    scale: the guidance scale; scales: {expert: scale} for two-expert models (a missing expert takes
+    `scale`); mode: "sequential" (two calls of batch 1, as the references) or "batched" (one call of
+    batch 2: cond and uncond concatenated; needs conditions with `cat_batch`); rescale: phi of
+    norm-rescaled CFG (Lin et al. 2023; 0 = off). With scale 1 (or no uncond) one call is made.
+    """
+
+    scale: float = 1.0
+    scales: Optional[Mapping[str, float]] = None
+    mode: str = "sequential"
+    rescale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sequential", "batched"):
+            raise ValueError(f"guidance mode must be 'sequential' or 'batched', got {self.mode!r}")
+
+    def scale_for(self, ctx: StepContext) -> float:
+        if self.scales is not None and ctx.expert in self.scales:
+            return float(self.scales[ctx.expert])
+        return float(self.scale)
+
+    def __call__(self, model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: Any, uncond: Any,
+                 ctx: StepContext) -> torch.Tensor:
+        g = self.scale_for(ctx)
+        if uncond is None or g == 1.0:
+            return model_fn(x, t, cond, ctx).float()  # combine in float32, whatever the model's dtype
+        if self.mode == "batched":
+            v2 = model_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), cond.cat_batch(uncond), replace(ctx, branch="cfg")).float()
+            v, v_u = v2.chunk(2)
+        else:
+            v = model_fn(x, t, cond, ctx).float()
+            v_u = model_fn(x, t, uncond, replace(ctx, branch="uncond")).float()
+        out = v_u + g * (v - v_u)
+        if self.rescale > 0:
+            dims = tuple(range(1, out.ndim))
+            rescaled = out * (v.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True))
+            out = self.rescale * rescaled + (1 - self.rescale) * out
+        return out
 
 
 def denoise(
@@ -65,19 +136,24 @@ def denoise(
     latents: torch.Tensor,
     cond: Any,
     uncond: Any,
-    guidance_scale: float,
+    guidance: Guidance,
     *,
+    expert_for: Optional[Callable[[int, float], Optional[str]]] = None,
     callback: Optional[Callable[[StepInfo], Optional[bool]]] = None,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Run the scheduler's timesteps over `latents` (float32); returns the final latents."""
+    """Run the scheduler's timesteps over `latents` (float32); returns the final latents.
+
+    expert_for(step, timestep) -> the expert for that step (two-expert models), passed in the context."""
     from tqdm.auto import tqdm
 
     timesteps = scheduler.timesteps
     n = len(timesteps)
     for i, t in enumerate(tqdm(timesteps, desc="denoise", disable=not progress, leave=False)):
         tt = t.reshape(1).to(latents.device)
-        v = guided(model_fn, latents, tt, cond, uncond, guidance_scale)
+        ctx = StepContext(step=i, num_steps=n, timestep=float(t),
+                          expert=None if expert_for is None else expert_for(i, float(t)))
+        v = guidance(model_fn, latents, tt, cond, uncond, ctx)
         latents = scheduler.step(v, latents)
         if callback is not None and callback(StepInfo(i, n, float(t), latents)) is False:
             raise GenerationCancelled(f"stopped by the callback after step {i + 1} of {n}; nothing was written")

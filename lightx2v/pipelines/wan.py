@@ -11,7 +11,9 @@ into the loop and turns a `SamplingParams` into a `GenerationResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import torch
 
 from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import InputError
-from lightx2v.pipelines.base import GenerationResult, denoise, video_to_frames
+from lightx2v.pipelines.base import Guidance, GenerationResult, StepContext, denoise, video_to_frames
 
 
 @dataclass(frozen=True)
@@ -34,43 +36,61 @@ class DiTInputs:
     clip_fea: Optional[torch.Tensor] = None   # [1, 257 * n, 1280]
     y: Optional[torch.Tensor] = None          # [1, 20, T', h, w]
 
+    def cat_batch(self, other: "DiTInputs") -> "DiTInputs":
+        """Both branches as one batch (batched CFG): [self, other] along dim 0."""
+        cat = (lambda a, b: None if a is None else torch.cat([a, b]))
+        return DiTInputs(cat(self.context, other.context), cat(self.clip_fea, other.clip_fea), cat(self.y, other.y))
+
 
 class WanPipeline:
-    """Holds the loaded components of one Wan2.1 checkpoint (t2v, i2v or flf2v)."""
+    """Holds the loaded components of one Wan2.1 checkpoint (t2v, i2v or flf2v).
+
+    `components` (name -> module) and `transformer_names` are what the engine acts on
+    (lightx2v.runtime.engine); a generation holds `lock`, so a pipeline shared by threads serializes.
+    """
+
+    transformer_names = ("dit",)
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
                  clip=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
         self.model_config = model_config
         self.engine = engine
         self.device = engine.torch_device()
-        self.dit, self.text_encoder, self.tokenizer, self.vae, self.clip = dit, text_encoder, tokenizer, vae, clip
+        self.components = {"dit": dit, "text_encoder": text_encoder, "vae": vae, "clip": clip}
+        self.tokenizer = tokenizer
         self.vae_dtype = vae_dtype
         self.progress = progress
+        self.geometry = model_config.spec.geometry(model_config)
         self.merged_loras: tuple = ()   # (path, strength) merged into the DiT at load
-        self.lora_set = None            # runtime.lora.LoraSet once dynamic LoRAs are used
+        self.lora_sets: dict = {}       # DiT module -> runtime.lora.LoraSet once dynamic LoRAs are used
+        self.engine_log: list[str] = []  # what apply_engine did
+        self.lock = threading.Lock()
+
+    dit = property(lambda self: self.components["dit"])
+    text_encoder = property(lambda self: self.components["text_encoder"])
+    vae = property(lambda self: self.components["vae"])
+    clip = property(lambda self: self.components["clip"])
+
+    @property
+    def lora_set(self):
+        """The DiT's dynamic LoRA set (None until dynamic LoRAs are used)."""
+        return self.lora_sets.get(self.dit)
 
     # -- LoRA -----------------------------------------------------------------------------------
     def merge_loras(self, loras, allow_unmatched: bool = False) -> None:
         """Merge (path, strength) LoRAs into the DiT weights: no run-time cost, fixed until reload."""
-        from lightx2v.loading.lora import load_lora, merge_loras_
+        from lightx2v.runtime.engine import merge_loras
 
-        if self.lora_set is not None and self.lora_set.active:
-            raise InputError("dynamic LoRAs are active; set_lora([]) before merging LoRAs")
-        weights = [(load_lora(path, self.dit), float(s)) for path, s in loras]
-        merge_loras_(self.dit, weights, allow_unmatched=allow_unmatched)
-        self.merged_loras += tuple((str(path), float(s)) for path, s in loras)
+        with self.lock:
+            merge_loras(self, loras, allow_unmatched=allow_unmatched)
 
     def set_lora(self, loras, allow_unmatched: bool = False) -> None:
         """Switch the dynamic LoRAs to (path, strength) pairs ([] removes them): the base weights
         stay untouched, so this needs no reload."""
-        from lightx2v.loading.lora import load_lora
-        from lightx2v.runtime.lora import apply_dynamic_lora
+        from lightx2v.runtime.engine import set_dynamic_lora
 
-        weights = [(load_lora(path, self.dit), float(s)) for path, s in loras]
-        if self.lora_set is None:
-            self.lora_set = apply_dynamic_lora(self.dit, weights, allow_unmatched=allow_unmatched)
-        else:
-            self.lora_set.set(weights, allow_unmatched=allow_unmatched)
+        with self.lock:
+            set_dynamic_lora(self, loras, allow_unmatched=allow_unmatched)
 
     @property
     def task(self) -> str:
@@ -78,18 +98,23 @@ class WanPipeline:
 
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "WanPipeline":
-        from lightx2v.loading import components as C
+        """Components built on meta and loaded onto the staging device, then the engine applied."""
+        from lightx2v.loading.components import load_component, load_dit
+        from lightx2v.models.wan.tokenizer import WanTokenizer
+        from lightx2v.runtime.engine import apply_engine, quant_on_load
 
-        device = engine.torch_device()
-        return cls(
+        staging, dt = engine.staging_device(), engine.dtype
+        pipe = cls(
             mc, engine,
-            dit=C.load_dit(mc, device, engine.dtype, engine.attention, engine.quant),
-            text_encoder=C.load_text_encoder(mc, device, engine.dtype),
-            tokenizer=C.load_tokenizer(mc),
-            vae=C.load_vae(mc, device, torch.float32),
-            clip=C.load_clip(mc, device, engine.dtype, engine.attention) if mc.task != "t2v" else None,
+            dit=load_dit(mc, staging, dt, quant=quant_on_load(engine)),
+            text_encoder=load_component(mc, "text_encoder", staging, dt),
+            tokenizer=WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len),
+            vae=load_component(mc, "vae", staging, dt),
+            clip=load_component(mc, "clip", staging, dt),
             progress=progress,
         )
+        apply_engine(pipe, engine)
+        return pipe
 
     # -- pieces ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -113,9 +138,9 @@ class WanPipeline:
 
         mc = self.model_config
         if mc.layout == "official":
-            pixels = torch.cat([preprocess_official(to_signed_tensor(im)[None], mc.clip) for im in images])
+            pixels = torch.cat([preprocess_official(to_signed_tensor(im)[None], mc.arch.clip) for im in images])
         else:
-            pixels = preprocess_diffusers(images, mc.image_processor)
+            pixels = preprocess_diffusers(images, mc.arch.image_processor)
         dtype = next(self.clip.parameters()).dtype
         tokens = self.clip(pixels.to(self.device, dtype))    # [n, 257, 1280]
         return tokens.reshape(1, -1, tokens.shape[-1])
@@ -145,7 +170,7 @@ class WanPipeline:
     def prepare_latents(self, p: SamplingParams, size: tuple[int, int]) -> tuple[torch.Tensor, int | None]:
         """Initial noise [1, 16, T', h/8, w/8] float32: given `latents`, or seeded (CPU generator, so the
         same seed gives the same video on any device)."""
-        shape = p.latent_shape(self.model_config.dit.out_dim, size=size)
+        shape = self.geometry.latent_shape(p.num_frames, *size)
         if p.latents is not None:
             if tuple(p.latents.shape) != shape:
                 raise InputError(f"latents must have shape {list(shape)} for {size[1]}x{size[0]}, {p.num_frames} frames; got {list(p.latents.shape)}")
@@ -154,7 +179,7 @@ class WanPipeline:
         g = torch.Generator("cpu").manual_seed(seed)
         return torch.randn(shape, generator=g, dtype=torch.float32).to(self.device), seed
 
-    def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: DiTInputs) -> torch.Tensor:
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: DiTInputs, ctx: StepContext) -> torch.Tensor:
         dtype = self.engine.dtype
         cast = (lambda v: None if v is None else v.to(dtype))
         return self.dit(x.to(dtype), t.float(), c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
@@ -176,15 +201,34 @@ class WanPipeline:
         raise InputError("this is a first-last-frame checkpoint: give both image and last_image")
 
     # -- the whole run -------------------------------------------------------------------------
+    def check_request(self, p: SamplingParams) -> None:
+        """What the family and this checkpoint allow, before any work."""
+        if p.guidance_scale_2 is not None:
+            raise InputError("guidance_scale_2 is a second expert's scale; Wan2.1 models have one expert")
+        self.geometry.check(p.height, p.width, p.num_frames)
+
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> GenerationResult:
-        p = params.with_defaults(self.model_config.defaults)
+        from lightx2v.io.image import load_image
+
+        params.validate()
+        if params.image is not None or params.last_image is not None:  # paths or bytes (a request from JSON) -> PIL
+            params = dataclasses.replace(
+                params, image=load_image(params.image, "image"),
+                last_image=None if params.last_image is None else load_image(params.last_image, "last image"))
+        self.check_request(params)
+        with self.lock:  # one generation at a time: a shared pipeline serializes
+            return self._run(params.with_defaults(self.model_config.defaults))
+
+    def _run(self, p: SamplingParams) -> GenerationResult:
+        from lightx2v.pipelines.base import Counter
+
         self.check_task(p)
         if self.model_config.distill is not None:
             from lightx2v.models.wan.distill import cfg_warning
 
             if (msg := cfg_warning(p.guidance_scale)) is not None:
-                warnings.warn(msg, stacklevel=3)
+                warnings.warn(msg, stacklevel=4)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cfg = p.guidance_scale != 1.0
@@ -203,10 +247,11 @@ class WanPipeline:
         t1 = time.perf_counter()
         latents, seed = self.prepare_latents(p, size)
         sched = self.make_scheduler(p)
-        latents = denoise(self.model_fn, sched, latents, cond, uncond, p.guidance_scale,
-                          callback=p.callback, progress=self.progress)
+        counter = Counter(self.model_fn)
+        guidance = Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode)
+        latents = denoise(counter, sched, latents, cond, uncond, guidance, callback=p.callback, progress=self.progress)
         timings["denoise"] = self._lap(t1)
-        result = GenerationResult(latents=latents, seed=seed, timings=timings)
+        result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=counter.stats())
         if p.output_type == "latent":
             timings["total"] = self._lap(t0)
             return result
@@ -216,12 +261,17 @@ class WanPipeline:
         timings["vae_decode"] = self._lap(t2)
         frames = video_to_frames(video)
         result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
-        if p.output_type == "mp4":
-            from lightx2v.io.video import write_mp4
-
+        if p.output_type in ("mp4", "png"):
             t3 = time.perf_counter()
-            path = p.output_path or default_output_path(self.task, seed)
-            result.path = str(write_mp4(frames, path, fps=p.fps))
+            path = p.output_path or default_output_path(self.task, seed, p.output_type)
+            if p.output_type == "png":
+                from lightx2v.io.image import write_png
+
+                result.path = str(write_png(frames[0], path))
+            else:
+                from lightx2v.io.video import write_mp4
+
+                result.path = str(write_mp4(frames, path, fps=p.fps))
             timings["save"] = self._lap(t3)
         timings["total"] = self._lap(t0)
         return result
@@ -232,6 +282,6 @@ class WanPipeline:
         return time.perf_counter() - since
 
 
-def default_output_path(task: str, seed: int | None) -> str:
+def default_output_path(task: str, seed: int | None, ext: str = "mp4") -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("outputs") / f"wan_{task}_{stamp}_seed{seed}.mp4")
+    return str(Path("outputs") / f"wan_{task}_{stamp}_seed{seed}.{ext}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import MappingProxyType
 
 from lightx2v.errors import InputError
-from lightx2v.quant.base import DIT_BLOCK_LINEARS, QuantLinear, QuantScheme, apply_quant
+from lightx2v.quant.base import QuantLinear, QuantScheme, apply_quant
 from lightx2v.quant.fp8 import Fp8PerChannel, Fp8PerTensor
 from lightx2v.quant.int8 import Int8PerChannel
 
@@ -26,4 +26,4 @@ def get_scheme(name: str) -> QuantScheme:
         raise InputError(f"unknown quantization scheme {name!r}; expected one of {', '.join(QUANT_SCHEMES)}") from None
 
 
-__all__ = ["QUANT_SCHEMES", "get_scheme", "QuantScheme", "QuantLinear", "apply_quant", "DIT_BLOCK_LINEARS"]
+__all__ = ["QUANT_SCHEMES", "get_scheme", "QuantScheme", "QuantLinear", "apply_quant"]

@@ -26,11 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# The linears LightX2V quantizes in a Wan DiT (its converter's target keys for "wan_dit":
-# `blocks.N.{self_attn,cross_attn,ffn}.*`, 2-D weights only): q, k, v, o, k_img, v_img, ffn.0,
-# ffn.2. Embeddings, the time projection and the head stay in float (small, precision-sensitive).
-DIT_BLOCK_LINEARS = r"blocks\.\d+\.(self_attn|cross_attn|ffn)\..+"
-
+from lightx2v.errors import InputError
 
 class QuantScheme:
     """One quantized weight format. Subclasses set `name`, `qdtype`, `per_channel`, `qmax` and
@@ -144,8 +140,8 @@ def apply_quant(
     """Replace the selected `nn.Linear` modules of `model` by `QuantLinear` (in place; returns model).
 
     targets: a regex matched against full module names, or a collection of exact names (those a
-    pre-quantized file holds); default: the model's `_quant_targets` if it declares one, else the
-    DiT blocks' linears (`DIT_BLOCK_LINEARS`, what LightX2V quantizes). skip: substrings of module
+    pre-quantized file holds); default: the linears the model declares quantizable (its
+    `_quant_linears` regex; a model that declares none is an error, never a guess). skip: substrings of module
     names to leave in float. compute_dtype: the activation dtype (needed on a meta-built model,
     whose weights are fp32 placeholders); default: each linear's weight dtype. Modules the model
     keeps in fp32 (`_keep_in_fp32`) compute in fp32 whatever `compute_dtype` says.
@@ -155,7 +151,10 @@ def apply_quant(
 
         scheme = get_scheme(scheme)
     if targets is None:
-        targets = getattr(model, "_quant_targets", DIT_BLOCK_LINEARS)
+        targets = getattr(model, "_quant_linears", None)
+        if targets is None:
+            raise InputError(f"{type(model).__name__} declares no quantizable linears (_quant_linears); "
+                             "pass targets= to choose them")
     if not isinstance(targets, str):
         targets = frozenset(targets)
     skip = tuple(skip)
@@ -164,6 +163,9 @@ def apply_quant(
         (name, m) for name, m in model.named_modules()
         if isinstance(m, nn.Linear) and _selected(name, targets) and not any(s in name for s in skip)
     ]
+    if not chosen:
+        raise InputError(f"quantization {scheme.name} matched no linear layer of {type(model).__name__} "
+                         f"(targets {targets if isinstance(targets, str) else sorted(targets)[:3]})")
     for name, linear in chosen:
         dt = torch.float32 if any(p in name for p in keep) else compute_dtype
         parent_name, _, child = name.rpartition(".")

@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 import lightx2v.loading.convert as conv
 from lightx2v.cli.main import main
 from lightx2v.errors import CheckpointError
-from lightx2v.loading.convert import convert_dit, diffusers_key_table
+from lightx2v.loading.convert import convert_dit
+from lightx2v.models.wan.dit_format import diffusers_key_table
 from lightx2v.loading.dit_files import build_dit, inspect_dit_source, load_dit_weights, read_dit_state_dict
 from lightx2v.loading.lora import load_lora, merge_loras_
 from lightx2v.models.wan.dit import WanDiTConfig, WanModel

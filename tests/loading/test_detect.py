@@ -17,8 +17,8 @@ def test_detect_both_layouts(tiny_official_dir, tiny_diffusers_dir):
     a, b = detect(tiny_official_dir), detect(tiny_diffusers_dir)
     assert (a.layout, b.layout) == ("official", "diffusers")
     assert a.dit == b.dit
-    assert a.text_encoder == b.text_encoder  # official: read off the .pth tensors; diffusers: config.json
-    assert a.vae == b.vae                    # official: read off Wan2.1_VAE.pth; diffusers: vae/config.json
+    assert a.arch.text_encoder == b.arch.text_encoder  # official: read off the .pth tensors; diffusers: config.json
+    assert a.arch.vae == b.arch.vae                    # official: read off Wan2.1_VAE.pth; diffusers: vae/config.json
     assert a.defaults.convention == "official" and b.defaults.convention == "diffusers"
     assert a.defaults.negative_prompt.startswith("色调艳丽")
 

@@ -18,12 +18,11 @@ from safetensors.torch import save_file
 
 from lightx2v.errors import CheckpointError
 from lightx2v.loading.detect import detect
-from lightx2v.loading.dit_files import (
-    build_dit, check_dit_matches, dit_config_from_state_dict, inspect_dit_source, load_dit_weights,
-)
+from lightx2v.loading.dit_files import build_dit, inspect_dit_source, load_dit_weights
+from lightx2v.models.wan.dit_format import check_dit_matches, dit_config_from_state_dict
 from lightx2v.models.wan.dit import WanDiTConfig, WanModel
 from lightx2v.models.wan.tiny import randomize_, tiny_dit_config
-from lightx2v.quant import DIT_BLOCK_LINEARS, QuantLinear, apply_quant, get_scheme
+from lightx2v.quant import QuantLinear, apply_quant, get_scheme
 
 CFG = tiny_dit_config()
 COMFY = "model.diffusion_model."
@@ -156,7 +155,7 @@ def test_block_split_folder(tiny, tmp_path):
 # ---------------------------------------------------------------- pre-quantized files
 
 
-def _quantize_file_sd(sd, scheme_name, select=DIT_BLOCK_LINEARS, scale_dtype=torch.float32):
+def _quantize_file_sd(sd, scheme_name, select=WanModel._quant_linears, scale_dtype=torch.float32):
     """(LightX2V-style quantized state dict, the same weights dequantized in fp32)."""
     scheme = get_scheme(scheme_name)
     qsd, deq = dict(sd), dict(sd)
@@ -275,7 +274,7 @@ def test_truncated_and_corrupt_files(tiny, tmp_path):
 def test_a_file_of_another_family(tmp_path, keys, what):
     path = _save(tmp_path / "model.safetensors", {k: torch.zeros(2, 2) for k in keys})
     expected = f"it looks like {what}" if what else r"its 2 tensors start with: foo.bar, foo.baz"
-    with pytest.raises(CheckpointError, match=rf"model.safetensors is not a Wan DiT checkpoint.*{expected}"):
+    with pytest.raises(CheckpointError, match=rf"model.safetensors is not a Wan2.1 DiT checkpoint.*{expected}"):
         inspect_dit_source(path)
 
 

@@ -131,7 +131,8 @@ def test_official_layout_loads_same_weights(task_dirs, latents):
     assert pipe.model_config.layout == "official" and pipe.model_config.task == task
     assert pipe.model_config.defaults.num_inference_steps == (40 if task == "i2v" else 50)
     d_defaults = LightX2V.from_pretrained(diff, device="cpu", dtype=torch.float32, progress=False).model_config
-    mc = dataclasses.replace(pipe.model_config, layout="diffusers", image_processor=d_defaults.image_processor,
+    arch = dataclasses.replace(pipe.model_config.arch, image_processor=d_defaults.arch.image_processor)
+    mc = dataclasses.replace(pipe.model_config, layout="diffusers", arch=arch,
                              defaults=dataclasses.replace(pipe.model_config.defaults, convention="diffusers",
                                                           scheduler_config=d_defaults.defaults.scheduler_config))
     pipe.pipeline.model_config = mc

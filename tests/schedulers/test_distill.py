@@ -181,7 +181,7 @@ def test_defaults_and_presets() -> None:
     assert (d.solver, d.num_inference_steps, d.shift, d.guidance_scale) == ("distill", 4, 5.0, 1.0)
     assert d.denoising_steps == (1000, 750, 500, 250)
     sd = d.sampling_defaults(negative_prompt="neg")
-    assert (sd.solver, sd.num_inference_steps, sd.shift, sd.guidance_scale, sd.shift_480p) == ("distill", 4, 5.0, 1.0, None)
+    assert (sd.solver, sd.num_inference_steps, sd.shift, sd.guidance_scale, sd.area_shift) == ("distill", 4, 5.0, 1.0, None)
     assert sd.shift_for(480, 832) == 5.0  # not the official I2V 480p shift 3
     assert set(DISTILL_PRESETS) == {"wan2.1-t2v-14b-distill", "wan2.1-i2v-480p-distill", "wan2.1-i2v-720p-distill"}
     for p in DISTILL_PRESETS.values():

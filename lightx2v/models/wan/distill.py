@@ -52,11 +52,11 @@ class DistillDefaults:
         return {"denoising_steps": self.denoising_steps}
 
     def sampling_defaults(self, negative_prompt: str = "", fps: int = 16) -> SamplingDefaults:
-        """As SamplingDefaults. shift_480p stays None: the distilled I2V 480P model uses shift 5."""
+        """As SamplingDefaults. area_shift stays None: the distilled I2V 480P model uses shift 5."""
         return SamplingDefaults(
             num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
             shift=self.shift, solver=self.solver, convention="official", scheduler_config=None,
-            negative_prompt=negative_prompt, fps=fps, shift_480p=None,
+            negative_prompt=negative_prompt, fps=fps, area_shift=None,
         )
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightx2v.errors import CheckpointError, InputError
-from lightx2v.models.wan.dit_blocks import CLIP_DIM, Head, MLPProj, WanBlock, linear, rope_freqs
+from lightx2v.models.wan.dit_blocks import CLIP_DIM, Head, MLPProj, RopeCache, WanBlock, linear
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v")
 CLIP_TOKENS = 257  # CLIP ViT-H/14 tokens per image (256 patches + class token)
@@ -81,8 +81,11 @@ class WanDiTConfig:
                 "eps": self.eps}
 
     @classmethod
-    def from_official(cls, cfg: Mapping[str, Any]) -> "WanDiTConfig":
-        """From an official config.json (keys dim, ffn_dim, in_dim, model_type, num_heads, ...)."""
+    def from_official(cls, cfg: Mapping[str, Any], shapes: Mapping[str, tuple] | None = None) -> "WanDiTConfig":
+        """From an official config.json (keys dim, ffn_dim, in_dim, model_type, num_heads, ...);
+        `shapes` (official key -> shape): fields the config omits are read off them."""
+        if shapes is not None and "text_dim" not in cfg and "text_embedding.0.weight" in shapes:
+            cfg = {**cfg, "text_dim": int(shapes["text_embedding.0.weight"][1])}
         names = {f.name for f in fields(cls)}
         missing = [k for k in ("dim", "ffn_dim", "num_heads", "num_layers") if k not in cfg]
         if missing:
@@ -150,7 +153,17 @@ class WanModel(nn.Module):
         "time_embedding", "time_projection", "modulation", "norm3", "norm_q", "norm_k",
         "img_emb.proj.0", "img_emb.proj.4",
     )
-    _repeated_blocks = "blocks"
+    # What the engine reads (lightx2v.runtime.engine): the ModuleLists of identical blocks (regional
+    # compile, offload, caching wrap these), and the linears a quantizer may touch, as a regex over
+    # module names: the blocks' attention and FFN projections, what LightX2V quantizes; embeddings,
+    # the time projection and the head stay in float (small, precision-sensitive).
+    _repeated_blocks: tuple[str, ...] = ("blocks",)
+    _quant_linears = r"blocks\.\d+\.(self_attn|cross_attn|ffn)\..+"
+
+    @staticmethod
+    def key_from_diffusers(key: str) -> str | None:
+        """This model's name for a diffusers WanTransformer3DModel key (LoRA files, DiT files)."""
+        return dit_key_from_diffusers(key)
 
     def __init__(self, config: WanDiTConfig) -> None:
         super().__init__()
@@ -169,17 +182,13 @@ class WanModel(nn.Module):
         self.head = Head(c.dim, c.out_dim * math.prod(c.patch_size), c.eps)
         if image_input:
             self.img_emb = MLPProj(c.dim, 2 * CLIP_TOKENS if c.model_type == "flf2v" else None)
-        # (f, h, w, device) -> RoPE (cos, sin); derived data, so not a buffer (the model is meta-built)
-        self._rope_cache: dict[tuple, Tensor] = {}
+        # RoPE (cos, sin) per token grid: derived data, so not a buffer (the model is meta-built);
+        # named state with reset(), safe to share between threads
+        self.rope_cache = RopeCache(c.head_dim)
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
-        """RoPE (cos, sin) [L, 1, head_dim/2, 2] fp32 for a token grid, cached (a few shapes per run)."""
-        key = (*grid, str(device))
-        if key not in self._rope_cache:
-            if len(self._rope_cache) >= 8:
-                self._rope_cache.clear()
-            self._rope_cache[key] = rope_freqs(grid, self.config.head_dim, device)
-        return self._rope_cache[key]
+        """RoPE (cos, sin) [L, 1, head_dim/2, 2] fp32 for a token grid (cached)."""
+        return self.rope_cache.get(grid, device)
 
     def _check_inputs(self, x: Tensor, t: Tensor, context: Tensor, clip_fea: Tensor | None, y: Tensor | None) -> None:
         c = self.config
@@ -253,11 +262,17 @@ class WanModel(nn.Module):
         x = x.flatten(2).transpose(1, 2).contiguous().float()
         e, e0 = self.embed_time(t)
         ctx, ctx_img = self.embed_context(context, clip_fea)
-        rope = self.rope(grid, x.device)
-        for block in self.blocks:
-            x = block(x, e0, ctx, ctx_img, rope)
+        x = self.run_blocks(x, e0=e0, context=ctx, context_img=ctx_img, rope=self.rope(grid, x.device))
         x = self.head(x, e)  # [B, L, prod(patch) * out_dim]
         return self.unpatchify(x, grid).float()
+
+    def run_blocks(self, x: Tensor, **kw: Any) -> Tensor:
+        """The block stack: x [B, L, C] fp32 -> [B, L, C] fp32. The one boundary a cache or a parallel
+        transform wraps (lightx2v.runtime): forward = embed -> run_blocks -> head. `kw`: e0 [B, 6, C],
+        context [B, text_len, C], context_img [B, n_img, C] | None, rope [L, 1, D/2, 2]."""
+        for block in self.blocks:
+            x = block(x, kw["e0"], kw["context"], kw["context_img"], kw["rope"])
+        return x
 
 
 # ---------------------------------------------------------------- diffusers -> official keys

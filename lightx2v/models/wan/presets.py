@@ -40,7 +40,7 @@ def official_defaults(task: str, dit) -> SamplingDefaults:
     return SamplingDefaults(
         num_inference_steps=steps, guidance_scale=5.0, shift=shift, solver="unipc",
         convention="official", scheduler_config=None, negative_prompt=DEFAULT_NEGATIVE_PROMPT, fps=16,
-        shift_480p=3.0 if task == "i2v" else None,
+        area_shift=(832 * 480, 3.0) if task == "i2v" else None,
     )
 
 

@@ -1,0 +1,173 @@
+"""The family registry: every model family declares itself once, in a `FamilySpec`.
+
+Design: the generic layers (api, detection, component loading, DiT files, convert, LoRA, `info`,
+the CLI's choices) read specs and name no family. A family is a folder `models/<family>/` whose
+`spec.py` builds one `FamilySpec`; adding a family is that folder, one line in `_BUILTIN` below,
+and tests (docs/adding-a-model.md).
+
+A spec says:
+- how its checkpoints are recognised (`recognise(root)`: the layout's name, or the reason it is
+  not this family — detection reports every family's reason when none matches);
+- how a recognised folder becomes a `ModelConfig` (`model_config`): component files, architecture
+  configs (every field a config file states is honoured or refused by name; omitted fields come
+  from tensor shapes), sampling defaults;
+- what may refine it (`refine`: a DiT file given by the user, a preset such as a step-distilled one);
+- its components (`components`: build on meta, read the state dict, load dtype) and its DiT's file
+  format (`dit_format`: key formats, config from shapes, the model class) for DiT files and convert;
+- its request rules (`geometry(mc)`: size multiple, frame rule, latent channels and strides);
+- its pipeline class (`pipeline.load(mc, engine)`), presets, and what `info` prints (`describe`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from lightx2v.errors import CheckpointError, InputError
+
+# The families shipped with lightx2v: modules whose import registers a FamilySpec.
+_BUILTIN = ("lightx2v.models.wan.spec",)
+
+_FAMILIES: dict[str, "FamilySpec"] = {}
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What sizes a family can generate, and the latent grid they give.
+
+    height and width: positive multiples of `size_multiple`; frames: `frame_step * k + 1`
+    (`frame_step` 1: any positive count; images: `max_frames` 1); latents
+    [1, latent_channels, (F - 1) / stride_t + 1, H / stride_h, W / stride_w].
+    """
+
+    size_multiple: int
+    frame_step: int
+    latent_channels: int
+    stride: tuple[int, int, int]   # (t, h, w) pixels per latent cell
+    max_frames: Optional[int] = None
+
+    @property
+    def frame_rule(self) -> str:
+        if self.max_frames == 1:
+            return "1"
+        return "any" if self.frame_step == 1 else f"{self.frame_step}k+1"
+
+    def check(self, height: int, width: int, num_frames: int) -> None:
+        """One-line InputError when the size or frame count does not fit this family."""
+        m = self.size_multiple
+        for name, v in (("height", height), ("width", width)):
+            if v % m:
+                raise InputError(f"{name} must be a positive multiple of {m} (e.g. 480, 832), got {v!r}")
+        if self.max_frames is not None and num_frames > self.max_frames:
+            raise InputError(f"num_frames must be at most {self.max_frames} for this model, got {num_frames}")
+        if (num_frames - 1) % self.frame_step:
+            n = self.frame_step
+            raise InputError(f"num_frames must be {n}k+1 (1, {n + 1}, ..., {20 * n + 1}), got {num_frames!r}")
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
+        """diffusers' layout [1, C, T', H', W']."""
+        st, sh, sw = self.stride
+        return (1, self.latent_channels, (num_frames - 1) // st + 1, height // sh, width // sw)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """One weight-holding component of a family (the DiT is loaded through `dit_format` instead).
+
+    build(mc) -> module on the meta device; read(mc) -> state dict in the module's own names (mmap);
+    dtype(engine_dtype) -> the dtype it is loaded in (the VAE stays fp32, CLIP runs fp16 ...);
+    needed(mc): whether this checkpoint has it; attention: whether it takes the attention backend.
+    """
+
+    name: str
+    what: str                                   # for messages: "text encoder", "VAE" ...
+    build: Callable[[Any], torch.nn.Module]
+    read: Callable[[Any], Mapping[str, torch.Tensor]]
+    dtype: Callable[[torch.dtype], torch.dtype] = lambda dt: dt
+    needed: Callable[[Any], bool] = lambda mc: True
+    attention: bool = False
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything the generic layers need to know about one model family (see the module docstring)."""
+
+    name: str                                   # "wan2.1"
+    title: str                                  # "Wan2.1"
+    tasks: tuple[str, ...]
+    layouts: tuple[str, ...]
+    recognise: Callable[[Path], "str | Reason"]
+    model_config: Callable[[Path, str], Any]    # (root, layout) -> ModelConfig
+    refine: Callable[..., Any]                  # (mc, dit_path=, preset=, hints=) -> ModelConfig
+    geometry: Callable[[Any], Geometry]         # mc -> Geometry
+    pipeline: Callable[[], type]                # lazily: the pipeline class (imports torch models)
+    components: tuple[ComponentSpec, ...]
+    dit_format: Any                             # a DitFormat (see lightx2v.loading.dit_files)
+    describe: Callable[[Any], dict]             # mc -> what `info` prints beyond the generic fields
+    presets: tuple[str, ...] = ()
+    default_prompt_example: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def component(self, name: str) -> ComponentSpec:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a folder is not a checkpoint of one family (shown when no family matches)."""
+
+    text: str
+
+
+def register_family(spec: FamilySpec) -> FamilySpec:
+    if spec.name in _FAMILIES and _FAMILIES[spec.name] is not spec:
+        raise ValueError(f"family {spec.name!r} is registered twice")
+    _FAMILIES[spec.name] = spec
+    return spec
+
+
+def _load_builtin() -> None:
+    for module in _BUILTIN:
+        importlib.import_module(module)
+
+
+def families() -> tuple[FamilySpec, ...]:
+    """All registered families, in registration order."""
+    _load_builtin()
+    return tuple(_FAMILIES.values())
+
+
+def get_family(name: str) -> FamilySpec:
+    _load_builtin()
+    if name not in _FAMILIES:
+        raise CheckpointError(f"unknown model family {name!r}; known: {', '.join(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def all_tasks() -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for f in families():
+        seen.update(dict.fromkeys(f.tasks))
+    return tuple(seen)
+
+
+def all_presets() -> tuple[str, ...]:
+    return tuple(p for f in families() for p in f.presets)
+
+
+def recognise(root: Path) -> tuple[FamilySpec, str]:
+    """(family, layout) of a model folder; a CheckpointError listing every family's reason otherwise."""
+    reasons = []
+    for spec in families():
+        got = spec.recognise(root)
+        if isinstance(got, str):
+            return spec, got
+        reasons.append(f"{spec.title}: {got.text}")
+    raise CheckpointError(f"{root} is not a model folder we know ({'; '.join(reasons)})")

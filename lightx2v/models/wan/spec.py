@@ -1,0 +1,169 @@
+"""Wan2.1 declares itself: layouts, components, DiT format, geometry, defaults, presets, pipeline.
+
+This is the one place the generic layers learn about Wan2.1 (lightx2v.models.registry).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lightx2v.config import ModelConfig
+from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, register_family
+from lightx2v.models.wan import layouts
+from lightx2v.models.wan.dit_format import WAN_DIT_FORMAT
+
+
+def _files(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _read(files, key_map=None):
+    from lightx2v.loading.state_dict import read_sharded, read_tensors, rename
+
+    files = _files(files)
+    sd = read_tensors(files[0]) if len(files) == 1 else read_sharded(files)
+    return rename(sd, key_map) if key_map is not None else sd
+
+
+# ---------------------------------------------------------------- components
+
+
+def _build_t5(mc: ModelConfig):
+    from lightx2v.models.wan.t5 import UMT5Encoder
+
+    return UMT5Encoder(mc.arch.text_encoder)
+
+
+def _read_t5(mc: ModelConfig):
+    from lightx2v.models.wan.t5 import t5_key_from_transformers
+
+    return _read(mc.files["text_encoder"], t5_key_from_transformers if mc.layout == "diffusers" else None)
+
+
+def _build_vae(mc: ModelConfig):
+    from lightx2v.models.wan.vae import WanVAE
+
+    return WanVAE(mc.arch.vae)
+
+
+def _read_vae(mc: ModelConfig):
+    from lightx2v.models.wan.vae import vae_key_from_diffusers
+
+    return _read(mc.files["vae"], vae_key_from_diffusers if mc.layout == "diffusers" else None)
+
+
+def _build_clip(mc: ModelConfig):
+    from lightx2v.models.wan.clip import WanCLIPVision
+
+    return WanCLIPVision(mc.arch.clip)
+
+
+def _read_clip(mc: ModelConfig):
+    from lightx2v.models.wan.clip import clip_key_from_official, clip_state_dict_from_transformers
+
+    if mc.layout == "official":
+        return _read(mc.files["clip"], clip_key_from_official)
+    return clip_state_dict_from_transformers(_read(mc.files["clip"]))
+
+
+COMPONENTS = (
+    ComponentSpec("text_encoder", "text encoder", _build_t5, _read_t5),
+    # the reference decodes in fp32 whatever the DiT runs in
+    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32),
+    # the official code runs CLIP in fp16 (clip_dtype); fp32 stays fp32
+    ComponentSpec("clip", "image encoder", _build_clip, _read_clip,
+                  dtype=lambda dt: torch.float32 if dt == torch.float32 else torch.float16,
+                  needed=lambda mc: mc.task != "t2v", attention=True),
+)
+
+
+# ---------------------------------------------------------------- refining: a user's DiT file, presets
+
+
+def with_dit_file(mc: ModelConfig, dit_path) -> ModelConfig:
+    """The folder's DiT replaced by a file the user gives (a distilled single file, a quantized
+    file, ComfyUI or diffusers keys, shards, a block folder); it must fit the folder's model."""
+    from lightx2v.errors import CheckpointError
+    from lightx2v.loading.dit_files import inspect_dit_source
+
+    src = inspect_dit_source(dit_path)
+    if src.family != mc.family:
+        raise CheckpointError(f"{dit_path} is a {src.looks_like}; the folder is a {mc.family} model")
+    WAN_DIT_FORMAT.check_matches(src.config, mc.dit, str(dit_path))
+    return dataclasses.replace(mc, files={**mc.files, "dit": tuple(str(p) for p in src.files)}, dit_source=src)
+
+
+def _with_distill(mc: ModelConfig, preset: Optional[str], hints: tuple[str, ...]) -> ModelConfig:
+    """Step-distilled sampling defaults when the user names a preset or the checkpoint says so
+    (a LightX2V config, its distill_models/ folder); file or folder names are only a hint, and
+    what was assumed is said in a warning."""
+    from lightx2v.models.wan.distill import DISTILL_WEIGHT_FILES, distill_preset_for
+
+    config = layouts.read_json(mc.root / "config.json") if mc.layout == "official" else None
+    match = distill_preset_for(mc.task, preset=preset, config=config, root=mc.root, dit=mc.dit)
+    for name in hints:
+        if match is not None:
+            break
+        match = distill_preset_for(mc.task, name=name, dit=mc.dit)
+    if match is None:
+        return mc
+    if match.notice:
+        warnings.warn(match.notice, stacklevel=4)
+    d = match.defaults
+    defaults = dataclasses.replace(d.sampling_defaults(mc.defaults.negative_prompt, mc.defaults.fps),
+                                   solver_options=d.solver_options())
+    mc = dataclasses.replace(mc, defaults=defaults, distill=match)
+    weights = [mc.root / rel for rel in DISTILL_WEIGHT_FILES if (mc.root / rel).is_file()]
+    if weights and mc.dit_source is None:  # LightX2V's layout: the distilled DiT beside the base files
+        mc = with_dit_file(mc, weights[0])
+    return mc
+
+
+def refine(mc: ModelConfig, *, dit_path=None, preset: Optional[str] = None, hints: tuple[str, ...] = ()) -> ModelConfig:
+    """A user's DiT file, then a step-distilled preset (named, or recognised from the checkpoint)."""
+    if dit_path is not None:
+        mc = with_dit_file(mc, dit_path)
+    names = tuple(Path(h).name for h in ((dit_path,) if dit_path else ()) + tuple(hints)) + (mc.root.name,)
+    return _with_distill(mc, preset, names)
+
+
+# ---------------------------------------------------------------- the rest
+
+
+def geometry(mc: ModelConfig) -> Geometry:
+    """Sides multiples of 16 (VAE stride 8 x patch 2), 4k+1 frames, latents of the VAE's z_dim."""
+    vae = mc.arch.vae
+    st, s = vae.scale_factor_temporal, vae.scale_factor_spatial
+    return Geometry(size_multiple=s * mc.dit.patch_size[1], frame_step=st, latent_channels=vae.z_dim,
+                    stride=(st, s, s))
+
+
+def describe(mc: ModelConfig) -> dict:
+    from lightx2v.models.wan.presets import size_name
+
+    return {"size": size_name(mc.dit), "tokenizer": mc.files["tokenizer"], "clip": mc.files.get("clip")}
+
+
+def _pipeline():
+    from lightx2v.pipelines.wan import WanPipeline
+
+    return WanPipeline
+
+
+def _presets() -> tuple[str, ...]:
+    from lightx2v.models.wan.distill import DISTILL_PRESETS
+
+    return tuple(DISTILL_PRESETS)
+
+
+WAN21 = register_family(FamilySpec(
+    name="wan2.1", title="Wan2.1", tasks=layouts.SUPPORTED_TASKS, layouts=("official", "diffusers"),
+    recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
+    pipeline=_pipeline, components=COMPONENTS, dit_format=WAN_DIT_FORMAT, describe=describe,
+    presets=_presets(),
+))
