@@ -116,7 +116,8 @@ def test_official_file_round_trip(models, tmp_path):
 def test_config_from_diffusers(models):
     ref, _, _ = models
     cfg = WanVAEConfig.from_diffusers(ref.config)
-    assert cfg == WanVAEConfig(dim=8, dim_mult=(1, 2, 2, 2))
+    # TINY is lightx2v's own tiny VAE (demo, pipeline tests): the parity tests above cover it
+    assert cfg == tiny_vae_config() == WanVAEConfig(dim=8, dim_mult=(1, 2, 2, 2))
     assert (cfg.scale_factor_temporal, cfg.scale_factor_spatial) == (4, 8)
     with torch.device("meta"):
         default = AutoencoderKLWan()
@@ -177,15 +178,3 @@ def test_encode_is_causal_and_cache_is_reset(models):
     ours.decode(full[:, :, :1], cache=cache)
     cache.frames = [torch.ones(1)] * 3
     assert torch.equal(ours.encode(video, cache=cache), full)
-
-
-def test_tiny_config_runs():
-    cfg = tiny_vae_config()
-    with torch.device("meta"):
-        vae = WanVAE(cfg)
-    gen = torch.Generator().manual_seed(5)
-    sd = {k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in vae.state_dict().items()}
-    load_into(vae, sd)
-    z = vae.encode(torch.zeros(1, 3, 17, 64, 64))
-    assert z.shape == (1, cfg.z_dim, 5, 8, 8)
-    assert vae.decode(z).shape == (1, 3, 17, 64, 64)

@@ -3,6 +3,8 @@ resolution picks the right backend and refuses, with a reason, those that cannot
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -164,8 +166,13 @@ def test_set_attention_backend_sets_every_module() -> None:
 def test_backend_is_frozen() -> None:
     b = get_backend("torch_sdpa")
     assert isinstance(b, AttentionBackend)
-    with pytest.raises(Exception):
+    kernel = b.kernel
+    with pytest.raises(dataclasses.FrozenInstanceError):
         b.name = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.kernel = get_backend("reference").kernel  # type: ignore[misc]
+    # the shared registry entry is unchanged: a failed assignment must not half-apply
+    assert get_backend("torch_sdpa") is b and b.name == "torch_sdpa" and b.kernel is kernel
 
 
 @pytest.mark.gpu

@@ -74,14 +74,30 @@ def test_quant_linear_computes_with_the_dequantized_weight(name):
     assert (q(x) - lin(x)).abs().max() <= 0.1 * lin(x).abs().max()
 
 
-def test_quant_linear_bf16_compute():
+@pytest.mark.parametrize("name", sorted(QUANT_SCHEMES))
+def test_quant_linear_bf16_compute(name):
+    g = torch.Generator().manual_seed(4)
     lin = nn.Linear(40, 48)
-    q = QuantLinear.from_linear(lin, get_scheme("w8a8-int8"), compute_dtype=torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(_weight())
+        lin.bias.copy_(torch.randn(48, generator=g))
+    q = QuantLinear.from_linear(lin, get_scheme(name), compute_dtype=torch.bfloat16)
     assert q.bias.dtype == torch.bfloat16 and q.weight_scale.dtype == torch.float32
-    x = torch.randn(3, 40)
+    x = torch.randn(3, 40, generator=g)
     out = q(x)  # fp32 input is cast to the compute dtype
-    assert out.dtype == torch.bfloat16
-    assert torch.equal(out, F.linear(x.bfloat16(), q.dequantize_weight(torch.bfloat16), q.bias))
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 48)
+    # independent fp32 reference from the stored bytes: y = x @ (w_q * scale)^T + b
+    w = q.weight.float() * q.weight_scale.float().reshape(-1, 1)  # per-row scale ([out, 1]) or scalar ([])
+    want = x @ w.T + lin.bias.detach()
+    # bf16 rounds x, the dequantized weight, the bias and the result, each by <= 2^-8 relative
+    # (fp32 accumulation): |err| <= 4 * 2^-8 * (|x| @ |w|^T + |b|) elementwise
+    bound = 4 * 2**-8 * (x.abs() @ w.abs().T + lin.bias.detach().abs())
+    err = (out.float() - want).abs()
+    assert torch.all(err <= bound), (err / bound).max()
+    # and on the whole: nearest rounding errors are ~u/sqrt(3) RMS each and do not add up
+    # coherently, so the relative L2 error stays under 2u; a scale 1% off (or one row's scale
+    # wrong, or no scale) would exceed it
+    assert err.norm() <= 2**-7 * want.norm()
 
 
 @pytest.mark.parametrize("name", sorted(QUANT_SCHEMES))
