@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.safetensors_io import ST_DTYPES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
 from lightx2v.loading.state_dict import StateDict, index_shards, load_into, read_sharded, read_tensors
-from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers
+from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers, image_fields_from_shapes
 from lightx2v.quant import QuantLinear, apply_quant, get_scheme
 
 KINDS = ("single-file", "sharded", "blocks", "folder")
@@ -327,11 +327,12 @@ def dit_config_from_state_dict(
         text_dim=need("text_embedding.0.weight")[1], out_dim=out_dim,
         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes, cross_attn_norm="blocks.0.norm3.weight" in shapes,
         eps=base.eps if base else 1e-6,
+        **image_fields_from_shapes(shapes, base),  # image_dim, clip_tokens, image_kv_proj, rope_max_seq_len
     )
 
 
 _SHAPE_FIELDS = ("model_type", "in_dim", "dim", "ffn_dim", "num_layers", "patch_size", "freq_dim", "text_dim",
-                 "out_dim", "qk_norm", "cross_attn_norm")
+                 "out_dim", "qk_norm", "cross_attn_norm", "image_dim", "image_kv_proj")
 
 
 def check_dit_matches(found: WanDiTConfig, expected: WanDiTConfig, what: str) -> None:
