@@ -60,7 +60,7 @@ from lightx2v.loading.dit_files import (
 from lightx2v.loading.safetensors_io import write_safetensors
 from lightx2v.loading.lora import LoraWeights, load_lora, report_unmatched
 from lightx2v.loading.state_dict import read_tensors
-from lightx2v.models.wan.dit import CLIP_TOKENS, WanDiTConfig, WanModel, dit_key_from_diffusers
+from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers
 from lightx2v.quant import QuantLinear, QuantScheme, apply_quant, get_scheme
 
 LAYOUTS = ("official", "diffusers", "blocks")
@@ -123,15 +123,20 @@ def official_to_diffusers_key(key: str, table: Mapping[str, str]) -> str:
 
 
 def diffusers_config_json(cfg: WanDiTConfig) -> dict:
-    """config.json of diffusers' WanTransformer3DModel (text_len, not a diffusers field, only if not 512)."""
+    """config.json of diffusers' WanTransformer3DModel (text_len, not a diffusers field, only if not 512).
+
+    The tokens per image of an i2v model (clip_tokens) are not written: diffusers has no such field
+    (the image encoder's config tells it); flf2v's are, as pos_embed_seq_len."""
     image = cfg.image_tokens > 0
     out = {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.1", "patch_size": list(cfg.patch_size),
            "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_dim,
            "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim,
            "num_layers": cfg.num_layers, "cross_attn_norm": cfg.cross_attn_norm,
            "qk_norm": "rms_norm_across_heads" if cfg.qk_norm else None, "eps": cfg.eps,
-           "image_dim": 1280 if image else None, "added_kv_proj_dim": cfg.dim if image else None,
-           "rope_max_seq_len": 1024, "pos_embed_seq_len": 2 * CLIP_TOKENS if cfg.model_type == "flf2v" else None}
+           "image_dim": cfg.image_dim if image else None,
+           "added_kv_proj_dim": cfg.dim if image and cfg.image_kv_proj else None,
+           "rope_max_seq_len": cfg.rope_max_seq_len,
+           "pos_embed_seq_len": 2 * cfg.clip_tokens if cfg.model_type == "flf2v" else None}
     if cfg.text_len != 512:
         out["text_len"] = cfg.text_len
     return out
