@@ -60,5 +60,11 @@ def vae_config_from_state_dict(sd: Mapping[str, torch.Tensor], what: str = "VAE"
             temporal.append(f"encoder.downsamples.{j}.time_conv.weight" in sd)
     if not stages or len({b for _, b in stages}) != 1 or any(w % dim for w, _ in stages):
         raise CheckpointError(f"{what}: cannot read the encoder's stages from the tensors; is it a Wan2.1 VAE?")
-    return WanVAEConfig(dim=dim, z_dim=z_dim, dim_mult=tuple(w // dim for w, _ in stages),
-                        num_res_blocks=stages[0][1], temperal_downsample=tuple(temporal))
+    dim_mult = tuple(w // dim for w, _ in stages)
+    # the decoder's last stage is decoder_dim * dim_mult[0] wide (its own base width, as diffusers' decoder_base_dim)
+    decoder_width = _need(sd, "decoder.head.0.gamma", what).shape[0]
+    if decoder_width % dim_mult[0]:
+        raise CheckpointError(f"{what}: the decoder's output width {decoder_width} is not a multiple of "
+                              f"dim_mult[0] = {dim_mult[0]}; is it a Wan2.1 VAE?")
+    return WanVAEConfig(dim=dim, z_dim=z_dim, dim_mult=dim_mult, num_res_blocks=stages[0][1],
+                        temperal_downsample=tuple(temporal), decoder_dim=decoder_width // dim_mult[0])

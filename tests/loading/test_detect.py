@@ -66,8 +66,15 @@ def test_repo_id_resolves_through_hf_cache(tiny_official_dir, tmp_path):
 def test_i2v_checkpoint_without_clip_file_names_it(tiny_official_dir, tmp_path):
     dst = tmp_path / "i2v"
     shutil.copytree(tiny_official_dir, dst)
+    from safetensors.torch import save_file
+
+    from lightx2v.models.wan.dit import WanDiTConfig, WanModel
+
     cfg = json.loads((dst / "config.json").read_text())
-    (dst / "config.json").write_text(json.dumps({**cfg, "model_type": "i2v", "in_dim": 36}))
+    i2v = WanDiTConfig.from_official({**cfg, "model_type": "i2v", "in_dim": 36})
+    save_file({k: v.contiguous() for k, v in WanModel(i2v).state_dict().items()},
+              str(dst / "diffusion_pytorch_model.safetensors"))  # real i2v weights (img_emb, k_img ...)
+    (dst / "config.json").write_text(json.dumps(i2v.to_official()))
     with pytest.raises(CheckpointError, match="CLIP image encoder not found: expected .*models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth in the official layout"):
         detect(dst)
 

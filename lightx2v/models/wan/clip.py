@@ -264,6 +264,8 @@ _TRANSFORMERS_RENAMES: tuple[tuple[re.Pattern[str], str | None], ...] = tuple(
         (r"embeddings\.position_ids", None),  # derived buffer saved by older transformers
         (r"pre_layrnorm\.(weight|bias)", r"pre_norm.\1"),
         (r"post_layernorm\.(weight|bias)", r"post_norm.\1"),
+        # CLIPVisionModelWithProjection's projection to the joint space: unused (as the official visual.head)
+        (r"visual_projection\.(weight|bias)", None),
         (r"encoder\.layers\.(\d+)\.layer_norm1\.(weight|bias)", r"transformer.\1.norm1.\2"),
         (r"encoder\.layers\.(\d+)\.layer_norm2\.(weight|bias)", r"transformer.\1.norm2.\2"),
         (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"transformer.\1.attn.proj.\2"),

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from lightx2v.ops.attention import get_backend
 
-CLIP_DIM = 1280  # width of the CLIP ViT-H/14 features the I2V models take (official MLPProj)
+CLIP_DIM = 1280  # width of the CLIP ViT-H/14 features of the Wan2.1 I2V releases (default image_dim)
 
 
 def compute_dtype(layer: nn.Module) -> torch.dtype:
@@ -250,22 +250,24 @@ class Head(nn.Module):
 class MLPProj(nn.Module):
     """CLIP image features -> image context tokens (official `img_emb`).
 
-    proj = LayerNorm(1280), Linear, GELU (exact), Linear(1280 -> dim), LayerNorm(dim), both norms
-    affine with torch's default eps 1e-5. FLF2V adds a learnt position embedding `emb_pos`
-    [1, 514, 1280] over the first and last frames' 257 tokens each.
+    proj = LayerNorm(image_dim), Linear(image_dim -> image_dim), GELU (exact), Linear(image_dim -> dim),
+    LayerNorm(dim), both norms affine with torch's default eps 1e-5. `image_dim` is the width of the
+    CLIP features (1280 for the ViT-H/14 of the Wan2.1 releases). FLF2V adds a learnt position
+    embedding `emb_pos` [1, num_tokens, image_dim] over the first and last frames' tokens
+    ([1, 514, 1280] in the releases: 257 tokens each).
     """
 
-    def __init__(self, dim: int, num_tokens: int | None) -> None:
+    def __init__(self, dim: int, num_tokens: int | None, image_dim: int = CLIP_DIM) -> None:
         super().__init__()
         self.proj = nn.Sequential(
-            LayerNormFP32(CLIP_DIM), nn.Linear(CLIP_DIM, CLIP_DIM), nn.GELU(), nn.Linear(CLIP_DIM, dim),
+            LayerNormFP32(image_dim), nn.Linear(image_dim, image_dim), nn.GELU(), nn.Linear(image_dim, dim),
             LayerNormFP32(dim),
         )
         if num_tokens is not None:
-            self.emb_pos = nn.Parameter(torch.zeros(1, num_tokens, CLIP_DIM))
+            self.emb_pos = nn.Parameter(torch.zeros(1, num_tokens, image_dim))
 
     def forward(self, clip_fea: Tensor) -> Tensor:
-        # clip_fea: [B, n_img, 1280] -> [B, n_img, dim] fp32
+        # clip_fea: [B, n_img, image_dim] -> [B, n_img, dim] fp32
         if hasattr(self, "emb_pos"):
             clip_fea = clip_fea.float() + self.emb_pos.float()
         h = linear(self.proj[1], self.proj[0](clip_fea))

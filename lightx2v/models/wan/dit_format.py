@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Union
 from torch import Tensor, nn
 
 from lightx2v.errors import CheckpointError
-from lightx2v.models.wan.dit import CLIP_TOKENS, WanDiTConfig, WanModel, dit_key_from_diffusers
+from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers, image_fields_from_shapes
 
 _OFFICIAL_BLOCK = re.compile(r"blocks\.\d+\.(self_attn|cross_attn|ffn\.\d+)\.")
 _DIFFUSERS_BLOCK = re.compile(r"blocks\.\d+\.(attn1|attn2|ffn\.net)\.")
@@ -75,11 +75,12 @@ def dit_config_from_state_dict(
         text_dim=need("text_embedding.0.weight")[1], out_dim=out_dim,
         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes, cross_attn_norm="blocks.0.norm3.weight" in shapes,
         eps=base.eps if base else 1e-6,
+        **image_fields_from_shapes(shapes, base),  # image_dim, clip_tokens, image_kv_proj, rope_max_seq_len
     )
 
 
 _SHAPE_FIELDS = ("model_type", "in_dim", "dim", "ffn_dim", "num_layers", "patch_size", "freq_dim", "text_dim",
-                 "out_dim", "qk_norm", "cross_attn_norm")
+                 "out_dim", "qk_norm", "cross_attn_norm", "image_dim", "image_kv_proj")
 
 
 def check_dit_matches(found: WanDiTConfig, expected: WanDiTConfig, what: str) -> None:
@@ -128,15 +129,20 @@ def diffusers_key_table(cfg: WanDiTConfig) -> dict[str, str]:
 
 
 def diffusers_config_json(cfg: WanDiTConfig) -> dict:
-    """config.json of diffusers' WanTransformer3DModel (text_len, not a diffusers field, only if not 512)."""
+    """config.json of diffusers' WanTransformer3DModel (text_len, not a diffusers field, only if not 512).
+
+    The tokens per image of an i2v model (clip_tokens) are not written: diffusers has no such field
+    (the image encoder's config tells it); flf2v's are, as pos_embed_seq_len."""
     image = cfg.image_tokens > 0
     out = {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.1", "patch_size": list(cfg.patch_size),
            "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_dim,
            "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim,
            "num_layers": cfg.num_layers, "cross_attn_norm": cfg.cross_attn_norm,
            "qk_norm": "rms_norm_across_heads" if cfg.qk_norm else None, "eps": cfg.eps,
-           "image_dim": 1280 if image else None, "added_kv_proj_dim": cfg.dim if image else None,
-           "rope_max_seq_len": 1024, "pos_embed_seq_len": 2 * CLIP_TOKENS if cfg.model_type == "flf2v" else None}
+           "image_dim": cfg.image_dim if image else None,
+           "added_kv_proj_dim": cfg.dim if image and cfg.image_kv_proj else None,
+           "rope_max_seq_len": cfg.rope_max_seq_len,
+           "pos_embed_seq_len": 2 * cfg.clip_tokens if cfg.model_type == "flf2v" else None}
     if cfg.text_len != 512:
         out["text_len"] = cfg.text_len
     return out
@@ -183,7 +189,11 @@ class WanDitFormat:
     @staticmethod
     def with_given(found: WanDiTConfig, given: WanDiTConfig) -> WanDiTConfig:
         """The config read off shapes, completed by a config file's fields shapes cannot tell."""
-        return dataclasses.replace(found, num_heads=given.num_heads, text_len=given.text_len, eps=given.eps)
+        kept = dict(num_heads=given.num_heads, text_len=given.text_len, eps=given.eps,
+                    rope_max_seq_len=given.rope_max_seq_len)
+        if found.model_type == "i2v":  # tokens per image: told by the image encoder, not the DiT's tensors
+            kept["clip_tokens"] = given.clip_tokens
+        return dataclasses.replace(found, **kept)
 
     @staticmethod
     def guessed_fields(cfg: WanDiTConfig) -> str:

@@ -158,6 +158,8 @@ def read_official(root: Path) -> ModelConfig:
         "vae": str(_require(root / OFFICIAL_VAE, "VAE", "official")),
     }
     # fields the official config.json omits (text_dim, in_dim ...) come from the DiT's tensor shapes
+    if "model_type" in cfg:
+        _check_task(cfg["model_type"], root)
     shapes = inspect_dit_source(root).shapes
     dit = WanDiTConfig.from_official(cfg, shapes=shapes)
     task = _check_task(dit.model_type, root)
@@ -170,6 +172,7 @@ def read_official(root: Path) -> ModelConfig:
 
         files["clip"] = str(_require(root / OFFICIAL_CLIP, "CLIP image encoder", "official"))
         clip = CLIPVisionConfig.from_state_dict(rename(read_tensors(files["clip"]), clip_key_from_official))
+        dit = dit.with_image_encoder(clip)  # its width must be image_dim; its tokens per image
     return ModelConfig(family="wan2.1", task=task, layout="official", root=root, files=files,
                        arch=WanArch(dit=dit, vae=vae, text_encoder=t5, clip=clip),
                        defaults=official_defaults(task, dit))
@@ -209,6 +212,7 @@ def read_diffusers(root: Path) -> ModelConfig:
         clip = CLIPVisionConfig.from_transformers(config("image_encoder", "config.json", "image encoder config"))
         files["clip"] = tuple(str(p) for p in find_weights(sub["image_encoder"], "model", "image encoder", "diffusers"))
         processor = config("image_processor", "preprocessor_config.json", "image processor config")
+        dit = dit.with_image_encoder(clip)
     return ModelConfig(family="wan2.1", task=task, layout="diffusers", root=root, files=files,
                        arch=WanArch(dit=dit, vae=vae, text_encoder=t5, clip=clip, image_processor=processor),
                        defaults=diffusers_defaults(task, dit, sched))

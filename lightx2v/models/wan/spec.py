@@ -52,9 +52,8 @@ def _build_vae(mc: ModelConfig):
 
 
 def _read_vae(mc: ModelConfig):
-    from lightx2v.models.wan.vae import vae_key_from_diffusers
-
-    return _read(mc.files["vae"], vae_key_from_diffusers if mc.layout == "diffusers" else None)
+    # the decoder's key numbering depends on num_res_blocks: the config's own rename
+    return _read(mc.files["vae"], mc.arch.vae.key_from_diffusers if mc.layout == "diffusers" else None)
 
 
 def _build_clip(mc: ModelConfig):

@@ -37,9 +37,22 @@ WAN21_LATENTS_STD = (
 )  # fmt: skip
 
 
+# Every argument of diffusers' AutoencoderKLWan (0.33 - 0.42), and `clip_output` (Wan2.2 configs
+# written by diffusers 0.35 dev versions: whether decode clamps to [-1, 1]).
+DIFFUSERS_VAE_FIELDS = (
+    "base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks", "attn_scales", "temperal_downsample",
+    "dropout", "latents_mean", "latents_std", "is_residual", "in_channels", "out_channels", "patch_size",
+    "scale_factor_temporal", "scale_factor_spatial", "clip_output",
+)
+
+
 @dataclass(frozen=True)
 class WanVAEConfig:
-    """Architecture of the Wan2.1 VAE (defaults: the released Wan2.1_VAE.pth)."""
+    """Architecture of the Wan2.1 VAE (defaults: the released Wan2.1_VAE.pth).
+
+    `decoder_dim`: the decoder's base width where it differs from the encoder's `dim` (diffusers'
+    `decoder_base_dim`); None: the same.
+    """
 
     dim: int = 96
     z_dim: int = 16
@@ -49,6 +62,7 @@ class WanVAEConfig:
     temperal_downsample: tuple[bool, ...] = (False, True, True)  # (sic) the official spelling
     latents_mean: tuple[float, ...] = WAN21_LATENTS_MEAN
     latents_std: tuple[float, ...] = WAN21_LATENTS_STD
+    decoder_dim: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.temperal_downsample) != len(self.dim_mult) - 1:
@@ -61,6 +75,8 @@ class WanVAEConfig:
                 raise CheckpointError(
                     f"VAE config: {name} has {len(getattr(self, name))} values, expected z_dim = {self.z_dim}"
                 )
+        if self.decoder_dim == self.dim:
+            object.__setattr__(self, "decoder_dim", None)
 
     @property
     def scale_factor_temporal(self) -> int:
@@ -72,33 +88,65 @@ class WanVAEConfig:
         """Pixels per latent pixel along H and W: 8 for Wan2.1."""
         return 2 ** (len(self.dim_mult) - 1)
 
+    def key_from_diffusers(self, key: str) -> str | None:
+        """`vae_key_from_diffusers` for this architecture (the decoder's flat indices depend on
+        num_res_blocks): the renaming to pass when loading a diffusers `vae/` of this config."""
+        return vae_key_from_diffusers(key, self.num_res_blocks)
+
     @classmethod
     def from_diffusers(cls, cfg: Mapping[str, Any]) -> "WanVAEConfig":
         """From the config.json of a diffusers `AutoencoderKLWan` (the `vae/` folder).
 
-        `dropout` is read but unused (inference only). Wan2.2-style VAEs (`is_residual`,
-        `patch_size`) and a separate decoder width are a different architecture: refused.
+        Every field is honoured or refused by name (DIFFUSERS_VAE_FIELDS; '_' keys are metadata):
+        `dropout` does nothing at inference; Wan2.2-style VAEs (`is_residual`, `patch_size` > 1) are
+        another architecture; diffusers' decoder has no attention in its stages, so a non-empty
+        `attn_scales` (attention in the encoder only) is refused; `scale_factor_*` must be what
+        dim_mult / temperal_downsample give.
         """
-        if cfg.get("is_residual") or cfg.get("patch_size") is not None:
-            raise CheckpointError(
-                "this VAE is a Wan2.2-style residual/patchified VAE; only the Wan2.1 VAE is supported"
-            )
-        dim = int(cfg.get("base_dim", 96))
-        if cfg.get("decoder_base_dim") not in (None, dim):
-            raise CheckpointError(f"VAE config: decoder_base_dim {cfg['decoder_base_dim']} != base_dim {dim}")
+        where = "diffusers VAE config.json"
+        unknown = [k for k in cfg if not k.startswith("_") and k not in DIFFUSERS_VAE_FIELDS]
+        if unknown:
+            raise CheckpointError(f"{where}: unknown field {unknown[0]!r}; supported: "
+                                  f"{', '.join(DIFFUSERS_VAE_FIELDS)} and '_' metadata")
+        if cfg.get("is_residual"):
+            raise CheckpointError(f"{where}: is_residual true is a Wan2.2-style residual VAE; only the Wan2.1 VAE "
+                                  "(is_residual false) is supported")
+        if cfg.get("patch_size") not in (None, 1):
+            raise CheckpointError(f"{where}: patch_size {cfg['patch_size']} is a Wan2.2-style patchified VAE; "
+                                  "only the Wan2.1 VAE (patch_size null) is supported")
         for name in ("in_channels", "out_channels"):
             if cfg.get(name, 3) != 3:
-                raise CheckpointError(f"VAE config: {name} = {cfg[name]}, the Wan2.1 VAE has 3 (RGB)")
-        return cls(
-            dim=dim,
-            z_dim=int(cfg.get("z_dim", 16)),
-            dim_mult=tuple(int(m) for m in cfg.get("dim_mult", (1, 2, 4, 4))),
-            num_res_blocks=int(cfg.get("num_res_blocks", 2)),
-            attn_scales=tuple(float(s) for s in cfg.get("attn_scales", ())),
-            temperal_downsample=tuple(bool(t) for t in cfg.get("temperal_downsample", (False, True, True))),
-            latents_mean=tuple(float(v) for v in cfg.get("latents_mean", WAN21_LATENTS_MEAN)),
-            latents_std=tuple(float(v) for v in cfg.get("latents_std", WAN21_LATENTS_STD)),
-        )
+                raise CheckpointError(f"{where}: {name} {cfg[name]} is not supported; the Wan2.1 VAE has 3 (RGB)")
+        if cfg.get("attn_scales"):
+            raise CheckpointError(f"{where}: attn_scales {cfg['attn_scales']} is not supported (diffusers puts "
+                                  "attention in the encoder's stages only); expected []")
+        if cfg.get("clip_output", True) is not True:
+            raise CheckpointError(f"{where}: clip_output {cfg['clip_output']!r} is not supported; the Wan2.1 VAE "
+                                  "clamps decoded videos to [-1, 1] (clip_output true)")
+        try:
+            dim = int(cfg.get("base_dim", 96))
+            decoder_dim = cfg.get("decoder_base_dim")
+            out = cls(
+                dim=dim,
+                z_dim=int(cfg.get("z_dim", 16)),
+                dim_mult=tuple(int(m) for m in cfg.get("dim_mult", (1, 2, 4, 4))),
+                num_res_blocks=int(cfg.get("num_res_blocks", 2)),
+                temperal_downsample=tuple(bool(t) for t in cfg.get("temperal_downsample", (False, True, True))),
+                latents_mean=tuple(float(v) for v in cfg.get("latents_mean", WAN21_LATENTS_MEAN)),
+                latents_std=tuple(float(v) for v in cfg.get("latents_std", WAN21_LATENTS_STD)),
+                decoder_dim=None if decoder_dim is None else int(decoder_dim),
+            )
+            float(cfg.get("dropout", 0.0))  # training only
+        except CheckpointError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where} has a malformed value ({exc})") from None
+        for name in ("scale_factor_temporal", "scale_factor_spatial"):
+            stated = cfg.get(name)
+            if stated is not None and stated != getattr(out, name):
+                raise CheckpointError(f"{where}: {name} {stated} does not fit the architecture, which gives "
+                                      f"{getattr(out, name)} (from temperal_downsample / dim_mult)")
+        return out
 
 
 def tiny_vae_config() -> WanVAEConfig:
@@ -119,7 +167,8 @@ class WanVAE(nn.Module):
         self.conv1 = CausalConv3d(c.z_dim * 2, c.z_dim * 2, 1)
         self.conv2 = CausalConv3d(c.z_dim, c.z_dim, 1)
         self.decoder = Decoder3d(
-            c.dim, c.z_dim, c.dim_mult, c.num_res_blocks, c.attn_scales, tuple(reversed(c.temperal_downsample))
+            c.decoder_dim or c.dim, c.z_dim, c.dim_mult, c.num_res_blocks, c.attn_scales,
+            tuple(reversed(c.temperal_downsample)),
         )
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,9 +257,9 @@ def vae_key_from_diffusers(key: str, num_res_blocks: int = 2) -> str | None:
 
     The encoder's `down_blocks` is the same flat list as the official `downsamples`; the
     decoder's `up_blocks[i]` (num_res_blocks + 1 resnets, then an upsampler) is flattened into
-    `upsamples` with num_res_blocks + 2 entries per stage. Valid for `attn_scales = ()` (diffusers
-    has no attention in its decoder stages). Unknown keys are returned unchanged so that loading
-    reports them.
+    `upsamples` with num_res_blocks + 2 entries per stage, so pass the checkpoint's num_res_blocks
+    (`WanVAEConfig.key_from_diffusers` does). Valid for `attn_scales = ()` (diffusers has no
+    attention in its decoder stages). Unknown keys are returned unchanged so that loading reports them.
     """
     for pattern, repl in _PLAIN:
         if pattern.match(key):
