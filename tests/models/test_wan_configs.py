@@ -329,7 +329,7 @@ def _vae_pair(config: dict):
 
 @pytest.mark.parametrize("config", [DIFFUSERS_VAE, dict(DIFFUSERS_VAE, decoder_base_dim=4)], ids=["tiny", "decoder4"])
 def test_diffusers_tiny_vae_matches_diffusers(config) -> None:
-    from lightx2v.loading.infer import vae_config_from_state_dict
+    from lightx2v.models.wan.infer import vae_config_from_state_dict
 
     ref, ours, cfg, official = _vae_pair(config)
     assert (cfg.dim, cfg.dim_mult, cfg.num_res_blocks) == (3, (1, 1, 1, 1), 1)

@@ -145,7 +145,7 @@ def recognise(root: Path) -> "str | Reason":
 
 def read_official(root: Path) -> ModelConfig:
     from lightx2v.loading.dit_files import inspect_dit_source
-    from lightx2v.loading.infer import t5_config_from_state_dict, vae_config_from_state_dict
+    from lightx2v.models.wan.infer import t5_config_from_state_dict, vae_config_from_state_dict
     from lightx2v.loading.state_dict import read_tensors, rename
     from lightx2v.models.wan.dit import WanDiTConfig
     from lightx2v.models.wan.presets import official_defaults
