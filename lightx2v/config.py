@@ -277,10 +277,6 @@ class SamplingParams:
         if self.output_path is not None and self.output_type in FILE_OUTPUT_TYPES:
             check_writable(Path(self.output_path))
 
-    @property
-    def is_image(self) -> bool:
-        return self.num_frames == 1
-
     def to_dict(self) -> dict:
         """A JSON-serializable dict (`from_dict` reads it back); `callback` is left out."""
         from lightx2v.io.serialize import image_to_json, tensor_to_json

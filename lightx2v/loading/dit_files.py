@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.safetensors_io import ST_DTYPES, TensorInfo, read_safetensors_header  # noqa: F401 (re-exported)
 from lightx2v.loading.state_dict import StateDict, index_shards, load_into, read_sharded, read_tensors
+from lightx2v.models.registry import families, get_family
 from lightx2v.quant import QuantLinear, apply_quant, get_scheme
 
 KINDS = ("single-file", "sharded", "blocks", "folder")
@@ -198,43 +199,29 @@ _OTHER_MODELS = (
 )
 
 
-def dit_formats() -> list:
-    """The DiT file formats of the registered families, in registration order."""
-    from lightx2v.models.registry import families
-
-    return [f.dit_format for f in families()]
-
-
 def format_of(family: str):
-    from lightx2v.models.registry import get_family
-
+    """The registered family's DitFormat."""
     return get_family(family).dit_format
 
 
 def _not_a_dit(keys: Iterable[str], where: Path) -> CheckpointError:
     keys = sorted(keys)
-    names = " or ".join(f.title for f in _families())
+    names = " or ".join(f.title for f in families())
     for what, patterns in _OTHER_MODELS:
         if all(any(re.search(p, k) for k in keys) for p in patterns):
             return CheckpointError(f"{where} is not a {names} DiT checkpoint: it looks like {what} "
                                    f"({len(keys)} tensors, e.g. {', '.join(keys[:2])})")
     heads = Counter(".".join(k.split(".")[:2]) for k in keys).most_common(5)
-    anchors = ", ".join(sorted({f.anchor for f in dit_formats()}))
+    anchors = ", ".join(sorted({f.dit_format.anchor for f in families()}))
     return CheckpointError(f"{where} is not a {names} DiT checkpoint (no {anchors} and block tensors); "
                            f"its {len(keys)} tensors start with: {', '.join(h for h, _ in heads) or 'nothing'}")
-
-
-def _families():
-    from lightx2v.models.registry import families
-
-    return families()
 
 
 def detect_key_format(keys: Iterable[str], where: Path) -> tuple[str, str, str]:
     """(family, key_format, prefix) of a DiT's keys: the first family whose format recognises them;
     a CheckpointError saying what the file is otherwise."""
     keys = list(keys)
-    for spec in _families():
+    for spec in families():
         fmt = spec.dit_format
         anchors = [k for k in keys if k.endswith(fmt.anchor)]
         if len(anchors) > 1:

@@ -21,7 +21,7 @@ A spec says:
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -50,12 +50,6 @@ class Geometry:
     stride: tuple[int, int, int]   # (t, h, w) pixels per latent cell
     max_frames: Optional[int] = None
 
-    @property
-    def frame_rule(self) -> str:
-        if self.max_frames == 1:
-            return "1"
-        return "any" if self.frame_step == 1 else f"{self.frame_step}k+1"
-
     def check(self, height: int, width: int, num_frames: int) -> None:
         """One-line InputError when the size or frame count does not fit this family."""
         m = self.size_multiple
@@ -80,7 +74,8 @@ class ComponentSpec:
 
     build(mc) -> module on the meta device; read(mc) -> state dict in the module's own names (mmap);
     dtype(engine_dtype) -> the dtype it is loaded in (the VAE stays fp32, CLIP runs fp16 ...);
-    needed(mc): whether this checkpoint has it; attention: whether it takes the attention backend.
+    needed(mc): whether this checkpoint has it. (Whether it takes an attention backend is read off
+    the built module: a submodule with `attn_backend`.)
     """
 
     name: str
@@ -89,7 +84,6 @@ class ComponentSpec:
     read: Callable[[Any], Mapping[str, torch.Tensor]]
     dtype: Callable[[torch.dtype], torch.dtype] = lambda dt: dt
     needed: Callable[[Any], bool] = lambda mc: True
-    attention: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,8 +103,6 @@ class FamilySpec:
     dit_format: Any                             # a DitFormat (see lightx2v.loading.dit_files)
     describe: Callable[[Any], dict]             # mc -> what `info` prints beyond the generic fields
     presets: tuple[str, ...] = ()
-    default_prompt_example: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:

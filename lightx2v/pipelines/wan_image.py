@@ -22,9 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lightx2v.config import RESIZE_MODES
 from lightx2v.errors import InputError
 
-RESIZE_MODES = ("area", "crop", "pad")
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ COMPONENTS = (
     # the official code runs CLIP in fp16 (clip_dtype); fp32 stays fp32
     ComponentSpec("clip", "image encoder", _build_clip, _read_clip,
                   dtype=lambda dt: torch.float32 if dt == torch.float32 else torch.float16,
-                  needed=lambda mc: mc.task != "t2v", attention=True),
+                  needed=lambda mc: mc.task != "t2v"),
 )
 
 
