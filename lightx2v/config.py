@@ -214,6 +214,11 @@ class SamplingParams:
     output_path: Optional[str] = None
     fps: Optional[int] = None
     callback: Optional[Callable] = None
+    # an existing output file is replaced (with a warning); False refuses it
+    overwrite: bool = True
+    # run what the pre-checks refuse as an estimate: sizes/frames far outside what the model was
+    # trained on, a memory estimate above what this device has
+    force: bool = False
 
     def with_defaults(self, d: SamplingDefaults) -> "SamplingParams":
         """Fill every `None` from the checkpoint defaults, then validate."""

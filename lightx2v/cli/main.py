@@ -62,7 +62,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         return int(args._run(args) or 0)
     except LightX2VError as exc:
         print(f"lightx2v: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except GenerationCancelled as exc:
         print(f"lightx2v: {exc}", file=sys.stderr)
         return 130
