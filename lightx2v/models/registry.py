@@ -55,12 +55,14 @@ class Geometry:
         m = self.size_multiple
         for name, v in (("height", height), ("width", width)):
             if v % m:
-                raise InputError(f"{name} must be a positive multiple of {m} (e.g. 480, 832), got {v!r}")
+                raise InputError(f"{name} must be a positive multiple of {m} (e.g. 480, 832), got {v!r}", field=name)
         if self.max_frames is not None and num_frames > self.max_frames:
-            raise InputError(f"num_frames must be at most {self.max_frames} for this model, got {num_frames}")
+            raise InputError(f"num_frames must be at most {self.max_frames} for this model, got {num_frames}",
+                             field="num_frames")
         if (num_frames - 1) % self.frame_step:
             n = self.frame_step
-            raise InputError(f"num_frames must be {n}k+1 (1, {n + 1}, ..., {20 * n + 1}), got {num_frames!r}")
+            raise InputError(f"num_frames must be {n}k+1 (1, {n + 1}, ..., {20 * n + 1}), got {num_frames!r}",
+                             field="num_frames")
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """diffusers' layout [1, C, T', H', W']."""

@@ -11,7 +11,6 @@ into the loop and turns a `SamplingParams` into a `GenerationResult`.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import threading
 import time
@@ -99,20 +98,21 @@ class WanPipeline:
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "WanPipeline":
         """Components built on meta and loaded onto the staging device, then the engine applied."""
+        from tqdm.auto import tqdm
+
         from lightx2v.loading.components import load_component, load_dit
         from lightx2v.models.wan.tokenizer import WanTokenizer
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
         staging, dt = engine.staging_device(), engine.dtype
-        pipe = cls(
-            mc, engine,
-            dit=load_dit(mc, staging, dt, quant=quant_on_load(engine)),
-            text_encoder=load_component(mc, "text_encoder", staging, dt),
-            tokenizer=WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len),
-            vae=load_component(mc, "vae", staging, dt),
-            clip=load_component(mc, "clip", staging, dt),
-            progress=progress,
-        )
+        parts = {}
+        bar = tqdm(("dit", "text_encoder", "vae", "clip"), desc="load", disable=not progress, leave=False)
+        for name in bar:
+            bar.set_postfix_str(name)
+            parts[name] = (load_dit(mc, staging, dt, quant=quant_on_load(engine)) if name == "dit"
+                           else load_component(mc, name, staging, dt))
+        tokenizer = WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len)
+        pipe = cls(mc, engine, tokenizer=tokenizer, progress=progress, **parts)
         apply_engine(pipe, engine)
         return pipe
 
@@ -123,6 +123,10 @@ class WanPipeline:
         from lightx2v.models.wan.t5 import encode_text
 
         ids, mask = self.tokenizer(prompts)
+        for what, n in zip(("the prompt", "the negative prompt"), self.tokenizer.dropped_tokens(prompts)):
+            if n:
+                warnings.warn(f"{what} is longer than the text encoder reads ({self.tokenizer.text_len} tokens): "
+                              f"its last {n} token(s) were dropped; shorten it to keep them", stacklevel=2)
         states = encode_text(self.text_encoder, ids.to(self.device), mask.to(self.device))
         text_len = self.model_config.dit.text_len
         out = states[0].new_zeros(len(states), text_len, states[0].shape[-1])
@@ -155,17 +159,9 @@ class WanPipeline:
         )
 
     def make_scheduler(self, p: SamplingParams):
-        from lightx2v.schedulers import make_scheduler, scheduler_from_diffusers_config
+        from lightx2v.pipelines.request import build_scheduler
 
-        d = self.model_config.defaults
-        # A diffusers checkpoint's own scheduler config is honoured when its solver is the one asked for.
-        if d.scheduler_config is not None and p.solver == d.solver:
-            sched, _ = scheduler_from_diffusers_config(d.scheduler_config)
-        else:
-            options = d.solver_options if p.solver == d.solver else None
-            sched = make_scheduler(p.solver, convention=d.convention, config=options)
-        sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
-        return sched
+        return build_scheduler(self.model_config.defaults, p, self.device)
 
     def prepare_latents(self, p: SamplingParams, size: tuple[int, int]) -> tuple[torch.Tensor, int | None]:
         """Initial noise [1, 16, T', h/8, w/8] float32: given `latents`, or seeded (CPU generator, so the
@@ -187,43 +183,44 @@ class WanPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """float32 latents -> video [1, 3, F, H, W] in [-1, 1]."""
-        return self.vae.decode(latents.to(self.vae_dtype))
-
-    def check_task(self, p: SamplingParams) -> None:
-        wanted = "t2v" if p.image is None else ("flf2v" if p.last_image is not None else "i2v")
-        if wanted == self.task:
-            return
-        if self.task == "t2v":
-            raise InputError("this is a text-to-video checkpoint: it takes no image (use an I2V checkpoint for image-to-video)")
-        if self.task == "i2v":
-            raise InputError("this is an image-to-video checkpoint: give an image" if p.image is None else
-                             "this I2V checkpoint takes one image; first-last-frame needs a Wan2.1 FLF2V checkpoint")
-        raise InputError("this is a first-last-frame checkpoint: give both image and last_image")
+        return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress)
 
     # -- the whole run -------------------------------------------------------------------------
-    def check_request(self, p: SamplingParams) -> None:
-        """What the family and this checkpoint allow, before any work."""
-        if p.guidance_scale_2 is not None:
-            raise InputError("guidance_scale_2 is a second expert's scale; Wan2.1 models have one expert")
-        self.geometry.check(p.height, p.width, p.num_frames)
+    @classmethod
+    def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
+        """This checkpoint's rules for a filled request (images already PIL), before any weight is read:
+        the task its images ask for, the frame geometry, the images' sizes, one guidance scale."""
+        from lightx2v.pipelines.wan_image import check_images
+
+        wanted = "t2v" if p.image is None else ("flf2v" if p.last_image is not None else "i2v")
+        if wanted != mc.task:
+            if mc.task == "t2v":
+                raise InputError("this is a text-to-video checkpoint: it takes no image (use an I2V checkpoint for image-to-video)",
+                                 field="image")
+            if mc.task == "i2v":
+                raise InputError("this is an image-to-video checkpoint: give an image" if p.image is None else
+                                 "this I2V checkpoint takes one image; first-last-frame needs a Wan2.1 FLF2V checkpoint",
+                                 field="image" if p.image is None else "last_image")
+            raise InputError("this is a first-last-frame checkpoint: give both image and last_image",
+                             field="image" if p.image is None else "last_image")
+        if p.guidance_scale_2 is not None and p.guidance_scale_2 != p.guidance_scale:
+            raise InputError("guidance_scale_2 is a second expert's scale; Wan2.1 models have one expert",
+                             field="guidance_scale_2")
+        mc.spec.geometry(mc).check(p.height, p.width, p.num_frames)
+        if p.image is not None:
+            check_images(p.image, p.last_image, p.height, p.width, p.num_frames, p.resize_mode, mc.layout)
 
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> GenerationResult:
-        from lightx2v.io.image import load_image
+        from lightx2v.pipelines.request import prepare_request
 
-        params.validate()
-        if params.image is not None or params.last_image is not None:  # paths or bytes (a request from JSON) -> PIL
-            params = dataclasses.replace(
-                params, image=load_image(params.image, "image"),
-                last_image=None if params.last_image is None else load_image(params.last_image, "last image"))
-        self.check_request(params)
+        p = prepare_request(self.model_config, params)
         with self.lock:  # one generation at a time: a shared pipeline serializes
-            return self._run(params.with_defaults(self.model_config.defaults))
+            return self._run(p)
 
     def _run(self, p: SamplingParams) -> GenerationResult:
         from lightx2v.pipelines.base import Counter
 
-        self.check_task(p)
         if self.model_config.distill is not None:
             from lightx2v.models.wan.distill import cfg_warning
 

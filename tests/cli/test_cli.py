@@ -101,7 +101,7 @@ def _mismatched(tiny_official_dir, tmp_path):
     ("missing_vae", "Wan2.1_VAE.pth in the official layout"),
     ("mismatch", "missing keys: blocks.0.self_attn.q.weight; unexpected keys: blocks.0.extra.weight"),
     ("size", "width must be a positive multiple of 16"),
-    ("frames", "num_frames must be 4k+1"),
+    ("frames", "--frames must be 4k+1"),
     ("prompt", "the prompt is empty"),
     ("output_dir", "is not writable"),
     ("config_key", "unknown key 'stepz'"),

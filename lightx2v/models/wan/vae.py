@@ -206,8 +206,12 @@ class WanVAE(nn.Module):
         return (mu.float() - mean) * inv_std
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
-        """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32."""
+    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False) -> torch.Tensor:
+        """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32.
+
+        `progress`: a bar over the latent frames (the decode is the longest CPU stage)."""
+        from tqdm.auto import tqdm
+
         if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
             raise InputError(
                 f"VAE decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(latents.shape)}"
@@ -218,7 +222,7 @@ class WanVAE(nn.Module):
         cache = cache if cache is not None else CausalCache()
         cache.reset()
         outs = []
-        for i in range(x.shape[2]):
+        for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress, leave=False):
             cache.start_chunk()
             outs.append(self.decoder(x[:, :, i : i + 1], cache))
         cache.reset()
