@@ -25,9 +25,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # torch-free (lightx2v --help must not import torch): name lists and the families' manifests
+    from lightx2v.choices import ATTENTION_BACKENDS, SOLVER_NAMES
     from lightx2v.models.registry import all_presets, all_tasks
-    from lightx2v.ops.attention import list_backends
-    from lightx2v.schedulers import SOLVER_NAMES
 
     p.add_argument("--model-path", required=True, help="model folder (any layout of a supported family) or Hugging Face repo id")
     p.add_argument("--task", default=None, choices=all_tasks(),
@@ -61,7 +61,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
-    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(list_backends())})")
+    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(ATTENTION_BACKENDS)})")
     p.add_argument("--config", default=None, help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40}); flags on the command line win")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
