@@ -83,7 +83,7 @@ def dit_folder(path: Path):
         given = None
     if given is None:
         return src, None
-    src.format.check_matches(src.config, given, f"{config}")  # a config.json of another model: one line
+    src.format.check_matches(src.config, given, f"the weights in {path}")  # config.json of another model
     return dataclasses.replace(src, config=src.format.with_given(src.config, given)), config
 
 
