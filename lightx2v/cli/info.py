@@ -26,11 +26,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def describe(root: str | Path) -> dict:
-    from lightx2v.loading.detect import detect
     from lightx2v.loading.hub import resolve_model_path
+
+    path = resolve_model_path(root)  # before the heavy imports: a bad path or the Hub fails fast
+
+    from lightx2v.loading.detect import detect
     from lightx2v.loading.inspect import summarize
 
-    mc = detect(resolve_model_path(root))
+    mc = detect(path)
     spec = mc.spec
     distill = None if mc.distill is None else {"evidence": mc.distill.evidence,
                                               "preset": getattr(mc.distill.preset, "name", None)}
