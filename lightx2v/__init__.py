@@ -4,9 +4,8 @@
 `lightx2v --help` do not import torch; `from lightx2v import LightX2V` works as usual.
 """
 
-from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -14,20 +13,18 @@ __all__ = ["GenerationResult", "LightX2V", "__version__"]
 
 _LAZY = {"LightX2V": "lightx2v.api", "GenerationResult": "lightx2v.pipelines.base"}
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from lightx2v.api import LightX2V
     from lightx2v.pipelines.base import GenerationResult
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
         globals()[name] = value  # later lookups skip this function
         return value
     raise AttributeError(f"module 'lightx2v' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted({*__all__, *(n for n in globals() if not n.startswith("_") or n.startswith("__"))})
