@@ -184,7 +184,7 @@ def fetch(
     """The snapshot folder of `repo_id` in the HF cache, downloaded if needed (see the module docstring)."""
     from huggingface_hub import HfApi, constants, snapshot_download
 
-    offline = local_files_only or constants.is_offline_mode()
+    offline = local_files_only or constants.HF_HUB_OFFLINE
     if offline:
         cached = _cached(repo_id, cache_dir=cache_dir, revision=revision)
         if cached is not None:
