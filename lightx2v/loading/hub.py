@@ -16,19 +16,20 @@ would hang it. Once the Hub has answered, `snapshot_download` fetches the snapsh
 second run downloads nothing) with huggingface_hub's own progress bars, which `progress=False` turns
 off. Offline (`local_files_only=True`, or huggingface_hub's `HF_HUB_OFFLINE=1`) only the cache is
 read; when the Hub cannot be reached a cached snapshot is used, with a warning. Every failure is one
-`HubError` line (exit code 4) saying what happened and what to do.
+`HubError` line (exit code 4) saying what happened and what to do (a full disk: `ResourceError`, 3).
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import logging
 import re
 import sys
 import warnings
 from pathlib import Path
 
-from lightx2v.errors import CheckpointError, HubError
+from lightx2v.errors import CheckpointError, HubError, ResourceError
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +165,10 @@ def _unreachable(exc: BaseException, repo_id: str, timeout: float) -> HubError:
     from huggingface_hub import constants
 
     endpoint = constants.ENDPOINT
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    if status is not None:  # 5xx: the Hub is up but failing
+        return HubError(f"the Hugging Face Hub ({endpoint}) answered HTTP {status} for {repo_id} (down or "
+                        f"overloaded); try again later, {_download_hint(repo_id)}")
     if _is(exc, "TimeoutException", "Timeout", "TimeoutError"):
         return HubError(f"the Hugging Face Hub ({endpoint}) did not answer within {timeout:g} s for {repo_id}; "
                         f"check your network or proxy, wait longer with HF_HUB_ETAG_TIMEOUT=60, "
@@ -228,9 +233,9 @@ def _download(repo_id: str, *, cache_dir, revision, timeout: float, progress: bo
         refused = _answered_error(exc, repo_id, revision)
         if refused is not None:
             raise refused from None
-        if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
-            raise HubError(f"could not write {repo_id} into the Hugging Face cache ({_cache_folder(cache_dir)}): "
-                           f"{exc.strerror}; free space or set HF_HOME to another disk") from None
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise ResourceError(f"no space left for {repo_id} in the Hugging Face cache ({_cache_folder(cache_dir)}); "
+                                "free space or set HF_HOME to another disk") from None
         raise HubError(f"downloading {repo_id} from the Hugging Face Hub failed ({_first_line(exc)}); run the "
                        f"command again to resume, {_download_hint(repo_id)}") from None
     finally:

@@ -64,7 +64,7 @@ def test_local_typo_names_what_exists_and_never_contacts_the_hub(typo, expect, t
 
 
 class _FakeHub(BaseHTTPRequestHandler):
-    """owner/tiny: two files at commit SHA; anything else: 404 RepoNotFound, as the Hub answers."""
+    """owner/tiny: two files at commit SHA; owner/down: 503; anything else: 404 RepoNotFound, as the Hub answers."""
 
     def log_message(self, *args) -> None:
         pass
@@ -94,6 +94,8 @@ class _FakeHub(BaseHTTPRequestHandler):
         if path.startswith(f"/owner/tiny/resolve/{SHA}/"):
             body = FILES[path.rsplit("/", 1)[1]]
             return self._send(200, body, {"ETag": f'"{hashlib.sha1(body).hexdigest()}"', "X-Repo-Commit": SHA})
+        if path.startswith("/api/models/owner/down"):
+            return self._send(503, b'{"error": "Service Unavailable"}', json_type)
         self._send(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound", **json_type})
 
 
@@ -174,6 +176,12 @@ def test_repo_the_hub_does_not_have(fake_hub, tmp_path, monkeypatch):
     assert str(info.value).startswith("ownr/absent is not a model repo on the Hugging Face Hub (or it is private")
     assert str(info.value).endswith("; not a local folder either (close names here: owners)")
     assert info.value.exit_code == 4
+
+
+def test_a_failing_hub_is_not_a_network_problem(fake_hub, tmp_path):
+    with pytest.raises(HubError, match=r"the Hugging Face Hub \(http://127.0.0.1:\d+\) answered HTTP 503 for owner/down "
+                                       r"\(down or overloaded\); try again later"):
+        resolve_model_path("owner/down", cache_dir=tmp_path, progress=False)
 
 
 def test_offline_reads_only_the_cache(fake_hub, tmp_path, monkeypatch):
