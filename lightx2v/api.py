@@ -55,6 +55,7 @@ class LightX2V:
         cache_dir: str | Path | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
+        timeout: float | None = None,
         progress: bool = True,
     ) -> LightX2V:
         """Detect the checkpoint's family and layout, build the models on the meta device, load them
@@ -69,6 +70,8 @@ class LightX2V:
         `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
         blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
+        A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
+        `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
         """
         from lightx2v.loading.detect import detect
         from lightx2v.loading.hub import resolve_model_path
@@ -77,7 +80,7 @@ class LightX2V:
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
                              compile=compile, cfg_mode=cfg_mode)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
-                                  local_files_only=local_files_only)
+                                  local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
         mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(p for p, _ in engine.lora.loras))
         return cls.from_model_config(mc, engine, task=task, progress=progress)

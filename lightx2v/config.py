@@ -170,18 +170,36 @@ class EngineConfig:
         return self.torch_device() if self.staging is None else resolve_device(self.staging)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' | 'cuda[:i]' | 'cpu' -> torch.device, with a clear error when CUDA is missing."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' | 'cuda[:i]' | 'cpu' -> torch.device; anything this machine cannot run on is one
+    InputError naming the devices it has. 'auto' without CUDA warns that the CPU is slow."""
+    import warnings
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(cuda)] if cuda else [])
+    here = f"this machine has: {', '.join(have)}"
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cuda:
+            return torch.device("cuda")
+        warnings.warn("no CUDA device found; running on the CPU (slow)", UserWarning, stacklevel=2)
+        return torch.device("cpu")
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}; expected 'cuda', 'cuda:N', 'cpu' or 'auto'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but CUDA is not available; use --device cpu (slow) or a GPU machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
+        dev = name if isinstance(name, torch.device) else (
+            torch.device(name) if isinstance(name, str) and name.strip() == name else None)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None:
+        raise InputError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N ({here})", field="device")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name!r} is not supported (lightx2v runs on CUDA GPUs and the CPU); {here}",
+                         field="device")
+    if dev.type == "cuda" and not cuda:
+        raise InputError(f"device {name!r} was asked for but CUDA is not available; {here} "
+                         "(use --device cpu, slow, or a GPU machine)", field="device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= cuda:
+        raise InputError(f"device {name!r} does not exist; {here}", field="device")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise InputError(f"device {name!r} does not exist; {here}", field="device")
     return dev
 
 

@@ -45,9 +45,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # torch-free (lightx2v --help must not import torch): name lists and the families' manifests
+    from lightx2v.choices import ATTENTION_BACKENDS, SOLVER_NAMES
     from lightx2v.models.registry import all_presets, all_tasks
-    from lightx2v.ops.attention import list_backends
-    from lightx2v.schedulers import SOLVER_NAMES
 
     p.add_argument("--model-path", default=None,
                    help="model folder (any layout of a supported family) or Hugging Face repo id (required; may come from --config)")
@@ -87,7 +87,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "trained on, a memory estimate above this device's)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
-    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(list_backends())})")
+    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(ATTENTION_BACKENDS)})")
     p.add_argument("--config", default=None,
                    help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40, \"lora\": [\"a.safetensors:0.8\"]}); "
                         "flags on the command line win")
@@ -197,7 +197,7 @@ def _run(args: argparse.Namespace) -> int:
                          lora=[parse_lora_spec(spec) for spec in args.lora],
                          lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile)
     check_lora_files(engine)
-    root = resolve_model_path(args.model_path)
+    root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=tuple(p for p, _ in engine.lora.loras))
     check_task(mc, args.task)
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read

@@ -11,8 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from lightx2v.cli import convert, demo, generate, info
-from lightx2v.errors import LightX2VError
-from lightx2v.pipelines.base import GenerationCancelled
+from lightx2v.errors import GenerationCancelled, LightX2VError
 
 COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert}
 

@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from lightx2v.choices import CONVERT_LAYOUTS as LAYOUTS, DTYPES, QUANT_CHOICES  # noqa: F401 (torch-free: --help)
 from lightx2v.io.atomic import make_public
 from lightx2v.config import parse_dtype
 from lightx2v.errors import CheckpointError, InputError
@@ -62,9 +63,6 @@ from lightx2v.loading.lora import LoraWeights, load_lora, report_unmatched
 from lightx2v.loading.state_dict import read_tensors
 from lightx2v.quant import QuantLinear, QuantScheme, apply_quant, get_scheme
 
-LAYOUTS = ("official", "diffusers", "blocks")
-DTYPES = ("bf16", "fp16", "fp32")  # the CLI's choices; config.parse_dtype reads them
-QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8")
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes; memory use does not depend on it (tensors stream)
 WEIGHTS = "diffusion_pytorch_model"
 _BLOCK = re.compile(r"blocks\.(\d+)\.")

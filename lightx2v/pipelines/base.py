@@ -21,11 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
-
-class GenerationCancelled(Exception):
-    """The per-step callback asked to stop; nothing was written.
-
-    Not a `ValueError` (nor a LightX2VError): a cancel is not bad input (a server must not answer 400)."""
+from lightx2v.errors import GenerationCancelled  # re-exported: the loop raises it
 
 
 @dataclass(frozen=True)
