@@ -47,7 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None, choices=SOLVER_NAMES, help="sampler (default: the checkpoint's: unipc, or distill for 4-step distilled models)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default 16)")
-    p.add_argument("--output", default=None, help="mp4 path to write (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--output", default=None, help="file to write, its format from the extension: .mp4, .webm, .gif, .png (--frames 1); "
+                                                 "a folder/ gets the default name inside; /dev/null is written through (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--no-overwrite", action="store_true", help="refuse an existing --output file (default: replace it, with a warning)")
     p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="merge a LoRA into the DiT (repeatable; strength 1.0 by default)")
@@ -95,12 +97,13 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list, args: argpars
 
 def run(args: argparse.Namespace) -> int:
     from lightx2v import LightX2V
-    from lightx2v.config import SamplingParams, check_writable
+    from lightx2v.config import SamplingParams
+    from lightx2v.io.output import check_output
     from lightx2v.io.image import load_image
 
     width, height = parse_size(args.size)
     if args.output:
-        check_writable(Path(args.output))
+        check_output(args.output, args.frames, overwrite=not args.no_overwrite)
     # Validate the request (and read the images) before the (slow) model load.
     image = None if args.image is None else load_image(args.image, "image")
     last = None if args.last_image is None else load_image(args.last_image, "last image")
@@ -133,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         resize_mode=args.resize_mode, height=height, width=width,
         num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
         shift=args.shift, solver=args.solver, seed=args.seed, output_type="mp4",
-        output_path=args.output, fps=args.fps,
+        output_path=args.output, fps=args.fps, overwrite=not args.no_overwrite,
     )
     t = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"wrote {result.path} (seed {result.seed}; {t})", file=sys.stderr)

@@ -29,7 +29,7 @@ def test_generate_writes_valid_mp4(tiny_official_dir, tmp_path, capsys):
     assert (info["frames"], info["width"], info["height"], info["codec"]) == (5, 48, 32, "h264")
     assert info["fps"] == 16
     assert capsys.readouterr().out.strip() == str(out)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.mp4"]  # no temp file left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.mp4", "fox.mp4.json"]  # no temp file left; the sidecar
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private mode
