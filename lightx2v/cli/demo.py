@@ -31,7 +31,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lightx2v.io.atomic import check_new_folder, note_removed, place_folder, test_pause
+    from lightx2v.io.atomic import (
+        check_new_folder,
+        note_removed,
+        place_folder,
+        test_pause,
+    )
     from lightx2v.io.output import check_output
 
     check_output(args.output, FRAMES)  # before anything is written
@@ -47,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         work = Path(tempfile.mkdtemp(prefix="lightx2v-demo-"))
     try:
         write_official_checkpoint(work)
-        test_pause("demo")
+        test_pause("demo", folder=work)
         ckpt = work
         if keep is not None:
             place_folder(work, keep)

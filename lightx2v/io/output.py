@@ -32,7 +32,6 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
@@ -60,13 +59,13 @@ class OutputTarget:
         return self.kind == "file"
 
 
-def is_folder_path(path: Union[str, os.PathLike]) -> bool:
+def is_folder_path(path: str | os.PathLike) -> bool:
     """`out/` (a trailing separator) or an existing folder."""
     text = os.fspath(path)
     return text.endswith(os.sep) or bool(os.altsep and text.endswith(os.altsep)) or os.path.isdir(text)
 
 
-def file_format(output_type: str, output_path: Union[str, os.PathLike, None]) -> str:
+def file_format(output_type: str, output_path: str | os.PathLike | None) -> str:
     """The format written for `output_type` at `output_path`: the extension's (.mp4 .webm .gif .png)
     when the path names a file, and it must agree with output_type unless output_type is the
     default "mp4"; output_type's for a folder, a character device or a FIFO, or no path."""
@@ -83,7 +82,7 @@ def file_format(output_type: str, output_path: Union[str, os.PathLike, None]) ->
     return fmt
 
 
-def check_output(path: Union[str, os.PathLike], num_frames: Optional[int] = None, overwrite: bool = True,
+def check_output(path: str | os.PathLike, num_frames: int | None = None, overwrite: bool = True,
                  output_type: str = "mp4") -> OutputTarget:
     """Check an output before any work (see the module docstring); one-line InputError when refused.
 
@@ -92,6 +91,21 @@ def check_output(path: Union[str, os.PathLike], num_frames: Optional[int] = None
     if not text:
         raise InputError(f"the output path is empty; expected a file name such as out.mp4 (or one of {_SUPPORTED})")
     path = Path(text)  # (drops a trailing separator: `text` keeps it)
+    folder = is_folder_path(text)
+    mode = None
+    if not folder:
+        try:
+            mode = os.stat(path).st_mode  # symlinks followed
+        except FileNotFoundError:  # missing, or a dangling symlink: its target is created
+            pass
+        except OSError as exc:  # a symlink loop, a path through a file (ENOTDIR), no permission
+            if isinstance(exc, NotADirectoryError):
+                _check_creatable(path.parent, f"output folder {path.parent}")
+            raise InputError(f"output {path} cannot be used: {exc.strerror}") from None
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise InputError(f"output {path} is {kind}; expected a file name, a folder, a character device "
+                             f"such as /dev/null, or a FIFO")
     fmt = file_format(output_type, text)
     if fmt not in FORMATS:
         raise InputError(f"output_type {fmt!r} is not written to a file; expected one of {', '.join(FORMATS)}")
@@ -102,32 +116,21 @@ def check_output(path: Union[str, os.PathLike], num_frames: Optional[int] = None
         from lightx2v.io.video import check_encoder
 
         check_encoder(fmt)
-    if is_folder_path(text):
+    if folder:
         if path.exists() and not path.is_dir():
             raise InputError(f"output folder {path} is a file; expected a folder (or drop the trailing /)")
         _check_creatable(path, f"output folder {path}")
         return OutputTarget(path, path, "folder", fmt)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:  # missing, or a dangling symlink: its target is created
-        real = Path(os.path.realpath(path))
+    real = Path(os.path.realpath(path))
+    if mode is None:
         _check_creatable(real.parent, f"output folder {real.parent}")
         return OutputTarget(path, real, "new", fmt)
-    except OSError as exc:  # a symlink loop, a path through a file (ENOTDIR), no permission
-        if isinstance(exc, NotADirectoryError):
-            _check_creatable(path.parent, f"output folder {path.parent}")
-        raise InputError(f"output {path} cannot be used: {exc.strerror}") from None
-    real = Path(os.path.realpath(path))
     if stat.S_ISREG(mode):
         if not overwrite:
             raise InputError(f"output {path} exists and overwrite is off (--no-overwrite); choose another name or remove it")
         _check_creatable(real.parent, f"output folder {real.parent}")
         return OutputTarget(path, real, "file", fmt)
-    if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode):
-        return OutputTarget(path, real, "stream", fmt)
-    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
-    raise InputError(f"output {path} is {kind}; expected a file name, a folder, a character device such as "
-                     f"/dev/null, or a FIFO")
+    return OutputTarget(path, real, "stream", fmt)  # a character device or a FIFO
 
 
 def _is_stream(path: Path) -> bool:
@@ -153,8 +156,8 @@ def _check_creatable(folder: Path, what: str) -> None:
         raise InputError(f"{what} is not writable ({exc.strerror} in {probe})") from None
 
 
-def save(frames: np.ndarray, path: Union[str, os.PathLike], *, fps: int = 16, output_type: str = "mp4",
-         overwrite: bool = True, metadata: Optional[dict] = None, default_stem: str = "output") -> Path:
+def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_type: str = "mp4",
+         overwrite: bool = True, metadata: dict | None = None, default_stem: str = "output") -> Path:
     """Write `frames` ([F, H, W, 3] float in [0, 1] or uint8) to `path` by the module's rules; the path written.
 
     `default_stem`: the file name (without extension) used when `path` is a folder."""
@@ -181,13 +184,13 @@ def save(frames: np.ndarray, path: Union[str, os.PathLike], *, fps: int = 16, ou
     return target.path
 
 
-def sidecar_path(path: Union[str, os.PathLike]) -> Path:
+def sidecar_path(path: str | os.PathLike) -> Path:
     """out.mp4 -> out.mp4.json"""
     path = Path(path)
     return path.with_name(path.name + ".json")
 
 
-def write_sidecar(path: Union[str, os.PathLike], metadata: dict) -> Optional[Path]:
+def write_sidecar(path: str | os.PathLike, metadata: dict) -> Path | None:
     """The metadata as `<path>.json`, atomically (a symlink is followed; anything but a file is left alone)."""
     side = sidecar_path(path)
     real = Path(os.path.realpath(side))

@@ -23,7 +23,6 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -79,7 +78,7 @@ def check_encoder(fmt: str) -> None:
                          f"{enc} encoder; write .mp4 instead")
 
 
-def container_comment(metadata: Optional[dict]) -> Optional[str]:
+def container_comment(metadata: dict | None) -> str | None:
     """The metadata as compact JSON for the container; prompts are cut when it would be too long."""
     if not metadata:
         return None
@@ -94,7 +93,7 @@ def container_comment(metadata: Optional[dict]) -> Optional[str]:
 
 
 def encode_video(frames: np.ndarray, dst: str | Path, fmt: str, fps: int = 16,
-                 metadata: Optional[dict] = None) -> None:
+                 metadata: dict | None = None) -> None:
     """Encode `frames` ([F, H, W, 3], uint8 or float in [0, 1]) as `fmt` into the file `dst` (replaced)."""
     if fmt not in _CODECS:
         raise InputError(f"unknown video format {fmt!r}; expected one of {', '.join(VIDEO_FORMATS)}")
@@ -153,10 +152,11 @@ def probe_mp4(path: str | Path) -> dict:
     finally:
         reader.close()  # ends the ffmpeg process
     w, h = meta["size"]
-    return {"frames": count, "width": w, "height": h, "fps": meta.get("fps"), "codec": meta.get("codec")}
+    return {"frames": count, "width": w, "height": h, "fps": meta.get("fps"),
+            "codec": (meta.get("codec") or "").rstrip(",")}  # imageio reads "gif, bgra" as "gif,"
 
 
-def read_metadata(path: str | Path) -> Optional[dict]:
+def read_metadata(path: str | Path) -> dict | None:
     """The metadata JSON `encode_video` put in a video's `comment` tag (None when there is none)."""
     out = subprocess.run([ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"],
                          capture_output=True, check=True, timeout=60).stdout.decode("utf-8")

@@ -71,10 +71,14 @@ def test_info_reports_layout_sizes_dtypes(tiny_official_dir, tiny_diffusers_dir,
 
 def test_demo_writes_video(tmp_path, capsys):
     out = tmp_path / "demo.mp4"
-    assert main(["demo", "--output", str(out), "--steps", "2"]) == 0
+    ckpt = tmp_path / "kept"  # a new folder: the tiny checkpoint is kept there
+    assert main(["demo", "--output", str(out), "--steps", "2", "--checkpoint-dir", str(ckpt)]) == 0
+    assert (ckpt / "config.json").is_file() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     info = probe_mp4(out)
     assert (info["frames"], info["width"], info["height"]) == (17, 256, 144)
-    assert "RANDOM weights" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "RANDOM weights" in err and "`hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir Wan2.1-T2V-1.3B`" in err
+    assert "huggingface-cli" not in err  # huggingface_hub 1.x ships `hf`
 
 
 def _broken(tiny_official_dir, tmp_path, name):
