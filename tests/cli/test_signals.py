@@ -159,3 +159,21 @@ def test_ctrl_c_during_import_is_one_line(tiny_official_dir, tmp_path, module):
     run = Run([module, "info", tiny_official_dir], tmp_path, python_args=("-c", _INTERRUPT_AT_IMPORT))
     rc, err = run.finish()
     _clean_exit(rc, err, 130, "lightx2v: interrupted (SIGINT); nothing was written")
+
+
+def test_stop_on_signals_in_process(capsys):
+    from lightx2v.cli.signals import Interrupted, describe, exit_code, stop_on_signals
+    from lightx2v.io.atomic import note_removed
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals():
+        with pytest.raises(Interrupted) as e:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises at the next bytecode; never reached
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal while cleaning up: a note, no exception
+        time.sleep(0.01)
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+    assert "still removing partial files" in capsys.readouterr().err
+    note_removed(e.value, "the partial output a.mp4")
+    assert (exit_code(e.value), describe(e.value)) == (143, "interrupted (SIGTERM); removed the partial output a.mp4")
+    assert (exit_code(KeyboardInterrupt()), describe(KeyboardInterrupt())) == (130, "interrupted (SIGINT); nothing was written")
