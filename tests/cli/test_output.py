@@ -25,9 +25,20 @@ def _one_line(err: str, words: str) -> None:
     assert err.count("\n") == 0 and err.startswith("lightx2v: error: ") and words in err, err
 
 
+def _tiny_lora(path: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.randn(4, 64, generator=g),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.randn(64, 4, generator=g)}, str(path))
+    return path
+
+
 def test_a_folder_output_gets_the_default_name_and_the_metadata(tiny_official_dir, tmp_path, capsys):
     folder = tmp_path / "new"
-    assert main(_gen(tiny_official_dir, str(folder) + "/")) == 0
+    lora = _tiny_lora(tmp_path / "style.safetensors")
+    assert main(_gen(tiny_official_dir, str(folder) + "/", "--lora", f"{lora}:0.5")) == 0
     (video,) = [p for p in folder.iterdir() if p.suffix == ".mp4"]
     assert video.name.startswith("wan_t2v_") and video.name.endswith("_seed1.mp4")
     assert capsys.readouterr().out.strip() == str(video)
@@ -36,7 +47,7 @@ def test_a_folder_output_gets_the_default_name_and_the_metadata(tiny_official_di
     assert (meta["prompt"], meta["seed"], meta["num_inference_steps"], meta["model"]) == (
         "a red fox in the snow", 1, 2, str(tiny_official_dir))
     assert (meta["width"], meta["height"], meta["num_frames"], meta["fps"], meta["task"]) == (48, 32, 5, 16, "t2v")
-    assert meta["lightx2v"] and meta["solver"] and meta["loras"] == []
+    assert meta["lightx2v"] and meta["solver"] and meta["loras"] == [{"path": str(lora), "strength": 0.5, "mode": "merged"}]
 
 
 @pytest.mark.parametrize("name, words", [("v.avi", "extension '.avi'"), ("v.txt", "extension '.txt'"),
