@@ -145,7 +145,14 @@ def test_a_symlink_is_followed_and_stays_a_link(tmp_path):
     assert _leftovers(real_dir, link_dir) == []
 
 
+def _stream_temps() -> set:
+    import tempfile
+
+    return {p.name for p in Path(tempfile.gettempdir()).glob(".lightx2v-out.*")}
+
+
 def test_a_fifo_is_written_through(tmp_path):
+    temps = _stream_temps()
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = []
@@ -159,6 +166,7 @@ def test_a_fifo_is_written_through(tmp_path):
     written.write_bytes(got[0])
     assert probe_mp4(written)["frames"] == 5 and read_metadata(written) == META
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.mp4", "pipe"]  # no sidecar, no temp
+    assert _stream_temps() == temps  # the encoded temp file was removed
 
 
 def _char_device(path: Path) -> Path:
