@@ -124,6 +124,7 @@ class LightX2V:
         fps: int | None = None,
         video_length: int | None = None,
         resolution: tuple[int, int] | None = None,
+        overwrite: bool = True,
     ) -> GenerationResult:
         """Generate one video (or, with num_frames=1 and output_type "png", one image). `image` (and
         `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width."""
@@ -144,6 +145,7 @@ class LightX2V:
             guidance_scale_2=guidance_scale_2,
             shift=shift, solver=solver, seed=seed, latents=latents, output_type=output_type,
             output_path=None if output_path is None else str(output_path), fps=fps, callback=callback,
+            overwrite=overwrite,
         )
         return self.pipeline(params)
 

@@ -25,9 +25,9 @@ from lightx2v.errors import InputError
 if TYPE_CHECKING:
     from lightx2v.loading.dit_files import DitSource
 
-OUTPUT_TYPES = ("mp4", "png", "np", "pt", "latent")
+OUTPUT_TYPES = ("mp4", "webm", "gif", "png", "np", "pt", "latent")
 IMAGE_OUTPUT_TYPES = ("png",)          # one image: num_frames must be 1
-FILE_OUTPUT_TYPES = ("mp4", "png")     # written to output_path
+FILE_OUTPUT_TYPES = ("mp4", "webm", "gif", "png")  # written to output_path (lightx2v.io.output)
 # how a conditioning image is fitted to the frame (see lightx2v.pipelines.wan_image)
 RESIZE_MODES = ("area", "crop", "pad")
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -211,6 +211,12 @@ class SamplingParams:
     request is `num_frames=1` with an image output type ("png", "np", "pt"). It round-trips through
     JSON (`to_dict` / `from_dict`): images as paths or PNG bytes, `latents` as raw float32 bytes;
     `callback` is not serialized.
+
+    Files (output_type mp4, webm, gif, png): the extension of `output_path` decides the format, and
+    must agree with `output_type`, except the default "mp4", which the extension overrides
+    (output_path="a.gif" writes a GIF). A folder (`out/`) gets the default file name inside;
+    an existing file is replaced with a warning unless `overwrite` is False (refused before any
+    work); /dev/null and FIFOs are written through. lightx2v.io.output has the whole rule.
     """
 
     prompt: str
@@ -293,12 +299,18 @@ class SamplingParams:
             raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}")
         if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames != 1:
             raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}")
+        if not isinstance(self.overwrite, bool):
+            raise InputError(f"overwrite must be true or false, got {self.overwrite!r}")
         if self.fps is not None and (not _is_int(self.fps) or self.fps < 1):
             raise InputError(f"fps must be a positive integer, got {self.fps!r}")
         if self.latents is not None and not isinstance(self.latents, torch.Tensor):
             raise InputError(f"latents must be a torch.Tensor, got {type(self.latents).__name__}")
         if self.output_path is not None and self.output_type in FILE_OUTPUT_TYPES:
-            check_writable(Path(self.output_path))
+            # the file's extension decides its format; it must agree with output_type, unless that
+            # is the default "mp4" (see lightx2v.io.output: folders, /dev/null, FIFOs, overwrite)
+            from lightx2v.io.output import check_output
+
+            check_output(self.output_path, self.num_frames, self.overwrite, self.output_type)
 
     def to_dict(self) -> dict:
         """A JSON-serializable dict (`from_dict` reads it back); `callback` is left out."""
@@ -342,16 +354,3 @@ def _is_int(v) -> bool:
     """A whole number (numpy's too), not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-
-def check_writable(path: Path) -> None:
-    """The folder that will hold `path` exists (or can be made) and is writable."""
-    import os
-
-    if path.exists() and path.is_dir():
-        raise InputError(f"output path {path} is a folder; expected a file name such as out.mp4")
-    folder = path.parent  # Path("out.mp4").parent is Path(".")
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise InputError(f"output folder {folder} is not writable")

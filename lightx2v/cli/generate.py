@@ -70,7 +70,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None, choices=SOLVER_NAMES, help="sampler (default: the checkpoint's: unipc, or distill for 4-step distilled models)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the video (default: the checkpoint's, 16)")
-    p.add_argument("--output", default=None, help="file to write, its format from the extension (default: outputs/<family>_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--output", default=None, help="file to write, its format from the extension: .mp4, .webm, .gif, .png (--frames 1); "
+                                                 "a folder/ gets the default name inside; /dev/null is written through (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--no-overwrite", action="store_true", help="refuse an existing --output file (default: replace it, with a warning)")
     p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="merge a LoRA into the DiT (repeatable; strength 1.0 by default)")
@@ -177,7 +179,7 @@ def _request(args: argparse.Namespace):
         resize_mode=args.resize_mode, height=height, width=width, num_frames=args.frames,
         num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_scale_2=args.guidance_2,
         shift=args.shift, solver=args.solver, seed=args.seed, fps=args.fps, output_path=args.output,
-        force=args.force,
+        force=args.force, overwrite=not args.no_overwrite,
     )
 
 

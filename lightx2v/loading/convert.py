@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from lightx2v.choices import CONVERT_LAYOUTS as LAYOUTS, DTYPES, QUANT_CHOICES  # noqa: F401 (torch-free: --help)
-from lightx2v.io.atomic import make_public
+from lightx2v.io.atomic import check_new_folder, make_public, note_removed, place_folder, test_pause
 from lightx2v.config import parse_dtype
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
@@ -296,12 +296,8 @@ class ConvertReport:
 
 
 def _check_dst(dst: Path) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise InputError(f"output {dst} exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()):
-        raise InputError(f"output folder {dst} is not empty; pass a new or empty folder")
-    if not dst.parent.is_dir():
-        raise InputError(f"the folder {dst.parent} (where {dst.name} would go) does not exist")
+    """A new or empty folder, in an existing folder where one can be created (before any work)."""
+    check_new_folder(dst, "output folder", make_parents=False)
 
 
 def _prepare(
@@ -373,15 +369,17 @@ def _write_atomic(
     dst: Path, cfg: Any, given: Optional[Any], layout: str, shards: Sequence[Shard],
     job: _Job, log: Log,
 ) -> list[str]:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder in {dst.parent} ({exc.strerror})") from None
     try:
         files = _write_all(tmp, cfg, given, layout, shards, job, log)
-        make_public(tmp, folder=True)  # mkdtemp made it private
-        if dst.is_dir():
-            dst.rmdir()  # empty (checked); rename() does not replace a folder on every platform
-        tmp.rename(dst)
-    except BaseException:  # Ctrl-C included: leave nothing half-written
+        test_pause("convert")
+        place_folder(tmp, dst)
+    except BaseException as exc:  # Ctrl-C and SIGTERM included: leave nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
+        note_removed(exc, f"the partial output {dst}")
         raise
     return files
 

@@ -17,12 +17,11 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
+from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import InputError
 from lightx2v.pipelines.base import Guidance, GenerationResult, StepContext, denoise, video_to_frames
 
@@ -258,20 +257,33 @@ class WanPipeline:
         timings["vae_decode"] = self._lap(t2)
         frames = video_to_frames(video)
         result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
-        if p.output_type in ("mp4", "png"):
+        if p.output_type in FILE_OUTPUT_TYPES:
+            from lightx2v.io.output import save
+
             t3 = time.perf_counter()
-            path = p.output_path or default_output_path(self.task, seed, p.output_type)
-            if p.output_type == "png":
-                from lightx2v.io.image import write_png
-
-                result.path = str(write_png(frames[0], path))
-            else:
-                from lightx2v.io.video import write_mp4
-
-                result.path = str(write_mp4(frames, path, fps=p.fps))
+            result.path = str(save(frames, p.output_path or "outputs/", fps=p.fps, output_type=p.output_type,
+                                   overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
+                                   default_stem=default_output_stem(self.task, seed)))
             timings["save"] = self._lap(t3)
         timings["total"] = self._lap(t0)
         return result
+
+    def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
+        """What is recorded with the file (its container's comment tag and the `<file>.json` sidecar)."""
+        from lightx2v import __version__
+
+        mc = self.model_config
+        loras = [{"path": path, "strength": s, "mode": "merged"} for path, s in self.merged_loras]
+        if self.lora_set is not None:
+            loras += [{"path": lw.source, "strength": s, "mode": "dynamic"} for lw, s in self.lora_set.active]
+        return {
+            "lightx2v": __version__, "model": str(mc.root), "family": mc.family, "task": mc.task,
+            "dit_path": None if mc.dit_source is None else str(mc.dit_source.path),
+            "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
+            "latents_given": p.latents is not None, "num_inference_steps": p.num_inference_steps,
+            "guidance_scale": p.guidance_scale, "shift": p.shift, "solver": p.solver,
+            "width": size[1], "height": size[0], "num_frames": p.num_frames, "fps": p.fps, "loras": loras,
+        }
 
     def _lap(self, since: float) -> float:
         if self.device.type == "cuda":
@@ -279,6 +291,7 @@ class WanPipeline:
         return time.perf_counter() - since
 
 
-def default_output_path(task: str, seed: int | None, ext: str = "mp4") -> str:
+def default_output_stem(task: str, seed: int | None) -> str:
+    """The file name (without extension) a run writes when given a folder, or no output path."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("outputs") / f"wan_{task}_{stamp}_seed{seed}.{ext}")
+    return f"wan_{task}_{stamp}_seed{seed}"
