@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from lightx2v.choices import CONVERT_LAYOUTS as LAYOUTS, DTYPES, QUANT_CHOICES  # noqa: F401 (torch-free: --help)
-from lightx2v.io.atomic import check_new_folder, make_public, note_removed, place_folder, test_pause
+from lightx2v.io.atomic import check_new_folder, note_removed, place_folder, test_pause
 from lightx2v.config import parse_dtype
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
