@@ -300,6 +300,23 @@ def inspect_dit_source(path: Union[str, Path]) -> DitSource:
     """What a DiT file / index / folder holds, from the safetensors headers (no tensor data read)."""
     path = Path(path).expanduser()
     kind, files = locate_dit_files(path)
+    return _inspect(path, kind, files)
+
+
+def inspect_dit_files(files: Union[str, Path, Iterable[Union[str, Path]]]) -> DitSource:
+    """`inspect_dit_source` of exactly these files (a model folder's DiT as its layout lists them:
+    one file, or the shards of an index); the source's path is their folder."""
+    files = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if not files:
+        raise CheckpointError("no DiT files given")
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:
+        raise CheckpointError(f"DiT weights not found: {missing}")
+    path = files[0] if len(files) == 1 else files[0].parent
+    return _inspect(path, "single-file" if len(files) == 1 else "folder", files)
+
+
+def _inspect(path: Path, kind: str, files: list[Path]) -> DitSource:
     raw: dict[str, TensorInfo] = {}
     for i, f in enumerate(files):
         infos = _file_infos(f)
