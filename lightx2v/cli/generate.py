@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-path", default=None,
                    help="model folder (any layout of a supported family) or Hugging Face repo id (required; may come from --config)")
     p.add_argument("--task", default=None, choices=all_tasks(),
-                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video); default: the checkpoint's")
+                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video), ti2v (Wan2.2 TI2V-5B: text, or image with --image, to video); default: the checkpoint's")
     p.add_argument("--image", default=None, help="first frame for i2v / flf2v (PNG, JPEG, WebP)")
     p.add_argument("--last-image", default=None, help="last frame for flf2v")
     p.add_argument("--resize-mode", default="area", choices=("area", "crop", "pad"),
@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "crop / pad give exactly --size, cropping or padding the image")
     p.add_argument("--prompt", default=None, help="what the video shows (required; may come from --config)")
     p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the checkpoint's default negative prompt)")
-    p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280)")
+    p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280; Wan2.2 TI2V-5B: multiples of 32, 1280x704)")
     p.add_argument("--frames", type=int, default=81, help="number of frames, 4k+1")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 50 for Wan2.1)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the checkpoint's, 5.0)")
