@@ -373,3 +373,14 @@ def test_arch_refuses_what_does_not_fit(wan22_t2v_dirs):
         dataclasses.replace(mc.arch, boundary=1.0)
     with pytest.raises(CheckpointError, match="one DiT has no expert boundary"):
         dataclasses.replace(mc.arch, dit_2=None)
+
+
+def test_a_two_expert_folder_as_one_dit_source_asks_which(wan22_t2v_dirs):
+    from lightx2v.loading.dit_files import inspect_dit_source
+
+    diffusers_dir, official_dir = wan22_t2v_dirs
+    with pytest.raises(CheckpointError, match="holds two DiTs, transformer/ and transformer_2/; pass the one you mean"):
+        inspect_dit_source(diffusers_dir)  # (convert, info, --dit-path): never the high expert silently
+    with pytest.raises(CheckpointError, match="its sub-folders high_noise_model/, low_noise_model/ hold DiTs"):
+        inspect_dit_source(official_dir)
+    assert inspect_dit_source(official_dir / "low_noise_model").files[0].name.endswith("00001-of-00002.safetensors")
