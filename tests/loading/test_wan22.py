@@ -384,3 +384,12 @@ def test_a_two_expert_folder_as_one_dit_source_asks_which(wan22_t2v_dirs):
     with pytest.raises(CheckpointError, match="its sub-folders high_noise_model/, low_noise_model/ hold DiTs"):
         inspect_dit_source(official_dir)
     assert inspect_dit_source(official_dir / "low_noise_model").files[0].name.endswith("00001-of-00002.safetensors")
+
+
+def test_from_pretrained_passes_dit_path_2(wan22_t2v_dirs, tmp_path, monkeypatch):
+    from lightx2v import LightX2V
+
+    low = _single_file(wan22_t2v_dirs[1] / "low_noise_model", tmp_path / "low.safetensors")
+    monkeypatch.setattr(LightX2V, "from_model_config", classmethod(lambda cls, mc, engine, **kw: mc))  # detection only
+    mc = LightX2V.from_pretrained(wan22_t2v_dirs[1], device="cpu", dit_path_2=low, progress=False)
+    assert mc.files["dit_2"] == (str(low),) and mc.dit_source_2.path == low and mc.dit_source is None
