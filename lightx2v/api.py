@@ -93,7 +93,7 @@ class LightX2V:
     def set_lora(self, lora: Sequence[tuple[str | Path, float]], allow_unmatched: bool = False) -> None:
         """Switch or re-weight LoRAs between generations without reloading the base weights
         ([] removes them). LoRAs merged at load stay merged."""
-        self.pipeline.set_lora(lora, allow_unmatched=allow_unmatched)
+        self.pipeline.set_lora([(p, _strength(s)) for p, s in lora], allow_unmatched=allow_unmatched)
 
     def generate(
         self,
@@ -149,12 +149,7 @@ class LightX2V:
 
 
 def _strength(value) -> float:
-    import math
+    """A LoRA strength from the API: finite, |s| <= 10 (lightx2v.loading.lora.lora_strength)."""
+    from lightx2v.loading.lora import lora_strength
 
-    try:
-        s = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"LoRA strength must be a number, got {value!r}") from None
-    if not math.isfinite(s):
-        raise InputError(f"LoRA strength must be a finite number, got {value!r}")
-    return s
+    return lora_strength(value)
