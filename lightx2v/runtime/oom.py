@@ -26,7 +26,7 @@ ADVICE = {
     "VAE decode": "lower the size or the number of frames (the VAE decode holds the whole video)",
 }
 _OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory", "alloc_failed")
-_ASKED = re.compile(r"tried to allocate ([\d.]+ ?[KMGT]?i?B|\d+ bytes)", re.IGNORECASE)
+_ASKED = re.compile(r"tried to allocate (\d+ bytes|[\d.]+ ?[KMGT]?i?B\b)", re.IGNORECASE)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
