@@ -10,12 +10,19 @@ The layout (official or diffusers) is detected from the files.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import torch
 
-from lightx2v.config import CompileConfig, EngineConfig, ModelConfig, SamplingParams, parse_dtype
+from lightx2v.config import (
+    CompileConfig,
+    EngineConfig,
+    ModelConfig,
+    SamplingParams,
+    parse_dtype,
+)
 from lightx2v.errors import InputError
 from lightx2v.pipelines.base import GenerationResult
 
@@ -35,21 +42,22 @@ class LightX2V:
         device: str = "cuda",
         dtype: torch.dtype | str = torch.bfloat16,
         attention: str = "auto",
-        quant: Optional[str] = None,
+        quant: str | None = None,
         *,
-        task: Optional[str] = None,
-        dit_path: Optional[str | Path] = None,
+        task: str | None = None,
+        dit_path: str | Path | None = None,
         lora: Sequence[tuple[str | Path, float]] = (),
         lora_mode: str = "merge",
         lora_allow_unmatched: bool = False,
         compile: bool | CompileConfig = False,
         cfg_mode: str = "sequential",
-        preset: Optional[str] = None,
-        cache_dir: Optional[str | Path] = None,
-        revision: Optional[str] = None,
+        preset: str | None = None,
+        cache_dir: str | Path | None = None,
+        revision: str | None = None,
         local_files_only: bool = False,
+        timeout: float | None = None,
         progress: bool = True,
-    ) -> "LightX2V":
+    ) -> LightX2V:
         """Detect the checkpoint's family and layout, build the models on the meta device, load them
         (mmap) and apply the engine (lightx2v.runtime.engine, one place, one order).
 
@@ -62,32 +70,29 @@ class LightX2V:
         `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
         blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
+        A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
+        `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
         """
-        from lightx2v.config import LoraConfig, resolve_device
         from lightx2v.loading.detect import detect
         from lightx2v.loading.hub import resolve_model_path
-        from lightx2v.ops.attention import resolve_attention
 
-        lora = tuple((str(Path(p)), _strength(s)) for p, s in lora)
-        engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
-                              quant=quant, compile=compile, cfg_mode=cfg_mode,
-                              lora=LoraConfig(lora, mode=lora_mode, allow_unmatched=lora_allow_unmatched))
-        if engine.quant.scheme is not None:
-            from lightx2v.quant import get_scheme
-
-            get_scheme(engine.quant.scheme)  # a clear error for an unknown name, before any weight is read
-        # a backend that cannot run here fails now, not after the DiT's weights were read
-        resolve_attention(attention, engine.torch_device(), engine.dtype)
+        engine = make_engine(device=device, dtype=dtype, attention=attention, quant=quant, lora=lora,
+                             lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
+                             compile=compile, cfg_mode=cfg_mode)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
-                                  local_files_only=local_files_only)
-        for p, _ in lora:
-            if not Path(p).is_file():
-                raise InputError(f"LoRA file not found: {p}")
-        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(p for p, _ in lora))
-        spec = mc.spec
-        if task is not None and task != mc.task:
-            raise InputError(f"--task {task} does not fit this checkpoint: {root} is a {spec.title} {mc.task} model")
-        pipeline = spec.pipeline().load(mc, engine, progress=progress)
+                                  local_files_only=local_files_only, timeout=timeout, progress=progress)
+        check_lora_files(engine)
+        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(p for p, _ in engine.lora.loras))
+        return cls.from_model_config(mc, engine, task=task, progress=progress)
+
+    @classmethod
+    def from_model_config(cls, mc: ModelConfig, engine: EngineConfig, *, task: str | None = None,
+                          progress: bool = True) -> LightX2V:
+        """Load a detected checkpoint (`lightx2v.loading.detect.detect`) with an engine config
+        (`make_engine`): what `from_pretrained` does after detection. The CLI detects first, checks
+        the request against the detected config, and only then loads."""
+        check_task(mc, task)
+        pipeline = mc.spec.pipeline().load(mc, engine, progress=progress)
         return cls(pipeline, mc, engine)
 
     def set_lora(self, lora: Sequence[tuple[str | Path, float]], allow_unmatched: bool = False) -> None:
@@ -98,27 +103,28 @@ class LightX2V:
     def generate(
         self,
         prompt: str,
-        negative_prompt: Optional[str] = None,
+        negative_prompt: str | None = None,
         image: Any = None,
         height: int = 480,
         width: int = 832,
         num_frames: int = 81,
-        num_inference_steps: Optional[int] = None,
-        guidance_scale: Optional[float] = None,
-        shift: Optional[float] = None,
-        solver: Optional[str] = None,
-        seed: Optional[int] = None,
-        latents: Optional[torch.Tensor] = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        shift: float | None = None,
+        solver: str | None = None,
+        seed: int | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "mp4",
-        output_path: Optional[str | Path] = None,
-        callback: Optional[Callable] = None,
+        output_path: str | Path | None = None,
+        callback: Callable | None = None,
         *,
-        guidance_scale_2: Optional[float] = None,
+        guidance_scale_2: float | None = None,
         last_image: Any = None,
         resize_mode: str = "area",
-        fps: Optional[int] = None,
-        video_length: Optional[int] = None,
-        resolution: Optional[tuple[int, int]] = None,
+        fps: int | None = None,
+        video_length: int | None = None,
+        resolution: tuple[int, int] | None = None,
+        overwrite: bool = True,
     ) -> GenerationResult:
         """Generate one video (or, with num_frames=1 and output_type "png", one image). `image` (and
         `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width."""
@@ -139,6 +145,7 @@ class LightX2V:
             guidance_scale_2=guidance_scale_2,
             shift=shift, solver=solver, seed=seed, latents=latents, output_type=output_type,
             output_path=None if output_path is None else str(output_path), fps=fps, callback=callback,
+            overwrite=overwrite,
         )
         return self.pipeline(params)
 
@@ -146,6 +153,40 @@ class LightX2V:
         """Generate from a whole request: a `SamplingParams`, or its JSON form (`SamplingParams.to_dict`)."""
         params = request if isinstance(request, SamplingParams) else SamplingParams.from_dict(request)
         return self.pipeline(params)
+
+
+def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat16, attention: str = "auto",
+                quant: str | None = None, lora: Sequence[tuple[str | Path, float]] = (), lora_mode: str = "merge",
+                lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
+                cfg_mode: str = "sequential") -> EngineConfig:
+    """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
+    the device exists, the dtype and quantization scheme are known, the attention backend runs here."""
+    from lightx2v.config import LoraConfig, resolve_device
+    from lightx2v.ops.attention import resolve_attention
+
+    lora = tuple((str(Path(p)), _strength(s)) for p, s in lora)
+    engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
+                          quant=quant, compile=compile, cfg_mode=cfg_mode,
+                          lora=LoraConfig(lora, mode=lora_mode, allow_unmatched=lora_allow_unmatched))
+    if engine.quant.scheme is not None:
+        from lightx2v.quant import get_scheme
+
+        get_scheme(engine.quant.scheme)  # a clear error for an unknown name
+    resolve_attention(attention, engine.torch_device(), engine.dtype)  # a backend that cannot run here
+    return engine
+
+
+def check_lora_files(engine: EngineConfig) -> None:
+    for p, _ in engine.lora.loras:
+        if not Path(p).is_file():
+            raise InputError(f"LoRA file not found: {p}", field="lora")
+
+
+def check_task(mc: ModelConfig, task: str | None) -> None:
+    """`task`, if given, must be the checkpoint's (checked before any weight is read)."""
+    if task is not None and task != mc.task:
+        raise InputError(f"task {task} does not fit this checkpoint: {mc.root} is a {mc.spec.title} {mc.task} model",
+                         field="task")
 
 
 def _strength(value) -> float:

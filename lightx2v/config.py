@@ -26,9 +26,9 @@ from lightx2v.errors import InputError
 if TYPE_CHECKING:
     from lightx2v.loading.dit_files import DitSource
 
-OUTPUT_TYPES = ("mp4", "png", "np", "pt", "latent")
+OUTPUT_TYPES = ("mp4", "webm", "gif", "png", "np", "pt", "latent")
 IMAGE_OUTPUT_TYPES = ("png",)          # one image: num_frames must be 1
-FILE_OUTPUT_TYPES = ("mp4", "png")     # written to output_path
+FILE_OUTPUT_TYPES = ("mp4", "webm", "gif", "png")  # written to output_path (lightx2v.io.output)
 # how a conditioning image is fitted to the frame (see lightx2v.pipelines.wan_image)
 RESIZE_MODES = ("area", "crop", "pad")
 # request limits (validate): CFG scales in use are 1 to ~20; released shifts 1 to 17; fps above
@@ -176,18 +176,36 @@ class EngineConfig:
         return self.torch_device() if self.staging is None else resolve_device(self.staging)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' | 'cuda[:i]' | 'cpu' -> torch.device, with a clear error when CUDA is missing."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' | 'cuda[:i]' | 'cpu' -> torch.device; anything this machine cannot run on is one
+    InputError naming the devices it has. 'auto' without CUDA warns that the CPU is slow."""
+    import warnings
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(cuda)] if cuda else [])
+    here = f"this machine has: {', '.join(have)}"
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if cuda:
+            return torch.device("cuda")
+        warnings.warn("no CUDA device found; running on the CPU (slow)", UserWarning, stacklevel=2)
+        return torch.device("cpu")
     try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}; expected 'cuda', 'cuda:N', 'cpu' or 'auto'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but CUDA is not available; use --device cpu (slow) or a GPU machine")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
+        dev = name if isinstance(name, torch.device) else (
+            torch.device(name) if isinstance(name, str) and name.strip() == name else None)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None:
+        raise InputError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N ({here})", field="device")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name!r} is not supported (lightx2v runs on CUDA GPUs and the CPU); {here}",
+                         field="device")
+    if dev.type == "cuda" and not cuda:
+        raise InputError(f"device {name!r} was asked for but CUDA is not available; {here} "
+                         "(use --device cpu, slow, or a GPU machine)", field="device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= cuda:
+        raise InputError(f"device {name!r} does not exist; {here}", field="device")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise InputError(f"device {name!r} does not exist; {here}", field="device")
     return dev
 
 
@@ -199,6 +217,12 @@ class SamplingParams:
     request is `num_frames=1` with an image output type ("png", "np", "pt"). It round-trips through
     JSON (`to_dict` / `from_dict`): images as paths or PNG bytes, `latents` as raw float32 bytes;
     `callback` is not serialized.
+
+    Files (output_type mp4, webm, gif, png): the extension of `output_path` decides the format, and
+    must agree with `output_type`, except the default "mp4", which the extension overrides
+    (output_path="a.gif" writes a GIF). A folder (`out/`) gets the default file name inside;
+    an existing file is replaced with a warning unless `overwrite` is False (refused before any
+    work); /dev/null and FIFOs are written through. lightx2v.io.output has the whole rule.
     """
 
     prompt: str
@@ -278,12 +302,18 @@ class SamplingParams:
             raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}")
         if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames != 1:
             raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}")
+        if not isinstance(self.overwrite, bool):
+            raise InputError(f"overwrite must be true or false, got {self.overwrite!r}")
         if self.fps is not None and (not _is_int(self.fps) or not 1 <= self.fps <= FPS_MAX):
             raise InputError(f"fps must be an integer from 1 to {FPS_MAX}, got {self.fps!r}", field="fps")
         if self.latents is not None:
             _check_latents(self.latents)
         if self.output_path is not None and self.output_type in FILE_OUTPUT_TYPES:
-            check_writable(Path(self.output_path))
+            # the file's extension decides its format; it must agree with output_type, unless that
+            # is the default "mp4" (see lightx2v.io.output: folders, /dev/null, FIFOs, overwrite)
+            from lightx2v.io.output import check_output
+
+            check_output(self.output_path, self.num_frames, self.overwrite, self.output_type)
 
     def to_dict(self) -> dict:
         """A JSON-serializable dict (`from_dict` reads it back); `callback` is left out."""
@@ -356,16 +386,3 @@ def _is_int(v) -> bool:
     """A whole number (numpy's too), not a bool."""
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
-
-def check_writable(path: Path) -> None:
-    """The folder that will hold `path` exists (or can be made) and is writable."""
-    import os
-
-    if path.exists() and path.is_dir():
-        raise InputError(f"output path {path} is a folder; expected a file name such as out.mp4")
-    folder = path.parent  # Path("out.mp4").parent is Path(".")
-    probe = folder
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise InputError(f"output folder {folder} is not writable")

@@ -54,3 +54,11 @@ class NonFiniteError(LightX2VError):
     """The computation produced NaN or infinity; the message names the step."""
 
     exit_code = 5
+
+
+class GenerationCancelled(Exception):
+    """The per-step callback asked to stop; nothing was written.
+
+    Not a `ValueError` (nor a LightX2VError): a cancel is not bad input (a server must not answer 400).
+    Defined here, with no torch import, so that the CLI can catch it without importing torch;
+    lightx2v.pipelines.base re-exports it."""

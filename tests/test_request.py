@@ -68,7 +68,7 @@ def test_an_image_request_writes_one_png(tiny_official_dir, tmp_path):
     frames = pipe.generate(output_type="np", **kw).frames
     assert frames.shape == (1, 32, 48, 3)
     result = pipe.run({**kw, "output_type": "png", "output_path": str(tmp_path / "out.png")})
-    assert result.path == str(tmp_path / "out.png") and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+    assert result.path == str(tmp_path / "out.png") and sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "out.png.json"]
     png = np.asarray(Image.open(result.path))
     assert png.shape == (32, 48, 3)
     assert np.array_equal(png, (np.clip(frames[0], 0, 1) * 255 + 0.5).astype(np.uint8))

@@ -30,7 +30,8 @@ def parse_bytes(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from lightx2v.loading.convert import DTYPES, LAYOUTS, QUANT_CHOICES
+    from lightx2v.choices import CONVERT_LAYOUTS as LAYOUTS  # torch-free: --help
+    from lightx2v.choices import DTYPES, QUANT_CHOICES
 
     p.add_argument("src", help="DiT source: an official or diffusers model folder, a .safetensors file (official, "
                                "ComfyUI or diffusers keys; int8/fp8 too), an index, or a block-split folder")

@@ -1,4 +1,13 @@
-"""`lightx2v generate`: one video from a prompt."""
+"""`lightx2v generate`: one video from a prompt.
+
+Order of work, so that a bad request fails in a second, not after a minutes-long load:
+parse flags (and --config) -> engine config (device, dtype, attention, quant: checked) ->
+model path (local folder or hub) -> detection (configs and headers only) -> the request checked
+against the detected checkpoint (lightx2v.pipelines.request.prepare_request: numbers, images,
+task, sizes, solver and step count) -> one summary line -> load -> generate -> save.
+
+Errors about a request field name the flag the user typed (`--steps`, not `num_inference_steps`).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +16,20 @@ import json
 import sys
 from pathlib import Path
 
-from lightx2v.errors import InputError
+from lightx2v.errors import InputError, LightX2VError
 
 HELP = "generate a video from a prompt (and an image for i2v, two for flf2v)"
+
+# request field -> the flag that sets it (errors name the flag)
+FLAGS = {
+    "prompt": "--prompt", "negative_prompt": "--negative-prompt", "image": "--image", "last_image": "--last-image",
+    "resize_mode": "--resize-mode", "height": "--size height", "width": "--size width", "num_frames": "--frames",
+    "num_inference_steps": "--steps", "guidance_scale": "--guidance", "guidance_scale_2": "--guidance-2",
+    "shift": "--shift", "solver": "--solver", "seed": "--seed", "fps": "--fps", "output_path": "--output",
+    "output_type": "--output", "task": "--task", "lora": "--lora", "latents": "latents",
+}
+# flags whose value is a list (repeatable): a config file may give one string or a list of strings
+_LIST_FLAGS = ("lora",)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -21,15 +41,16 @@ def parse_size(text: str) -> tuple[int, int]:
                 return int(w), int(h)
             except ValueError:
                 break
-    raise InputError(f"size must be WIDTHxHEIGHT such as 832x480, got {text!r}")
+    raise InputError(f"--size must be WIDTHxHEIGHT such as 832x480, got {text!r}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    # torch-free (lightx2v --help must not import torch): name lists and the families' manifests
+    from lightx2v.choices import ATTENTION_BACKENDS, SOLVER_NAMES
     from lightx2v.models.registry import all_presets, all_tasks
-    from lightx2v.ops.attention import list_backends
-    from lightx2v.schedulers import SOLVER_NAMES
 
-    p.add_argument("--model-path", required=True, help="model folder (any layout of a supported family) or Hugging Face repo id")
+    p.add_argument("--model-path", default=None,
+                   help="model folder (any layout of a supported family) or Hugging Face repo id (required; may come from --config)")
     p.add_argument("--task", default=None, choices=all_tasks(),
                    help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video); default: the checkpoint's")
     p.add_argument("--image", default=None, help="first frame for i2v / flf2v (PNG, JPEG, WebP)")
@@ -37,17 +58,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize-mode", default="area", choices=("area", "crop", "pad"),
                    help="i2v: area keeps the image's aspect ratio at the --size area (sides multiples of 16); "
                         "crop / pad give exactly --size, cropping or padding the image")
-    p.add_argument("--prompt", required=True, help="what the video shows")
-    p.add_argument("--negative-prompt", default=None, help="what to avoid (default: Wan's default negative prompt)")
+    p.add_argument("--prompt", default=None, help="what the video shows (required; may come from --config)")
+    p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the checkpoint's default negative prompt)")
     p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280)")
     p.add_argument("--frames", type=int, default=81, help="number of frames, 4k+1")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 50 for Wan2.1)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the checkpoint's, 5.0)")
+    p.add_argument("--guidance-2", type=float, default=None,
+                   help="guidance scale of a second (low-noise) expert, for two-expert models (default: the checkpoint's)")
     p.add_argument("--shift", type=float, default=None, help="sigma shift of the flow schedule (default: the checkpoint's)")
     p.add_argument("--solver", default=None, choices=SOLVER_NAMES, help="sampler (default: the checkpoint's: unipc, or distill for 4-step distilled models)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
-    p.add_argument("--fps", type=int, default=None, help="frames per second of the mp4 (default 16)")
-    p.add_argument("--output", default=None, help="mp4 path to write (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--fps", type=int, default=None, help="frames per second of the video (default: the checkpoint's, 16)")
+    p.add_argument("--output", default=None, help="file to write, its format from the extension: .mp4, .webm, .gif, .png (--frames 1); "
+                                                 "a folder/ gets the default name inside; /dev/null is written through (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--no-overwrite", action="store_true", help="refuse an existing --output file (default: replace it, with a warning)")
     p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="merge a LoRA into the DiT (repeatable; strength 1.0 by default)")
@@ -59,11 +84,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="step-distilled preset when the checkpoint does not say it is one: " + ", ".join(all_presets()))
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
+    p.add_argument("--force", action="store_true",
+                   help="run a request the pre-checks refuse as unusual (sizes or frames far from what the model was "
+                        "trained on, a memory estimate above this device's)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
-    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(list_backends())})")
-    p.add_argument("--config", default=None, help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40}); flags on the command line win")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(ATTENTION_BACKENDS)})")
+    p.add_argument("--config", default=None,
+                   help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40, \"lora\": [\"a.safetensors:0.8\"]}); "
+                        "flags on the command line win")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (path, seed, timings, stats, settings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def apply_config_file(parser: argparse.ArgumentParser, argv: list, args: argparse.Namespace) -> argparse.Namespace:
@@ -78,64 +109,137 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list, args: argpars
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must hold a JSON object of flag values")
     sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's parser
-    known = {a.dest for a in sub._actions if a.dest not in ("help", "config")}
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help", "config")}
     cleaned = {}
     for k, v in values.items():
         dest = k.lstrip("-").replace("-", "_")
-        if dest not in known:
-            raise InputError(f"config file {path}: unknown key {k!r}; expected flag names such as {', '.join(sorted(known)[:6])}")
-        cleaned[dest] = v
+        if dest not in actions:
+            raise InputError(f"config file {path}: unknown key {k!r}; expected flag names such as {', '.join(sorted(actions)[:6])}")
+        cleaned[dest] = _config_value(path, k, v, actions[dest])
     sub.set_defaults(**cleaned)
-    # required flags given by the file are no longer required on the command line
-    for a in sub._actions:
-        if a.dest in cleaned:
-            a.required = False
     return parser.parse_args(argv)
 
 
+def _config_value(path: Path, key: str, value, action: argparse.Action):
+    """A config file's value, as the flag would have parsed it (one-line error otherwise)."""
+    where = f"config file {path}: {key!r}"
+    if action.dest in _LIST_FLAGS:
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise InputError(f"{where} must be a string or a list of strings, got {value!r}")
+        return value
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise InputError(f"{where} must be true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    if action.type in (int, float):
+        kind = "an integer" if action.type is int else "a number"
+        try:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError
+            if action.type is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = action.type(value)
+        except ValueError:
+            raise InputError(f"{where} must be {kind}, got {value!r}") from None
+    elif not isinstance(value, str):
+        raise InputError(f"{where} must be a string, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise InputError(f"{where} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return value
+
+
+def flag_message(exc: LightX2VError) -> str:
+    """The error's line with the request field it names replaced by the flag (`--steps`)."""
+    msg = str(exc)
+    flag = FLAGS.get(exc.field or "")
+    if flag and msg.startswith(exc.field + " "):
+        return flag + msg[len(exc.field):]
+    return msg
+
+
 def run(args: argparse.Namespace) -> int:
-    from lightx2v import LightX2V
-    from lightx2v.config import SamplingParams, check_writable
-    from lightx2v.io.image import load_image
+    try:
+        return _run(args)
+    except LightX2VError as exc:
+        if exc.field and exc.field in FLAGS:
+            renamed = type(exc)(flag_message(exc), field=exc.field)
+            raise renamed from None
+        raise
+
+
+def _request(args: argparse.Namespace):
+    from lightx2v.config import SamplingParams
 
     width, height = parse_size(args.size)
-    if args.output:
-        check_writable(Path(args.output))
-    # Validate the request (and read the images) before the (slow) model load.
-    image = None if args.image is None else load_image(args.image, "image")
-    last = None if args.last_image is None else load_image(args.last_image, "last image")
-    if args.task in ("i2v", "flf2v") and image is None:
-        raise InputError(f"--task {args.task} needs --image")
-    if args.task == "flf2v" and last is None:
-        raise InputError("--task flf2v needs --last-image")
-    if args.task in ("t2v", "i2v") and last is not None:
-        raise InputError(f"--last-image is for --task flf2v, not {args.task}")
-    if args.task == "t2v" and image is not None:
-        raise InputError("--image is for --task i2v or flf2v, not t2v")
-    SamplingParams(prompt=args.prompt, height=height, width=width, num_frames=args.frames,
-                   num_inference_steps=args.steps, guidance_scale=args.guidance, shift=args.shift,
-                   solver=args.solver, resize_mode=args.resize_mode, seed=args.seed, fps=args.fps).validate()
+    return SamplingParams(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, image=args.image, last_image=args.last_image,
+        resize_mode=args.resize_mode, height=height, width=width, num_frames=args.frames,
+        num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_scale_2=args.guidance_2,
+        shift=args.shift, solver=args.solver, seed=args.seed, fps=args.fps, output_path=args.output,
+        force=args.force, overwrite=not args.no_overwrite,
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    for flag, value in (("--model-path", args.model_path), ("--prompt", args.prompt)):
+        if value is None:
+            raise InputError(f"{flag} is required (on the command line or as {flag[2:].replace('-', '_')!r} in --config)")
+    from lightx2v.api import LightX2V, check_lora_files, check_task, make_engine
     from lightx2v.loading.detect import detect
     from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.lora import parse_lora_spec
+    from lightx2v.pipelines.request import prepare_request
 
-    # the family's size and frame rules, checked before the (slow) load; detection reads no weights
-    mc = detect(resolve_model_path(args.model_path), dit_path=args.dit_path, preset=args.preset)
-    mc.spec.geometry(mc).check(height, width, args.frames)
-
-    loras = [parse_lora_spec(spec) for spec in args.lora]
-    pipe = LightX2V.from_pretrained(args.model_path, device=args.device, dtype=args.dtype,
-                                    attention=args.attention, quant=args.quant, task=args.task,
-                                    dit_path=args.dit_path, lora=loras, lora_allow_unmatched=args.lora_allow_unmatched,
-                                    preset=args.preset, compile=args.compile, progress=not args.quiet)
-    result = pipe.generate(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, last_image=last,
-        resize_mode=args.resize_mode, height=height, width=width,
-        num_frames=args.frames, num_inference_steps=args.steps, guidance_scale=args.guidance,
-        shift=args.shift, solver=args.solver, seed=args.seed, output_type="mp4",
-        output_path=args.output, fps=args.fps,
-    )
+    params = _request(args)
+    params.validate()  # the request alone (numbers, output path), before touching the model folder
+    engine = make_engine(device=args.device, dtype=args.dtype, attention=args.attention, quant=args.quant,
+                         lora=[parse_lora_spec(spec) for spec in args.lora],
+                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile)
+    check_lora_files(engine)
+    root = resolve_model_path(args.model_path, progress=not args.quiet)
+    mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=tuple(p for p, _ in engine.lora.loras))
+    check_task(mc, args.task)
+    filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
+    if not args.quiet:
+        print(summary_line(mc, engine, filled), file=sys.stderr)
+    pipe = LightX2V.from_model_config(mc, engine, progress=not args.quiet)
+    result = pipe.run(filled)
+    if args.json:
+        print(json.dumps(result_json(result, filled), indent=2, ensure_ascii=False))
+        return 0
     t = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"wrote {result.path} (seed {result.seed}; {t})", file=sys.stderr)
     print(result.path)
     return 0
+
+
+def summary_line(mc, engine, p) -> str:
+    """One line before the load: what runs, where, how."""
+    from lightx2v.ops.attention import resolve_attention
+
+    size = mc.spec.describe(mc).get("size", "")
+    dtype = str(engine.dtype).replace("torch.", "")
+    opts = [f"attention {resolve_attention(engine.attention, engine.torch_device(), engine.dtype).name}"]
+    if engine.quant.scheme:
+        opts.append(f"quant {engine.quant.scheme}")
+    if engine.lora.loras:
+        opts.append(f"{len(engine.lora.loras)} LoRA(s) {engine.lora.mode}")
+    if engine.compile.enabled:
+        opts.append("compile")
+    if mc.distill is not None:
+        opts.append("step-distilled")
+    return (f"lightx2v: {mc.spec.title} {mc.task} {size} ({mc.layout}) on {engine.device}, {dtype}, {', '.join(opts)}; "
+            f"{p.width}x{p.height}, {p.num_frames} frames, {p.num_inference_steps} steps, {p.solver}, "
+            f"guidance {p.guidance_scale:g}, shift {p.shift:g}")
+
+
+def result_json(result, p) -> dict:
+    """What `--json` prints: the file, the seed, timings, stats and the settings used."""
+    settings = {k: v for k, v in p.to_dict().items() if k not in ("image", "last_image", "latents")}
+    settings["image"] = None if p.image is None else "given"
+    settings["last_image"] = None if p.last_image is None else "given"
+    return {"path": result.path, "seed": result.seed, "timings": result.timings, "stats": result.stats,
+            "settings": settings}

@@ -1,4 +1,12 @@
-"""`lightx2v info DIR`: what was detected in a model folder."""
+"""`lightx2v info PATH`: what a model folder, a DiT file or folder, or a LoRA file holds.
+
+- a LoRA file: its key convention, ranks, alphas, widths, targeted blocks and modules, and the
+  model it fits (lightx2v.loading.lora_info);
+- a DiT weight file, or a folder of DiT files only (a block split, shards, or what `lightx2v
+  convert` writes: official, diffusers or blocks layout, with its config.json): the DiT it holds
+  (lightx2v.loading.dit_files), completed by the folder's config.json;
+- a model folder or a Hugging Face repo id: family, task, layout, components, defaults.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,25 @@ import dataclasses
 import json
 from pathlib import Path
 
-HELP = "show what a model folder or DiT file holds: family, task, layout, sizes, dtypes, quantization, files"
+HELP = ("show what a model folder, a DiT file or folder, or a LoRA file holds: family, task, layout, sizes, "
+        "dtypes, quantization, files; a LoRA's format, rank, widths and targets")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_path", help="model folder (any layout of a supported family), Hugging Face repo id, "
-                                      "or a DiT weight file / block folder")
+                                      "a DiT weight file or folder (what `lightx2v convert` writes), or a LoRA file")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def describe(root: str | Path) -> dict:
-    from lightx2v.loading.detect import detect
     from lightx2v.loading.hub import resolve_model_path
+
+    path = resolve_model_path(root)  # before the heavy imports: a bad path or the Hub fails fast
+
+    from lightx2v.loading.detect import detect
     from lightx2v.loading.inspect import summarize
 
-    mc = detect(resolve_model_path(root))
+    mc = detect(path)
     spec = mc.spec
     distill = None if mc.distill is None else {"evidence": mc.distill.evidence,
                                               "preset": getattr(mc.distill.preset, "name", None)}
@@ -55,15 +67,68 @@ def _human(n: float, unit: str = "B") -> str:
     return str(n)
 
 
+def dit_folder(path: Path):
+    """(DitSource, config file or None) of a folder holding a DiT only; None if it holds none.
+
+    The DiT's config is read off the shapes and completed by the folder's config.json (heads,
+    text length, eps: what shapes cannot tell), as `lightx2v convert` writes it."""
+    from lightx2v.errors import CheckpointError
+    from lightx2v.loading.dit_files import inspect_dit_source
+
+    try:
+        src = inspect_dit_source(path)
+    except CheckpointError:
+        return None
+    config = next((c for c in (path / "config.json", path / "transformer" / "config.json") if c.is_file()), None)
+    try:
+        given = src.format.parse_config(json.loads(config.read_text())) if config else None
+    except (OSError, ValueError):  # CheckpointError is a ValueError: a config of something else
+        given = None
+    if given is None:
+        return src, None
+    src.format.check_matches(src.config, given, f"the weights in {path}")  # config.json of another model
+    return dataclasses.replace(src, config=src.format.with_given(src.config, given)), config
+
+
+def _print_dit_folder(args: argparse.Namespace, found: tuple, reason: str) -> None:
+    src, config = found
+    if args.json:
+        print(json.dumps({**src.as_dict(), "dit_only": True, "config_file": str(config) if config else None,
+                          "not_a_model_folder": reason}, indent=2))
+        return
+    lines = src.describe().splitlines()
+    lines[1:1] = [f"  DiT only: no text encoder or VAE here ({reason})",
+                  "  use it as --dit-path with a model folder of the same model, or as `lightx2v convert`'s source"]
+    if config is not None:
+        lines.append(f"  config   {config} read (it completes what the shapes cannot tell)")
+    print("\n".join(lines))
+
+
 def run(args: argparse.Namespace) -> int:
+    from lightx2v.errors import CheckpointError, HubError
+
     path = Path(args.model_path).expanduser()
+    if path.is_file():
+        from lightx2v.loading.lora_info import describe_lora, is_lora_file
+
+        if is_lora_file(path):
+            lora = describe_lora(path)
+            print(json.dumps(lora.as_dict(), indent=2) if args.json else lora.describe())
+            return 0
     if is_dit_source(path):
         from lightx2v.loading.dit_files import inspect_dit_source
 
         src = inspect_dit_source(path)
         print(json.dumps(src.as_dict(), indent=2) if args.json else src.describe())
         return 0
-    info = describe(args.model_path)
+    try:
+        info = describe(args.model_path)
+    except CheckpointError as exc:
+        found = None if isinstance(exc, HubError) or not path.is_dir() else dit_folder(path)
+        if found is None:
+            raise
+        _print_dit_folder(args, found, str(exc))
+        return 0
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0

@@ -1,7 +1,14 @@
 """`lightx2v` command line: generate, info, demo, convert.
 
-Errors meant for people (LightX2VError) are printed as one line on stderr with exit code 2,
-never as a traceback; Ctrl-C stops cleanly (exit 130) and leaves no partial output.
+Errors meant for people (LightX2VError) are printed as one line on stderr with the error's exit
+code (2 bad input, 3 resources, 4 hub, 5 non-finite; 1 the video encoder failed), never as a
+traceback. SIGINT (Ctrl-C) and SIGTERM stop the command cleanly, with exit 130 / 143: the video
+encoder is killed, every temp file and folder removed, and one line says what was removed
+(cli/signals.py). A closed stdout pipe (`| head`) ends it quietly with exit 141.
+
+The console script is `lightx2v.cli.main:main`. The module's own imports are light (no torch:
+the package's attributes load lazily): the heavy imports happen inside `main`, where a Ctrl-C is
+caught like any other.
 """
 
 from __future__ import annotations
@@ -11,8 +18,8 @@ import sys
 from typing import Optional, Sequence
 
 from lightx2v.cli import convert, demo, generate, info
-from lightx2v.errors import LightX2VError
-from lightx2v.pipelines.base import GenerationCancelled
+from lightx2v.cli.signals import describe, exit_code, quiet_broken_pipe, stop_on_signals
+from lightx2v.errors import GenerationCancelled, LightX2VError
 
 COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert}
 
@@ -44,9 +51,17 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import warnings
 
-    with warnings.catch_warnings():  # restores the caller's warning display on return
+    with warnings.catch_warnings(), stop_on_signals():  # both restore the caller's state on return
         warnings.showwarning = _one_line_warning
-        return _main(argv)
+        try:
+            code = _main(argv)
+            sys.stdout.flush()  # here, not at exit: a closed pipe is told apart below
+            return code
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (cli/signals.py), imports included
+            _err(describe(exc))
+            return exit_code(exc)
+        except BrokenPipeError:
+            return quiet_broken_pipe()
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
@@ -61,14 +76,18 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             args = generate.apply_config_file(parser, argv, args)
         return int(args._run(args) or 0)
     except LightX2VError as exc:
-        print(f"lightx2v: error: {exc}", file=sys.stderr)
+        _err(f"error: {exc}")
         return exc.exit_code
     except GenerationCancelled as exc:
-        print(f"lightx2v: {exc}", file=sys.stderr)
+        _err(str(exc))
         return 130
-    except KeyboardInterrupt:
-        print("lightx2v: interrupted; nothing was written", file=sys.stderr)
-        return 130
+
+
+def _err(text: str) -> None:
+    try:
+        print(f"lightx2v: {text}", file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):  # stderr's reader is gone too
+        pass
 
 
 if __name__ == "__main__":

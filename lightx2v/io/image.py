@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -58,27 +58,29 @@ def load_image(value: Any, what: str = "image"):
     raise InputError(f"{what} must be a file path, image bytes, a PIL image or an array, got {type(value).__name__}")
 
 
-def write_png(frame, path: str | Path) -> Path:
-    """One frame (float [H, W, 3] in [0, 1], or uint8) as a PNG at `path`, atomically (temp file + rename)."""
-    import os
-    import tempfile
+def encode_png(frame, dst, metadata: Optional[dict] = None) -> None:
+    """One frame (float [H, W, 3] in [0, 1], or uint8) as a PNG into the file `dst` (no atomic logic:
+    see io/output.py); `metadata` goes into a `Comment` text chunk as JSON."""
+    import json
 
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
-    from lightx2v.io.atomic import make_public
-
-    path = Path(path)
     arr = np.asarray(frame)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise InputError(f"a PNG frame must be [H, W, 3], got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(np.ascontiguousarray(arr), "RGB").save(f, format="PNG")
-        make_public(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    info = None
+    if metadata:
+        info = PngInfo()
+        info.add_itxt("Comment", json.dumps(metadata, ensure_ascii=False, separators=(",", ":")))
+    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(dst, format="PNG", pnginfo=info)
+
+
+def write_png(frame, path: str | Path, metadata: Optional[dict] = None, overwrite: bool = True) -> Path:
+    """One frame as a PNG at `path`, by the output rules of io/output.py (atomic; folders, symlinks,
+    /dev/null and FIFOs as described there; a sidecar `<path>.json` when `metadata` is given)."""
+    from lightx2v.io.output import save
+
+    return save(np.asarray(frame)[None], path, output_type="png", overwrite=overwrite, metadata=metadata)

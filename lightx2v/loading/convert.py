@@ -50,7 +50,8 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from lightx2v.io.atomic import make_public
+from lightx2v.choices import CONVERT_LAYOUTS as LAYOUTS, DTYPES, QUANT_CHOICES  # noqa: F401 (torch-free: --help)
+from lightx2v.io.atomic import check_new_folder, note_removed, place_folder, test_pause
 from lightx2v.config import parse_dtype
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
@@ -62,9 +63,6 @@ from lightx2v.loading.lora import LoraWeights, load_lora, lora_strength, report_
 from lightx2v.loading.state_dict import read_tensors
 from lightx2v.quant import QuantLinear, QuantScheme, apply_quant, get_scheme
 
-LAYOUTS = ("official", "diffusers", "blocks")
-DTYPES = ("bf16", "fp16", "fp32")  # the CLI's choices; config.parse_dtype reads them
-QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8")
 DEFAULT_SHARD_SIZE = 5 * 10**9  # bytes; memory use does not depend on it (tensors stream)
 WEIGHTS = "diffusion_pytorch_model"
 _BLOCK = re.compile(r"blocks\.(\d+)\.")
@@ -298,12 +296,8 @@ class ConvertReport:
 
 
 def _check_dst(dst: Path) -> None:
-    if dst.exists() and not dst.is_dir():
-        raise InputError(f"output {dst} exists and is not a folder")
-    if dst.is_dir() and any(dst.iterdir()):
-        raise InputError(f"output folder {dst} is not empty; pass a new or empty folder")
-    if not dst.parent.is_dir():
-        raise InputError(f"the folder {dst.parent} (where {dst.name} would go) does not exist")
+    """A new or empty folder, in an existing folder where one can be created (before any work)."""
+    check_new_folder(dst, "output folder", make_parents=False)
 
 
 def _prepare(
@@ -376,15 +370,17 @@ def _write_atomic(
     dst: Path, cfg: Any, given: Optional[Any], layout: str, shards: Sequence[Shard],
     job: _Job, log: Log,
 ) -> list[str]:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder in {dst.parent} ({exc.strerror})") from None
     try:
         files = _write_all(tmp, cfg, given, layout, shards, job, log)
-        make_public(tmp, folder=True)  # mkdtemp made it private
-        if dst.is_dir():
-            dst.rmdir()  # empty (checked); rename() does not replace a folder on every platform
-        tmp.rename(dst)
-    except BaseException:  # Ctrl-C included: leave nothing half-written
+        test_pause("convert")
+        place_folder(tmp, dst)
+    except BaseException as exc:  # Ctrl-C and SIGTERM included: leave nothing half-written
         shutil.rmtree(tmp, ignore_errors=True)
+        note_removed(exc, f"the partial output {dst}")
         raise
     return files
 

@@ -5,6 +5,12 @@ the CLI's choices) read specs and name no family. A family is a folder `models/<
 `spec.py` builds one `FamilySpec`; adding a family is that folder, one line in `_BUILTIN` below,
 and tests (docs/adding-a-model.md).
 
+Each family also has a torch-free `manifest.py` (`MANIFEST = FamilyManifest(name, title, tasks,
+presets, spec=<its spec module>)`), and `_BUILTIN` lists those: the CLI's choices (`all_tasks`,
+`all_presets`) and `--help` read manifests only, so they import neither torch nor the family's
+models; `families()` / `get_family()` / `recognise()` import the spec modules on first use, and
+`register_family` checks that a spec says what its manifest says.
+
 A spec says:
 - how its checkpoints are recognised (`recognise(root)`: the layout's name, or the reason it is
   not this family — detection reports every family's reason when none matches);
@@ -25,14 +31,16 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 from lightx2v.errors import CheckpointError, InputError
 
-# The families shipped with lightx2v: modules whose import registers a FamilySpec.
-_BUILTIN = ("lightx2v.models.wan.spec",)
+if TYPE_CHECKING:  # annotations only: this module is imported by `lightx2v --help`, without torch
+    import torch
+
+# The families shipped with lightx2v: their manifest modules (each holds a MANIFEST naming the
+# spec module whose import registers the family's FamilySpec).
+_BUILTIN = ("lightx2v.models.wan.manifest",)
 
 _FAMILIES: dict[str, "FamilySpec"] = {}
 
@@ -62,12 +70,14 @@ class Geometry:
         m = self.size_multiple
         for name, v in (("height", height), ("width", width)):
             if v % m:
-                raise InputError(f"{name} must be a positive multiple of {m} (e.g. 480, 832), got {v!r}")
+                raise InputError(f"{name} must be a positive multiple of {m} (e.g. 480, 832), got {v!r}", field=name)
         if self.max_frames is not None and num_frames > self.max_frames:
-            raise InputError(f"num_frames must be at most {self.max_frames} for this model, got {num_frames}")
+            raise InputError(f"num_frames must be at most {self.max_frames} for this model, got {num_frames}",
+                             field="num_frames")
         if (num_frames - 1) % self.frame_step:
             n = self.frame_step
-            raise InputError(f"num_frames must be {n}k+1 (1, {n + 1}, ..., {20 * n + 1}), got {num_frames!r}")
+            raise InputError(f"num_frames must be {n}k+1 (1, {n + 1}, ..., {20 * n + 1}), got {num_frames!r}",
+                             field="num_frames")
 
     def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, ...]:
         """diffusers' layout [1, C, T', H', W']."""
@@ -151,13 +161,14 @@ class Reason:
 def register_family(spec: FamilySpec) -> FamilySpec:
     if spec.name in _FAMILIES and _FAMILIES[spec.name] is not spec:
         raise ValueError(f"family {spec.name!r} is registered twice")
+    _check_manifest(spec)
     _FAMILIES[spec.name] = spec
     return spec
 
 
 def _load_builtin() -> None:
-    for module in _BUILTIN:
-        importlib.import_module(module)
+    for m in manifests():
+        importlib.import_module(m.spec)
 
 
 def families() -> tuple[FamilySpec, ...]:
@@ -174,14 +185,16 @@ def get_family(name: str) -> FamilySpec:
 
 
 def all_tasks() -> tuple[str, ...]:
+    """Every task of every family (the CLI's --task choices), read from manifests: no torch."""
     seen: dict[str, None] = {}
-    for f in families():
+    for f in _declared():
         seen.update(dict.fromkeys(f.tasks))
     return tuple(seen)
 
 
 def all_presets() -> tuple[str, ...]:
-    return tuple(p for f in families() for p in f.presets)
+    """Every preset of every family (the CLI's --preset names), read from manifests: no torch."""
+    return tuple(p for f in _declared() for p in f.presets)
 
 
 def recognise(root: Path) -> tuple[FamilySpec, str]:
@@ -193,3 +206,46 @@ def recognise(root: Path) -> tuple[FamilySpec, str]:
             return spec, got
         reasons.append(f"{spec.title}: {got.text}")
     raise CheckpointError(f"{root} is not a model folder we know ({'; '.join(reasons)})")
+
+
+# ---------------------------------------------------------------- manifests (torch-free)
+
+
+@dataclass(frozen=True)
+class FamilyManifest:
+    """What the CLI needs to know about a family before anything heavy is imported.
+
+    `spec` is the module whose import registers the family's FamilySpec; name, title, tasks and
+    presets must equal the spec's (checked when it registers)."""
+
+    name: str
+    title: str
+    tasks: tuple[str, ...]
+    presets: tuple[str, ...]
+    spec: str
+
+
+def manifests() -> tuple[FamilyManifest, ...]:
+    """The manifests of the built-in families, in `_BUILTIN` order (imports no spec module)."""
+    return tuple(importlib.import_module(module).MANIFEST for module in _BUILTIN)
+
+
+def _declared() -> list:
+    """Manifests of the built-in families, then the families registered by others (`register_family`
+    outside `_BUILTIN`): whatever has name, tasks and presets."""
+    found = list(manifests())
+    names = {m.name for m in found}
+    return found + [f for f in _FAMILIES.values() if f.name not in names]
+
+
+def _check_manifest(spec: FamilySpec) -> None:
+    """A built-in family's spec must say what its manifest says (the CLI offered the manifest's choices)."""
+    for m in manifests():
+        if m.name != spec.name:
+            continue
+        pairs = {"title": (m.title, spec.title), "tasks": (tuple(m.tasks), tuple(spec.tasks)),
+                 "presets": (tuple(m.presets), tuple(spec.presets))}
+        diff = [f"{field} {a!r} vs {b!r}" for field, (a, b) in pairs.items() if a != b]
+        if diff:
+            raise ValueError(f"family {spec.name!r}: its manifest and its spec differ (manifest vs spec): "
+                             + "; ".join(diff))

@@ -22,13 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
-from lightx2v.errors import NonFiniteError
-
-
-class GenerationCancelled(Exception):
-    """The per-step callback asked to stop; nothing was written.
-
-    Not a `ValueError` (nor a LightX2VError): a cancel is not bad input (a server must not answer 400)."""
+from lightx2v.errors import GenerationCancelled, NonFiniteError  # GenerationCancelled re-exported: the loop raises it
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,17 @@ into the loop and turns a `SamplingParams` into a `GenerationResult`.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
+from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import InputError, NonFiniteError
 from lightx2v.pipelines.base import (
     Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames,
@@ -101,20 +99,21 @@ class WanPipeline:
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "WanPipeline":
         """Components built on meta and loaded onto the staging device, then the engine applied."""
+        from tqdm.auto import tqdm
+
         from lightx2v.loading.components import load_component, load_dit
         from lightx2v.models.wan.tokenizer import WanTokenizer
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
         staging, dt = engine.staging_device(), engine.dtype
-        pipe = cls(
-            mc, engine,
-            dit=load_dit(mc, staging, dt, quant=quant_on_load(engine)),
-            text_encoder=load_component(mc, "text_encoder", staging, dt),
-            tokenizer=WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len),
-            vae=load_component(mc, "vae", staging, dt),
-            clip=load_component(mc, "clip", staging, dt),
-            progress=progress,
-        )
+        parts = {}
+        bar = tqdm(("dit", "text_encoder", "vae", "clip"), desc="load", disable=not progress, leave=False)
+        for name in bar:
+            bar.set_postfix_str(name)
+            parts[name] = (load_dit(mc, staging, dt, quant=quant_on_load(engine)) if name == "dit"
+                           else load_component(mc, name, staging, dt))
+        tokenizer = WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len)
+        pipe = cls(mc, engine, tokenizer=tokenizer, progress=progress, **parts)
         apply_engine(pipe, engine)
         return pipe
 
@@ -125,6 +124,10 @@ class WanPipeline:
         from lightx2v.models.wan.t5 import encode_text
 
         ids, mask = self.tokenizer(prompts)
+        for what, n in zip(("the prompt", "the negative prompt"), self.tokenizer.dropped_tokens(prompts)):
+            if n:
+                warnings.warn(f"{what} is longer than the text encoder reads ({self.tokenizer.text_len} tokens): "
+                              f"its last {n} token(s) were dropped; shorten it to keep them", stacklevel=2)
         states = encode_text(self.text_encoder, ids.to(self.device), mask.to(self.device))
         text_len = self.model_config.dit.text_len
         out = states[0].new_zeros(len(states), text_len, states[0].shape[-1])
@@ -157,17 +160,9 @@ class WanPipeline:
         )
 
     def make_scheduler(self, p: SamplingParams):
-        from lightx2v.schedulers import make_scheduler, scheduler_from_diffusers_config
+        from lightx2v.pipelines.request import build_scheduler
 
-        d = self.model_config.defaults
-        # A diffusers checkpoint's own scheduler config is honoured when its solver is the one asked for.
-        if d.scheduler_config is not None and p.solver == d.solver:
-            sched, _ = scheduler_from_diffusers_config(d.scheduler_config)
-        else:
-            options = d.solver_options if p.solver == d.solver else None
-            sched = make_scheduler(p.solver, convention=d.convention, config=options)
-        sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
-        return sched
+        return build_scheduler(self.model_config.defaults, p, self.device)
 
     def prepare_latents(self, p: SamplingParams, size: tuple[int, int]) -> tuple[torch.Tensor, int | None]:
         """Initial noise [1, 16, T', h/8, w/8] float32: given `latents`, or seeded (CPU generator, so the
@@ -189,31 +184,37 @@ class WanPipeline:
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """float32 latents -> video [1, 3, F, H, W] in [-1, 1]."""
-        return self.vae.decode(latents.to(self.vae_dtype))
-
-    def check_task(self, p: SamplingParams) -> None:
-        wanted = "t2v" if p.image is None else ("flf2v" if p.last_image is not None else "i2v")
-        if wanted == self.task:
-            return
-        if self.task == "t2v":
-            raise InputError("this is a text-to-video checkpoint: it takes no image (use an I2V checkpoint for image-to-video)")
-        if self.task == "i2v":
-            raise InputError("this is an image-to-video checkpoint: give an image" if p.image is None else
-                             "this I2V checkpoint takes one image; first-last-frame needs a Wan2.1 FLF2V checkpoint")
-        raise InputError("this is a first-last-frame checkpoint: give both image and last_image")
+        return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress)
 
     # -- the whole run -------------------------------------------------------------------------
-    def check_request(self, p: SamplingParams) -> None:
-        """What the family and this checkpoint allow, before any work: the geometry, the DiT's position
-        limit and (unless `p.force`) the trained range (lightx2v.runtime.memory)."""
+    @classmethod
+    def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
+        """This checkpoint's rules for a filled request (images already PIL), before any weight is read:
+        the task its images ask for, the frame geometry, the images' sizes, one guidance scale,
+        the DiT's position limit and the trained range."""
+        from lightx2v.pipelines.wan_image import check_images
         from lightx2v.runtime.memory import check_limits
 
-        if p.guidance_scale_2 is not None:
+        wanted = "t2v" if p.image is None else ("flf2v" if p.last_image is not None else "i2v")
+        if wanted != mc.task:
+            if mc.task == "t2v":
+                raise InputError("this is a text-to-video checkpoint: it takes no image (use an I2V checkpoint for image-to-video)",
+                                 field="image")
+            if mc.task == "i2v":
+                raise InputError("this is an image-to-video checkpoint: give an image" if p.image is None else
+                                 "this I2V checkpoint takes one image; first-last-frame needs a Wan2.1 FLF2V checkpoint",
+                                 field="image" if p.image is None else "last_image")
+            raise InputError("this is a first-last-frame checkpoint: give both image and last_image",
+                             field="image" if p.image is None else "last_image")
+        if p.guidance_scale_2 is not None and p.guidance_scale_2 != p.guidance_scale:
             raise InputError("guidance_scale_2 is a second expert's scale; Wan2.1 models have one expert",
                              field="guidance_scale_2")
-        self.geometry.check(p.height, p.width, p.num_frames)
-        check_limits(self.model_config, height=p.height, width=p.width, num_frames=p.num_frames,
-                     steps=p.num_inference_steps, force=p.force)
+        mc.spec.geometry(mc).check(p.height, p.width, p.num_frames)
+        # the DiT's position limit and (unless p.force) the trained range (lightx2v.runtime.memory)
+        check_limits(mc, height=p.height, width=p.width, num_frames=p.num_frames, steps=p.num_inference_steps,
+                     force=p.force)
+        if p.image is not None:
+            check_images(p.image, p.last_image, p.height, p.width, p.num_frames, p.resize_mode, mc.layout)
 
     def check_memory(self, p: SamplingParams) -> None:
         """The memory estimate of `p` against what the device has free (the weights are in place)."""
@@ -230,21 +231,15 @@ class WanPipeline:
 
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> GenerationResult:
-        from lightx2v.io.image import load_image
+        from lightx2v.pipelines.request import prepare_request
 
-        params.validate()
-        if params.image is not None or params.last_image is not None:  # paths or bytes (a request from JSON) -> PIL
-            params = dataclasses.replace(
-                params, image=load_image(params.image, "image"),
-                last_image=None if params.last_image is None else load_image(params.last_image, "last image"))
-        self.check_request(params)
+        p = prepare_request(self.model_config, params)
         with self.lock:  # one generation at a time: a shared pipeline serializes
-            return self._run(params.with_defaults(self.model_config.defaults))
+            return self._run(p)
 
     def _run(self, p: SamplingParams) -> GenerationResult:
         from lightx2v.pipelines.base import Counter
 
-        self.check_task(p)
         self.check_memory(p)  # under the lock: what another generation holds is not free
         if self.model_config.distill is not None:
             from lightx2v.models.wan.distill import cfg_warning
@@ -294,20 +289,33 @@ class WanPipeline:
         timings["vae_decode"] = self._lap(t2)
         frames = video_to_frames(video)
         result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
-        if p.output_type in ("mp4", "png"):
+        if p.output_type in FILE_OUTPUT_TYPES:
+            from lightx2v.io.output import save
+
             t3 = time.perf_counter()
-            path = p.output_path or default_output_path(self.task, seed, p.output_type)
-            if p.output_type == "png":
-                from lightx2v.io.image import write_png
-
-                result.path = str(write_png(frames[0], path))
-            else:
-                from lightx2v.io.video import write_mp4
-
-                result.path = str(write_mp4(frames, path, fps=p.fps))
+            result.path = str(save(frames, p.output_path or "outputs/", fps=p.fps, output_type=p.output_type,
+                                   overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
+                                   default_stem=default_output_stem(self.task, seed)))
             timings["save"] = self._lap(t3)
         timings["total"] = self._lap(t0)
         return result
+
+    def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
+        """What is recorded with the file (its container's comment tag and the `<file>.json` sidecar)."""
+        from lightx2v import __version__
+
+        mc = self.model_config
+        loras = [{"path": path, "strength": s, "mode": "merged"} for path, s in self.merged_loras]
+        if self.lora_set is not None:
+            loras += [{"path": lw.source, "strength": s, "mode": "dynamic"} for lw, s in self.lora_set.active]
+        return {
+            "lightx2v": __version__, "model": str(mc.root), "family": mc.family, "task": mc.task,
+            "dit_path": None if mc.dit_source is None else str(mc.dit_source.path),
+            "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
+            "latents_given": p.latents is not None, "num_inference_steps": p.num_inference_steps,
+            "guidance_scale": p.guidance_scale, "shift": p.shift, "solver": p.solver,
+            "width": size[1], "height": size[0], "num_frames": p.num_frames, "fps": p.fps, "loras": loras,
+        }
 
     def _lap(self, since: float) -> float:
         if self.device.type == "cuda":
@@ -315,6 +323,7 @@ class WanPipeline:
         return time.perf_counter() - since
 
 
-def default_output_path(task: str, seed: int | None, ext: str = "mp4") -> str:
+def default_output_stem(task: str, seed: int | None) -> str:
+    """The file name (without extension) a run writes when given a folder, or no output path."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return str(Path("outputs") / f"wan_{task}_{stamp}_seed{seed}.{ext}")
+    return f"wan_{task}_{stamp}_seed{seed}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +24,6 @@ import torch.nn.functional as F
 
 from lightx2v.config import RESIZE_MODES
 from lightx2v.errors import InputError
-
 
 
 @dataclass(frozen=True)
@@ -117,22 +116,37 @@ def first_last_mask(num_frames: int, lat_h: int, lat_w: int, last: bool, stride_
     return m.view(m.shape[1] // stride_t, stride_t, lat_h, lat_w).transpose(0, 1)
 
 
-@torch.no_grad()
-def build_condition(*, image, last_image: Optional[Any], height: int, width: int, num_frames: int, mode: str,
-                    convention: str, vae, encode_clip, device: torch.device, vae_dtype: torch.dtype) -> ImageCondition:
-    """Everything the I2V/FLF2V DiT is conditioned on, for one request."""
+def _fitted_last(image, last_image, convention: str):
+    if convention == "official" and last_image.size != image.size:
+        return cover_crop_like(last_image, image.size)
+    return last_image
+
+
+def check_images(image, last_image: Any | None, height: int, width: int, num_frames: int, mode: str,
+                 convention: str) -> tuple[int, int]:
+    """The video's (h, w) for these images, or one InputError: too few frames for a last frame,
+    an extreme aspect ratio, an image smaller than the video. Reads no weights (a pre-load check)."""
     if last_image is not None and num_frames < 2:
-        raise InputError(f"first-last-frame video needs at least 5 frames (4k+1), got {num_frames}")
+        raise InputError(f"first-last-frame video needs at least 5 frames (4k+1), got {num_frames}", field="num_frames")
     ih, iw = image.size[1], image.size[0]
     h, w = frame_size((ih, iw), height, width, mode)
     check_not_smaller((ih, iw), h, w, "image")
+    if last_image is not None:
+        last = _fitted_last(image, last_image, convention)
+        check_not_smaller((last.size[1], last.size[0]), h, w, "last image")
+    return h, w
+
+
+@torch.no_grad()
+def build_condition(*, image, last_image: Any | None, height: int, width: int, num_frames: int, mode: str,
+                    convention: str, vae, encode_clip, device: torch.device, vae_dtype: torch.dtype) -> ImageCondition:
+    """Everything the I2V/FLF2V DiT is conditioned on, for one request."""
+    h, w = check_images(image, last_image, height, width, num_frames, mode, convention)
     first = resize_image(image, h, w, mode, convention)
     clip_images = [image]
     frames = [first[:, None]]
     if last_image is not None:
-        if convention == "official" and last_image.size != image.size:
-            last_image = cover_crop_like(last_image, image.size)
-        check_not_smaller((last_image.size[1], last_image.size[0]), h, w, "last image")
+        last_image = _fitted_last(image, last_image, convention)
         clip_images.append(last_image)
         gap = torch.zeros(3, num_frames - 2, h, w)
         frames += [gap, resize_image(last_image, h, w, mode, convention)[:, None]]

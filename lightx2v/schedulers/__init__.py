@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from lightx2v.choices import FIXED_STEP_SOLVERS, SOLVER_NAMES, SOLVERS
 from lightx2v.errors import LightX2VError
 from lightx2v.schedulers.base import CONVENTIONS, Scheduler, SolverState
 from lightx2v.schedulers.distill import StepDistillScheduler
@@ -45,9 +46,8 @@ __all__ = [
     "scheduler_from_diffusers_config",
 ]
 
-SOLVERS = ("unipc", "dpm++", "euler")  # ODE solvers: any step count, a diffusers counterpart each
-FIXED_STEP_SOLVERS = ("distill",)  # samplers bound to the timesteps a model was distilled on
-SOLVER_NAMES = SOLVERS + FIXED_STEP_SOLVERS
+# SOLVERS: ODE solvers (any step count, a diffusers counterpart each); FIXED_STEP_SOLVERS: bound to
+# the timesteps a model was distilled on. The names live in lightx2v.choices (--help needs no torch).
 _CLASSES: Mapping[str, type[Scheduler]] = MappingProxyType({
     "unipc": UniPCScheduler,
     "dpm++": DPMSolverPlusPlusScheduler,

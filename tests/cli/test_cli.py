@@ -29,7 +29,7 @@ def test_generate_writes_valid_mp4(tiny_official_dir, tmp_path, capsys):
     assert (info["frames"], info["width"], info["height"], info["codec"]) == (5, 48, 32, "h264")
     assert info["fps"] == 16
     assert capsys.readouterr().out.strip() == str(out)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.mp4"]  # no temp file left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.mp4", "fox.mp4.json"]  # no temp file left; the sidecar
     umask = os.umask(0)
     os.umask(umask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, not mkstemp's private mode
@@ -71,10 +71,14 @@ def test_info_reports_layout_sizes_dtypes(tiny_official_dir, tiny_diffusers_dir,
 
 def test_demo_writes_video(tmp_path, capsys):
     out = tmp_path / "demo.mp4"
-    assert main(["demo", "--output", str(out), "--steps", "2"]) == 0
+    ckpt = tmp_path / "kept"  # a new folder: the tiny checkpoint is kept there
+    assert main(["demo", "--output", str(out), "--steps", "2", "--checkpoint-dir", str(ckpt)]) == 0
+    assert (ckpt / "config.json").is_file() and not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
     info = probe_mp4(out)
     assert (info["frames"], info["width"], info["height"]) == (17, 256, 144)
-    assert "RANDOM weights" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "RANDOM weights" in err and "`hf download Wan-AI/Wan2.1-T2V-1.3B --local-dir Wan2.1-T2V-1.3B`" in err
+    assert "huggingface-cli" not in err  # huggingface_hub 1.x ships `hf`
 
 
 def _broken(tiny_official_dir, tmp_path, name):
@@ -101,7 +105,7 @@ def _mismatched(tiny_official_dir, tmp_path):
     ("missing_vae", "Wan2.1_VAE.pth in the official layout"),
     ("mismatch", "missing keys: blocks.0.self_attn.q.weight; unexpected keys: blocks.0.extra.weight"),
     ("size", "width must be a positive multiple of 16"),
-    ("frames", "num_frames must be 4k+1"),
+    ("frames", "--frames must be 4k+1"),
     ("prompt", "the prompt is empty"),
     ("output_dir", "is not writable"),
     ("config_key", "unknown key 'stepz'"),

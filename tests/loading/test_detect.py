@@ -86,7 +86,7 @@ def test_api_validation_errors(tiny_official_dir):
     with pytest.raises(InputError, match="latents must have shape"):
         pipe.generate(prompt="x", height=32, width=32, num_frames=5, latents=torch.zeros(1, 16, 2, 3, 3), output_type="latent")
     with pytest.raises(InputError, match="unknown output_type"):
-        pipe.generate(prompt="x", output_type="gif")
+        pipe.generate(prompt="x", output_type="avi")
     with pytest.raises(InputError, match="unknown dtype"):
         LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype="int3")
 

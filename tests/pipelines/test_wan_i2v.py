@@ -189,7 +189,7 @@ def test_t2v_checkpoint_refuses_image(tiny_official_dir):
     pipe = LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype=torch.float32, progress=False)
     with pytest.raises(InputError, match="text-to-video checkpoint: it takes no image"):
         pipe.generate(prompt=PROMPT, image=_image(1), height=H, width=W, num_frames=FRAMES)
-    with pytest.raises(InputError, match="--task i2v does not fit this checkpoint"):
+    with pytest.raises(InputError, match="task i2v does not fit this checkpoint"):
         LightX2V.from_pretrained(tiny_official_dir, device="cpu", task="i2v")
 
 

@@ -1,10 +1,16 @@
-"""The Wan2.1 diffusion transformer (DiT): T2V, I2V and FLF2V as configurations of one module.
+"""The Wan diffusion transformer (DiT): Wan2.1 T2V, I2V and FLF2V, Wan2.2 T2V / I2V-A14B and TI2V-5B
+as configurations of one module.
 
-Design: `WanModel` reproduces the official `WanModel` (Wan-Video/Wan2.1, wan/modules/model.py)
-with the official parameter names, so the official checkpoint loads by name and a diffusers
-checkpoint through `dit_key_from_diffusers`. It is built on the meta device and filled by
+Design: `WanModel` reproduces the official `WanModel` (Wan-Video/Wan2.1 and Wan2.2,
+wan/modules/model.py) with the official parameter names, so the official checkpoint loads by name
+and a diffusers checkpoint through `dit_key_from_diffusers`. It is built on the meta device and filled by
 `lightx2v.loading.state_dict.load_into(..., keep_fp32=WanModel._keep_in_fp32)`; it holds no
 buffers (the RoPE angles are computed in forward and cached per grid/device).
+
+Wan2.2 differs only in its inputs: I2V-A14B has no CLIP branch (`y` only), and the timestep may be
+given per token ([B, L], TI2V image-to-video: 0 on the clean first frame's tokens), which gives
+per-token modulations. A [B] timestep keeps Wan2.1's one modulation per sample, broadcast over the
+tokens (the Wan2.2 reference expands it to every token: the same values, L times the work).
 
 Differences from the reference that do not change the math: inputs are batched tensors (all
 samples the same size, so there is no padding to `seq_len` and no key mask), the image tokens
@@ -32,6 +38,21 @@ from lightx2v.models.wan.dit_config import (  # noqa: F401 (re-exported: the con
     CLIP_TOKENS, MODEL_TYPES, ROPE_MAX_SEQ_LEN, WanDiTConfig, image_fields_from_shapes,
 )
 
+
+def token_timesteps(t: Tensor, grid: tuple[int, int, int], clean_frames: int = 0) -> Tensor:
+    """Per-token timesteps [B, L] for a patch-token grid (f, h, w) (`WanModel.token_grid`): t[b] on
+    every token of sample b, 0 on the tokens of the first `clean_frames` token frames (Wan2.2 TI2V
+    image-to-video: the first latent frame is the clean image latent). Tokens are in the model's
+    order: frame-major, then rows, then columns (the patch embedding flattened)."""
+    f, h, w = grid
+    if t.ndim != 1 or not 0 <= clean_frames <= f:
+        raise InputError(f"token_timesteps needs t [B] and 0 <= clean_frames <= {f}, got t {tuple(t.shape)}, "
+                         f"clean_frames {clean_frames}")
+    out = t[:, None, None].expand(-1, f, h * w).clone()  # [B, f, h * w]
+    out[:, :clean_frames] = 0
+    return out.flatten(1)
+
+
 def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
     """[cos | sin] embedding of timesteps t: [B] -> [B, dim], computed in float64 as the reference."""
     half = dim // 2
@@ -42,7 +63,7 @@ def sinusoidal_embedding(dim: int, t: Tensor) -> Tensor:
 
 
 class WanModel(nn.Module):
-    """Wan2.1 DiT. forward(x [B, in_dim, F, H, W], t [B], context [B, Lc, text_dim]) -> [B, out_dim, F, H, W]."""
+    """Wan DiT. forward(x [B, in_dim, F, H, W], t [B] | [B, L], context [B, Lc, text_dim]) -> [B, out_dim, F, H, W]."""
 
     # params whose name contains one of these stay float32 (load_into(keep_fp32=...)): the time
     # path and modulations, as the official code runs them in fp32, and the norm weights, which
@@ -72,7 +93,7 @@ class WanModel(nn.Module):
         )
         self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, 6 * c.dim))
-        image_input = c.image_tokens > 0
+        image_input = c.has_image_branch
         self.blocks = nn.ModuleList(
             WanBlock(c.dim, c.ffn_dim, c.num_heads, c.qk_norm, c.cross_attn_norm, c.eps,
                      image_input and c.image_kv_proj)
@@ -89,31 +110,42 @@ class WanModel(nn.Module):
         """RoPE (cos, sin) [L, 1, head_dim/2, 2] fp32 for a token grid (cached)."""
         return self.rope_cache.get(grid, device)
 
+    def token_grid(self, latent_size: tuple[int, ...]) -> tuple[int, int, int]:
+        """The patch-token grid (f, h, w) of latents of size (F, H, W); L = f * h * w tokens."""
+        return tuple(s // p for s, p in zip(latent_size, self.config.patch_size))
+
     def _check_inputs(self, x: Tensor, t: Tensor, context: Tensor, clip_fea: Tensor | None, y: Tensor | None) -> None:
         c = self.config
         if x.ndim != 5:
             raise InputError(f"x must be [B, C, F, H, W], got shape {tuple(x.shape)}")
+        if c.has_image_branch and (clip_fea is None or y is None):
+            raise InputError(f"the {c.model_type} model needs clip_fea and y (the image conditioning)")
+        if c.needs_y and y is None:
+            raise InputError(f"the {c.model_type} model needs y (the mask and image latents, concatenated to x on "
+                             "channels)")
+        if clip_fea is not None and not c.has_image_branch:
+            raise InputError(f"this {c.model_type} model has no CLIP image branch; clip_fea must be None")
         channels = x.shape[1] + (y.shape[1] if y is not None else 0)
         if channels != c.in_dim:
             raise InputError(f"x (+ y) has {channels} channels, the {c.model_type} model expects {c.in_dim}")
         if any(s % p for s, p in zip(x.shape[2:], c.patch_size)):
             raise InputError(f"latent size {tuple(x.shape[2:])} is not divisible by the patch size {c.patch_size}")
-        grid = tuple(s // p for s, p in zip(x.shape[2:], c.patch_size))
+        grid = self.token_grid(x.shape[2:])
         for axis, n in zip(("frame", "height", "width"), grid):
             if n > c.rope_max_seq_len:
                 raise InputError(
                     f"latent grid {grid} has {n} positions on the {axis} axis; this model's RoPE covers "
                     f"rope_max_seq_len = {c.rope_max_seq_len} per axis (fewer frames or a smaller size)"
                 )
-        if t.shape != (x.shape[0],):
-            raise InputError(f"t must be [B] = [{x.shape[0]}], got shape {tuple(t.shape)}")
+        b, n = x.shape[0], math.prod(grid)
+        if t.shape not in ((b,), (b, n)):
+            raise InputError(f"t must be [B] = [{b}] or [B, L] = [{b}, {n}] (one timestep per token of the "
+                             f"{grid} patch grid), got shape {tuple(t.shape)}")
         if (context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[1] > c.text_len
                 or context.shape[2] != c.text_dim):
             raise InputError(
                 f"context must be [B={x.shape[0]}, <= {c.text_len}, {c.text_dim}], got {tuple(context.shape)}"
             )
-        if c.image_tokens and (clip_fea is None or y is None):
-            raise InputError(f"the {c.model_type} model needs clip_fea and y (the image conditioning)")
         if clip_fea is not None and (clip_fea.numel() != x.shape[0] * c.image_tokens * c.image_dim
                                      or clip_fea.shape[-1] != c.image_dim):
             raise InputError(
@@ -122,7 +154,21 @@ class WanModel(nn.Module):
             )
 
     def embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """t: [B] -> (e [B, C], e0 [B, 6, C]), both float32."""
+        """t: [B] | [B, L] -> (e [B, 1 | L, C], e0 [B, 1 | L, 6, C]), both float32.
+
+        A [B] t gives one embedding per sample, broadcast over the tokens by the blocks and the head.
+        A [B, L] t (one per token) is embedded once per distinct value and gathered per token: the
+        values of the reference's per-token embedding without its [B * L, 6C] matmuls (a few distinct
+        values, e.g. 0 and t; `torch.unique` waits for the device once)."""
+        if t.ndim == 1:
+            e, e0 = self._embed_time(t)
+            return e[:, None], e0[:, None]
+        values, index = torch.unique(t, return_inverse=True)  # index: [B, L]
+        e, e0 = self._embed_time(values)
+        return e[index], e0[index]
+
+    def _embed_time(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """t: [N] -> (e [N, C], e0 [N, 6, C]), both float32."""
         s = sinusoidal_embedding(self.config.freq_dim, t).float()
         e = linear(self.time_embedding[0], s)
         e = linear(self.time_embedding[2], self.time_embedding[1](e)).float()
@@ -158,10 +204,12 @@ class WanModel(nn.Module):
     ) -> Tensor:
         """Predict the flow (velocity) for latents x at timesteps t.
 
-        x: [B, in_dim (or in_dim - y's channels), F, H, W]; t: [B] float timesteps in [0, 1000];
-        context: [B, Lc <= text_len, text_dim] T5 features (zero-padded to text_len here);
-        clip_fea: [B, 257 | 514, 1280] CLIP features (i2v | flf2v); y: [B, 20, F, H, W] mask + image
-        latents (i2v), concatenated to x on channels. Returns float32 [B, out_dim, F, H, W].
+        x: [B, in_dim (or in_dim - y's channels), F, H, W]; t: [B] float timesteps in [0, 1000], or
+        [B, L] one per patch token (L = f * h * w of `token_grid(x.shape[2:])`, in the tokens' order;
+        `token_timesteps` builds Wan2.2 TI2V's); context: [B, Lc <= text_len, text_dim] T5 features
+        (zero-padded to text_len here); clip_fea: [B, 257 | 514, 1280] CLIP features (i2v | flf2v with
+        the CLIP branch); y: [B, 20, F, H, W] mask + image latents (i2v, flf2v), concatenated to x on
+        channels. Returns float32 [B, out_dim, F, H, W].
         """
         self._check_inputs(x, t, context, clip_fea, y)
         if y is not None:
@@ -179,8 +227,9 @@ class WanModel(nn.Module):
 
     def run_blocks(self, x: Tensor, **kw: Any) -> Tensor:
         """The block stack: x [B, L, C] fp32 -> [B, L, C] fp32. The one boundary a cache or a parallel
-        transform wraps (lightx2v.runtime): forward = embed -> run_blocks -> head. `kw`: e0 [B, 6, C],
-        context [B, text_len, C], context_img [B, n_img, C] | None, rope [L, 1, D/2, 2]."""
+        transform wraps (lightx2v.runtime): forward = embed -> run_blocks -> head. `kw`: e0 [B, 1 | L, 6, C]
+        (per sample, or per token: a sequence-parallel split cuts its token dim with x's), context
+        [B, text_len, C], context_img [B, n_img, C] | None, rope [L, 1, D/2, 2]."""
         for block in self.blocks:
             x = block(x, kw["e0"], kw["context"], kw["context_img"], kw["rope"])
         return x

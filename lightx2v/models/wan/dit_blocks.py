@@ -1,4 +1,4 @@
-"""The layers of the Wan2.1 DiT: norms, 3D RoPE, attention, the transformer block, the head.
+"""The layers of the Wan DiT (2.1 and 2.2): norms, 3D RoPE, attention, the transformer block, the head.
 
 Design: parameter names follow the official Wan2.1 code (wan/modules/model.py), so a checkpoint
 loads by name. Precision follows the official run (fp32 weights under bf16 autocast), written
@@ -222,8 +222,9 @@ class WanBlock(nn.Module):
     def forward(
         self, x: Tensor, e: Tensor, context: Tensor, context_img: Tensor | None, rope: Tensor
     ) -> Tensor:
-        # x: [B, L, C] fp32 residual; e: [B, 6, C] fp32 (time projection); context: [B, text_len, C]
-        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).chunk(6, dim=1)  # [B, 1, C]
+        # x: [B, L, C] fp32 residual; e: [B, 1 | L, 6, C] fp32 (time projection: one per sample, broadcast
+        # over the tokens, or one per token); context: [B, text_len, C]
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).unbind(2)  # [B, 1 | L, C]
         y = self.self_attn(self.norm1(x) * (1 + scale) + shift, rope)
         x = x + y.float() * gate
         x = x + self.cross_attn(self.norm3(x).float(), context, context_img).float()
@@ -242,8 +243,8 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        # x: [B, L, C] fp32; e: [B, C] fp32 (time embedding, before the projection)
-        shift, scale = (self.modulation.float() + e.unsqueeze(1)).chunk(2, dim=1)
+        # x: [B, L, C] fp32; e: [B, 1 | L, C] fp32 (time embedding, before the projection)
+        shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # [B, 1 | L, C]
         return linear(self.head, self.norm(x) * (1 + scale) + shift)
 
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from lightx2v.errors import CheckpointError
 from lightx2v.models.wan.dit import WanDiTConfig, WanModel, dit_key_from_diffusers, image_fields_from_shapes
+from lightx2v.models.wan.dit_config import TI2V_CHANNELS, weights_type
 
 _OFFICIAL_BLOCK = re.compile(r"blocks\.\d+\.(self_attn|cross_attn|ffn\.\d+)\.")
 _DIFFUSERS_BLOCK = re.compile(r"blocks\.\d+\.(attn1|attn2|ffn\.net)\.")
@@ -32,7 +33,9 @@ def describe_config(cfg: WanDiTConfig) -> str:
     """'Wan2.1 14B i2v DiT (dim 5120, 40 layers)'."""
     from lightx2v.models.wan.presets import SIZES
 
-    family = "Wan2.2" if cfg.in_dim == 48 else "Wan2.1"  # TI2V-5B; Wan2.2 A14B experts look like Wan2.1 14B
+    # TI2V-5B and I2V-A14B (no CLIP branch) are Wan2.2's; the T2V-A14B experts look like Wan2.1 14B
+    wan22 = cfg.model_type == "ti2v" or cfg.in_dim == TI2V_CHANNELS or (cfg.needs_y and not cfg.has_image_branch)
+    family = "Wan2.2" if wan22 else "Wan2.1"
     size = SIZES.get((cfg.dim, cfg.num_layers, cfg.num_heads, cfg.ffn_dim))
     return f"{family} {size + ' ' if size else ''}{cfg.model_type} DiT (dim {cfg.dim}, {cfg.num_layers} layers)"
 
@@ -49,6 +52,9 @@ def dit_config_from_state_dict(
 
     num_heads, text_len and eps cannot be read off the tensors: they come from `base` (the model
     folder's config) when given, else Wan's values (128-wide heads, 512 text tokens, 1e-6).
+    model_type: flf2v / i2v with img_emb tensors (the CLIP branch); i2v without a CLIP branch
+    (image_dim None: Wan2.2 I2V-A14B) when in_dim != out_dim (y's channels); else t2v, or ti2v on
+    TI2V_CHANNELS (48) channels, or `base`'s t2v / ti2v (the weights cannot tell them apart).
     """
     shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in sd.items()}
 
@@ -64,18 +70,23 @@ def dit_config_from_state_dict(
         raise CheckpointError(f"{what} has no tensors for blocks.{gap} (blocks found: {len(blocks)}); is it complete?")
     has_img = any(k.startswith("img_emb.") for k in shapes)
     out_dim = need("head.head.weight")[0] // math.prod(patch)
-    if not has_img and in_dim != out_dim:
-        raise CheckpointError(f"{what}: in_dim {in_dim} with no image embedding (img_emb) looks like a Wan2.2 "
-                              "image-to-video DiT, which this version does not run")
+    image = image_fields_from_shapes(shapes, base)  # image_dim, clip_tokens, image_kv_proj, rope_max_seq_len
+    if has_img:
+        model_type = "flf2v" if "img_emb.emb_pos" in shapes else "i2v"
+    elif in_dim != out_dim:  # y (mask + image latents) on the input channels, no CLIP branch
+        model_type, image["image_dim"] = "i2v", None
+    else:
+        model_type = "ti2v" if in_dim == TI2V_CHANNELS else "t2v"
+        if base is not None and weights_type(base.model_type) == "t2v":
+            model_type = base.model_type
     return WanDiTConfig(
-        model_type="flf2v" if "img_emb.emb_pos" in shapes else "i2v" if has_img else "t2v",
+        model_type=model_type,
         in_dim=in_dim, dim=dim, ffn_dim=need("blocks.0.ffn.0.weight")[0],
         num_heads=base.num_heads if base else _guess_heads(dim), num_layers=len(blocks), patch_size=tuple(patch),
         text_len=base.text_len if base else 512, freq_dim=need("time_embedding.0.weight")[1],
         text_dim=need("text_embedding.0.weight")[1], out_dim=out_dim,
         qk_norm="blocks.0.self_attn.norm_q.weight" in shapes, cross_attn_norm="blocks.0.norm3.weight" in shapes,
-        eps=base.eps if base else 1e-6,
-        **image_fields_from_shapes(shapes, base),  # image_dim, clip_tokens, image_kv_proj, rope_max_seq_len
+        eps=base.eps if base else 1e-6, **image,
     )
 
 
@@ -85,7 +96,10 @@ _SHAPE_FIELDS = ("model_type", "in_dim", "dim", "ffn_dim", "num_layers", "patch_
 
 def check_dit_matches(found: WanDiTConfig, expected: WanDiTConfig, what: str) -> None:
     """A one-line CheckpointError when a DiT file is not the model the folder's config describes."""
-    diff = [f for f in _SHAPE_FIELDS if getattr(found, f) != getattr(expected, f)]
+    # t2v / ti2v: the same weights (the folder's config tells which)
+    diff = [f for f in _SHAPE_FIELDS if f != "model_type" and getattr(found, f) != getattr(expected, f)]
+    if weights_type(found.model_type) != weights_type(expected.model_type):
+        diff.insert(0, "model_type")
     if diff:
         detail = ", ".join(f"{f} {getattr(found, f)} vs {getattr(expected, f)}" for f in diff[:4])
         raise CheckpointError(f"{what} is a {describe_config(found)}; the folder's config is a "
@@ -133,7 +147,7 @@ def diffusers_config_json(cfg: WanDiTConfig) -> dict:
 
     The tokens per image of an i2v model (clip_tokens) are not written: diffusers has no such field
     (the image encoder's config tells it); flf2v's are, as pos_embed_seq_len."""
-    image = cfg.image_tokens > 0
+    image = cfg.has_image_branch
     out = {"_class_name": "WanTransformer3DModel", "_diffusers_version": "0.33.1", "patch_size": list(cfg.patch_size),
            "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim, "in_channels": cfg.in_dim,
            "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim, "ffn_dim": cfg.ffn_dim,
@@ -191,8 +205,10 @@ class WanDitFormat:
         """The config read off shapes, completed by a config file's fields shapes cannot tell."""
         kept = dict(num_heads=given.num_heads, text_len=given.text_len, eps=given.eps,
                     rope_max_seq_len=given.rope_max_seq_len)
-        if found.model_type == "i2v":  # tokens per image: told by the image encoder, not the DiT's tensors
-            kept["clip_tokens"] = given.clip_tokens
+        if found.model_type == "i2v" and found.has_image_branch:
+            kept["clip_tokens"] = given.clip_tokens  # tokens per image: told by the image encoder, not the tensors
+        if weights_type(found.model_type) == weights_type(given.model_type):
+            kept["model_type"] = given.model_type  # t2v / ti2v: the weights cannot tell
         return dataclasses.replace(found, **kept)
 
     @staticmethod

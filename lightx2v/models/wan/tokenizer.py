@@ -127,6 +127,12 @@ class WanTokenizer:
         mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long).view(len(encs), self.text_len)
         return ids, mask
 
+    def dropped_tokens(self, prompts: Sequence[str]) -> list[int]:
+        """How many tokens of each prompt fall past `text_len` (cut off by the encoder's limit)."""
+        encs = self._tokenizer.encode_batch([clean_prompt(p) for p in prompts], add_special_tokens=True)
+        return [sum(1 for o in e.overflowing for m, s in zip(o.attention_mask, o.special_tokens_mask) if m and not s)
+                for e in encs]
+
 
 # Default vocabulary of the tiny tokenizer: words common in video prompts. Every printable
 # ASCII character is also a piece, so any ASCII text tokenizes without <unk>.

@@ -23,7 +23,10 @@ from torch import nn
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.models.wan.vae_blocks import CausalCache, CausalConv3d, Decoder3d, Encoder3d
 
-__all__ = ["CausalCache", "WanVAE", "WanVAEConfig", "tiny_vae_config", "vae_key_from_diffusers"]
+__all__ = [
+    "CausalCache", "WanVAE", "WanVAEConfig", "common_key_from_diffusers", "latent_stats", "tiny_vae_config",
+    "vae_key_from_diffusers",
+]
 
 # Per-channel statistics of the Wan2.1 latents (wan/modules/vae.py `WanVAE`, and the
 # `latents_mean` / `latents_std` of diffusers' AutoencoderKLWan config).
@@ -149,6 +152,16 @@ class WanVAEConfig:
         return out
 
 
+def latent_stats(
+    latents_mean: tuple[float, ...], latents_std: tuple[float, ...], like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, 1/std) as [1, z, 1, 1, 1] float32 tensors on the device of `like` (both VAE versions)."""
+    shape = (1, len(latents_mean), 1, 1, 1)
+    mean = torch.tensor(latents_mean, dtype=torch.float32, device=like.device).view(shape)
+    std = torch.tensor(latents_std, dtype=torch.float32, device=like.device).view(shape)
+    return mean, 1.0 / std
+
+
 def tiny_vae_config() -> WanVAEConfig:
     """A small VAE of the same structure (4x8x8, 16 latent channels) for demos and tests."""
     return WanVAEConfig(dim=8, dim_mult=(1, 2, 2, 2))
@@ -172,11 +185,7 @@ class WanVAE(nn.Module):
         )
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, 1/std) as [1, z, 1, 1, 1] float32 tensors on the device of `like`."""
-        shape = (1, self.config.z_dim, 1, 1, 1)
-        mean = torch.tensor(self.config.latents_mean, dtype=torch.float32, device=like.device).view(shape)
-        std = torch.tensor(self.config.latents_std, dtype=torch.float32, device=like.device).view(shape)
-        return mean, 1.0 / std
+        return latent_stats(self.config.latents_mean, self.config.latents_std, like)
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
@@ -206,8 +215,12 @@ class WanVAE(nn.Module):
         return (mu.float() - mean) * inv_std
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
-        """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32."""
+    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False) -> torch.Tensor:
+        """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32.
+
+        `progress`: a bar over the latent frames (the decode is the longest CPU stage)."""
+        from tqdm.auto import tqdm
+
         if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
             raise InputError(
                 f"VAE decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(latents.shape)}"
@@ -218,7 +231,7 @@ class WanVAE(nn.Module):
         cache = cache if cache is not None else CausalCache()
         cache.reset()
         outs = []
-        for i in range(x.shape[2]):
+        for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress, leave=False):
             cache.start_chunk()
             outs.append(self.decoder(x[:, :, i : i + 1], cache))
         cache.reset()
@@ -228,7 +241,7 @@ class WanVAE(nn.Module):
 # ---- diffusers AutoencoderKLWan -> official keys ------------------------------------------------
 
 # Inside a residual block: diffusers name -> index in the official `residual` Sequential.
-_RESNET_PARTS = {
+RESNET_PARTS = {
     "norm1.gamma": "residual.0.gamma",
     "conv1.weight": "residual.2.weight",
     "conv1.bias": "residual.2.bias",
@@ -252,6 +265,21 @@ _UP_RESNET = re.compile(r"^decoder\.up_blocks\.(\d+)\.resnets\.(\d+)\.(.+)$")
 _UP_SAMPLER = re.compile(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.(.+)$")
 
 
+def common_key_from_diffusers(key: str) -> str | None:
+    """Official key of a diffusers key that both VAE versions name alike (quant convs, conv_in,
+    the middle, the head); None for the others (the stages, whose layout differs)."""
+    for pattern, repl in _PLAIN:
+        if pattern.match(key):
+            return pattern.sub(repl, key)
+    if m := _MID.match(key):
+        side, kind, n, rest = m.groups()
+        # official middle = (resnet 0, attention 0, resnet 1)
+        idx = 2 * int(n) if kind == "resnets" else 2 * int(n) + 1
+        rest = RESNET_PARTS.get(rest, rest) if kind == "resnets" else rest
+        return f"{side}.middle.{idx}.{rest}"
+    return None
+
+
 def vae_key_from_diffusers(key: str, num_res_blocks: int = 2) -> str | None:
     """Official `Wan2.1_VAE.pth` key of a diffusers `AutoencoderKLWan` key.
 
@@ -261,22 +289,15 @@ def vae_key_from_diffusers(key: str, num_res_blocks: int = 2) -> str | None:
     (`WanVAEConfig.key_from_diffusers` does). Valid for `attn_scales = ()` (diffusers has no
     attention in its decoder stages). Unknown keys are returned unchanged so that loading reports them.
     """
-    for pattern, repl in _PLAIN:
-        if pattern.match(key):
-            return pattern.sub(repl, key)
-    if m := _MID.match(key):
-        side, kind, n, rest = m.groups()
-        # official middle = (resnet 0, attention 0, resnet 1)
-        idx = 2 * int(n) if kind == "resnets" else 2 * int(n) + 1
-        rest = _RESNET_PARTS.get(rest, rest) if kind == "resnets" else rest
-        return f"{side}.middle.{idx}.{rest}"
+    if (common := common_key_from_diffusers(key)) is not None:
+        return common
     if m := _DOWN.match(key):
         # resnets get renamed parts; resample/time_conv/attention keys are identical
-        return f"encoder.downsamples.{m.group(1)}.{_RESNET_PARTS.get(m.group(2), m.group(2))}"
+        return f"encoder.downsamples.{m.group(1)}.{RESNET_PARTS.get(m.group(2), m.group(2))}"
     per_stage = num_res_blocks + 2
     if m := _UP_RESNET.match(key):
         stage, j, rest = int(m.group(1)), int(m.group(2)), m.group(3)
-        return f"decoder.upsamples.{stage * per_stage + j}.{_RESNET_PARTS.get(rest, rest)}"
+        return f"decoder.upsamples.{stage * per_stage + j}.{RESNET_PARTS.get(rest, rest)}"
     if m := _UP_SAMPLER.match(key):
         stage, rest = int(m.group(1)), m.group(2)
         return f"decoder.upsamples.{stage * per_stage + num_res_blocks + 1}.{rest}"

@@ -138,15 +138,17 @@ class Resample(nn.Module):
 
     MODES = ("none", "upsample2d", "upsample3d", "downsample2d", "downsample3d")
 
-    def __init__(self, dim: int, mode: str) -> None:
+    def __init__(self, dim: int, mode: str, up_dim: int | None = None) -> None:
         if mode not in self.MODES:
             raise ValueError(f"Resample mode {mode!r} is not one of {self.MODES}")
         super().__init__()
         self.mode = mode
         if mode.startswith("upsample"):
-            # halves the channels: the next stage's first residual block expects dim // 2
+            # Wan2.1 halves the channels (up_dim None: the next stage's first residual block expects
+            # dim // 2); the Wan2.2 VAE keeps them (up_dim = dim)
             self.resample = nn.Sequential(
-                Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1)
+                Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
+                nn.Conv2d(dim, dim // 2 if up_dim is None else up_dim, 3, padding=1),
             )
         elif mode.startswith("downsample"):
             # pad right/bottom only, so a stride-2 3x3 conv maps H to H/2
@@ -236,15 +238,17 @@ class AttentionBlock(nn.Module):
         return out.reshape(b, t, c, h, w).permute(0, 2, 1, 3, 4) + x
 
 
-def _middle(dim: int) -> nn.Sequential:
+def middle_blocks(dim: int) -> nn.Sequential:
+    """The official `middle`: residual block, attention, residual block (keys middle.0/1/2)."""
     return nn.Sequential(ResidualBlock(dim, dim), AttentionBlock(dim), ResidualBlock(dim, dim))
 
 
-def _head(in_dim: int, out_dim: int) -> nn.Sequential:
+def head_blocks(in_dim: int, out_dim: int) -> nn.Sequential:
+    """The official `head`: RMS norm, SiLU, causal conv 3x3x3 (keys head.0.gamma, head.2.*)."""
     return nn.Sequential(RMS_norm(in_dim, images=False), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1))
 
 
-def _run(layers: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+def run_cached(layers: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
     """Run a sequence whose blocks take a cache (residual, attention, resample, causal conv)."""
     for layer in layers:
         takes_cache = isinstance(layer, (CausalConv3d, ResidualBlock, AttentionBlock, Resample))
@@ -279,14 +283,14 @@ class Encoder3d(nn.Module):
                 blocks.append(Resample(out_dim, "downsample3d" if temperal_downsample[i] else "downsample2d"))
                 scale /= 2.0
         self.downsamples = nn.Sequential(*blocks)
-        self.middle = _middle(dims[-1])
-        self.head = _head(dims[-1], z_dim)
+        self.middle = middle_blocks(dims[-1])
+        self.head = head_blocks(dims[-1], z_dim)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = self.conv1(x, cache)
-        x = _run(self.downsamples, x, cache)
-        x = _run(self.middle, x, cache)
-        return _run(self.head, x, cache)
+        x = run_cached(self.downsamples, x, cache)
+        x = run_cached(self.middle, x, cache)
+        return run_cached(self.head, x, cache)
 
 
 class Decoder3d(nn.Module):
@@ -305,7 +309,7 @@ class Decoder3d(nn.Module):
         dims = [dim * u for u in (dim_mult[-1], *reversed(dim_mult))]
         scale = 1.0 / 2 ** (len(dim_mult) - 2)
         self.conv1 = CausalConv3d(z_dim, dims[0], 3, padding=1)
-        self.middle = _middle(dims[0])
+        self.middle = middle_blocks(dims[0])
         blocks: list[nn.Module] = []
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             if i > 0:
@@ -319,10 +323,10 @@ class Decoder3d(nn.Module):
                 blocks.append(Resample(out_dim, "upsample3d" if temperal_upsample[i] else "upsample2d"))
                 scale *= 2.0
         self.upsamples = nn.Sequential(*blocks)
-        self.head = _head(dims[-1], 3)
+        self.head = head_blocks(dims[-1], 3)
 
     def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
         x = self.conv1(x, cache)
-        x = _run(self.middle, x, cache)
-        x = _run(self.upsamples, x, cache)
-        return _run(self.head, x, cache)
+        x = run_cached(self.middle, x, cache)
+        x = run_cached(self.upsamples, x, cache)
+        return run_cached(self.head, x, cache)

@@ -1,0 +1,261 @@
+"""Where a generation's file goes, in which format, and how it is put there.
+
+The rules (the CLI's --output, the API's output_path):
+
+- The extension decides the format: .mp4 (H.264), .webm (VP9), .gif, .png (one frame: num_frames 1).
+  Any other extension (or none) is refused, naming these. A request's output_type must agree with
+  the extension, except the default "mp4", which the extension overrides (see `file_format`).
+- A path ending with a separator (`out/`), or an existing folder, is a folder: the default file
+  name goes inside it (the folder is created).
+- A missing file is created (with its folders). An existing regular file is replaced, with a
+  one-line warning; `overwrite=False` (--no-overwrite) refuses it, before any work.
+- A symlink is followed: the file it points to is what is written (atomically, beside it); the
+  link stays a link. Its sidecar goes beside the link.
+- A character device (/dev/null) or a FIFO is written through: the video is encoded to a temp
+  file, whose bytes are then copied into it; it stays what it was. Its format is output_type's
+  (mp4 by default): its name has no extension. A FIFO write waits for a reader. No sidecar.
+- A block device, a socket or any other kind of file is refused.
+
+Everything else is written atomically: to a hidden temp file beside the target (`.out.mp4.*.partial.mp4`),
+renamed over it once complete; an error or a signal removes the temp file (io/atomic.py).
+With `metadata`, a sidecar `<output>.json` (e.g. out.mp4.json) is written atomically next to the
+file, and mp4 / webm / png carry the same JSON in the file itself (io/video.py, io/image.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lightx2v.errors import InputError
+from lightx2v.io.atomic import make_public, note_removed, write_text_atomic
+
+SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".gif": "gif", ".png": "png"}
+FORMATS = tuple(SUFFIXES.values())
+_SUPPORTED = ", ".join(SUFFIXES)
+_KINDS = {stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """A checked output. kind: "new" (no file yet), "file" (a regular file, replaced), "stream" (a
+    character device or FIFO, written through), "folder" (the default name goes inside)."""
+
+    path: Path  # as the user named it
+    real: Path  # symlinks followed: what is written
+    kind: str
+    fmt: str
+
+    @property
+    def replaces(self) -> bool:
+        return self.kind == "file"
+
+
+def is_folder_path(path: str | os.PathLike) -> bool:
+    """`out/` (a trailing separator) or an existing folder."""
+    text = os.fspath(path)
+    return text.endswith(os.sep) or bool(os.altsep and text.endswith(os.altsep)) or os.path.isdir(text)
+
+
+def file_format(output_type: str, output_path: str | os.PathLike | None) -> str:
+    """The format written for `output_type` at `output_path`: the extension's (.mp4 .webm .gif .png)
+    when the path names a file, and it must agree with output_type unless output_type is the
+    default "mp4"; output_type's for a folder, a character device or a FIFO, or no path."""
+    if output_path is None or is_folder_path(output_path) or _is_stream(Path(output_path)):
+        return output_type
+    path = Path(output_path)
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        what = f"extension {path.suffix!r}" if path.suffix else "no extension"
+        raise InputError(f"output {path} has {what}; the extension decides the format: expected one of {_SUPPORTED}")
+    if output_type != "mp4" and fmt != output_type:
+        raise InputError(f"output_type {output_type!r} does not match the output file {path.name} "
+                         f"(a .{fmt}); name a .{output_type} file or leave output_type as mp4")
+    return fmt
+
+
+def check_output(path: str | os.PathLike, num_frames: int | None = None, overwrite: bool = True,
+                 output_type: str = "mp4") -> OutputTarget:
+    """Check an output before any work (see the module docstring); one-line InputError when refused.
+
+    Called by the CLI before loading the model, by `SamplingParams.validate`, and at save time."""
+    text = os.path.expanduser(os.fspath(path))
+    if not text:
+        raise InputError(f"the output path is empty; expected a file name such as out.mp4 (or one of {_SUPPORTED})")
+    path = Path(text)  # (drops a trailing separator: `text` keeps it)
+    folder = is_folder_path(text)
+    mode = None
+    if not folder:
+        try:
+            mode = os.stat(path).st_mode  # symlinks followed
+        except FileNotFoundError:  # missing, or a dangling symlink: its target is created
+            pass
+        except OSError as exc:  # a symlink loop, a path through a file (ENOTDIR), no permission
+            if isinstance(exc, NotADirectoryError):
+                _check_creatable(path.parent, f"output folder {path.parent}")
+            raise InputError(f"output {path} cannot be used: {exc.strerror}") from None
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+            raise InputError(f"output {path} is {kind}; expected a file name, a folder, a character device "
+                             f"such as /dev/null, or a FIFO")
+    fmt = file_format(output_type, text)
+    if fmt not in FORMATS:
+        raise InputError(f"output_type {fmt!r} is not written to a file; expected one of {', '.join(FORMATS)}")
+    if fmt == "png" and num_frames is not None and num_frames != 1:
+        raise InputError(f"a .png output is one image, but {num_frames} frames were asked for: "
+                         f"use --frames 1 (num_frames=1), or a .mp4, .webm or .gif file")
+    if fmt != "png":
+        from lightx2v.io.video import check_encoder
+
+        check_encoder(fmt)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"output folder {path} is a file; expected a folder (or drop the trailing /)")
+        _check_creatable(path, f"output folder {path}")
+        return OutputTarget(path, path, "folder", fmt)
+    real = Path(os.path.realpath(path))
+    if mode is None:
+        _check_creatable(real.parent, f"output folder {real.parent}")
+        return OutputTarget(path, real, "new", fmt)
+    if stat.S_ISREG(mode):
+        if not overwrite:
+            raise InputError(f"output {path} exists and overwrite is off (--no-overwrite); choose another name or remove it")
+        _check_creatable(real.parent, f"output folder {real.parent}")
+        return OutputTarget(path, real, "file", fmt)
+    return OutputTarget(path, real, "stream", fmt)  # a character device or a FIFO
+
+
+def _is_stream(path: Path) -> bool:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
+
+
+def _check_creatable(folder: Path, what: str) -> None:
+    """`folder` exists, or can be made, and a file can be created in it (tried, not guessed:
+    root passes every permission check, but not a read-only mount nor /proc)."""
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{what} is not writable: {probe} is a file, not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise InputError(f"{what} is not writable ({exc.strerror} in {probe})") from None
+
+
+def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_type: str = "mp4",
+         overwrite: bool = True, metadata: dict | None = None, default_stem: str = "output") -> Path:
+    """Write `frames` ([F, H, W, 3] float in [0, 1] or uint8) to `path` by the module's rules; the path written.
+
+    `default_stem`: the file name (without extension) used when `path` is a folder."""
+    target = check_output(path, len(frames), overwrite, output_type)
+    if target.kind == "folder":
+        target = check_output(target.path / f"{default_stem}.{target.fmt}", len(frames), overwrite, target.fmt)
+
+    def encode(tmp: Path) -> None:
+        if target.fmt == "png":
+            from lightx2v.io.image import encode_png
+
+            encode_png(frames[0], tmp, metadata)
+        else:
+            from lightx2v.io.video import encode_video
+
+            encode_video(frames, tmp, target.fmt, fps=fps, metadata=metadata)
+
+    replaced = _write(target, overwrite, encode)
+    if replaced:
+        warnings.warn(f"overwrote the existing file {target.path} (--no-overwrite, or overwrite=False, refuses instead)",
+                      stacklevel=2)
+    if metadata is not None and target.kind != "stream":
+        write_sidecar(target.path, metadata)
+    return target.path
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """out.mp4 -> out.mp4.json"""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_sidecar(path: str | os.PathLike, metadata: dict) -> Path | None:
+    """The metadata as `<path>.json`, atomically (a symlink is followed; anything but a file is left alone)."""
+    side = sidecar_path(path)
+    real = Path(os.path.realpath(side))
+    if os.path.lexists(real) and not real.is_file():
+        warnings.warn(f"did not write the metadata file {side}: it exists and is not a regular file", stacklevel=3)
+        return None
+    write_text_atomic(real, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+    return side
+
+
+def _write(target: OutputTarget, overwrite: bool, encode) -> bool:
+    """encode(tmp) into a temp file, then put it in place; True when an existing file was replaced."""
+    stream = target.kind == "stream"
+    if stream:
+        folder = Path(tempfile.gettempdir())
+    else:
+        folder = target.real.parent
+        folder.mkdir(parents=True, exist_ok=True)
+    name = target.real.name if not stream else "lightx2v-out"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".partial.{target.fmt}", dir=folder)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        encode(tmp)
+        if stream:
+            _copy_into(tmp, target)
+            return False
+        return _move_into_place(tmp, target, overwrite)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        note_removed(exc, f"the partial output {tmp}" if stream else f"the partial output {target.path}")
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _copy_into(tmp: Path, target: OutputTarget) -> None:
+    if not _is_stream(target.real):
+        raise InputError(f"output {target.path} is no longer a character device or FIFO; nothing was written")
+    fd = os.open(target.real, os.O_WRONLY)  # no O_CREAT / O_TRUNC: a device or FIFO, never a new file
+    try:
+        with os.fdopen(fd, "wb") as out, open(tmp, "rb") as src:
+            shutil.copyfileobj(src, out)
+    except BrokenPipeError:
+        raise InputError(f"the reader of {target.path} closed it before the whole output was written") from None
+
+
+def _move_into_place(tmp: Path, target: OutputTarget, overwrite: bool) -> bool:
+    make_public(tmp)  # mkstemp made it private
+    real = target.real
+    try:
+        mode = os.lstat(real).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):  # changed since the check: never rename over it
+        raise InputError(f"output {target.path} is no longer a regular file; nothing was written")
+    if overwrite:
+        os.replace(tmp, real)
+        return mode is not None
+    try:
+        os.link(tmp, real)  # fails if the name exists: no race with a file made meanwhile
+    except FileExistsError:
+        raise InputError(f"output {target.path} appeared while generating and overwrite is off; it was kept") from None
+    except OSError:  # a file system without hard links
+        if os.path.lexists(real):
+            raise InputError(f"output {target.path} appeared while generating and overwrite is off; it was kept") from None
+        os.replace(tmp, real)
+    return False
