@@ -366,7 +366,7 @@ def _check_number(name: str, v, low: Optional[float], high: float) -> None:
     if not finite:
         raise InputError(f"{name} must be a finite number, got {v!r}", field=name)
     if (v <= 0 if low is None else v < low) or v > high:
-        span = f"above 0 and at most {high:g}" if low is None else f"from {low:g} to {high:g}"
+        span = f"> 0 and at most {high:g}" if low is None else f">= {low:g} and at most {high:g}"
         raise InputError(f"{name} must be {span}, got {v!r}", field=name)
 
 

@@ -24,12 +24,12 @@ NAN, INF = float("nan"), float("inf")
     ("guidance_scale", NAN, "guidance_scale must be a finite number, got nan"),
     ("guidance_scale", INF, "guidance_scale must be a finite number, got inf"),
     ("guidance_scale", 10**400, "guidance_scale must be a finite number"),
-    ("guidance_scale", -0.5, "guidance_scale must be from 0 to 50, got -0.5"),
-    ("guidance_scale", 1e6, "guidance_scale must be from 0 to 50, got 1000000.0"),
+    ("guidance_scale", -0.5, "guidance_scale must be >= 0 and at most 50, got -0.5"),
+    ("guidance_scale", 1e6, "guidance_scale must be >= 0 and at most 50, got 1000000.0"),
     ("guidance_scale_2", -INF, "guidance_scale_2 must be a finite number, got -inf"),
     ("shift", NAN, "shift must be a finite number, got nan"),
-    ("shift", 0.0, "shift must be above 0 and at most 100, got 0.0"),
-    ("shift", 1e9, "shift must be above 0 and at most 100, got 1000000000.0"),
+    ("shift", 0.0, "shift must be > 0 and at most 100, got 0.0"),
+    ("shift", 1e9, "shift must be > 0 and at most 100, got 1000000000.0"),
     ("shift", "5", "shift must be a number, got '5'"),
     ("fps", 0, "fps must be an integer from 1 to 1000, got 0"),
     ("fps", 10**12, "fps must be an integer from 1 to 1000"),
@@ -167,8 +167,8 @@ def test_cli_a_nan_checkpoint_stops_at_step_1_with_exit_5(nan_dir, tmp_path, cap
 
 @pytest.mark.parametrize("flag, value, words", [
     ("--guidance", "nan", "finite number, got nan"), ("--guidance", "inf", "finite number, got inf"),
-    ("--guidance", "1e6", "from 0 to 50"), ("--shift", "nan", "finite number, got nan"),
-    ("--shift", "1e9", "above 0 and at most 100"), ("--lora", "x.safetensors:nan", "finite number from -10 to 10"),
+    ("--guidance", "1e6", ">= 0 and at most 50"), ("--shift", "nan", "finite number, got nan"),
+    ("--shift", "1e9", "> 0 and at most 100"), ("--lora", "x.safetensors:nan", "finite number from -10 to 10"),
 ])
 def test_cli_nan_and_huge_numbers_exit_2_before_loading(tiny_official_dir, tmp_path, capsys, monkeypatch, flag,
                                                         value, words):

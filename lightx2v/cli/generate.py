@@ -192,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
     from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.lora import parse_lora_spec
     from lightx2v.pipelines.request import prepare_request
+    from lightx2v.runtime.memory import check_memory
 
     params = _request(args)
     params.validate()  # the request alone (numbers, output path), before touching the model folder
@@ -203,6 +204,8 @@ def _run(args: argparse.Namespace) -> int:
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=tuple(p for p, _ in engine.lora.loras))
     check_task(mc, args.task)
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
+    check_memory(mc, engine, height=filled.height, width=filled.width, num_frames=filled.num_frames,
+                 guidance_scale=filled.guidance_scale)  # the weights + the largest stage against this device
     if not args.quiet:
         print(summary_line(mc, engine, filled), file=sys.stderr)
     pipe = LightX2V.from_model_config(mc, engine, progress=not args.quiet)

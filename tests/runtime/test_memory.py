@@ -182,3 +182,25 @@ def test_the_pipeline_refuses_before_any_work(pipe, free, monkeypatch):
     with pytest.raises(ResourceError, match=r"2560x1456, 81 frames needs at least 9\.3 GB more on cpu for the VAE decode, "
                                             r"0\.1 GB is free there"):
         pipe.run(SamplingParams(prompt="a fox", height=1456, width=2560, num_frames=81, force=True))
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--size", "100000x100000"], "--size height 100000 needs 6,250 DiT positions"),
+    (["--size", "16000x16000"], "16000x16000 is 256,000,000 pixels a frame, 278x the 1280x720 Wan2.1 was trained on"),
+    (["--frames", "1000001"], "--frames 1000001 needs 250,001 DiT positions"),
+    (["--steps", "100000000"], "--steps 100000000 is more than the scheduler's 1000 training timesteps"),
+    (["--size", "16000x16000", "--force"], "16000x16000, 81 frames needs at least 636.3 GB on cpu for the VAE decode alone"),
+])
+def test_cli_refuses_before_loading(tiny_official_dir, tmp_path, capsys, monkeypatch, free, extra, words):
+    from lightx2v.cli.main import main
+    from lightx2v.pipelines.wan import WanPipeline
+
+    monkeypatch.setattr(WanPipeline, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "v.mp4"
+    t = time.perf_counter()
+    rc = main(["generate", "--model-path", str(tiny_official_dir), "--prompt", "a fox", "--frames", "81",
+               "--device", "cpu", "--dtype", "fp32", "--quiet", "--output", str(out), *extra])
+    err = capsys.readouterr().err
+    assert time.perf_counter() - t < 1, "refused in well under a second"
+    assert rc == (3 if "--force" in extra else 2) and err.count("\n") == 1 and words in err, err
+    assert not out.exists()
