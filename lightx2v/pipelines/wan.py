@@ -225,9 +225,10 @@ class WanPipeline:
 
     def _stage(self, name: str, p: SamplingParams):
         """An out-of-memory inside becomes one ResourceError naming the stage (lightx2v.runtime.oom)."""
+        from lightx2v.runtime.memory import describe_request
         from lightx2v.runtime.oom import out_of_memory_as_error
 
-        return out_of_memory_as_error(name, self.device, f"{p.width}x{p.height}, {p.num_frames} frames")
+        return out_of_memory_as_error(name, self.device, describe_request(p.height, p.width, p.num_frames))
 
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> GenerationResult:

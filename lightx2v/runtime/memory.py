@@ -1,8 +1,10 @@
 """Checks before a run: the model's limits, what it was trained on, and the memory a request needs.
 
-`check_request(mc, engine, height=, width=, num_frames=, steps=, force=, loaded=False)` is called
-by the CLI before any weight is read; a loaded pipeline calls `check_limits` for every request and
-`check_memory(..., loaded=True)` under its lock, right before running. Each refusal is one line.
+`check_limits` runs in the family's `check_request` (so in `prepare_request`, for the CLI before any
+weight is read and for a loaded pipeline on every call); `check_memory(mc, engine, ...)` runs in the
+CLI before loading (loaded=False: weights + activations) and in a loaded pipeline under its lock,
+right before running (loaded=True: activations against what is free). `check_request` is both.
+Each refusal is one line, with `field` set where one request field is at fault.
 
 1. The model's hard limits (InputError, always): the DiT's token grid must fit its position table
    (Wan2.1: rope_max_seq_len 1024 positions per axis: sides up to 16384 pixels, 4093 frames).
@@ -36,7 +38,9 @@ formulas (models/wan/spec.py) fit peaks measured with torch.cuda.max_memory_allo
 (formula 58.1), fp32 96.8 (97.0); 14B bf16 153.7-154.3 (153.6), fp32 193.2 (195.1); VAE decode
 22.2 KB a pixel (first chunk) and 23.5 (later chunks; formula 23.4). The same runs under a memory
 cap 8-14% (DiT) and 1% (VAE) below those peaks ran out, hence LOWER_BOUND. On the CPU (peak RSS)
-they took up to 20% more (fp32 DiT 118 KB a token; VAE 25.8 KB a pixel).
+they took up to 20% more (fp32 DiT 118 KB a token; VAE 25.8 KB a pixel). A whole pipeline (1.3B-wide
+DiT, the real VAE, bf16, H200) peaked 1.18x above the estimate: 9.79 GB at 832x480x81 (estimate
+8.28), 22.04 GB at 1280x720x41 (18.73). benchmarks/memory_peaks.py measures these again.
 
 What the device has: CUDA, torch.cuda.mem_get_info's free bytes (plus what torch's allocator holds
 unused, once loaded); CPU, MemAvailable of /proc/meminfo, capped by a cgroup's memory limit
@@ -189,7 +193,7 @@ def check_memory(mc: ModelConfig, engine: EngineConfig, *, height: int, width: i
     est = estimate(mc, engine, height=height, width=width, num_frames=num_frames, guidance_scale=guidance_scale,
                    decode=decode, loaded=loaded)
     if not est.fits():
-        raise ResourceError(_refusal(est, engine, f"{width}x{height}, {num_frames} frames"))
+        raise ResourceError(_refusal(est, engine, describe_request(height, width, num_frames)))
     return est
 
 
@@ -200,6 +204,11 @@ def check_request(mc: ModelConfig, engine: EngineConfig, *, height: int, width: 
     check_limits(mc, height=height, width=width, num_frames=num_frames, steps=steps, force=force)
     return check_memory(mc, engine, height=height, width=width, num_frames=num_frames,
                         guidance_scale=guidance_scale, decode=decode, loaded=loaded)
+
+
+def describe_request(height: int, width: int, num_frames: int) -> str:
+    """'832x480, 81 frames' (for messages)."""
+    return f"{width}x{height}, {num_frames} frame{'' if num_frames == 1 else 's'}"
 
 
 def _refusal(est: MemoryEstimate, engine: EngineConfig, request: str) -> str:
