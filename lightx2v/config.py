@@ -299,11 +299,13 @@ class SamplingParams:
         if self.last_image is not None and self.image is None:
             raise InputError("last_image needs image (the first frame) too", field="last_image")
         if self.output_type not in OUTPUT_TYPES:
-            raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}")
+            raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}",
+                             field="output_type")
         if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames != 1:
-            raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}")
+            raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}",
+                             field="num_frames")
         if not isinstance(self.overwrite, bool):
-            raise InputError(f"overwrite must be true or false, got {self.overwrite!r}")
+            raise InputError(f"overwrite must be true or false, got {self.overwrite!r}", field="overwrite")
         if self.fps is not None and (not _is_int(self.fps) or not 1 <= self.fps <= FPS_MAX):
             raise InputError(f"fps must be an integer from 1 to {FPS_MAX}, got {self.fps!r}", field="fps")
         if self.latents is not None:

@@ -39,6 +39,8 @@ NAN, INF = float("nan"), float("inf")
     ("latents", torch.full((1, 16, 2, 4, 4), NAN), "latents hold 512 NaN or infinite value(s) of 512"),
     ("latents", torch.zeros(1, 16, 2, 4, 4, dtype=torch.int64), "latents must be a floating-point tensor"),
     ("latents", [[0.0]], "latents must be a torch.Tensor, got list"),
+    ("output_type", "avi", "unknown output_type 'avi'"),
+    ("overwrite", "yes", "overwrite must be true or false"),
 ])
 def test_validate_names_the_field(field, value, words):
     with pytest.raises(InputError) as e:
