@@ -101,7 +101,7 @@ class LightX2V:
     def set_lora(self, lora: Sequence[tuple[str | Path, float]], allow_unmatched: bool = False) -> None:
         """Switch or re-weight LoRAs between generations without reloading the base weights
         ([] removes them). LoRAs merged at load stay merged."""
-        self.pipeline.set_lora(lora, allow_unmatched=allow_unmatched)
+        self.pipeline.set_lora([(p, _strength(s)) for p, s in lora], allow_unmatched=allow_unmatched)
 
     def generate(
         self,
@@ -128,9 +128,12 @@ class LightX2V:
         video_length: int | None = None,
         resolution: tuple[int, int] | None = None,
         overwrite: bool = True,
+        force: bool = False,
     ) -> GenerationResult:
         """Generate one video (or, with num_frames=1 and output_type "png", one image). `image` (and
-        `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width."""
+        `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width.
+        `overwrite=False` refuses an existing output file; `force=True` runs a size, frame count or
+        step count far outside what the model was trained on (hard limits and memory still apply)."""
         from lightx2v.io.image import load_image
 
         if video_length is not None:
@@ -148,7 +151,7 @@ class LightX2V:
             guidance_scale_2=guidance_scale_2,
             shift=shift, solver=solver, seed=seed, latents=latents, output_type=output_type,
             output_path=None if output_path is None else str(output_path), fps=fps, callback=callback,
-            overwrite=overwrite,
+            overwrite=overwrite, force=force,
         )
         return self.pipeline(params)
 
@@ -193,12 +196,7 @@ def check_task(mc: ModelConfig, task: str | None) -> None:
 
 
 def _strength(value) -> float:
-    import math
+    """A LoRA strength from the API: finite, |s| <= 10 (lightx2v.loading.lora.lora_strength)."""
+    from lightx2v.loading.lora import lora_strength
 
-    try:
-        s = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"LoRA strength must be a number, got {value!r}") from None
-    if not math.isfinite(s):
-        raise InputError(f"LoRA strength must be a finite number, got {value!r}")
-    return s
+    return lora_strength(value)

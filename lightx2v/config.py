@@ -13,6 +13,7 @@ Environment variables are never read here (only the CLI reads them).
 from __future__ import annotations
 
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,11 @@ IMAGE_OUTPUT_TYPES = ("png",)          # one image: num_frames must be 1
 FILE_OUTPUT_TYPES = ("mp4", "webm", "gif", "png")  # written to output_path (lightx2v.io.output)
 # how a conditioning image is fitted to the frame (see lightx2v.pipelines.wan_image)
 RESIZE_MODES = ("area", "crop", "pad")
+# request limits (validate): CFG scales in use are 1 to ~20; released shifts 1 to 17; fps above
+# 1000 is no video a player shows
+GUIDANCE_MAX = 50.0
+SHIFT_MAX = 100.0
+FPS_MAX = 1000
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 
@@ -251,8 +257,8 @@ class SamplingParams:
     callback: Optional[Callable] = None
     # an existing output file is replaced (with a warning); False refuses it
     overwrite: bool = True
-    # run what the pre-checks refuse as an estimate: sizes/frames far outside what the model was
-    # trained on, a memory estimate above what this device has
+    # run sizes, frames and steps far outside what the model was trained on (lightx2v.runtime.memory);
+    # the model's hard limits and a memory estimate above what the device has are refused still
     force: bool = False
 
     def with_defaults(self, d: SamplingDefaults) -> "SamplingParams":
@@ -274,48 +280,47 @@ class SamplingParams:
         return filled
 
     def validate(self) -> None:
-        """Family-independent checks, one line each (the family checks the geometry)."""
+        """Family-independent checks, one line each, naming the field (the family checks the geometry,
+        lightx2v.runtime.memory the trained range and memory). Limits: 0 <= guidance <= GUIDANCE_MAX,
+        0 < shift <= SHIFT_MAX, 1 <= fps <= FPS_MAX, every number finite, latents a finite float tensor."""
         from lightx2v.schedulers import SOLVER_NAMES
 
         if not isinstance(self.prompt, str) or not self.prompt.strip():
-            raise InputError("the prompt is empty; give a text describing the video")
+            raise InputError("the prompt is empty; give a text describing the video", field="prompt")
         for name in ("height", "width"):
             v = getattr(self, name)
             if not _is_int(v) or v <= 0:
-                raise InputError(f"{name} must be a positive integer (e.g. 480, 832), got {v!r}")
+                raise InputError(f"{name} must be a positive integer (e.g. 480, 832), got {v!r}", field=name)
         if not _is_int(self.num_frames) or self.num_frames < 1:
-            raise InputError(f"num_frames must be a positive integer, got {self.num_frames!r}")
+            raise InputError(f"num_frames must be a positive integer, got {self.num_frames!r}", field="num_frames")
         if self.num_inference_steps is not None and (not _is_int(self.num_inference_steps) or self.num_inference_steps < 1):
-            raise InputError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}")
-        for name in ("guidance_scale", "guidance_scale_2", "shift"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
-                raise InputError(f"{name} must be a number, got {v!r}")
-        for name in ("guidance_scale", "guidance_scale_2"):
-            v = getattr(self, name)
-            if v is not None and v < 0:
-                raise InputError(f"{name} must be >= 0, got {v}")
-        if self.shift is not None and self.shift <= 0:
-            raise InputError(f"shift must be > 0, got {self.shift}")
+            raise InputError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}",
+                             field="num_inference_steps")
+        for name, low, high in (("guidance_scale", 0.0, GUIDANCE_MAX), ("guidance_scale_2", 0.0, GUIDANCE_MAX),
+                                ("shift", None, SHIFT_MAX)):
+            _check_number(name, getattr(self, name), low, high)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral)
                                       or not -(2**63) <= self.seed < 2**64):
-            raise InputError(f"seed must be an integer that fits in 64 bits, got {self.seed!r}")
+            raise InputError(f"seed must be an integer that fits in 64 bits, got {self.seed!r}", field="seed")
         if self.solver is not None and self.solver not in SOLVER_NAMES:
-            raise InputError(f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVER_NAMES)}")
+            raise InputError(f"unknown solver {self.solver!r}; expected one of {', '.join(SOLVER_NAMES)}", field="solver")
         if self.resize_mode not in RESIZE_MODES:
-            raise InputError(f"unknown resize_mode {self.resize_mode!r}; expected one of {', '.join(RESIZE_MODES)}")
+            raise InputError(f"unknown resize_mode {self.resize_mode!r}; expected one of {', '.join(RESIZE_MODES)}",
+                             field="resize_mode")
         if self.last_image is not None and self.image is None:
-            raise InputError("last_image needs image (the first frame) too")
+            raise InputError("last_image needs image (the first frame) too", field="last_image")
         if self.output_type not in OUTPUT_TYPES:
-            raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}")
+            raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}",
+                             field="output_type")
         if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames != 1:
-            raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}")
+            raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}",
+                             field="num_frames")
         if not isinstance(self.overwrite, bool):
-            raise InputError(f"overwrite must be true or false, got {self.overwrite!r}")
-        if self.fps is not None and (not _is_int(self.fps) or self.fps < 1):
-            raise InputError(f"fps must be a positive integer, got {self.fps!r}")
-        if self.latents is not None and not isinstance(self.latents, torch.Tensor):
-            raise InputError(f"latents must be a torch.Tensor, got {type(self.latents).__name__}")
+            raise InputError(f"overwrite must be true or false, got {self.overwrite!r}", field="overwrite")
+        if self.fps is not None and (not _is_int(self.fps) or not 1 <= self.fps <= FPS_MAX):
+            raise InputError(f"fps must be an integer from 1 to {FPS_MAX}, got {self.fps!r}", field="fps")
+        if self.latents is not None:
+            _check_latents(self.latents)
         if self.output_path is not None and self.output_type in FILE_OUTPUT_TYPES:
             # the file's extension decides its format; it must agree with output_type, unless that
             # is the default "mp4" (see lightx2v.io.output: folders, /dev/null, FIFOs, overwrite)
@@ -359,6 +364,35 @@ class SamplingParams:
         if "latents" in kw:
             kw["latents"] = tensor_from_json(kw["latents"])
         return cls(**kw)
+
+
+def _check_number(name: str, v, low: Optional[float], high: float) -> None:
+    """None, or a finite real in [low, high] (low None: > 0); a one-line InputError naming `name`."""
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise InputError(f"{name} must be a number, got {v!r}", field=name)
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise InputError(f"{name} must be a finite number, got {v!r}", field=name)
+    if (v <= 0 if low is None else v < low) or v > high:
+        span = f"> 0 and at most {high:g}" if low is None else f">= {low:g} and at most {high:g}"
+        raise InputError(f"{name} must be {span}, got {v!r}", field=name)
+
+
+def _check_latents(latents) -> None:
+    """Given initial noise: a float tensor with no NaN or infinity (its shape is the pipeline's check)."""
+    if not isinstance(latents, torch.Tensor):
+        raise InputError(f"latents must be a torch.Tensor, got {type(latents).__name__}", field="latents")
+    if not latents.is_floating_point():
+        raise InputError(f"latents must be a floating-point tensor (float32), got {latents.dtype}", field="latents")
+    if not bool(torch.isfinite(latents).all()):
+        bad = int((~torch.isfinite(latents)).sum())
+        raise InputError(f"latents hold {bad} NaN or infinite value(s) of {latents.numel()}; expected finite "
+                         "noise (e.g. torch.randn)", field="latents")
 
 
 def _is_int(v) -> bool:

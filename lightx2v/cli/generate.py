@@ -86,8 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--force", action="store_true",
-                   help="run a request the pre-checks refuse as unusual (sizes or frames far from what the model was "
-                        "trained on, a memory estimate above this device's)")
+                   help="run a request far outside what the model was trained on (over 4x its trained pixels or "
+                        "frames, over 1000 steps); the model's hard limits and the memory check still apply")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
     p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(ATTENTION_BACKENDS)})")
@@ -193,6 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.lora import parse_lora_spec
     from lightx2v.pipelines.request import prepare_request
+    from lightx2v.runtime.memory import check_memory
 
     params = _request(args)
     params.validate()  # the request alone (numbers, output path), before touching the model folder
@@ -205,6 +206,8 @@ def _run(args: argparse.Namespace) -> int:
                 dit_path_2=args.dit_path_2)
     check_task(mc, args.task)
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
+    check_memory(mc, engine, height=filled.height, width=filled.width, num_frames=filled.num_frames,
+                 guidance_scale=filled.guidance_scale)  # the weights + the largest stage against this device
     if not args.quiet:
         print(summary_line(mc, engine, filled), file=sys.stderr)
     pipe = LightX2V.from_model_config(mc, engine, progress=not args.quiet)

@@ -59,7 +59,7 @@ from lightx2v.loading.dit_files import (
     read_safetensors_header,
 )
 from lightx2v.loading.safetensors_io import write_safetensors
-from lightx2v.loading.lora import LoraWeights, load_lora, report_unmatched
+from lightx2v.loading.lora import LoraWeights, load_lora, lora_strength, report_unmatched
 from lightx2v.loading.state_dict import read_tensors
 from lightx2v.quant import QuantLinear, QuantScheme, apply_quant, get_scheme
 
@@ -336,6 +336,7 @@ def convert_dit(
     (official / diffusers layouts). Bad input raises a one-line LightX2VError before anything is written.
     """
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    loras = [(p, lora_strength(s)) for p, s in loras]  # NaN or a huge strength would write NaN weights
     if to not in LAYOUTS:
         raise InputError(f"unknown output layout {to!r}; expected one of {', '.join(LAYOUTS)}")
     if quant is not None and quant not in QUANT_CHOICES:

@@ -420,7 +420,7 @@ def merge_loras_(
     changed), or with `allow_unmatched=True` a warning. Returns a report:
     {"merged": [tensor names], "unmatched": [file keys], "loras": [(source, strength)]}.
     """
-    loras = [(lw, float(s)) for lw, s in loras]
+    loras = [(lw, lora_strength(s)) for lw, s in loras]
     unmatched = report_unmatched(loras, allow_unmatched)
     shapes: dict[str, tuple[int, ...]] = {}
     for lw, _ in loras:
@@ -440,13 +440,27 @@ def merge_loras_(
     return {"merged": list(places), "unmatched": unmatched, "loras": [(lw.source, s) for lw, s in loras]}
 
 
+# |strength| above this is no blend of the LoRA (1.0 is it as trained) but an overflow waiting to happen
+LORA_STRENGTH_MAX = 10.0
+
+
+def lora_strength(value, what: str = "LoRA strength") -> float:
+    """A LoRA strength as a float: a finite number with |s| <= LORA_STRENGTH_MAX; one-line InputError otherwise."""
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a number, got {value!r}")
+    try:
+        s = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{what} must be a number, as in lora.safetensors:0.8, got {value!r}") from None
+    if not math.isfinite(s) or abs(s) > LORA_STRENGTH_MAX:
+        raise InputError(f"{what} must be a finite number from -{LORA_STRENGTH_MAX:g} to {LORA_STRENGTH_MAX:g} "
+                         f"(1.0: the LoRA as trained), got {value!r}")
+    return s
+
+
 def parse_lora_spec(spec: str) -> tuple[Path, float]:
     """'FILE' or 'FILE:STRENGTH' (strength 1.0 by default) -> (path, strength); one-line errors."""
     path, sep, tail = spec.rpartition(":")
     if sep and path and not tail.startswith(("/", "\\")):
-        try:
-            strength = float(tail)
-        except ValueError:
-            raise InputError(f"LoRA spec {spec!r}: the strength after ':' must be a number, as in lora.safetensors:0.8") from None
-        return Path(path), strength
+        return Path(path), lora_strength(tail, f"LoRA spec {spec!r}: the strength after ':'")
     return Path(spec), 1.0

@@ -20,7 +20,9 @@ A spec says:
 - what may refine it (`refine`: a DiT file given by the user, a preset such as a step-distilled one);
 - its components (`components`: build on meta, read the state dict, load dtype) and its DiT's file
   format (`dit_format`: key formats, config from shapes, the model class) for DiT files and convert;
-- its request rules (`geometry(mc)`: size multiple, frame rule, latent channels and strides);
+- its request rules (`geometry(mc)`: size multiple, frame rule, latent channels and strides, the
+  DiT's patch and position limit, the sizes and frames it was trained on);
+- its activation memory (`memory(mc, dtype)`: a `MemoryProfile`, read by lightx2v.runtime.memory);
 - its pipeline class (`pipeline.load(mc, engine)`), presets, and what `info` prints (`describe`).
 """
 
@@ -58,6 +60,11 @@ class Geometry:
     stride: tuple[int, int, int]   # (t, h, w) pixels per latent cell
     max_frames: Optional[int] = None
     size_reason: str = ""          # why sides are multiples of size_multiple ("VAE stride 16 x patch 2"), for the error
+    # what the range and memory checks read (lightx2v.runtime.memory):
+    patch: tuple[int, int, int] = (1, 1, 1)         # latent cells per DiT token (t, h, w)
+    max_positions: Optional[int] = None             # DiT positions per token-grid axis (its RoPE): a hard limit
+    trained_size: Optional[tuple[int, int]] = None  # the largest (height, width) trained on, either orientation
+    trained_frames: Optional[int] = None            # the most frames trained on
 
     def check(self, height: int, width: int, num_frames: int) -> None:
         """One-line InputError when the size or frame count does not fit this family."""
@@ -78,6 +85,27 @@ class Geometry:
         """diffusers' layout [1, C, T', H', W']."""
         st, sh, sw = self.stride
         return (1, self.latent_channels, (num_frames - 1) // st + 1, height // sh, width // sw)
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """The DiT's token grid (t, h, w) for a request: the latent grid over the patch size."""
+        _, _, t, h, w = self.latent_shape(num_frames, height, width)
+        pt, ph, pw = self.patch
+        return (-(-t // pt), -(-h // ph), -(-w // pw))
+
+
+@dataclass(frozen=True)
+class MemoryProfile:
+    """The activation memory a family's models need, in bytes, at one compute dtype (one sample).
+
+    lightx2v.runtime.memory adds the weights (read off the meta-built components) and compares the
+    sum with what the device has; its docstring gives how the family's numbers were measured.
+    """
+
+    token_bytes: float            # DiT: peak activations per token (blocks run one after another)
+    attention_heads: int          # DiT self-attention heads (a math attention holds heads x tokens^2 scores)
+    pixel_bytes: float            # VAE decode (encode): working set per output pixel of one time chunk
+    video_bytes: float = 36.0     # per pixel-frame: the decoded fp32 RGB video and two temporaries
+    text_bytes: float = 0.0       # text encoder activations for one prompt
 
 
 @dataclass(frozen=True)
@@ -115,6 +143,8 @@ class FamilySpec:
     dit_format: Any                             # a DitFormat (see lightx2v.loading.dit_files)
     describe: Callable[[Any], dict]             # mc -> what `info` prints beyond the generic fields
     presets: tuple[str, ...] = ()
+    # (mc, compute dtype) -> MemoryProfile: what runtime/memory.py estimates a request from (None: no estimate)
+    memory: Optional[Callable[[Any, Any], MemoryProfile]] = None
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:

@@ -10,7 +10,8 @@ The loop does not know how the model is run (precision, attention kernel, offloa
 are transforms applied to the model before. It passes a `StepContext` to the model function, so
 that a cache can decide to skip and a two-expert pipeline can pick its expert, and a `Guidance`
 object decides how the CFG branches run (none; two calls; one batch of 2; a scale per expert;
-norm-rescaled). Latents stay float32 between steps, as the references keep them.
+norm-rescaled). Latents stay float32 between steps, as the references keep them; a step that
+leaves them NaN or infinite stops the run with a NonFiniteError naming the step.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Callable, Mapping, Optional
 import numpy as np
 import torch
 
-from lightx2v.errors import GenerationCancelled  # re-exported: the loop raises it
+from lightx2v.errors import GenerationCancelled, NonFiniteError  # GenerationCancelled re-exported: the loop raises it
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,19 @@ def denoise(
                           expert=None if expert_for is None else expert_for(i, float(t)))
         v = guidance(model_fn, latents, tt, cond, uncond, ctx)
         latents = scheduler.step(v, latents)
+        if not bool(torch.isfinite(latents).all()):  # one reduction a step; NaN would spread to every pixel
+            raise NonFiniteError(
+                f"denoise step {i + 1} of {n} (timestep {float(t):.0f}) produced {nonfinite_kind(latents)} latents: "
+                "the model overflowed; try a lower guidance scale or LoRA strength, or dtype bf16 / fp32 instead of fp16")
         if callback is not None and callback(StepInfo(i, n, float(t), latents)) is False:
             raise GenerationCancelled(f"stopped by the callback after step {i + 1} of {n}; nothing was written")
     return latents
+
+
+def nonfinite_kind(x: torch.Tensor) -> str:
+    """'NaN', 'infinite' or 'NaN and infinite': what a tensor that is not all finite holds."""
+    nan, inf = bool(torch.isnan(x).any()), bool(torch.isinf(x).any())
+    return "NaN and infinite" if nan and inf else ("NaN" if nan else "infinite")
 
 
 def video_to_frames(video: torch.Tensor) -> np.ndarray:

@@ -22,8 +22,10 @@ from typing import Optional
 import torch
 
 from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, ModelConfig, SamplingParams
-from lightx2v.errors import InputError
-from lightx2v.pipelines.base import Guidance, GenerationResult, StepContext, denoise, video_to_frames
+from lightx2v.errors import InputError, NonFiniteError
+from lightx2v.pipelines.base import (
+    Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames,
+)
 
 
 @dataclass(frozen=True)
@@ -188,8 +190,10 @@ class WanPipeline:
     @classmethod
     def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
         """This checkpoint's rules for a filled request (images already PIL), before any weight is read:
-        the task its images ask for, the frame geometry, the images' sizes, one guidance scale."""
+        the task its images ask for, the frame geometry, the images' sizes, one guidance scale,
+        the DiT's position limit and the trained range."""
         from lightx2v.pipelines.wan_image import check_images
+        from lightx2v.runtime.memory import check_limits
 
         wanted = "t2v" if p.image is None else ("flf2v" if p.last_image is not None else "i2v")
         if wanted != mc.task:
@@ -206,8 +210,25 @@ class WanPipeline:
             raise InputError("guidance_scale_2 is a second expert's scale; Wan2.1 models have one expert",
                              field="guidance_scale_2")
         mc.spec.geometry(mc).check(p.height, p.width, p.num_frames)
+        # the DiT's position limit and (unless p.force) the trained range (lightx2v.runtime.memory)
+        check_limits(mc, height=p.height, width=p.width, num_frames=p.num_frames, steps=p.num_inference_steps,
+                     force=p.force)
         if p.image is not None:
             check_images(p.image, p.last_image, p.height, p.width, p.num_frames, p.resize_mode, mc.layout)
+
+    def check_memory(self, p: SamplingParams) -> None:
+        """The memory estimate of `p` against what the device has free (the weights are in place)."""
+        from lightx2v.runtime.memory import check_memory
+
+        check_memory(self.model_config, self.engine, height=p.height, width=p.width, num_frames=p.num_frames,
+                     guidance_scale=p.guidance_scale, decode=p.output_type != "latent", loaded=True)
+
+    def _stage(self, name: str, p: SamplingParams):
+        """An out-of-memory inside becomes one ResourceError naming the stage (lightx2v.runtime.oom)."""
+        from lightx2v.runtime.memory import describe_request
+        from lightx2v.runtime.oom import out_of_memory_as_error
+
+        return out_of_memory_as_error(name, self.device, describe_request(p.height, p.width, p.num_frames))
 
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> GenerationResult:
@@ -220,6 +241,7 @@ class WanPipeline:
     def _run(self, p: SamplingParams) -> GenerationResult:
         from lightx2v.pipelines.base import Counter
 
+        self.check_memory(p)  # under the lock: what another generation holds is not free
         if self.model_config.distill is not None:
             from lightx2v.models.wan.distill import cfg_warning
 
@@ -228,24 +250,31 @@ class WanPipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cfg = p.guidance_scale != 1.0
-        states = self.encode_prompt([p.prompt, p.negative_prompt] if cfg else [p.prompt])  # one T5 pass
+        with self._stage("text encoder", p):
+            states = self.encode_prompt([p.prompt, p.negative_prompt] if cfg else [p.prompt])  # one T5 pass
+        if not bool(torch.isfinite(states).all()):
+            raise NonFiniteError(f"the text encoder produced {nonfinite_kind(states)} features (T5 overflows in "
+                                 "fp16); use dtype bf16 or fp32")
         context, neg = states[:1], (states[1:] if cfg else None)
         timings["text_encoder"] = self._lap(t0)
         size, clip_fea, y = (p.height, p.width), None, None
         if self.task != "t2v":
             t1 = time.perf_counter()
-            c = self.condition_on_images(p)
+            with self._stage("image encoder", p):
+                c = self.condition_on_images(p)
             size, clip_fea, y = (c.height, c.width), c.clip_fea, c.y
             timings["image_encoder"] = self._lap(t1)
         cond = DiTInputs(context, clip_fea, y)
         uncond = None if neg is None else DiTInputs(neg, clip_fea, y)
 
         t1 = time.perf_counter()
-        latents, seed = self.prepare_latents(p, size)
-        sched = self.make_scheduler(p)
         counter = Counter(self.model_fn)
-        guidance = Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode)
-        latents = denoise(counter, sched, latents, cond, uncond, guidance, callback=p.callback, progress=self.progress)
+        with self._stage("denoise", p):
+            latents, seed = self.prepare_latents(p, size)
+            sched = self.make_scheduler(p)
+            guidance = Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode)
+            latents = denoise(counter, sched, latents, cond, uncond, guidance, callback=p.callback,
+                              progress=self.progress)
         timings["denoise"] = self._lap(t1)
         result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=counter.stats())
         if p.output_type == "latent":
@@ -253,7 +282,11 @@ class WanPipeline:
             return result
 
         t2 = time.perf_counter()
-        video = self.decode(latents)
+        with self._stage("VAE decode", p):
+            video = self.decode(latents)
+        if bool(torch.isnan(video).any()):  # decode clamps, so only NaN can come out
+            raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
+                                 "damaged (check the VAE file, or download it again)")
         timings["vae_decode"] = self._lap(t2)
         frames = video_to_frames(video)
         result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames

@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from lightx2v.config import ModelConfig
-from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, register_family
+from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, MemoryProfile, register_family
 from lightx2v.models.wan import layouts
 from lightx2v.models.wan.dit_format import WAN_DIT_FORMAT
 
@@ -134,12 +134,43 @@ def refine(mc: ModelConfig, *, dit_path=None, preset: Optional[str] = None, hint
 # ---------------------------------------------------------------- the rest
 
 
+# Wan2.1 was trained up to 1280x720 (and 720x1280), 81 frames (the Wan2.1 report; 1.3B at 480p)
+TRAINED_SIZE = (720, 1280)
+TRAINED_FRAMES = 81
+
+
 def geometry(mc: ModelConfig) -> Geometry:
-    """Sides multiples of 16 (VAE stride 8 x patch 2), 4k+1 frames, latents of the VAE's z_dim."""
+    """Sides multiples of 16 (VAE stride 8 x patch 2), 4k+1 frames, latents of the VAE's z_dim; the
+    DiT's RoPE covers `rope_max_seq_len` positions per axis."""
     vae = mc.arch.vae
     st, s = vae.scale_factor_temporal, vae.scale_factor_spatial
     return Geometry(size_multiple=s * mc.dit.patch_size[1], frame_step=st, latent_channels=vae.z_dim,
-                    stride=(st, s, s))
+                    stride=(st, s, s), patch=mc.dit.patch_size, max_positions=mc.dit.rope_max_seq_len,
+                    trained_size=TRAINED_SIZE, trained_frames=TRAINED_FRAMES)
+
+
+def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
+    """Wan2.1's activation costs at compute dtype `dtype` (s bytes an element), in bytes.
+
+    DiT, per token (one block's peak; fitted to peaks measured on an H200 for the 1.3B and 14B
+    widths, bf16 and fp32, within 3%; see lightx2v/runtime/memory.py):
+        self-attention  (26 + 2s) * dim          fp32 residual, modulated input, q/k/v, RoPE temporaries
+        FFN             (12.5 + s) * dim + 2s * ffn_dim
+    VAE decode, per output pixel of one chunk (4 frames at full resolution, fp32):
+        61 * c0 * 4     c0 = the decoder's full-resolution width (96 for Wan2.1: 23.4 KB a pixel)
+    T5, per prompt: text_len * (8 dim + 3 dim_ffn) * s + 3 fp32 [heads, text_len, text_len] tensors
+    (position bias, scores, softmax).
+    """
+    s = dtype.itemsize
+    d = mc.dit
+    attention = (26 + 2 * s) * d.dim
+    ffn = (12.5 + s) * d.dim + 2 * s * d.ffn_dim
+    vae = mc.arch.vae
+    c0 = (vae.decoder_dim or vae.dim) * vae.dim_mult[0]
+    t5, n = mc.arch.text_encoder, d.text_len
+    text = n * (8 * t5.dim + 3 * t5.dim_ffn) * s + 3 * t5.num_heads * n * n * 4
+    return MemoryProfile(token_bytes=max(attention, ffn), attention_heads=d.num_heads,
+                         pixel_bytes=61 * c0 * vae.scale_factor_temporal, text_bytes=text)
 
 
 def describe(mc: ModelConfig) -> dict:
@@ -164,5 +195,5 @@ WAN21 = register_family(FamilySpec(
     name="wan2.1", title="Wan2.1", tasks=layouts.SUPPORTED_TASKS, layouts=("official", "diffusers"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=WAN_DIT_FORMAT, describe=describe,
-    presets=_presets(),
+    presets=_presets(), memory=memory,
 ))

@@ -170,8 +170,42 @@ def geometry(mc: ModelConfig) -> Geometry:
     """Sides multiples of VAE stride x patch (16 for A14B, 32 for TI2V-5B), 4k+1 frames, the VAE's z_dim latents."""
     vae = mc.arch.vae
     st, s, p = vae.scale_factor_temporal, vae.scale_factor_spatial, mc.dit.patch_size[1]
+    trained_size, trained_frames = TRAINED[mc.task]
     return Geometry(size_multiple=s * p, frame_step=st, latent_channels=vae.z_dim, stride=(st, s, s),
-                    size_reason=f"VAE stride {s} x patch {p}")
+                    size_reason=f"VAE stride {s} x patch {p}", patch=mc.dit.patch_size,
+                    max_positions=mc.dit.rope_max_seq_len, trained_size=trained_size, trained_frames=trained_frames)
+
+
+# the largest (height, width) and frame count each model was trained on (the official SUPPORTED_SIZES
+# and frame_num): A14B 1280x720 at 81 frames, TI2V-5B 1280x704 at 121
+TRAINED = {"t2v": ((720, 1280), 81), "i2v": ((720, 1280), 81), "ti2v": ((704, 1280), 121)}
+
+
+def memory(mc: ModelConfig, dtype: torch.dtype):
+    """Wan2.1's activation formulas (lightx2v.models.wan.spec.memory: the DiT blocks are the same),
+    with the Wan2.2 VAE's decoder width per output pixel: it decodes at 1/patch of the resolution
+    (patchified), so its full-resolution width is decoder_dim / patch**2 per pixel."""
+    from lightx2v.models.wan.spec import memory as wan21_memory
+    from lightx2v.models.wan.vae22 import Wan22VAEConfig
+
+    if isinstance(mc.arch.vae, Wan22VAEConfig):
+        mc = dataclasses.replace(mc, arch=dataclasses.replace(mc.arch, vae=_Wan21Shape(mc.arch.vae)))
+    return wan21_memory(mc, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wan21Shape:
+    """The Wan2.2 VAE seen through the fields Wan2.1's memory formula reads."""
+
+    vae: object
+
+    @property
+    def decoder_dim(self) -> float:
+        return self.vae.decoder_dim * self.vae.dim_mult[0] / self.vae.patch_size**2
+
+    dim = property(lambda self: self.vae.dim)
+    dim_mult = property(lambda self: (1,))
+    scale_factor_temporal = property(lambda self: self.vae.scale_factor_temporal)
 
 
 def describe(mc: ModelConfig) -> dict:
@@ -209,7 +243,7 @@ WAN22 = register_family(FamilySpec(
     name="wan2.2", title="Wan2.2", tasks=layouts.TASKS, layouts=("official", "diffusers"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=WAN_DIT_FORMAT, describe=describe,
-    presets=_presets(),
+    presets=_presets(), memory=memory,
 ))
 
 __all__ = ["COMPONENTS", "WAN22", "Wan22Arch", "describe", "geometry", "refine", "with_dit_file"]
