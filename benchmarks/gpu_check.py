@@ -1,4 +1,8 @@
-"""GPU check of the Wan2.1 DiT at full size: accuracy of bf16 vs an fp32 run, and speed, ours vs diffusers.
+"""GPU check of the Wan DiTs at full size: accuracy of bf16 vs an fp32 run, and speed, ours vs diffusers.
+
+Tasks: t2v / i2v (Wan2.1; a Wan2.2 T2V-A14B expert is the Wan2.1 14B t2v shape), i2v22 (a Wan2.2
+I2V-A14B expert: in 36, no CLIP branch, y only), ti2v (Wan2.2 TI2V-5B: 48 channels, VAE stride 16,
+a per-token timestep [1, L] with 0 on the first latent frame's tokens, as its image-to-video runs).
 
 One device call does everything (see .library device notes): random fp32 weights for the chosen
 shape are drawn once on the GPU and kept on the host; each model (ours, diffusers' WanTransformer3DModel)
@@ -24,8 +28,9 @@ import torch
 DEV = "cuda"  # --device cpu runs the same script on a tiny --size for a dry run
 SIZES = {"1.3B": dict(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
          "14B": dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+         "5B": dict(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30),
          "tiny": dict(dim=128, ffn_dim=256, num_heads=2, num_layers=2)}
-RES = {"480p": (480, 832), "720p": (720, 1280)}
+RES = {"480p": (480, 832), "720p": (720, 1280), "704p": (704, 1280)}
 
 
 def random_official_weights(model_cls, cfg, seed: int) -> dict:
@@ -86,7 +91,7 @@ def build_diffusers(cfg, sd, dtype):
               attention_head_dim=cfg.dim // cfg.num_heads, in_channels=cfg.in_dim, out_channels=cfg.out_dim,
               text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
               cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=cfg.eps)
-    if cfg.model_type != "t2v":
+    if cfg.has_image_branch:
         kw.update(image_dim=1280, added_kv_proj_dim=cfg.dim)
     with init_empty_weights():  # parameters on meta, buffers (RoPE tables) real
         m = WanTransformer3DModel(**kw)
@@ -111,7 +116,7 @@ def main() -> None:
     ap.add_argument("--size", default="14B", choices=SIZES)
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks than the full model")
     ap.add_argument("--frames", type=int, default=81)
-    ap.add_argument("--task", default="t2v", choices=("t2v", "i2v"))
+    ap.add_argument("--task", default="t2v", choices=("t2v", "i2v", "i2v22", "ti2v"))
     ap.add_argument("--skip-ours-fp32", action="store_true", help="skip our fp32 parity run (saves a slow fp32 forward)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--timestep", type=float, default=757.0)
@@ -129,13 +134,22 @@ def main() -> None:
     shape = dict(SIZES[args.size])
     if args.layers:
         shape["num_layers"] = args.layers
-    cfg = WanDiTConfig(model_type=args.task, patch_size=(1, 2, 2), text_len=512, in_dim=16 if args.task == "t2v" else 36, freq_dim=256,
-                       text_dim=4096, out_dim=16, **shape)
+    ti2v = args.task == "ti2v"
+    model_type = {"i2v22": "i2v"}.get(args.task, args.task)
+    in_dim, out_dim = {"t2v": (16, 16), "i2v": (36, 16), "i2v22": (36, 16), "ti2v": (48, 48)}[args.task]
+    extra = dict(image_dim=None) if args.task == "i2v22" else {}
+    cfg = WanDiTConfig(model_type=model_type, patch_size=(1, 2, 2), text_len=512, in_dim=in_dim, freq_dim=256,
+                       text_dim=4096, out_dim=out_dim, **extra, **shape)
     h, w = RES[args.res]
-    lat = (1, 16, (args.frames - 1) // 4 + 1, h // 8, w // 8)
+    stride = 16 if ti2v else 8
+    lat = (1, out_dim, (args.frames - 1) // 4 + 1, h // stride, w // stride)
     g = torch.Generator(DEV).manual_seed(1)
     x = torch.randn(lat, device=DEV, generator=g)
     t = torch.tensor([args.timestep], device=DEV)
+    if ti2v:  # TI2V image-to-video: one timestep per token, 0 on the first (clean image) latent frame
+        from lightx2v.models.wan.dit import token_timesteps
+
+        t = token_timesteps(t, (lat[2], lat[3] // 2, lat[4] // 2), clean_frames=1)
     ctx = torch.randn(1, 512, 4096, device=DEV, generator=g) * 0.2
     ctx[:, 100:] = 0  # a 100-token prompt, zero-padded as the text encoder output is
     tokens = lat[2] * lat[3] * lat[4] // 4
@@ -175,15 +189,15 @@ def main() -> None:
             torch.cuda.empty_cache()
         return y
 
-    i2v = args.task == "i2v"
+    i2v, clip_branch = args.task in ("i2v", "i2v22"), cfg.has_image_branch
 
     def ours_call(m, dt):
         if i2v:
-            return m(x.to(dt), t, ctx.to(dt), clip_fea=clip.to(dt), y=y.to(dt))
+            return m(x.to(dt), t, ctx.to(dt), clip_fea=clip.to(dt) if clip_branch else None, y=y.to(dt))
         return m(x.to(dt), t, ctx.to(dt))
 
     def diff_call(m, dt):
-        extra = dict(encoder_hidden_states_image=clip.to(dt)) if i2v else {}
+        extra = dict(encoder_hidden_states_image=clip.to(dt)) if clip_branch else {}
         h = torch.cat([x, y], 1) if i2v else x
         return m(hidden_states=h.to(dt), timestep=t, encoder_hidden_states=ctx.to(dt), return_dict=False, **extra)[0]
     backend = {}
