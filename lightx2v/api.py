@@ -46,6 +46,7 @@ class LightX2V:
         *,
         task: str | None = None,
         dit_path: str | Path | None = None,
+        dit_path_2: str | Path | None = None,
         lora: Sequence[tuple[str | Path, float]] = (),
         lora_mode: str = "merge",
         lora_allow_unmatched: bool = False,
@@ -64,7 +65,8 @@ class LightX2V:
         `task` ("t2v", "i2v", "flf2v"), if given, must be the checkpoint's: checked before any weight is read.
         `quant` ("w8a8-int8", "w8a8-fp8") quantizes the DiT's declared linears (a pre-quantized
         file needs nothing). `dit_path`: DiT weights replacing the folder's (a distilled single file,
-        ComfyUI/diffusers keys, shards, a block folder, int8/fp8 files). `lora`: (path, strength)
+        ComfyUI/diffusers keys, shards, a block folder, int8/fp8 files; a two-expert model's high-noise
+        expert); `dit_path_2`: the same for a two-expert model's low-noise expert (Wan2.2 A14B). `lora`: (path, strength)
         pairs, merged into the weights (`lora_mode="merge"`, no run-time cost) or kept apart
         (`"dynamic"`, switch with `set_lora`); a LoRA key that matches nothing is an error unless
         `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
@@ -82,7 +84,8 @@ class LightX2V:
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
-        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(p for p, _ in engine.lora.loras))
+        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(p for p, _ in engine.lora.loras),
+                    dit_path_2=dit_path_2)
         return cls.from_model_config(mc, engine, task=task, progress=progress)
 
     @classmethod

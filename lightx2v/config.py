@@ -92,11 +92,22 @@ class ModelConfig:
     defaults: SamplingDefaults = field(default_factory=SamplingDefaults)
     dit_source: Optional["DitSource"] = None  # the DiT file given by the user (--dit-path), if any
     distill: Optional[Any] = None       # the family's preset match when the checkpoint is step-distilled (why we think so)
+    # a two-expert model's second DiT ("dit_2", files["dit_2"]) given by the user (--dit-path-2), if any
+    dit_source_2: Optional["DitSource"] = None
 
     @property
     def dit(self) -> Any:
         """The DiT's architecture config (every family has one)."""
         return self.arch.dit
+
+    @property
+    def dit_names(self) -> tuple[str, ...]:
+        """The DiTs of this checkpoint: ("dit",), or ("dit", "dit_2") for two experts (Wan2.2 A14B)."""
+        return ("dit", "dit_2") if getattr(self.arch, "dit_2", None) is not None else ("dit",)
+
+    def dit_source_for(self, name: str) -> Optional["DitSource"]:
+        """The user's file for DiT `name` ("dit" / "dit_2"); None: the folder's own."""
+        return {"dit": self.dit_source, "dit_2": self.dit_source_2}.get(name)
 
     @property
     def spec(self):

@@ -94,3 +94,27 @@ def tiny_official_dir(tiny_diffusers_dir, tmp_path_factory) -> Path:
 def tiny_latents() -> torch.Tensor:
     g = torch.Generator().manual_seed(1234)
     return torch.randn(1, 16, (FRAMES - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8, generator=g)
+
+
+# ---- Wan2.2: tiny T2V-A14B / I2V-A14B / TI2V-5B, each as (diffusers_dir, official_dir) (tests/wan22_fixtures.py)
+
+
+@pytest.fixture(scope="session")
+def wan22_t2v_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    from tests.wan22_fixtures import write_wan22
+
+    return write_wan22(tmp_path_factory.mktemp("wan22-t2v"), "t2v")
+
+
+@pytest.fixture(scope="session")
+def wan22_i2v_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    from tests.wan22_fixtures import write_wan22
+
+    return write_wan22(tmp_path_factory.mktemp("wan22-i2v"), "i2v")
+
+
+@pytest.fixture(scope="session")
+def wan22_ti2v_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    from tests.wan22_fixtures import write_wan22
+
+    return write_wan22(tmp_path_factory.mktemp("wan22-ti2v"), "ti2v")

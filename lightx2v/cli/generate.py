@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-path", default=None,
                    help="model folder (any layout of a supported family) or Hugging Face repo id (required; may come from --config)")
     p.add_argument("--task", default=None, choices=all_tasks(),
-                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video); default: the checkpoint's")
+                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video), ti2v (Wan2.2 TI2V-5B: text, or image with --image, to video); default: the checkpoint's")
     p.add_argument("--image", default=None, help="first frame for i2v / flf2v (PNG, JPEG, WebP)")
     p.add_argument("--last-image", default=None, help="last frame for flf2v")
     p.add_argument("--resize-mode", default="area", choices=("area", "crop", "pad"),
@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "crop / pad give exactly --size, cropping or padding the image")
     p.add_argument("--prompt", default=None, help="what the video shows (required; may come from --config)")
     p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the checkpoint's default negative prompt)")
-    p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280)")
+    p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280; Wan2.2 TI2V-5B: multiples of 32, 1280x704)")
     p.add_argument("--frames", type=int, default=81, help="number of frames, 4k+1")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 50 for Wan2.1)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the checkpoint's, 5.0)")
@@ -71,7 +71,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the video (default: the checkpoint's, 16)")
     p.add_argument("--output", default=None, help="file to write, its format from the extension (default: outputs/<family>_<task>_<time>_seed<N>.mp4)")
-    p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder")
+    p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder; for a two-expert model (Wan2.2 A14B) the high-noise expert")
+    p.add_argument("--dit-path-2", default=None, help="the low-noise expert's DiT weights replacing the folder's, for a two-expert model (Wan2.2 A14B); any file --dit-path takes")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
                    help="merge a LoRA into the DiT (repeatable; strength 1.0 by default)")
     p.add_argument("--lora-allow-unmatched", action="store_true",
@@ -198,7 +199,8 @@ def _run(args: argparse.Namespace) -> int:
                          lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
-    mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=tuple(p for p, _ in engine.lora.loras))
+    mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=tuple(p for p, _ in engine.lora.loras),
+                dit_path_2=args.dit_path_2)
     check_task(mc, args.task)
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
     if not args.quiet:

@@ -37,7 +37,8 @@ def describe(root: str | Path) -> dict:
     spec = mc.spec
     distill = None if mc.distill is None else {"evidence": mc.distill.evidence,
                                               "preset": getattr(mc.distill.preset, "name", None)}
-    components = {"dit": summarize(list(mc.files["dit"]))}
+    # every DiT (a two-expert model's second one is "dit_2"), then the family's other components
+    components = {name: summarize(list(mc.files[name])) for name in mc.dit_names}
     for comp in spec.components:
         if comp.needed(mc):
             files = mc.files[comp.name]
@@ -132,19 +133,30 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return 0
-    dit = info["dit"]
     print(f"{info['path']}")
     print(f"  model    {info['family']} {info['task']} {info['size']}  (layout: {info['layout']})")
-    print(f"  DiT      dim {dit['dim']}, {dit['num_layers']} layers, {dit['num_heads']} heads, ffn {dit['ffn_dim']}, in {dit['in_dim']} -> out {dit['out_dim']}")
+    for key, label in (("dit", "DiT"), ("dit_2", "DiT 2")):
+        if info.get(key):
+            dit = info[key]
+            print(f"  {label:<8} dim {dit['dim']}, {dit['num_layers']} layers, {dit['num_heads']} heads, ffn {dit['ffn_dim']}, in {dit['in_dim']} -> out {dit['out_dim']}")
+    if info.get("experts"):
+        print(f"  experts  {info['experts']}")
+    if isinstance(info.get("vae"), str):
+        print(f"  VAE      {info['vae']}")
     for name, c in info["components"].items():
         dtypes = ", ".join(f"{k} x{v}" for k, v in c["dtypes"].items())
         print(f"  {name:<12} {_human(c['params'], 'params')}, {_human(c['bytes'])} on disk, {c['tensors']} tensors ({dtypes})")
-        for f in c["files"]:
+        files = c["files"]
+        for f in files if len(files) <= 6 else files[:4]:
             print(f"               {f}")
+        if len(files) > 6:
+            print(f"               ... {len(files) - 4} more")
     if info.get("tokenizer"):
         print(f"  tokenizer    {info['tokenizer']}")
     d = info["defaults"]
-    print(f"  defaults {d['solver']} ({d['convention']} sigmas), {d['num_inference_steps']} steps, guidance {d['guidance_scale']}, shift {d['shift']}, {d['fps']} fps")
+    guidance = d["guidance_scale"] if d.get("guidance_scale_2") is None else \
+        f"{d['guidance_scale']} / {d['guidance_scale_2']} (high / low noise)"
+    print(f"  defaults {d['solver']} ({d['convention']} sigmas), {d['num_inference_steps']} steps, guidance {guidance}, shift {d['shift']}, {d['fps']} fps")
     if info["distill"]:
         print(f"  step-distilled: {info['distill']['evidence']}")
     return 0

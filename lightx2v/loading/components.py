@@ -30,15 +30,24 @@ def load_component(mc: ModelConfig, name: str, device: torch.device, dtype: torc
     return model.eval().requires_grad_(False)
 
 
-def load_dit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, quant: Optional[str] = None) -> nn.Module:
-    """The DiT of the folder (or of `mc.dit_source`, a file the user gave).
+def load_dit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, quant: Optional[str] = None,
+             name: str = "dit") -> nn.Module:
+    """DiT `name` of the folder ("dit"; a two-expert model's second, "dit_2"), or the file the
+    user gave for it (`mc.dit_source` / `mc.dit_source_2`).
 
     One path for every source (lightx2v.loading.dit_files.build_dit): a pre-quantized file loads
     into quantized layers as it is; `quant` on float weights quantizes the declared linears as
     each tensor is read, so the float model is never whole in memory (the engine asks for this
-    when nothing before quantization in its order needs the float weights).
+    when nothing before quantization in its order needs the float weights). Its config is
+    `mc.arch.<name>`, its files `mc.files[name]`.
     """
-    from lightx2v.loading.dit_files import build_dit, inspect_dit_source
+    from lightx2v.errors import CheckpointError
+    from lightx2v.loading.dit_files import build_dit, inspect_dit_files
 
-    src = mc.dit_source if mc.dit_source is not None else inspect_dit_source(mc.root)
-    return build_dit(src, dtype=dtype, device=device, expected=mc.dit, quant=quant)
+    expected = getattr(mc.arch, name, None)
+    if expected is None or name not in mc.files:
+        raise CheckpointError(f"this {mc.spec.title} {mc.task} checkpoint has no DiT {name!r}")
+    src = mc.dit_source_for(name)
+    if src is None:
+        src = inspect_dit_files(mc.files[name])
+    return build_dit(src, dtype=dtype, device=device, expected=expected, quant=quant)

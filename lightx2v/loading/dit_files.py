@@ -137,6 +137,8 @@ def _block_files(folder: Path) -> Optional[list[Path]]:
 
 def _folder_files(folder: Path) -> list[Path]:
     if (folder / "model_index.json").is_file() and (folder / "transformer").is_dir():
+        if (folder / "transformer_2").is_dir():  # two experts (Wan2.2 A14B): which one is not ours to guess
+            raise CheckpointError(f"{folder} holds two DiTs, transformer/ and transformer_2/; pass the one you mean")
         return _folder_files(folder / "transformer")  # a diffusers pipeline root
     indexes = sorted(folder.glob("*.safetensors.index.json"))
     preferred = [i for i in indexes if i.name == "diffusion_pytorch_model.safetensors.index.json"]
@@ -153,6 +155,11 @@ def _folder_files(folder: Path) -> list[Path]:
     if files:
         raise CheckpointError(f"{folder} holds several .safetensors files and no index "
                               f"({', '.join(f.name for f in files[:4])}); pass the DiT file itself")
+    subs = sorted(f"{d.name}/" for d in folder.iterdir() if d.is_dir() and (d / "config.json").is_file()
+                  and any(d.glob("*.safetensors")))
+    if subs:  # e.g. a Wan2.2 A14B folder: high_noise_model/, low_noise_model/
+        raise CheckpointError(f"no DiT weights in {folder} itself; its sub-folders {', '.join(subs)} hold DiTs: "
+                              "pass the one you mean")
     raise CheckpointError(f"no DiT weights in {folder}: expected a .safetensors file, shards with an index, "
                           "or block_<i>.safetensors + non_block.safetensors")
 
@@ -300,6 +307,23 @@ def inspect_dit_source(path: Union[str, Path]) -> DitSource:
     """What a DiT file / index / folder holds, from the safetensors headers (no tensor data read)."""
     path = Path(path).expanduser()
     kind, files = locate_dit_files(path)
+    return _inspect(path, kind, files)
+
+
+def inspect_dit_files(files: Union[str, Path, Iterable[Union[str, Path]]]) -> DitSource:
+    """`inspect_dit_source` of exactly these files (a model folder's DiT as its layout lists them:
+    one file, or the shards of an index); the source's path is their folder."""
+    files = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if not files:
+        raise CheckpointError("no DiT files given")
+    missing = next((f for f in files if not f.is_file()), None)
+    if missing is not None:
+        raise CheckpointError(f"DiT weights not found: {missing}")
+    path = files[0] if len(files) == 1 else files[0].parent
+    return _inspect(path, "single-file" if len(files) == 1 else "folder", files)
+
+
+def _inspect(path: Path, kind: str, files: list[Path]) -> DitSource:
     raw: dict[str, TensorInfo] = {}
     for i, f in enumerate(files):
         infos = _file_infos(f)

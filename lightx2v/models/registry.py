@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # annotations only: this module is imported by `lightx2v --he
 
 # The families shipped with lightx2v: their manifest modules (each holds a MANIFEST naming the
 # spec module whose import registers the family's FamilySpec).
-_BUILTIN = ("lightx2v.models.wan.manifest",)
+_BUILTIN = ("lightx2v.models.wan.manifest", "lightx2v.models.wan22.manifest")
 
 _FAMILIES: dict[str, "FamilySpec"] = {}
 
@@ -57,13 +57,15 @@ class Geometry:
     latent_channels: int
     stride: tuple[int, int, int]   # (t, h, w) pixels per latent cell
     max_frames: Optional[int] = None
+    size_reason: str = ""          # why sides are multiples of size_multiple ("VAE stride 16 x patch 2"), for the error
 
     def check(self, height: int, width: int, num_frames: int) -> None:
         """One-line InputError when the size or frame count does not fit this family."""
         m = self.size_multiple
+        why = f"{self.size_reason}; " if self.size_reason else ""
         for name, v in (("height", height), ("width", width)):
             if v % m:
-                raise InputError(f"{name} must be a positive multiple of {m} (e.g. 480, 832), got {v!r}", field=name)
+                raise InputError(f"{name} must be a positive multiple of {m} ({why}e.g. 480, 832), got {v!r}", field=name)
         if self.max_frames is not None and num_frames > self.max_frames:
             raise InputError(f"num_frames must be at most {self.max_frames} for this model, got {num_frames}",
                              field="num_frames")

@@ -46,7 +46,8 @@ def test_help_and_version_do_not_import_torch(argv, shows):
 def test_generate_help_offers_the_registered_choices():
     proc = _run_python(_PROBE.format(argv=["generate", "--help"]))
     text = " ".join(proc.stdout.split())
-    assert "{t2v,i2v,flf2v}" in text and "wan2.1-i2v-480p-distill" in text and "sage_attn" in text
+    assert "{t2v,i2v,flf2v,ti2v}" in text and "wan2.1-i2v-480p-distill" in text and "sage_attn" in text
+    assert "wan2.2-i2v-a14b-distill" in text and "--dit-path-2" in text
 
 
 def test_import_is_cheap_and_the_public_names_still_import():
@@ -71,8 +72,10 @@ def test_name_lists_are_what_runs():
     assert tuple(list_backends()) == choices.ATTENTION_BACKENDS
     assert SOLVER_NAMES == choices.SOLVER_NAMES and all(make_scheduler(s) for s in SOLVER_NAMES)
     spec = registry.get_family("wan2.1")  # registering checked it against its manifest
-    (manifest,) = registry.manifests()
-    assert (manifest.tasks, manifest.presets) == (spec.tasks, spec.presets)
+    assert [m.name for m in registry.manifests()] == ["wan2.1", "wan2.2"]
+    for manifest in registry.manifests():
+        family = registry.get_family(manifest.name)
+        assert (manifest.tasks, manifest.presets) == (family.tasks, family.presets)
     with pytest.raises(ValueError, match=r"its manifest and its spec differ .*tasks \('t2v', 'i2v', 'flf2v'\) vs \('t2v',\)"):
         registry._check_manifest(dataclasses.replace(spec, tasks=("t2v",)))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -34,16 +35,18 @@ def test_an_unknown_folder_lists_every_family_and_why(tmp_path):
         detect(tmp_path)
 
 
-def test_a_diffusers_wan22_pipeline_is_refused_by_name(tiny_diffusers_dir, tmp_path):
+def test_a_diffusers_wan22_pipeline_is_refused_by_wan21_and_taken_by_wan22(tiny_diffusers_dir, tmp_path):
     dst = tmp_path / "wan22"
     shutil.copytree(tiny_diffusers_dir, dst)
     index = json.loads((dst / "model_index.json").read_text())
     index.update(transformer_2=["diffusers", "WanTransformer3DModel"], boundary_ratio=0.875)
     (dst / "model_index.json").write_text(json.dumps(index))
     shutil.copytree(dst / "transformer", dst / "transformer_2")
-    with pytest.raises(CheckpointError, match=r"sets boundary_ratio=0.875, transformer_2=\[\"diffusers\", "
-                                              r"\"WanTransformer3DModel\"\], which Wan2.1 does not use"):
-        detect(dst)
+    reason = get_family("wan2.1").recognise(dst)
+    assert ('sets boundary_ratio=0.875, transformer_2=["diffusers", "WanTransformer3DModel"], which Wan2.1 '
+            "does not use") in reason.text
+    mc = detect(dst)  # a Wan2.1 pipeline given a second expert and a boundary is a Wan2.2 T2V-A14B layout
+    assert (mc.family, mc.task, mc.arch.boundary) == ("wan2.2", "t2v", 0.875)
 
 
 def test_an_official_folder_with_experts_is_refused_by_name(tiny_official_dir, tmp_path):
@@ -51,9 +54,11 @@ def test_an_official_folder_with_experts_is_refused_by_name(tiny_official_dir, t
     shutil.copytree(tiny_official_dir, dst)
     (dst / "high_noise_model").mkdir()
     (dst / "low_noise_model").mkdir()
-    with pytest.raises(CheckpointError, match="high_noise_model/ \\(a Wan2.2 A14B high-noise expert\\), "
-                                              "low_noise_model/ .* which Wan2.1 does not use"):
-        detect(dst)
+    reason = get_family("wan2.1").recognise(dst)
+    assert re.search("high_noise_model/ \\(a Wan2.2 A14B high-noise expert\\), low_noise_model/ .* which Wan2.1 "
+                     "does not use", reason.text)
+    with pytest.raises(CheckpointError, match="config.json describes a DiT, but this folder's DiTs are its experts"):
+        detect(dst)  # Wan2.2 takes it, and says what contradicts
 
 
 def test_a_saved_wan21_pipeline_with_empty_entries_loads(tiny_diffusers_dir):

@@ -129,6 +129,8 @@ def recognise(root: Path) -> "str | Reason":
             return Reason(f"config.json is {'a ' + cls if cls else 'not a Wan DiT config'} (expected _class_name "
                           "WanModel with dim, num_heads, ...)")
         foreign = [what for name, what in _OFFICIAL_FOREIGN.items() if (root / name).exists()]
+        if cfg.get("model_type") == "ti2v":
+            foreign.insert(0, "a config.json of model_type ti2v (Wan2.2 TI2V-5B)")
         if foreign:
             return Reason(f"it holds {', '.join(foreign)}, which Wan2.1 does not use")
         return "official"
