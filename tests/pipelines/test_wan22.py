@@ -1,175 +1,48 @@
-"""Wan2.2 pipelines vs diffusers on tiny random weights (CPU, fp32, the same initial latents):
+"""Wan2.2 pipelines vs diffusers on the tiny folders of tests/wan22_fixtures.py (CPU, fp32, the same
+initial latents), each loaded through `LightX2V.from_pretrained` in both layouts:
 
     T2V-A14B        WanPipeline(transformer, transformer_2, boundary_ratio), distinct guidance_scale(_2)
     I2V-A14B        WanImageToVideoPipeline(transformer_2, boundary_ratio, no image encoder)
     TI2V-5B text    WanPipeline(expand_timesteps=True, the Wan2.2 VAE)
-    TI2V-5B image   WanImageToVideoPipeline(expand_timesteps=True); an image of the video's exact size,
-                    where diffusers' plain resize and the official size rule agree (wan22_image.py)
+    TI2V-5B image   WanImageToVideoPipeline(expand_timesteps=True) on the same folder; an image of the
+                    video's exact size, where diffusers' plain resize and the official size rule agree
+                    (wan22_image.py)
 
-and the expert switch (by timestep, the official 40-step splits; by step index for distilled presets),
-and the request rules. The pipelines are built from the diffusers modules renamed into ours, under
-a stand-in "wan2.2" family spec (its geometry is Wan2.1's rule, which reads the VAE's strides).
+The official layout samples with the diffusers folder's scheduler here (as tests/pipelines/test_wan_t2v.py),
+so that both layouts can be compared with the oracle and with each other. Then the expert switch (by
+timestep: the official 40-step splits; by step index for distilled presets), the request rules (no
+weights read) and the TI2V size rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lightx2v.config import EngineConfig, ModelConfig, SamplingDefaults, SamplingParams
+from lightx2v import LightX2V
+from lightx2v.config import SamplingParams
 from lightx2v.errors import CheckpointError, InputError
-from lightx2v.loading.state_dict import load_into, rename
+from lightx2v.loading.detect import detect
 from lightx2v.pipelines.base import Guidance, denoise
 from lightx2v.pipelines.wan22 import Wan22Pipeline, expert_rule
 from lightx2v.pipelines.wan22_image import FirstFrame, best_output_size, ti2v_frame_size, ti2v_image_tensor
 from lightx2v.schedulers import make_scheduler
-from tests.conftest import TEXT_DIM, _tiny_components
 
 diffusers = pytest.importorskip("diffusers")
 
 H, W, FRAMES = 32, 48, 5        # A14B: Wan2.1 VAE, 8x -> latents [1, 16, 2, 4, 6]
 TH, TW = 64, 96                 # TI2V: Wan2.2 VAE, 16x -> latents [1, 48, 2, 4, 6]
-STEPS, SHIFT, BOUNDARY = 4, 3.0, 0.875   # diffusers' UniPC at shift 3: t = 1000, 900, 750, 500 -> 2 high, 2 low
+# diffusers' UniPC at the folders' flow_shift (A14B 3.0): t = 1000, 900, 750, 500 -> 2 high, 2 low at
+# boundary 0.875 (T2V) and 0.9 (I2V: 900 >= 900, the inclusive rule)
+STEPS = 4
 G_HIGH, G_LOW = 5.0, 3.0
 PROMPT, NEG = "a red fox runs through the snow", "blurry, static"
-DIT = dict(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=32, text_dim=TEXT_DIM, freq_dim=32,
-           ffn_dim=128, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
-VAE22 = dict(base_dim=16, decoder_base_dim=8, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-             temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
-             patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16)
-
-
-# ---------------------------------------------------------------- the stand-ins for the family's side
-
-
-@dataclass(frozen=True)
-class Arch:
-    """The contract's Wan22Arch (the family helper's ModelConfig.arch), as this pipeline reads it."""
-
-    dit: Any
-    dit_2: Optional[Any]
-    vae: Any
-    text_encoder: Any
-    boundary: Optional[float] = None
-    switch_step: Optional[int] = None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def wan22_family():
-    """A "wan2.2" spec for ModelConfig.spec (geometry, pipeline) until the family is registered."""
-    from lightx2v.models import registry
-    from lightx2v.models.wan.spec import WAN21
-
-    registry.families()
-    if "wan2.2" in registry._FAMILIES:
-        yield registry._FAMILIES["wan2.2"]
-        return
-    spec = dataclasses.replace(WAN21, name="wan2.2", title="Wan2.2", tasks=("t2v", "i2v", "ti2v"), presets=(),
-                               pipeline=lambda: Wan22Pipeline,
-                               components=tuple(c for c in WAN21.components if c.name != "clip"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(registry._FAMILIES, "wan2.2", spec)
-        yield spec
-
-
-def _randomized(module, seed: int):
-    from lightx2v.models.wan.tiny import randomize_
-
-    return randomize_(module, seed=seed).eval()
-
-
-def _convert(model_cls, config, sd, key_map, keep=()):
-    with torch.device("meta"):
-        ours = model_cls(config)
-    return load_into(ours, rename(sd, key_map), keep_fp32=keep).eval()
-
-
-def _ours_dit(d):
-    from lightx2v.models.wan.dit import WanDiTConfig, WanModel
-
-    return _convert(WanModel, WanDiTConfig.from_diffusers(d.config), d.state_dict(), WanModel.key_from_diffusers,
-                    WanModel._keep_in_fp32)
-
-
-def _ours_vae(v):
-    from lightx2v.models.wan.vae import WanVAE, WanVAEConfig
-    from lightx2v.models.wan.vae22 import Wan22VAE, Wan22VAEConfig
-
-    cls, cfg_cls = (Wan22VAE, Wan22VAEConfig) if v.config.is_residual else (WanVAE, WanVAEConfig)
-    cfg = cfg_cls.from_diffusers(v.config)
-    return _convert(cls, cfg, v.state_dict(), cfg.key_from_diffusers)
-
-
-@dataclass
-class Parts:
-    root: Path
-    tok_dir: Path
-    tokenizer: Any
-    t5: Any
-    vae21: Any
-    vae22: Any
-    sched_config: dict
-    dits: dict
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory) -> Parts:
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-
-    from lightx2v.models.wan.tokenizer import build_tiny_tokenizer
-    from lightx2v.models.wan.vae22 import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD
-
-    root = tmp_path_factory.mktemp("wan22-pipe")
-    tok_dir = build_tiny_tokenizer(root / "_tok")
-    tokenizer, t5, _, vae21, sched = _tiny_components(tok_dir)
-    vae22 = _randomized(AutoencoderKLWan(**VAE22, latents_mean=list(WAN22_LATENTS_MEAN),
-                                         latents_std=list(WAN22_LATENTS_STD)), 40)
-    channels = {"t2v": (16, 16), "i2v": (36, 16), "ti2v": (48, 48)}
-    dits = {}
-    for i, (task, (cin, cout)) in enumerate(channels.items()):
-        for j, name in enumerate(("high", "low") if task != "ti2v" else ("high",)):
-            dits[task, name] = _randomized(WanTransformer3DModel(**DIT, in_channels=cin, out_channels=cout),
-                                           50 + 2 * i + j)
-    sched_config = {"_class_name": "UniPCMultistepScheduler",
-                    **{k: v for k, v in sched.config.items() if not k.startswith("_")}}
-    return Parts(root, tok_dir, tokenizer, t5, vae21, vae22, json.loads(json.dumps(sched_config)), dits)
-
-
-def _model_config(parts: Parts, task: str, *, dit, dit_2=None, vae, boundary=BOUNDARY, switch_step=None,
-                  **defaults) -> ModelConfig:
-    from lightx2v.models.wan.t5 import UMT5Config
-
-    d = dict(num_inference_steps=STEPS, guidance_scale=G_HIGH, guidance_scale_2=G_LOW if dit_2 is not None else None,
-             shift=SHIFT, solver="unipc", convention="diffusers", scheduler_config=parts.sched_config,
-             negative_prompt=NEG, fps=16 if dit_2 is not None else 24)
-    d.update(defaults)
-    arch = Arch(dit=dit, dit_2=dit_2, vae=vae, text_encoder=UMT5Config.from_transformers(parts.t5.config.to_dict()),
-                boundary=boundary if dit_2 is not None else None, switch_step=switch_step)
-    return ModelConfig(family="wan2.2", task=task, layout="diffusers", root=parts.root, files={}, arch=arch,
-                       defaults=SamplingDefaults(**d))
-
-
-def _pipeline(parts: Parts, task: str, cfg_mode: str = "sequential") -> Wan22Pipeline:
-    from lightx2v.models.wan.t5 import UMT5Encoder, t5_key_from_transformers
-    from lightx2v.models.wan.tokenizer import WanTokenizer
-
-    dit = _ours_dit(parts.dits[task, "high"])
-    dit_2 = _ours_dit(parts.dits[task, "low"]) if task != "ti2v" else None
-    vae = _ours_vae(parts.vae22 if task == "ti2v" else parts.vae21)
-    mc = _model_config(parts, task, dit=dit.config, dit_2=None if dit_2 is None else dit_2.config, vae=vae.config)
-    t5 = _convert(UMT5Encoder, mc.arch.text_encoder, parts.t5.state_dict(), t5_key_from_transformers)
-    return Wan22Pipeline(mc, EngineConfig(device="cpu", dtype=torch.float32, cfg_mode=cfg_mode), dit=dit, dit_2=dit_2,
-                         text_encoder=t5, tokenizer=WanTokenizer.from_folder(parts.tok_dir, text_len=512), vae=vae,
-                         progress=False)
+DIRS = {"t2v": "wan22_t2v_dirs", "i2v": "wan22_i2v_dirs", "ti2v": "wan22_ti2v_dirs"}
 
 
 def _image(w: int, h: int, seed: int = 3) -> Image.Image:
@@ -196,97 +69,145 @@ class CallCounter:
         return dict(self.counts)
 
 
-def _reference(parts: Parts, task: str, image=None, **kw) -> np.ndarray:
-    from diffusers import UniPCMultistepScheduler, WanImageToVideoPipeline, WanPipeline
+def _reference(diffusers_dir, task: str, image=None, t5_bf16: bool = False, **kw):
+    """(frames, {expert: forward calls}) of diffusers' own pipeline on the diffusers folder; `t5_bf16`:
+    with the text encoder's weights rounded to bfloat16, as the official layout's
+    models_t5_umt5-xxl-enc-bf16.pth holds them (tests/wan22_fixtures.py writes it so)."""
+    from diffusers import WanImageToVideoPipeline, WanPipeline
 
-    sched = UniPCMultistepScheduler.from_config(parts.sched_config)
-    common = dict(tokenizer=parts.tokenizer, text_encoder=parts.t5, scheduler=sched)
-    if task == "ti2v":
-        cls = WanPipeline if image is None else WanImageToVideoPipeline
-        pipe = cls(**common, vae=parts.vae22, transformer=parts.dits["ti2v", "high"], expand_timesteps=True)
-    else:
-        cls = WanPipeline if task == "t2v" else WanImageToVideoPipeline
-        pipe = cls(**common, vae=parts.vae21, transformer=parts.dits[task, "high"],
-                   transformer_2=parts.dits[task, "low"], boundary_ratio=BOUNDARY)
+    cls = WanPipeline if image is None else WanImageToVideoPipeline
+    pipe = cls.from_pretrained(diffusers_dir, dtype=torch.float32)
+    if t5_bf16:
+        with torch.no_grad():
+            for t in pipe.text_encoder.state_dict().values():
+                t.copy_(t.to(torch.bfloat16))
+    assert pipe.config.expand_timesteps == (task == "ti2v")
     pipe.set_progress_bar_config(disable=True)
+    experts = {"high": pipe.transformer} | ({} if pipe.transformer_2 is None else {"low": pipe.transformer_2})
+    hooks = CallCounter(**experts)
     if image is not None:
         kw["image"] = image
     out = pipe(prompt=PROMPT, negative_prompt=NEG, num_frames=FRAMES, num_inference_steps=STEPS, output_type="np", **kw)
-    return np.asarray(out.frames[0], dtype=np.float32)
+    return np.asarray(out.frames[0], dtype=np.float32), hooks.remove()
 
 
-def _ours(pipe: Wan22Pipeline, **kw):
+def _load(folder, reference_defaults=None, **kw) -> LightX2V:
+    """Ours on `folder`; the official layout takes the diffusers folder's sampling defaults
+    (its scheduler_config.json, its shift), so both layouts sample as the oracle does."""
+    pipe = LightX2V.from_pretrained(folder, device="cpu", dtype=torch.float32, progress=False, **kw)
+    if reference_defaults is not None:
+        pipe.pipeline.model_config = dataclasses.replace(pipe.model_config, defaults=reference_defaults)
+    return pipe
+
+
+def _both_layouts(dirs, **kw) -> dict[str, LightX2V]:
+    diffusers_dir, official_dir = dirs
+    ours = {"diffusers": _load(diffusers_dir, **kw)}
+    ours["official"] = _load(official_dir, reference_defaults=ours["diffusers"].model_config.defaults, **kw)
+    assert {k: p.model_config.layout for k, p in ours.items()} == {"diffusers": "diffusers", "official": "official"}
+    return ours
+
+
+def _ours(pipe: LightX2V, **kw):
     kw.setdefault("output_type", "np")
-    return pipe(SamplingParams(prompt=PROMPT, negative_prompt=NEG, num_frames=FRAMES, num_inference_steps=STEPS, **kw))
+    return pipe.generate(prompt=PROMPT, negative_prompt=NEG, num_frames=FRAMES, num_inference_steps=STEPS, **kw)
 
 
-def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str) -> float:
+def _assert_close(ours: np.ndarray, ref: np.ndarray, what: str, tol: float = 1e-3) -> float:
     assert ours.shape == ref.shape, (ours.shape, ref.shape)
     err = float(np.abs(ours - ref).max())
-    print(f"{what}: max |ours - diffusers| = {err:.2e}")
-    assert err <= 1e-3, f"{what}: frames differ by {err}"
+    print(f"{what}: max |ours - reference| = {err:.2e}")
+    assert err <= tol, f"{what}: frames differ by {err}"
     assert ref.std() > 0.01  # a real picture, not a constant
     return err
+
+
+def _same_weights(ours: dict) -> None:
+    """Both layouts load the same models: every tensor equal (the official T5 file is bfloat16)."""
+    a, b = ours["diffusers"].pipeline.components, ours["official"].pipeline.components
+    assert a.keys() == b.keys()
+    for name in a:
+        if a[name] is None:
+            assert b[name] is None
+            continue
+        sa, sb = a[name].state_dict(), b[name].state_dict()
+        assert sa.keys() == sb.keys(), name
+        for k in sa:
+            x = sa[k].to(torch.bfloat16).float() if name == "text_encoder" else sa[k]
+            assert torch.equal(x, sb[k]), f"{name}.{k}"
+
+
+def _compare(ours: dict, refs: dict, what: str, **kw) -> dict:
+    """Each layout's run vs diffusers on the same weights (refs: layout -> frames); returns the results."""
+    _same_weights(ours)
+    results = {layout: _ours(pipe, **kw) for layout, pipe in ours.items()}
+    for layout, r in results.items():
+        _assert_close(r.frames, refs[layout], f"{what} ({layout} layout) vs diffusers")
+    return results
+
+
+def _references(diffusers_dir, task: str, **kw) -> tuple[dict, dict]:
+    """diffusers' frames for each layout's weights, and its expert calls."""
+    ref, calls = _reference(diffusers_dir, task, **kw)
+    return {"diffusers": ref, "official": _reference(diffusers_dir, task, t5_bf16=True, **kw)[0]}, calls
 
 
 # ---------------------------------------------------------------- parity with diffusers
 
 
 @pytest.mark.parametrize("task", ["t2v", "i2v"])
-def test_a14b_matches_diffusers_with_a_scale_per_expert(parts, task):
+def test_a14b_matches_diffusers_with_a_scale_per_expert(request, task):
+    dirs = request.getfixturevalue(DIRS[task])
     image = _image(W, H) if task == "i2v" else None
     latents = _latents(16, H // 8, W // 8, seed=11)
-    hooks = CallCounter(high=parts.dits[task, "high"], low=parts.dits[task, "low"])
-    ref = _reference(parts, task, image=image, height=H, width=W, guidance_scale=G_HIGH, guidance_scale_2=G_LOW,
-                     latents=latents.clone())
-    assert hooks.remove() == {"high": 4, "low": 4}  # 2 steps each, cond + uncond
+    kw = dict(image=image, height=H, width=W, guidance_scale=G_HIGH, guidance_scale_2=G_LOW)
+    refs, calls = _references(dirs[0], task, latents=latents.clone(), **kw)
+    assert calls == {"high": 4, "low": 4}  # 2 steps each, cond + uncond
 
-    pipe = _pipeline(parts, task)
+    ours = _both_layouts(dirs)
+    pipe = ours["diffusers"].pipeline
+    assert isinstance(pipe, Wan22Pipeline) and pipe.dit_2 is not None
     hooks = CallCounter(high=pipe.dit, low=pipe.dit_2)
-    result = _ours(pipe, image=image, height=H, width=W, guidance_scale=G_HIGH, guidance_scale_2=G_LOW,
-                   latents=latents.clone())
+    results = _compare(ours, refs, f"{task.upper()}-A14B", latents=latents, **kw)
     assert hooks.remove() == {"high": 4, "low": 4}
-    assert result.stats == {"model_calls": 8, "model_samples": 8}
-    _assert_close(result.frames, ref, f"{task.upper()}-A14B")
+    assert results["diffusers"].stats == {"model_calls": 8, "model_samples": 8}
     # the low-noise scale is used: the same run with one scale for both experts differs
-    same = _ours(pipe, image=image, height=H, width=W, guidance_scale=G_HIGH, latents=latents.clone(),
-                 output_type="latent")
-    assert not torch.allclose(same.latents, result.latents, atol=1e-3)
+    same = _ours(ours["diffusers"], latents=latents, output_type="latent", **{**kw, "guidance_scale_2": None})
+    assert not torch.allclose(same.latents, results["diffusers"].latents, atol=1e-3)
 
 
-def test_ti2v_text_to_video_matches_diffusers(parts):
+def test_ti2v_text_to_video_matches_diffusers(wan22_ti2v_dirs):
     latents = _latents(48, TH // 16, TW // 16, seed=12)
-    ref = _reference(parts, "ti2v", height=TH, width=TW, guidance_scale=G_HIGH, latents=latents.clone())
-    result = _ours(_pipeline(parts, "ti2v"), height=TH, width=TW, guidance_scale=G_HIGH, latents=latents.clone())
-    assert result.frames.shape == (FRAMES, TH, TW, 3)
-    _assert_close(result.frames, ref, "TI2V-5B text")
+    kw = dict(height=TH, width=TW, guidance_scale=G_HIGH)
+    refs, _ = _references(wan22_ti2v_dirs[0], "ti2v", latents=latents.clone(), **kw)
+    results = _compare(_both_layouts(wan22_ti2v_dirs), refs, "TI2V-5B text", latents=latents, **kw)
+    assert results["diffusers"].frames.shape == (FRAMES, TH, TW, 3)
 
 
 @pytest.fixture(scope="module")
-def ti2v_image_run(parts):
+def ti2v_image_run(wan22_ti2v_dirs):
     image = _image(TW, TH)  # the video's exact size: diffusers' plain resize == the official size rule + crop
     latents = _latents(48, TH // 16, TW // 16, seed=13)
-    pipe = _pipeline(parts, "ti2v")
-    return pipe, image, latents, _ours(pipe, image=image, height=TH, width=TW, guidance_scale=G_HIGH,
-                                       latents=latents.clone())
+    kw = dict(image=image, height=TH, width=TW, guidance_scale=G_HIGH)
+    refs, _ = _references(wan22_ti2v_dirs[0], "ti2v", latents=latents.clone(), **kw)
+    ours = _both_layouts(wan22_ti2v_dirs)
+    return ours, image, latents, _compare(ours, refs, "TI2V-5B image", latents=latents, **kw)
 
 
-def test_ti2v_image_to_video_matches_diffusers(parts, ti2v_image_run):
-    pipe, image, latents, result = ti2v_image_run
-    ref = _reference(parts, "ti2v", image=image, height=TH, width=TW, guidance_scale=G_HIGH, latents=latents.clone())
-    _assert_close(result.frames, ref, "TI2V-5B image")
+def test_ti2v_image_to_video_matches_diffusers(ti2v_image_run):
+    ours, image, _, results = ti2v_image_run
     # frame 0 of the final latents is the image's latent, re-imposed after every step
-    z = pipe.vae.encode(ti2v_image_tensor(image, TH, TW, "area")[None, :, None])
-    assert torch.equal(result.latents[:, :, :1], z)
+    z = ours["diffusers"].pipeline.vae.encode(ti2v_image_tensor(image, TH, TW, "area")[None, :, None])
+    assert torch.equal(results["diffusers"].latents[:, :, :1], z)
 
 
-def test_ti2v_image_batched_cfg_matches_sequential(parts, ti2v_image_run):
-    _, image, latents, result = ti2v_image_run
-    batched = _pipeline(parts, "ti2v", cfg_mode="batched")
-    out = _ours(batched, image=image, height=TH, width=TW, guidance_scale=G_HIGH, latents=latents.clone(),
+def test_ti2v_image_batched_cfg_matches_sequential(wan22_ti2v_dirs, ti2v_image_run):
+    _, image, latents, results = ti2v_image_run
+    batched = _load(wan22_ti2v_dirs[0], cfg_mode="batched")
+    out = _ours(batched, image=image, height=TH, width=TW, guidance_scale=G_HIGH, latents=latents,
                 output_type="latent")
     assert out.stats == {"model_calls": STEPS, "model_samples": 2 * STEPS}
-    torch.testing.assert_close(out.latents, result.latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.latents, results["diffusers"].latents, rtol=1e-5, atol=1e-5)
 
 
 def test_after_step_hook_sees_every_step_before_the_callback():
@@ -359,15 +280,9 @@ def test_two_experts_need_a_rule():
 
 
 @pytest.fixture(scope="module")
-def configs(parts):
-    from lightx2v.models.wan.dit import WanDiTConfig
-    from lightx2v.models.wan.vae import WanVAEConfig
-    from lightx2v.models.wan.vae22 import Wan22VAEConfig
-
-    dit = {t: WanDiTConfig.from_diffusers(parts.dits[t, "high"].config) for t in ("t2v", "i2v", "ti2v")}
-    v21, v22 = WanVAEConfig.from_diffusers(parts.vae21.config), Wan22VAEConfig.from_diffusers(parts.vae22.config)
-    return {t: _model_config(parts, t, dit=dit[t], dit_2=None if t == "ti2v" else dit[t],
-                             vae=v22 if t == "ti2v" else v21) for t in dit}
+def configs(wan22_t2v_dirs, wan22_i2v_dirs, wan22_ti2v_dirs):
+    """The official layouts' ModelConfigs (official defaults: T2V guidance 4.0 high / 3.0 low)."""
+    return {t: detect(d[1]) for t, d in (("t2v", wan22_t2v_dirs), ("i2v", wan22_i2v_dirs), ("ti2v", wan22_ti2v_dirs))}
 
 
 def _prepare(mc, **kw):
@@ -380,21 +295,25 @@ def _prepare(mc, **kw):
 
 def test_guidance_scale_defaults(configs):
     mc = configs["t2v"]
-    assert (_prepare(mc).guidance_scale, _prepare(mc).guidance_scale_2) == (G_HIGH, G_LOW)   # the checkpoint's pair
+    p = _prepare(mc)                                          # the checkpoint's pair (official (low, high) = (3, 4))
+    assert (p.guidance_scale, p.guidance_scale_2) == (4.0, 3.0)
     p = _prepare(mc, guidance_scale=7.0)                      # one scale given: both experts (as diffusers)
     assert (p.guidance_scale, p.guidance_scale_2) == (7.0, 7.0)
     p = _prepare(mc, guidance_scale_2=2.0)                    # only the low one: the default high one
-    assert (p.guidance_scale, p.guidance_scale_2) == (G_HIGH, 2.0)
+    assert (p.guidance_scale, p.guidance_scale_2) == (4.0, 2.0)
     p = _prepare(configs["ti2v"], guidance_scale=4.0, guidance_scale_2=4.0)
     assert p.guidance_scale_2 == 4.0
 
 
-def test_guidance_per_expert_and_cfg_when_either_scale_is_not_one(parts):
-    pipe = _pipeline(parts, "t2v")
+def test_guidance_per_expert_and_cfg_when_either_scale_is_not_one(wan22_t2v_dirs):
+    pipe = _load(wan22_t2v_dirs[0]).pipeline
     g = pipe.guidance(SamplingParams(prompt="x", guidance_scale=1.0, guidance_scale_2=3.0))
     assert dict(g.scales) == {"high": 1.0, "low": 3.0}
     assert pipe.uses_cfg(SamplingParams(prompt="x", guidance_scale=1.0, guidance_scale_2=3.0))
     assert not pipe.uses_cfg(SamplingParams(prompt="x", guidance_scale=1.0, guidance_scale_2=1.0))
+    # the rule the pipeline builds from its checkpoint: boundary 0.875 of 1000 timesteps
+    rule = pipe.expert_rule(make_scheduler("unipc"))
+    assert (rule(0, 875.0), rule(1, 874.0)) == ("high", "low")
 
 
 @pytest.mark.parametrize("task, kw, field, match", [
@@ -424,8 +343,8 @@ def test_a14b_takes_a_second_scale_and_ti2v_an_optional_image(configs):
     _prepare(configs["ti2v"], image=_image(TW, TH))
 
 
-def test_experts_are_checked_against_the_task(parts, configs):
-    pipe = _pipeline(parts, "ti2v")
+def test_experts_are_checked_against_the_task(wan22_ti2v_dirs, configs):
+    pipe = _load(wan22_ti2v_dirs[0]).pipeline
     with pytest.raises(CheckpointError, match="two experts"):
         Wan22Pipeline(configs["t2v"], pipe.engine, dit=pipe.dit, text_encoder=pipe.text_encoder,
                       tokenizer=pipe.tokenizer, vae=pipe.vae)
