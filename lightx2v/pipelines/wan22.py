@@ -4,7 +4,8 @@
 differs overridden:
 
     A14B      two DiTs: "dit" (high noise) and "dit_2" (low noise). The expert of each step is chosen
-              in one place, `expert_rule`: by timestep, t >= boundary * num_train_timesteps (inclusive,
+              in one place, the checkpoint's `Wan22Arch.expert_at` (models/wan22/arch.py), which this
+              pipeline hands to the loop as `expert_for`: by timestep, t >= boundary * 1000 (inclusive,
               as the official code and diffusers: 40 steps at shift 12 and boundary 0.875 give 26 high,
               14 low), or, when the checkpoint gives `switch_step` (step-distilled presets, LightX2V's
               boundary_step_index), by step index < switch_step. The loop passes it to model_fn in
@@ -32,24 +33,9 @@ import torch
 
 from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import CheckpointError, InputError
+from lightx2v.models.wan22.arch import EXPERTS, NUM_TRAIN_TIMESTEPS
 from lightx2v.pipelines.base import Guidance, StepContext
 from lightx2v.pipelines.wan import Conditioning, DiTInputs, WanPipeline
-
-# expert name (StepContext.expert) -> the component that runs it
-EXPERT_COMPONENTS = {"high": "dit", "low": "dit_2"}
-
-
-def expert_rule(boundary: Optional[float], switch_step: Optional[int],
-                num_train_timesteps: int = 1000) -> Callable[[int, float], str]:
-    """expert_for(step, timestep) of a two-expert model: "high" while step < switch_step when that is
-    given, else while timestep >= boundary * num_train_timesteps; "low" after."""
-    if switch_step is not None:
-        return lambda step, t: "high" if step < switch_step else "low"
-    if boundary is None:
-        raise CheckpointError("a two-expert Wan2.2 model needs a boundary (a ratio of the training timesteps) "
-                              "or a switch step; the checkpoint gives neither")
-    at = boundary * num_train_timesteps
-    return lambda step, t: "high" if t >= at else "low"
 
 
 class Wan22Pipeline(WanPipeline):
@@ -72,13 +58,16 @@ class Wan22Pipeline(WanPipeline):
 
     # -- the expert of each step ---------------------------------------------------------------
     def expert_rule(self, scheduler) -> Optional[Callable[[int, float], str]]:
+        """The checkpoint's `expert_at(step, timestep)` (None for TI2V-5B's one DiT)."""
         if self.dit_2 is None:
             return None
-        arch = self.model_config.arch
-        return expert_rule(arch.boundary, arch.switch_step, scheduler.num_train_timesteps)
+        if scheduler.num_train_timesteps != NUM_TRAIN_TIMESTEPS:  # the boundary is a fraction of 1000
+            raise CheckpointError(f"the scheduler has {scheduler.num_train_timesteps} training timesteps; the Wan2.2 "
+                                  f"expert boundary is a fraction of {NUM_TRAIN_TIMESTEPS}")
+        return self.model_config.arch.expert_at
 
     def expert_model(self, ctx: StepContext):
-        return self.components[EXPERT_COMPONENTS[ctx.expert]] if ctx.expert is not None else self.dit
+        return self.components[EXPERTS[ctx.expert]] if ctx.expert is not None else self.dit
 
     def guidance(self, p: SamplingParams) -> Guidance:
         if self.dit_2 is None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from lightx2v.config import SamplingParams
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.detect import detect
 from lightx2v.pipelines.base import Guidance, denoise
-from lightx2v.pipelines.wan22 import Wan22Pipeline, expert_rule
+from lightx2v.pipelines.wan22 import Wan22Pipeline
 from lightx2v.pipelines.wan22_image import FirstFrame, best_output_size, ti2v_frame_size, ti2v_image_tensor
 from lightx2v.schedulers import make_scheduler
 
@@ -244,45 +245,52 @@ def _split(sched, rule) -> tuple[Counter, list[float]]:
     return calls, high_t
 
 
-@pytest.mark.parametrize("shift, boundary, high, low, last_high", [
-    (12.0, 0.875, 26, 14, 877.0),   # T2V-A14B: 40 steps (facts: the official split; t 877 high, 865 low)
-    (5.0, 0.900, 15, 25, 902.0),    # I2V-A14B
-])
-def test_official_split_by_timestep(shift, boundary, high, low, last_high):
-    sched = make_scheduler("unipc")
-    sched.set_timesteps(40, shift=shift)
-    calls, high_t = _split(sched, expert_rule(boundary, None, sched.num_train_timesteps))
-    assert calls == {"high": high, "low": low}
-    assert high_t[-1] == last_high
-
-
-def test_boundary_is_inclusive():
-    rule = expert_rule(0.9, None, 1000)
-    assert rule(5, 900.0) == "high" and rule(6, 899.0) == "low"
-
-
-@pytest.mark.parametrize("switch_step, high", [(2, 2), (1, 1)])
-def test_distilled_split_by_step_index(switch_step, high):
-    """LightX2V's 4-step experts switch by step index (boundary_step_index 2); the index wins over a boundary
-    (t = 1000, 937.5, 833.3, 625: 0.875 alone would give 2 high)."""
-    sched = make_scheduler("distill")
-    sched.set_timesteps(4, shift=5.0)
-    calls, _ = _split(sched, expert_rule(0.875, switch_step, 1000))
-    assert calls == {"high": high, "low": 4 - high}
-
-
-def test_two_experts_need_a_rule():
-    with pytest.raises(CheckpointError, match="boundary"):
-        expert_rule(None, None)
-
-
-# ---------------------------------------------------------------- requests (no weights read)
-
-
 @pytest.fixture(scope="module")
 def configs(wan22_t2v_dirs, wan22_i2v_dirs, wan22_ti2v_dirs):
     """The official layouts' ModelConfigs (official defaults: T2V guidance 4.0 high / 3.0 low)."""
     return {t: detect(d[1]) for t, d in (("t2v", wan22_t2v_dirs), ("i2v", wan22_i2v_dirs), ("ti2v", wan22_ti2v_dirs))}
+
+
+def _rule(configs, boundary=None, switch_step=None):
+    """The pipeline's expert_for for a checkpoint with this boundary / switch step."""
+    mc = configs["t2v"]
+    arch = dataclasses.replace(mc.arch, boundary=boundary, switch_step=switch_step)
+    return Wan22Pipeline.expert_rule(SimpleNamespace(dit_2=object(), model_config=dataclasses.replace(mc, arch=arch)),
+                                     make_scheduler("unipc"))
+
+
+@pytest.mark.parametrize("shift, boundary, high, low, last_high", [
+    (12.0, 0.875, 26, 14, 877.0),   # T2V-A14B: 40 steps (facts: the official split; t 877 high, 865 low)
+    (5.0, 0.900, 15, 25, 902.0),    # I2V-A14B
+])
+def test_official_split_by_timestep(configs, shift, boundary, high, low, last_high):
+    sched = make_scheduler("unipc")
+    sched.set_timesteps(40, shift=shift)
+    calls, high_t = _split(sched, _rule(configs, boundary=boundary))
+    assert calls == {"high": high, "low": low}
+    assert high_t[-1] == last_high
+
+
+def test_boundary_is_inclusive(configs):
+    rule = _rule(configs, boundary=0.9)
+    assert rule(5, 900.0) == "high" and rule(6, 899.0) == "low"
+
+
+@pytest.mark.parametrize("switch_step, high", [(2, 2), (1, 1)])
+def test_distilled_split_by_step_index(configs, switch_step, high):
+    """LightX2V's 4-step experts switch by step index (boundary_step_index 2); the index wins over a boundary
+    (t = 1000, 937.5, 833.3, 625: 0.875 alone would give 2 high)."""
+    sched = make_scheduler("distill")
+    sched.set_timesteps(4, shift=5.0)
+    calls, _ = _split(sched, _rule(configs, boundary=0.875, switch_step=switch_step))
+    assert calls == {"high": high, "low": 4 - high}
+
+
+def test_one_dit_has_no_rule(wan22_ti2v_dirs):
+    assert _load(wan22_ti2v_dirs[0]).pipeline.expert_rule(make_scheduler("unipc")) is None
+
+
+# ---------------------------------------------------------------- requests (no weights read)
 
 
 def _prepare(mc, **kw):
