@@ -276,8 +276,11 @@ class WanPipeline:
         if self.model_config.distill is not None:
             from lightx2v.models.wan.distill import cfg_warning
 
-            if (msg := cfg_warning(p.guidance_scale)) is not None:
-                warnings.warn(msg, stacklevel=4)
+            for name in ("guidance_scale", "guidance_scale_2"):  # (the second: a two-expert model's)
+                g = getattr(p, name)
+                if g is not None and (msg := cfg_warning(g)) is not None:
+                    warnings.warn(msg.replace("guidance_scale", name, 1), stacklevel=4)
+                    break
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cfg = self.uses_cfg(p)

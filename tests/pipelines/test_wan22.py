@@ -286,6 +286,21 @@ def test_distilled_split_by_step_index(configs, switch_step, high):
     assert calls == {"high": high, "low": 4 - high}
 
 
+def test_distilled_preset_runs_2_high_2_low_without_cfg(wan22_t2v_dirs):
+    pipe = _load(wan22_t2v_dirs[1], preset="wan2.2-t2v-a14b-distill")
+    assert pipe.model_config.arch.switch_step == 2
+    hooks = CallCounter(high=pipe.pipeline.dit, low=pipe.pipeline.dit_2)
+    seen = []
+    out = pipe.generate(prompt=PROMPT, height=H, width=W, num_frames=FRAMES, seed=0, output_type="latent",
+                        callback=lambda info: seen.append(info.timestep))
+    assert hooks.remove() == {"high": 2, "low": 2}  # guidance 1 for both experts: one call a step
+    assert out.stats == {"model_calls": 4, "model_samples": 4}
+    assert [round(t, 1) for t in seen] == [1000.0, 937.5, 833.3, 625.0]
+    with pytest.warns(UserWarning, match="guidance_scale_2 3 with a step-distilled model"):
+        pipe.generate(prompt=PROMPT, height=H, width=W, num_frames=FRAMES, seed=0, output_type="latent",
+                      guidance_scale=1.0, guidance_scale_2=3.0)
+
+
 def test_one_dit_has_no_rule(wan22_ti2v_dirs):
     assert _load(wan22_ti2v_dirs[0]).pipeline.expert_rule(make_scheduler("unipc")) is None
 
