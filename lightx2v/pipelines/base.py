@@ -4,6 +4,7 @@
         ctx = StepContext(i, n, t, branch, expert)    # expert: the pipeline's choice for this step (MoE)
         v = guidance(model_fn, x, t, cond, uncond, ctx)   # model_fn(x, t, cond, ctx) once or more
         x = scheduler.step(v, x)
+        x = after_step(i, x)                          # optional: latents the condition fixes, re-imposed
         callback(StepInfo) -> False stops the run
 
 The loop does not know how the model is run (precision, attention kernel, offload, cache): those
@@ -12,6 +13,12 @@ that a cache can decide to skip and a two-expert pipeline can pick its expert, a
 object decides how the CFG branches run (none; two calls; one batch of 2; a scale per expert;
 norm-rescaled). Latents stay float32 between steps, as the references keep them; a step that
 leaves them NaN or infinite stops the run with a NonFiniteError naming the step.
+
+Two hooks let a pipeline shape a run without a loop of its own: `expert_for(step, t)` names the
+expert of each step (a two-expert model: Wan2.2 A14B's high / low noise DiTs), and
+`after_step(step, latents) -> latents` edits the latents after each scheduler step, before the
+callback sees them (Wan2.2 TI2V image-to-video re-imposes the image's clean latent frame there, as
+the official textimage2video.py does after every step).
 """
 
 from __future__ import annotations
@@ -136,12 +143,14 @@ def denoise(
     guidance: Guidance,
     *,
     expert_for: Optional[Callable[[int, float], Optional[str]]] = None,
+    after_step: Optional[Callable[[int, torch.Tensor], torch.Tensor]] = None,
     callback: Optional[Callable[[StepInfo], Optional[bool]]] = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Run the scheduler's timesteps over `latents` (float32); returns the final latents.
 
-    expert_for(step, timestep) -> the expert for that step (two-expert models), passed in the context."""
+    expert_for(step, timestep) -> the expert for that step (two-expert models), passed in the context;
+    after_step(step, latents) -> the latents to continue from (see the module docstring)."""
     from tqdm.auto import tqdm
 
     timesteps = scheduler.timesteps
@@ -152,6 +161,8 @@ def denoise(
                           expert=None if expert_for is None else expert_for(i, float(t)))
         v = guidance(model_fn, latents, tt, cond, uncond, ctx)
         latents = scheduler.step(v, latents)
+        if after_step is not None:
+            latents = after_step(i, latents)
         if not bool(torch.isfinite(latents).all()):  # one reduction a step; NaN would spread to every pixel
             raise NonFiniteError(
                 f"denoise step {i + 1} of {n} (timestep {float(t):.0f}) produced {nonfinite_kind(latents)} latents: "

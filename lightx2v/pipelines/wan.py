@@ -11,13 +11,14 @@ into the loop and turns a `SamplingParams` into a `GenerationResult`.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -35,11 +36,28 @@ class DiTInputs:
     context: torch.Tensor                     # [1, text_len, text_dim]
     clip_fea: Optional[torch.Tensor] = None   # [1, 257 * n, 1280]
     y: Optional[torch.Tensor] = None          # [1, 20, T', h, w]
+    # latent frames given clean (timestep 0 on their tokens: Wan2.2 TI2V image-to-video's first frame)
+    clean_frames: int = 0
 
     def cat_batch(self, other: "DiTInputs") -> "DiTInputs":
         """Both branches as one batch (batched CFG): [self, other] along dim 0."""
         cat = (lambda a, b: None if a is None else torch.cat([a, b]))
-        return DiTInputs(cat(self.context, other.context), cat(self.clip_fea, other.clip_fea), cat(self.y, other.y))
+        return dataclasses.replace(self, context=cat(self.context, other.context),
+                                   clip_fea=cat(self.clip_fea, other.clip_fea), y=cat(self.y, other.y))
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What one request conditions the denoising on (`WanPipeline.condition`).
+
+    size: the video's (height, width) (an image may decide it); fix: latents -> latents with the
+    frames the condition fixes re-imposed, applied to the initial noise and after every step
+    (`denoise(after_step=...)`; Wan2.2 TI2V's image latent), None when nothing is fixed."""
+
+    cond: DiTInputs
+    uncond: Optional[DiTInputs]
+    size: tuple[int, int]
+    fix: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
 
 class WanPipeline:
@@ -69,7 +87,7 @@ class WanPipeline:
     dit = property(lambda self: self.components["dit"])
     text_encoder = property(lambda self: self.components["text_encoder"])
     vae = property(lambda self: self.components["vae"])
-    clip = property(lambda self: self.components["clip"])
+    clip = property(lambda self: self.components.get("clip"))
 
     @property
     def lora_set(self):
@@ -98,7 +116,8 @@ class WanPipeline:
 
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "WanPipeline":
-        """Components built on meta and loaded onto the staging device, then the engine applied."""
+        """Components built on meta and loaded onto the staging device, then the engine applied:
+        each DiT of `transformer_names` the checkpoint has files for, then the family's components."""
         from tqdm.auto import tqdm
 
         from lightx2v.loading.components import load_component, load_dit
@@ -106,12 +125,16 @@ class WanPipeline:
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
         staging, dt = engine.staging_device(), engine.dtype
+        dits = [n for n in cls.transformer_names if n in mc.files]
         parts = {}
-        bar = tqdm(("dit", "text_encoder", "vae", "clip"), desc="load", disable=not progress, leave=False)
+        bar = tqdm(dits + [c.name for c in mc.spec.components], desc="load", disable=not progress, leave=False)
         for name in bar:
             bar.set_postfix_str(name)
-            parts[name] = (load_dit(mc, staging, dt, quant=quant_on_load(engine)) if name == "dit"
-                           else load_component(mc, name, staging, dt))
+            if name in dits:  # "dit" is the default DiT; another (Wan2.2's "dit_2") is named
+                named = {} if name == "dit" else {"name": name}
+                parts[name] = load_dit(mc, staging, dt, quant=quant_on_load(engine), **named)
+            else:
+                parts[name] = load_component(mc, name, staging, dt)
         tokenizer = WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len)
         pipe = cls(mc, engine, tokenizer=tokenizer, progress=progress, **parts)
         apply_engine(pipe, engine)
@@ -155,9 +178,32 @@ class WanPipeline:
 
         return build_condition(
             image=p.image, last_image=p.last_image, height=p.height, width=p.width, num_frames=p.num_frames,
-            mode=p.resize_mode, convention=self.model_config.layout, vae=self.vae, encode_clip=self.encode_images,
-            device=self.device, vae_dtype=self.vae_dtype,
+            mode=p.resize_mode, convention=self.model_config.layout, vae=self.vae,
+            encode_clip=None if self.clip is None else self.encode_images, device=self.device, vae_dtype=self.vae_dtype,
         )
+
+    def condition(self, p: SamplingParams, context: torch.Tensor, neg: Optional[torch.Tensor]) -> Conditioning:
+        """The DiT inputs of both CFG branches (text, and the image's when there is one)."""
+        size, clip_fea, y = (p.height, p.width), None, None
+        if p.image is not None:
+            c = self.condition_on_images(p)
+            size, clip_fea, y = (c.height, c.width), c.clip_fea, c.y
+        return Conditioning(DiTInputs(context, clip_fea, y), None if neg is None else DiTInputs(neg, clip_fea, y), size)
+
+    def uses_cfg(self, p: SamplingParams) -> bool:
+        """Whether any step runs the negative branch (a scale of 1 needs none)."""
+        return p.guidance_scale != 1.0 or p.guidance_scale_2 not in (None, 1.0)
+
+    def guidance(self, p: SamplingParams) -> Guidance:
+        return Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode)
+
+    def expert_rule(self, scheduler) -> Optional[Callable[[int, float], Optional[str]]]:
+        """expert_for(step, timestep) of `denoise` (None: one expert)."""
+        return None
+
+    def expert_model(self, ctx: StepContext):
+        """The DiT that runs the step `ctx` describes."""
+        return self.dit
 
     def make_scheduler(self, p: SamplingParams):
         from lightx2v.pipelines.request import build_scheduler
@@ -165,8 +211,8 @@ class WanPipeline:
         return build_scheduler(self.model_config.defaults, p, self.device)
 
     def prepare_latents(self, p: SamplingParams, size: tuple[int, int]) -> tuple[torch.Tensor, int | None]:
-        """Initial noise [1, 16, T', h/8, w/8] float32: given `latents`, or seeded (CPU generator, so the
-        same seed gives the same video on any device)."""
+        """Initial noise [1, C, T', h', w'] float32 (the family's Geometry: [1, 16, T', h/8, w/8] for Wan2.1):
+        given `latents`, or seeded (CPU generator, so the same seed gives the same video on any device)."""
         shape = self.geometry.latent_shape(p.num_frames, *size)
         if p.latents is not None:
             if tuple(p.latents.shape) != shape:
@@ -179,7 +225,13 @@ class WanPipeline:
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: DiTInputs, ctx: StepContext) -> torch.Tensor:
         dtype = self.engine.dtype
         cast = (lambda v: None if v is None else v.to(dtype))
-        return self.dit(x.to(dtype), t.float(), c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
+        dit = self.expert_model(ctx)
+        t = t.float()
+        if c.clean_frames:  # per-token timesteps [B, L], 0 on the clean frames' tokens
+            from lightx2v.models.wan.dit import token_timesteps
+
+            t = token_timesteps(t, dit.token_grid(x.shape[2:]), clean_frames=c.clean_frames)
+        return dit(x.to(dtype), t, c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -245,11 +297,14 @@ class WanPipeline:
         if self.model_config.distill is not None:
             from lightx2v.models.wan.distill import cfg_warning
 
-            if (msg := cfg_warning(p.guidance_scale)) is not None:
-                warnings.warn(msg, stacklevel=4)
+            for name in ("guidance_scale", "guidance_scale_2"):  # (the second: a two-expert model's)
+                g = getattr(p, name)
+                if g is not None and (msg := cfg_warning(g)) is not None:
+                    warnings.warn(msg.replace("guidance_scale", name, 1), stacklevel=4)
+                    break
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        cfg = p.guidance_scale != 1.0
+        cfg = self.uses_cfg(p)
         with self._stage("text encoder", p):
             states = self.encode_prompt([p.prompt, p.negative_prompt] if cfg else [p.prompt])  # one T5 pass
         if not bool(torch.isfinite(states).all()):
@@ -257,23 +312,24 @@ class WanPipeline:
                                  "fp16); use dtype bf16 or fp32")
         context, neg = states[:1], (states[1:] if cfg else None)
         timings["text_encoder"] = self._lap(t0)
-        size, clip_fea, y = (p.height, p.width), None, None
-        if self.task != "t2v":
-            t1 = time.perf_counter()
-            with self._stage("image encoder", p):
-                c = self.condition_on_images(p)
-            size, clip_fea, y = (c.height, c.width), c.clip_fea, c.y
+        t1 = time.perf_counter()
+        with self._stage("image encoder", p):
+            c = self.condition(p, context, neg)
+        size = c.size
+        if p.image is not None:
             timings["image_encoder"] = self._lap(t1)
-        cond = DiTInputs(context, clip_fea, y)
-        uncond = None if neg is None else DiTInputs(neg, clip_fea, y)
 
         t1 = time.perf_counter()
         counter = Counter(self.model_fn)
         with self._stage("denoise", p):
-            latents, seed = self.prepare_latents(p, size)
+            latents, seed = self.prepare_latents(p, c.size)
+            fix = c.fix
+            if fix is not None:
+                latents = fix(latents)
             sched = self.make_scheduler(p)
-            guidance = Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode)
-            latents = denoise(counter, sched, latents, cond, uncond, guidance, callback=p.callback,
+            latents = denoise(counter, sched, latents, c.cond, c.uncond, self.guidance(p),
+                              expert_for=self.expert_rule(sched),
+                              after_step=None if fix is None else (lambda i, x: fix(x)), callback=p.callback,
                               progress=self.progress)
         timings["denoise"] = self._lap(t1)
         result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=counter.stats())

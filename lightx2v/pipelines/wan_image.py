@@ -9,14 +9,15 @@ WanImageToVideoPipeline), with each layout's own resampling:
            "pad":  exactly height x width, the image scaled to fit and padded with black.
     y      VAE-encode [image, zeros ..., (last image)] -> 16 latent channels, and a 4-channel mask
            (1 where a frame is given) -> y: [1, 20, T', H/8, W/8], concatenated to the noise by the DiT.
-    clip   CLIP tokens of the original image(s) -> [1, 257 * n_images, 1280].
+    clip   CLIP tokens of the original image(s) -> [1, 257 * n_images, 1280]; none for a model without
+           a CLIP branch (Wan2.2 I2V-A14B: `encode_clip` None, the same y).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from lightx2v.errors import InputError
 
 @dataclass(frozen=True)
 class ImageCondition:
-    clip_fea: torch.Tensor   # [1, 257 * n, 1280]
+    clip_fea: Optional[torch.Tensor]   # [1, 257 * n, 1280]; None without CLIP (Wan2.2 I2V-A14B)
     y: torch.Tensor          # [1, 4 + 16, T', H/8, W/8]
     height: int
     width: int
@@ -139,8 +140,9 @@ def check_images(image, last_image: Any | None, height: int, width: int, num_fra
 
 @torch.no_grad()
 def build_condition(*, image, last_image: Any | None, height: int, width: int, num_frames: int, mode: str,
-                    convention: str, vae, encode_clip, device: torch.device, vae_dtype: torch.dtype) -> ImageCondition:
-    """Everything the I2V/FLF2V DiT is conditioned on, for one request."""
+                    convention: str, vae, encode_clip: Optional[Callable], device: torch.device,
+                    vae_dtype: torch.dtype) -> ImageCondition:
+    """Everything the I2V/FLF2V DiT is conditioned on, for one request (`encode_clip` None: no CLIP tokens)."""
     h, w = check_images(image, last_image, height, width, num_frames, mode, convention)
     first = resize_image(image, h, w, mode, convention)
     clip_images = [image]
@@ -156,5 +158,5 @@ def build_condition(*, image, last_image: Any | None, height: int, width: int, n
     latents = vae.encode(video).float()                                 # [1, 16, T', h/8, w/8] normalized
     mask = first_last_mask(num_frames, h // 8, w // 8, last_image is not None).to(device)
     y = torch.cat([mask[None], latents], dim=1)
-    clip_fea = encode_clip(clip_images)                                 # [1, 257 * n, 1280]
+    clip_fea = None if encode_clip is None else encode_clip(clip_images)  # [1, 257 * n, 1280]
     return ImageCondition(clip_fea=clip_fea, y=y, height=h, width=w)

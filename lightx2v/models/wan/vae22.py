@@ -248,9 +248,12 @@ class Wan22VAE(nn.Module):
         return (mu.float() - mean) * inv_std
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False) -> torch.Tensor:
         """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 16h, 16w], float32, clamped
-        to [-1, 1] if config.clip_output (the default, as the official code)."""
+        to [-1, 1] if config.clip_output (the default, as the official code). `progress`: a bar over
+        the latent frames (as WanVAE.decode)."""
+        from tqdm.auto import tqdm
+
         if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
             raise InputError(
                 f"VAE decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(latents.shape)}"
@@ -261,7 +264,7 @@ class Wan22VAE(nn.Module):
         cache = cache if cache is not None else CausalCache()
         cache.reset()
         outs = []
-        for i in range(x.shape[2]):
+        for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress, leave=False):
             cache.start_chunk()
             outs.append(self.decoder(x[:, :, i : i + 1], cache, first_chunk=i == 0))
         cache.reset()
