@@ -108,9 +108,9 @@ class LightX2V:
         prompt: str,
         negative_prompt: str | None = None,
         image: Any = None,
-        height: int = 480,
-        width: int = 832,
-        num_frames: int = 81,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
         shift: float | None = None,
@@ -130,7 +130,8 @@ class LightX2V:
         overwrite: bool = True,
         force: bool = False,
     ) -> GenerationResult:
-        """Generate one video (or, with num_frames=1 and output_type "png", one image). `image` (and
+        """Generate one video (or, with num_frames=1 and output_type "png", one image). A size, frame
+        count, step count, guidance, shift, solver or fps left None is the checkpoint's default. `image` (and
         `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width.
         `overwrite=False` refuses an existing output file; `force=True` runs a size, frame count or
         step count far outside what the model was trained on (hard limits and memory still apply)."""

@@ -72,6 +72,10 @@ class SamplingDefaults:
     solver_options: Optional[Mapping] = None
     # the guidance scale of a second expert (Wan2.2 low-noise); None: one scale for all
     guidance_scale_2: Optional[float] = None
+    # the video a request gets when it names no size or frame count
+    height: int = 480
+    width: int = 832
+    num_frames: int = 81
 
     def shift_for(self, height: int, width: int) -> float:
         if self.area_shift is not None and height * width <= self.area_shift[0]:
@@ -241,9 +245,9 @@ class SamplingParams:
     image: Any = None            # first frame (i2v / flf2v): PIL image, path, or encoded bytes
     last_image: Any = None       # last frame (flf2v)
     resize_mode: str = "area"
-    height: int = 480
-    width: int = 832
-    num_frames: int = 81
+    height: Optional[int] = None          # None: the checkpoint's (SamplingDefaults)
+    width: Optional[int] = None
+    num_frames: Optional[int] = None
     num_inference_steps: Optional[int] = None
     guidance_scale: Optional[float] = None
     guidance_scale_2: Optional[float] = None   # a second expert's scale (Wan2.2); None: the first's
@@ -263,13 +267,19 @@ class SamplingParams:
 
     def with_defaults(self, d: SamplingDefaults) -> "SamplingParams":
         """Fill every `None` from the checkpoint defaults, then validate."""
-        filled = dataclasses.replace(
+        sized = dataclasses.replace(
             self,
+            height=d.height if self.height is None else self.height,
+            width=d.width if self.width is None else self.width,
+            num_frames=d.num_frames if self.num_frames is None else self.num_frames,
+        )
+        filled = dataclasses.replace(
+            sized,
             negative_prompt=d.negative_prompt if self.negative_prompt is None else self.negative_prompt,
             # `is None`, not `or`: an explicit 0 must reach validate() as an error, not become the default
             num_inference_steps=d.num_inference_steps if self.num_inference_steps is None else self.num_inference_steps,
             guidance_scale=d.guidance_scale if self.guidance_scale is None else self.guidance_scale,
-            shift=d.shift_for(self.height, self.width) if self.shift is None else self.shift,
+            shift=d.shift_for(sized.height, sized.width) if self.shift is None else self.shift,
             solver=d.solver if self.solver is None else self.solver,
             fps=d.fps if self.fps is None else self.fps,
         )
@@ -289,9 +299,9 @@ class SamplingParams:
             raise InputError("the prompt is empty; give a text describing the video", field="prompt")
         for name in ("height", "width"):
             v = getattr(self, name)
-            if not _is_int(v) or v <= 0:
+            if v is not None and (not _is_int(v) or v <= 0):
                 raise InputError(f"{name} must be a positive integer (e.g. 480, 832), got {v!r}", field=name)
-        if not _is_int(self.num_frames) or self.num_frames < 1:
+        if self.num_frames is not None and (not _is_int(self.num_frames) or self.num_frames < 1):
             raise InputError(f"num_frames must be a positive integer, got {self.num_frames!r}", field="num_frames")
         if self.num_inference_steps is not None and (not _is_int(self.num_inference_steps) or self.num_inference_steps < 1):
             raise InputError(f"num_inference_steps must be a positive integer, got {self.num_inference_steps!r}",
@@ -312,7 +322,7 @@ class SamplingParams:
         if self.output_type not in OUTPUT_TYPES:
             raise InputError(f"unknown output_type {self.output_type!r}; expected one of {', '.join(OUTPUT_TYPES)}",
                              field="output_type")
-        if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames != 1:
+        if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames is not None and self.num_frames != 1:
             raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}",
                              field="num_frames")
         if not isinstance(self.overwrite, bool):

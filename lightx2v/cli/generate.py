@@ -60,8 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "crop / pad give exactly --size, cropping or padding the image")
     p.add_argument("--prompt", default=None, help="what the video shows (required; may come from --config)")
     p.add_argument("--negative-prompt", default=None, help="what to avoid (default: the checkpoint's default negative prompt)")
-    p.add_argument("--size", default="832x480", help="WIDTHxHEIGHT, both multiples of 16 (832x480, 480x832, 1280x720, 720x1280; Wan2.2 TI2V-5B: multiples of 32, 1280x704)")
-    p.add_argument("--frames", type=int, default=81, help="number of frames, 4k+1")
+    p.add_argument("--size", default=None,
+                   help="WIDTHxHEIGHT, multiples of 16 (Wan2.2 TI2V-5B: 32) (default: the checkpoint's: 832x480 for "
+                        "Wan2.1, 1280x720 for Wan2.2 A14B, 1280x704 for TI2V-5B)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="number of frames, 4k+1 (default: the checkpoint's: 81; Wan2.2 TI2V-5B 121)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's, 50 for Wan2.1)")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (default: the checkpoint's, 5.0)")
     p.add_argument("--guidance-2", type=float, default=None,
@@ -174,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
 def _request(args: argparse.Namespace):
     from lightx2v.config import SamplingParams
 
-    width, height = parse_size(args.size)
+    width, height = (None, None) if args.size is None else parse_size(args.size)
     return SamplingParams(
         prompt=args.prompt, negative_prompt=args.negative_prompt, image=args.image, last_image=args.last_image,
         resize_mode=args.resize_mode, height=height, width=width, num_frames=args.frames,

@@ -53,8 +53,10 @@ def test_help_documents_every_flag_and_default(capsys):
     for action in sub._actions:
         for opt in action.option_strings:
             assert opt in text
-    for default in ("832x480", "81", "auto", "bf16"):
+    for default in ("auto", "bf16", "area"):
         assert f"(default: {default})" in text
+    assert "(default: None)" not in text  # a None default is explained in words (the checkpoint's ...)
+    assert "832x480 for Wan2.1, 1280x720 for Wan2.2 A14B" in " ".join(text.split())
 
 
 def test_info_reports_layout_sizes_dtypes(tiny_official_dir, tiny_diffusers_dir, capsys):

@@ -32,13 +32,14 @@ class OfficialSampling:
     fps: int
     boundary: Optional[float]       # fraction of num_train_timesteps where the low-noise expert takes over
     frames: int = 81
+    size: tuple[int, int] = (720, 1280)   # (height, width): the official generate.py's default --size 1280*720
 
 
 OFFICIAL: Mapping[str, OfficialSampling] = {
     "t2v": OfficialSampling(steps=40, guidance_high=4.0, guidance_low=3.0, shift=12.0, fps=16, boundary=0.875),
     "i2v": OfficialSampling(steps=40, guidance_high=3.5, guidance_low=3.5, shift=5.0, fps=16, boundary=0.900),
     "ti2v": OfficialSampling(steps=50, guidance_high=5.0, guidance_low=None, shift=5.0, fps=24, boundary=None,
-                             frames=121),
+                             frames=121, size=(704, 1280)),
 }
 
 # (dim, num_layers, num_heads, ffn_dim) -> name (each A14B expert is a 14B DiT)
@@ -68,6 +69,7 @@ def official_defaults(task: str) -> SamplingDefaults:
         num_inference_steps=o.steps, guidance_scale=o.guidance_high, guidance_scale_2=o.guidance_low,
         shift=o.shift, solver="unipc", convention="official", scheduler_config=None,
         negative_prompt=DEFAULT_NEGATIVE_PROMPT, fps=o.fps, area_shift=None,
+        height=o.size[0], width=o.size[1], num_frames=o.frames,
     )
 
 
@@ -81,4 +83,5 @@ def diffusers_defaults(task: str, scheduler_config: Mapping) -> SamplingDefaults
     o = OFFICIAL[task]
     base = wan21_diffusers_defaults(task, None, dict(scheduler_config))
     return dataclasses.replace(base, num_inference_steps=o.steps, guidance_scale=o.guidance_high,
-                               guidance_scale_2=o.guidance_low, fps=o.fps)
+                               guidance_scale_2=o.guidance_low, fps=o.fps, height=o.size[0], width=o.size[1],
+                               num_frames=o.frames)

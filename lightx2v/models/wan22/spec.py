@@ -131,7 +131,9 @@ def _with_distill(mc: ModelConfig, preset: Optional[str], names: tuple[str, ...]
     if match.notice:
         warnings.warn(match.notice, stacklevel=4)
     d = match.defaults
-    defaults = d.sampling_defaults(mc.defaults.negative_prompt, mc.defaults.fps)
+    defaults = dataclasses.replace(d.sampling_defaults(mc.defaults.negative_prompt, mc.defaults.fps),
+                                   height=mc.defaults.height, width=mc.defaults.width,
+                                   num_frames=mc.defaults.num_frames)
     mc = dataclasses.replace(mc, defaults=defaults, distill=match,
                              arch=dataclasses.replace(mc.arch, switch_step=getattr(d, "switch_step", None)))
     for name, rels in DISTILL_WEIGHT_FILES.items():  # LightX2V's layout: the distilled experts beside the base
