@@ -20,30 +20,11 @@ from lightx2v.config import ModelConfig
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, register_family
 from lightx2v.models.wan.dit_format import WAN_DIT_FORMAT
+from lightx2v.models.wan.spec import WAN21 as wan21
 from lightx2v.models.wan22 import layouts
 from lightx2v.models.wan22.arch import Wan22Arch
 
 # ---------------------------------------------------------------- components
-
-
-def _read(files, key_map=None):
-    from lightx2v.loading.state_dict import read_sharded, read_tensors, rename
-
-    files = list(files) if isinstance(files, (list, tuple)) else [files]
-    sd = read_tensors(files[0]) if len(files) == 1 else read_sharded(files)
-    return rename(sd, key_map) if key_map is not None else sd
-
-
-def _build_t5(mc: ModelConfig):
-    from lightx2v.models.wan.t5 import UMT5Encoder
-
-    return UMT5Encoder(mc.arch.text_encoder)
-
-
-def _read_t5(mc: ModelConfig):
-    from lightx2v.models.wan.t5 import t5_key_from_transformers
-
-    return _read(mc.files["text_encoder"], t5_key_from_transformers if mc.layout == "diffusers" else None)
 
 
 def _build_vae(mc: ModelConfig):
@@ -56,15 +37,11 @@ def _build_vae(mc: ModelConfig):
     return WanVAE(mc.arch.vae)
 
 
-def _read_vae(mc: ModelConfig):
-    # both VAE configs carry their own diffusers rename (its indices depend on num_res_blocks)
-    return _read(mc.files["vae"], mc.arch.vae.key_from_diffusers if mc.layout == "diffusers" else None)
-
-
 COMPONENTS = (
-    ComponentSpec("text_encoder", "text encoder", _build_t5, _read_t5),
-    # the references decode in fp32 whatever the DiT runs in (both VAEs)
-    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32),
+    # the text encoder and how a VAE file is read are Wan2.1's (each VAE config carries its own
+    # diffusers rename); only the VAE built differs (Wan2.1's for A14B, Wan2.2's for TI2V-5B)
+    wan21.component("text_encoder"),
+    ComponentSpec("vae", "VAE", _build_vae, wan21.component("vae").read, dtype=lambda dt: torch.float32),
 )
 DIT_FLAGS = {"dit": "--dit-path", "dit_2": "--dit-path-2"}
 
