@@ -52,6 +52,7 @@ class LightX2V:
         lora_allow_unmatched: bool = False,
         compile: bool | CompileConfig = False,
         cfg_mode: str = "sequential",
+        offload: str | None = None,
         preset: str | None = None,
         cache_dir: str | Path | None = None,
         revision: str | None = None,
@@ -71,6 +72,8 @@ class LightX2V:
         (`"dynamic"`, switch with `set_lora`); a LoRA key that matches nothing is an error unless
         `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
         blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
+        `offload="model"`: the DiTs stay in host memory and only the one running is on the device
+        (a two-expert Wan2.2 A14B model then holds one 14B expert on the GPU; the next is prefetched).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
         `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
@@ -80,7 +83,7 @@ class LightX2V:
 
         engine = make_engine(device=device, dtype=dtype, attention=attention, quant=quant, lora=lora,
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
-                             compile=compile, cfg_mode=cfg_mode)
+                             compile=compile, cfg_mode=cfg_mode, offload=offload)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -165,7 +168,7 @@ class LightX2V:
 def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat16, attention: str = "auto",
                 quant: str | None = None, lora: Sequence[tuple[str | Path, float]] = (), lora_mode: str = "merge",
                 lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
-                cfg_mode: str = "sequential") -> EngineConfig:
+                cfg_mode: str = "sequential", offload: str | None = None) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend runs here."""
     from lightx2v.config import LoraConfig, resolve_device
@@ -173,7 +176,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
 
     lora = tuple((str(Path(p)), _strength(s)) for p, s in lora)
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
-                          quant=quant, compile=compile, cfg_mode=cfg_mode,
+                          quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload,
                           lora=LoraConfig(lora, mode=lora_mode, allow_unmatched=lora_allow_unmatched))
     if engine.quant.scheme is not None:
         from lightx2v.quant import get_scheme

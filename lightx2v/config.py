@@ -160,6 +160,24 @@ class CompileConfig:
 
 
 @dataclass(frozen=True)
+class OffloadConfig:
+    """`apply_offload`: the DiTs kept in host memory, only the one running on the device
+    (lightx2v.runtime.offload). granularity None (off) or "model"; `prefetch`: copy the next DiT of
+    a two-expert model during the step before the switch."""
+
+    granularity: Optional[str] = None
+    prefetch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.granularity not in OFFLOAD_GRANULARITIES:
+            raise InputError(f"offload must be one of {', '.join(str(g) for g in OFFLOAD_GRANULARITIES[1:])} "
+                             f"(or None: off), got {self.granularity!r}", field="offload")
+
+
+OFFLOAD_GRANULARITIES = (None, "model")
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """How to run: where, in which precision, and every transform (lightx2v.runtime.engine applies
     them in one place, in one order). A sub-config per transform; more join as they land."""
@@ -174,8 +192,11 @@ class EngineConfig:
     staging: Optional[str] = None
     # CFG branches: "sequential" (two calls of batch 1, as the references) or "batched" (one call of batch 2)
     cfg_mode: str = "sequential"
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
 
     def __post_init__(self) -> None:
+        if self.offload is None or isinstance(self.offload, str):  # shorthand: offload="model"
+            object.__setattr__(self, "offload", OffloadConfig(self.offload))
         # shorthand: quant="w8a8-int8", compile=True
         if self.quant is None or isinstance(self.quant, str):
             object.__setattr__(self, "quant", QuantConfig(self.quant))

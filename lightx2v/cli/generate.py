@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quantize the DiT's block linears at load (pre-quantized files need no flag)")
     p.add_argument("--preset", default=None,
                    help="step-distilled preset when the checkpoint does not say it is one: " + ", ".join(all_presets()))
+    p.add_argument("--offload", default=None, choices=("model",),
+                   help="keep the DiTs in host memory, only the running one on the GPU (Wan2.2 A14B: one 14B expert "
+                        "at a time, the next prefetched during the step before the switch)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--force", action="store_true",
@@ -202,7 +205,7 @@ def _run(args: argparse.Namespace) -> int:
     params.validate()  # the request alone (numbers, output path), before touching the model folder
     engine = make_engine(device=args.device, dtype=args.dtype, attention=args.attention, quant=args.quant,
                          lora=[parse_lora_spec(spec) for spec in args.lora],
-                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile)
+                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=tuple(p for p, _ in engine.lora.loras),

@@ -203,7 +203,30 @@ class WanPipeline:
 
     def expert_model(self, ctx: StepContext):
         """The DiT that runs the step `ctx` describes."""
-        return self.dit
+        return self.components[self.expert_component(ctx.expert)]
+
+    def expert_component(self, expert: Optional[str]) -> str:
+        """The component name of an expert ("dit" for one-DiT models)."""
+        return "dit"
+
+    def after_step(self, sched, rule, fix) -> Optional[Callable[[int, torch.Tensor], torch.Tensor]]:
+        """The loop's after_step hook: the conditioning's latent fix (Wan2.2 TI2V's first frame) and,
+        with model offload, the next expert's prefetch one step before the switch."""
+        offload = getattr(self, "offload", None)
+        experts = None
+        if offload is not None and rule is not None:
+            experts = [rule(i, float(t)) for i, t in enumerate(sched.timesteps)]
+        if fix is None and experts is None:
+            return None
+
+        def hook(i: int, x: torch.Tensor) -> torch.Tensor:
+            if experts is not None and i + 2 < len(experts) and experts[i + 2] != experts[i + 1]:
+                offload.prefetch(self.expert_component(experts[i + 2]))  # copied during step i + 1
+            return x if fix is None else fix(x)
+
+        if experts is not None and len(experts) > 1 and experts[1] != experts[0]:
+            offload.prefetch(self.expert_component(experts[1]))  # a switch after the first step
+        return hook
 
     def make_scheduler(self, p: SamplingParams):
         from lightx2v.pipelines.request import build_scheduler
@@ -327,9 +350,9 @@ class WanPipeline:
             if fix is not None:
                 latents = fix(latents)
             sched = self.make_scheduler(p)
-            latents = denoise(counter, sched, latents, c.cond, c.uncond, self.guidance(p),
-                              expert_for=self.expert_rule(sched),
-                              after_step=None if fix is None else (lambda i, x: fix(x)), callback=p.callback,
+            rule = self.expert_rule(sched)
+            latents = denoise(counter, sched, latents, c.cond, c.uncond, self.guidance(p), expert_for=rule,
+                              after_step=self.after_step(sched, rule, fix), callback=p.callback,
                               progress=self.progress)
         timings["denoise"] = self._lap(t1)
         result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=counter.stats())

@@ -34,7 +34,7 @@ import torch
 from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.models.wan22.arch import EXPERTS, NUM_TRAIN_TIMESTEPS
-from lightx2v.pipelines.base import Guidance, StepContext
+from lightx2v.pipelines.base import Guidance
 from lightx2v.pipelines.wan import Conditioning, DiTInputs, WanPipeline
 
 
@@ -66,8 +66,8 @@ class Wan22Pipeline(WanPipeline):
                                   f"expert boundary is a fraction of {NUM_TRAIN_TIMESTEPS}")
         return self.model_config.arch.expert_at
 
-    def expert_model(self, ctx: StepContext):
-        return self.components[EXPERTS[ctx.expert]] if ctx.expert is not None else self.dit
+    def expert_component(self, expert: Optional[str]) -> str:
+        return EXPERTS[expert] if expert is not None else "dit"
 
     def guidance(self, p: SamplingParams) -> Guidance:
         if self.dit_2 is None:

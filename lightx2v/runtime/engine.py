@@ -9,7 +9,9 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
     2. quantization    the declared linears (`_quant_linears`) of each DiT; when no merge came
                        before it, the loader already quantized while reading (the same result,
                        and the float model is never whole in memory): this step then checks it
-    3. placement       every component to the engine's device (later: offload / lazy load)
+    3. placement       every component to the engine's device; with offload "model" the DiTs stay
+                       in pinned host memory and only the running one is on the device
+                       (lightx2v.runtime.offload; later: block / phase offload, lazy load)
     4. dynamic LoRA    forward hooks on the final layers (quantized ones included): after
                        quantization, which replaces layers and would drop hooks
     5. attention       the backend resolved per component for its device and dtype
@@ -86,10 +88,11 @@ def quantize(pipeline, scheme: str, dtype: torch.dtype) -> list[str]:
     return done
 
 
-def place(pipeline, device: torch.device) -> None:
-    """Step 3: every component on `device` (`.to(device)` only: a dtype cast would touch float8 weights)."""
+def place(pipeline, device: torch.device, skip: Sequence[str] = ()) -> None:
+    """Step 3: every component on `device` (`.to(device)` only: a dtype cast would touch float8 weights);
+    with model offload (lightx2v.runtime.offload) the DiTs are placed by the offload instead (`skip`)."""
     for name, module in pipeline.components.items():
-        if module is not None and any(p.device != device for p in module.parameters()):
+        if name not in skip and module is not None and any(p.device != device for p in module.parameters()):
             pipeline.components[name] = module.to(device)
 
 
@@ -151,8 +154,16 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     if engine.quant.scheme is not None:
         log += [f"quant: {d}" for d in quantize(pipeline, engine.quant.scheme, engine.dtype)]
     device = engine.torch_device()
-    place(pipeline, device)
-    log.append(f"placement: {device}")
+    if engine.offload.granularity == "model":
+        from lightx2v.runtime.offload import apply_offload
+
+        dits = [n for n, _ in _transformers(pipeline)]
+        place(pipeline, device, skip=dits)
+        apply_offload(pipeline, device, prefetch=engine.offload.prefetch)
+        log.append(f"placement: {device}; offload (model): {', '.join(dits)} in host memory, the running one on {device}")
+    else:
+        place(pipeline, device)
+        log.append(f"placement: {device}")
     if lora.loras and lora.mode == "dynamic":
         set_dynamic_lora(pipeline, lora.loras, allow_unmatched=lora.allow_unmatched)
         log.append(f"lora_dynamic: {len(lora.loras)} LoRA(s)")

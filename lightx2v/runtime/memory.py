@@ -245,8 +245,14 @@ def _attention_name(engine: EngineConfig) -> str:
 
 
 def weight_bytes(mc: ModelConfig, engine: EngineConfig) -> dict[str, int]:
-    """Bytes of each component's weights once loaded for `engine` (built on meta: nothing is read)."""
-    out = {name: _tensor_bytes(_meta_dit(mc, engine, name), engine.dtype) for name in mc.dit_names}
+    """Bytes of each component's weights on the device once loaded for `engine` (built on meta: nothing
+    is read). With model offload (lightx2v.runtime.offload) the DiTs live in host memory and the device
+    holds the largest one (two with prefetch on a two-DiT model: during the step before the switch)."""
+    dits = {name: _tensor_bytes(_meta_dit(mc, engine, name), engine.dtype) for name in mc.dit_names}
+    if engine.offload.granularity == "model":
+        on_device = max(dits.values()) * (2 if engine.offload.prefetch and len(dits) > 1 else 1)
+        dits = {"dit (offload: on the device at a time)": on_device}
+    out = dict(dits)
     for comp in mc.spec.components:
         if comp.needed(mc):
             with torch.device("meta"):
