@@ -180,8 +180,22 @@ def compile_blocks(model: nn.Module, cfg: CompileConfig) -> int:
     for attr in names:
         for block in model.get_submodule(attr):
             block.compile(**kw)
+            block._compiled_call_impl = _guarding_hooks(block._compiled_call_impl)
             n += 1
     return n
+
+
+def _guarding_hooks(compiled):
+    """`compiled`, traced with guards on the forward hooks of the modules inside the block.
+
+    By default (`torch._dynamo.config.skip_nnmodule_hook_guards`) dynamo installs no guard on
+    module hooks, so a compiled block keeps running the hooks it was traced with: a dynamic LoRA
+    switched after the first run (`set_lora`: new hooks, other tensors, hooks added or removed)
+    would silently not apply. Tracing under this patch makes a hook change a recompile of the
+    blocks that changed; the patch is scoped to these calls, no global setting changes."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)(compiled)
 
 
 # ---------------------------------------------------------------- the composition
