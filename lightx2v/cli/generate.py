@@ -240,8 +240,9 @@ def summary_line(mc, engine, p) -> str:
     if engine.quant.scheme:
         opts.append(f"quant {engine.quant.scheme}")
     if engine.lora.count:
-        per = "".join(f", {len(v)} {k}" for k, v in engine.lora.per_dit.items())
-        opts.append(f"{engine.lora.count} LoRA(s) {engine.lora.mode}" + (f" ({len(engine.lora.loras)} all{per})" if per else ""))
+        lora = engine.lora
+        per = [f"{len(lora.loras)} every DiT"] * bool(lora.loras) + [f"{len(v)} {k}" for k, v in lora.per_dit.items()]
+        opts.append(f"{lora.count} LoRA(s) {lora.mode}" + (f" ({', '.join(per)})" if lora.per_dit else ""))
     if engine.compile.enabled:
         opts.append("compile")
     if mc.distill is not None:

@@ -23,6 +23,10 @@ one that gives neither uses the checkpoint's pair; one that gives only guidance_
 with the checkpoint's high-noise scale. Each expert runs CFG when its own scale is not 1 (diffusers
 decides from guidance_scale alone: guidance_scale 1 turns CFG off for both experts there).
 FLF2V (last_image) is not a Wan2.2 task here.
+
+The engine (lightx2v.runtime.engine) acts on both experts: `transformer_names` holds both, and
+`expert_components` ({"high": "dit", "low": "dit_2"}, the StepContext names) is what per-expert
+LoRAs are given by (`lora_high=`, `--lora-low`; lightx2v.loading.lora_plan).
 """
 
 from __future__ import annotations

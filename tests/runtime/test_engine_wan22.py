@@ -373,3 +373,23 @@ def test_a_lora_matching_nothing_on_its_expert(model, loras, tmp_path):
     with pytest.warns(UserWarning, match=r"target nothing in the low-noise expert \(dit_2\)"):
         pipe = load(model, lora_low=[(stray, 1.0)], lora_allow_unmatched=True)
     assert_weights(pipe, weights(load(model)))
+
+
+def test_cli_lora_per_expert_end_to_end(model, loras, tmp_path, capsys):
+    """--lora-high on the command line, lora_low from --config: both merged into their expert, the
+    file's metadata says which, the summary line counts them."""
+    from lightx2v.cli.main import main
+    from lightx2v.io.video import read_metadata
+
+    a, b = loras
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"lora_low": [f"{b}:0.5"]}))
+    out = tmp_path / "fox.mp4"
+    code = main(["generate", "--model-path", str(model), "--prompt", "a red fox", "--size", f"{W}x{H}", "--frames",
+                 str(FRAMES), "--steps", "2", "--shift", "1", "--device", "cpu", "--dtype", "fp32", "--seed", "1",
+                 "--output", str(out), "--lora-high", f"{a}:0.7", "--config", str(config)])
+    assert code == 0
+    assert "2 LoRA(s) merge (1 high, 1 low)" in capsys.readouterr().err
+    assert read_metadata(out)["loras"] == [
+        {"path": a, "strength": 0.7, "mode": "merged", "dits": ["dit"], "experts": ["high"]},
+        {"path": b, "strength": 0.5, "mode": "merged", "dits": ["dit_2"], "experts": ["low"]}]
