@@ -17,7 +17,6 @@ import math
 import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Union
 
 import torch
@@ -155,8 +154,8 @@ class LoraConfig:
             raise InputError(f"per_dit must map a DiT or expert name to (path, strength) pairs, got {self.per_dit!r}")
         pairs = (lambda items: tuple((str(p), s) for p, s in items))
         object.__setattr__(self, "loras", pairs(self.loras))
-        per_dit = {str(k): pairs(v) for k, v in self.per_dit.items() if v}
-        object.__setattr__(self, "per_dit", MappingProxyType(per_dit))
+        # a plain dict of tuples (a copy: the caller's dict is not shared), so the config pickles
+        object.__setattr__(self, "per_dit", {str(k): pairs(v) for k, v in self.per_dit.items() if v})
 
     @property
     def paths(self) -> tuple[str, ...]:
