@@ -10,7 +10,7 @@ The layout (official or diffusers) is detected from the files.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class LightX2V:
         dit_path: str | Path | None = None,
         dit_path_2: str | Path | None = None,
         lora: Sequence[tuple[str | Path, float]] = (),
+        lora_high: Sequence[tuple[str | Path, float]] = (),
+        lora_low: Sequence[tuple[str | Path, float]] = (),
         lora_mode: str = "merge",
         lora_allow_unmatched: bool = False,
         compile: bool | CompileConfig = False,
@@ -69,8 +71,12 @@ class LightX2V:
         ComfyUI/diffusers keys, shards, a block folder, int8/fp8 files; a two-expert model's high-noise
         expert); `dit_path_2`: the same for a two-expert model's low-noise expert (Wan2.2 A14B). `lora`: (path, strength)
         pairs, merged into the weights (`lora_mode="merge"`, no run-time cost) or kept apart
-        (`"dynamic"`, switch with `set_lora`); a LoRA key that matches nothing is an error unless
-        `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
+        (`"dynamic"`, switch with `set_lora`), into every DiT (both experts of Wan2.2 A14B);
+        `lora_high` / `lora_low`: into the high- / low-noise expert only (a model of one DiT
+        refuses them). A Wan2.2-Lightning folder (high_noise_model.safetensors +
+        low_noise_model.safetensors) given in `lora` gives each file to its expert, and a file
+        named `..._high_noise_lora_...` goes to the expert its name says (a warning says so).
+        A LoRA key that matches nothing is an error unless `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
         blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
         `offload="model"`: the DiTs stay in host memory and only the one running is on the device
         (a two-expert Wan2.2 A14B model then holds one 14B expert on the GPU; the next is prefetched).
@@ -82,13 +88,13 @@ class LightX2V:
         from lightx2v.loading.hub import resolve_model_path
 
         engine = make_engine(device=device, dtype=dtype, attention=attention, quant=quant, lora=lora,
+                             lora_per_dit=expert_loras(lora_high, lora_low),
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
                              compile=compile, cfg_mode=cfg_mode, offload=offload)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
-        mc = detect(root, dit_path=dit_path, preset=preset, hints=tuple(p for p, _ in engine.lora.loras),
-                    dit_path_2=dit_path_2)
+        mc = detect(root, dit_path=dit_path, preset=preset, hints=engine.lora.paths, dit_path_2=dit_path_2)
         return cls.from_model_config(mc, engine, task=task, progress=progress)
 
     @classmethod
@@ -96,15 +102,25 @@ class LightX2V:
                           progress: bool = True) -> LightX2V:
         """Load a detected checkpoint (`lightx2v.loading.detect.detect`) with an engine config
         (`make_engine`): what `from_pretrained` does after detection. The CLI detects first, checks
-        the request against the detected config, and only then loads."""
+        the request against the detected config, and only then loads. The LoRAs are checked against
+        the checkpoint and routed to their DiTs first (`resolve_engine_loras`)."""
         check_task(mc, task)
+        engine = resolve_engine_loras(mc, engine)
         pipeline = mc.spec.pipeline().load(mc, engine, progress=progress)
         return cls(pipeline, mc, engine)
 
-    def set_lora(self, lora: Sequence[tuple[str | Path, float]], allow_unmatched: bool = False) -> None:
-        """Switch or re-weight LoRAs between generations without reloading the base weights
-        ([] removes them). LoRAs merged at load stay merged."""
-        self.pipeline.set_lora([(p, _strength(s)) for p, s in lora], allow_unmatched=allow_unmatched)
+    def set_lora(self, lora: Sequence[tuple[str | Path, float]] = (), allow_unmatched: bool = False, *,
+                 lora_high: Sequence[tuple[str | Path, float]] = (),
+                 lora_low: Sequence[tuple[str | Path, float]] = ()) -> None:
+        """Switch or re-weight LoRAs between generations without reloading the base weights:
+        `lora` on every DiT, `lora_high` / `lora_low` on one expert of a two-expert model (Wan2.2
+        A14B); each DiT then has exactly its LoRAs (`set_lora()` removes them all). Folders and
+        expert-named files are routed as in `from_pretrained`. LoRAs merged at load stay merged."""
+        from lightx2v.config import LoraConfig
+        from lightx2v.loading.lora_plan import resolve_loras
+
+        cfg = resolve_loras(self.model_config, LoraConfig(_pairs(lora), per_dit=expert_loras(lora_high, lora_low)))
+        self.pipeline.set_lora(cfg.loras, allow_unmatched=allow_unmatched, per_dit=cfg.per_dit)
 
     def generate(
         self,
@@ -166,18 +182,21 @@ class LightX2V:
 
 
 def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat16, attention: str = "auto",
-                quant: str | None = None, lora: Sequence[tuple[str | Path, float]] = (), lora_mode: str = "merge",
+                quant: str | None = None, lora: Sequence[tuple[str | Path, float]] = (),
+                lora_per_dit: Mapping[str, Sequence[tuple[str | Path, float]]] | None = None, lora_mode: str = "merge",
                 lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
                 cfg_mode: str = "sequential", offload: str | None = None) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
-    the device exists, the dtype and quantization scheme are known, the attention backend runs here."""
+    the device exists, the dtype and quantization scheme are known, the attention backend runs here.
+    `lora_per_dit`: {DiT or expert name ("high", "low"): (path, strength) pairs} for one DiT each."""
     from lightx2v.config import LoraConfig, resolve_device
     from lightx2v.ops.attention import resolve_attention
 
-    lora = tuple((str(Path(p)), _strength(s)) for p, s in lora)
+    per_dit = {k: _pairs(v) for k, v in (lora_per_dit or {}).items()}
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload,
-                          lora=LoraConfig(lora, mode=lora_mode, allow_unmatched=lora_allow_unmatched))
+                          lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,
+                                          per_dit=per_dit))
     if engine.quant.scheme is not None:
         from lightx2v.quant import get_scheme
 
@@ -186,10 +205,30 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     return engine
 
 
+def expert_loras(high: Sequence[tuple[str | Path, float]] = (),
+                 low: Sequence[tuple[str | Path, float]] = ()) -> dict[str, tuple[tuple[str, float], ...]]:
+    """`LoraConfig.per_dit` of the LoRAs given for the high- and low-noise experts."""
+    return {k: _pairs(v) for k, v in (("high", high), ("low", low)) if v}
+
+
 def check_lora_files(engine: EngineConfig) -> None:
-    for p, _ in engine.lora.loras:
-        if not Path(p).is_file():
-            raise InputError(f"LoRA file not found: {p}", field="lora")
+    """Every LoRA path exists (a folder only where it goes to every DiT: the family may route it)."""
+    from lightx2v.loading.lora_plan import check_lora_paths
+
+    check_lora_paths(engine.lora)
+
+
+def resolve_engine_loras(mc: ModelConfig, engine: EngineConfig) -> EngineConfig:
+    """`engine` with its LoRAs checked against the detected checkpoint and routed to their DiTs
+    (lightx2v.loading.lora_plan.resolve_loras: an expert the model does not have is one line
+    naming the field; Lightning folders and expert-named files go to their expert). No weight is read."""
+    import dataclasses
+
+    from lightx2v.loading.lora_plan import resolve_loras
+
+    if not engine.lora.count:
+        return engine
+    return dataclasses.replace(engine, lora=resolve_loras(mc, engine.lora))
 
 
 def check_task(mc: ModelConfig, task: str | None) -> None:
@@ -197,6 +236,16 @@ def check_task(mc: ModelConfig, task: str | None) -> None:
     if task is not None and task != mc.task:
         raise InputError(f"task {task} does not fit this checkpoint: {mc.root} is a {mc.spec.title} {mc.task} model",
                          field="task")
+
+
+def _pairs(loras: Sequence[tuple[str | Path, float]]) -> tuple[tuple[str, float], ...]:
+    """(path, strength) pairs from the API: paths as strings, strengths checked (`_strength`)."""
+    items = [loras] if isinstance(loras, (str, Path)) else list(loras)
+    for item in items:
+        if isinstance(item, (str, Path)) or not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise InputError(f"LoRAs are given as (path, strength) pairs, e.g. [('a.safetensors', 1.0)]; got {item!r}",
+                             field="lora")
+    return tuple((str(Path(p)), _strength(s)) for p, s in items)
 
 
 def _strength(value) -> float:

@@ -136,15 +136,40 @@ class QuantConfig:
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRAs: (path, strength) pairs, merged into the weights or kept as run-time hooks (`set_lora`)."""
+    """LoRAs: (path, strength) pairs, merged into the weights or kept as run-time hooks (`set_lora`).
+
+    `loras` go to every DiT (both experts of a two-expert model). `per_dit` gives LoRAs to one DiT
+    only: its key is a DiT's component name ("dit", "dit_2") or an expert name its pipeline declares
+    (`expert_components`; Wan2.2 A14B: "high" -> "dit", "low" -> "dit_2"). Before loading,
+    lightx2v.loading.lora_plan.resolve_loras checks the keys against the model and lets the family
+    route paths that name their expert (a Wan2.2-Lightning folder, LightX2V's `..._high_noise_lora_...`
+    files) from `loras` into `per_dit`.
+    """
 
     loras: tuple[tuple[str, float], ...] = ()
     mode: str = "merge"                 # "merge" | "dynamic"
     allow_unmatched: bool = False
+    per_dit: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.mode not in ("merge", "dynamic"):
             raise InputError(f"lora_mode must be 'merge' or 'dynamic', got {self.mode!r}")
+        if not isinstance(self.per_dit, Mapping):
+            raise InputError(f"per_dit must map a DiT or expert name to (path, strength) pairs, got {self.per_dit!r}")
+        pairs = (lambda items: tuple((str(p), s) for p, s in items))
+        object.__setattr__(self, "loras", pairs(self.loras))
+        # a plain dict of tuples (a copy: the caller's dict is not shared), so the config pickles
+        object.__setattr__(self, "per_dit", {str(k): pairs(v) for k, v in self.per_dit.items() if v})
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every LoRA path, for every DiT or one (file checks, name hints)."""
+        return tuple(p for p, _ in self.loras) + tuple(p for items in self.per_dit.values() for p, _ in items)
+
+    @property
+    def count(self) -> int:
+        """How many LoRAs were given (one given for every DiT counts once)."""
+        return len(self.loras) + sum(len(v) for v in self.per_dit.values())
 
 
 @dataclass(frozen=True)

@@ -26,10 +26,11 @@ FLAGS = {
     "resize_mode": "--resize-mode", "height": "--size height", "width": "--size width", "num_frames": "--frames",
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "guidance_scale_2": "--guidance-2",
     "shift": "--shift", "solver": "--solver", "seed": "--seed", "fps": "--fps", "output_path": "--output",
-    "output_type": "--output", "task": "--task", "lora": "--lora", "latents": "latents",
+    "output_type": "--output", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
+    "lora_low": "--lora-low", "latents": "latents",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
-_LIST_FLAGS = ("lora",)
+_LIST_FLAGS = ("lora", "lora_high", "lora_low")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -79,7 +80,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder; for a two-expert model (Wan2.2 A14B) the high-noise expert")
     p.add_argument("--dit-path-2", default=None, help="the low-noise expert's DiT weights replacing the folder's, for a two-expert model (Wan2.2 A14B); any file --dit-path takes")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
-                   help="merge a LoRA into the DiT (repeatable; strength 1.0 by default)")
+                   help="merge a LoRA into the DiT, both experts of a two-expert model (repeatable; strength 1.0 "
+                        "by default); a Wan2.2-Lightning folder gives each expert its file, and a file named "
+                        "..._high_noise_lora_... goes to that expert only (with a warning)")
+    p.add_argument("--lora-high", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="merge a LoRA into the high-noise expert only (Wan2.2 A14B; repeatable)")
+    p.add_argument("--lora-low", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="merge a LoRA into the low-noise expert only (Wan2.2 A14B; repeatable)")
     p.add_argument("--lora-allow-unmatched", action="store_true",
                    help="warn instead of failing when a LoRA key matches no weight of the model")
     p.add_argument("--quant", default=None, choices=("w8a8-int8", "w8a8-fp8"),
@@ -194,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     for flag, value in (("--model-path", args.model_path), ("--prompt", args.prompt)):
         if value is None:
             raise InputError(f"{flag} is required (on the command line or as {flag[2:].replace('-', '_')!r} in --config)")
-    from lightx2v.api import LightX2V, check_lora_files, check_task, make_engine
+    from lightx2v.api import LightX2V, check_lora_files, check_task, expert_loras, make_engine, resolve_engine_loras
     from lightx2v.loading.detect import detect
     from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.lora import parse_lora_spec
@@ -205,12 +212,14 @@ def _run(args: argparse.Namespace) -> int:
     params.validate()  # the request alone (numbers, output path), before touching the model folder
     engine = make_engine(device=args.device, dtype=args.dtype, attention=args.attention, quant=args.quant,
                          lora=[parse_lora_spec(spec) for spec in args.lora],
+                         lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
+                                                   [parse_lora_spec(spec) for spec in args.lora_low]),
                          lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
-    mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=tuple(p for p, _ in engine.lora.loras),
-                dit_path_2=args.dit_path_2)
+    mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)
     check_task(mc, args.task)
+    engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
     check_memory(mc, engine, height=filled.height, width=filled.width, num_frames=filled.num_frames,
                  guidance_scale=filled.guidance_scale)  # the weights + the largest stage against this device
@@ -236,8 +245,10 @@ def summary_line(mc, engine, p) -> str:
     opts = [f"attention {resolve_attention(engine.attention, engine.torch_device(), engine.dtype).name}"]
     if engine.quant.scheme:
         opts.append(f"quant {engine.quant.scheme}")
-    if engine.lora.loras:
-        opts.append(f"{len(engine.lora.loras)} LoRA(s) {engine.lora.mode}")
+    if engine.lora.count:
+        lora = engine.lora
+        per = [f"{len(lora.loras)} every DiT"] * bool(lora.loras) + [f"{len(v)} {k}" for k, v in lora.per_dit.items()]
+        opts.append(f"{lora.count} LoRA(s) {lora.mode}" + (f" ({', '.join(per)})" if lora.per_dit else ""))
     if engine.compile.enabled:
         opts.append("compile")
     if mc.distill is not None:

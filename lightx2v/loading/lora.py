@@ -85,6 +85,7 @@ class LoraWeights:
     low_rank: Mapping[str, LowRank]  # our tensor name -> pair
     diffs: Mapping[str, Tensor]  # our tensor name -> full delta, the tensor's shape
     unmatched: Mapping[str, str] = field(default_factory=dict)  # file key -> why it targets nothing
+    target: str = "this model"  # what it was normalised onto, for messages ("the low-noise expert (dit_2)")
 
     @property
     def targets(self) -> frozenset[str]:
@@ -319,13 +320,17 @@ def _groups(sd: Mapping[str, Tensor], unmatched: dict[str, str]) -> dict[tuple[s
     return groups
 
 
-def load_lora(path: str | Path, model: nn.Module, *, rename: Rename | None = None) -> LoraWeights:
+def load_lora(path: str | Path, model: nn.Module, *, rename: Rename | None = None, target: str = "this model",
+              allow_empty: bool = False) -> LoraWeights:
     """Read a LoRA file (.safetensors, or a torch state dict) and normalise it onto `model`.
 
     `rename` maps a diffusers-layout tensor name to the model's own (default: the Wan DiT's
-    `dit_key_from_diffusers` for a `WanModel`). Raises `CheckpointError` for an unreadable file,
-    a file none of whose tensors targets the model, or one whose shapes do not fit it (a LoRA
-    for another model size): the message says what model the LoRA looks made for.
+    `dit_key_from_diffusers` for a `WanModel`). `target` names the model in messages (one expert
+    of several: "the low-noise expert (dit_2)"). Raises `CheckpointError` for an unreadable file,
+    a file none of whose tensors targets the model (unless `allow_empty`: then every tensor is
+    listed in `unmatched`, which merging and `set` report as a warning under allow_unmatched), or
+    one whose shapes do not fit it (a LoRA for another model size): the message says what model
+    the LoRA looks made for.
     """
     path = Path(path)
     sd = read_tensors(path)
@@ -333,18 +338,19 @@ def load_lora(path: str | Path, model: nn.Module, *, rename: Rename | None = Non
     for (mod_path, underscore), group in _groups(sd, builder.unmatched).items():
         builder.add_group(mod_path, underscore, group)
     if builder.mismatched:
-        raise CheckpointError(_mismatch_message(path, builder.mismatched, sd, model))
-    if not builder.low_rank and not builder.diffs:
+        raise CheckpointError(_mismatch_message(path, builder.mismatched, sd, model, target))
+    if not builder.low_rank and not builder.diffs and not allow_empty:
         first = ", ".join(sorted(sd)[:3]) or "no tensors"
-        raise CheckpointError(f"no tensor of LoRA {path.name} targets this model (keys: {first}, ...); "
+        raise CheckpointError(f"no tensor of LoRA {path.name} targets {target} (keys: {first}, ...); "
                               f"is it a LoRA for another model?")
-    return LoraWeights(str(path), builder.low_rank, builder.diffs, builder.unmatched)
+    return LoraWeights(str(path), builder.low_rank, builder.diffs, builder.unmatched, target)
 
 
-def _mismatch_message(path: Path, mismatched: list, sd: Mapping[str, Tensor], model: nn.Module) -> str:
+def _mismatch_message(path: Path, mismatched: list, sd: Mapping[str, Tensor], model: nn.Module,
+                      target: str = "this model") -> str:
     key, gives, shape = mismatched[0]
     more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
-    return (f"LoRA {path.name} does not fit this model: {key} {gives}, the model's tensor is "
+    return (f"LoRA {path.name} does not fit {target}: {key} {gives}, the model's tensor is "
             f"{list(shape)}{more}. {_looks_like(sd, model)}")
 
 
@@ -381,7 +387,7 @@ def report_unmatched(loras: Sequence[tuple[LoraWeights, float]], allow_unmatched
         keys += [k for k, _ in items]
         shown = ", ".join(f"{k} ({why})" for k, why in items[:4])
         more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
-        parts.append(f"{len(items)} tensor(s) of {Path(lw.source).name} target nothing in this model: {shown}{more}")
+        parts.append(f"{len(items)} tensor(s) of {Path(lw.source).name} target nothing in {lw.target}: {shown}{more}")
     if parts and not allow_unmatched:
         raise CheckpointError("; ".join(parts) + "; pass allow_unmatched=True to apply the rest")
     if parts:

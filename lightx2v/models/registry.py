@@ -23,7 +23,8 @@ A spec says:
 - its request rules (`geometry(mc)`: size multiple, frame rule, latent channels and strides, the
   DiT's patch and position limit, the sizes and frames it was trained on);
 - its activation memory (`memory(mc, dtype)`: a `MemoryProfile`, read by lightx2v.runtime.memory);
-- its pipeline class (`pipeline.load(mc, engine)`), presets, and what `info` prints (`describe`).
+- its pipeline class (`pipeline.load(mc, engine)`), presets, and what `info` prints (`describe`);
+- which LoRA paths name the expert they are for (`lora_experts`: Wan2.2-Lightning folders).
 """
 
 from __future__ import annotations
@@ -145,6 +146,11 @@ class FamilySpec:
     presets: tuple[str, ...] = ()
     # (mc, compute dtype) -> MemoryProfile: what runtime/memory.py estimates a request from (None: no estimate)
     memory: Optional[Callable[[Any, Any], MemoryProfile]] = None
+    # path -> ({expert: LoRA file}, the notice saying what was assumed) when a LoRA path names the
+    # expert(s) of a several-DiT model it is for (Wan2.2: a Lightning folder of one file per expert,
+    # a file named `..._high_noise_lora_...`); None: a plain LoRA, for every DiT. Read by
+    # lightx2v.loading.lora_plan.resolve_loras before any weight is read.
+    lora_experts: Optional[Callable[[Path], Optional[tuple[Mapping[str, Path], str]]]] = None
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:

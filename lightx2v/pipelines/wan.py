@@ -18,7 +18,8 @@ import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Optional
+from types import MappingProxyType
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -27,6 +28,7 @@ from lightx2v.errors import InputError, NonFiniteError
 from lightx2v.pipelines.base import (
     Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames,
 )
+from lightx2v.runtime.lora import LoraSets
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class WanPipeline:
     """
 
     transformer_names = ("dit",)
+    # expert name -> DiT name, for a pipeline whose DiTs are experts (lightx2v.loading.lora_plan)
+    expert_components: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
                  clip=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
@@ -79,8 +83,9 @@ class WanPipeline:
         self.vae_dtype = vae_dtype
         self.progress = progress
         self.geometry = model_config.spec.geometry(model_config)
-        self.merged_loras: tuple = ()   # (path, strength) merged into the DiT at load
-        self.lora_sets: dict = {}       # DiT module -> runtime.lora.LoraSet once dynamic LoRAs are used
+        self.merged_loras: tuple = ()   # lora_plan.LoraEntry (path, strength, DiTs) merged at load
+        self.dynamic_loras: tuple = ()  # lora_plan.LoraEntry active as dynamic LoRAs (set_lora)
+        self.lora_sets = LoraSets()     # DiT name -> runtime.lora.LoraSet once dynamic LoRAs are used
         self.engine_log: list[str] = []  # what apply_engine did
         self.lock = threading.Lock()
 
@@ -90,25 +95,37 @@ class WanPipeline:
     clip = property(lambda self: self.components.get("clip"))
 
     @property
-    def lora_set(self):
-        """The DiT's dynamic LoRA set (None until dynamic LoRAs are used)."""
-        return self.lora_sets.get(self.dit)
+    def lora_set(self) -> Optional[LoraSets]:
+        """Every DiT's dynamic LoRA set (`lora_sets`: DiT name -> LoraSet, both experts of a
+        two-expert model), None until dynamic LoRAs are used."""
+        return self.lora_sets or None
+
+    @property
+    def experts(self) -> dict[str, str]:
+        """Expert name -> DiT name of the loaded DiTs ({} for one DiT)."""
+        return present_experts_of(type(self), [n for n in self.transformer_names if self.components.get(n) is not None])
+
+    def dit_label(self, name: str) -> str:
+        """DiT `name` in messages (a model of one DiT: "this model")."""
+        return "this model"
 
     # -- LoRA -----------------------------------------------------------------------------------
-    def merge_loras(self, loras, allow_unmatched: bool = False) -> None:
-        """Merge (path, strength) LoRAs into the DiT weights: no run-time cost, fixed until reload."""
+    def merge_loras(self, loras=(), allow_unmatched: bool = False, per_dit=None) -> None:
+        """Merge (path, strength) LoRAs into the DiT weights: no run-time cost, fixed until reload.
+        `loras` go to every DiT; `per_dit` {DiT or expert name: pairs} to one."""
         from lightx2v.runtime.engine import merge_loras
 
         with self.lock:
-            merge_loras(self, loras, allow_unmatched=allow_unmatched)
+            merge_loras(self, loras, allow_unmatched=allow_unmatched, per_dit=per_dit)
 
-    def set_lora(self, loras, allow_unmatched: bool = False) -> None:
-        """Switch the dynamic LoRAs to (path, strength) pairs ([] removes them): the base weights
-        stay untouched, so this needs no reload."""
+    def set_lora(self, loras=(), allow_unmatched: bool = False, per_dit=None) -> None:
+        """Switch the dynamic LoRAs to (path, strength) pairs ([] removes them): `loras` on every
+        DiT, `per_dit` {DiT or expert name: pairs} on one; each DiT gets exactly its LoRAs. The
+        base weights stay untouched, so this needs no reload."""
         from lightx2v.runtime.engine import set_dynamic_lora
 
         with self.lock:
-            set_dynamic_lora(self, loras, allow_unmatched=allow_unmatched)
+            set_dynamic_lora(self, loras, allow_unmatched=allow_unmatched, per_dit=per_dit)
 
     @property
     def task(self) -> str:
@@ -126,13 +143,14 @@ class WanPipeline:
 
         staging, dt = engine.staging_device(), engine.dtype
         dits = [n for n in cls.transformer_names if n in mc.files]
+        experts = present_experts_of(cls, dits)
         parts = {}
         bar = tqdm(dits + [c.name for c in mc.spec.components], desc="load", disable=not progress, leave=False)
         for name in bar:
             bar.set_postfix_str(name)
             if name in dits:  # "dit" is the default DiT; another (Wan2.2's "dit_2") is named
                 named = {} if name == "dit" else {"name": name}
-                parts[name] = load_dit(mc, staging, dt, quant=quant_on_load(engine), **named)
+                parts[name] = load_dit(mc, staging, dt, quant=quant_on_load(engine, name, experts), **named)
             else:
                 parts[name] = load_component(mc, name, staging, dt)
         tokenizer = WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len)
@@ -385,22 +403,40 @@ class WanPipeline:
         from lightx2v import __version__
 
         mc = self.model_config
-        loras = [{"path": path, "strength": s, "mode": "merged"} for path, s in self.merged_loras]
-        if self.lora_set is not None:
-            loras += [{"path": lw.source, "strength": s, "mode": "dynamic"} for lw, s in self.lora_set.active]
         return {
             "lightx2v": __version__, "model": str(mc.root), "family": mc.family, "task": mc.task,
             "dit_path": None if mc.dit_source is None else str(mc.dit_source.path),
             "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
             "latents_given": p.latents is not None, "num_inference_steps": p.num_inference_steps,
             "guidance_scale": p.guidance_scale, "shift": p.shift, "solver": p.solver,
-            "width": size[1], "height": size[0], "num_frames": p.num_frames, "fps": p.fps, "loras": loras,
+            "width": size[1], "height": size[0], "num_frames": p.num_frames, "fps": p.fps,
+            "loras": self.lora_metadata(),
         }
+
+    def lora_metadata(self) -> list[dict]:
+        """Each LoRA in use: path, strength, merged or dynamic, the DiTs it went to (and, for a
+        model of experts, their expert names)."""
+        by_dit = {d: e for e, d in self.experts.items()}
+        out = []
+        for mode, entries in (("merged", self.merged_loras), ("dynamic", self.dynamic_loras)):
+            for e in entries:
+                item = {"path": e.path, "strength": e.strength, "mode": mode, "dits": list(e.dits)}
+                if by_dit:
+                    item["experts"] = [by_dit[d] for d in e.dits if d in by_dit]
+                out.append(item)
+        return out
 
     def _lap(self, since: float) -> float:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - since
+
+
+def present_experts_of(cls, dits) -> dict[str, str]:
+    """The experts (expert name -> DiT name) a pipeline class has with DiTs `dits` loaded."""
+    from lightx2v.loading.lora_plan import present_experts
+
+    return present_experts(cls.expert_components, dits)
 
 
 def default_output_stem(task: str, seed: int | None) -> str:

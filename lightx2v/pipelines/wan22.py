@@ -23,10 +23,15 @@ one that gives neither uses the checkpoint's pair; one that gives only guidance_
 with the checkpoint's high-noise scale. Each expert runs CFG when its own scale is not 1 (diffusers
 decides from guidance_scale alone: guidance_scale 1 turns CFG off for both experts there).
 FLF2V (last_image) is not a Wan2.2 task here.
+
+The engine (lightx2v.runtime.engine) acts on both experts: `transformer_names` holds both, and
+`expert_components` ({"high": "dit", "low": "dit_2"}, the StepContext names) is what per-expert
+LoRAs are given by (`lora_high=`, `--lora-low`; lightx2v.loading.lora_plan).
 """
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Callable, Optional
 
 import torch
@@ -42,6 +47,9 @@ class Wan22Pipeline(WanPipeline):
     """Holds the loaded components of one Wan2.2 checkpoint (t2v, i2v: two experts; ti2v: one DiT)."""
 
     transformer_names = ("dit", "dit_2")
+    # the StepContext expert names are the names users give LoRAs by (--lora-high, lora_low=):
+    # every engine transform acts on both DiTs; a per-expert LoRA on the one named
+    expert_components = MappingProxyType(EXPERTS)
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
                  dit_2=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
@@ -55,6 +63,14 @@ class Wan22Pipeline(WanPipeline):
         self.components = {"dit": dit, "dit_2": dit_2, "text_encoder": text_encoder, "vae": vae}
 
     dit_2 = property(lambda self: self.components["dit_2"])
+
+    def dit_label(self, name: str) -> str:
+        """'the low-noise expert (dit_2)' (A14B); 'this model' (TI2V-5B)."""
+        from lightx2v.models.wan22.spec import expert_label
+
+        if self.model_config.arch.dit_2 is None:
+            return "this model"
+        return f"the {expert_label(self.model_config, name)} ({name})"
 
     # -- the expert of each step ---------------------------------------------------------------
     def expert_rule(self, scheduler) -> Optional[Callable[[int, float], str]]:

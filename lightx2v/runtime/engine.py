@@ -20,28 +20,40 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
     8. compile         last: it traces what every other transform put in place
 
 The pipeline exposes `components` (name -> nn.Module or None) and `transformer_names` (the DiTs:
-what LoRA, quantization and compile act on). Every step records what it did in
+what LoRA, quantization and compile act on, each of them: both experts of a two-expert model),
+and may declare `expert_components` (expert name -> DiT name: Wan2.2 A14B's "high" -> "dit",
+"low" -> "dit_2") and `dit_label(name)` (a DiT's name in messages). LoRAs go to every DiT, or to
+the one a per-DiT key names (`LoraConfig.per_dit`; lightx2v.loading.lora_plan): the engine reads
+the declaration and names no family. Every step records what it did, per DiT, in
 `pipeline.engine_log`, and is a no-op when its config is off.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
-from lightx2v.config import CompileConfig, EngineConfig
+from lightx2v.config import CompileConfig, EngineConfig, LoraConfig
 from lightx2v.errors import InputError
 
 ORDER = ("lora_merge", "quant", "placement", "lora_dynamic", "attention", "parallel", "cache", "compile")
 
 
-def quant_on_load(engine: EngineConfig) -> Optional[str]:
-    """The scheme the loader may apply while reading the DiT: quantization's own step, moved into
-    loading when no earlier step (a LoRA merge) needs the float weights."""
-    merging = engine.lora.mode == "merge" and bool(engine.lora.loras)
-    return None if merging else engine.quant.scheme
+def quant_on_load(engine: EngineConfig, name: Optional[str] = None,
+                  experts: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The scheme the loader may apply while reading DiT `name`: quantization's own step, moved
+    into loading when no earlier step (a LoRA merge into that DiT) needs its float weights.
+    `name` None: any merge keeps every DiT float; `experts`: the pipeline's expert -> DiT names
+    (a LoRA merged into one expert leaves the other quantized while read)."""
+    lora = engine.lora
+    if lora.mode != "merge" or not lora.count:
+        return engine.quant.scheme
+    if name is None or lora.loras:
+        return None
+    merged_into = {(experts or {}).get(k, k) for k in lora.per_dit}
+    return None if name in merged_into else engine.quant.scheme
 
 
 def _transformers(pipeline) -> list[tuple[str, nn.Module]]:
@@ -54,20 +66,47 @@ def _component_dtype(pipeline, name: str, engine: EngineConfig) -> torch.dtype:
     return pipeline.model_config.spec.component(name).dtype(engine.dtype)
 
 
+def _lora_plan(pipeline, loras: Sequence[tuple[str, float]], per_dit: Optional[Mapping], allow_unmatched: bool):
+    """(entries, [(name, model, [(LoraWeights, strength)])] for every DiT): every file read and
+    checked against every DiT it goes to before any weight or hook changes."""
+    from lightx2v.loading.lora import load_lora, report_unmatched
+    from lightx2v.loading.lora_plan import for_dit, lora_entries, present_experts
+
+    dits = _transformers(pipeline)
+    names = [n for n, _ in dits]
+    experts = present_experts(getattr(pipeline, "expert_components", {}), names)
+    entries = lora_entries(LoraConfig(tuple(loras), per_dit=per_dit or {}), names, experts)
+    label = getattr(pipeline, "dit_label", lambda n: "this model")
+    plan = [(name, model, [(load_lora(p, model, target=label(name), allow_empty=allow_unmatched), s)
+                           for p, s in for_dit(entries, name)]) for name, model in dits]
+    if not allow_unmatched:
+        for _, _, weights in plan:
+            report_unmatched(weights, False)  # raises before anything changes
+    return entries, plan
+
+
 # ---------------------------------------------------------------- the steps
 
 
-def merge_loras(pipeline, loras: Sequence[tuple[str, float]], allow_unmatched: bool = False) -> None:
-    """Step 1: merge (path, strength) LoRAs into every DiT's weights (no run-time cost)."""
-    from lightx2v.loading.lora import load_lora, merge_loras_
+def merge_loras(pipeline, loras: Sequence[tuple[str, float]] = (), allow_unmatched: bool = False,
+                per_dit: Optional[Mapping[str, Sequence[tuple[str, float]]]] = None) -> list[str]:
+    """Step 1: merge (path, strength) LoRAs into the DiTs' weights (no run-time cost): `loras` into
+    every DiT, `per_dit` into the one its key names (a DiT or expert name, lightx2v.loading.lora_plan).
+    Returns what was merged, per DiT."""
+    from lightx2v.loading.lora import merge_loras_
 
-    for _, model in _transformers(pipeline):
-        lora_set = pipeline.lora_sets.get(model)
+    for name, _ in _transformers(pipeline):
+        lora_set = pipeline.lora_sets.get(name)
         if lora_set is not None and lora_set.active:
             raise InputError("dynamic LoRAs are active; set_lora([]) before merging LoRAs")
-        weights = [(load_lora(path, model), float(s)) for path, s in loras]
-        merge_loras_(model, weights, allow_unmatched=allow_unmatched)
-    pipeline.merged_loras += tuple((str(p), float(s)) for p, s in loras)
+    entries, plan = _lora_plan(pipeline, loras, per_dit, allow_unmatched)
+    done = []
+    for name, model, weights in plan:
+        if weights:
+            merge_loras_(model, weights, allow_unmatched=allow_unmatched)
+            done.append(f"{name}: {len(weights)} LoRA(s)")
+    pipeline.merged_loras += tuple(entries)
+    return done
 
 
 def quantize(pipeline, scheme: str, dtype: torch.dtype) -> list[str]:
@@ -96,17 +135,24 @@ def place(pipeline, device: torch.device, skip: Sequence[str] = ()) -> None:
             pipeline.components[name] = module.to(device)
 
 
-def set_dynamic_lora(pipeline, loras: Sequence[tuple[str, float]], allow_unmatched: bool = False) -> None:
-    """Step 4 (and `LightX2V.set_lora` later): run-time LoRA hooks on every DiT, switchable without reloading."""
-    from lightx2v.loading.lora import load_lora
+def set_dynamic_lora(pipeline, loras: Sequence[tuple[str, float]] = (), allow_unmatched: bool = False,
+                     per_dit: Optional[Mapping[str, Sequence[tuple[str, float]]]] = None) -> list[str]:
+    """Step 4 (and `LightX2V.set_lora` later): run-time LoRA hooks on every DiT, switchable without
+    reloading: `loras` on every DiT, `per_dit` on the one its key names; each DiT's set becomes
+    exactly its LoRAs (none: its base output). Returns what is active, per DiT."""
     from lightx2v.runtime.lora import apply_dynamic_lora
 
-    for _, model in _transformers(pipeline):
-        weights = [(load_lora(path, model), float(s)) for path, s in loras]
-        if model not in pipeline.lora_sets:
-            pipeline.lora_sets[model] = apply_dynamic_lora(model, weights, allow_unmatched=allow_unmatched)
+    entries, plan = _lora_plan(pipeline, loras, per_dit, allow_unmatched)
+    done = []
+    for name, model, weights in plan:
+        if name not in pipeline.lora_sets:
+            pipeline.lora_sets[name] = apply_dynamic_lora(model, weights, allow_unmatched=allow_unmatched)
         else:
-            pipeline.lora_sets[model].set(weights, allow_unmatched=allow_unmatched)
+            pipeline.lora_sets[name].set(weights, allow_unmatched=allow_unmatched)
+        if weights:
+            done.append(f"{name}: {len(weights)} LoRA(s)")
+    pipeline.dynamic_loras = tuple(entries)
+    return done
 
 
 def set_attention(pipeline, engine: EngineConfig) -> list[str]:
@@ -137,8 +183,22 @@ def compile_blocks(model: nn.Module, cfg: CompileConfig) -> int:
     for attr in names:
         for block in model.get_submodule(attr):
             block.compile(**kw)
+            block._compiled_call_impl = _guarding_hooks(block._compiled_call_impl)
             n += 1
     return n
+
+
+def _guarding_hooks(compiled):
+    """`compiled`, traced with guards on the forward hooks of the modules inside the block.
+
+    By default (`torch._dynamo.config.skip_nnmodule_hook_guards`) dynamo installs no guard on
+    module hooks, so a compiled block keeps running the hooks it was traced with: a dynamic LoRA
+    switched after the first run (`set_lora`: new hooks, other tensors, hooks added or removed)
+    would silently not apply. Tracing under this patch makes a hook change a recompile of the
+    blocks that changed; the patch is scoped to these calls, no global setting changes."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)(compiled)
 
 
 # ---------------------------------------------------------------- the composition
@@ -148,9 +208,8 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     """Apply every transform of `engine` to the loaded `pipeline`, in `ORDER`; returns the log."""
     log = pipeline.engine_log
     lora = engine.lora
-    if lora.loras and lora.mode == "merge":
-        merge_loras(pipeline, lora.loras, allow_unmatched=lora.allow_unmatched)
-        log.append(f"lora_merge: {len(lora.loras)} LoRA(s)")
+    if lora.count and lora.mode == "merge":
+        log += [f"lora_merge: {d}" for d in merge_loras(pipeline, lora.loras, lora.allow_unmatched, lora.per_dit)]
     if engine.quant.scheme is not None:
         log += [f"quant: {d}" for d in quantize(pipeline, engine.quant.scheme, engine.dtype)]
     device = engine.torch_device()
@@ -164,9 +223,8 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     else:
         place(pipeline, device)
         log.append(f"placement: {device}")
-    if lora.loras and lora.mode == "dynamic":
-        set_dynamic_lora(pipeline, lora.loras, allow_unmatched=lora.allow_unmatched)
-        log.append(f"lora_dynamic: {len(lora.loras)} LoRA(s)")
+    if lora.count and lora.mode == "dynamic":
+        log += [f"lora_dynamic: {d}" for d in set_dynamic_lora(pipeline, lora.loras, lora.allow_unmatched, lora.per_dit)]
     log += [f"attention: {c}" for c in set_attention(pipeline, engine)]
     if engine.compile.enabled:
         for name, model in _transformers(pipeline):

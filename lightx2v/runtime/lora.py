@@ -186,3 +186,18 @@ def apply_dynamic_lora(
     lora_set = LoraSet(model)
     lora_set.set(loras, allow_unmatched=allow_unmatched)
     return lora_set
+
+
+class LoraSets(dict):
+    """The dynamic LoRA set of every DiT of a pipeline (`pipeline.lora_sets`): DiT name -> LoraSet
+    (Wan2.2 A14B: "dit", the high-noise expert, and "dit_2", the low-noise one)."""
+
+    @property
+    def active(self) -> dict[str, tuple[tuple[LoraWeights, float], ...]]:
+        """DiT name -> its active (LoraWeights, strength) pairs, for the DiTs that have any."""
+        return {name: s.active for name, s in self.items() if s.active}
+
+    def reset(self) -> None:
+        """Remove every dynamic LoRA from every DiT (the exact base outputs again)."""
+        for s in self.values():
+            s.reset()

@@ -47,7 +47,8 @@ def test_a_folder_output_gets_the_default_name_and_the_metadata(tiny_official_di
     assert (meta["prompt"], meta["seed"], meta["num_inference_steps"], meta["model"]) == (
         "a red fox in the snow", 1, 2, str(tiny_official_dir))
     assert (meta["width"], meta["height"], meta["num_frames"], meta["fps"], meta["task"]) == (48, 32, 5, 16, "t2v")
-    assert meta["lightx2v"] and meta["solver"] and meta["loras"] == [{"path": str(lora), "strength": 0.5, "mode": "merged"}]
+    assert meta["lightx2v"] and meta["solver"] and meta["loras"] == [
+        {"path": str(lora), "strength": 0.5, "mode": "merged", "dits": ["dit"]}]
 
 
 @pytest.mark.parametrize("name, words", [("v.avi", "extension '.avi'"), ("v.txt", "extension '.txt'"),

@@ -4,7 +4,8 @@ Wan2.2 is a configuration of the Wan modules (lightx2v.models.wan): the same DiT
 file format `WAN_DIT_FORMAT`), T5, tokenizer and Wan2.1 VAE, plus the Wan2.2 VAE (`Wan22VAE`) for
 TI2V-5B. What is its own: two DiTs for A14B ("dit" the high-noise expert, "dit_2" the low-noise
 one, each loaded by lightx2v.loading.components.load_dit(mc, ..., name=)), the expert boundary,
-no CLIP, and the size rule of TI2V-5B (multiples of 32: VAE stride 16 x patch 2).
+no CLIP, the size rule of TI2V-5B (multiples of 32: VAE stride 16 x patch 2), and the LoRA
+releases of one file per expert (lora_files.py: Lightning folders, `..._high_noise_lora_...`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from lightx2v.models.wan.dit_format import WAN_DIT_FORMAT
 from lightx2v.models.wan.spec import WAN21 as wan21
 from lightx2v.models.wan22 import layouts
 from lightx2v.models.wan22.arch import Wan22Arch
+from lightx2v.models.wan22.lora_files import lora_experts
 
 # ---------------------------------------------------------------- components
 
@@ -222,7 +224,7 @@ WAN22 = register_family(FamilySpec(
     name="wan2.2", title="Wan2.2", tasks=layouts.TASKS, layouts=("official", "diffusers"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=WAN_DIT_FORMAT, describe=describe,
-    presets=_presets(), memory=memory,
+    presets=_presets(), memory=memory, lora_experts=lora_experts,
 ))
 
 __all__ = ["COMPONENTS", "WAN22", "Wan22Arch", "describe", "geometry", "refine", "with_dit_file"]
