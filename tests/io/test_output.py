@@ -86,7 +86,14 @@ def test_output_type_and_extension_agree(tmp_path):
     with pytest.raises(InputError, match=r"output_type 'webm' does not match the output file a\.gif"):
         SamplingParams(prompt="x", output_type="webm", output_path=str(tmp_path / "a.gif")).validate()
     with pytest.raises(InputError, match="output_type 'png' is one image"):
-        SamplingParams(prompt="x", output_type="png", output_path=str(tmp_path / "a.png")).validate()
+        SamplingParams(prompt="x", output_type="png", num_frames=81, output_path=str(tmp_path / "a.png")).validate()
+    # no frame count yet: the checkpoint's (81 for Wan) is filled in, then the same refusal
+    from lightx2v.config import SamplingDefaults
+
+    unfilled = SamplingParams(prompt="x", output_type="png", output_path=str(tmp_path / "a.png"))
+    unfilled.validate()
+    with pytest.raises(InputError, match="output_type 'png' is one image"):
+        unfilled.with_defaults(SamplingDefaults())
 
 
 def test_webm_refused_when_the_bundled_ffmpeg_lacks_vp9(tmp_path, monkeypatch):
