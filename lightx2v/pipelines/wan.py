@@ -165,8 +165,9 @@ class WanPipeline:
         from lightx2v.models.wan.t5 import encode_text
 
         ids, mask = self.tokenizer(prompts)
-        for what, n in zip(("the prompt", "the negative prompt"), self.tokenizer.dropped_tokens(prompts)):
-            if n:
+        default_neg = self.model_config.defaults.negative_prompt
+        for i, (what, n) in enumerate(zip(("the prompt", "the negative prompt"), self.tokenizer.dropped_tokens(prompts))):
+            if n and not (i == 1 and prompts[1] == default_neg):  # the checkpoint's own negative prompt: as it ships
                 warnings.warn(f"{what} is longer than the text encoder reads ({self.tokenizer.text_len} tokens): "
                               f"its last {n} token(s) were dropped; shorten it to keep them", stacklevel=2)
         states = encode_text(self.text_encoder, ids.to(self.device), mask.to(self.device))
