@@ -66,7 +66,7 @@ class Wan22Pipeline(WanPipeline):
 
     def dit_label(self, name: str) -> str:
         """'the low-noise expert (dit_2)' (A14B); 'this model' (TI2V-5B)."""
-        from lightx2v.models.wan22.spec import expert_label
+        from lightx2v.models.wan22.arch import expert_label
 
         if self.model_config.arch.dit_2 is None:
             return "this model"

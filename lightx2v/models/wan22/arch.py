@@ -21,6 +21,13 @@ NUM_TRAIN_TIMESTEPS = 1000
 EXPERTS = {"high": "dit", "low": "dit_2"}  # the StepContext expert name -> the component that runs it
 
 
+def expert_label(mc: Any, name: str) -> str:
+    """'high-noise expert' / 'low-noise expert' (A14B), 'DiT' (TI2V-5B), for messages."""
+    if mc.arch.dit_2 is None:
+        return "DiT"
+    return {"dit": "high-noise expert", "dit_2": "low-noise expert"}[name]
+
+
 @dataclass(frozen=True)
 class Wan22Arch:
     dit: Any                          # WanDiTConfig: the high-noise expert (A14B) or the only DiT (TI2V-5B)

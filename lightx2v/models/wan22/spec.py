@@ -23,7 +23,7 @@ from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, regist
 from lightx2v.models.wan.dit_format import WAN_DIT_FORMAT
 from lightx2v.models.wan.spec import WAN21 as wan21
 from lightx2v.models.wan22 import layouts
-from lightx2v.models.wan22.arch import Wan22Arch
+from lightx2v.models.wan22.arch import Wan22Arch, expert_label
 from lightx2v.models.wan22.lora_files import lora_experts
 
 # ---------------------------------------------------------------- components
@@ -46,13 +46,6 @@ COMPONENTS = (
     ComponentSpec("vae", "VAE", _build_vae, wan21.component("vae").read, dtype=lambda dt: torch.float32),
 )
 DIT_FLAGS = {"dit": "--dit-path", "dit_2": "--dit-path-2"}
-
-
-def expert_label(mc: ModelConfig, name: str) -> str:
-    """'high-noise expert' / 'low-noise expert' (A14B), 'DiT' (TI2V-5B)."""
-    if mc.arch.dit_2 is None:
-        return "DiT"
-    return {"dit": "high-noise expert", "dit_2": "low-noise expert"}[name]
 
 
 # ---------------------------------------------------------------- refining: the user's DiT files, presets
