@@ -6,7 +6,7 @@ temp file goes and puts it in place). The ffmpeg process is run here rather than
 kill and reap it when the run is interrupted), its exit status (an encoder that died, of a signal
 or an error, must not leave a truncated file that looks finished) and its error output.
 
-    mp4   libx264, yuv420p, crf 17, `+faststart` (the index first: a browser plays it while it downloads)
+    mp4   libx264 (preset veryfast), yuv420p, crf 17, `+faststart` (the index first: a browser plays it while it downloads)
     webm  libvpx-vp9, yuv420p, constant quality (crf 30)
     gif   one palette for the whole clip (palettegen + paletteuse), looping
 
@@ -32,7 +32,10 @@ from lightx2v.io.atomic import test_pause
 VIDEO_FORMATS = ("mp4", "webm", "gif")
 # format -> (encoder it needs, ffmpeg output options)
 _CODECS = {
-    "mp4": ("libx264", ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "17", "-movflags", "+faststart"]),
+    # preset veryfast: 3.7x faster than libx264's default (medium) at crf 17, a file of about the same
+    # size (480P x 81 frames on 2 cores: 1.33 s vs 4.97 s, 5.9 vs 6.9 MB; 2026-11-30)
+    "mp4": ("libx264", ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-crf", "17",
+                        "-movflags", "+faststart"]),
     "webm": ("libvpx-vp9", ["-c:v", "libvpx-vp9", "-pix_fmt", "yuv420p", "-b:v", "0", "-crf", "30",
                             "-row-mt", "1", "-deadline", "good", "-cpu-used", "4"]),
     "gif": ("gif", ["-filter_complex", "split[a][b];[a]palettegen[p];[b][p]paletteuse", "-loop", "0"]),

@@ -182,3 +182,12 @@ def video_to_frames(video: torch.Tensor) -> np.ndarray:
     """VAE output [1, 3, F, H, W] in [-1, 1] -> float32 numpy [F, H, W, 3] in [0, 1]."""
     v = (video[0].float() / 2 + 0.5).clamp(0, 1)
     return v.permute(1, 2, 3, 0).cpu().numpy()
+
+
+def video_to_uint8(video: torch.Tensor) -> np.ndarray:
+    """VAE output [1, 3, F, H, W] in [-1, 1] -> uint8 numpy [F, H, W, 3], what an encoder takes: the
+    same float32 arithmetic as `lightx2v.io.video.to_uint8(video_to_frames(video))` (rounded, bit for
+    bit), done where the video is (on the GPU: a quarter of the bytes cross to the host, and the
+    host's numpy conversion, 1.3 s at 480P x 81 frames on 2 cores, is gone)."""
+    v = (video[0].float() / 2 + 0.5).clamp(0, 1) * 255.0 + 0.5
+    return v.to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu().numpy()

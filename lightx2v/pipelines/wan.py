@@ -26,7 +26,7 @@ import torch
 from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import InputError, NonFiniteError
 from lightx2v.pipelines.base import (
-    Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames,
+    Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames, video_to_uint8,
 )
 from lightx2v.runtime.lora import LoraSets
 
@@ -392,7 +392,7 @@ class WanPipeline:
             from lightx2v.io.output import save
 
             t3 = time.perf_counter()
-            result.path = str(save(frames, p.output_path or "outputs/", fps=p.fps, output_type=p.output_type,
+            result.path = str(save(video_to_uint8(video), p.output_path or "outputs/", fps=p.fps, output_type=p.output_type,
                                    overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
                                    default_stem=default_output_stem(self.task, seed)))
             timings["save"] = self._lap(t3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+import numpy as np
 import torch
 
 from lightx2v import LightX2V
@@ -132,3 +133,14 @@ def test_two_threads_share_a_pipeline_safely(pipe):
     for s in seeds:
         torch.testing.assert_close(results[s], alone[s], rtol=0, atol=0)
     assert len(pipe.pipeline.dit.rope_cache) == 1  # one grid, one table
+
+
+def test_video_to_uint8_is_the_encoders_rounding_bit_for_bit():
+    from lightx2v.io.video import to_uint8
+    from lightx2v.pipelines.base import video_to_frames, video_to_uint8
+
+    video = torch.rand(1, 3, 5, 8, 6, generator=torch.Generator().manual_seed(0)) * 2.2 - 1.1  # past [-1, 1] too
+    video[0, 0, 0, 0, :3] = torch.tensor([-1.0, 1.0, 0.0])
+    u8 = video_to_uint8(video)
+    assert u8.dtype == np.uint8 and u8.shape == (5, 8, 6, 3)
+    np.testing.assert_array_equal(u8, to_uint8(video_to_frames(video)))
