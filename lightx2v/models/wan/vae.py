@@ -219,23 +219,31 @@ class WanVAE(nn.Module):
         """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32.
 
         `progress`: a bar over the latent frames (the decode is the longest CPU stage)."""
-        from tqdm.auto import tqdm
+        out = decode_by_frame(self, latents, cache, progress, lambda chunk, c, i: self.decoder(chunk, c))
+        return out.float().clamp_(-1.0, 1.0)
 
-        if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
-            raise InputError(
-                f"VAE decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(latents.shape)}"
-            )
-        mean, inv_std = self._stats(latents)
-        z = latents.float() / inv_std + mean  # the reference divides by 1/std
-        x = self.conv2(z.to(self.conv2.weight.dtype))
-        cache = cache if cache is not None else CausalCache()
-        cache.reset()
-        outs = []
-        for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress, leave=False):
-            cache.start_chunk()
-            outs.append(self.decoder(x[:, :, i : i + 1], cache))
-        cache.reset()
-        return torch.cat(outs, dim=2).float().clamp_(-1.0, 1.0)
+
+def decode_by_frame(vae: nn.Module, latents: torch.Tensor, cache: CausalCache | None, progress: bool,
+                    decode_one) -> torch.Tensor:
+    """What both Wan VAEs' decode share: check the latents, undo the normalisation (the reference
+    divides by 1/std), conv2, then the decoder one latent frame at a time with the causal cache
+    (`decode_one(chunk, cache, i)`), as the references chunk it; returns the frames concatenated."""
+    from tqdm.auto import tqdm
+
+    z_dim = vae.config.z_dim
+    if latents.ndim != 5 or latents.shape[1] != z_dim:
+        raise InputError(f"VAE decode expects latents [B, {z_dim}, T, h, w], got shape {tuple(latents.shape)}")
+    mean, inv_std = latent_stats(vae.config.latents_mean, vae.config.latents_std, latents)
+    z = latents.float() / inv_std + mean
+    x = vae.conv2(z.to(vae.conv2.weight.dtype))
+    cache = cache if cache is not None else CausalCache()
+    cache.reset()
+    outs = []
+    for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress, leave=False):
+        cache.start_chunk()
+        outs.append(decode_one(x[:, :, i : i + 1], cache, i))
+    cache.reset()
+    return torch.cat(outs, dim=2)
 
 
 # ---- diffusers AutoencoderKLWan -> official keys ------------------------------------------------

@@ -29,6 +29,7 @@ from lightx2v.models.wan.vae import (
     WAN21_LATENTS_MEAN,
     WAN21_LATENTS_STD,
     common_key_from_diffusers,
+    decode_by_frame,
     latent_stats,
 )
 from lightx2v.models.wan.vae22_blocks import Decoder3d, Encoder3d, patchify, unpatchify
@@ -252,23 +253,9 @@ class Wan22VAE(nn.Module):
         """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 16h, 16w], float32, clamped
         to [-1, 1] if config.clip_output (the default, as the official code). `progress`: a bar over
         the latent frames (as WanVAE.decode)."""
-        from tqdm.auto import tqdm
-
-        if latents.ndim != 5 or latents.shape[1] != self.config.z_dim:
-            raise InputError(
-                f"VAE decode expects latents [B, {self.config.z_dim}, T, h, w], got shape {tuple(latents.shape)}"
-            )
-        mean, inv_std = latent_stats(self.config.latents_mean, self.config.latents_std, latents)
-        z = latents.float() / inv_std + mean  # the reference divides by 1/std
-        x = self.conv2(z.to(self.conv2.weight.dtype))
-        cache = cache if cache is not None else CausalCache()
-        cache.reset()
-        outs = []
-        for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress, leave=False):
-            cache.start_chunk()
-            outs.append(self.decoder(x[:, :, i : i + 1], cache, first_chunk=i == 0))
-        cache.reset()
-        video = unpatchify(torch.cat(outs, dim=2), self.config.patch_size).float()
+        out = decode_by_frame(self, latents, cache, progress,
+                              lambda chunk, c, i: self.decoder(chunk, c, first_chunk=i == 0))
+        video = unpatchify(out, self.config.patch_size).float()
         return video.clamp_(-1.0, 1.0) if self.config.clip_output else video
 
 
