@@ -124,3 +124,18 @@ def test_inductor_regional_compile_matches_eager(tiny_official_dir):
     compiled = LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype=torch.float32, compile=True,
                                         progress=False)
     torch.testing.assert_close(_gen(compiled), _gen(eager), rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_blocks_do_not_recompile_across_steps_and_generations(tiny_official_dir):
+    """One graph for every block, step and generation of one size (CFG on or off): dynamo's counters."""
+    from torch._dynamo.utils import counters
+
+    pipe = LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype="fp32", progress=False,
+                                    compile=CompileConfig(enabled=True, backend="aot_eager"))
+    kw = dict(prompt="a fox", height=32, width=48, num_frames=5, num_inference_steps=3, seed=1, output_type="latent")
+    counters.clear()
+    pipe.generate(**kw)
+    assert counters["stats"]["unique_graphs"] == 1
+    pipe.generate(**kw)
+    pipe.generate(**dict(kw, seed=2, guidance_scale=1.0))
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
