@@ -96,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", default=None, choices=("model",),
                    help="keep the DiTs in host memory, only the running one on the GPU (Wan2.2 A14B: one 14B expert "
                         "at a time, the next prefetched during the step before the switch)")
+    p.add_argument("--vae-dtype", default=None, choices=("fp32", "bf16", "fp16"),
+                   help="VAE precision (default: fp32, as the references; bf16: 480P x 81 frames decode in 1.79 s "
+                        "instead of 2.71 s on an H200, relative error 1.5e-2)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--force", action="store_true",
@@ -214,7 +217,8 @@ def _run(args: argparse.Namespace) -> int:
                          lora=[parse_lora_spec(spec) for spec in args.lora],
                          lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
                                                    [parse_lora_spec(spec) for spec in args.lora_low]),
-                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload)
+                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
+                         vae_dtype=args.vae_dtype)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)

@@ -153,8 +153,11 @@ class WanPipeline:
                 parts[name] = load_dit(mc, staging, dt, quant=quant_on_load(engine, name, experts), **named)
             else:
                 parts[name] = load_component(mc, name, staging, dt)
+        vae_dtype = torch.float32
+        if engine.vae_dtype is not None and parts.get("vae") is not None:  # the engine's VAE precision
+            parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
         tokenizer = WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len)
-        pipe = cls(mc, engine, tokenizer=tokenizer, progress=progress, **parts)
+        pipe = cls(mc, engine, tokenizer=tokenizer, progress=progress, vae_dtype=vae_dtype, **parts)
         apply_engine(pipe, engine)
         return pipe
 

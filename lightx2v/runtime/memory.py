@@ -169,7 +169,8 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
     denoise = prof.token_bytes * tokens * batch
     if _attention_name(engine) in MATH_ATTENTION:
         denoise += 8 * prof.attention_heads * tokens * tokens * batch
-    video = max(prof.pixel_bytes * pixels + CHUNK_FRAME_BYTES * pixels * num_frames,
+    vae_scale = 1.0 if engine.vae_dtype is None else engine.vae_dtype.itemsize / 4  # the profile is fp32
+    video = max(vae_scale * prof.pixel_bytes * pixels + CHUNK_FRAME_BYTES * pixels * num_frames,
                 prof.video_bytes * pixels * num_frames)
     stages = {"text encoder": prof.text_bytes * (2 if cfg else 1), "denoise": denoise}
     if mc.task != "t2v":
