@@ -151,6 +151,7 @@ class LightX2V:
         resolution: tuple[int, int] | None = None,
         overwrite: bool = True,
         force: bool = False,
+        crf: int | None = None,
     ) -> GenerationResult:
         """Generate one video (or, with num_frames=1 and output_type "png", one image). A size, frame
         count, step count, guidance, shift, solver or fps left None is the checkpoint's default. `image` (and
@@ -174,7 +175,7 @@ class LightX2V:
             guidance_scale_2=guidance_scale_2,
             shift=shift, solver=solver, seed=seed, latents=latents, output_type=output_type,
             output_path=None if output_path is None else str(output_path), fps=fps, callback=callback,
-            overwrite=overwrite, force=force,
+            overwrite=overwrite, force=force, crf=crf,
         )
         return self.pipeline(params)
 

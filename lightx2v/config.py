@@ -313,6 +313,8 @@ class SamplingParams:
     callback: Optional[Callable] = None
     # an existing output file is replaced (with a warning); False refuses it
     overwrite: bool = True
+    # video quality (ffmpeg -crf, 0-51; lower: better and larger): default mp4 17, webm 30; gif has none
+    crf: Optional[int] = None
     # run sizes, frames and steps far outside what the model was trained on (lightx2v.runtime.memory);
     # the model's hard limits and a memory estimate above what the device has are refused still
     force: bool = False
@@ -381,6 +383,8 @@ class SamplingParams:
             raise InputError(f"overwrite must be true or false, got {self.overwrite!r}", field="overwrite")
         if self.fps is not None and (not _is_int(self.fps) or not 1 <= self.fps <= FPS_MAX):
             raise InputError(f"fps must be an integer from 1 to {FPS_MAX}, got {self.fps!r}", field="fps")
+        if self.crf is not None and (not _is_int(self.crf) or not 0 <= self.crf <= 51):
+            raise InputError(f"crf must be an integer from 0 (best, largest) to 51, got {self.crf!r}", field="crf")
         if self.latents is not None:
             _check_latents(self.latents)
         if self.output_path is not None and self.output_type in FILE_OUTPUT_TYPES:

@@ -26,7 +26,7 @@ FLAGS = {
     "resize_mode": "--resize-mode", "height": "--size height", "width": "--size width", "num_frames": "--frames",
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "guidance_scale_2": "--guidance-2",
     "shift": "--shift", "solver": "--solver", "seed": "--seed", "fps": "--fps", "output_path": "--output",
-    "output_type": "--output", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
+    "output_type": "--output", "crf": "--crf", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
     "lora_low": "--lora-low", "latents": "latents",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
@@ -76,6 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=int, default=None, help="frames per second of the video (default: the checkpoint's, 16)")
     p.add_argument("--output", default=None, help="file to write, its format from the extension: .mp4, .webm, .gif, .png (--frames 1); "
                                                  "a folder/ gets the default name inside; /dev/null is written through (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--crf", type=int, default=None,
+                   help="video quality, 0 (best, largest) to 51 (default: 17 for .mp4, 30 for .webm)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse an existing --output file (default: replace it, with a warning)")
     p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder; for a two-expert model (Wan2.2 A14B) the high-noise expert")
     p.add_argument("--dit-path-2", default=None, help="the low-noise expert's DiT weights replacing the folder's, for a two-expert model (Wan2.2 A14B); any file --dit-path takes")
@@ -196,7 +198,7 @@ def _request(args: argparse.Namespace):
         resize_mode=args.resize_mode, height=height, width=width, num_frames=args.frames,
         num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_scale_2=args.guidance_2,
         shift=args.shift, solver=args.solver, seed=args.seed, fps=args.fps, output_path=args.output,
-        force=args.force, overwrite=not args.no_overwrite,
+        force=args.force, overwrite=not args.no_overwrite, crf=args.crf,
     )
 
 

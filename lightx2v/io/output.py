@@ -157,7 +157,8 @@ def _check_creatable(folder: Path, what: str) -> None:
 
 
 def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_type: str = "mp4",
-         overwrite: bool = True, metadata: dict | None = None, default_stem: str = "output") -> Path:
+         overwrite: bool = True, metadata: dict | None = None, default_stem: str = "output",
+         crf: int | None = None) -> Path:
     """Write `frames` ([F, H, W, 3] float in [0, 1] or uint8) to `path` by the module's rules; the path written.
 
     `default_stem`: the file name (without extension) used when `path` is a folder."""
@@ -173,7 +174,7 @@ def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_t
         else:
             from lightx2v.io.video import encode_video
 
-            encode_video(frames, tmp, target.fmt, fps=fps, metadata=metadata)
+            encode_video(frames, tmp, target.fmt, fps=fps, metadata=metadata, crf=crf)
 
     replaced = _write(target, overwrite, encode)
     if replaced:

@@ -95,9 +95,21 @@ def container_comment(metadata: dict | None) -> str | None:
     return text
 
 
+# the codecs with a quality scale (ffmpeg -crf: lower is better and larger; 0-51 accepted by both)
+CRF_RANGE = {"mp4": (0, 51), "webm": (0, 51)}
+
+
+def _with_crf(options: list[str], crf: int | None) -> list[str]:
+    if crf is None:
+        return options
+    i = options.index("-crf")
+    return [*options[: i + 1], str(int(crf)), *options[i + 2:]]
+
+
 def encode_video(frames: np.ndarray, dst: str | Path, fmt: str, fps: int = 16,
-                 metadata: dict | None = None) -> None:
-    """Encode `frames` ([F, H, W, 3], uint8 or float in [0, 1]) as `fmt` into the file `dst` (replaced)."""
+                 metadata: dict | None = None, crf: int | None = None) -> None:
+    """Encode `frames` ([F, H, W, 3], uint8 or float in [0, 1]) as `fmt` into the file `dst` (replaced).
+    `crf`: the quality of mp4 (default 17) and webm (default 30), 0-51; gif has none."""
     if fmt not in _CODECS:
         raise InputError(f"unknown video format {fmt!r}; expected one of {', '.join(VIDEO_FORMATS)}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -111,7 +123,7 @@ def encode_video(frames: np.ndarray, dst: str | Path, fmt: str, fps: int = 16,
     comment = container_comment(metadata) if fmt != "gif" else None
     cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(int(fps)), "-i", "-", "-an",
-           *_CODECS[fmt][1], *(["-metadata", f"comment={comment}"] if comment else []), "-f", fmt, str(dst)]
+           *_with_crf(_CODECS[fmt][1], crf if fmt in CRF_RANGE else None), *(["-metadata", f"comment={comment}"] if comment else []), "-f", fmt, str(dst)]
     with tempfile.TemporaryFile() as log:
         _run(cmd, frames, log)
 

@@ -397,7 +397,7 @@ class WanPipeline:
             t3 = time.perf_counter()
             result.path = str(save(video_to_uint8(video), p.output_path or "outputs/", fps=p.fps, output_type=p.output_type,
                                    overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
-                                   default_stem=default_output_stem(self.task, seed)))
+                                   default_stem=default_output_stem(self.task, seed), crf=p.crf))
             timings["save"] = self._lap(t3)
         timings["total"] = self._lap(t0)
         return result
@@ -413,7 +413,7 @@ class WanPipeline:
             "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
             "latents_given": p.latents is not None, "num_inference_steps": p.num_inference_steps,
             "guidance_scale": p.guidance_scale, "shift": p.shift, "solver": p.solver,
-            "width": size[1], "height": size[0], "num_frames": p.num_frames, "fps": p.fps,
+            "width": size[1], "height": size[0], "num_frames": p.num_frames, "fps": p.fps, "crf": p.crf,
             "loras": self.lora_metadata(),
         }
 

@@ -219,3 +219,18 @@ def test_unwritable_places_are_one_line(tmp_path):
     with pytest.raises(InputError, match="is not writable"):
         check_output("/proc/lightx2v-test/v.mp4", 5)
     assert blocker.read_text() == "x"
+
+
+def test_crf_sets_the_quality_and_is_checked(tmp_path):
+    """--crf / crf=: a lower value writes a larger (better) mp4; outside 0-51 is one line."""
+    from lightx2v.io.output import save
+
+    rng = np.random.default_rng(0)
+    frames = (rng.random((5, 32, 48, 3)) * 255).astype(np.uint8)
+    sizes = {}
+    for crf in (5, 40):
+        path = save(frames, tmp_path / f"c{crf}.mp4", fps=8, crf=crf)
+        sizes[crf] = path.stat().st_size
+    assert sizes[5] > 2 * sizes[40]
+    with pytest.raises(InputError, match="crf must be an integer from 0 .* to 51, got 52"):
+        SamplingParams(prompt="x", crf=52).validate()
