@@ -98,6 +98,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--offload", default=None, choices=("model",),
                    help="keep the DiTs in host memory, only the running one on the GPU (Wan2.2 A14B: one 14B expert "
                         "at a time, the next prefetched during the step before the switch)")
+    p.add_argument("--cfg-mode", default="sequential", choices=("sequential", "batched"),
+                   help="CFG branches as two calls of batch 1 (as the references) or one call of batch 2 (the same "
+                        "numbers, more memory)")
     p.add_argument("--vae-dtype", default=None, choices=("fp32", "bf16", "fp16"),
                    help="VAE precision (default: fp32, as the references; bf16: 480P x 81 frames decode in 1.79 s "
                         "instead of 2.71 s on an H200, relative error 1.5e-2)")
@@ -220,7 +223,7 @@ def _run(args: argparse.Namespace) -> int:
                          lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
                                                    [parse_lora_spec(spec) for spec in args.lora_low]),
                          lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
-                         vae_dtype=args.vae_dtype)
+                         vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)

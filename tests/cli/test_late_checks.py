@@ -154,3 +154,13 @@ def test_long_prompt_warns_how_many_tokens_were_dropped(tiny_official_dir, tmp_p
                       output_type="latent", guidance_scale=1.0)
     dropped = pipe.pipeline.tokenizer.dropped_tokens(["cat " * (limit + 20), "a cat"])
     assert dropped == [limit + 20 - (limit - 1), 0]  # limit - 1 tokens kept, plus </s>
+
+
+def test_cfg_mode_batched_from_the_cli_matches_sequential(tiny_official_dir, tmp_path, capsys):
+    runs = {}
+    for mode in ("sequential", "batched"):
+        out = tmp_path / f"{mode}.mp4"
+        assert main(_args(tiny_official_dir, out, "--cfg-mode", mode, "--json")) == 0
+        runs[mode] = json.loads(capsys.readouterr().out)
+    assert runs["sequential"]["stats"]["model_calls"] == 4 and runs["batched"]["stats"]["model_calls"] == 2
+    assert runs["batched"]["stats"]["model_samples"] == 4
