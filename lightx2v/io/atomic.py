@@ -54,6 +54,24 @@ def write_text_atomic(path: PathLike, text: str) -> Path:
     return path
 
 
+def nearest_existing(path: PathLike) -> Path:
+    """`path` itself if it exists (a dangling link counts), else its nearest ancestor that does."""
+    probe = Path(path)
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def creation_refused(folder: PathLike) -> str | None:
+    """Why a file cannot be created in `folder` (tried, not guessed: root passes every permission
+    check, but not a read-only mount nor /proc), or None when it can."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
 def check_new_folder(path: PathLike, what: str, make_parents: bool = True) -> Path:
     """`path` can become a new folder: it is missing or an empty folder, and its parent exists (or,
     with `make_parents`, can be made) in a place where entries can be created (tried, not guessed:
@@ -69,18 +87,14 @@ def check_new_folder(path: PathLike, what: str, make_parents: bool = True) -> Pa
     except PermissionError:
         raise InputError(f"{what} {path} cannot be read; pass a new or empty folder") from None
     parent = path.parent
-    probe = parent  # the nearest folder that exists
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(parent)
     if not probe.is_dir():
         raise InputError(f"{what} {path} cannot be created: {probe} is a file, not a folder")
     if probe != parent and not make_parents:
         raise InputError(f"the folder {parent} (where {what} {path.name} would go) does not exist")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise InputError(f"{what} {path} cannot be created: {probe} is not writable ({exc.strerror})") from None
+    refused = creation_refused(probe)
+    if refused is not None:
+        raise InputError(f"{what} {path} cannot be created: {probe} is not writable ({refused})")
     return path
 
 

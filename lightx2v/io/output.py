@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from lightx2v.errors import InputError
-from lightx2v.io.atomic import make_public, note_removed, write_text_atomic
+from lightx2v.io.atomic import creation_refused, make_public, nearest_existing, note_removed, write_text_atomic
 
 SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".gif": "gif", ".png": "png"}
 FORMATS = tuple(SUFFIXES.values())
@@ -144,16 +144,12 @@ def _is_stream(path: Path) -> bool:
 def _check_creatable(folder: Path, what: str) -> None:
     """`folder` exists, or can be made, and a file can be created in it (tried, not guessed:
     root passes every permission check, but not a read-only mount nor /proc)."""
-    probe = folder
-    while not os.path.lexists(probe) and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(folder)
     if not probe.is_dir():
         raise InputError(f"{what} is not writable: {probe} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as exc:
-        raise InputError(f"{what} is not writable ({exc.strerror} in {probe})") from None
+    refused = creation_refused(probe)
+    if refused is not None:
+        raise InputError(f"{what} is not writable ({refused} in {probe})")
 
 
 def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_type: str = "mp4",
