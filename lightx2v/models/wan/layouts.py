@@ -98,14 +98,19 @@ def _check_task(task: str, where: Path) -> str:
 # ---------------------------------------------------------------- recognising
 
 
+def entry_is_set(value: Any) -> bool:
+    """A model_index.json entry that says something: not null / false / [null, null] (what
+    diffusers writes for an optional component or option left out)."""
+    return not (value is None or value is False or (isinstance(value, list) and all(v is None for v in value)))
+
+
 def _unused_entries(index: Mapping[str, Any]) -> list[str]:
     """model_index.json entries Wan2.1 does not use that are set (transformer_2, boundary_ratio ...)."""
     out = []
     for k, v in index.items():
         if k.startswith("_") or k in DIFFUSERS_PARTS:
             continue
-        empty = v is None or v is False or (isinstance(v, list) and all(x is None for x in v))
-        if not empty:
+        if entry_is_set(v):
             out.append(f"{k}={json.dumps(v)}")
     return out
 

@@ -28,7 +28,9 @@ from typing import Any, Mapping
 from lightx2v.config import ModelConfig
 from lightx2v.errors import CheckpointError
 from lightx2v.models.registry import Reason
-from lightx2v.models.wan.layouts import DIT_STEM, OFFICIAL_T5, OFFICIAL_TOKENIZER, find_weights, read_json
+from lightx2v.models.wan.layouts import (
+    DIT_STEM, OFFICIAL_T5, OFFICIAL_TOKENIZER, entry_is_set, find_weights, read_json,
+)
 from lightx2v.models.wan22.arch import Wan22Arch
 
 OFFICIAL_VAE = {"a14b": "Wan2.1_VAE.pth", "ti2v": "Wan2.2_VAE.pth"}
@@ -41,11 +43,6 @@ DIFFUSERS_OPTIONS = ("boundary_ratio", "expand_timesteps")
 DIFFUSERS_UNUSED = ("image_encoder", "image_processor")  # WanImageToVideoPipeline's; Wan2.2 has no CLIP
 
 
-def _set(value: Any) -> bool:
-    """A model_index.json entry that says something: not null / false / [null, null]."""
-    return not (value is None or value is False or (isinstance(value, list) and all(v is None for v in value)))
-
-
 # ---------------------------------------------------------------- recognising
 
 
@@ -56,7 +53,7 @@ def recognise(root: Path) -> "str | Reason":
         cls = index.get("_class_name", "?")
         if cls not in DIFFUSERS_PIPELINES:
             return Reason(f"model_index.json names {cls}, not {' or '.join(DIFFUSERS_PIPELINES)}")
-        if not any(_set(index.get(k)) for k in ("transformer_2", "boundary_ratio", "expand_timesteps")):
+        if not any(entry_is_set(index.get(k)) for k in ("transformer_2", "boundary_ratio", "expand_timesteps")):
             return Reason("its model_index.json sets none of transformer_2, boundary_ratio, expand_timesteps "
                           "(a one-transformer Wan2.1 pipeline)")
         return "diffusers"
@@ -187,17 +184,17 @@ def read_official(root: Path) -> ModelConfig:
 def _check_index(index: Mapping[str, Any], where: Path) -> tuple[str, float | None]:
     """(task, boundary_ratio) from model_index.json; every entry honoured or refused by name."""
     known = DIFFUSERS_PARTS + DIFFUSERS_OPTIONS + DIFFUSERS_UNUSED
-    unknown = [k for k, v in index.items() if not k.startswith("_") and k not in known and _set(v)]
+    unknown = [k for k, v in index.items() if not k.startswith("_") and k not in known and entry_is_set(v)]
     if unknown:
         raise CheckpointError(f"{where}: unknown entry {unknown[0]}={json.dumps(index[unknown[0]])}; Wan2.2 reads "
                               f"{', '.join(DIFFUSERS_PARTS + DIFFUSERS_OPTIONS)}")
-    used = [k for k in DIFFUSERS_UNUSED if _set(index.get(k))]
+    used = [k for k in DIFFUSERS_UNUSED if entry_is_set(index.get(k))]
     if used:
         raise CheckpointError(f"{where} sets {used[0]}={json.dumps(index[used[0]])}; Wan2.2 uses no image encoder "
                               "(the I2V-A14B DiT has no CLIP branch)")
-    if not _set(index.get("transformer")):
+    if not entry_is_set(index.get("transformer")):
         raise CheckpointError(f"{where} sets no transformer (the high-noise expert, or TI2V-5B's DiT)")
-    expand, ratio, two = index.get("expand_timesteps", False), index.get("boundary_ratio"), _set(index.get("transformer_2"))
+    expand, ratio, two = index.get("expand_timesteps", False), index.get("boundary_ratio"), entry_is_set(index.get("transformer_2"))
     if not isinstance(expand, bool):
         raise CheckpointError(f"{where}: expand_timesteps must be true or false, got {json.dumps(expand)}")
     if expand:
