@@ -167,9 +167,9 @@ class WanPipeline:
         """-> [B, text_len, dim]: each prompt's states trimmed to its length, zero-padded (as the reference)."""
         from lightx2v.models.wan.t5 import encode_text
 
-        ids, mask = self.tokenizer(prompts)
+        ids, mask, dropped = self.tokenizer.encode(prompts)
         default_neg = self.model_config.defaults.negative_prompt
-        for i, (what, n) in enumerate(zip(("the prompt", "the negative prompt"), self.tokenizer.dropped_tokens(prompts))):
+        for i, (what, n) in enumerate(zip(("the prompt", "the negative prompt"), dropped)):
             if n and not (i == 1 and prompts[1] == default_neg):  # the checkpoint's own negative prompt: as it ships
                 warnings.warn(f"{what} is longer than the text encoder reads ({self.tokenizer.text_len} tokens): "
                               f"its last {n} token(s) were dropped; shorten it to keep them", stacklevel=2)

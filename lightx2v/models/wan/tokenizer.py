@@ -120,18 +120,24 @@ class WanTokenizer:
         return self._tokenizer.get_vocab_size(with_added_tokens=True)
 
     def __call__(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask, _ = self.encode(prompts)
+        return ids, mask
+
+    def encode(self, prompts: str | Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """(ids, mask, dropped): `dropped[i]` is how many tokens of prompt i fell past `text_len`
+        (cut off by the encoder's limit), read off the same encoding."""
         if isinstance(prompts, str):
             prompts = [prompts]
         encs = self._tokenizer.encode_batch([clean_prompt(p) for p in prompts], add_special_tokens=True)
         ids = torch.tensor([e.ids for e in encs], dtype=torch.long).view(len(encs), self.text_len)
         mask = torch.tensor([e.attention_mask for e in encs], dtype=torch.long).view(len(encs), self.text_len)
-        return ids, mask
+        dropped = [sum(1 for o in e.overflowing for m, s in zip(o.attention_mask, o.special_tokens_mask) if m and not s)
+                   for e in encs]
+        return ids, mask, dropped
 
     def dropped_tokens(self, prompts: Sequence[str]) -> list[int]:
-        """How many tokens of each prompt fall past `text_len` (cut off by the encoder's limit)."""
-        encs = self._tokenizer.encode_batch([clean_prompt(p) for p in prompts], add_special_tokens=True)
-        return [sum(1 for o in e.overflowing for m, s in zip(o.attention_mask, o.special_tokens_mask) if m and not s)
-                for e in encs]
+        """How many tokens of each prompt fall past `text_len`."""
+        return self.encode(prompts)[2]
 
 
 # Default vocabulary of the tiny tokenizer: words common in video prompts. Every printable
