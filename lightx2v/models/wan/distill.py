@@ -179,19 +179,26 @@ def distill_preset_for(
     return None
 
 
-def _chosen_preset(preset: str, task: str, dit: Any) -> DistillPreset:
-    chosen = DISTILL_PRESETS.get(preset)
+def check_preset(presets: Mapping[str, Any], preset: str, task: str, size: str | None, known_sizes,
+                 family: str = "") -> Any:
+    """`presets[preset]`, checked against the checkpoint's task and model size (a size name outside
+    `known_sizes`, a custom model, is not checked); one LightX2VError line otherwise. Shared by the
+    Wan2.1 and Wan2.2 presets (`family`: the title the messages give, e.g. "Wan2.2")."""
+    chosen = presets.get(preset)
+    fam = f" {family}" if family else ""
     if chosen is None:
-        raise LightX2VError(f"unknown preset {preset!r}; expected one of {', '.join(DISTILL_PRESETS)}")
+        raise LightX2VError(f"unknown preset {preset!r}{' for' + fam if family else ''}; expected one of {', '.join(presets)}")
     if chosen.task != task:
-        raise LightX2VError(f"preset {preset!r} is a {chosen.task} model, but this checkpoint is {task}")
-    if dit is not None:
-        from lightx2v.models.wan.presets import SIZES, size_name
-
-        size = size_name(dit)
-        if size in SIZES.values() and size != chosen.size:
-            raise LightX2VError(f"preset {preset!r} is for the {chosen.size} model, but this checkpoint is {size}")
+        raise LightX2VError(f"preset {preset!r} is a{fam} {chosen.task} model, but this checkpoint is {task}")
+    if size is not None and size in known_sizes and size != chosen.size:
+        raise LightX2VError(f"preset {preset!r} is for the {chosen.size} model, but this checkpoint is {size}")
     return chosen
+
+
+def _chosen_preset(preset: str, task: str, dit: Any) -> DistillPreset:
+    from lightx2v.models.wan.presets import SIZES, size_name
+
+    return check_preset(DISTILL_PRESETS, preset, task, None if dit is None else size_name(dit), SIZES.values())
 
 
 def _only_preset(task: str) -> DistillPreset | None:

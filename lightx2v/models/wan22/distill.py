@@ -120,17 +120,10 @@ def defaults_from_lightx2v_config(config: Mapping[str, Any]) -> Optional[Wan22Di
 
 def chosen_preset(preset: str, task: str, dit: Any) -> DistillPreset:
     """The user's preset, checked against the checkpoint (task, model size)."""
+    from lightx2v.models.wan.distill import check_preset
     from lightx2v.models.wan22.presets import SIZES, size_name
 
-    chosen = DISTILL_PRESETS.get(preset)
-    if chosen is None:
-        raise LightX2VError(f"unknown preset {preset!r} for Wan2.2; expected one of {', '.join(DISTILL_PRESETS)}")
-    if chosen.task != task:
-        raise LightX2VError(f"preset {preset!r} is a Wan2.2 {chosen.task} model, but this checkpoint is {task}")
-    size = size_name(dit)
-    if size in SIZES.values() and size != chosen.size:
-        raise LightX2VError(f"preset {preset!r} is for the {chosen.size} model, but this checkpoint is {size}")
-    return chosen
+    return check_preset(DISTILL_PRESETS, preset, task, size_name(dit), SIZES.values(), family="Wan2.2")
 
 
 def distill_preset_for(task: str, *, preset: Optional[str] = None, configs: tuple[Mapping, ...] = (),
