@@ -41,7 +41,7 @@ class LightX2V:
         path_or_repo_id: str | Path,
         device: str = "cuda",
         dtype: torch.dtype | str = torch.bfloat16,
-        attention: str = "auto",
+        attention: str | Mapping[str, str] = "auto",
         quant: str | None = None,
         *,
         task: str | None = None,
@@ -77,7 +77,9 @@ class LightX2V:
         refuses them). A Wan2.2-Lightning folder (high_noise_model.safetensors +
         low_noise_model.safetensors) given in `lora` gives each file to its expert, and a file
         named `..._high_noise_lora_...` goes to the expert its name says (a warning says so).
-        A LoRA key that matches nothing is an error unless `lora_allow_unmatched` (then a warning). `compile`: regional torch.compile of the DiT's
+        A LoRA key that matches nothing is an error unless `lora_allow_unmatched` (then a warning).
+        `attention`: a backend name ("auto" stays lossless; "sage8" is our 8-bit kernel, lossy) or one per
+        role, `{"self": "sage8", "cross": "sdpa_cudnn"}` (a role left out: "auto"). `compile`: regional torch.compile of the DiT's
         blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
         `offload="model"`: the DiTs stay in host memory and only the one running is on the device
         (a two-expert Wan2.2 A14B model then holds one 14B expert on the GPU; the next is prefetched).
@@ -185,7 +187,8 @@ class LightX2V:
         return self.pipeline(params)
 
 
-def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat16, attention: str = "auto",
+def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat16,
+                attention: str | Mapping[str, str] = "auto",
                 quant: str | None = None, lora: Sequence[tuple[str | Path, float]] = (),
                 lora_per_dit: Mapping[str, Sequence[tuple[str | Path, float]]] | None = None, lora_mode: str = "merge",
                 lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
@@ -194,7 +197,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend runs here.
     `lora_per_dit`: {DiT or expert name ("high", "low"): (path, strength) pairs} for one DiT each."""
-    from lightx2v.config import LoraConfig, resolve_device
+    from lightx2v.config import ATTENTION_ROLES, LoraConfig, resolve_device
     from lightx2v.ops.attention import resolve_attention
 
     per_dit = {k: _pairs(v) for k, v in (lora_per_dit or {}).items()}
@@ -206,7 +209,8 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
         from lightx2v.quant import get_scheme
 
         get_scheme(engine.quant.scheme)  # a clear error for an unknown name
-    resolve_attention(attention, engine.torch_device(), engine.dtype)  # a backend that cannot run here
+    for role in ATTENTION_ROLES:  # a backend that cannot run here
+        resolve_attention(engine.attention_for(role), engine.torch_device(), engine.dtype)
     return engine
 
 

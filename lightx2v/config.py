@@ -209,7 +209,9 @@ class EngineConfig:
 
     device: str = "cuda"
     dtype: torch.dtype = torch.bfloat16
-    attention: str = "auto"
+    # one backend name for every attention, or one per role: {"self": ..., "cross": ...} (the DiT's
+    # self- and cross-attention; encoders take "self"), also written "self=sage8,cross=sdpa_cudnn"
+    attention: str | Mapping[str, str] = "auto"
     quant: QuantConfig = field(default_factory=QuantConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     compile: CompileConfig = field(default_factory=CompileConfig)
@@ -224,6 +226,7 @@ class EngineConfig:
     vae_dtype: Optional[torch.dtype] = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "attention", parse_attention(self.attention))
         if isinstance(self.vae_dtype, str):
             object.__setattr__(self, "vae_dtype", parse_dtype(self.vae_dtype))
         if self.offload is None or isinstance(self.offload, str):  # shorthand: offload="model"
@@ -239,8 +242,39 @@ class EngineConfig:
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
 
+    def attention_for(self, role: str) -> str:
+        """The backend name asked for attention of `role` ("self" or "cross")."""
+        return self.attention if isinstance(self.attention, str) else self.attention[role]
+
     def staging_device(self) -> torch.device:
         return self.torch_device() if self.staging is None else resolve_device(self.staging)
+
+
+ATTENTION_ROLES = ("self", "cross")
+
+
+def parse_attention(value) -> str | dict[str, str]:
+    """An attention choice: one name (kept as a str) or a backend per role -> {"self": .., "cross": ..}
+    (a role not given: "auto"). Accepts a mapping or "self=NAME,cross=NAME"; names are checked
+    against the registry later (lightx2v.ops.attention.resolve_attention), roles here."""
+    if isinstance(value, str) and "=" not in value:
+        if not value.strip():
+            raise InputError("attention must name a backend (auto, ...) or self=NAME,cross=NAME, got ''", field="attention")
+        return value
+    if isinstance(value, str):
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep or not name.strip() for _, sep, name in pairs):
+            raise InputError(f"attention {value!r}: expected NAME or self=NAME,cross=NAME", field="attention")
+        value = {role.strip(): name.strip() for role, _, name in pairs}
+    if not isinstance(value, Mapping):
+        raise InputError(f"attention must be a backend name or a mapping of roles to names, got {value!r}",
+                         field="attention")
+    unknown = sorted(set(value) - set(ATTENTION_ROLES))
+    if unknown:
+        raise InputError(f"attention roles are {' and '.join(ATTENTION_ROLES)}, got {', '.join(map(repr, unknown))}",
+                         field="attention")
+    roles = {role: str(value.get(role, "auto")) for role in ATTENTION_ROLES}
+    return roles["self"] if len(set(roles.values())) == 1 else roles
 
 
 def resolve_device(name: str | torch.device) -> torch.device:

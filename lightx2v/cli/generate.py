@@ -111,7 +111,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "frames, over 1000 steps); the model's hard limits and the memory check still apply")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
-    p.add_argument("--attention", default="auto", help=f"attention backend (auto, {', '.join(ATTENTION_BACKENDS)})")
+    p.add_argument("--attention", default="auto",
+                   help=f"attention backend (auto, {', '.join(ATTENTION_BACKENDS)}), or one per role: "
+                        "self=NAME,cross=NAME (the DiT's self- and cross-attention)")
     p.add_argument("--config", default=None,
                    help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40, \"lora\": [\"a.safetensors:0.8\"]}); "
                         "flags on the command line win")
@@ -251,7 +253,10 @@ def summary_line(mc, engine, p) -> str:
 
     size = mc.spec.describe(mc).get("size", "")
     dtype = str(engine.dtype).replace("torch.", "")
-    opts = [f"attention {resolve_attention(engine.attention, engine.torch_device(), engine.dtype).name}"]
+    names = {r: resolve_attention(engine.attention_for(r), engine.torch_device(), engine.dtype).name
+             for r in ("self", "cross")}
+    opts = [f"attention {names['self']}" if len(set(names.values())) == 1
+            else f"attention self {names['self']}, cross {names['cross']}"]
     if engine.quant.scheme:
         opts.append(f"quant {engine.quant.scheme}")
     if engine.lora.count:

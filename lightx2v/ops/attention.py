@@ -238,9 +238,15 @@ def resolve_attention(name: str, device: torch.device | str, dtype: torch.dtype)
     return backend
 
 
-def set_attention_backend(model: nn.Module, backend: AttentionBackend) -> nn.Module:
-    """Put `backend` on every submodule of `model` that has an `attn_backend` attribute."""
+def attention_role(module: nn.Module) -> str:
+    """The role of an attention module: its `attn_role` ("cross" for a DiT's cross-attention), else "self"."""
+    return getattr(module, "attn_role", "self")
+
+
+def set_attention_backend(model: nn.Module, backend: AttentionBackend, role: str | None = None) -> nn.Module:
+    """Put `backend` on every submodule of `model` that has an `attn_backend` attribute
+    (with `role`: only on those of that role, `attention_role`)."""
     for module in model.modules():
-        if hasattr(module, "attn_backend"):
+        if hasattr(module, "attn_backend") and (role is None or attention_role(module) == role):
             module.attn_backend = backend
     return model

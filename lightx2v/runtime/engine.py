@@ -156,16 +156,25 @@ def set_dynamic_lora(pipeline, loras: Sequence[tuple[str, float]] = (), allow_un
 
 
 def set_attention(pipeline, engine: EngineConfig) -> list[str]:
-    """Step 5: the attention backend of each component that has attention, for its device and dtype."""
-    from lightx2v.ops.attention import resolve_attention, set_attention_backend
+    """Step 5: the attention backend of each component that has attention, for its device and dtype,
+    per role (a DiT's self- and cross-attention may differ: `EngineConfig.attention`)."""
+    from lightx2v.config import ATTENTION_ROLES
+    from lightx2v.ops.attention import attention_role, resolve_attention, set_attention_backend
 
     chosen = []
     for name, module in pipeline.components.items():
-        if module is None or not any(hasattr(m, "attn_backend") for m in module.modules()):
+        if module is None:
             continue
-        backend = resolve_attention(engine.attention, engine.torch_device(), _component_dtype(pipeline, name, engine))
-        set_attention_backend(module, backend)
-        chosen.append(f"{name}: {backend.name}")
+        roles = [r for r in ATTENTION_ROLES
+                 if any(hasattr(m, "attn_backend") and attention_role(m) == r for m in module.modules())]
+        names = []
+        for role in roles:
+            backend = resolve_attention(engine.attention_for(role), engine.torch_device(),
+                                        _component_dtype(pipeline, name, engine))
+            set_attention_backend(module, backend, role)
+            names.append(backend.name if len(roles) == 1 else f"{role} {backend.name}")
+        if names:
+            chosen.append(f"{name}: {', '.join(names)}")
     return chosen
 
 

@@ -234,12 +234,14 @@ def _refusal(est: MemoryEstimate, engine: EngineConfig, request: str) -> str:
 
 
 def _attention_name(engine: EngineConfig) -> str:
+    """The self-attention backend (the one that sees every token: its memory grows with tokens^2)."""
     from lightx2v.ops.attention import resolve_attention
 
+    name = engine.attention_for("self")
     try:
-        return resolve_attention(engine.attention, engine.torch_device(), engine.dtype).name
+        return resolve_attention(name, engine.torch_device(), engine.dtype).name
     except LightX2VError:  # a backend that cannot run here is refused when loading, with its own message
-        return engine.attention
+        return name
 
 
 # ---------------------------------------------------------------- weights

@@ -139,3 +139,31 @@ def test_compiled_blocks_do_not_recompile_across_steps_and_generations(tiny_offi
     pipe.generate(**kw)
     pipe.generate(**dict(kw, seed=2, guidance_scale=1.0))
     assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"]
+
+
+def test_attention_per_role(tiny_official_dir):
+    """self- and cross-attention take their own backends; the log and the modules say which."""
+    from lightx2v.models.wan.dit_blocks import CrossAttention, SelfAttention
+
+    pipe = LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype=torch.float32,
+                                    attention="self=reference,cross=torch_sdpa", progress=False)
+    dit = pipe.pipeline.dit
+    assert {m.attn_backend.name for m in dit.modules() if isinstance(m, SelfAttention)} == {"reference"}
+    assert {m.attn_backend.name for m in dit.modules() if isinstance(m, CrossAttention)} == {"torch_sdpa"}
+    assert "attention: dit: self reference, cross torch_sdpa" in pipe.pipeline.engine_log
+    uniform = LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype=torch.float32,
+                                       attention={"self": "reference", "cross": "reference"}, progress=False)
+    assert uniform.engine.attention == "reference"  # one name for both roles is kept as one name
+    torch.testing.assert_close(_gen(pipe), _gen(uniform), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("self=reference,crosss=reference", "roles are self and cross"),
+    ("self=", "expected NAME or self=NAME,cross=NAME"),
+    ({"self": "nope"}, "unknown attention backend 'nope'"),
+])
+def test_attention_roles_refused_with_one_line(bad, message):
+    from lightx2v.api import make_engine
+
+    with pytest.raises(InputError if "nope" not in str(bad) else Exception, match=message):
+        make_engine(device="cpu", attention=bad)

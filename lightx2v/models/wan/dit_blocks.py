@@ -174,6 +174,8 @@ class CrossAttention(_QKVO):
     tokens with its own k_img / v_img / norm_k_img and adds the two results before `o`.
     """
 
+    attn_role = "cross"  # its backend may differ from self-attention's (EngineConfig.attention)
+
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float, image_input: bool) -> None:
         super().__init__(dim, num_heads, qk_norm, eps)
         if image_input:
