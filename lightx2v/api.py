@@ -56,6 +56,7 @@ class LightX2V:
         cfg_mode: str = "sequential",
         offload: str | None = None,
         vae_dtype: torch.dtype | str | None = None,
+        context_kv: bool = True,
         preset: str | None = None,
         cache_dir: str | Path | None = None,
         revision: str | None = None,
@@ -85,6 +86,8 @@ class LightX2V:
         (a two-expert Wan2.2 A14B model then holds one 14B expert on the GPU; the next is prefetched).
         `vae_dtype`: the VAE's precision (default fp32, as the references; "bf16" decodes faster and in
         less memory at a small error, docs/benchmarks.md).
+        `context_kv`: keep each DiT's cross-attention K/V for a generation instead of recomputing them
+        at every step (the same numbers; ~0.4 GB per CFG branch at 14B; False frees that memory).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
         `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
@@ -95,7 +98,8 @@ class LightX2V:
         engine = make_engine(device=device, dtype=dtype, attention=attention, quant=quant, lora=lora,
                              lora_per_dit=expert_loras(lora_high, lora_low),
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
-                             compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype)
+                             compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
+                             context_kv=context_kv)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -193,7 +197,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 lora_per_dit: Mapping[str, Sequence[tuple[str | Path, float]]] | None = None, lora_mode: str = "merge",
                 lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
                 cfg_mode: str = "sequential", offload: str | None = None,
-                vae_dtype: torch.dtype | str | None = None) -> EngineConfig:
+                vae_dtype: torch.dtype | str | None = None, context_kv: bool = True) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend runs here.
     `lora_per_dit`: {DiT or expert name ("high", "low"): (path, strength) pairs} for one DiT each."""
@@ -203,6 +207,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     per_dit = {k: _pairs(v) for k, v in (lora_per_dit or {}).items()}
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
+                          context_kv=bool(context_kv),
                           lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,
                                           per_dit=per_dit))
     if engine.quant.scheme is not None:

@@ -224,6 +224,9 @@ class EngineConfig:
     # bf16 decodes 480P x 81 frames in 1.79 s instead of 2.71 s on an H200 at a relative error of
     # 1.5e-2 against strict fp32 (TF32 convolutions, the fp32 path: 7.2e-3); docs/benchmarks.md
     vae_dtype: Optional[torch.dtype] = None
+    # each DiT's cross-attention K/V computed once per generation, not at every step (bit-identical;
+    # ~0.4 GB per CFG branch at Wan 14B; lightx2v.runtime.context_kv)
+    context_kv: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))

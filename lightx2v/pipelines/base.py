@@ -105,10 +105,18 @@ class Guidance:
     scales: Optional[Mapping[str, float]] = None
     mode: str = "sequential"
     rescale: float = 0.0
+    # batched: the two branches' conditions joined once per generation (the same objects at every
+    # step, which also lets the DiT keep their cross-attention K/V: lightx2v.runtime.context_kv)
+    _joined: list = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mode not in ("sequential", "batched"):
             raise ValueError(f"guidance mode must be 'sequential' or 'batched', got {self.mode!r}")
+
+    def _join(self, cond: Any, uncond: Any) -> Any:
+        if not (self._joined and self._joined[0] is cond and self._joined[1] is uncond):
+            self._joined[:] = [cond, uncond, cond.cat_batch(uncond)]
+        return self._joined[2]
 
     def scale_for(self, ctx: StepContext) -> float:
         if self.scales is not None and ctx.expert in self.scales:
@@ -121,7 +129,8 @@ class Guidance:
         if uncond is None or g == 1.0:
             return model_fn(x, t, cond, ctx).float()  # combine in float32, whatever the model's dtype
         if self.mode == "batched":
-            v2 = model_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), cond.cat_batch(uncond), replace(ctx, branch="cfg")).float()
+            v2 = model_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), self._join(cond, uncond),
+                          replace(ctx, branch="cfg")).float()
             v, v_u = v2.chunk(2)
         else:
             v = model_fn(x, t, cond, ctx).float()

@@ -331,9 +331,16 @@ class WanPipeline:
     def __call__(self, params: SamplingParams) -> GenerationResult:
         from lightx2v.pipelines.request import prepare_request
 
+        from lightx2v.runtime.context_kv import reset_context_kv
+
         p = prepare_request(self.model_config, params)
         with self.lock:  # one generation at a time: a shared pipeline serializes
-            return self._run(p)
+            dits = [self.components[n] for n in self.transformer_names if self.components.get(n) is not None]
+            reset_context_kv(dits)  # K/V of the last generation's context (or LoRA) are never reused
+            try:
+                return self._run(p)
+            finally:
+                reset_context_kv(dits)  # and not kept after it (memory)
 
     def _run(self, p: SamplingParams) -> GenerationResult:
         from lightx2v.pipelines.base import Counter

@@ -14,10 +14,13 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
                        (lightx2v.runtime.offload; later: block / phase offload, lazy load)
     4. dynamic LoRA    forward hooks on the final layers (quantized ones included): after
                        quantization, which replaces layers and would drop hooks
-    5. attention       the backend resolved per component for its device and dtype
-    6. parallel        (several GPUs; joins here: it wraps the block stack, under the cache)
-    7. cache           (TeaCache ...; joins here: wraps `run_blocks`, reads the step context)
-    8. compile         last: it traces what every other transform put in place
+    5. attention       the backend resolved per component for its device and dtype (per role:
+                       self- and cross-attention)
+    6. context_kv      each DiT keeps its cross-attention K/V for a generation (they depend on the
+                       context only; lightx2v.runtime.context_kv); before compile, outside the blocks
+    7. parallel        (several GPUs; joins here: it wraps the block stack, under the cache)
+    8. cache           (TeaCache ...; joins here: wraps `run_blocks`, reads the step context)
+    9. compile         last: it traces what every other transform put in place
 
 The pipeline exposes `components` (name -> nn.Module or None) and `transformer_names` (the DiTs:
 what LoRA, quantization and compile act on, each of them: both experts of a two-expert model),
@@ -38,7 +41,7 @@ from torch import nn
 from lightx2v.config import CompileConfig, EngineConfig, LoraConfig
 from lightx2v.errors import InputError
 
-ORDER = ("lora_merge", "quant", "placement", "lora_dynamic", "attention", "parallel", "cache", "compile")
+ORDER = ("lora_merge", "quant", "placement", "lora_dynamic", "attention", "context_kv", "parallel", "cache", "compile")
 
 
 def quant_on_load(engine: EngineConfig, name: Optional[str] = None,
@@ -179,7 +182,7 @@ def set_attention(pipeline, engine: EngineConfig) -> list[str]:
 
 
 def compile_blocks(model: nn.Module, cfg: CompileConfig) -> int:
-    """Step 8: regional compile: `torch.compile` each block of the model's declared repeated blocks
+    """Step 9: regional compile: `torch.compile` each block of the model's declared repeated blocks
     in place (`nn.Module.compile`: names and state_dict unchanged). Identical blocks share one
     compiled graph, so the first call compiles once. Returns the number of blocks compiled."""
     names = getattr(model, "_repeated_blocks", None)
@@ -235,6 +238,11 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     if lora.count and lora.mode == "dynamic":
         log += [f"lora_dynamic: {d}" for d in set_dynamic_lora(pipeline, lora.loras, lora.allow_unmatched, lora.per_dit)]
     log += [f"attention: {c}" for c in set_attention(pipeline, engine)]
+    if engine.context_kv:
+        from lightx2v.runtime.context_kv import apply_context_kv
+
+        kept = apply_context_kv(_transformers(pipeline), True)
+        log += [f"context_kv: {name}, cross-attention K/V once per generation" for name in kept]
     if engine.compile.enabled:
         for name, model in _transformers(pipeline):
             log.append(f"compile: {name}, {compile_blocks(model, engine.compile)} blocks ({engine.compile.backend})")

@@ -105,6 +105,8 @@ class WanModel(nn.Module):
         # RoPE (cos, sin) per token grid: derived data, so not a buffer (the model is meta-built);
         # named state with reset(), safe to share between threads
         self.rope_cache = RopeCache(c.head_dim)
+        # cross-attention K/V kept for one generation (lightx2v.runtime.context_kv); None: computed every call
+        self.context_cache = None
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
         """RoPE (cos, sin) [L, 1, head_dim/2, 2] fp32 for a token grid (cached)."""
@@ -220,18 +222,29 @@ class WanModel(nn.Module):
         # output would carry into every elementwise op of every block (slow, non-vectorized kernels)
         x = x.flatten(2).transpose(1, 2).contiguous().float()
         e, e0 = self.embed_time(t)
-        ctx, ctx_img = self.embed_context(context, clip_fea)
-        x = self.run_blocks(x, e0=e0, context=ctx, context_img=ctx_img, rope=self.rope(grid, x.device))
+        x = self.run_blocks(x, e0=e0, kv=self.cross_kv(context, clip_fea), rope=self.rope(grid, x.device))
         x = self.head(x, e)  # [B, L, prod(patch) * out_dim]
         return self.unpatchify(x, grid).float()
+
+    def cross_kv(self, context: Tensor, clip_fea: Tensor | None) -> list[tuple[Tensor, ...]]:
+        """Every block's cross-attention K/V for this context (CrossAttention.context_kv): they do not
+        depend on x or t. With a `context_cache` (the engine's context_kv step,
+        lightx2v.runtime.context_kv) a generation computes them once, at its first step."""
+        def compute() -> list[tuple[Tensor, ...]]:
+            ctx, ctx_img = self.embed_context(context, clip_fea)
+            return [block.cross_attn.context_kv(ctx, ctx_img) for block in self.blocks]
+
+        if self.context_cache is None:
+            return compute()
+        return self.context_cache.get((context, clip_fea), compute)
 
     def run_blocks(self, x: Tensor, **kw: Any) -> Tensor:
         """The block stack: x [B, L, C] fp32 -> [B, L, C] fp32. The one boundary a cache or a parallel
         transform wraps (lightx2v.runtime): forward = embed -> run_blocks -> head. `kw`: e0 [B, 1 | L, 6, C]
-        (per sample, or per token: a sequence-parallel split cuts its token dim with x's), context
-        [B, text_len, C], context_img [B, n_img, C] | None, rope [L, 1, D/2, 2]."""
-        for block in self.blocks:
-            x = block(x, kw["e0"], kw["context"], kw["context_img"], kw["rope"])
+        (per sample, or per token: a sequence-parallel split cuts its token dim with x's), kv (one
+        tuple per block: its cross-attention K/V [B, Lc, H, D], `cross_kv`), rope [L, 1, D/2, 2]."""
+        for block, kv in zip(self.blocks, kw["kv"]):
+            x = block(x, kw["e0"], kv, kw["rope"])
         return x
 
 

@@ -186,18 +186,25 @@ class CrossAttention(_QKVO):
     def _heads(self, t: Tensor, dt: torch.dtype) -> Tensor:
         return t.unflatten(-1, (self.num_heads, -1)).to(dt)  # [B, L, C] -> [B, L, H, D]
 
-    def forward(self, x: Tensor, context: Tensor, context_img: Tensor | None = None) -> Tensor:
-        # x: [B, L, C]; context: [B, text_len, C]; context_img: [B, n_img, C] | None
+    def context_kv(self, context: Tensor, context_img: Tensor | None = None) -> tuple[Tensor, ...]:
+        """K and V of the text tokens (and of the image tokens): (k, v[, k_img, v_img]), each
+        [B, Lc, H, D] in the compute dtype. They depend on the context only, not on x or the step,
+        so a generation computes them once (WanModel.cross_kv, lightx2v.runtime.context_kv)."""
+        dt = compute_dtype(self.q)
+        kv = (self._heads(self.norm_k(linear(self.k, context)), dt), self._heads(linear(self.v, context), dt))
+        if context_img is None:
+            return kv
+        return kv + (self._heads(self.norm_k_img(linear(self.k_img, context_img)), dt),
+                     self._heads(linear(self.v_img, context_img), dt))
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, ...]) -> Tensor:
+        # x: [B, L, C]; kv: `context_kv(...)`: text (k, v) [B, text_len, H, D], then the image's if any
         dt = compute_dtype(self.q)
         q = self._heads(self.norm_q(linear(self.q, x)), dt)
-        k = self._heads(self.norm_k(linear(self.k, context)), dt)
-        v = self._heads(linear(self.v, context), dt)
-        out = self.attn_backend(q, k, v).flatten(2)  # [B, L, C]
-        if context_img is not None:
-            k_img = self._heads(self.norm_k_img(linear(self.k_img, context_img)), dt)
-            v_img = self._heads(linear(self.v_img, context_img), dt)
+        out = self.attn_backend(q, kv[0], kv[1]).flatten(2)  # [B, L, C]
+        if len(kv) == 4:
             # the reference adds the two branches in float32 (its attention returns q's fp32 dtype)
-            out = out.float() + self.attn_backend(q, k_img, v_img).flatten(2).float()
+            out = out.float() + self.attn_backend(q, kv[2], kv[3]).flatten(2).float()
         return linear(self.o, out)
 
 
@@ -221,15 +228,13 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
 
-    def forward(
-        self, x: Tensor, e: Tensor, context: Tensor, context_img: Tensor | None, rope: Tensor
-    ) -> Tensor:
+    def forward(self, x: Tensor, e: Tensor, kv: tuple[Tensor, ...], rope: Tensor) -> Tensor:
         # x: [B, L, C] fp32 residual; e: [B, 1 | L, 6, C] fp32 (time projection: one per sample, broadcast
-        # over the tokens, or one per token); context: [B, text_len, C]
+        # over the tokens, or one per token); kv: this block's cross-attention K/V (CrossAttention.context_kv)
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).unbind(2)  # [B, 1 | L, C]
         y = self.self_attn(self.norm1(x) * (1 + scale) + shift, rope)
         x = x + y.float() * gate
-        x = x + self.cross_attn(self.norm3(x).float(), context, context_img).float()
+        x = x + self.cross_attn(self.norm3(x).float(), kv).float()
         y = linear(self.ffn[0], self.norm2(x) * (1 + c_scale) + c_shift)
         y = self.ffn[2](self.ffn[1](y))
         return x + y.float() * c_gate
