@@ -1,0 +1,181 @@
+"""A whole generation at full size through the public API, with random weights in the official layout.
+
+Writes a Wan2.1-T2V-14B checkpoint as the Wan-AI release lays it out (config.json, the DiT in six
+safetensors shards with their index, models_t5_umt5-xxl-enc-bf16.pth at umt5-xxl's full size,
+Wan2.1_VAE.pth, google/umt5-xxl/ — a small tokenizer: its ids fit the full vocabulary, and
+tokenizing costs microseconds either way), random weights (timing does not depend on them); then,
+for each configuration, `LightX2V.from_pretrained` (load seconds) and `generate` to an mp4:
+per-stage timings (result.timings), the first generation (compile) and a second one (steady state),
+peak GPU memory, host peak RSS.
+
+Configurations: the 4-step no-CFG regime of the distilled models, lossless (compile, `auto`
+attention) and with our 8-bit self-attention (`self=sage8`), and a CFG run (guidance 5, batched CFG).
+
+    python benchmarks/e2e.py --out $OUT --commit <sha>          # the checkpoint goes to /dev/shm
+    python benchmarks/e2e.py --size tiny --device cpu --out /tmp/e2e   # a dry run of the same code
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+RUNS = {
+    "4step_lossless": dict(engine=dict(compile=True), gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "4step_sage8": dict(engine=dict(compile=True, attention="self=sage8,cross=auto"),
+                        gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "4step_lossless_vae_bf16": dict(engine=dict(compile=True, vae_dtype="bf16"),
+                                    gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "cfg_4step_batched": dict(engine=dict(compile=True, cfg_mode="batched"),
+                              gen=dict(num_inference_steps=4, guidance_scale=5.0)),
+}
+
+
+@torch.no_grad()
+def fill_(module: torch.nn.Module, device: str) -> None:
+    """Random values, scaled so activations stay finite through 40 blocks (norm gains near 1)."""
+    g = torch.Generator(device).manual_seed(0)
+    for name, p in module.named_parameters():
+        if p.ndim == 1 and ("bias" in name or name.endswith(".b")):
+            p.normal_(0, 0.02, generator=g)
+        elif p.ndim == 1 or "norm" in name or "gamma" in name:
+            p.normal_(1.0, 0.05, generator=g)
+        elif "modulation" in name:
+            p.normal_(0, p.shape[-1] ** -0.5, generator=g)
+        else:
+            p.normal_(0, max(1, p[0].numel()) ** -0.5, generator=g)
+
+
+def built(cls, cfg, device: str, dtype: torch.dtype) -> dict:
+    """A state dict of `cls(cfg)` with random weights, made on `device`, returned on the host."""
+    with torch.device("meta"):
+        m = cls(cfg)
+    m = m.to_empty(device=device)
+    fill_(m, device)
+    return {k: v.to(dtype).cpu().contiguous() for k, v in m.state_dict().items()}
+
+
+def write_checkpoint(root: Path, size: str, device: str) -> dict:
+    """The official Wan2.1-T2V layout at full (or tiny) size; returns seconds per file group."""
+    from safetensors.torch import save_file
+
+    from lightx2v.models.wan.dit import WanDiTConfig, WanModel
+    from lightx2v.models.wan.t5 import UMT5Config, UMT5Encoder
+    from lightx2v.models.wan.tiny import tiny_dit_config, tiny_t5_config
+    from lightx2v.models.wan.tokenizer import WanTokenizer, build_tiny_tokenizer
+    from lightx2v.models.wan.vae import WanVAE, WanVAEConfig, tiny_vae_config
+
+    took = {}
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tok = build_tiny_tokenizer(root / "google" / "umt5-xxl")
+    if size == "tiny":
+        t5_cfg = tiny_t5_config(WanTokenizer.from_folder(tok).vocab_size)
+        dit_cfg, vae_cfg = tiny_dit_config(text_dim=t5_cfg.dim), tiny_vae_config()
+    else:
+        t5_cfg, vae_cfg = UMT5Config(), WanVAEConfig()
+        dit_cfg = WanDiTConfig(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=5120,
+                               ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16, num_heads=40, num_layers=40)
+    torch.save(built(UMT5Encoder, t5_cfg, device, torch.bfloat16), root / "models_t5_umt5-xxl-enc-bf16.pth")
+    took["t5"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    torch.save(built(WanVAE, vae_cfg, device, torch.float32), root / "Wan2.1_VAE.pth")
+    took["vae"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sd = built(WanModel, dit_cfg, device, torch.bfloat16)
+    keys = list(sd)
+    n = 6 if size != "tiny" else 2
+    shard = -(-len(keys) // n)
+    weight_map = {}
+    for i in range(n):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{n:05d}.safetensors"
+        part = {k: sd[k] for k in keys[i * shard:(i + 1) * shard]}
+        save_file(part, str(root / name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    (root / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    (root / "config.json").write_text(json.dumps(dit_cfg.to_official(), indent=2))
+    took["dit"] = time.perf_counter() - t0
+    return took
+
+
+def rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run(name: str, spec: dict, ckpt: Path, args) -> dict:
+    from lightx2v import LightX2V
+
+    row: dict = {"run": name, **{f"engine.{k}": v for k, v in spec["engine"].items()}}
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    engine = dict(spec["engine"])
+    if args.device == "cpu":
+        engine.pop("compile", None)
+        if "sage8" in str(engine.get("attention", "")):
+            engine["attention"] = "reference"
+    pipe = LightX2V.from_pretrained(ckpt, device=args.device, progress=False, **engine)
+    row["load_s"] = time.perf_counter() - t0
+    row["engine_log"] = pipe.pipeline.engine_log
+    h, w, f = (480, 832, 81) if args.size != "tiny" else (64, 64, 9)
+    gen = dict(prompt="a red panda drinking tea in a bamboo forest, cinematic", height=h, width=w, num_frames=f,
+               seed=0, **spec["gen"])
+    for attempt in ("first", "second"):
+        out = Path(args.tmp) / f"{name}_{attempt}.mp4"
+        t1 = time.perf_counter()
+        result = pipe.generate(output_path=str(out), **gen)
+        row[f"{attempt}_wall_s"] = time.perf_counter() - t1
+        row[f"{attempt}_timings"] = {k: round(v, 3) for k, v in result.timings.items()}
+        row[f"{attempt}_mp4_bytes"] = out.stat().st_size
+    row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
+    row["host_peak_rss_gib"] = rss_gib()
+    del pipe
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size", default="14B", choices=("14B", "tiny"))
+    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--ckpt", default="/dev/shm/lx2v_e2e", help="where the checkpoint is written (RAM by default)")
+    ap.add_argument("--tmp", default="/tmp")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--commit", default="?")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(args.ckpt)
+    res: dict = {"meta": {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+                          "torch": torch.__version__, "commit": args.commit, "date": time.strftime("%Y-%m-%d"),
+                          "size": args.size, "checkpoint_dir": str(ckpt)}, "runs": []}
+    try:
+        res["meta"]["write_s"] = write_checkpoint(ckpt, args.size, args.device)
+        print("checkpoint written", res["meta"]["write_s"], flush=True)
+        for name in [r for r in args.runs.split(",") if r]:
+            try:
+                row = run(name, RUNS[name], ckpt, args)
+            except Exception as exc:  # a failing run must not stop the others
+                row = {"run": name, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
+            res["runs"].append(row)
+            print(json.dumps(row), flush=True)
+            (out / "e2e.json").write_text(json.dumps(res, indent=2))
+    finally:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    (out / "e2e.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
