@@ -46,6 +46,8 @@ CONFIGS = {
     "sage8": {"self": "sage8", "fuse_qkv": True, "kernels": "triton"},
     "compiled_sage8": {"compile": True, "fuse_qkv": True, "self": "sage8"},
     "compiled_cfg_batched": {"compile": True, "fuse_qkv": True, "batch": 2},
+    "compiled_cudagraphs": {"compile": True, "fuse_qkv": True, "mode": "reduce-overhead"},
+    "fp32": {"fp32": True},  # our fp32 path (TF32 off): the reference of the error columns; last
     "diffusers_eager": {"diffusers": True},
     "diffusers_best": {"diffusers": True, "compile": True},
 }
@@ -162,8 +164,8 @@ def apply(model, opts: dict) -> list[str]:
         set_fused_ops(model, resolve_fused(opts["kernels"], torch.device(DEV), dt))
         done.append(f"kernels {opts['kernels']}")
     if opts.get("compile"):
-        compile_blocks(model, CompileConfig(enabled=True))
-        done.append("compile")
+        compile_blocks(model, CompileConfig(enabled=True, mode=opts.get("mode")))
+        done.append("compile" + (f" {opts['mode']}" if opts.get("mode") else ""))
     return done
 
 
@@ -232,8 +234,9 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
     f_gemm, f_attn = flops(dim, ffn, layers, tokens)
     floor_s = f_gemm / (floor["gemm_tflops"] * 1e12) + f_attn / (floor["sdpa_tflops"] * 1e12)
     print(f"== {name}: {tokens} tokens; floor {floor_s:.3f}s ({floor})", flush=True)
-    ref = None
+    outputs: dict = {}
     diff = None
+    rows = []
     for cname in args.configs:
         opts = CONFIGS[cname]
         row = {"shape": name, "config": cname, "tokens": tokens}
@@ -250,6 +253,11 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
                     diff.compile_repeated_blocks(fullgraph=True)
                 fn = (lambda: diff(hidden_states=xb.to(torch.bfloat16), timestep=tb, encoder_hidden_states=cb,
                                    return_dict=False)[0])
+            elif opts.get("fp32"):
+                torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+                ours = ours.float()
+                apply(ours, {"self": "torch_sdpa", "cross": "torch_sdpa"})
+                fn = (lambda: ours(xb.float(), tb, cb.float()))
             else:
                 row["applied"] = apply(ours, opts)
                 fn = (lambda: ours(xb.to(torch.bfloat16), tb, cb))
@@ -258,11 +266,7 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
             per = sec / batch
             row.update(first_s=first, s=sec, s_per_sample=per, tflops=(f_gemm + f_attn) / per / 1e12,
                        floor_share=floor_s / per, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0)
-            y = y[:1].float()
-            if ref is None and cname == "eager":
-                ref = y
-            if ref is not None:
-                row["rel_l2"], row["cos"] = rel_cos(y, ref)
+            outputs[cname] = y[:1].float().cpu()
             if opts.get("self", "auto") != "auto" and not opts.get("compile") and args.per_layer:
                 reset(ours)
                 row["per_layer_cos"] = per_layer_cosine(ours, x, t, ctx, opts["self"])
@@ -274,25 +278,33 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
             elif diff is not None and opts.get("compile"):
                 diff = None
                 torch._dynamo.reset()
-        results.append(row)
+        rows.append(row)
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
                           if k != "per_layer_cos"}), flush=True)
+    for row in rows:  # errors against our eager bf16 forward, and against our fp32 path where it ran
+        y = outputs.get(row["config"])
+        if y is not None and "eager" in outputs:
+            row["rel_l2"], row["cos"] = rel_cos(y, outputs["eager"])
+        if y is not None and "fp32" in outputs:
+            row["rel_l2_vs_fp32"], row["cos_vs_fp32"] = rel_cos(y, outputs["fp32"])
+    results.extend(rows)
     ours = diff = None  # free this shape's models before the next
     if DEV == "cuda":
         torch.cuda.empty_cache()
 
 
 def table(results: list) -> str:
-    lines = ["| shape | configuration | s/forward | first call s | TFLOP/s | % of floor | peak GiB | rel. L2 vs eager | cos |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| shape | configuration | s/forward | first call s | TFLOP/s | % of floor | peak GiB | rel. L2 vs eager bf16 | "
+             "cos | rel. L2 vs fp32 |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['shape']} | {r['config']} | failed: {r['error'][:80]} | | | | | | |")
+            lines.append(f"| {r['shape']} | {r['config']} | failed: {r['error'][:80]} | | | | | | | |")
             continue
         f = (lambda k, fmt: format(r[k], fmt) if isinstance(r.get(k), float) else "")
         lines.append(f"| {r['shape']} | {r['config']} | {f('s_per_sample', '.3f')} | {f('first_s', '.1f')} | "
                      f"{f('tflops', '.0f')} | {100 * r.get('floor_share', math.nan):.0f}% | {f('peak_gib', '.1f')} | "
-                     f"{f('rel_l2', '.2e')} | {f('cos', '.5f')} |")
+                     f"{f('rel_l2', '.2e')} | {f('cos', '.5f')} | {f('rel_l2_vs_fp32', '.2e')} |")
     return "\n".join(lines)
 
 
@@ -312,9 +324,9 @@ def main() -> None:
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
-    if "eager" in args.configs:  # the reference of the error columns runs first
-        args.configs.remove("eager")
-        args.configs.insert(0, "eager")
+    if "fp32" in args.configs:  # it converts our model to fp32: after every bf16 configuration
+        args.configs.remove("fp32")
+        args.configs.append("fp32")
     results: list = []
     floors: dict = {}
     meta = {"device": torch.cuda.get_device_name() if DEV == "cuda" else "cpu", "torch": torch.__version__,
