@@ -7,28 +7,33 @@ Design (two passes):
    (b, h, channel) is subtracted (softmax is invariant to adding q.mean_k to every score of a row),
    which removes the large shared offset of K's channels so 8 bits cover what varies. Q is quantized
    per block of QBLK=128 rows (= BLOCK_M of the attention kernel, so one scale per program) and K per
-   block of KBLK=64 rows, each head apart, scale = amax/448 (FP8 e4m3) or amax/127 (INT8); Q's scale
-   also carries 1/sqrt(D) * log2(e), so the kernel works in base 2 (exp2). V is stored transposed,
-   [B, H, D, Lk_pad], either FP8 with a per-channel scale (amax over tokens per (b, h, d)) or FP16:
-   an FP8 tensor-core dot on Hopper (wgmma) wants its second operand K-major, i.e. tokens contiguous.
-   Quantized Q/K/V are padded with zeros to whole tiles, so the main loop loads without masks.
+   block of KBLK=128 rows (a multiple of every BLOCK_N: one scalar scale per key tile), each head
+   apart, scale = amax/448 (FP8 e4m3) or amax/127 (INT8); Q's scale also carries 1/sqrt(D) * log2(e),
+   so the kernel works in base 2 (exp2). V is stored transposed, [B, H, D, Lk_pad], FP8 with a
+   per-channel scale (amax over tokens per (b, h, d)) or FP16: an FP8 tensor-core dot on Hopper
+   (wgmma) wants its second operand K-major, i.e. tokens contiguous. Quantized Q/K/V are padded with
+   zeros to whole tiles, so the main loop loads without masks.
 2. Attention (compute-bound): grid (Lq_pad/128, B*H), FlashAttention-2 online softmax with fp32
-   running max/sum. S = dot8(Q, K^T) * (q_scale * k_scale) + bias, one FMA per score, where bias is
-   -inf on the padded keys of the last tile. P = exp2(S - m + 8) lies in [0, 256] (the +8 moves the
-   fp8 range onto P for free; the row sum carries the same factor, so out = acc / l undoes it); P
-   goes to FP8 (or FP16) and meets V in a second 8-bit (16-bit) tensor-core dot, accumulated in fp32
-   outside the dot (Hopper's FP8 wgmma accumulates in reduced precision: only BLOCK_N products are
-   summed there). V's per-channel scale and 1/l are applied once, at the end.
+   running max/sum. S = dot8(Q, K^T) stays unscaled: the row max is taken on it and multiplied by the
+   tile's scalar c = q_scale * k_scale (c > 0), and P = exp2(S * c - (m - 8)) is one FMA + one exp2
+   per score, as in an unquantized kernel. P lies in [0, 256] (the +8 moves e4m3's range onto P for
+   free; the row sum carries the same factor, so out = acc / l undoes it). P goes to FP8 (or FP16)
+   and meets V in a second 8-bit (16-bit) tensor-core dot whose result is added to the fp32
+   accumulator outside the dot (Hopper's FP8 wgmma accumulates in reduced precision; only BLOCK_N
+   products are summed there). Only the last, partial key tile is masked (-inf scores); the full
+   tiles run a mask-free, software-pipelined loop. V's scale and 1/l are applied once, at the end.
    Formats: qk "fp8" (sm89+) or "int8" (sm80+), pv "fp8" (sm89+) or "fp16"; the default is
    fp8/fp8 on sm89+ and int8/fp16 on sm80/86 (SageAttention 1 there, SageAttention 2 on Ada/Hopper).
    BLOCK_N / num_warps / num_stages are autotuned per (Lk, D); under TRITON_INTERPRET a fixed config.
 
-Error budget (relative L2 of the output against fp32, random data; tests/ops/test_sage8.py and
-benchmarks/attention_kernels.py measure it): e4m3 keeps 3 mantissa bits (half-ulp 2^-4 relative),
-int8 per-block ~1/254 of the block's amax. Q.K^T errors average over D products; P's fp8 rounding
-averages over Lk keys. Expect ~1-3% for fp8/fp8, ~0.3-1% for int8/fp16; the cosine similarity of
-output rows stays above 0.999. Smoothing K matters: without it a channel offset of K can use up
-the 8 bits. This is lossy: it is never picked by "auto" (lightx2v/ops/attention.py).
+Error budget (relative L2 of the output against fp32). e4m3 keeps 3 mantissa bits (half-ulp 2^-4
+relative), int8 per block 1/254 of the block's amax. On random q, k ~ N(0, 1) (the hardest case:
+the output is a small average), a torch emulation with round-to-nearest casts gives ~5% for
+fp8/fp8 (fp8 Q.K^T alone ~3.5%, fp8 P.V alone ~3%), ~3% for int8/fp8 and ~1.2% for int8/fp16
+(cosine 0.999 / 0.9995 / 0.99993). That is why SageAttention 2 keeps Q.K^T in INT8; fp8 Q.K^T is the
+fastest path (no int->float conversion per score), and benchmarks/attention_kernels.py measures
+both at the Wan shapes. Smoothing K matters: without it a channel offset of K uses up the 8 bits.
+This is lossy: never picked by "auto" (lightx2v/ops/attention.py).
 
 `sage8_attention` is a torch.library.triton_op ("lightx2v::sage8_attention") when this torch has
 the API (>= 2.6), so torch.compile sees the Triton kernels without a graph break; otherwise plain
@@ -48,7 +53,7 @@ from torch import Tensor
 from lightx2v.errors import LightX2VError
 
 QBLK = 128  # rows of Q per scale = BLOCK_M of the attention kernel
-KBLK = 64  # rows of K per scale (BLOCK_N is 64 or 128: a tile holds one or two K scales)
+KBLK = 128  # rows of K per scale: a multiple of BLOCK_N (64 or 128), so one scalar scale per tile
 LK_ALIGN = 128  # K/V padded to a multiple of the largest BLOCK_N
 HEAD_DIMS = (64, 128)
 P_LOG2 = 8.0  # P = exp2(S - m + 8) in [0, 256]: inside e4m3's range (max 448), exact powers of two
@@ -126,25 +131,30 @@ def _prep_v_kernel(
 @triton.jit
 def _attn_tile(
     acc, l_i, m_i, q, q_scale, K_bh, V_bh, KS_bh, start_n, Lk, LK_PAD,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, KBLK: tl.constexpr, QK_INT8: tl.constexpr, P_LOG2: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, KBLK: tl.constexpr, QK_INT8: tl.constexpr,
+    P_LOG2: tl.constexpr, MASK: tl.constexpr,
 ):
-    """One key tile: S = Q K^T (8-bit), online softmax update, acc += P V; returns (acc, l_i, m_i)."""
+    """One key tile: S = Q K^T (8-bit), online softmax update, acc += P V; returns (acc, l_i, m_i).
+
+    MASK only for the last, partial tile: the full tiles do no masking work at all.
+    """
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     k = tl.load(K_bh + offs_n[:, None] * HEAD_DIM + offs_d[None, :])  # [BLOCK_N, D], D contiguous
     if QK_INT8:
         s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32)
     else:
-        s = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N] fp32
-    col_scale = tl.load(KS_bh + offs_n // KBLK) * q_scale  # [BLOCK_N]: 1 or 2 distinct K scales per tile
-    col_bias = tl.where(offs_n < Lk, 0.0, float("-inf"))  # padded keys never count
-    s = s * col_scale[None, :] + col_bias[None, :]  # one FMA per score, base-2 logits
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        s = tl.dot(q, tl.trans(k))  # [BLOCK_M, BLOCK_N] fp32, unscaled
+    c = tl.load(KS_bh + start_n // KBLK) * q_scale  # scalar: a tile lies inside one K scale block
+    if MASK:
+        s = tl.where((offs_n < Lk)[None, :], s, float("-inf"))  # padded keys never count
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * c)  # c > 0: max(s * c) = max(s) * c, no per-score op
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - (m_new - P_LOG2)[:, None])  # [BLOCK_M, BLOCK_N] in [0, 2^P_LOG2]
+    p = tl.math.exp2(s * c - (m_new - P_LOG2)[:, None])  # one FMA per score; p in [0, 2^P_LOG2]
     l_i = l_i * alpha + tl.sum(p, axis=1)
     v = tl.load(V_bh + offs_d[None, :] * LK_PAD + offs_n[:, None])  # [BLOCK_N, D], tokens contiguous (K-major)
-    # fp32 accumulation outside the dot: an 8-bit wgmma only sums BLOCK_N products itself.
+    # fp32 accumulation outside the dot: an fp8 wgmma only sums BLOCK_N products in its own
+    # reduced-precision accumulator (Triton keeps this add separate for fp8 on sm90).
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, l_i, m_new
 
@@ -157,6 +167,7 @@ def _attn_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KBLK: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, P_LOG2: tl.constexpr, INTERPRET: tl.constexpr,
 ):
+    tl.static_assert(KBLK % BLOCK_N == 0)  # one K scale per tile
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     bh64 = bh.to(tl.int64)
@@ -172,16 +183,20 @@ def _attn_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max of S (base 2)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of P (carries the 2^P_LOG2 factor)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    lk_full = (Lk // BLOCK_N) * BLOCK_N
     if INTERPRET:  # triton 3.6's interpreter cannot take a runtime `range` bound (numpy 2.4); same tiles
         start_n = 0
-        while start_n < Lk:
+        while start_n < lk_full:
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, q_scale, K_bh, V_bh, KS_bh, start_n, Lk, LK_PAD,
-                                       HEAD_DIM, BLOCK_N, KBLK, QK_INT8, P_LOG2)
+                                       HEAD_DIM, BLOCK_N, KBLK, QK_INT8, P_LOG2, False)
             start_n += BLOCK_N
     else:  # a `for` loop, so the compiler software-pipelines the K/V loads (num_stages)
-        for start_n in range(0, Lk, BLOCK_N):
+        for start_n in range(0, lk_full, BLOCK_N):
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, q_scale, K_bh, V_bh, KS_bh, start_n, Lk, LK_PAD,
-                                       HEAD_DIM, BLOCK_N, KBLK, QK_INT8, P_LOG2)
+                                       HEAD_DIM, BLOCK_N, KBLK, QK_INT8, P_LOG2, False)
+    if lk_full < Lk:  # the partial last tile (K/V are zero-padded there, the scores masked)
+        acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, q_scale, K_bh, V_bh, KS_bh, lk_full, Lk, LK_PAD,
+                                   HEAD_DIM, BLOCK_N, KBLK, QK_INT8, P_LOG2, True)
 
     if PV_FP8:
         acc = acc * tl.load(VS + bh * HEAD_DIM + offs_d)[None, :]
