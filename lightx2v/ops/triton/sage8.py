@@ -230,13 +230,18 @@ def _wrap(kernel):
 # ---------------------------------------------------------------- python side
 
 
+def _sm(device: torch.device) -> int:
+    """Compute capability as an int (90 for sm90). get_device_properties, which torch.compile
+    constant-folds, so a compiled DiT block calls sage8 without a graph break."""
+    props = torch.cuda.get_device_properties(device)
+    return props.major * 10 + props.minor
+
+
 def default_formats(device: torch.device | str) -> tuple[str, str]:
     """(qk_format, pv_format) for `device`: fp8/fp8 on sm89+ (and in the interpreter), int8/fp16 below."""
     device = torch.device(device)
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        if major * 10 + minor < 89:
-            return "int8", "fp16"
+    if device.type == "cuda" and _sm(device) < 89:
+        return "int8", "fp16"
     return "fp8", "fp8"
 
 
@@ -253,10 +258,8 @@ def _check(q: Tensor, k: Tensor, v: Tensor, qk_format: str, pv_format: str) -> N
         raise LightX2VError("sage8: empty sequence")
     if qk_format not in QK_FORMATS or pv_format not in PV_FORMATS:
         raise LightX2VError(f"sage8: qk_format in {QK_FORMATS}, pv_format in {PV_FORMATS}; got {qk_format!r}, {pv_format!r}")
-    if q.device.type == "cuda" and "fp8" in (qk_format, pv_format):
-        major, minor = torch.cuda.get_device_capability(q.device)
-        if major * 10 + minor < 89:
-            raise LightX2VError(f"sage8 fp8 needs sm89+ (Ada/Hopper), this GPU is sm{major}{minor}; use int8/fp16")
+    if q.device.type == "cuda" and "fp8" in (qk_format, pv_format) and _sm(q.device) < 89:
+        raise LightX2VError(f"sage8 fp8 needs sm89+ (Ada/Hopper), this GPU is sm{_sm(q.device)}; use int8/fp16")
 
 
 def prepare(q: Tensor, k: Tensor, v: Tensor, qk_format: str, pv_format: str) -> tuple[Tensor, ...]:
