@@ -17,7 +17,7 @@ SOLVER_NAMES = SOLVERS + FIXED_STEP_SOLVERS
 
 # ops/attention.py's registry, in its order
 ATTENTION_BACKENDS = ("reference", "torch_sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient",
-                      "flash_attn3", "flash_attn", "sage_attn")
+                      "flash_attn3", "flash_attn", "sage_attn", "sage8")
 
 # loading/convert.py: output layouts, quantization schemes, dtypes (config.parse_dtype reads them)
 CONVERT_LAYOUTS = ("official", "diffusers", "blocks")

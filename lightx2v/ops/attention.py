@@ -167,6 +167,12 @@ def _sage_attn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
 
 
+def _sage8(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from lightx2v.ops.triton.sage8 import sage8_attention  # imports triton: only when called
+
+    return sage8_attention(q, k, v)
+
+
 # ---------------------------------------------------------------- registry
 
 _BACKENDS: Mapping[str, AttentionBackend] = MappingProxyType(
@@ -188,12 +194,18 @@ _BACKENDS: Mapping[str, AttentionBackend] = MappingProxyType(
             AttentionBackend("flash_attn3", _check_package("flash_attn_interface", 90), _flash_attn3, "FA3 (Hopper)"),
             AttentionBackend("flash_attn", _check_package("flash_attn", 80), _flash_attn2, "flash-attn 2 package"),
             AttentionBackend("sage_attn", _check_package("sageattention", 80), _sage_attn, "SageAttention (int8 QK)"),
+            AttentionBackend(
+                "sage8",
+                _check_package("triton", 80),
+                _sage8,
+                "8-bit (FP8 on sm89+, INT8 QK on sm80/86) Triton attention, lossy, opt-in",
+            ),
         )
     }
 )
 
 # "auto": fastest first. cuDNN SDPA only on sm90+, where it measured fastest; sage_attn is never
-# picked automatically because it quantizes Q and K (a user must ask for it).
+# picked automatically because it quantizes Q and K (a user must ask for it), nor is our own sage8.
 AUTO_ORDER: tuple[str, ...] = ("sdpa_cudnn", "flash_attn3", "flash_attn", "sdpa_flash", "torch_sdpa")
 
 

@@ -188,7 +188,7 @@ def test_gpu_backends_match_reference(dtype: torch.dtype) -> None:
         k, v = torch.randn(2, lk, 4, 128, device=dev), torch.randn(2, lk, 4, 128, device=dev)
         q, k, v = (t.to(dtype) for t in (q, k, v))
         ref = get_backend("reference")(q, k, v).float()
-        for name in names:
+        for name in (n for n in names if n != "sage8"):  # lossy fp8: its own bounds in test_sage8.py
             tol_n = 5e-2 if name == "sage_attn" else (1e-3 if dtype == torch.float32 else 1e-2)
             out = resolve_attention(name, dev, dtype)(q, k, v)
             assert out.shape == q.shape and out.dtype == dtype, name
