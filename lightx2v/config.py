@@ -182,6 +182,8 @@ class CompileConfig:
     backend: str = "inductor"
     fullgraph: bool = False
     dynamic: Optional[bool] = None
+    # also the VAE decoder's blocks (lightx2v.runtime.vae_compile; branch vae): off by default
+    vae: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,11 @@ class EngineConfig:
     # bf16 decodes 480P x 81 frames in 1.79 s instead of 2.71 s on an H200 at a relative error of
     # 1.5e-2 against strict fp32 (TF32 convolutions, the fp32 path: 7.2e-3); docs/benchmarks.md
     vae_dtype: Optional[torch.dtype] = None
+    # -- VAE decode and save (branch vae; fields added at the end) --
+    # the VAE decoder in channels-last(-3d) layout (WanVAE.set_memory_format); off: contiguous
+    vae_channels_last: bool = False
+    # mp4 files encoded while the VAE decodes (lightx2v.io.stream); off: encoded after the decode
+    stream_save: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.vae_dtype, str):

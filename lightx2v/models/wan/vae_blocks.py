@@ -67,12 +67,16 @@ def history_after(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
     """The (up to) CACHE_T frames that precede the chunk after `x`, given `prev` before `x`.
 
     A copy only where one is needed: x's last 2 frames are copied out of a longer chunk (so the
-    chunk can be freed); a chunk of at most 2 frames is kept as it is (no block writes into its
-    input); a 1-frame chunk after history is joined to prev's last frame (a new tensor already)."""
+    chunk can be freed); a chunk of 2 frames is kept as it is (no block writes into its input); a
+    1-frame chunk after history is joined to prev's last frame, and the first 1-frame chunk to a
+    zero frame (the causal padding it replaces: every history after the first chunk then has 2
+    frames, one shape for a compiled block to see)."""
     # x: [B, C, T, H, W]
     t = x.shape[2]
     if t < CACHE_T and prev is not None and prev.shape[2] > 0:
         return torch.cat([prev[:, :, -1:].to(x.device), x], dim=2)
+    if t < CACHE_T and prev is None:
+        return F.pad(x, (0, 0, 0, 0, CACHE_T - t, 0))
     if t > CACHE_T:
         return x[:, :, -CACHE_T:].clone()
     return x
@@ -185,6 +189,10 @@ class Resample(nn.Module):
         """History slots this block reads and returns (the time conv's; none for a 2D resample)."""
         return 1 if self.mode in ("upsample3d", "downsample3d") else 0
 
+    # Runs eager under torch.compile (a graph break, no recompiles): its variants (2D / 3D, first,
+    # second and later chunks, each stage's shapes) exceed dynamo's recompile limit, after which
+    # the block would fall back to eager anyway, with a warning.
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(y,) for a 2D resample; (y, history for the next chunk) for a 3D one, given `prev`."""
         # x: [B, C, T, H, W]
@@ -335,7 +343,11 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    """Latents [B, z_dim, T', h, w] -> video [B, 3, T, h*2^k, w*2^k] (one latent frame per chunk)."""
+    """Latents [B, z_dim, T', h, w] -> video [B, 3, T, h*2^k, w*2^k] (one latent frame per chunk).
+
+    `_repeated_blocks`: what a regional compile compiles, block by block (lightx2v.models.wan.vae_decode)."""
+
+    _repeated_blocks = ("middle", "upsamples")
 
     def __init__(
         self,
