@@ -27,6 +27,7 @@ from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, ModelConfig, Sampli
 from lightx2v.errors import InputError, NonFiniteError
 from lightx2v.pipelines.base import (
     Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames, video_to_uint8,
+    video_to_uint8_tensor,
 )
 from lightx2v.runtime.lora import LoraSets
 
@@ -285,6 +286,10 @@ class WanPipeline:
         """float32 latents -> video [1, 3, F, H, W] in [-1, 1]."""
         return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress)
 
+    def decode_chunks(self, latents: torch.Tensor):
+        """`decode`, one latent frame's pixels at a time ([1, 3, f, H, W]; lightx2v.models.wan.vae_decode)."""
+        return self.vae.decode_chunks(latents.to(self.vae_dtype), progress=self.progress)
+
     # -- the whole run -------------------------------------------------------------------------
     @classmethod
     def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
@@ -384,25 +389,69 @@ class WanPipeline:
             timings["total"] = self._lap(t0)
             return result
 
-        t2 = time.perf_counter()
-        with self._stage("VAE decode", p):
-            video = self.decode(latents)
-        if bool(torch.isnan(video).any()):  # decode clamps, so only NaN can come out
-            raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
-                                 "damaged (check the VAE file, or download it again)")
-        timings["vae_decode"] = self._lap(t2)
-        frames = video_to_frames(video)
-        result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
-        if p.output_type in FILE_OUTPUT_TYPES:
-            from lightx2v.io.output import save
-
-            t3 = time.perf_counter()
-            result.path = str(save(video_to_uint8(video), p.output_path or "outputs/", fps=p.fps, output_type=p.output_type,
-                                   overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
-                                   default_stem=default_output_stem(self.task, seed), crf=p.crf))
-            timings["save"] = self._lap(t3)
+        self._decode_and_write(p, latents, seed, size, result)
         timings["total"] = self._lap(t0)
         return result
+
+    def _decode_and_write(self, p: SamplingParams, latents: torch.Tensor, seed: Optional[int],
+                          size: tuple[int, int], result: GenerationResult) -> None:
+        """Decode, fill result.frames (and .path), time both (`vae_decode`, `save`).
+
+        An mp4 file (engine.stream_save, the default) is encoded while the VAE decodes
+        (lightx2v.io.stream): each latent frame's pixels go to the encoder as uint8 from the
+        decoder's device; `save` is then the wall time from the end of the decode to the file in
+        place (the encoder's tail, overlapped with result.frames' copy to the host). Other formats
+        are encoded after the decode (`save`: that encode). An error (a NaN decode, an interrupt)
+        stops the encoder and leaves no file."""
+        timings = result.timings
+        save_kw = dict(fps=p.fps, overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
+                       default_stem=default_output_stem(self.task, seed), crf=p.crf)
+        stream = self._open_stream(p, size, save_kw)
+        try:
+            t2 = time.perf_counter()
+            with self._stage("VAE decode", p):
+                chunks = []
+                for chunk in self.decode_chunks(latents):
+                    chunks.append(chunk)
+                    if stream is not None:
+                        stream.write(video_to_uint8_tensor(chunk))
+                video = torch.cat(chunks, dim=2)
+                del chunks
+            if bool(torch.isnan(video).any()):  # decode clamps, so only NaN can come out
+                raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
+                                     "damaged (check the VAE file, or download it again)")
+            timings["vae_decode"] = self._lap(t2)
+            t3 = time.perf_counter()
+            frames = video_to_frames(video)
+            result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
+            if stream is not None:
+                result.path = str(stream.close())
+                timings["save"] = self._lap(t3)
+            elif p.output_type in FILE_OUTPUT_TYPES:
+                from lightx2v.io.output import save
+
+                t3 = time.perf_counter()
+                result.path = str(save(video_to_uint8(video), p.output_path or "outputs/",
+                                       output_type=p.output_type, **save_kw))
+                timings["save"] = self._lap(t3)
+        except BaseException as exc:
+            if stream is not None:
+                stream.abort(exc)
+            raise
+
+    def _open_stream(self, p: SamplingParams, size: tuple[int, int], save_kw: dict):
+        """The streamed writer of an mp4 output (None: not streamed: another format, no file, or
+        engine.stream_save off)."""
+        if p.output_type not in FILE_OUTPUT_TYPES or not getattr(self.engine, "stream_save", False):
+            return None
+        from lightx2v.io.output import file_format
+        from lightx2v.io.stream import STREAM_FORMATS, VideoStream
+
+        path = p.output_path or "outputs/"
+        if file_format(p.output_type, path) not in STREAM_FORMATS:
+            return None
+        stream = VideoStream(path, output_type=p.output_type, num_frames=p.num_frames, **save_kw)
+        return stream.open(width=size[1], height=size[0])
 
     def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
         """What is recorded with the file (its container's comment tag and the `<file>.json` sidecar)."""
