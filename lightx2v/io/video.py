@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -55,10 +56,16 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def ffmpeg_exe() -> str:
-    """imageio-ffmpeg's binary; it honours IMAGEIO_FFMPEG_EXE (a path to another ffmpeg), which the
-    CLI and the benchmarks may set (the library itself reads no environment variable)."""
-    import imageio_ffmpeg
-
+    """imageio-ffmpeg's binary, or the one IMAGEIO_FFMPEG_EXE names (imageio-ffmpeg's own setting,
+    which it reads first; honoured here too where imageio-ffmpeg is not installed, as on a GPU
+    machine that runs benchmarks/vae_save.py --ffmpeg PATH)."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        exe = os.environ.get("IMAGEIO_FFMPEG_EXE")
+        if exe:
+            return exe
+        raise
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
