@@ -225,12 +225,6 @@ class WanVAE(VAEDecode, nn.Module):
         return y.float().clamp_(-1.0, 1.0)
 
 
-def decode_by_frame(vae: VAEDecode, latents: torch.Tensor, cache: CausalCache | None = None,
-                    progress: bool = False) -> torch.Tensor:
-    """`vae.decode(latents)` (kept for callers of the earlier helper)."""
-    return vae.decode(latents, cache, progress)
-
-
 # ---- diffusers AutoencoderKLWan -> official keys ------------------------------------------------
 
 # Inside a residual block: diffusers name -> index in the official `residual` Sequential.
