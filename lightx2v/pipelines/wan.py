@@ -282,13 +282,16 @@ class WanPipeline:
         return dit(x.to(dtype), t, c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """float32 latents -> video [1, 3, F, H, W] in [-1, 1]."""
-        return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress)
-
-    def decode_chunks(self, latents: torch.Tensor):
-        """`decode`, one latent frame's pixels at a time ([1, 3, f, H, W]; lightx2v.models.wan.vae_decode)."""
-        return self.vae.decode_chunks(latents.to(self.vae_dtype), progress=self.progress)
+    def decode(self, latents: torch.Tensor, on_chunk: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+        """float32 latents -> video [1, 3, F, H, W] in [-1, 1]. `on_chunk(pixels)` is called with each
+        latent frame's pixels ([1, 3, f, H, W]) as soon as they are decoded, before the next one
+        decodes (the streamed save; lightx2v.models.wan.vae_decode)."""
+        chunks = []
+        for chunk in self.vae.decode_chunks(latents.to(self.vae_dtype), progress=self.progress):
+            chunks.append(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return torch.cat(chunks, dim=2)
 
     # -- the whole run -------------------------------------------------------------------------
     @classmethod
@@ -410,13 +413,10 @@ class WanPipeline:
         try:
             t2 = time.perf_counter()
             with self._stage("VAE decode", p):
-                chunks = []
-                for chunk in self.decode_chunks(latents):
-                    chunks.append(chunk)
-                    if stream is not None:
-                        stream.write(video_to_uint8_tensor(chunk))
-                video = torch.cat(chunks, dim=2)
-                del chunks
+                if stream is None:
+                    video = self.decode(latents)
+                else:
+                    video = self.decode(latents, on_chunk=lambda chunk: stream.write(video_to_uint8_tensor(chunk)))
             if bool(torch.isnan(video).any()):  # decode clamps, so only NaN can come out
                 raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
                                      "damaged (check the VAE file, or download it again)")
