@@ -182,6 +182,8 @@ class CompileConfig:
     backend: str = "inductor"
     fullgraph: bool = False
     dynamic: Optional[bool] = None
+    # also the VAE decoder's blocks (lightx2v.runtime.vae_compile; branch vae): off by default
+    vae: bool = False
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,10 @@ class EngineConfig:
     # each DiT's cross-attention K/V computed once per generation, not at every step (bit-identical;
     # ~0.4 GB per CFG branch at Wan 14B; lightx2v.runtime.context_kv)
     context_kv: bool = True
+    # the VAE decoder in channels-last(-3d) layout (WanVAE.set_memory_format); off: contiguous
+    vae_channels_last: bool = False
+    # mp4 files encoded while the VAE decodes (lightx2v.io.stream); off: encoded after the decode
+    stream_save: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))

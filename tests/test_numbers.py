@@ -127,7 +127,7 @@ def test_nan_from_the_text_encoder_or_the_vae_is_named(pipe, monkeypatch, tmp_pa
         pipe.generate(**KW, output_type="latent")
     monkeypatch.undo()
     dec = pipe.pipeline.decode
-    monkeypatch.setattr(pipe.pipeline, "decode", lambda latents: dec(latents) * NAN)
+    monkeypatch.setattr(pipe.pipeline, "decode", lambda latents, **kw: dec(latents, **kw) * NAN)  # kw: the streamed save's
     out = tmp_path / "v.mp4"
     with pytest.raises(NonFiniteError, match="^the VAE decode produced NaN pixels from finite latents"):
         pipe.generate(**KW, output_path=out)

@@ -158,9 +158,7 @@ def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_t
     """Write `frames` ([F, H, W, 3] float in [0, 1] or uint8) to `path` by the module's rules; the path written.
 
     `default_stem`: the file name (without extension) used when `path` is a folder."""
-    target = check_output(path, len(frames), overwrite, output_type)
-    if target.kind == "folder":
-        target = check_output(target.path / f"{default_stem}.{target.fmt}", len(frames), overwrite, target.fmt)
+    target = resolve_output(path, len(frames), overwrite, output_type, default_stem)
 
     def encode(tmp: Path) -> None:
         if target.fmt == "png":
@@ -173,12 +171,26 @@ def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_t
             encode_video(frames, tmp, target.fmt, fps=fps, metadata=metadata, crf=crf)
 
     replaced = _write(target, overwrite, encode)
+    finish_output(target, replaced, metadata, stacklevel=3)
+    return target.path
+
+
+def resolve_output(path: str | os.PathLike, num_frames: int | None, overwrite: bool, output_type: str,
+                   default_stem: str) -> OutputTarget:
+    """`check_output`, and for a folder the default file name inside it (checked in turn)."""
+    target = check_output(path, num_frames, overwrite, output_type)
+    if target.kind == "folder":
+        target = check_output(target.path / f"{default_stem}.{target.fmt}", num_frames, overwrite, target.fmt)
+    return target
+
+
+def finish_output(target: OutputTarget, replaced: bool, metadata: dict | None, stacklevel: int = 2) -> None:
+    """After the file is in place: the overwrite warning and the sidecar (not for a device or FIFO)."""
     if replaced:
         warnings.warn(f"overwrote the existing file {target.path} (--no-overwrite, or overwrite=False, refuses instead)",
-                      stacklevel=2)
+                      stacklevel=stacklevel)
     if metadata is not None and target.kind != "stream":
         write_sidecar(target.path, metadata)
-    return target.path
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -200,6 +212,20 @@ def write_sidecar(path: str | os.PathLike, metadata: dict) -> Path | None:
 
 def _write(target: OutputTarget, overwrite: bool, encode) -> bool:
     """encode(tmp) into a temp file, then put it in place; True when an existing file was replaced."""
+    tmp = temp_output(target)
+    try:
+        encode(tmp)
+        return place_output(tmp, target, overwrite)
+    except BaseException as exc:
+        discard_output(tmp, target, exc)
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def temp_output(target: OutputTarget) -> Path:
+    """The hidden temp file a writer fills: beside the target (`.out.mp4.*.partial.mp4`), or in the
+    temp folder for a character device or FIFO."""
     stream = target.kind == "stream"
     if stream:
         folder = Path(tempfile.gettempdir())
@@ -209,19 +235,22 @@ def _write(target: OutputTarget, overwrite: bool, encode) -> bool:
     name = target.real.name if not stream else "lightx2v-out"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=f".partial.{target.fmt}", dir=folder)
     os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        encode(tmp)
-        if stream:
-            _copy_into(tmp, target)
-            return False
-        return _move_into_place(tmp, target, overwrite)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        note_removed(exc, f"the partial output {tmp}" if stream else f"the partial output {target.path}")
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
+    return Path(tmp_name)
+
+
+def place_output(tmp: Path, target: OutputTarget, overwrite: bool) -> bool:
+    """The complete temp file into place (renamed; copied into a device or FIFO); True when an
+    existing file was replaced."""
+    if target.kind == "stream":
+        _copy_into(tmp, target)
+        return False
+    return _move_into_place(tmp, target, overwrite)
+
+
+def discard_output(tmp: Path, target: OutputTarget, exc: BaseException) -> None:
+    """Remove the temp file of a write that `exc` stopped, and note it on `exc` (the CLI's line)."""
+    tmp.unlink(missing_ok=True)
+    note_removed(exc, f"the partial output {tmp}" if target.kind == "stream" else f"the partial output {target.path}")
 
 
 def _copy_into(tmp: Path, target: OutputTarget) -> None:

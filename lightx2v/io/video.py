@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -55,8 +56,16 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
+    """imageio-ffmpeg's binary, or the one IMAGEIO_FFMPEG_EXE names (imageio-ffmpeg's own setting,
+    which it reads first; honoured here too where imageio-ffmpeg is not installed, as on a GPU
+    machine that runs benchmarks/vae_save.py --ffmpeg PATH)."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        exe = os.environ.get("IMAGEIO_FFMPEG_EXE")
+        if exe:
+            return exe
+        raise
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -120,18 +129,39 @@ def encode_video(frames: np.ndarray, dst: str | Path, fmt: str, fps: int = 16,
     if fmt != "gif" and (h % 2 or w % 2):
         raise InputError(f"{fmt} (yuv420p) needs even frame sizes, got {w}x{h}")
     check_encoder(fmt)
-    comment = container_comment(metadata) if fmt != "gif" else None
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(int(fps)), "-i", "-", "-an",
-           *_with_crf(_CODECS[fmt][1], crf if fmt in CRF_RANGE else None), *(["-metadata", f"comment={comment}"] if comment else []), "-f", fmt, str(dst)]
+    cmd = ffmpeg_command(fmt, w, h, dst, fps=fps, metadata=metadata, crf=crf)
     with tempfile.TemporaryFile() as log:
         _run(cmd, frames, log)
 
 
-def _run(cmd: list[str], frames: np.ndarray, log) -> None:
-    # own session: the terminal's Ctrl-C (sent to its foreground process group) reaches only us
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+def ffmpeg_command(fmt: str, width: int, height: int, dst: str | Path, fps: int = 16,
+                   metadata: dict | None = None, crf: int | None = None) -> list[str]:
+    """The ffmpeg command that reads rgb24 frames of width x height on stdin and writes `fmt` to `dst`."""
+    comment = container_comment(metadata) if fmt != "gif" else None
+    return [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(int(fps)), "-i", "-", "-an",
+            *_with_crf(_CODECS[fmt][1], crf if fmt in CRF_RANGE else None),
+            *(["-metadata", f"comment={comment}"] if comment else []), "-f", fmt, str(dst)]
+
+
+def start_encoder(cmd: list[str], log) -> subprocess.Popen:
+    """ffmpeg in its own session (the terminal's Ctrl-C, sent to its foreground process group,
+    reaches only us), reading stdin unbuffered, its errors to the file `log`."""
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
                             bufsize=0, start_new_session=True)
+
+
+def encoder_error(rc: int, log) -> "EncoderError":
+    """The error of an ffmpeg that exited with status `rc` (negative: a signal), its last log line quoted."""
+    log.seek(0)
+    lines = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+    how = f"was stopped by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+    last = f" ({lines[-1].strip()})" if lines else ""
+    return EncoderError(f"the video encoder (ffmpeg) {how}{last}; nothing was written")
+
+
+def _run(cmd: list[str], frames: np.ndarray, log) -> None:
+    proc = start_encoder(cmd, log)
     try:
         test_pause("encoder-start", pid=proc.pid)
         try:
@@ -149,11 +179,7 @@ def _run(cmd: list[str], frames: np.ndarray, log) -> None:
         proc.wait()
         raise
     if rc != 0:
-        log.seek(0)
-        lines = [ln for ln in log.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-        how = f"was stopped by signal {-rc}" if rc < 0 else f"exited with status {rc}"
-        last = f" ({lines[-1].strip()})" if lines else ""
-        raise EncoderError(f"the video encoder (ffmpeg) {how}{last}; nothing was written")
+        raise encoder_error(rc, log)
 
 
 def probe_mp4(path: str | Path) -> dict:

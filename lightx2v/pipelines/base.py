@@ -198,5 +198,11 @@ def video_to_uint8(video: torch.Tensor) -> np.ndarray:
     same float32 arithmetic as `lightx2v.io.video.to_uint8(video_to_frames(video))` (rounded, bit for
     bit), done where the video is (on the GPU: a quarter of the bytes cross to the host, and the
     host's numpy conversion, 1.3 s at 480P x 81 frames on 2 cores, is gone)."""
+    return video_to_uint8_tensor(video).cpu().numpy()
+
+
+def video_to_uint8_tensor(video: torch.Tensor) -> torch.Tensor:
+    """`video_to_uint8` left on the video's device: uint8 [F, H, W, 3] (a chunk of frames for the
+    streamed save, lightx2v.io.stream)."""
     v = (video[0].float() / 2 + 0.5).clamp(0, 1) * 255.0 + 0.5
-    return v.to(torch.uint8).permute(1, 2, 3, 0).contiguous().cpu().numpy()
+    return v.to(torch.uint8).permute(1, 2, 3, 0).contiguous()

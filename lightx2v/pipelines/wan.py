@@ -27,6 +27,7 @@ from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, ModelConfig, Sampli
 from lightx2v.errors import InputError, NonFiniteError
 from lightx2v.pipelines.base import (
     Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames, video_to_uint8,
+    video_to_uint8_tensor,
 )
 from lightx2v.runtime.lora import LoraSets
 
@@ -156,6 +157,8 @@ class WanPipeline:
         vae_dtype = torch.float32
         if engine.vae_dtype is not None and parts.get("vae") is not None:  # the engine's VAE precision
             parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
+        if engine.vae_channels_last and parts.get("vae") is not None:  # the decoder's layout (VAEDecode)
+            parts["vae"].set_memory_format(True)
         tokenizer = WanTokenizer.from_folder(mc.files["tokenizer"], text_len=mc.dit.text_len)
         pipe = cls(mc, engine, tokenizer=tokenizer, progress=progress, vae_dtype=vae_dtype, **parts)
         apply_engine(pipe, engine)
@@ -279,9 +282,16 @@ class WanPipeline:
         return dit(x.to(dtype), t, c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """float32 latents -> video [1, 3, F, H, W] in [-1, 1]."""
-        return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress)
+    def decode(self, latents: torch.Tensor, on_chunk: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+        """float32 latents -> video [1, 3, F, H, W] in [-1, 1]. `on_chunk(pixels)` is called with each
+        latent frame's pixels ([1, 3, f, H, W]) as soon as they are decoded, before the next one
+        decodes (the streamed save; lightx2v.models.wan.vae_decode)."""
+        chunks = []
+        for chunk in self.vae.decode_chunks(latents.to(self.vae_dtype), progress=self.progress):
+            chunks.append(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return torch.cat(chunks, dim=2)
 
     # -- the whole run -------------------------------------------------------------------------
     @classmethod
@@ -389,25 +399,66 @@ class WanPipeline:
             timings["total"] = self._lap(t0)
             return result
 
-        t2 = time.perf_counter()
-        with self._stage("VAE decode", p):
-            video = self.decode(latents)
-        if bool(torch.isnan(video).any()):  # decode clamps, so only NaN can come out
-            raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
-                                 "damaged (check the VAE file, or download it again)")
-        timings["vae_decode"] = self._lap(t2)
-        frames = video_to_frames(video)
-        result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
-        if p.output_type in FILE_OUTPUT_TYPES:
-            from lightx2v.io.output import save
-
-            t3 = time.perf_counter()
-            result.path = str(save(video_to_uint8(video), p.output_path or "outputs/", fps=p.fps, output_type=p.output_type,
-                                   overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
-                                   default_stem=default_output_stem(self.task, seed), crf=p.crf))
-            timings["save"] = self._lap(t3)
+        self._decode_and_write(p, latents, seed, size, result)
         timings["total"] = self._lap(t0)
         return result
+
+    def _decode_and_write(self, p: SamplingParams, latents: torch.Tensor, seed: Optional[int],
+                          size: tuple[int, int], result: GenerationResult) -> None:
+        """Decode, fill result.frames (and .path), time both (`vae_decode`, `save`).
+
+        An mp4 file (engine.stream_save, the default) is encoded while the VAE decodes
+        (lightx2v.io.stream): each latent frame's pixels go to the encoder as uint8 from the
+        decoder's device; `save` is then the wall time from the end of the decode to the file in
+        place (the encoder's tail, overlapped with result.frames' copy to the host). Other formats
+        are encoded after the decode (`save`: that encode). An error (a NaN decode, an interrupt)
+        stops the encoder and leaves no file."""
+        timings = result.timings
+        save_kw = dict(fps=p.fps, overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
+                       default_stem=default_output_stem(self.task, seed), crf=p.crf)
+        stream = self._open_stream(p, size, save_kw)
+        try:
+            t2 = time.perf_counter()
+            with self._stage("VAE decode", p):
+                if stream is None:
+                    video = self.decode(latents)
+                else:
+                    video = self.decode(latents, on_chunk=lambda chunk: stream.write(video_to_uint8_tensor(chunk)))
+            if bool(torch.isnan(video).any()):  # decode clamps, so only NaN can come out
+                raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
+                                     "damaged (check the VAE file, or download it again)")
+            timings["vae_decode"] = self._lap(t2)
+            t3 = time.perf_counter()
+            frames = video_to_frames(video)
+            result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
+            if stream is not None:
+                result.path = str(stream.close())
+                timings["save"] = self._lap(t3)
+            elif p.output_type in FILE_OUTPUT_TYPES:
+                from lightx2v.io.output import save
+
+                t3 = time.perf_counter()
+                result.path = str(save(video_to_uint8(video), p.output_path or "outputs/",
+                                       output_type=p.output_type, **save_kw))
+                timings["save"] = self._lap(t3)
+        except BaseException as exc:
+            if stream is not None:
+                stream.abort(exc)
+            raise
+
+    def _open_stream(self, p: SamplingParams, size: tuple[int, int], save_kw: dict):
+        """The streamed writer of an mp4 output (None: not streamed: another format, no file, or
+        engine.stream_save off)."""
+        if p.output_type not in FILE_OUTPUT_TYPES or not getattr(self.engine, "stream_save", False):
+            return None
+        from lightx2v.io.output import file_format
+        from lightx2v.io.stream import STREAM_FORMATS, VideoStream
+
+        path = p.output_path or "outputs/"
+        if file_format(p.output_type, path) not in STREAM_FORMATS:
+            return None
+        stream = VideoStream(path, output_type=p.output_type, num_frames=p.num_frames, **save_kw)
+        return stream.open(width=size[1], height=size[0])
 
     def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
         """What is recorded with the file (its container's comment tag and the `<file>.json` sidecar)."""

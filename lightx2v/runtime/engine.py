@@ -246,4 +246,9 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     if engine.compile.enabled:
         for name, model in _transformers(pipeline):
             log.append(f"compile: {name}, {compile_blocks(model, engine.compile)} blocks ({engine.compile.backend})")
+    # -- the VAE decoder's blocks (CompileConfig.vae; lightx2v.runtime.vae_compile) --
+    if engine.compile.enabled and engine.compile.vae and pipeline.components.get("vae") is not None:
+        from lightx2v.runtime.vae_compile import compile_vae
+
+        log.append(f"compile: vae, {compile_vae(pipeline.components['vae'], engine.compile)} blocks ({engine.compile.backend})")
     return log

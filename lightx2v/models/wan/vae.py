@@ -22,6 +22,7 @@ from torch import nn
 
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.models.wan.vae_blocks import CausalCache, CausalConv3d, Decoder3d, Encoder3d
+from lightx2v.models.wan.vae_decode import VAEDecode
 
 __all__ = [
     "CausalCache", "WanVAE", "WanVAEConfig", "common_key_from_diffusers", "latent_stats", "tiny_vae_config",
@@ -167,8 +168,10 @@ def tiny_vae_config() -> WanVAEConfig:
     return WanVAEConfig(dim=8, dim_mult=(1, 2, 2, 2))
 
 
-class WanVAE(nn.Module):
-    """Official `WanVAE_`: `encoder`, `conv1` (posterior 1x1x1), `conv2` (post-quant 1x1x1), `decoder`."""
+class WanVAE(VAEDecode, nn.Module):
+    """Official `WanVAE_`: `encoder`, `conv1` (posterior 1x1x1), `conv2` (post-quant 1x1x1), `decoder`.
+
+    `decode`, `decode_chunks`, `set_memory_format`, `_repeated_blocks`: lightx2v.models.wan.vae_decode."""
 
     def __init__(self, config: WanVAEConfig) -> None:
         super().__init__()
@@ -214,36 +217,12 @@ class WanVAE(nn.Module):
         # (mu - mean) * (1/std): the reference's exact formula (official scale[1] and diffusers' pipelines)
         return (mu.float() - mean) * inv_std
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False) -> torch.Tensor:
-        """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32.
+    def _decode_one(self, chunk: torch.Tensor, cache: CausalCache, i: int) -> torch.Tensor:
+        return self.decoder(chunk, cache)
 
-        `progress`: a bar over the latent frames (the decode is the longest CPU stage)."""
-        out = decode_by_frame(self, latents, cache, progress, lambda chunk, c, i: self.decoder(chunk, c))
-        return out.float().clamp_(-1.0, 1.0)
-
-
-def decode_by_frame(vae: nn.Module, latents: torch.Tensor, cache: CausalCache | None, progress: bool,
-                    decode_one) -> torch.Tensor:
-    """What both Wan VAEs' decode share: check the latents, undo the normalisation (the reference
-    divides by 1/std), conv2, then the decoder one latent frame at a time with the causal cache
-    (`decode_one(chunk, cache, i)`), as the references chunk it; returns the frames concatenated."""
-    from tqdm.auto import tqdm
-
-    z_dim = vae.config.z_dim
-    if latents.ndim != 5 or latents.shape[1] != z_dim:
-        raise InputError(f"VAE decode expects latents [B, {z_dim}, T, h, w], got shape {tuple(latents.shape)}")
-    mean, inv_std = latent_stats(vae.config.latents_mean, vae.config.latents_std, latents)
-    z = latents.float() / inv_std + mean
-    x = vae.conv2(z.to(vae.conv2.weight.dtype))
-    cache = cache if cache is not None else CausalCache()
-    cache.reset()
-    outs = []
-    for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress, leave=False):
-        cache.start_chunk()
-        outs.append(decode_one(x[:, :, i : i + 1], cache, i))
-    cache.reset()
-    return torch.cat(outs, dim=2)
+    def _to_pixels(self, y: torch.Tensor) -> torch.Tensor:
+        # decode: video [B, 3, 1 + 4(T'-1), 8h, 8w] in [-1, 1], float32 (VAEDecode.decode / decode_chunks)
+        return y.float().clamp_(-1.0, 1.0)
 
 
 # ---- diffusers AutoencoderKLWan -> official keys ------------------------------------------------

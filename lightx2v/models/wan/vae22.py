@@ -29,11 +29,11 @@ from lightx2v.models.wan.vae import (
     WAN21_LATENTS_MEAN,
     WAN21_LATENTS_STD,
     common_key_from_diffusers,
-    decode_by_frame,
     latent_stats,
 )
 from lightx2v.models.wan.vae22_blocks import Decoder3d, Encoder3d, patchify, unpatchify
 from lightx2v.models.wan.vae_blocks import CausalCache, CausalConv3d
+from lightx2v.models.wan.vae_decode import VAEDecode
 
 __all__ = [
     "WAN22_LATENTS_MEAN", "WAN22_LATENTS_STD", "Wan22VAE", "Wan22VAEConfig", "tiny_vae22_config",
@@ -208,8 +208,10 @@ def tiny_vae22_config() -> Wan22VAEConfig:
     return Wan22VAEConfig(dim=16, decoder_dim=8)
 
 
-class Wan22VAE(nn.Module):
-    """Official `WanVAE_` (Wan2.2): `encoder`, `conv1` (posterior 1x1x1), `conv2` (post-quant 1x1x1), `decoder`."""
+class Wan22VAE(VAEDecode, nn.Module):
+    """Official `WanVAE_` (Wan2.2): `encoder`, `conv1` (posterior 1x1x1), `conv2` (post-quant 1x1x1), `decoder`.
+
+    `decode`, `decode_chunks`, `set_memory_format`, `_repeated_blocks`: lightx2v.models.wan.vae_decode."""
 
     def __init__(self, config: Wan22VAEConfig) -> None:
         super().__init__()
@@ -248,14 +250,13 @@ class Wan22VAE(nn.Module):
         mean, inv_std = latent_stats(self.config.latents_mean, self.config.latents_std, mu)
         return (mu.float() - mean) * inv_std
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False) -> torch.Tensor:
-        """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), 16h, 16w], float32, clamped
-        to [-1, 1] if config.clip_output (the default, as the official code). `progress`: a bar over
-        the latent frames (as WanVAE.decode)."""
-        out = decode_by_frame(self, latents, cache, progress,
-                              lambda chunk, c, i: self.decoder(chunk, c, first_chunk=i == 0))
-        video = unpatchify(out, self.config.patch_size).float()
+    def _decode_one(self, chunk: torch.Tensor, cache: CausalCache, i: int) -> torch.Tensor:
+        return self.decoder(chunk, cache, first_chunk=i == 0)
+
+    def _to_pixels(self, y: torch.Tensor) -> torch.Tensor:
+        # decode: video [B, 3, 1 + 4(T'-1), 16h, 16w], float32, clamped to [-1, 1] if config.clip_output
+        # (the default, as the official code); unpatchify mixes no frames, so it runs per chunk
+        video = unpatchify(y, self.config.patch_size).float()
         return video.clamp_(-1.0, 1.0) if self.config.clip_output else video
 
 

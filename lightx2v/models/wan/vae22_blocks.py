@@ -169,6 +169,11 @@ class Encoder3d(nn.Module):
 class Decoder3d(nn.Module):
     """Latents [B, z_dim, T', h, w] -> patchified video [B, out_dim, T, h*2^k, w*2^k], one latent frame per chunk."""
 
+    @property
+    def _repeated_blocks(self) -> tuple[str, ...]:
+        """The middle and each stage's blocks (a stage itself takes the cache and a flag: not a pure region)."""
+        return ("middle", *(f"upsamples.{i}.upsamples" for i in range(len(self.upsamples))))
+
     def __init__(
         self, dim: int, z_dim: int, out_dim: int, dim_mult: Sequence[int], num_res_blocks: int,
         temperal_upsample: Sequence[bool],

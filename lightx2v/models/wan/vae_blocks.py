@@ -31,6 +31,10 @@ class CausalCache:
     tensor [B, C, t<=2, H, W] of the frames that precede the next chunk. A tensor with t=0 means
     "the first chunk has passed but left no history" (the decoder's temporal upsampler, whose
     first chunk skips its time convolution; the official code marks this with the string 'Rep').
+
+    The blocks themselves are pure functions of tensors (`ResidualBlock(x, prev1, prev2) -> (y,
+    hist1, hist2)`): `run_cached` reads their slots before the call and stores what they return,
+    so no slot index reaches a block's forward and a compiled block is not specialised per slot.
     """
 
     def __init__(self) -> None:
@@ -54,45 +58,65 @@ class CausalCache:
             self.frames.append(None)
         return i
 
+    def take(self, n: int) -> list[int]:
+        """The next `n` slots of this chunk."""
+        return [self.next_slot() for _ in range(n)]
 
-def _history_after(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
-    """The (up to) CACHE_T frames that precede the chunk after `x`, given `prev` before `x`."""
-    # x: [B, C, T, H, W]; a 1-frame chunk keeps the last frame of the chunk before it too.
-    last = x[:, :, -CACHE_T:].clone()
-    if last.shape[2] < CACHE_T and prev is not None:
-        last = torch.cat([prev[:, :, -1:].to(last.device), last], dim=2)
-    return last
+
+def history_after(x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
+    """The (up to) CACHE_T frames that precede the chunk after `x`, given `prev` before `x`.
+
+    A copy only where one is needed: x's last 2 frames are copied out of a longer chunk (so the
+    chunk can be freed); a chunk of 2 frames is kept as it is (no block writes into its input); a
+    1-frame chunk after history is joined to prev's last frame, and the first 1-frame chunk to a
+    zero frame (the causal padding it replaces: every history after the first chunk then has 2
+    frames, one shape for a compiled block to see)."""
+    # x: [B, C, T, H, W]
+    t = x.shape[2]
+    if t < CACHE_T and prev is not None and prev.shape[2] > 0:
+        return torch.cat([prev[:, :, -1:].to(x.device), x], dim=2)
+    if t < CACHE_T and prev is None:
+        return F.pad(x, (0, 0, 0, 0, CACHE_T - t, 0))
+    if t > CACHE_T:
+        return x[:, :, -CACHE_T:].clone()
+    return x
 
 
 class CausalConv3d(nn.Conv3d):
     """Conv3d that pads time on the left only (by 2*padding_t), so frame t sees frames <= t.
 
-    With a `cache`, the frames of the previous chunk replace (part of) the zero padding.
+    With a `cache`, the frames of the previous chunk replace (part of) the zero padding. The
+    spatial zero padding is the convolution's own (no padded copy of the input is made); only
+    time is joined to the history (one copy) or zero-padded (the first chunk).
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         pt, ph, pw = self.padding
-        # F.pad order: (w_left, w_right, h_top, h_bottom, t_front, t_back)
-        self._causal_padding = (pw, pw, ph, ph, 2 * pt, 0)
-        self.padding = (0, 0, 0)
+        self._time_pad = 2 * pt
+        self.padding = (0, ph, pw)
 
     def forward(self, x: torch.Tensor, cache: CausalCache | None = None) -> torch.Tensor:
         # x: [B, C, T, H, W]
         if cache is None:
             return self.conv_after(x, None)
         slot = cache.next_slot()
-        prev = cache.frames[slot]
-        cache.frames[slot] = _history_after(x, prev)
-        return self.conv_after(x, prev)
+        y, cache.frames[slot] = self.step(x, cache.frames[slot])
+        return y
+
+    def step(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conv of `x` after the history `prev`, the history for the next chunk): tensors only."""
+        return self.conv_after(x, prev), history_after(x, prev)
 
     def conv_after(self, x: torch.Tensor, prev: torch.Tensor | None) -> torch.Tensor:
         """Convolve `x` given the frames `prev` [B, C, t, H, W] that precede it (None: zeros)."""
-        pad = list(self._causal_padding)
-        if prev is not None and pad[4] > 0:
+        pad = self._time_pad
+        if prev is not None and pad > 0 and prev.shape[2] > 0:
             x = torch.cat([prev.to(x.device), x], dim=2)
-            pad[4] -= prev.shape[2]
-        return super().forward(F.pad(x, pad))
+            pad -= prev.shape[2]
+        if pad > 0:
+            x = F.pad(x, (0, 0, 0, 0, pad, 0))
+        return super().forward(x)
 
 
 class RMS_norm(nn.Module):  # noqa: N801 - the official class name
@@ -160,39 +184,51 @@ class Resample(nn.Module):
         elif mode == "downsample3d":
             self.time_conv = CausalConv3d(dim, dim, (3, 1, 1), stride=(2, 1, 1), padding=(0, 0, 0))
 
-    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    @property
+    def n_cache_slots(self) -> int:
+        """History slots this block reads and returns (the time conv's; none for a 2D resample)."""
+        return 1 if self.mode in ("upsample3d", "downsample3d") else 0
+
+    # Runs eager under torch.compile (a graph break, no recompiles): its variants (2D / 3D, first,
+    # second and later chunks, each stage's shapes) exceed dynamo's recompile limit, after which
+    # the block would fall back to eager anyway, with a warning.
+    @torch.compiler.disable
+    def forward(self, x: torch.Tensor, prev: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """(y,) for a 2D resample; (y, history for the next chunk) for a 3D one, given `prev`."""
         # x: [B, C, T, H, W]
+        hist = None
         if self.mode == "upsample3d":
-            x = self._upsample_time(x, cache)
+            x, hist = self._upsample_time(x, prev)
         x = _per_frame(self.resample, x)
         if self.mode == "downsample3d":
-            x = self._downsample_time(x, cache)
-        return x
+            x, hist = self._downsample_time(x, prev)
+        return (x,) if hist is None else (x, hist)
 
-    def _upsample_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        slot = cache.next_slot()
-        prev = cache.frames[slot]
+    def _upsample_time(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if prev is None:
-            # first chunk: no temporal upsampling; history starts empty (zeros) after it
-            cache.frames[slot] = x[:, :, :0]
-            return x
-        cache.frames[slot] = _history_after(x, prev)
+            # first chunk: no temporal upsampling; history starts empty (zeros) after it (a copy
+            # of no frames: a view would keep the whole chunk alive until the next one)
+            return x, x[:, :, :0].clone()
+        hist = history_after(x, prev)
         b, c, t, h, w = x.shape
         y = self.time_conv.conv_after(x, prev)  # [B, 2C, T, H, W]
         # channels [0:C] are frame 2t, [C:2C] frame 2t+1
-        return y.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w)
+        return y.view(b, 2, c, t, h, w).permute(0, 2, 3, 1, 4, 5).reshape(b, c, 2 * t, h, w), hist
 
-    def _downsample_time(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-        slot = cache.next_slot()
-        prev = cache.frames[slot]
-        cache.frames[slot] = x[:, :, -1:].clone()
+    def _downsample_time(self, x: torch.Tensor, prev: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        hist = x[:, :, -1:].clone()
         if prev is None:
-            return x  # first chunk (1 frame) stays 1 frame
-        return self.time_conv.conv_after(torch.cat([prev[:, :, -1:], x], dim=2), None)
+            return x, hist  # first chunk (1 frame) stays 1 frame
+        return self.time_conv.conv_after(torch.cat([prev[:, :, -1:], x], dim=2), None), hist
 
 
 class ResidualBlock(nn.Module):
-    """(RMS_norm, SiLU, causal conv 3x3x3) twice, plus a 1x1x1 causal conv shortcut if C changes."""
+    """(RMS_norm, SiLU, causal conv 3x3x3) twice, plus a 1x1x1 causal conv shortcut if C changes.
+
+    A pure function of tensors (compilable as one region): `forward(x, prev1, prev2)` takes the
+    histories of its two 3x3x3 convs and returns `(y, hist1, hist2)`; `run_cached` keeps them."""
+
+    n_cache_slots = 2
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
@@ -208,12 +244,14 @@ class ResidualBlock(nn.Module):
         )
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else nn.Identity()
 
-    def forward(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prev1: torch.Tensor | None = None,
+                prev2: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # x: [B, C_in, T, H, W] -> [B, C_out, T, H, W]; the 1x1x1 shortcut needs no history
         h = self.shortcut(x)
-        for layer in self.residual:
-            x = layer(x, cache) if isinstance(layer, CausalConv3d) else layer(x)
-        return x + h
+        r = self.residual
+        x, hist1 = r[2].step(r[1](r[0](x)), prev1)
+        x, hist2 = r[6].step(r[5](r[4](r[3](x))), prev2)
+        return x + h, hist1, hist2
 
 
 class AttentionBlock(nn.Module):
@@ -249,10 +287,21 @@ def head_blocks(in_dim: int, out_dim: int) -> nn.Sequential:
 
 
 def run_cached(layers: nn.Sequential, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
-    """Run a sequence whose blocks take a cache (residual, attention, resample, causal conv)."""
+    """Run a sequence of blocks, keeping the causal history of those that have some: a causal
+    conv takes the cache; a block with `n_cache_slots` (residual, resample) is called with its
+    slots' histories and returns the new ones (`(y, *hists)`); the others (norm, SiLU, attention)
+    take `x` alone."""
     for layer in layers:
-        takes_cache = isinstance(layer, (CausalConv3d, ResidualBlock, AttentionBlock, Resample))
-        x = layer(x, cache) if takes_cache else layer(x)
+        n = getattr(layer, "n_cache_slots", None)
+        if isinstance(layer, CausalConv3d):
+            x = layer(x, cache)
+        elif n is None:
+            x = layer(x)
+        else:
+            slots = cache.take(n)
+            x, *hists = layer(x, *(cache.frames[s] for s in slots))
+            for s, hist in zip(slots, hists):
+                cache.frames[s] = hist
     return x
 
 
@@ -294,7 +343,11 @@ class Encoder3d(nn.Module):
 
 
 class Decoder3d(nn.Module):
-    """Latents [B, z_dim, T', h, w] -> video [B, 3, T, h*2^k, w*2^k] (one latent frame per chunk)."""
+    """Latents [B, z_dim, T', h, w] -> video [B, 3, T, h*2^k, w*2^k] (one latent frame per chunk).
+
+    `_repeated_blocks`: what a regional compile compiles, block by block (lightx2v.models.wan.vae_decode)."""
+
+    _repeated_blocks = ("middle", "upsamples")
 
     def __init__(
         self,
