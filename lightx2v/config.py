@@ -222,6 +222,11 @@ class EngineConfig:
     # bf16 decodes 480P x 81 frames in 1.79 s instead of 2.71 s on an H200 at a relative error of
     # 1.5e-2 against strict fp32 (TF32 convolutions, the fp32 path: 7.2e-3); docs/benchmarks.md
     vae_dtype: Optional[torch.dtype] = None
+    # the DiT blocks' elementwise ops (lightx2v.ops.fused): "torch" (the reference), "triton" (fused
+    # kernels), "auto" (triton where it runs on the device, else torch)
+    kernels: str = "torch"
+    # self-attention q, k, v as one GEMM (lightx2v.runtime.fuse; views, no second copy of the weights)
+    fuse_qkv: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.vae_dtype, str):
@@ -235,6 +240,8 @@ class EngineConfig:
             object.__setattr__(self, "compile", CompileConfig(enabled=self.compile))
         if self.cfg_mode not in ("sequential", "batched"):
             raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
+        if self.kernels not in ("torch", "triton", "auto"):
+            raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -15,7 +15,7 @@ otherwise why not) and three ops:
 "torch" is the reference: exactly the expressions the blocks computed before this module existed
 (so the default is bit-identical to them); "triton" runs the kernels of lightx2v.ops.triton.norms
 (one pass over memory each), which match the reference to fp32 rounding before the final cast.
-Blocks read `module.fused_ops` (set by `set_fused_ops`, the engine's "kernels" step); the Triton
+Blocks read `module.fused_ops` (set by `set_fused_backend`, the engine's "kernels" step); the Triton
 module is imported on first use, so importing this module needs no Triton.
 `resolve_fused(name, device, dtype)`: "auto" is triton where it compiles for real (CUDA), else
 torch; an explicit name that cannot run is a LightX2VError.
@@ -173,7 +173,7 @@ def resolve_fused(name: str, device: torch.device | str, dtype: torch.dtype) -> 
     return ops
 
 
-def set_fused_ops(model: nn.Module, ops: FusedOps) -> int:
+def set_fused_backend(model: nn.Module, ops: FusedOps) -> int:
     """Put `ops` on every submodule of `model` that has a `fused_ops` attribute; returns how many."""
     n = 0
     for module in model.modules():
