@@ -27,6 +27,33 @@ import triton.language as tl
 from torch import Tensor
 
 
+def _launch(kernel, grid: tuple, *args, **kw) -> None:
+    torch.library.wrap_triton(kernel)[grid](*args, **kw)
+
+
+def _op(name: str, fake):
+    """Register `fn` as the custom op lightx2v::`name`.
+
+    On a GPU: `torch.library.triton_op`, so torch.compile (Inductor) sees the kernel itself and
+    schedules it without a graph break. Under TRITON_INTERPRET=1 (tests without a GPU) wrap_triton
+    cannot trace the interpreted kernel, so the op is an opaque `custom_op` with a fake (shape-only)
+    implementation instead: dynamo still traces it without a graph break and runs it eagerly."""
+
+    def register(fn):
+        if _interpreted():
+            op = torch.library.custom_op(f"lightx2v::{name}", mutates_args=())(fn)
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(f"lightx2v::{name}", mutates_args=())(fn)
+
+    return register
+
+
+def _interpreted() -> bool:
+    # TRITON_INTERPRET=1, read by triton.jit when the kernels below are defined, makes them InterpretedFunctions
+    return not isinstance(_norm_modulate_kernel, triton.runtime.jit.JITFunction)
+
+
 def _warps(block: int) -> int:
     return 4 if block <= 1024 else (8 if block <= 4096 else 16)
 
@@ -61,7 +88,7 @@ def _norm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, L, C, sxb, sxl, 
     tl.store(out_ptr + row * C + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@torch.library.triton_op("lightx2v::norm_modulate", mutates_args=())
+@_op("norm_modulate", lambda x, shift, scale, eps, out_dtype: x.new_empty(x.shape, dtype=out_dtype))
 def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
     """LayerNorm(x) * (1 + scale) + shift: x [B, L, C] fp32, shift/scale [B, 1 | L, C] -> [B, L, C] out_dtype."""
     B, L, C = x.shape
@@ -71,7 +98,7 @@ def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype
     scale, scb, scl = _rows(scale, x.shape)
     out = torch.empty((B, L, C), dtype=out_dtype, device=x.device)
     block = triton.next_power_of_2(C)
-    torch.library.wrap_triton(_norm_modulate_kernel)[(B * L,)](
+    _launch(_norm_modulate_kernel, (B * L,),
         x, shift, scale, out, L, C, x.stride(0), x.stride(1), ssb, ssl, scb, scl, eps,
         BLOCK=block, num_warps=_warps(block))
     return out
@@ -104,7 +131,7 @@ def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, HALF_D, sxb, sxl
     tl.store(out + 2 * p + 1, (re * sin + im * cos).to(ty), mask=mask)
 
 
-@torch.library.triton_op("lightx2v::qk_norm_rope", mutates_args=())
+@_op("qk_norm_rope", lambda x, weight, eps, rope, num_heads, out_dtype: x.new_empty(x.shape, dtype=out_dtype))
 def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads: int, out_dtype: torch.dtype) -> Tensor:
     """RoPE(RMSNorm(x) * weight): x [B, L, C], weight [C], rope [L, 1, D/2, 2] fp32 -> [B, L, C] out_dtype."""
     B, L, C = x.shape
@@ -116,7 +143,7 @@ def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads:
     weight = weight.contiguous()
     out = torch.empty((B, L, C), dtype=out_dtype, device=x.device)
     block = triton.next_power_of_2(C // 2)
-    torch.library.wrap_triton(_qk_norm_rope_kernel)[(B * L,)](
+    _launch(_qk_norm_rope_kernel, (B * L,),
         x, weight, rope, out, L, C, C // num_heads // 2, x.stride(0), x.stride(1), rope.stride(0), eps,
         BLOCK=block, num_warps=_warps(block))
     return out
@@ -139,7 +166,7 @@ def _gated_residual_kernel(x_ptr, y_ptr, gate_ptr, out_ptr, L, C, sxb, sxl, syb,
     tl.store(out_ptr + row * C + cols, x + y * g, mask=mask)
 
 
-@torch.library.triton_op("lightx2v::gated_residual", mutates_args=())
+@_op("gated_residual", lambda x, y, gate: x.new_empty(x.shape, dtype=torch.float32))
 def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
     """x + y * gate in fp32: x [B, L, C] fp32, y [B, L, C] (bf16), gate [B, 1 | L, C] -> a new [B, L, C] fp32."""
     B, L, C = x.shape
@@ -148,6 +175,7 @@ def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
     gate, sgb, sgl = _rows(gate, x.shape)
     out = torch.empty((B, L, C), dtype=torch.float32, device=x.device)
     block = triton.next_power_of_2(C)
-    torch.library.wrap_triton(_gated_residual_kernel)[(B * L,)](
+    _launch(_gated_residual_kernel, (B * L,),
         x, y, gate, out, L, C, sxb, sxl, syb, syl, sgb, sgl, BLOCK=block, num_warps=_warps(block))
     return out
+
