@@ -50,9 +50,8 @@ def _mod(shape: tuple[int, ...], seed: int) -> torch.Tensor:
 MODS = {"sample": (B, 1), "token": (B, L), "batch": (1, 1)}
 
 
-@pytest.mark.parametrize("c", [64, 192])
-@pytest.mark.parametrize("mod", list(MODS))
-@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("c,mod,out_dtype", [(64, "sample", torch.bfloat16), (192, "token", torch.bfloat16),
+                                             (128, "batch", torch.float32)])
 def test_norm_modulate_matches_reference(c, mod, out_dtype):
     x = (2.0 * torch.randn(B, L, c, generator=_g(0)) + 0.5).to(DEV)
     shift, scale = _mod((*MODS[mod], c), 1), _mod((*MODS[mod], c), 2)
@@ -71,8 +70,7 @@ def test_norm_modulate_reads_strided_modulation():
                 REF.norm_modulate(x, shift, scale, 1e-6, torch.bfloat16))
 
 
-@pytest.mark.parametrize("c,heads", [(64, 2), (192, 3), (256, 4)])
-@pytest.mark.parametrize("in_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("c,heads,in_dtype", [(64, 2, torch.bfloat16), (192, 3, torch.float32), (256, 4, torch.bfloat16)])
 def test_qk_norm_rope_matches_reference(c, heads, in_dtype):
     rope = rope_freqs((1, 1, L), c // heads, torch.device(DEV))  # [L, 1, D/2, 2]
     x = (3.0 * torch.randn(B, L, c, generator=_g(5))).to(DEV, in_dtype)
@@ -95,7 +93,7 @@ def test_qk_norm_rope_reads_a_slice_of_a_fused_qkv_output():
                     REF.qk_norm_rope(t, w, 1e-6, rope, heads, torch.bfloat16))
 
 
-@pytest.mark.parametrize("mod", list(MODS))
+@pytest.mark.parametrize("mod", ["sample", "token"])
 def test_gated_residual_matches_reference(mod):
     c = 192
     x = torch.randn(B, L, c, generator=_g(9)).to(DEV)
@@ -162,14 +160,13 @@ def _tiny_dit(dtype: torch.dtype):
 
     model = randomize_(WanModel(tiny_dit_config()), seed=4).eval()
     if dtype != torch.float32:
-        for name, p in model.named_parameters():  # bf16 linears, fp32 norms / modulation (as loaded)
-            if p.ndim == 2 and "embedding" not in name:
-                p.data = p.data.to(dtype)
+        for m in model.blocks.modules():  # bf16 linears, fp32 norms / modulation (as loaded)
+            if isinstance(m, torch.nn.Linear):
+                m.to(dtype)
     return model
 
 
-@pytest.mark.parametrize("per_token", [False, True])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("per_token,dtype", [(False, torch.float32), (True, torch.bfloat16)])
 def test_tiny_dit_triton_equals_torch(per_token, dtype):
     from lightx2v.ops.fused import set_fused_backend
 
