@@ -66,6 +66,18 @@ def _rows(t: Tensor, shape: torch.Size) -> tuple[Tensor, int, int]:
     return t, t.stride(0), t.stride(1)
 
 
+@triton.jit
+def _cast(y, ty: tl.constexpr):
+    """fp32 `y` in dtype `ty`, rounded to nearest even. For bf16 the rounding is written out: Triton's
+    interpreter casts fp32 -> bf16 by truncation (the GPU rounds to nearest even; both then agree).
+    NaN and inf keep their class (the carry cannot leave the exponent of an all-ones exponent)."""
+    if ty == tl.bfloat16:
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        y = bits.to(tl.float32, bitcast=True)
+    return y.to(ty)
+
+
 # ---------------------------------------------------------------- LayerNorm + modulation
 
 
@@ -85,7 +97,7 @@ def _norm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, L, C, sxb, sxl, 
     shift = tl.load(shift_ptr + b * ssb + l_ * ssl + cols, mask=mask, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr + b * scb + l_ * scl + cols, mask=mask, other=0.0).to(tl.float32)
     y = (d * rstd) * (1.0 + scale) + shift
-    tl.store(out_ptr + row * C + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * C + cols, _cast(y, out_ptr.dtype.element_ty), mask=mask)
 
 
 @_op("norm_modulate", lambda x, shift, scale, eps, out_dtype: x.new_empty(x.shape, dtype=out_dtype))
@@ -127,8 +139,8 @@ def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, HALF_D, sxb, sxl
     sin = tl.load(rope_ptr + l_ * srl + 2 * j + 1, mask=mask, other=0.0)
     out = out_ptr + row * C
     ty = out_ptr.dtype.element_ty
-    tl.store(out + 2 * p, (re * cos - im * sin).to(ty), mask=mask)
-    tl.store(out + 2 * p + 1, (re * sin + im * cos).to(ty), mask=mask)
+    tl.store(out + 2 * p, _cast(re * cos - im * sin, ty), mask=mask)
+    tl.store(out + 2 * p + 1, _cast(re * sin + im * cos, ty), mask=mask)
 
 
 @_op("qk_norm_rope", lambda x, weight, eps, rope, num_heads, out_dtype: x.new_empty(x.shape, dtype=out_dtype))
