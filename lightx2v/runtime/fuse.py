@@ -14,6 +14,9 @@ What is skipped, and said in the returned log lines:
   (`SelfAttention._project` checks q/k/v for hooks: three dict truth tests) and that layer then
   runs q, k, v apart, so a dynamic LoRA is never silently skipped; under torch.compile the
   blocks guard on hooks (runtime.engine.compile_blocks) and recompile;
+- a q/k/v layer replaced after fusing (quantized by hand, a weight assigned) is noticed at forward
+  time too (`SelfAttention.qkv_fused`: the fused Parameters are still the layers' weights) and runs
+  apart; `fuse_qkv` again re-fuses what it can;
 - moving the module (`.to()`: new storage for each parameter) drops the fusion (SelfAttention._apply);
   model offload moves parameters by `.data` assignment without `_apply`, so the engine does not
   fuse an offloaded DiT.
@@ -62,7 +65,7 @@ def _fuse_one(m: nn.Module) -> None:
         x.weight = nn.Parameter(weight[rows], requires_grad=x.weight.requires_grad)
         if bias is not None:
             x.bias = nn.Parameter(bias[rows], requires_grad=x.bias.requires_grad)
-    m.qkv_weight, m.qkv_bias = weight, bias
+    m.qkv_weight, m.qkv_bias, m.qkv_params = weight, bias, (m.q.weight, m.k.weight, m.v.weight)
 
 
 def fuse_qkv(model: nn.Module) -> list[str]:
@@ -70,9 +73,10 @@ def fuse_qkv(model: nn.Module) -> list[str]:
     fused, and each reason a layer was skipped with its count)."""
     fused, skipped = 0, {}
     for _, m in _slots(model):
-        if m.qkv_weight is not None:
+        if m.qkv_fused():
             fused += 1
             continue
+        m.qkv_weight, m.qkv_bias, m.qkv_params = None, None, ()  # stale (a layer replaced since): again
         reason = _why_not(m)
         if reason is None:
             _fuse_one(m)
@@ -89,12 +93,13 @@ def unfuse_qkv(model: nn.Module) -> int:
     """Give q, k, v of every fused layer their own storage again; returns how many were fused."""
     n = 0
     for _, m in _slots(model):
-        if m.qkv_weight is None:
+        if not m.qkv_fused():
+            m.qkv_weight, m.qkv_bias, m.qkv_params = None, None, ()
             continue
         for x in (m.q, m.k, m.v):
             x.weight = nn.Parameter(x.weight.detach().clone(), requires_grad=x.weight.requires_grad)
             if x.bias is not None:
                 x.bias = nn.Parameter(x.bias.detach().clone(), requires_grad=x.bias.requires_grad)
-        m.qkv_weight = m.qkv_bias = None
+        m.qkv_weight, m.qkv_bias, m.qkv_params = None, None, ()
         n += 1
     return n

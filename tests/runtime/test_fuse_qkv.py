@@ -139,3 +139,32 @@ def test_engine_skips_hooked_layers_and_offload(tiny_official_dir, lora_file):
     off = LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype=torch.float32, offload="model", progress=False)
     assert "fuse_qkv: dit: skipped (offload model moves the weights)" in off.pipeline.engine_log
     assert all(m.qkv_weight is None for m in off.pipeline.dit.modules() if hasattr(m, "qkv_weight"))
+
+
+@torch.no_grad()
+def test_layers_replaced_after_fusing_are_used():
+    from lightx2v.quant import apply_quant
+
+    model, plain = _model(), _model()
+    fuse_qkv(model)
+    for m in (model, plain):
+        apply_quant(m, "w8a8-int8", compute_dtype=torch.float32)  # replaces q, k, v
+    assert not any(b.self_attn.qkv_fused() for b in model.blocks)
+    assert torch.equal(model(*_inputs()), plain(*_inputs()))
+    assert fuse_qkv(model) == ["0 self-attention layers", "2 skipped: quantized"]
+
+
+@torch.no_grad()
+def test_fused_block_compiles_in_one_graph():
+    from lightx2v.config import CompileConfig
+    from lightx2v.runtime.engine import compile_blocks
+
+    model = _model()
+    ref = model(*_inputs())
+    fuse_qkv(model)
+    torch._dynamo.reset()
+    # fullgraph: a graph break is an error; compile_blocks guards on hooks (a new one recompiles)
+    compile_blocks(model, CompileConfig(enabled=True, backend="aot_eager", fullgraph=True))
+    assert torch.equal(model(*_inputs()), ref)
+    model.blocks[0].self_attn.q.register_forward_hook(lambda m, a, o: o + 1.0)
+    assert not torch.equal(model(*_inputs()), ref)

@@ -166,16 +166,24 @@ class SelfAttention(_QKVO):
         # and biases (plain attributes, not in state_dict; q.weight etc. are views into them)
         self.qkv_weight: Tensor | None = None
         self.qkv_bias: Tensor | None = None
+        self.qkv_params: tuple = ()  # the q, k, v weight Parameters that were fused (identity check)
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() give q/k/v new storage (`param.data = ...`): the fused tensors would be stale
-        self.qkv_weight = self.qkv_bias = None
+        self.qkv_weight, self.qkv_bias, self.qkv_params = None, None, ()
         return super()._apply(fn, recurse)
+
+    def qkv_fused(self) -> bool:
+        """The fused tensors are set and q, k, v still hold the weights fused (not a layer replaced since,
+        e.g. quantized, or a weight assigned)."""
+        p = self.qkv_params
+        return (self.qkv_weight is not None and self.q.weight is p[0] and self.k.weight is p[1]
+                and self.v.weight is p[2])
 
     def _project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         # h: [B, L, C] -> q, k, v [B, L, C]: one GEMM when fused and nothing hooks q/k/v (a dynamic
         # LoRA added after fusing is a hook: it then runs through the layers, never silently skipped)
-        if self.qkv_weight is not None and not _hooked(self.q, self.k, self.v):
+        if self.qkv_fused() and not _hooked(self.q, self.k, self.v):
             return F.linear(h, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
         return self.q(h), self.k(h), self.v(h)
 
