@@ -57,6 +57,8 @@ class LightX2V:
         offload: str | None = None,
         vae_dtype: torch.dtype | str | None = None,
         context_kv: bool = True,
+        kernels: str = "torch",
+        fuse_qkv: bool = False,
         preset: str | None = None,
         cache_dir: str | Path | None = None,
         revision: str | None = None,
@@ -88,6 +90,9 @@ class LightX2V:
         less memory at a small error, docs/benchmarks.md).
         `context_kv`: keep each DiT's cross-attention K/V for a generation instead of recomputing them
         at every step (the same numbers; ~0.4 GB per CFG branch at 14B; False frees that memory).
+        `kernels`: the DiT blocks' elementwise ops: "torch" (the reference), "triton" (fused Triton
+        kernels, CUDA), "auto" (triton on CUDA, else torch). `fuse_qkv`: self-attention q, k, v as one
+        GEMM (same weights, viewed; skipped with offload, for quantized layers and dynamic LoRAs).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
         `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
@@ -99,7 +104,7 @@ class LightX2V:
                              lora_per_dit=expert_loras(lora_high, lora_low),
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
                              compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
-                             context_kv=context_kv)
+                             context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -197,17 +202,20 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 lora_per_dit: Mapping[str, Sequence[tuple[str | Path, float]]] | None = None, lora_mode: str = "merge",
                 lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
                 cfg_mode: str = "sequential", offload: str | None = None,
-                vae_dtype: torch.dtype | str | None = None, context_kv: bool = True) -> EngineConfig:
+                vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
+                fuse_qkv: bool = False) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
-    the device exists, the dtype and quantization scheme are known, the attention backend runs here.
+    the device exists, the dtype and quantization scheme are known, the attention backend and the
+    kernels run here.
     `lora_per_dit`: {DiT or expert name ("high", "low"): (path, strength) pairs} for one DiT each."""
     from lightx2v.config import ATTENTION_ROLES, LoraConfig, resolve_device
     from lightx2v.ops.attention import resolve_attention
+    from lightx2v.ops.fused import resolve_fused
 
     per_dit = {k: _pairs(v) for k, v in (lora_per_dit or {}).items()}
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
-                          context_kv=bool(context_kv),
+                          context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv,
                           lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,
                                           per_dit=per_dit))
     if engine.quant.scheme is not None:
@@ -216,6 +224,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
         get_scheme(engine.quant.scheme)  # a clear error for an unknown name
     for role in ATTENTION_ROLES:  # a backend that cannot run here
         resolve_attention(engine.attention_for(role), engine.torch_device(), engine.dtype)
+    resolve_fused(kernels, engine.torch_device(), engine.dtype)  # kernels that cannot run here
     return engine
 
 

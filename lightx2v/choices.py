@@ -19,6 +19,9 @@ SOLVER_NAMES = SOLVERS + FIXED_STEP_SOLVERS
 ATTENTION_BACKENDS = ("reference", "torch_sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient",
                       "flash_attn3", "flash_attn", "sage_attn", "sage8")
 
+# ops/fused.py's registry ("auto": triton on CUDA, else torch)
+KERNELS = ("torch", "triton")
+
 # loading/convert.py: output layouts, quantization schemes, dtypes (config.parse_dtype reads them)
 CONVERT_LAYOUTS = ("official", "diffusers", "blocks")
 QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8")

@@ -233,6 +233,12 @@ class EngineConfig:
     vae_channels_last: bool = False
     # mp4 files encoded while the VAE decodes (lightx2v.io.stream); off: encoded after the decode
     stream_save: bool = True
+    # the DiT blocks' elementwise ops (lightx2v.ops.fused): "torch" (the reference), "triton" (fused
+    # kernels), "auto" (triton where it runs on the device, else torch)
+    kernels: str = "torch"
+    # self-attention q, k, v as one GEMM (lightx2v.runtime.fuse; views, no second copy of the
+    # weights); off by default: no gain measured at Wan 14B on the H200 (docs/benchmarks.md)
+    fuse_qkv: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))
@@ -247,6 +253,8 @@ class EngineConfig:
             object.__setattr__(self, "compile", CompileConfig(enabled=self.compile))
         if self.cfg_mode not in ("sequential", "batched"):
             raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
+        if self.kernels not in ("torch", "triton", "auto"):
+            raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

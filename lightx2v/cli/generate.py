@@ -47,7 +47,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # torch-free (lightx2v --help must not import torch): name lists and the families' manifests
-    from lightx2v.choices import ATTENTION_BACKENDS, SOLVER_NAMES
+    from lightx2v.choices import ATTENTION_BACKENDS, KERNELS, SOLVER_NAMES
     from lightx2v.models.registry import all_presets, all_tasks
 
     p.add_argument("--model-path", default=None,
@@ -114,6 +114,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default="auto",
                    help=f"attention backend (auto, {', '.join(ATTENTION_BACKENDS)}), or one per role: "
                         "self=NAME,cross=NAME (the DiT's self- and cross-attention)")
+    p.add_argument("--kernels", default="torch", choices=("auto",) + KERNELS,
+                   help="the DiT blocks' elementwise ops (norm + modulation, q/k norm + RoPE, gated residual): torch "
+                        "(the reference), triton (fused kernels, CUDA), auto (triton on CUDA, else torch)")
+    p.add_argument("--fuse-qkv", action="store_true",
+                   help="run self-attention's q, k, v as one GEMM on the same weights (default: three)")
     p.add_argument("--config", default=None,
                    help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40, \"lora\": [\"a.safetensors:0.8\"]}); "
                         "flags on the command line win")
@@ -225,7 +230,8 @@ def _run(args: argparse.Namespace) -> int:
                          lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
                                                    [parse_lora_spec(spec) for spec in args.lora_low]),
                          lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
-                         vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode)
+                         vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
+                         fuse_qkv=args.fuse_qkv)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)
@@ -263,6 +269,10 @@ def summary_line(mc, engine, p) -> str:
         lora = engine.lora
         per = [f"{len(lora.loras)} every DiT"] * bool(lora.loras) + [f"{len(v)} {k}" for k, v in lora.per_dit.items()]
         opts.append(f"{lora.count} LoRA(s) {lora.mode}" + (f" ({', '.join(per)})" if lora.per_dit else ""))
+    if engine.kernels != "torch":
+        from lightx2v.ops.fused import resolve_fused
+
+        opts.append(f"kernels {resolve_fused(engine.kernels, engine.torch_device(), engine.dtype).name}")
     if engine.compile.enabled:
         opts.append("compile")
     if mc.distill is not None:

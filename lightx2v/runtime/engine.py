@@ -14,13 +14,18 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
                        (lightx2v.runtime.offload; later: block / phase offload, lazy load)
     4. dynamic LoRA    forward hooks on the final layers (quantized ones included): after
                        quantization, which replaces layers and would drop hooks
-    5. attention       the backend resolved per component for its device and dtype (per role:
+    5. fuse_qkv        self-attention q, k, v as one GEMM (lightx2v.runtime.fuse): after placement
+                       (the fused tensor is made where the weights live; never with model offload,
+                       which moves parameters under the views) and after dynamic LoRA (hooked
+                       layers are skipped; hooks added later are noticed at forward time)
+    6. attention       the backend resolved per component for its device and dtype (per role:
                        self- and cross-attention)
-    6. context_kv      each DiT keeps its cross-attention K/V for a generation (they depend on the
+    7. kernels         the DiT blocks' fused elementwise ops (lightx2v.ops.fused: torch | triton)
+    8. context_kv      each DiT keeps its cross-attention K/V for a generation (they depend on the
                        context only; lightx2v.runtime.context_kv); before compile, outside the blocks
-    7. parallel        (several GPUs; joins here: it wraps the block stack, under the cache)
-    8. cache           (TeaCache ...; joins here: wraps `run_blocks`, reads the step context)
-    9. compile         last: it traces what every other transform put in place
+    9. parallel        (several GPUs; joins here: it wraps the block stack, under the cache)
+   10. cache           (TeaCache ...; joins here: wraps `run_blocks`, reads the step context)
+   11. compile         last: it traces what every other transform put in place
 
 The pipeline exposes `components` (name -> nn.Module or None) and `transformer_names` (the DiTs:
 what LoRA, quantization and compile act on, each of them: both experts of a two-expert model),
@@ -41,7 +46,8 @@ from torch import nn
 from lightx2v.config import CompileConfig, EngineConfig, LoraConfig
 from lightx2v.errors import InputError
 
-ORDER = ("lora_merge", "quant", "placement", "lora_dynamic", "attention", "context_kv", "parallel", "cache", "compile")
+ORDER = ("lora_merge", "quant", "placement", "lora_dynamic", "fuse_qkv", "attention", "kernels", "context_kv",
+         "parallel", "cache", "compile")
 
 
 def quant_on_load(engine: EngineConfig, name: Optional[str] = None,
@@ -158,8 +164,19 @@ def set_dynamic_lora(pipeline, loras: Sequence[tuple[str, float]] = (), allow_un
     return done
 
 
+def fuse_qkv_step(pipeline, engine: EngineConfig) -> list[str]:
+    """Step 5: q, k, v of each DiT's self-attention as one GEMM (views: no second copy). Skipped as a
+    whole with model offload, which assigns parameters new storage behind the views."""
+    from lightx2v.runtime.fuse import fuse_qkv
+
+    dits = _transformers(pipeline)
+    if engine.offload.granularity is not None:
+        return [f"{name}: skipped (offload {engine.offload.granularity} moves the weights)" for name, _ in dits]
+    return [f"{name}: {line}" for name, model in dits for line in fuse_qkv(model)]
+
+
 def set_attention(pipeline, engine: EngineConfig) -> list[str]:
-    """Step 5: the attention backend of each component that has attention, for its device and dtype,
+    """Step 6: the attention backend of each component that has attention, for its device and dtype,
     per role (a DiT's self- and cross-attention may differ: `EngineConfig.attention`)."""
     from lightx2v.config import ATTENTION_ROLES
     from lightx2v.ops.attention import attention_role, resolve_attention, set_attention_backend
@@ -181,8 +198,21 @@ def set_attention(pipeline, engine: EngineConfig) -> list[str]:
     return chosen
 
 
+def set_fused_ops(pipeline, engine: EngineConfig) -> list[str]:
+    """Step 7: the DiTs' fused elementwise ops ("torch" reference, "triton" kernels; lightx2v.ops.fused),
+    resolved for the engine's device and dtype, on every module with a `fused_ops` attribute."""
+    from lightx2v.ops.fused import resolve_fused, set_fused_backend
+
+    chosen = []
+    for name, model in _transformers(pipeline):
+        ops = resolve_fused(engine.kernels, engine.torch_device(), engine.dtype)
+        if set_fused_backend(model, ops):
+            chosen.append(f"{name}: {ops.name}")
+    return chosen
+
+
 def compile_blocks(model: nn.Module, cfg: CompileConfig) -> int:
-    """Step 9: regional compile: `torch.compile` each block of the model's declared repeated blocks
+    """Step 11: regional compile: `torch.compile` each block of the model's declared repeated blocks
     in place (`nn.Module.compile`: names and state_dict unchanged). Identical blocks share one
     compiled graph, so the first call compiles once. Returns the number of blocks compiled."""
     names = getattr(model, "_repeated_blocks", None)
@@ -237,7 +267,10 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
         log.append(f"placement: {device}")
     if lora.count and lora.mode == "dynamic":
         log += [f"lora_dynamic: {d}" for d in set_dynamic_lora(pipeline, lora.loras, lora.allow_unmatched, lora.per_dit)]
+    if engine.fuse_qkv:
+        log += [f"fuse_qkv: {d}" for d in fuse_qkv_step(pipeline, engine)]
     log += [f"attention: {c}" for c in set_attention(pipeline, engine)]
+    log += [f"kernels: {c}" for c in set_fused_ops(pipeline, engine)]
     if engine.context_kv:
         from lightx2v.runtime.context_kv import apply_context_kv
 

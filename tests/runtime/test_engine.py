@@ -37,8 +37,8 @@ def lora_file(tmp_path_factory):
 
 
 def test_order_is_written_once():
-    assert ORDER == ("lora_merge", "quant", "placement", "lora_dynamic", "attention", "context_kv", "parallel",
-                     "cache", "compile")
+    assert ORDER == ("lora_merge", "quant", "placement", "lora_dynamic", "fuse_qkv", "attention", "kernels", "context_kv",
+                     "parallel", "cache", "compile")
 
 
 def test_quant_moves_into_loading_only_without_a_merge():

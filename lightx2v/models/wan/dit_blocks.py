@@ -8,6 +8,10 @@ out without autocast so that the weights can be stored in bf16:
   (`compute_dtype(layer)`: the layer's `compute_dtype` attribute if a transform set one, e.g. a
   quantized linear, else the dtype of its weight).
 Attention goes through `module.attn_backend(q, k, v)` (see lightx2v.ops.attention), `[B, L, H, D]`.
+The elementwise work around it (norm + modulation, q/k norm + RoPE, the gated residual adds) goes
+through `module.fused_ops` (lightx2v.ops.fused: "torch", the reference and default, or "triton").
+Self-attention runs q, k, v as one GEMM when the `fuse_qkv` transform (lightx2v.runtime.fuse) set
+`qkv_weight` / `qkv_bias`, unless a forward hook (a dynamic LoRA) sits on q, k or v.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightx2v.ops.attention import get_backend
+from lightx2v.ops.fused import get_fused
 
 CLIP_DIM = 1280  # width of the CLIP ViT-H/14 features of the Wan2.1 I2V releases (default image_dim)
 
@@ -154,17 +159,53 @@ class _QKVO(nn.Module):
 class SelfAttention(_QKVO):
     """Self-attention with RMS q/k norm over the whole width and 3D RoPE (official WanSelfAttention)."""
 
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool, eps: float) -> None:
+        super().__init__(dim, num_heads, qk_norm, eps)
+        self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
+        # set by lightx2v.runtime.fuse.fuse_qkv: [3C, C] / [3C] tensors whose slices ARE q/k/v's weights
+        # and biases (plain attributes, not in state_dict; q.weight etc. are views into them)
+        self.qkv_weight: Tensor | None = None
+        self.qkv_bias: Tensor | None = None
+        self.qkv_params: tuple = ()  # the q, k, v weight Parameters that were fused (identity check)
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() give q/k/v new storage (`param.data = ...`): the fused tensors would be stale
+        self.qkv_weight, self.qkv_bias, self.qkv_params = None, None, ()
+        return super()._apply(fn, recurse)
+
+    def qkv_fused(self) -> bool:
+        """The fused tensors are set and q, k, v still hold the weights fused (not a layer replaced since,
+        e.g. quantized, or a weight assigned)."""
+        p = self.qkv_params
+        return (self.qkv_weight is not None and self.q.weight is p[0] and self.k.weight is p[1]
+                and self.v.weight is p[2])
+
+    def _project(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # h: [B, L, C] -> q, k, v [B, L, C]: one GEMM when fused and nothing hooks q/k/v (a dynamic
+        # LoRA added after fusing is a hook: it then runs through the layers, never silently skipped)
+        if self.qkv_fused() and not _hooked(self.q, self.k, self.v):
+            return F.linear(h, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
+        return self.q(h), self.k(h), self.v(h)
+
     def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         # x: [B, L, C] -> [B, L, C] in the compute dtype of `o`
         dt = compute_dtype(self.q)
         h = x.to(dt)
-        q = self.norm_q(self.q(h)).unflatten(-1, (self.num_heads, -1))  # [B, L, H, D]
-        k = self.norm_k(self.k(h)).unflatten(-1, (self.num_heads, -1))
-        v = self.v(h).unflatten(-1, (self.num_heads, -1))
-        q = apply_rope(q, rope).to(dt)
-        k = apply_rope(k, rope).to(dt)
+        q, k, v = self._project(h)
+        if isinstance(self.norm_q, RMSNormFP32) and isinstance(self.norm_k, RMSNormFP32):
+            ops = self.fused_ops
+            q = ops.qk_norm_rope(q, self.norm_q.weight, self.norm_q.eps, rope, self.num_heads, dt)  # [B, L, H, D]
+            k = ops.qk_norm_rope(k, self.norm_k.weight, self.norm_k.eps, rope, self.num_heads, dt)
+        else:
+            q = apply_rope(self.norm_q(q).unflatten(-1, (self.num_heads, -1)), rope).to(dt)
+            k = apply_rope(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), rope).to(dt)
+        v = v.unflatten(-1, (self.num_heads, -1))
         out = self.attn_backend(q, k, v.to(dt))  # [B, L, H, D]
         return linear(self.o, out.flatten(2))
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class CrossAttention(_QKVO):
@@ -227,17 +268,19 @@ class WanBlock(nn.Module):
         self.norm2 = LayerNormFP32(dim, eps=eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
+        self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
 
     def forward(self, x: Tensor, e: Tensor, kv: tuple[Tensor, ...], rope: Tensor) -> Tensor:
         # x: [B, L, C] fp32 residual; e: [B, 1 | L, 6, C] fp32 (time projection: one per sample, broadcast
         # over the tokens, or one per token); kv: this block's cross-attention K/V (CrossAttention.context_kv)
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).unbind(2)  # [B, 1 | L, C]
-        y = self.self_attn(self.norm1(x) * (1 + scale) + shift, rope)
-        x = x + y.float() * gate
+        ops = self.fused_ops
+        y = self.self_attn(ops.norm_modulate(x, shift, scale, self.norm1.eps, compute_dtype(self.self_attn.q)), rope)
+        x = ops.gated_residual(x, y, gate)
         x = x + self.cross_attn(self.norm3(x).float(), kv).float()
-        y = linear(self.ffn[0], self.norm2(x) * (1 + c_scale) + c_shift)
+        y = linear(self.ffn[0], ops.norm_modulate(x, c_shift, c_scale, self.norm2.eps, compute_dtype(self.ffn[0])))
         y = self.ffn[2](self.ffn[1](y))
-        return x + y.float() * c_gate
+        return ops.gated_residual(x, y, c_gate)
 
 
 class Head(nn.Module):
@@ -248,11 +291,12 @@ class Head(nn.Module):
         self.norm = LayerNormFP32(dim, eps=eps, elementwise_affine=False)
         self.head = nn.Linear(dim, out_features)
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
+        self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
         # x: [B, L, C] fp32; e: [B, 1 | L, C] fp32 (time embedding, before the projection)
         shift, scale = (self.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)  # [B, 1 | L, C]
-        return linear(self.head, self.norm(x) * (1 + scale) + shift)
+        return linear(self.head, self.fused_ops.norm_modulate(x, shift, scale, self.norm.eps, compute_dtype(self.head)))
 
 
 class MLPProj(nn.Module):

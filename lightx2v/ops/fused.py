@@ -1,0 +1,183 @@
+"""One dispatch point for the fused elementwise ops of a DiT block (norm + modulation, q/k norm + RoPE,
+gated residual).
+
+Design (as lightx2v.ops.attention): a read-only registry of small frozen `FusedOps` objects, each
+with a `name`, a capability check `available(device, dtype) -> str | None` (None: it can run;
+otherwise why not) and three ops:
+
+    norm_modulate(x, shift, scale, eps, out_dtype)   LayerNorm(x) * (1 + scale) + shift, cast to out_dtype
+        x: [B, L, C] fp32 residual; shift, scale: [B, 1 | L, C] fp32 -> [B, L, C] out_dtype
+    qk_norm_rope(x, weight, eps, rope, num_heads, out_dtype)   RoPE(RMSNorm(x) * weight), cast
+        x: [B, L, C] a q or k projection; weight [C]; rope [L, 1, D/2, 2] -> [B, L, H, D] out_dtype
+    gated_residual(x, y, gate)   x + y * gate in fp32, a NEW tensor (no input is written)
+        x: [B, L, C] fp32; y: [B, L, C] (the layer's dtype); gate [B, 1 | L, C] fp32 -> [B, L, C] fp32
+
+"torch" is the reference: exactly the expressions the blocks computed before this module existed
+(so the default is bit-identical to them); "triton" runs the kernels of lightx2v.ops.triton.norms
+(one pass over memory each), which match the reference to fp32 rounding before the final cast.
+Blocks read `module.fused_ops` (set by `set_fused_backend`, the engine's "kernels" step); the Triton
+module is imported on first use, so importing this module needs no Triton.
+`resolve_fused(name, device, dtype)`: "auto" is triton where it compiles for real (CUDA), else
+torch; an explicit name that cannot run is a LightX2VError.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightx2v.errors import LightX2VError
+
+Check = Callable[[torch.device, torch.dtype], "str | None"]
+
+
+@dataclass(frozen=True)
+class FusedOps:
+    """A named set of the three fused ops with a capability check."""
+
+    name: str
+    check: Check
+    norm_modulate: Callable[..., Tensor]
+    qk_norm_rope: Callable[..., Tensor]
+    gated_residual: Callable[..., Tensor]
+    description: str = ""
+
+    def available(self, device: torch.device | str, dtype: torch.dtype) -> str | None:
+        """None if these ops can run on `device` with `dtype`, else the reason they cannot."""
+        return self.check(torch.device(device), dtype)
+
+    def __repr__(self) -> str:
+        return f"FusedOps({self.name!r})"
+
+
+# ---------------------------------------------------------------- the reference (today's math)
+
+
+def _torch_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
+    # LayerNormFP32 without affine, then the modulation, in fp32; one cast for the next Linear
+    return (F.layer_norm(x.float(), (x.shape[-1],), None, None, eps) * (1 + scale) + shift).to(out_dtype)
+
+
+def _torch_qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads: int,
+                        out_dtype: torch.dtype) -> Tensor:
+    from lightx2v.models.wan.dit_blocks import apply_rope
+
+    # RMSNormFP32 over the whole width, split into heads, RoPE in fp32, one cast
+    normed = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)
+    return apply_rope(normed.unflatten(-1, (num_heads, -1)), rope).to(out_dtype)
+
+
+def _torch_gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    return x + y.float() * gate
+
+
+# ---------------------------------------------------------------- Triton (lightx2v.ops.triton.norms)
+
+
+def _triton_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
+    import lightx2v.ops.triton.norms  # noqa: F401  (registers the lightx2v:: ops)
+
+    return torch.ops.lightx2v.norm_modulate(x, shift, scale, float(eps), out_dtype)
+
+
+def _triton_qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads: int,
+                         out_dtype: torch.dtype) -> Tensor:
+    import lightx2v.ops.triton.norms  # noqa: F401
+
+    out = torch.ops.lightx2v.qk_norm_rope(x, weight, float(eps), rope, int(num_heads), out_dtype)
+    return out.unflatten(-1, (num_heads, -1))
+
+
+def _triton_gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    import lightx2v.ops.triton.norms  # noqa: F401
+
+    return torch.ops.lightx2v.gated_residual(x, y, gate)
+
+
+# ---------------------------------------------------------------- capability checks
+
+
+def _any(device: torch.device, dtype: torch.dtype) -> str | None:
+    return None
+
+
+def _interpreted() -> bool:
+    # Triton's own switch (its interpreter runs kernels on CPU tensors); the test suite sets it
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _check_triton(device: torch.device, dtype: torch.dtype) -> str | None:
+    if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        return f"needs bfloat16, float16 or float32, got {dtype}"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available in this torch build or machine"
+    elif not (device.type == "cpu" and _interpreted()):
+        return f"needs a CUDA device, got {device.type} (CPU only under TRITON_INTERPRET=1, for tests)"
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # a broken install raises more than ImportError
+        return f"package 'triton' cannot be imported ({type(exc).__name__}: {exc})".splitlines()[0]
+    return None
+
+
+_OPS: Mapping[str, FusedOps] = MappingProxyType(
+    {
+        o.name: o
+        for o in (
+            FusedOps("torch", _any, _torch_norm_modulate, _torch_qk_norm_rope, _torch_gated_residual,
+                     "torch ops, the reference (the blocks' original expressions)"),
+            FusedOps("triton", _check_triton, _triton_norm_modulate, _triton_qk_norm_rope, _triton_gated_residual,
+                     "fused Triton kernels, one pass over memory each (lightx2v.ops.triton.norms)"),
+        )
+    }
+)
+
+
+def list_fused() -> list[str]:
+    """Names of all registered FusedOps (whether or not they can run here)."""
+    return list(_OPS)
+
+
+def get_fused(name: str) -> FusedOps:
+    """The registered FusedOps called `name`, without checking that it can run."""
+    if name not in _OPS:
+        raise LightX2VError(f"unknown kernels {name!r}; known: auto, {', '.join(_OPS)}")
+    return _OPS[name]
+
+
+def resolve_fused(name: str, device: torch.device | str, dtype: torch.dtype) -> FusedOps:
+    """The FusedOps for `name` ("auto" | "torch" | "triton") on `device` with `dtype`.
+
+    "auto": triton on a CUDA device where it can run (never the CPU interpreter: far slower than
+    torch), else torch. Raises LightX2VError if the name is unknown or cannot run here."""
+    device = torch.device(device)
+    if name == "auto":
+        triton_ops = _OPS["triton"]
+        if device.type == "cuda" and triton_ops.available(device, dtype) is None:
+            return triton_ops
+        return _OPS["torch"]
+    ops = get_fused(name)
+    reason = ops.available(device, dtype)
+    if reason is not None:
+        usable = [n for n, o in _OPS.items() if o.available(device, dtype) is None]
+        raise LightX2VError(
+            f"kernels {name!r} cannot run on {device} with {dtype}: {reason}; usable here: auto, {', '.join(usable)}"
+        )
+    return ops
+
+
+def set_fused_backend(model: nn.Module, ops: FusedOps) -> int:
+    """Put `ops` on every submodule of `model` that has a `fused_ops` attribute; returns how many."""
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "fused_ops"):
+            module.fused_ops = ops
+            n += 1
+    return n

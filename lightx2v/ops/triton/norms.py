@@ -1,0 +1,193 @@
+"""Triton kernels for the elementwise work of a Wan DiT block (dispatch: lightx2v.ops.fused).
+
+Three memory-bound kernels, one program per token row (the whole row of C channels in one block:
+C = 1536 / 3072 / 5120 for Wan 1.3B / 5B / 14B), fp32 arithmetic, one rounding at the store:
+
+- `norm_modulate`:  LayerNorm (no affine) of the fp32 residual, then `* (1 + scale) + shift`,
+                    stored in the next Linear's dtype (bf16 / fp16 / fp32)
+- `qk_norm_rope`:   RMSNorm across the whole width (with weight) of a q or k projection, then the
+                    3D RoPE rotation of each head's channel pairs with that token's (cos, sin)
+- `gated_residual`: `x + y * gate` in fp32 (a new tensor; the inputs are not written)
+
+Modulation tensors (shift, scale, gate) are [B, 1 | L, C]: they are expanded to [B, L, C] (a view,
+stride 0 over the broadcast dims) and read through their strides, so one kernel serves the
+per-sample and the per-token (Wan2.2 TI2V) forms. Inputs need a unit stride on the channel dim;
+their other strides are passed (q/k are strided slices of a fused QKV output).
+
+Each wrapper is a `torch.library.triton_op` ("lightx2v::<name>") calling the kernel through
+`wrap_triton`, so torch.compile traces it without a graph break. Without a GPU the kernels run in
+Triton's interpreter (TRITON_INTERPRET=1, set by the test suite) on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+def _launch(kernel, grid: tuple, *args, **kw) -> None:
+    torch.library.wrap_triton(kernel)[grid](*args, **kw)
+
+
+def _op(name: str, fake):
+    """Register `fn` as the custom op lightx2v::`name`.
+
+    On a GPU: `torch.library.triton_op`, so torch.compile (Inductor) sees the kernel itself and
+    schedules it without a graph break. Under TRITON_INTERPRET=1 (tests without a GPU) wrap_triton
+    cannot trace the interpreted kernel, so the op is an opaque `custom_op` with a fake (shape-only)
+    implementation instead: dynamo still traces it without a graph break and runs it eagerly."""
+
+    def register(fn):
+        if _interpreted():
+            op = torch.library.custom_op(f"lightx2v::{name}", mutates_args=())(fn)
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(f"lightx2v::{name}", mutates_args=())(fn)
+
+    return register
+
+
+def _interpreted() -> bool:
+    # TRITON_INTERPRET=1, read by triton.jit when the kernels below are defined, makes them InterpretedFunctions
+    return not isinstance(_norm_modulate_kernel, triton.runtime.jit.JITFunction)
+
+
+def _warps(block: int) -> int:
+    return 4 if block <= 1024 else (8 if block <= 4096 else 16)
+
+
+def _rows(t: Tensor, shape: torch.Size) -> tuple[Tensor, int, int]:
+    """`t` [B?, 1 | L, C] expanded to `shape` [B, L, C] with a unit channel stride: (t, stride_b, stride_l)."""
+    t = t.expand(shape)
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t, t.stride(0), t.stride(1)
+
+
+@triton.jit
+def _cast(y, ty: tl.constexpr):
+    """fp32 `y` in dtype `ty`, rounded to nearest even. For bf16 the rounding is written out: Triton's
+    interpreter casts fp32 -> bf16 by truncation (the GPU rounds to nearest even; both then agree).
+    NaN and inf keep their class (the carry cannot leave the exponent of an all-ones exponent)."""
+    if ty == tl.bfloat16:
+        bits = y.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        y = bits.to(tl.float32, bitcast=True)
+    return y.to(ty)
+
+
+# ---------------------------------------------------------------- LayerNorm + modulation
+
+
+@triton.jit
+def _norm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, L, C, sxb, sxl, ssb, ssl, scb, scl, eps,
+                          BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # int64 offsets: a strided [2, 75600, 3 * 5120] q/k passes 2**31
+    b = row // L
+    l_ = row % L
+    cols = tl.arange(0, BLOCK)
+    mask = cols < C
+    x = tl.load(x_ptr + b * sxb + l_ * sxl + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / C
+    d = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(d * d, axis=0) / C
+    rstd = 1.0 / tl.sqrt(var + eps)
+    shift = tl.load(shift_ptr + b * ssb + l_ * ssl + cols, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr + b * scb + l_ * scl + cols, mask=mask, other=0.0).to(tl.float32)
+    y = (d * rstd) * (1.0 + scale) + shift
+    tl.store(out_ptr + row * C + cols, _cast(y, out_ptr.dtype.element_ty), mask=mask)
+
+
+@_op("norm_modulate", lambda x, shift, scale, eps, out_dtype: x.new_empty(x.shape, dtype=out_dtype))
+def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
+    """LayerNorm(x) * (1 + scale) + shift: x [B, L, C] fp32, shift/scale [B, 1 | L, C] -> [B, L, C] out_dtype."""
+    B, L, C = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    shift, ssb, ssl = _rows(shift, x.shape)
+    scale, scb, scl = _rows(scale, x.shape)
+    out = torch.empty((B, L, C), dtype=out_dtype, device=x.device)
+    block = triton.next_power_of_2(C)
+    _launch(_norm_modulate_kernel, (B * L,),
+        x, shift, scale, out, L, C, x.stride(0), x.stride(1), ssb, ssl, scb, scl, eps,
+        BLOCK=block, num_warps=_warps(block))
+    return out
+
+
+# ---------------------------------------------------------------- RMSNorm across heads + RoPE
+
+
+@triton.jit
+def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, HALF_D, sxb, sxl, srl, eps,
+                         BLOCK: tl.constexpr):
+    # one token row of C = H * D channels, read as C/2 pairs (2p, 2p+1); pair p is pair p % (D/2) of its head
+    row = tl.program_id(0).to(tl.int64)  # int64 offsets: a strided [2, 75600, 3 * 5120] q/k passes 2**31
+    b = row // L
+    l_ = row % L
+    p = tl.arange(0, BLOCK)
+    mask = p < C // 2
+    base = x_ptr + b * sxb + l_ * sxl
+    re = tl.load(base + 2 * p, mask=mask, other=0.0).to(tl.float32)
+    im = tl.load(base + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt((tl.sum(re * re, axis=0) + tl.sum(im * im, axis=0)) / C + eps)
+    re = re * rstd * tl.load(w_ptr + 2 * p, mask=mask, other=0.0).to(tl.float32)
+    im = im * rstd * tl.load(w_ptr + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
+    j = p % HALF_D
+    cos = tl.load(rope_ptr + l_ * srl + 2 * j, mask=mask, other=0.0)
+    sin = tl.load(rope_ptr + l_ * srl + 2 * j + 1, mask=mask, other=0.0)
+    out = out_ptr + row * C
+    ty = out_ptr.dtype.element_ty
+    tl.store(out + 2 * p, _cast(re * cos - im * sin, ty), mask=mask)
+    tl.store(out + 2 * p + 1, _cast(re * sin + im * cos, ty), mask=mask)
+
+
+@_op("qk_norm_rope", lambda x, weight, eps, rope, num_heads, out_dtype: x.new_empty(x.shape, dtype=out_dtype))
+def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads: int, out_dtype: torch.dtype) -> Tensor:
+    """RoPE(RMSNorm(x) * weight): x [B, L, C], weight [C], rope [L, 1, D/2, 2] fp32 -> [B, L, C] out_dtype."""
+    B, L, C = x.shape
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    rope = rope.reshape(rope.shape[0], -1)  # [L, D] (cos, sin) interleaved
+    if rope.dtype != torch.float32 or rope.stride(-1) != 1:
+        rope = rope.float().contiguous()
+    weight = weight.contiguous()
+    out = torch.empty((B, L, C), dtype=out_dtype, device=x.device)
+    block = triton.next_power_of_2(C // 2)
+    _launch(_qk_norm_rope_kernel, (B * L,),
+        x, weight, rope, out, L, C, C // num_heads // 2, x.stride(0), x.stride(1), rope.stride(0), eps,
+        BLOCK=block, num_warps=_warps(block))
+    return out
+
+
+# ---------------------------------------------------------------- gated residual
+
+
+@triton.jit
+def _gated_residual_kernel(x_ptr, y_ptr, gate_ptr, out_ptr, L, C, sxb, sxl, syb, syl, sgb, sgl,
+                           BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)  # int64 offsets: a strided [2, 75600, 3 * 5120] q/k passes 2**31
+    b = row // L
+    l_ = row % L
+    cols = tl.arange(0, BLOCK)
+    mask = cols < C
+    x = tl.load(x_ptr + b * sxb + l_ * sxl + cols, mask=mask, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + b * syb + l_ * syl + cols, mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(gate_ptr + b * sgb + l_ * sgl + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * C + cols, x + y * g, mask=mask)
+
+
+@_op("gated_residual", lambda x, y, gate: x.new_empty(x.shape, dtype=torch.float32))
+def gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
+    """x + y * gate in fp32: x [B, L, C] fp32, y [B, L, C] (bf16), gate [B, 1 | L, C] -> a new [B, L, C] fp32."""
+    B, L, C = x.shape
+    x, sxb, sxl = _rows(x, x.shape)
+    y, syb, syl = _rows(y, x.shape)
+    gate, sgb, sgl = _rows(gate, x.shape)
+    out = torch.empty((B, L, C), dtype=torch.float32, device=x.device)
+    block = triton.next_power_of_2(C)
+    _launch(_gated_residual_kernel, (B * L,),
+        x, y, gate, out, L, C, sxb, sxl, syb, syl, sgb, sgl, BLOCK=block, num_warps=_warps(block))
+    return out
+
