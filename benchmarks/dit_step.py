@@ -40,13 +40,15 @@ SHAPES = {  # name: (dim, ffn, heads, layers, (height, width))
 # configuration name -> what is applied to our model (diffusers rows are separate)
 CONFIGS = {
     "eager": {},
-    "eager_triton": {"kernels": "triton", "fuse_qkv": True},
-    "compiled": {"compile": True, "fuse_qkv": True},
-    "compiled_triton": {"compile": True, "fuse_qkv": True, "kernels": "triton"},
-    "sage8": {"self": "sage8", "fuse_qkv": True, "kernels": "triton"},
-    "compiled_sage8": {"compile": True, "fuse_qkv": True, "self": "sage8"},
-    "compiled_cfg_batched": {"compile": True, "fuse_qkv": True, "batch": 2},
-    "compiled_cudagraphs": {"compile": True, "fuse_qkv": True, "mode": "reduce-overhead"},
+    "eager_triton": {"kernels": "triton"},
+    "eager_triton_fuse_qkv": {"kernels": "triton", "fuse_qkv": True},
+    "compiled": {"compile": True},
+    "compiled_fuse_qkv": {"compile": True, "fuse_qkv": True},
+    "compiled_triton": {"compile": True, "kernels": "triton"},
+    "sage8": {"self": "sage8", "kernels": "triton"},
+    "compiled_sage8": {"compile": True, "self": "sage8"},
+    "compiled_cfg_batched": {"compile": True, "batch": 2},
+    "compiled_cudagraphs": {"compile": True, "mode": "reduce-overhead"},
     "fp32": {"fp32": True},  # our fp32 path (TF32 off): the reference of the error columns; last
     "diffusers_eager": {"diffusers": True},
     "diffusers_best": {"diffusers": True, "compile": True},
@@ -159,9 +161,9 @@ def apply(model, opts: dict) -> list[str]:
 
         done.append(f"fuse_qkv {fuse_qkv(model)}")
     if opts.get("kernels"):
-        from lightx2v.ops.fused import resolve_fused, set_fused_ops
+        from lightx2v.ops.fused import resolve_fused, set_fused_backend
 
-        set_fused_ops(model, resolve_fused(opts["kernels"], torch.device(DEV), dt))
+        set_fused_backend(model, resolve_fused(opts["kernels"], torch.device(DEV), dt))
         done.append(f"kernels {opts['kernels']}")
     if opts.get("compile"):
         compile_blocks(model, CompileConfig(enabled=True, mode=opts.get("mode")))
@@ -173,18 +175,11 @@ def reset(model) -> None:
     """Undo `apply`: eager blocks, unfused QKV, torch ops (the weights are untouched)."""
     for block in model.blocks:
         block._compiled_call_impl = None
-    try:
-        from lightx2v.runtime.fuse import unfuse_qkv
+    from lightx2v.ops.fused import get_fused, set_fused_backend
+    from lightx2v.runtime.fuse import unfuse_qkv
 
-        unfuse_qkv(model)
-    except ImportError:
-        pass
-    try:
-        from lightx2v.ops.fused import resolve_fused, set_fused_ops
-
-        set_fused_ops(model, resolve_fused("torch", torch.device(DEV), torch.bfloat16))
-    except ImportError:
-        pass
+    unfuse_qkv(model)
+    set_fused_backend(model, get_fused("torch"))
     torch._dynamo.reset()
 
 

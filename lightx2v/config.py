@@ -229,8 +229,9 @@ class EngineConfig:
     # each DiT's cross-attention K/V computed once per generation, not at every step (bit-identical;
     # ~0.4 GB per CFG branch at Wan 14B; lightx2v.runtime.context_kv)
     context_kv: bool = True
-    # the VAE decoder in channels-last(-3d) layout (WanVAE.set_memory_format); off: contiguous
-    vae_channels_last: bool = False
+    # the VAE decoder in channels-last(-3d) layout (WanVAE.set_memory_format); None: on CUDA (H200,
+    # 480P x 81 frames: fp32 2.50 -> 2.32 s, bf16 1.63 -> 1.45 s, less memory; docs/benchmarks.md)
+    vae_channels_last: Optional[bool] = None
     # mp4 files encoded while the VAE decodes (lightx2v.io.stream); off: encoded after the decode
     stream_save: bool = True
     # the DiT blocks' elementwise ops (lightx2v.ops.fused): "torch" (the reference), "triton" (fused

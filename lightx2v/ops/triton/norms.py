@@ -14,8 +14,8 @@ stride 0 over the broadcast dims) and read through their strides, so one kernel 
 per-sample and the per-token (Wan2.2 TI2V) forms. Inputs need a unit stride on the channel dim;
 their other strides are passed (q/k are strided slices of a fused QKV output).
 
-Each wrapper is a `torch.library.triton_op` ("lightx2v::<name>") calling the kernel through
-`wrap_triton`, so torch.compile traces it without a graph break. Without a GPU the kernels run in
+Each wrapper is an opaque `torch.library.custom_op` ("lightx2v::<name>"), so torch.compile traces
+it without a graph break. Without a GPU the kernels run in
 Triton's interpreter (TRITON_INTERPRET=1, set by the test suite) on CPU tensors.
 """
 
@@ -28,30 +28,23 @@ from torch import Tensor
 
 
 def _launch(kernel, grid: tuple, *args, **kw) -> None:
-    torch.library.wrap_triton(kernel)[grid](*args, **kw)
+    kernel[grid](*args, **kw)
 
 
 def _op(name: str, fake):
-    """Register `fn` as the custom op lightx2v::`name`.
+    """Register `fn` as the opaque custom op lightx2v::`name`, with a fake (shape-only) implementation.
 
-    On a GPU: `torch.library.triton_op`, so torch.compile (Inductor) sees the kernel itself and
-    schedules it without a graph break. Under TRITON_INTERPRET=1 (tests without a GPU) wrap_triton
-    cannot trace the interpreted kernel, so the op is an opaque `custom_op` with a fake (shape-only)
-    implementation instead: dynamo still traces it without a graph break and runs it eagerly."""
+    torch.compile traces the op without a graph break and Inductor calls the kernel as it is. (As a
+    `triton_op`, which lets Inductor see the kernel's source, Inductor failed to compile these kernels
+    on the H200 with PyTorch 2.11 / Triton 3.6, 2026-11-30; and where a block is compiled, Inductor
+    fuses the torch reference of these ops at least as well: docs/benchmarks.md.)"""
 
     def register(fn):
-        if _interpreted():
-            op = torch.library.custom_op(f"lightx2v::{name}", mutates_args=())(fn)
-            op.register_fake(fake)
-            return op
-        return torch.library.triton_op(f"lightx2v::{name}", mutates_args=())(fn)
+        op = torch.library.custom_op(f"lightx2v::{name}", mutates_args=())(fn)
+        op.register_fake(fake)
+        return op
 
     return register
-
-
-def _interpreted() -> bool:
-    # TRITON_INTERPRET=1, read by triton.jit when the kernels below are defined, makes them InterpretedFunctions
-    return not isinstance(_norm_modulate_kernel, triton.runtime.jit.JITFunction)
 
 
 def _warps(block: int) -> int:
