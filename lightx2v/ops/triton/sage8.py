@@ -6,7 +6,7 @@ Design (two passes):
 1. Prepare (memory-bound, ~1% of the time at Wan shapes). K is smoothed: its mean over tokens per
    (b, h, channel) is subtracted (softmax is invariant to adding q.mean_k to every score of a row),
    which removes the large shared offset of K's channels so 8 bits cover what varies. Q is quantized
-   per block of QBLK=128 rows (= BLOCK_M of the attention kernel, so one scale per program) and K per
+   per block of QBLK=128 rows (a multiple of the attention kernel's BLOCK_M: one scale per program) and K per
    block of KBLK=128 rows (a multiple of every BLOCK_N: one scalar scale per key tile), each head
    apart, scale = amax/448 (FP8 e4m3) or amax/127 (INT8); Q's scale also carries 1/sqrt(D) * log2(e),
    so the kernel works in base 2 (exp2). V is stored transposed, [B, H, D, Lk_pad], FP8 with a
@@ -52,7 +52,7 @@ from torch import Tensor
 
 from lightx2v.errors import LightX2VError
 
-QBLK = 128  # rows of Q per scale = BLOCK_M of the attention kernel
+QBLK = 128  # rows of Q per scale (a multiple of the attention kernel's BLOCK_M: 64 or 128)
 KBLK = 128  # rows of K per scale: a multiple of BLOCK_N (64 or 128), so one scalar scale per tile
 LK_ALIGN = 128  # K/V padded to a multiple of the largest BLOCK_N
 HEAD_DIMS = (64, 128)
@@ -166,8 +166,10 @@ def _attn_kernel(
     H, Lq, Lk, LQ_PAD, LK_PAD,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KBLK: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, P_LOG2: tl.constexpr, INTERPRET: tl.constexpr,
+    QBLK: tl.constexpr,
 ):
     tl.static_assert(KBLK % BLOCK_N == 0)  # one K scale per tile
+    tl.static_assert(QBLK % BLOCK_M == 0)  # a program's rows lie inside one Q scale block
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     bh64 = bh.to(tl.int64)
@@ -175,7 +177,7 @@ def _attn_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
 
     q = tl.load(Q + bh64 * LQ_PAD * HEAD_DIM + offs_m[:, None] * HEAD_DIM + offs_d[None, :])  # [BLOCK_M, D]
-    q_scale = tl.load(QS + bh * (LQ_PAD // BLOCK_M) + pid_m)  # includes 1/sqrt(D) * log2(e)
+    q_scale = tl.load(QS + bh * (LQ_PAD // QBLK) + (pid_m * BLOCK_M) // QBLK)  # includes 1/sqrt(D) * log2(e)
     K_bh = K + bh64 * LK_PAD * HEAD_DIM
     V_bh = V + bh64 * HEAD_DIM * LK_PAD
     KS_bh = KS + bh * (LK_PAD // KBLK)
@@ -208,15 +210,19 @@ def _attn_kernel(
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m < Lq)[:, None])
 
 
-_CONFIGS = [  # BLOCK_M is fixed (= QBLK, one Q scale per program): 128 rows over 8 warps, two wgmma warpgroups
-    # of 64 rows. 4 warps spill on sm90 (ptxas: 255 registers + 300-650 B of stack), so none here;
-    # these compile spill-free for sm90 (BLOCK_N 128: ~255 regs, 64: ~218) and fit its 227 KB of shared
-    # memory at every stage count (fp8: 32 KB per K+V stage; fp16 V: 48 KB).
-    triton.Config({"BLOCK_N": bn}, num_warps=8, num_stages=s)
-    for bn, s in ((128, 2), (128, 3), (64, 3), (64, 4))
+_CONFIGS = [
+    # BLOCK_M 128 over 8 warps (two wgmma warpgroups of 64 rows; one program per SM: ~255 registers)
+    # or BLOCK_M 64 over 4 warps (one warpgroup; several programs per SM, whose softmax and dots the
+    # scheduler can interleave). Q keeps one scale per QBLK=128 rows either way. 4 warps at BLOCK_M
+    # 128 spill on sm90 (ptxas), so none; all fit sm90's 227 KB of shared memory (fp8: 32 KB per K+V
+    # stage at BLOCK_N 128; fp16 V: 48 KB).
+    *(triton.Config({"BLOCK_M": 128, "BLOCK_N": bn}, num_warps=8, num_stages=s)
+      for bn, s in ((128, 2), (128, 3), (64, 3), (64, 4))),
+    *(triton.Config({"BLOCK_M": 64, "BLOCK_N": bn}, num_warps=4, num_stages=s)
+      for bn, s in ((128, 2), (128, 3), (64, 4))),
 ]
 _attn_kernel_tuned = triton.autotune(_CONFIGS, key=["Lk", "HEAD_DIM", "QK_INT8", "PV_FP8"])(_attn_kernel)
-_INTERPRET_CONFIG = dict(BLOCK_N=64, num_warps=4, num_stages=1)
+_INTERPRET_CONFIG = dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=1)  # BLOCK_M < QBLK: that indexing too
 
 
 def _wrap(kernel):
@@ -297,9 +303,11 @@ def attend(q8: Tensor, k8: Tensor, vt: Tensor, qs: Tensor, ks: Tensor, vs: Tenso
     """The attention kernel on prepared tensors; writes `out` ([B, Lq, H, D]) and returns it."""
     B, H, lq_pad, D = q8.shape
     lk_pad = k8.shape[2]
-    grid = (lq_pad // QBLK, B * H)
+    def grid(meta):
+        return (lq_pad // meta["BLOCK_M"], B * H)
+
     args = (q8, k8, vt, qs, ks, vs, out, *out.stride(), H, out.shape[1], Lk, lq_pad, lk_pad)
-    consts = dict(HEAD_DIM=D, BLOCK_M=QBLK, KBLK=KBLK, QK_INT8=q8.dtype == torch.int8,
+    consts = dict(HEAD_DIM=D, KBLK=KBLK, QK_INT8=q8.dtype == torch.int8, QBLK=QBLK,
                   PV_FP8=vt.dtype == torch.float8_e4m3fn, P_LOG2=P_LOG2, INTERPRET=_interpreting())
     if _interpreting():  # autotuning in the interpreter would take minutes
         _attn_kernel[grid](*args, **consts, **_INTERPRET_CONFIG)
