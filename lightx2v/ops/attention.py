@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightx2v.errors import LightX2VError
+from lightx2v.ops.registry import lookup, require
 
 Check = Callable[[torch.device, torch.dtype], "str | None"]
 Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]
@@ -216,9 +217,7 @@ def list_backends() -> list[str]:
 
 def get_backend(name: str) -> AttentionBackend:
     """The registered backend called `name`, without checking that it can run."""
-    if name not in _BACKENDS:
-        raise LightX2VError(f"unknown attention backend {name!r}; known: auto, {', '.join(_BACKENDS)}")
-    return _BACKENDS[name]
+    return lookup(_BACKENDS, name, "attention backend")
 
 
 def _auto_allows(name: str, device: torch.device) -> bool:
@@ -239,15 +238,7 @@ def resolve_attention(name: str, device: torch.device | str, dtype: torch.dtype)
             if _auto_allows(candidate, device) and backend.available(device, dtype) is None:
                 return backend
         raise LightX2VError(f"no attention backend can run on {device} with {dtype}")  # torch_sdpa always can
-    backend = get_backend(name)
-    reason = backend.available(device, dtype)
-    if reason is not None:
-        usable = [n for n, b in _BACKENDS.items() if b.available(device, dtype) is None]
-        raise LightX2VError(
-            f"attention backend {name!r} cannot run on {device} with {dtype}: {reason}; "
-            f"usable here: auto, {', '.join(usable)}"
-        )
-    return backend
+    return require(_BACKENDS, name, device, dtype, "attention backend")
 
 
 def attention_role(module: nn.Module) -> str:

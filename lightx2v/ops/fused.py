@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightx2v.errors import LightX2VError
+from lightx2v.ops.registry import lookup, require
 
 Check = Callable[[torch.device, torch.dtype], "str | None"]
 
@@ -147,9 +147,7 @@ def list_fused() -> list[str]:
 
 def get_fused(name: str) -> FusedOps:
     """The registered FusedOps called `name`, without checking that it can run."""
-    if name not in _OPS:
-        raise LightX2VError(f"unknown kernels {name!r}; known: auto, {', '.join(_OPS)}")
-    return _OPS[name]
+    return lookup(_OPS, name, "kernels")
 
 
 def resolve_fused(name: str, device: torch.device | str, dtype: torch.dtype) -> FusedOps:
@@ -163,14 +161,7 @@ def resolve_fused(name: str, device: torch.device | str, dtype: torch.dtype) -> 
         if device.type == "cuda" and triton_ops.available(device, dtype) is None:
             return triton_ops
         return _OPS["torch"]
-    ops = get_fused(name)
-    reason = ops.available(device, dtype)
-    if reason is not None:
-        usable = [n for n, o in _OPS.items() if o.available(device, dtype) is None]
-        raise LightX2VError(
-            f"kernels {name!r} cannot run on {device} with {dtype}: {reason}; usable here: auto, {', '.join(usable)}"
-        )
-    return ops
+    return require(_OPS, name, device, dtype, "kernels")
 
 
 def set_fused_backend(model: nn.Module, ops: FusedOps) -> int:

@@ -75,11 +75,16 @@ def _cast(y, ty: tl.constexpr):
 
 
 @triton.jit
+def _row(L):
+    """(row, batch, token) of this program, int64: a strided [2, 75600, 3 * 5120] q/k passes 2**31."""
+    row = tl.program_id(0).to(tl.int64)
+    return row, row // L, row % L
+
+
+@triton.jit
 def _norm_modulate_kernel(x_ptr, shift_ptr, scale_ptr, out_ptr, L, C, sxb, sxl, ssb, ssl, scb, scl, eps,
                           BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # int64 offsets: a strided [2, 75600, 3 * 5120] q/k passes 2**31
-    b = row // L
-    l_ = row % L
+    row, b, l_ = _row(L)
     cols = tl.arange(0, BLOCK)
     mask = cols < C
     x = tl.load(x_ptr + b * sxb + l_ * sxl + cols, mask=mask, other=0.0).to(tl.float32)
@@ -116,9 +121,7 @@ def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype
 def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, HALF_D, sxb, sxl, srl, eps,
                          BLOCK: tl.constexpr):
     # one token row of C = H * D channels, read as C/2 pairs (2p, 2p+1); pair p is pair p % (D/2) of its head
-    row = tl.program_id(0).to(tl.int64)  # int64 offsets: a strided [2, 75600, 3 * 5120] q/k passes 2**31
-    b = row // L
-    l_ = row % L
+    row, b, l_ = _row(L)
     p = tl.arange(0, BLOCK)
     mask = p < C // 2
     base = x_ptr + b * sxb + l_ * sxl
@@ -160,9 +163,7 @@ def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads:
 @triton.jit
 def _gated_residual_kernel(x_ptr, y_ptr, gate_ptr, out_ptr, L, C, sxb, sxl, syb, syl, sgb, sgl,
                            BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)  # int64 offsets: a strided [2, 75600, 3 * 5120] q/k passes 2**31
-    b = row // L
-    l_ = row % L
+    row, b, l_ = _row(L)
     cols = tl.arange(0, BLOCK)
     mask = cols < C
     x = tl.load(x_ptr + b * sxb + l_ * sxl + cols, mask=mask, other=0.0).to(tl.float32)

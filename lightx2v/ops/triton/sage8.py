@@ -70,6 +70,18 @@ def _interpreting() -> bool:
 
 
 @triton.jit
+def _load_rows(X, stride_b, stride_l, stride_h, stride_d, H, L, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's BLOCK rows of one (batch, head) of X: [B, L, H, D], any strides -> fp32, zero past L."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    rows = pid * BLOCK + tl.arange(0, BLOCK)
+    d = tl.arange(0, HEAD_DIM)
+    base = X + (bh // H).to(tl.int64) * stride_b + (bh % H).to(tl.int64) * stride_h
+    x = tl.load(base + rows[:, None].to(tl.int64) * stride_l + d[None, :] * stride_d, mask=(rows < L)[:, None], other=0.0)
+    return pid, bh, rows, d, x.to(tl.float32)
+
+
+@triton.jit
 def _quant_rows_kernel(
     X, MEAN, OUT, SCALE,  # X: [B, L, H, D] any strides; MEAN: [B, H, D] fp32; OUT: [B, H, L_PAD, D]; SCALE: [B, H, L_PAD // BLOCK]
     stride_xb, stride_xl, stride_xh, stride_xd,
@@ -77,16 +89,8 @@ def _quant_rows_kernel(
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, SMOOTH: tl.constexpr, QMAX: tl.constexpr, TO_INT8: tl.constexpr,
 ):
     """One (block of BLOCK rows, head): subtract K's mean, scale by amax/QMAX, cast to fp8/int8."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, HEAD_DIM)
+    pid, bh, rows, d, x = _load_rows(X, stride_xb, stride_xl, stride_xh, stride_xd, H, L, BLOCK, HEAD_DIM)  # [BLOCK, D]
     valid = rows < L
-    base = X + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
-    x = tl.load(base + rows[:, None].to(tl.int64) * stride_xl + d[None, :] * stride_xd, mask=valid[:, None], other=0.0)
-    x = x.to(tl.float32)  # [BLOCK, D]
     if SMOOTH:
         mean = tl.load(MEAN + bh * HEAD_DIM + d)
         x = tl.where(valid[:, None], x - mean[None, :], 0.0)
@@ -109,15 +113,7 @@ def _prep_v_kernel(
     HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr, TO_FP8: tl.constexpr,
 ):
     """One (block of BLOCK tokens, head): V to fp8 (per-channel scale) or fp16, written transposed."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = pid * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, HEAD_DIM)
-    base = V + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
-    x = tl.load(base + rows[:, None].to(tl.int64) * stride_vl + d[None, :] * stride_vd, mask=(rows < L)[:, None], other=0.0)
-    x = x.to(tl.float32)  # [BLOCK, D]
+    pid, bh, rows, d, x = _load_rows(V, stride_vb, stride_vl, stride_vh, stride_vd, H, L, BLOCK, HEAD_DIM)  # [BLOCK, D]
     if TO_FP8:
         inv = 1.0 / tl.load(VSCALE + bh * HEAD_DIM + d)
         x = tl.minimum(tl.maximum(x * inv[None, :], -448.0), 448.0)
