@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from random_weights import fill_random_
 
 SHAPES = {  # name: (dim, ffn, heads, layers, (height, width))
     "14B-480p": (5120, 13824, 40, 40, (480, 832)),
@@ -102,18 +103,7 @@ def build_ours(dim, ffn, heads, layers):
                        freq_dim=256, text_dim=4096, out_dim=16, num_heads=heads, num_layers=layers)
     with torch.device("meta"):
         m = WanModel(cfg)
-    m = m.to_empty(device=DEV)
-    g = torch.Generator(DEV).manual_seed(0)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if p.ndim == 1 and "bias" in name:
-                p.normal_(0, 0.02, generator=g)
-            elif p.ndim == 1 or "norm" in name:
-                p.normal_(1.0, 0.05, generator=g)
-            elif "modulation" in name:
-                p.normal_(0, p.shape[-1] ** -0.5, generator=g)
-            else:
-                p.normal_(0, p[0].numel() ** -0.5, generator=g)
+    m = fill_random_(m.to_empty(device=DEV), DEV)
     keep = WanModel._keep_in_fp32
     for name, p in m.named_parameters():
         if not any(k in name for k in keep):

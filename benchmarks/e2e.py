@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from random_weights import fill_random_
 
 RUNS = {
     "4step_lossless": dict(engine=dict(compile=True), gen=dict(num_inference_steps=4, guidance_scale=1.0)),
@@ -42,27 +43,11 @@ RUNS = {
 }
 
 
-@torch.no_grad()
-def fill_(module: torch.nn.Module, device: str) -> None:
-    """Random values, scaled so activations stay finite through 40 blocks (norm gains near 1)."""
-    g = torch.Generator(device).manual_seed(0)
-    for name, p in module.named_parameters():
-        if p.ndim == 1 and ("bias" in name or name.endswith(".b")):
-            p.normal_(0, 0.02, generator=g)
-        elif p.ndim == 1 or "norm" in name or "gamma" in name:
-            p.normal_(1.0, 0.05, generator=g)
-        elif "modulation" in name:
-            p.normal_(0, p.shape[-1] ** -0.5, generator=g)
-        else:
-            p.normal_(0, max(1, p[0].numel()) ** -0.5, generator=g)
-
-
 def built(cls, cfg, device: str, dtype: torch.dtype) -> dict:
     """A state dict of `cls(cfg)` with random weights, made on `device`, returned on the host."""
     with torch.device("meta"):
         m = cls(cfg)
-    m = m.to_empty(device=device)
-    fill_(m, device)
+    m = fill_random_(m.to_empty(device=device), device)
     return {k: v.to(dtype).cpu().contiguous() for k, v in m.state_dict().items()}
 
 
