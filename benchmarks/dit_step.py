@@ -50,6 +50,10 @@ CONFIGS = {
     "compiled_sage8": {"compile": True, "self": "sage8"},
     "compiled_cfg_batched": {"compile": True, "batch": 2},
     "compiled_cudagraphs": {"compile": True, "mode": "reduce-overhead"},
+    # quantized: the DiT's block linears to w8a8-fp8 in place (not undone: these run after every float row)
+    "compiled_w8a8_fp8": {"quant": "w8a8-fp8", "compile": True},
+    "compiled_w8a8_fp8_sage8": {"quant": "w8a8-fp8", "compile": True, "self": "sage8"},
+    "compiled_w8a8_int8": {"quant": "w8a8-int8", "compile": True},
     "fp32": {"fp32": True},  # our fp32 path (TF32 off): the reference of the error columns; last
     "diffusers_eager": {"diffusers": True},
     "diffusers_best": {"diffusers": True, "compile": True},
@@ -143,6 +147,15 @@ def apply(model, opts: dict) -> list[str]:
 
     done = []
     dt = torch.bfloat16
+    if opts.get("quant"):
+        from lightx2v.quant import QuantLinear, apply_quant
+
+        quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
+        if quantized and quantized[0].scheme.name != opts["quant"]:
+            raise RuntimeError(f"the model is already {quantized[0].scheme.name}; run one quantized scheme per call")
+        if not quantized:
+            apply_quant(model, opts["quant"], compute_dtype=dt)
+        done.append(f"quant {opts['quant']}")
     set_attention_backend(model, resolve_attention(opts.get("self", "auto"), torch.device(DEV), dt), "self")
     set_attention_backend(model, resolve_attention(opts.get("cross", "auto"), torch.device(DEV), dt), "cross")
     model.context_cache = ContextKVCache()
@@ -309,6 +322,8 @@ def main() -> None:
     unknown = [c for c in args.configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configurations {unknown}; known: {', '.join(CONFIGS)}")
+    quantized = [c for c in args.configs if CONFIGS[c].get("quant")]  # they quantize in place: after the float ones
+    args.configs = [c for c in args.configs if c not in quantized] + quantized
     if "fp32" in args.configs:  # it converts our model to fp32: after every bf16 configuration
         args.configs.remove("fp32")
         args.configs.append("fp32")

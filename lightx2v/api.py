@@ -70,7 +70,8 @@ class LightX2V:
         (mmap) and apply the engine (lightx2v.runtime.engine, one place, one order).
 
         `task` ("t2v", "i2v", "flf2v"), if given, must be the checkpoint's: checked before any weight is read.
-        `quant` ("w8a8-int8", "w8a8-fp8") quantizes the DiT's declared linears (a pre-quantized
+        `quant` ("w8a8-int8", "w8a8-fp8": 8-bit activations and GEMMs, fp8 needs sm89+; "w8a16-int8",
+        "w8a16-fp8": weight-only) quantizes the DiT's declared linears (a pre-quantized
         file needs nothing). `dit_path`: DiT weights replacing the folder's (a distilled single file,
         ComfyUI/diffusers keys, shards, a block folder, int8/fp8 files; a two-expert model's high-noise
         expert); `dit_path_2`: the same for a two-expert model's low-noise expert (Wan2.2 A14B). `lora`: (path, strength)
@@ -221,7 +222,9 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     if engine.quant.scheme is not None:
         from lightx2v.quant import get_scheme
 
-        get_scheme(engine.quant.scheme)  # a clear error for an unknown name
+        reason = get_scheme(engine.quant.scheme).available(engine.torch_device())  # unknown name: its own error
+        if reason is not None:
+            raise InputError(f"quant {engine.quant.scheme!r} cannot run on {engine.device}: {reason}", field="quant")
     for role in ATTENTION_ROLES:  # a backend that cannot run here
         resolve_attention(engine.attention_for(role), engine.torch_device(), engine.dtype)
     resolve_fused(kernels, engine.torch_device(), engine.dtype)  # kernels that cannot run here

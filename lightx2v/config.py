@@ -129,7 +129,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """`apply_quant`: quantize the DiT's declared linears with one scheme ("w8a8-int8", "w8a8-fp8")."""
+    """`apply_quant`: quantize the DiT's declared linears with one scheme: "w8a8-int8" / "w8a8-fp8"
+    (8-bit activations and GEMM) or "w8a16-int8" / "w8a16-fp8" (weight-only, dequantized)."""
 
     scheme: Optional[str] = None
 

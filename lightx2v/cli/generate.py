@@ -47,7 +47,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # torch-free (lightx2v --help must not import torch): name lists and the families' manifests
-    from lightx2v.choices import ATTENTION_BACKENDS, KERNELS, SOLVER_NAMES
+    from lightx2v.choices import ATTENTION_BACKENDS, KERNELS, QUANT_CHOICES, SOLVER_NAMES
     from lightx2v.models.registry import all_presets, all_tasks
 
     p.add_argument("--model-path", default=None,
@@ -91,8 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="merge a LoRA into the low-noise expert only (Wan2.2 A14B; repeatable)")
     p.add_argument("--lora-allow-unmatched", action="store_true",
                    help="warn instead of failing when a LoRA key matches no weight of the model")
-    p.add_argument("--quant", default=None, choices=("w8a8-int8", "w8a8-fp8"),
-                   help="quantize the DiT's block linears at load (pre-quantized files need no flag)")
+    p.add_argument("--quant", default=None, choices=QUANT_CHOICES,
+                   help="quantize the DiT's block linears at load (pre-quantized files need no flag): w8a8-* "
+                        "compute with 8-bit activations and GEMMs (fp8: sm89+), w8a16-* dequantize the weights")
     p.add_argument("--preset", default=None,
                    help="step-distilled preset when the checkpoint does not say it is one: " + ", ".join(all_presets()))
     p.add_argument("--offload", default=None, choices=("model",),

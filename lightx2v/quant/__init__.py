@@ -12,18 +12,28 @@ from types import MappingProxyType
 
 from lightx2v.errors import InputError
 from lightx2v.quant.base import QuantLinear, QuantScheme, apply_quant
-from lightx2v.quant.fp8 import Fp8PerChannel, Fp8PerTensor
-from lightx2v.quant.int8 import Int8PerChannel
+from lightx2v.quant.fp8 import Fp8PerChannel, Fp8PerTensor, Fp8WeightOnly
+from lightx2v.quant.int8 import Int8PerChannel, Int8WeightOnly
 
-QUANT_SCHEMES = MappingProxyType({s.name: s for s in (Int8PerChannel(), Fp8PerChannel(), Fp8PerTensor())})
+QUANT_SCHEMES = MappingProxyType({s.name: s for s in (Int8PerChannel(), Fp8PerChannel(), Fp8PerTensor(),
+                                                      Int8WeightOnly(), Fp8WeightOnly())})
 
 
 def get_scheme(name: str) -> QuantScheme:
-    """The scheme object for a name ('w8a8-int8', 'w8a8-fp8', 'fp8-scaled')."""
+    """The scheme object for a name ('w8a8-int8', 'w8a8-fp8', 'w8a16-int8', 'w8a16-fp8', 'fp8-scaled')."""
     try:
         return QUANT_SCHEMES[name]
     except KeyError:
         raise InputError(f"unknown quantization scheme {name!r}; expected one of {', '.join(QUANT_SCHEMES)}") from None
 
 
-__all__ = ["QUANT_SCHEMES", "get_scheme", "QuantScheme", "QuantLinear", "apply_quant"]
+def weight_only_for(scheme: QuantScheme) -> QuantScheme:
+    """The weight-only scheme of the same stored format (itself if it is one): what a device that
+    cannot run `scheme`'s 8-bit GEMM computes a pre-quantized file with."""
+    for s in QUANT_SCHEMES.values():
+        if s.storage == scheme.storage and s.name.startswith("w8a16"):
+            return s
+    return scheme
+
+
+__all__ = ["weight_only_for", "QUANT_SCHEMES", "get_scheme", "QuantScheme", "QuantLinear", "apply_quant"]

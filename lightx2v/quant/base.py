@@ -9,9 +9,10 @@ linear layer with it. `QuantLinear` is the layer: it holds `weight` (int8 / floa
 on a meta-built model (before loading a pre-quantized file) or on a loaded one (quantizing its
 weights). The model's `forward` never knows.
 
-The compute path here is the reference one: dequantize the weight to the activation dtype and
-call `F.linear`. Fast w8a8 kernels (activation quantization + int8/fp8 GEMM) plug in later as a
-scheme's `forward`; the reference stays to test them against (principle 10).
+The base compute path is the reference one: dequantize the weight to the activation dtype and call
+`F.linear` (the weight-only schemes `w8a16-*` compute so). The w8a8 schemes override `forward` with
+per-token activation quantization and an 8-bit GEMM (lightx2v.quant.gemm); the reference stays
+to test them against (principle 10).
 
 Caveat: do not call `model.to(dtype)` on a quantized model: torch casts every floating tensor,
 float8 weights included. Move with `model.to(device)` only.
@@ -37,6 +38,13 @@ class QuantScheme:
     per_channel: bool = True  # scale [out, 1] (one per output channel); else one scalar []
     qmax: float = 127.0
     min_absmax: float = 1e-5  # floor of |w|max, so an all-zero row gets a finite scale (as LightX2V)
+    # the stored format: schemes of one storage load the same tensors and differ only in how they
+    # compute (w8a8: 8-bit activations and GEMM; w8a16: weight-only, dequantized before the GEMM)
+    storage: str = ""
+
+    def available(self, device: torch.device) -> Optional[str]:
+        """None if this scheme computes on `device`, else the reason (naming what to use instead)."""
+        return None
 
     def scale_shape(self, out_features: int) -> tuple[int, ...]:
         return (out_features, 1) if self.per_channel else ()
@@ -166,6 +174,14 @@ def apply_quant(
     if not chosen:
         raise InputError(f"quantization {scheme.name} matched no linear layer of {type(model).__name__} "
                          f"(targets {targets if isinstance(targets, str) else sorted(targets)[:3]})")
+    if scheme.name.startswith("w8a8"):
+        from lightx2v.quant.gemm import unaligned
+
+        for name, linear in chosen:
+            reason = unaligned(linear.in_features, linear.out_features)
+            if reason is not None:
+                raise InputError(f"{scheme.name} cannot compute {name}: its 8-bit GEMM {reason} "
+                                 f"(use the weight-only {scheme.name.replace('w8a8', 'w8a16')})")
     for name, linear in chosen:
         dt = torch.float32 if any(p in name for p in keep) else compute_dtype
         parent_name, _, child = name.rpartition(".")

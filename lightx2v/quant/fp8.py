@@ -17,6 +17,8 @@ beyond +-448 must be clipped first, since e4m3fn has no infinity.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -25,16 +27,38 @@ from lightx2v.quant.base import QuantScheme
 E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
 
 
-class Fp8PerChannel(QuantScheme):
-    name = "w8a8-fp8"
+class Fp8WeightOnly(QuantScheme):
+    """`w8a16-fp8`: the fp8 weights dequantized to the activation dtype before a float GEMM (any GPU, the CPU)."""
+
+    name = "w8a16-fp8"
     qdtype = torch.float8_e4m3fn
     per_channel = True
     qmax = E4M3_MAX
+    storage = "fp8-per-channel"
 
     def _round(self, w: Tensor) -> Tensor:
         return w.clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
 
 
-class Fp8PerTensor(Fp8PerChannel):
+class Fp8PerChannel(Fp8WeightOnly):
+    """`w8a8-fp8`: activations quantized per token to e4m3, `torch._scaled_mm` with row-wise scales."""
+
+    name = "w8a8-fp8"
+
+    def available(self, device: torch.device) -> Optional[str]:
+        from lightx2v.quant.gemm import fp8_gemm_available
+
+        return fp8_gemm_available(device)
+
+    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+        from lightx2v.quant.gemm import fp8_linear
+
+        return fp8_linear(x, qweight, scale, bias)
+
+
+class Fp8PerTensor(Fp8WeightOnly):
+    """ComfyUI's scaled fp8 (one scale per tensor): computed weight-only (dequantized)."""
+
     name = "fp8-scaled"
     per_channel = False
+    storage = "fp8-per-tensor"

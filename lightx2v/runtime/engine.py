@@ -120,19 +120,49 @@ def merge_loras(pipeline, loras: Sequence[tuple[str, float]] = (), allow_unmatch
 
 def quantize(pipeline, scheme: str, dtype: torch.dtype) -> list[str]:
     """Step 2: the declared linears of every DiT as `scheme` (layers already in it are kept)."""
-    from lightx2v.quant import QuantLinear, apply_quant
+    from lightx2v.quant import QuantLinear, apply_quant, get_scheme
 
+    target = get_scheme(scheme)
     done = []
     for name, model in _transformers(pipeline):
         layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
         if layers and all(m.scheme.name == scheme for m in layers):
             done.append(f"{name}: {len(layers)} layers ({scheme}, at load)")
             continue
+        if layers and all(m.scheme.storage and m.scheme.storage == target.storage for m in layers):
+            was = layers[0].scheme.name
+            for m in layers:  # the same stored tensors; only the compute differs (w8a8 <-> w8a16)
+                m.scheme = target
+            done.append(f"{name}: {len(layers)} layers ({was} file, computed as {scheme})")
+            continue
         if layers:
             raise InputError(f"the {name} is already quantized ({layers[0].scheme.name}); it cannot be quantized as {scheme}")
         apply_quant(model, scheme, compute_dtype=dtype)
         n = sum(isinstance(m, QuantLinear) for m in model.modules())
         done.append(f"{name}: {n} layers ({scheme})")
+    return done
+
+
+def check_quant_compute(pipeline, device: torch.device) -> list[str]:
+    """After placement: quantized layers whose 8-bit GEMM cannot run on `device` (a pre-quantized fp8
+    file on a GPU older than sm89) compute weight-only (w8a16) instead, with a warning saying so.
+    (Asking for such a scheme with `quant=` is refused before loading: lightx2v.api.make_engine.)"""
+    import warnings
+
+    from lightx2v.quant import QuantLinear, weight_only_for
+
+    done = []
+    for name, model in _transformers(pipeline):
+        layers = [m for m in model.modules() if isinstance(m, QuantLinear) and m.scheme.available(device) is not None]
+        if not layers:
+            continue
+        was, reason = layers[0].scheme.name, layers[0].scheme.available(device)
+        for m in layers:
+            m.scheme = weight_only_for(m.scheme)
+        line = f"{name}: {len(layers)} {was} layers computed as {layers[0].scheme.name} ({reason})"
+        warnings.warn(f"the {name}'s {was} weights computed as {layers[0].scheme.name} ({reason})", UserWarning,
+                      stacklevel=3)
+        done.append(line)
     return done
 
 
@@ -265,6 +295,7 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     else:
         place(pipeline, device)
         log.append(f"placement: {device}")
+    log += [f"quant: {d}" for d in check_quant_compute(pipeline, device)]
     if lora.count and lora.mode == "dynamic":
         log += [f"lora_dynamic: {d}" for d in set_dynamic_lora(pipeline, lora.loras, lora.allow_unmatched, lora.per_dit)]
     if engine.fuse_qkv:

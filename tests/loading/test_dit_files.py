@@ -259,9 +259,17 @@ def test_lightx2v_quantized_single_file(request, tmp_path, task, scheme, qdtype,
             assert torch.equal(own[k], v.float()), k  # float tensors (biases, norms, embeddings) as in the file
 
     # the file's model: a float WanModel with the weights dequantized by hand (same fp32 math,
-    # so only the CPU kernels' alignment-dependent summation order differs)
+    # so only the CPU kernels' alignment-dependent summation order differs) computes as the
+    # weight-only scheme of this storage; the w8a8 compute (8-bit activations) is within its error
     want = _float_model_out(deq, inputs, cfg)
-    torch.testing.assert_close(out, want, rtol=0, atol=1e-6 * want.abs().max().item())
+    torch.testing.assert_close(out, want, rtol=0, atol=5e-2 * want.abs().max().item())
+    from lightx2v.quant import weight_only_for
+
+    for m in layers.values():
+        m.scheme = weight_only_for(m.scheme)
+    with torch.no_grad():
+        weight_only = model(*inputs)
+    torch.testing.assert_close(weight_only, want, rtol=0, atol=1e-6 * want.abs().max().item())
     # the float model it was made from, up to quantization error (which is really there)
     err = (out - ref).abs().max()
     assert 1e-4 * ref.abs().max() < err <= loose * ref.abs().max()

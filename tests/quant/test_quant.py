@@ -57,10 +57,14 @@ def test_per_tensor_fp8_scale_is_a_scalar():
 def test_unknown_scheme_is_one_clear_error():
     with pytest.raises(LightX2VError, match=r"unknown quantization scheme 'int4'; expected one of w8a8-int8, w8a8-fp8, fp8-scaled"):
         get_scheme("int4")
-    assert set(QUANT_SCHEMES) == {"w8a8-int8", "w8a8-fp8", "fp8-scaled"}
+    assert set(QUANT_SCHEMES) == {"w8a8-int8", "w8a8-fp8", "fp8-scaled", "w8a16-int8", "w8a16-fp8"}
 
 
-@pytest.mark.parametrize("name", sorted(QUANT_SCHEMES))
+WEIGHT_ONLY = ("fp8-scaled", "w8a16-fp8", "w8a16-int8")
+W8A8 = ("w8a8-fp8", "w8a8-int8")
+
+
+@pytest.mark.parametrize("name", WEIGHT_ONLY)
 def test_quant_linear_computes_with_the_dequantized_weight(name):
     torch.manual_seed(0)
     lin = nn.Linear(40, 48)
@@ -74,7 +78,7 @@ def test_quant_linear_computes_with_the_dequantized_weight(name):
     assert (q(x) - lin(x)).abs().max() <= 0.1 * lin(x).abs().max()
 
 
-@pytest.mark.parametrize("name", sorted(QUANT_SCHEMES))
+@pytest.mark.parametrize("name", WEIGHT_ONLY)
 def test_quant_linear_bf16_compute(name):
     g = torch.Generator().manual_seed(4)
     lin = nn.Linear(40, 48)
@@ -155,3 +159,55 @@ def test_apply_quant_keeps_fp32_modules_in_fp32():
     assert model.time_embedding[0].compute_dtype == torch.float32  # WanModel._keep_in_fp32
     assert model.blocks[0].self_attn.q.compute_dtype == torch.bfloat16
     assert model.blocks[0].self_attn.q.weight_scale.shape == ()
+
+
+def _emulate_w8a8(x, qweight, w_scale, bias, fp8: bool):
+    """Independent float64 emulation of a w8a8 linear: x quantized per row, exact products, scales after."""
+    xd = x.double().reshape(-1, x.shape[-1])
+    qmax = 448.0 if fp8 else 127.0
+    xs = xd.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / qmax
+    xq = (xd / xs).clamp(-qmax, qmax)
+    xq = xq.float().to(torch.float8_e4m3fn).double() if fp8 else torch.round(xq)
+    y = (xq @ qweight.double().T) * xs * w_scale.double().reshape(1, -1)
+    return (y + (0 if bias is None else bias.double())).reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("name", W8A8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 5, 37])  # fewer than, and not a multiple of, the 16-row alignment
+def test_w8a8_quantizes_activations_per_token(name, dtype, rows):
+    g = torch.Generator().manual_seed(rows)
+    lin = nn.Linear(64, 48)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(48, 64, generator=g) / 8)
+        lin.bias.copy_(torch.randn(48, generator=g))
+    q = QuantLinear.from_linear(lin, get_scheme(name), compute_dtype=dtype)
+    x = torch.randn(rows, 64, generator=g) * torch.logspace(-2, 1, rows).reshape(-1, 1)  # rows of very different size
+    out = q(x)
+    assert out.dtype == dtype and out.shape == (rows, 48)
+    want = _emulate_w8a8(x.to(dtype), q.weight.float(), q.weight_scale, q.bias.float(), fp8=name.endswith("fp8"))
+    err = (out.double() - want).norm() / want.norm()
+    assert err <= (1e-6 if dtype == torch.float32 else 1e-2), err  # fp32: the same numbers; bf16: the output rounding
+    # and it is not the weight-only path: the activation quantization shows against the dequantized GEMM
+    weight_only = F.linear(x.to(dtype).float(), q.dequantize_weight(), q.bias.float())
+    assert not torch.allclose(out.float(), weight_only, rtol=0, atol=0)
+    assert (out.float() - lin(x).detach()).norm() <= 0.1 * lin(x).detach().norm()
+
+
+def test_w8a8_leading_dims_and_no_bias():
+    lin = nn.Linear(32, 16, bias=False)
+    q = QuantLinear.from_linear(lin, get_scheme("w8a8-int8"))
+    x = torch.randn(2, 3, 7, 32)
+    out = q(x)
+    assert out.shape == (2, 3, 7, 16)
+    torch.testing.assert_close(out, q(x.reshape(-1, 32)).reshape(2, 3, 7, 16), rtol=0, atol=0)
+
+
+def test_w8a8_fp8_refused_where_fp8_gemms_cannot_run(monkeypatch):
+    from lightx2v.quant import gemm
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    reason = gemm.fp8_gemm_available(torch.device("cuda"))
+    assert "sm89+" in reason and "sm80" in reason and "w8a16-fp8" in reason
+    assert get_scheme("w8a8-fp8").available(torch.device("cpu")) is None
+    assert get_scheme("w8a16-fp8").available(torch.device("cuda")) is None

@@ -1,0 +1,86 @@
+"""The w8a8 compute: activations quantized per token at run time, an 8-bit GEMM, both scales after.
+
+    y = (xq @ wq^T) * x_scale[M, 1] * w_scale[1, N] + bias,   xq = round(x / x_scale), x_scale = amax(|x_row|) / qmax
+
+- int8: `torch._int_mm` (int32 accumulation; CPU and CUDA), the scales applied in fp32 after.
+- fp8 (e4m3): `torch._scaled_mm` with row-wise scales (fp32 accumulation, the bias and the output
+  dtype in the same call; CUDA sm89+, and the CPU).
+The GEMMs want aligned shapes (CUDA: K and N multiples of 16 for fp8, 8 for int8; M > 16 for
+int8): rows are zero-padded up to a multiple of 16 (a zero row has scale 1e-12 and gives a zero
+output row, dropped after). K and N come from the model (Wan: multiples of 16); a layer that is not
+aligned is refused by `unaligned` when the engine quantizes it, not at run time.
+
+The activation quantizer here is torch (absmax, scale, round: three passes over x); the one-pass
+Triton kernel, fused into the preceding norm, is the next step (docs/benchmarks.md has the figures).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+E4M3_MAX = 448.0
+ROW_ALIGN = 16
+
+
+def quantize_rows(x: Tensor, qdtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """x [M, K] -> (xq [M, K] qdtype, scale [M, 1] fp32): symmetric absmax per row (per token)."""
+    xf = x.float()
+    qmax = 127.0 if qdtype == torch.int8 else E4M3_MAX
+    scale = xf.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / qmax
+    q = xf / scale
+    if qdtype == torch.int8:
+        return torch.round(q).clamp(-127, 127).to(torch.int8), scale
+    return q.clamp(-E4M3_MAX, E4M3_MAX).to(qdtype), scale
+
+
+def _rows(x: Tensor) -> tuple[Tensor, int]:
+    """x [..., K] -> ([M_pad, K], M): rows zero-padded to a multiple of ROW_ALIGN (and past 16 rows)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    m = x2.shape[0]
+    pad = max(-m % ROW_ALIGN, 2 * ROW_ALIGN - m if m <= ROW_ALIGN else 0)
+    return (F.pad(x2, (0, 0, 0, pad)) if pad else x2), m
+
+
+def unaligned(in_features: int, out_features: int) -> Optional[str]:
+    """Why an 8-bit GEMM cannot take a layer of this shape, or None."""
+    if in_features % 16 or out_features % 16:
+        return f"needs in and out features that are multiples of 16, got {in_features} x {out_features}"
+    return None
+
+
+def int8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """x [..., K] (float) with qweight int8 [N, K], w_scale fp32 [N, 1] -> [..., N] in x's dtype."""
+    x2, m = _rows(x)
+    xq, xs = quantize_rows(x2, torch.int8)
+    acc = torch._int_mm(xq, qweight.t())  # [M_pad, N] int32
+    y = acc.float() * xs * w_scale.reshape(1, -1)
+    if bias is not None:
+        y = y + bias.float()
+    return y[:m].to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def fp8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """x [..., K] (float) with qweight float8_e4m3fn [N, K], w_scale fp32 [N, 1] -> [..., N] in x's dtype."""
+    x2, m = _rows(x)
+    xq, xs = quantize_rows(x2, qweight.dtype)
+    out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
+    y = torch._scaled_mm(xq, qweight.t(), scale_a=xs, scale_b=w_scale.reshape(1, -1).float(),
+                         bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
+    return y[:m].to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def fp8_gemm_available(device: torch.device) -> Optional[str]:
+    """None if fp8 GEMMs run on `device` (CUDA sm89+, or the CPU), else the reason."""
+    if device.type == "cpu":
+        return None
+    if device.type != "cuda":
+        return f"needs a CUDA GPU or the CPU, got {device.type}"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major * 10 + minor < 89:
+        return (f"fp8 tensor cores need compute capability sm89+ (Ada, Hopper, Blackwell); this GPU is "
+                f"sm{major}{minor}: use the weight-only scheme w8a16-fp8 (or w8a8-int8)")
+    return None
