@@ -230,6 +230,10 @@ class EngineConfig:
     # each DiT's cross-attention K/V computed once per generation, not at every step (bit-identical;
     # ~0.4 GB per CFG branch at Wan 14B; lightx2v.runtime.context_kv)
     context_kv: bool = True
+    # the text encoder's / image encoder's block linears quantized with a lightx2v.quant scheme (after
+    # loading; their embeddings, norms and position bias stay): umt5-xxl 11 GB -> ~5.7 GB in 8 bits
+    quant_text_encoder: Optional[str] = None
+    quant_image_encoder: Optional[str] = None
     # the VAE decoder in channels-last(-3d) layout (WanVAE.set_memory_format); None: on CUDA (H200,
     # 480P x 81 frames: fp32 2.50 -> 2.32 s, bf16 1.63 -> 1.45 s, less memory; docs/benchmarks.md)
     vae_channels_last: Optional[bool] = None

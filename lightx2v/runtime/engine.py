@@ -143,6 +143,24 @@ def quantize(pipeline, scheme: str, dtype: torch.dtype) -> list[str]:
     return done
 
 
+ENCODERS = (("text_encoder", "quant_text_encoder"), ("clip", "quant_image_encoder"))
+
+
+def quantize_encoders(pipeline, engine: EngineConfig) -> list[str]:
+    """Step 2, for the encoders: the text / image encoder's declared linears (`_quant_linears`) as
+    `EngineConfig.quant_text_encoder` / `quant_image_encoder` say (after loading them in float)."""
+    from lightx2v.quant import QuantLinear, apply_quant
+
+    done = []
+    for name, field in ENCODERS:
+        scheme, module = getattr(engine, field), pipeline.components.get(name)
+        if scheme is None or module is None:
+            continue
+        apply_quant(module, scheme, compute_dtype=_component_dtype(pipeline, name, engine))
+        done.append(f"{name}: {sum(isinstance(m, QuantLinear) for m in module.modules())} layers ({scheme})")
+    return done
+
+
 def check_quant_compute(pipeline, device: torch.device) -> list[str]:
     """After placement: quantized layers whose 8-bit GEMM cannot run on `device` (a pre-quantized fp8
     file on a GPU older than sm89) compute weight-only (w8a16) instead, with a warning saying so.
@@ -284,6 +302,7 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
         log += [f"lora_merge: {d}" for d in merge_loras(pipeline, lora.loras, lora.allow_unmatched, lora.per_dit)]
     if engine.quant.scheme is not None:
         log += [f"quant: {d}" for d in quantize(pipeline, engine.quant.scheme, engine.dtype)]
+    log += [f"quant: {d}" for d in quantize_encoders(pipeline, engine)]
     device = engine.torch_device()
     if engine.offload.granularity == "model":
         from lightx2v.runtime.offload import apply_offload

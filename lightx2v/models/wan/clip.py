@@ -211,6 +211,9 @@ class WanCLIPVision(nn.Module):
     # nothing is kept in fp32: the reference casts the whole CLIP model to fp16
     _keep_in_fp32: tuple[str, ...] = ()
     _repeated_blocks: tuple[str, ...] = ("transformer",)
+    # the linears a quantizer may touch (EngineConfig.quant_image_encoder): the blocks' attention and
+    # MLP projections; the patch embedding, the embeddings and the norms stay
+    _quant_linears = r"transformer\.\d+\.(attn\.(to_qkv|proj)|mlp\.(0|2))"
 
     def __init__(self, cfg: CLIPVisionConfig) -> None:
         super().__init__()

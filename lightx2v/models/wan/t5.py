@@ -225,6 +225,9 @@ class UMT5Encoder(nn.Module):
     _keep_in_fp32: tuple[str, ...] = ()
     # the nn.ModuleList attribute holding the repeated blocks (for offload / compile transforms)
     _repeated_blocks: tuple[str, ...] = ("blocks",)
+    # the linears a quantizer may touch (EngineConfig.quant_text_encoder): the blocks' attention and
+    # feed-forward projections; the token embedding, the norms and the relative position bias stay
+    _quant_linears = r"blocks\.\d+\.(attn\.(q|k|v|o)|ffn\.(gate\.0|fc1|fc2))"
 
     def __init__(self, cfg: UMT5Config) -> None:
         super().__init__()
