@@ -9,7 +9,8 @@ per-stage timings (result.timings), the first generation (compile) and a second 
 peak GPU memory, host peak RSS.
 
 Configurations: the 4-step no-CFG regime of the distilled models, lossless (compile, `auto`
-attention) and with our 8-bit self-attention (`self=sage8`), and a CFG run (guidance 5, batched CFG).
+attention) and with our 8-bit self-attention (`self=sage8`), and a CFG run (guidance 5, batched CFG);
+and diffusers' WanPipeline at the same shapes, eager and at its best (benchmarks/e2e_diffusers.py).
 
     python benchmarks/e2e.py --out $OUT --commit <sha>          # the checkpoint goes to /dev/shm
     python benchmarks/e2e.py --size tiny --device cpu --out /tmp/e2e   # a dry run of the same code
@@ -41,6 +42,10 @@ RUNS = {
     "cfg_4step_batched": dict(engine=dict(compile=True, cfg_mode="batched"),
                               gen=dict(num_inference_steps=4, guidance_scale=5.0)),
 }
+
+
+# diffusers' WanPipeline at the same shapes, 4 steps without CFG (benchmarks/e2e_diffusers.py): name -> compiled
+DIFFUSERS_RUNS = {"diffusers_4step": False, "diffusers_4step_best": True}
 
 
 def built(cls, cfg, device: str, dtype: torch.dtype) -> dict:
@@ -143,7 +148,7 @@ def run(name: str, spec: dict, ckpt: Path, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="14B", choices=("14B", "tiny"))
-    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--runs", default=",".join([*RUNS, *DIFFUSERS_RUNS]))
     ap.add_argument("--ckpt", default="/dev/shm/lx2v_e2e", help="where the checkpoint is written (RAM by default)")
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--device", default="cuda")
@@ -161,7 +166,12 @@ def main() -> None:
         print("checkpoint written", res["meta"]["write_s"], flush=True)
         for name in [r for r in args.runs.split(",") if r]:
             try:
-                row = run(name, RUNS[name], ckpt, args)
+                if name in DIFFUSERS_RUNS:
+                    import e2e_diffusers
+
+                    row = e2e_diffusers.run(name, ckpt, args, compiled=DIFFUSERS_RUNS[name])
+                else:
+                    row = run(name, RUNS[name], ckpt, args)
             except Exception as exc:  # a failing run must not stop the others
                 row = {"run": name, "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
             res["runs"].append(row)
