@@ -3,7 +3,7 @@
     encode the prompt (and negative prompt)            T5
     (i2v/flf2v) condition on the image(s)              CLIP tokens + VAE latents + mask (wan_image.py)
     denoise                                            the loop of pipelines/base.py
-    decode, write                                      VAE, io/video.py
+    decode, write                                      VAE, io/ (pipelines/output.py)
 
 The components are built and loaded by lightx2v.loading.components; this file only wires them
 into the loop and turns a `SamplingParams` into a `GenerationResult`.
@@ -17,18 +17,15 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from types import MappingProxyType
 from typing import Callable, Mapping, Optional
 
 import torch
 
-from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, ModelConfig, SamplingParams
+from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import InputError, NonFiniteError
-from lightx2v.pipelines.base import (
-    Guidance, GenerationResult, StepContext, denoise, nonfinite_kind, video_to_frames, video_to_uint8,
-    video_to_uint8_tensor,
-)
+from lightx2v.pipelines.base import Guidance, GenerationResult, StepContext, denoise, nonfinite_kind
+from lightx2v.pipelines.output import decode_and_write
 from lightx2v.runtime.lora import LoraSets
 
 
@@ -402,66 +399,9 @@ class WanPipeline:
             timings["total"] = self._lap(t0)
             return result
 
-        self._decode_and_write(p, latents, seed, size, result)
+        decode_and_write(self, p, latents, seed, size, result)
         timings["total"] = self._lap(t0)
         return result
-
-    def _decode_and_write(self, p: SamplingParams, latents: torch.Tensor, seed: Optional[int],
-                          size: tuple[int, int], result: GenerationResult) -> None:
-        """Decode, fill result.frames (and .path), time both (`vae_decode`, `save`).
-
-        An mp4 file (engine.stream_save, the default) is encoded while the VAE decodes
-        (lightx2v.io.stream): each latent frame's pixels go to the encoder as uint8 from the
-        decoder's device; `save` is then the wall time from the end of the decode to the file in
-        place (the encoder's tail, overlapped with result.frames' copy to the host). Other formats
-        are encoded after the decode (`save`: that encode). An error (a NaN decode, an interrupt)
-        stops the encoder and leaves no file."""
-        timings = result.timings
-        save_kw = dict(fps=p.fps, overwrite=p.overwrite, metadata=self.output_metadata(p, seed, size),
-                       default_stem=default_output_stem(self.task, seed), crf=p.crf)
-        stream = self._open_stream(p, size, save_kw)
-        try:
-            t2 = time.perf_counter()
-            with self._stage("VAE decode", p):
-                if stream is None:
-                    video = self.decode(latents)
-                else:
-                    video = self.decode(latents, on_chunk=lambda chunk: stream.write(video_to_uint8_tensor(chunk)))
-            if bool(torch.isnan(video).any()):  # decode clamps, so only NaN can come out
-                raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
-                                     "damaged (check the VAE file, or download it again)")
-            timings["vae_decode"] = self._lap(t2)
-            t3 = time.perf_counter()
-            frames = video_to_frames(video)
-            result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
-            if stream is not None:
-                result.path = str(stream.close())
-                timings["save"] = self._lap(t3)
-            elif p.output_type in FILE_OUTPUT_TYPES:
-                from lightx2v.io.output import save
-
-                t3 = time.perf_counter()
-                result.path = str(save(video_to_uint8(video), p.output_path or "outputs/",
-                                       output_type=p.output_type, **save_kw))
-                timings["save"] = self._lap(t3)
-        except BaseException as exc:
-            if stream is not None:
-                stream.abort(exc)
-            raise
-
-    def _open_stream(self, p: SamplingParams, size: tuple[int, int], save_kw: dict):
-        """The streamed writer of an mp4 output (None: not streamed: another format, no file, or
-        engine.stream_save off)."""
-        if p.output_type not in FILE_OUTPUT_TYPES or not getattr(self.engine, "stream_save", False):
-            return None
-        from lightx2v.io.output import file_format
-        from lightx2v.io.stream import STREAM_FORMATS, VideoStream
-
-        path = p.output_path or "outputs/"
-        if file_format(p.output_type, path) not in STREAM_FORMATS:
-            return None
-        stream = VideoStream(path, output_type=p.output_type, num_frames=p.num_frames, **save_kw)
-        return stream.open(width=size[1], height=size[0])
 
     def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
         """What is recorded with the file (its container's comment tag and the `<file>.json` sidecar)."""
@@ -502,9 +442,3 @@ def present_experts_of(cls, dits) -> dict[str, str]:
     from lightx2v.loading.lora_plan import present_experts
 
     return present_experts(cls.expert_components, dits)
-
-
-def default_output_stem(task: str, seed: int | None) -> str:
-    """The file name (without extension) a run writes when given a folder, or no output path."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"wan_{task}_{stamp}_seed{seed}"

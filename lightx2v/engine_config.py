@@ -1,0 +1,235 @@
+"""How to run a model: `EngineConfig` (device, dtype, attention per role, and one typed
+sub-config per engine transform, applied in order by lightx2v.runtime.engine), with the device and
+dtype parsing it uses. Re-exported by lightx2v.config, the three-layer configuration's one import
+point (DESIGN principle 6); environment variables are never read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import torch
+
+from lightx2v.errors import InputError
+
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+          "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+
+
+def parse_dtype(value: str | torch.dtype) -> torch.dtype:
+    """'bf16' | 'fp16' | 'fp32' (or a torch.dtype) -> torch.dtype."""
+    if isinstance(value, torch.dtype):
+        if value not in DTYPES.values():
+            raise InputError(f"dtype {value} is not supported; expected one of bf16, fp16, fp32")
+        return value
+    try:
+        return DTYPES[str(value).lower()]
+    except KeyError:
+        raise InputError(f"unknown dtype {value!r}; expected one of bf16, fp16, fp32") from None
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """`apply_quant`: quantize the DiT's declared linears with one scheme: "w8a8-int8" / "w8a8-fp8"
+    (8-bit activations and GEMM) or "w8a16-int8" / "w8a16-fp8" (weight-only, dequantized)."""
+
+    scheme: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRAs: (path, strength) pairs, merged into the weights or kept as run-time hooks (`set_lora`).
+
+    `loras` go to every DiT (both experts of a two-expert model). `per_dit` gives LoRAs to one DiT
+    only: its key is a DiT's component name ("dit", "dit_2") or an expert name its pipeline declares
+    (`expert_components`; Wan2.2 A14B: "high" -> "dit", "low" -> "dit_2"). Before loading,
+    lightx2v.loading.lora_plan.resolve_loras checks the keys against the model and lets the family
+    route paths that name their expert (a Wan2.2-Lightning folder, LightX2V's `..._high_noise_lora_...`
+    files) from `loras` into `per_dit`.
+    """
+
+    loras: tuple[tuple[str, float], ...] = ()
+    mode: str = "merge"                 # "merge" | "dynamic"
+    allow_unmatched: bool = False
+    per_dit: Mapping[str, tuple[tuple[str, float], ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("merge", "dynamic"):
+            raise InputError(f"lora_mode must be 'merge' or 'dynamic', got {self.mode!r}")
+        if not isinstance(self.per_dit, Mapping):
+            raise InputError(f"per_dit must map a DiT or expert name to (path, strength) pairs, got {self.per_dit!r}")
+        pairs = (lambda items: tuple((str(p), s) for p, s in items))
+        object.__setattr__(self, "loras", pairs(self.loras))
+        # a plain dict of tuples (a copy: the caller's dict is not shared), so the config pickles
+        object.__setattr__(self, "per_dit", {str(k): pairs(v) for k, v in self.per_dit.items() if v})
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """Every LoRA path, for every DiT or one (file checks, name hints)."""
+        return tuple(p for p, _ in self.loras) + tuple(p for items in self.per_dit.values() for p, _ in items)
+
+    @property
+    def count(self) -> int:
+        """How many LoRAs were given (one given for every DiT counts once)."""
+        return len(self.loras) + sum(len(v) for v in self.per_dit.values())
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Regional `torch.compile` of the model's declared repeated blocks (each block compiled once,
+    reused by all: a short first call, the speed of a whole-model compile)."""
+
+    enabled: bool = False
+    mode: Optional[str] = None          # torch.compile mode: None, "max-autotune-no-cudagraphs" ...
+    backend: str = "inductor"
+    fullgraph: bool = False
+    dynamic: Optional[bool] = None
+    # also the VAE decoder's blocks (lightx2v.runtime.vae_compile; branch vae): off by default
+    vae: bool = False
+
+
+@dataclass(frozen=True)
+class OffloadConfig:
+    """`apply_offload`: the DiTs kept in host memory, only the one running on the device
+    (lightx2v.runtime.offload). granularity None (off) or "model"; `prefetch`: copy the next DiT of
+    a two-expert model during the step before the switch."""
+
+    granularity: Optional[str] = None
+    prefetch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.granularity not in OFFLOAD_GRANULARITIES:
+            raise InputError(f"offload must be one of {', '.join(str(g) for g in OFFLOAD_GRANULARITIES[1:])} "
+                             f"(or None: off), got {self.granularity!r}", field="offload")
+
+
+OFFLOAD_GRANULARITIES = (None, "model")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to run: where, in which precision, and every transform (lightx2v.runtime.engine applies
+    them in one place, in one order). A sub-config per transform; more join as they land."""
+
+    device: str = "cuda"
+    dtype: torch.dtype = torch.bfloat16
+    # one backend name for every attention, or one per role: {"self": ..., "cross": ...} (the DiT's
+    # self- and cross-attention; encoders take "self"), also written "self=sage8,cross=sdpa_cudnn"
+    attention: str | Mapping[str, str] = "auto"
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    compile: CompileConfig = field(default_factory=CompileConfig)
+    # where components are loaded before the engine places them: None = the target device
+    staging: Optional[str] = None
+    # CFG branches: "sequential" (two calls of batch 1, as the references) or "batched" (one call of batch 2)
+    cfg_mode: str = "sequential"
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    # the VAE's precision (encode and decode); None: the family's (fp32, as the references decode).
+    # bf16 decodes 480P x 81 frames in 1.79 s instead of 2.71 s on an H200 at a relative error of
+    # 1.5e-2 against strict fp32 (TF32 convolutions, the fp32 path: 7.2e-3); docs/benchmarks.md
+    vae_dtype: Optional[torch.dtype] = None
+    # each DiT's cross-attention K/V computed once per generation, not at every step (bit-identical;
+    # ~0.4 GB per CFG branch at Wan 14B; lightx2v.runtime.context_kv)
+    context_kv: bool = True
+    # the text encoder's / image encoder's block linears quantized with a lightx2v.quant scheme (after
+    # loading; their embeddings, norms and position bias stay): umt5-xxl 11 GB -> ~5.7 GB in 8 bits
+    quant_text_encoder: Optional[str] = None
+    quant_image_encoder: Optional[str] = None
+    # the VAE decoder in channels-last(-3d) layout (WanVAE.set_memory_format); None: on CUDA (H200,
+    # 480P x 81 frames: fp32 2.50 -> 2.32 s, bf16 1.63 -> 1.45 s, less memory; docs/benchmarks.md)
+    vae_channels_last: Optional[bool] = None
+    # mp4 files encoded while the VAE decodes (lightx2v.io.stream); off: encoded after the decode
+    stream_save: bool = True
+    # the DiT blocks' elementwise ops (lightx2v.ops.fused): "torch" (the reference), "triton" (fused
+    # kernels), "auto" (triton where it runs on the device, else torch)
+    kernels: str = "torch"
+    # self-attention q, k, v as one GEMM (lightx2v.runtime.fuse; views, no second copy of the
+    # weights); off by default: no gain measured at Wan 14B on the H200 (docs/benchmarks.md)
+    fuse_qkv: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "attention", parse_attention(self.attention))
+        if isinstance(self.vae_dtype, str):
+            object.__setattr__(self, "vae_dtype", parse_dtype(self.vae_dtype))
+        if self.offload is None or isinstance(self.offload, str):  # shorthand: offload="model"
+            object.__setattr__(self, "offload", OffloadConfig(self.offload))
+        # shorthand: quant="w8a8-int8", compile=True
+        if self.quant is None or isinstance(self.quant, str):
+            object.__setattr__(self, "quant", QuantConfig(self.quant))
+        if isinstance(self.compile, bool):
+            object.__setattr__(self, "compile", CompileConfig(enabled=self.compile))
+        if self.cfg_mode not in ("sequential", "batched"):
+            raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
+        if self.kernels not in ("torch", "triton", "auto"):
+            raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")
+
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def attention_for(self, role: str) -> str:
+        """The backend name asked for attention of `role` ("self" or "cross")."""
+        return self.attention if isinstance(self.attention, str) else self.attention[role]
+
+    def staging_device(self) -> torch.device:
+        return self.torch_device() if self.staging is None else resolve_device(self.staging)
+
+
+ATTENTION_ROLES = ("self", "cross")
+
+
+def parse_attention(value) -> str | dict[str, str]:
+    """An attention choice: one name (kept as a str) or a backend per role -> {"self": .., "cross": ..}
+    (a role not given: "auto"). Accepts a mapping or "self=NAME,cross=NAME"; names are checked
+    against the registry later (lightx2v.ops.attention.resolve_attention), roles here."""
+    if isinstance(value, str) and "=" not in value:
+        if not value.strip():
+            raise InputError("attention must name a backend (auto, ...) or self=NAME,cross=NAME, got ''", field="attention")
+        return value
+    if isinstance(value, str):
+        pairs = [part.partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep or not name.strip() for _, sep, name in pairs):
+            raise InputError(f"attention {value!r}: expected NAME or self=NAME,cross=NAME", field="attention")
+        value = {role.strip(): name.strip() for role, _, name in pairs}
+    if not isinstance(value, Mapping):
+        raise InputError(f"attention must be a backend name or a mapping of roles to names, got {value!r}",
+                         field="attention")
+    unknown = sorted(set(value) - set(ATTENTION_ROLES))
+    if unknown:
+        raise InputError(f"attention roles are {' and '.join(ATTENTION_ROLES)}, got {', '.join(map(repr, unknown))}",
+                         field="attention")
+    roles = {role: str(value.get(role, "auto")) for role in ATTENTION_ROLES}
+    return roles["self"] if len(set(roles.values())) == 1 else roles
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' | 'cuda[:i]' | 'cpu' -> torch.device; anything this machine cannot run on is one
+    InputError naming the devices it has. 'auto' without CUDA warns that the CPU is slow."""
+    import warnings
+
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = ["cpu"] + (["cuda"] + [f"cuda:{i}" for i in range(cuda)] if cuda else [])
+    here = f"this machine has: {', '.join(have)}"
+    if name == "auto":
+        if cuda:
+            return torch.device("cuda")
+        warnings.warn("no CUDA device found; running on the CPU (slow)", UserWarning, stacklevel=2)
+        return torch.device("cpu")
+    try:
+        dev = name if isinstance(name, torch.device) else (
+            torch.device(name) if isinstance(name, str) and name.strip() == name else None)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None:
+        raise InputError(f"unknown device {name!r}; expected auto, cpu, cuda or cuda:N ({here})", field="device")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {name!r} is not supported (lightx2v runs on CUDA GPUs and the CPU); {here}",
+                         field="device")
+    if dev.type == "cuda" and not cuda:
+        raise InputError(f"device {name!r} was asked for but CUDA is not available; {here} "
+                         "(use --device cpu, slow, or a GPU machine)", field="device")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= cuda:
+        raise InputError(f"device {name!r} does not exist; {here}", field="device")
+    if dev.type == "cpu" and dev.index not in (None, 0):
+        raise InputError(f"device {name!r} does not exist; {here}", field="device")
+    return dev
