@@ -187,22 +187,27 @@ def nonfinite_kind(x: torch.Tensor) -> str:
     return "NaN and infinite" if nan and inf else ("NaN" if nan else "infinite")
 
 
-def video_to_frames(video: torch.Tensor) -> np.ndarray:
-    """VAE output [1, 3, F, H, W] in [-1, 1] -> float32 numpy [F, H, W, 3] in [0, 1]."""
-    v = (video[0].float() / 2 + 0.5).clamp(0, 1)
+def video_to_unit(video: torch.Tensor) -> torch.Tensor:
+    """VAE output [1, 3, F, H, W] in [-1, 1] -> float32 [3, F, H, W] in [0, 1], where the video is."""
+    return (video[0].float() / 2 + 0.5).clamp(0, 1)
+
+
+def video_to_frames(video: torch.Tensor, unit: torch.Tensor | None = None) -> np.ndarray:
+    """VAE output [1, 3, F, H, W] in [-1, 1] (or its `video_to_unit`) -> float32 numpy [F, H, W, 3] in [0, 1]."""
+    v = video_to_unit(video) if unit is None else unit
     return v.permute(1, 2, 3, 0).cpu().numpy()
 
 
-def video_to_uint8(video: torch.Tensor) -> np.ndarray:
+def video_to_uint8(video: torch.Tensor, unit: torch.Tensor | None = None) -> np.ndarray:
     """VAE output [1, 3, F, H, W] in [-1, 1] -> uint8 numpy [F, H, W, 3], what an encoder takes: the
     same float32 arithmetic as `lightx2v.io.video.to_uint8(video_to_frames(video))` (rounded, bit for
     bit), done where the video is (on the GPU: a quarter of the bytes cross to the host, and the
     host's numpy conversion, 1.3 s at 480P x 81 frames on 2 cores, is gone)."""
-    return video_to_uint8_tensor(video).cpu().numpy()
+    return video_to_uint8_tensor(video, unit).cpu().numpy()
 
 
-def video_to_uint8_tensor(video: torch.Tensor) -> torch.Tensor:
+def video_to_uint8_tensor(video: torch.Tensor, unit: torch.Tensor | None = None) -> torch.Tensor:
     """`video_to_uint8` left on the video's device: uint8 [F, H, W, 3] (a chunk of frames for the
     streamed save, lightx2v.io.stream)."""
-    v = (video[0].float() / 2 + 0.5).clamp(0, 1) * 255.0 + 0.5
+    v = (video_to_unit(video) if unit is None else unit) * 255.0 + 0.5
     return v.to(torch.uint8).permute(1, 2, 3, 0).contiguous()

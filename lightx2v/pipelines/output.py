@@ -15,7 +15,9 @@ import torch
 
 from lightx2v.config import FILE_OUTPUT_TYPES, EngineConfig, SamplingParams
 from lightx2v.errors import NonFiniteError
-from lightx2v.pipelines.base import GenerationResult, video_to_frames, video_to_uint8, video_to_uint8_tensor
+from lightx2v.pipelines.base import (
+    GenerationResult, video_to_frames, video_to_uint8, video_to_uint8_tensor, video_to_unit,
+)
 
 
 def decode_and_write(pipe, p: SamplingParams, latents: torch.Tensor, seed: Optional[int],
@@ -44,7 +46,8 @@ def decode_and_write(pipe, p: SamplingParams, latents: torch.Tensor, seed: Optio
                                  "damaged (check the VAE file, or download it again)")
         timings["vae_decode"] = pipe._lap(t2)
         t3 = time.perf_counter()
-        frames = video_to_frames(video)
+        unit = video_to_unit(video)  # normalised once, for the frames and the file
+        frames = video_to_frames(video, unit)
         result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
         if stream is not None:
             result.path = str(stream.close())
@@ -53,7 +56,7 @@ def decode_and_write(pipe, p: SamplingParams, latents: torch.Tensor, seed: Optio
             from lightx2v.io.output import save
 
             t3 = time.perf_counter()
-            result.path = str(save(video_to_uint8(video), p.output_path or "outputs/",
+            result.path = str(save(video_to_uint8(video, unit), p.output_path or "outputs/",
                                    output_type=p.output_type, **save_kw))
             timings["save"] = pipe._lap(t3)
     except BaseException as exc:

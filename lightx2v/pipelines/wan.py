@@ -231,8 +231,8 @@ class WanPipeline:
         return self.components[self.expert_component(ctx.expert)]
 
     def expert_component(self, expert: Optional[str]) -> str:
-        """The component name of an expert ("dit" for one-DiT models)."""
-        return "dit"
+        """The component name of an expert (`expert_components`; "dit" for one-DiT models)."""
+        return "dit" if expert is None else self.expert_components[expert]
 
     def after_step(self, sched, rule, fix) -> Optional[Callable[[int, torch.Tensor], torch.Tensor]]:
         """The loop's after_step hook: the conditioning's latent fix (Wan2.2 TI2V's first frame) and,
@@ -286,12 +286,7 @@ class WanPipeline:
         """float32 latents -> video [1, 3, F, H, W] in [-1, 1]. `on_chunk(pixels)` is called with each
         latent frame's pixels ([1, 3, f, H, W]) as soon as they are decoded, before the next one
         decodes (the streamed save; lightx2v.models.wan.vae_decode)."""
-        chunks = []
-        for chunk in self.vae.decode_chunks(latents.to(self.vae_dtype), progress=self.progress):
-            chunks.append(chunk)
-            if on_chunk is not None:
-                on_chunk(chunk)
-        return torch.cat(chunks, dim=2)
+        return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
 
     # -- the whole run -------------------------------------------------------------------------
     @classmethod

@@ -82,9 +82,6 @@ class Wan22Pipeline(WanPipeline):
                                   f"expert boundary is a fraction of {NUM_TRAIN_TIMESTEPS}")
         return self.model_config.arch.expert_at
 
-    def expert_component(self, expert: Optional[str]) -> str:
-        return EXPERTS[expert] if expert is not None else "dit"
-
     def guidance(self, p: SamplingParams) -> Guidance:
         if self.dit_2 is None:
             return super().guidance(p)

@@ -68,12 +68,12 @@ class ContextKVCache:
         return len(self._entries)
 
 
-def apply_context_kv(models: Sequence, enabled: bool) -> list[str]:
-    """Give each model that computes cross-attention K/V (`context_cache` attribute) a cache (or none)."""
+def apply_context_kv(models: Sequence) -> list[str]:
+    """Give each model that computes cross-attention K/V (a `context_cache` attribute) a cache; returns their names."""
     done = []
     for name, model in models:
         if hasattr(model, "context_cache"):
-            model.context_cache = ContextKVCache() if enabled else None
+            model.context_cache = ContextKVCache()
             done.append(name)
     return done
 

@@ -324,7 +324,7 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     if engine.context_kv:
         from lightx2v.runtime.context_kv import apply_context_kv
 
-        kept = apply_context_kv(_transformers(pipeline), True)
+        kept = apply_context_kv(_transformers(pipeline))
         log += [f"context_kv: {name}, cross-attention K/V once per generation" for name in kept]
     if engine.compile.enabled:
         for name, model in _transformers(pipeline):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -226,23 +226,26 @@ class WanModel(nn.Module):
         x = self.head(x, e)  # [B, L, prod(patch) * out_dim]
         return self.unpatchify(x, grid).float()
 
-    def cross_kv(self, context: Tensor, clip_fea: Tensor | None) -> list[tuple[Tensor, ...]]:
-        """Every block's cross-attention K/V for this context (CrossAttention.context_kv): they do not
-        depend on x or t. With a `context_cache` (the engine's context_kv step,
-        lightx2v.runtime.context_kv) a generation computes them once, at its first step."""
-        def compute() -> list[tuple[Tensor, ...]]:
-            ctx, ctx_img = self.embed_context(context, clip_fea)
-            return [block.cross_attn.context_kv(ctx, ctx_img) for block in self.blocks]
-
+    def cross_kv(self, context: Tensor, clip_fea: Tensor | None) -> Iterable[tuple[Tensor, ...]]:
+        """Every block's cross-attention K/V for this context (CrossAttention.context_kv), in block
+        order: they do not depend on x or t. With a `context_cache` (the engine's context_kv step,
+        lightx2v.runtime.context_kv) a generation computes them once, at its first step; without
+        one, each block's are made as it runs (a generator: one block's K/V in memory at a time)."""
         if self.context_cache is None:
-            return compute()
+            ctx, ctx_img = self.embed_context(context, clip_fea)
+            return (block.cross_attn.context_kv(ctx, ctx_img) for block in self.blocks)
+
+        def compute() -> list[tuple[Tensor, ...]]:
+            c, c_img = self.embed_context(context, clip_fea)
+            return [block.cross_attn.context_kv(c, c_img) for block in self.blocks]
+
         return self.context_cache.get((context, clip_fea), compute)
 
     def run_blocks(self, x: Tensor, **kw: Any) -> Tensor:
         """The block stack: x [B, L, C] fp32 -> [B, L, C] fp32. The one boundary a cache or a parallel
         transform wraps (lightx2v.runtime): forward = embed -> run_blocks -> head. `kw`: e0 [B, 1 | L, 6, C]
         (per sample, or per token: a sequence-parallel split cuts its token dim with x's), kv (one
-        tuple per block: its cross-attention K/V [B, Lc, H, D], `cross_kv`), rope [L, 1, D/2, 2]."""
+        tuple per block, in order: its cross-attention K/V [B, Lc, H, D], `cross_kv`), rope [L, 1, D/2, 2]."""
         for block, kv in zip(self.blocks, kw["kv"]):
             x = block(x, kw["e0"], kv, kw["rope"])
         return x

@@ -21,7 +21,7 @@ Options (each off by default, each compared with the default path by tests/model
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -95,7 +95,14 @@ class VAEDecode:
             cache.reset()  # also when the consumer stops early (an error, an interrupt)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False,
+               on_chunk: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), H, W], float32 (the
-        chunks of `decode_chunks`, concatenated)."""
-        return torch.cat(list(self.decode_chunks(latents, cache, progress)), dim=2)
+        chunks of `decode_chunks`, concatenated). `on_chunk(pixels)` sees each chunk as soon as it
+        is decoded, before the next one decodes (the streamed save)."""
+        chunks = []
+        for chunk in self.decode_chunks(latents, cache, progress):
+            chunks.append(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+        return torch.cat(chunks, dim=2)
