@@ -165,10 +165,16 @@ def resolve_fused(name: str, device: torch.device | str, dtype: torch.dtype) -> 
 
 
 def set_fused_backend(model: nn.Module, ops: FusedOps) -> int:
-    """Put `ops` on every submodule of `model` that has a `fused_ops` attribute; returns how many."""
+    """Put `ops` on every submodule of `model` that has a `fused_ops` attribute, and the same kernels
+    ("torch" | "triton") on its quantized linears (`kernels`: lightx2v.quant.gemm); returns how many
+    modules took the fused ops."""
+    from lightx2v.quant.base import QuantLinear
+
     n = 0
     for module in model.modules():
         if hasattr(module, "fused_ops"):
             module.fused_ops = ops
             n += 1
+        elif isinstance(module, QuantLinear):
+            module.kernels = ops.name
     return n

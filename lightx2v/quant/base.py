@@ -65,10 +65,18 @@ class QuantScheme:
         """(qweight [out, in], scale) -> weight [out, in] in `dtype`; the product is taken in fp32."""
         return (qweight.float() * scale.float()).to(dtype)
 
-    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """Reference compute: x [..., in] -> [..., out] in x's dtype."""
+    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor], impl: str = "torch") -> Tensor:
+        """Weight-only compute: x [..., in] -> [..., out] in x's dtype. impl "torch": the reference
+        (dequantize, then F.linear); "triton": one GEMM converting the weight in registers
+        (lightx2v.quant.gemm.weight_only_linear), where it applies."""
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
+        if impl != "torch":
+            from lightx2v.quant.gemm import weight_only_linear
+
+            y = weight_only_linear(x, qweight, scale, bias, impl)
+            if y is not None:
+                return y
         return F.linear(x, self.dequantize(qweight, scale, x.dtype), bias)
 
     def __repr__(self) -> str:
@@ -88,6 +96,9 @@ class QuantLinear(nn.Module):
         self.scheme = scheme
         # the activation dtype: lightx2v.models.wan.dit_blocks.compute_dtype() reads this attribute
         self.compute_dtype = compute_dtype
+        # which GEMM kernels compute it ("torch" reference | "triton"; lightx2v.quant.gemm): set by the
+        # engine's kernels step (lightx2v.ops.fused.set_fused_backend), with the block's fused ops
+        self.kernels = "torch"
         # Parameters (not buffers) so that transforms that walk parameters (offload, LoRA) see them
         self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=scheme.qdtype, device=device),
                                    requires_grad=False)
@@ -111,7 +122,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [..., in] -> [..., out] in the compute dtype
-        return self.scheme.forward(x.to(self.compute_dtype), self.weight, self.weight_scale, self.bias)
+        return self.scheme.forward(x.to(self.compute_dtype), self.weight, self.weight_scale, self.bias, self.kernels)
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The float weight [out, in] this layer computes with (fp32 by default: for LoRA merging)."""
@@ -128,7 +139,7 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"scheme={self.scheme.name}, compute_dtype={self.compute_dtype}")
+                f"scheme={self.scheme.name}, compute_dtype={self.compute_dtype}, kernels={self.kernels}")
 
 
 def _selected(name: str, targets: Union[str, Iterable[str]]) -> bool:

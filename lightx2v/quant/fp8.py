@@ -50,10 +50,10 @@ class Fp8PerChannel(Fp8WeightOnly):
 
         return fp8_gemm_available(device)
 
-    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor], impl: str = "torch") -> Tensor:
         from lightx2v.quant.gemm import fp8_linear
 
-        return fp8_linear(x, qweight, scale, bias)
+        return fp8_linear(x, qweight, scale, bias, impl)
 
 
 class Fp8PerTensor(Fp8WeightOnly):

@@ -10,8 +10,14 @@ int8): rows are zero-padded up to a multiple of 16 (a zero row has scale 1e-12 a
 output row, dropped after). K and N come from the model (Wan: multiples of 16); a layer that is not
 aligned is refused by `unaligned` when the engine quantizes it, not at run time.
 
-The activation quantizer here is torch (absmax, scale, round: three passes over x); the one-pass
-Triton kernel, fused into the preceding norm, is the next step (docs/benchmarks.md has the figures).
+`impl` picks the kernels ("torch": the reference, above; "triton": lightx2v.ops.triton.quant):
+- w8a8-int8: the one-kernel activation quantizer, then one Triton GEMM with both scales and the
+  bias in its epilogue (no int32 [M, N] in memory; no row padding: the kernel masks the rows).
+- w8a8-fp8: the one-kernel quantizer, then `torch._scaled_mm` (cuBLAS, which fuses the scales).
+- w8a16 (weight-only): one Triton GEMM that reads the 8-bit weight and converts it in registers
+  (no dequantized bf16 copy of the weight in memory), the per-channel scale in the epilogue.
+A layer whose in_features is not a multiple of 128 (the GEMM's K tile) computes with "torch".
+QuantLinear carries the choice (`kernels`), set by the engine's kernels step with the fused ops.
 """
 
 from __future__ import annotations
@@ -24,6 +30,14 @@ from torch import Tensor
 
 E4M3_MAX = 448.0
 ROW_ALIGN = 16
+GEMM_IMPLS = ("torch", "triton")
+TRITON_K_ALIGN = 128  # lightx2v.ops.triton.quant.K_ALIGN (not imported here: that module needs Triton)
+
+
+def _triton(impl: str, in_features: int) -> bool:
+    if impl not in GEMM_IMPLS:
+        raise ValueError(f"unknown GEMM kernels {impl!r}; expected one of {', '.join(GEMM_IMPLS)}")
+    return impl == "triton" and in_features % TRITON_K_ALIGN == 0
 
 
 def quantize_rows(x: Tensor, qdtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -52,8 +66,15 @@ def unaligned(in_features: int, out_features: int) -> Optional[str]:
     return None
 
 
-def int8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+def int8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor], impl: str = "torch") -> Tensor:
     """x [..., K] (float) with qweight int8 [N, K], w_scale fp32 [N, 1] -> [..., N] in x's dtype."""
+    if _triton(impl, x.shape[-1]):
+        from lightx2v.ops.triton import quant as tq
+
+        x2 = x.reshape(-1, x.shape[-1])
+        xq, xs = tq.quantize_rows(x2, torch.int8)
+        y = tq.scaled_mm(xq, qweight, xs, w_scale, bias, x.dtype)
+        return y.reshape(*x.shape[:-1], -1)
     x2, m = _rows(x)
     xq, xs = quantize_rows(x2, torch.int8)
     acc = torch._int_mm(xq, qweight.t())  # [M_pad, N] int32
@@ -63,14 +84,31 @@ def int8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tens
     return y[:m].to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
-def fp8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+def fp8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor], impl: str = "torch") -> Tensor:
     """x [..., K] (float) with qweight float8_e4m3fn [N, K], w_scale fp32 [N, 1] -> [..., N] in x's dtype."""
     x2, m = _rows(x)
-    xq, xs = quantize_rows(x2, qweight.dtype)
+    if _triton(impl, x.shape[-1]):
+        from lightx2v.ops.triton import quant as tq
+
+        xq, xs = tq.quantize_rows(x2, qweight.dtype)
+    else:
+        xq, xs = quantize_rows(x2, qweight.dtype)
     out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
     y = torch._scaled_mm(xq, qweight.t(), scale_a=xs, scale_b=w_scale.reshape(1, -1).float(),
                          bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
     return y[:m].to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def weight_only_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor], impl: str) -> Optional[Tensor]:
+    """The Triton weight-only GEMM for x [..., K] bf16/fp16 with qweight int8 | float8_e4m3fn [N, K] and a
+    per-channel w_scale [N, 1]: [..., N] in x's dtype; None where it does not apply (impl "torch", an
+    fp32 x, a per-tensor scale, K not a multiple of 128): the caller computes the reference."""
+    if x.dtype not in (torch.bfloat16, torch.float16) or w_scale.numel() != qweight.shape[0] or not _triton(impl, x.shape[-1]):
+        return None
+    from lightx2v.ops.triton import quant as tq
+
+    y = tq.scaled_mm(x.reshape(-1, x.shape[-1]), qweight, None, w_scale, bias, x.dtype)
+    return y.reshape(*x.shape[:-1], -1)
 
 
 def fp8_gemm_available(device: torch.device) -> Optional[str]:

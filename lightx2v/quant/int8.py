@@ -34,7 +34,7 @@ class Int8PerChannel(Int8WeightOnly):
 
     name = "w8a8-int8"
 
-    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor]) -> Tensor:
+    def forward(self, x: Tensor, qweight: Tensor, scale: Tensor, bias: Optional[Tensor], impl: str = "torch") -> Tensor:
         from lightx2v.quant.gemm import int8_linear
 
-        return int8_linear(x, qweight, scale, bias)
+        return int8_linear(x, qweight, scale, bias, impl)
