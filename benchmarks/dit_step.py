@@ -50,10 +50,16 @@ CONFIGS = {
     "compiled_sage8": {"compile": True, "self": "sage8"},
     "compiled_cfg_batched": {"compile": True, "batch": 2},
     "compiled_cudagraphs": {"compile": True, "mode": "reduce-overhead"},
-    # quantized: the DiT's block linears to w8a8-fp8 in place (not undone: these run after every float row)
+    # quantized: the DiT's block linears quantized in place (a scheme change rebuilds the bf16 model
+    # from the same seed: these rows run after every float row)
     "compiled_w8a8_fp8": {"quant": "w8a8-fp8", "compile": True},
+    "compiled_w8a8_fp8_triton": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton"},
     "compiled_w8a8_fp8_sage8": {"quant": "w8a8-fp8", "compile": True, "self": "sage8"},
+    "compiled_w8a8_fp8_triton_sage8": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton", "self": "sage8"},
     "compiled_w8a8_int8": {"quant": "w8a8-int8", "compile": True},
+    "compiled_w8a8_int8_triton": {"quant": "w8a8-int8", "compile": True, "kernels": "triton"},
+    "compiled_w8a16_fp8_triton": {"quant": "w8a16-fp8", "compile": True, "kernels": "triton"},
+    "compiled_w8a16_int8_triton": {"quant": "w8a16-int8", "compile": True, "kernels": "triton"},
     "fp32": {"fp32": True},  # our fp32 path (TF32 off): the reference of the error columns; last
     "diffusers_eager": {"diffusers": True},
     "diffusers_best": {"diffusers": True, "compile": True},
@@ -152,7 +158,7 @@ def apply(model, opts: dict) -> list[str]:
 
         quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
         if quantized and quantized[0].scheme.name != opts["quant"]:
-            raise RuntimeError(f"the model is already {quantized[0].scheme.name}; run one quantized scheme per call")
+            raise RuntimeError(f"the model is already {quantized[0].scheme.name} (run_shape rebuilds it first)")
         if not quantized:
             apply_quant(model, opts["quant"], compute_dtype=dt)
         done.append(f"quant {opts['quant']}")
@@ -233,11 +239,19 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
     floor_s = f_gemm / (floor["gemm_tflops"] * 1e12) + f_attn / (floor["sdpa_tflops"] * 1e12)
     print(f"== {name}: {tokens} tokens; floor {floor_s:.3f}s ({floor})", flush=True)
     outputs: dict = {}
+    four: dict = {}
     diff = None
     rows = []
+    state = "bf16"  # what `ours` holds: "bf16", "fp32" or a quantization scheme's name
     for cname in args.configs:
         opts = CONFIGS[cname]
         row = {"shape": name, "config": cname, "tokens": tokens}
+        want = "fp32" if opts.get("fp32") else opts.get("quant", "bf16")
+        if not opts.get("diffusers") and state not in ("bf16", want):  # a fresh bf16 model, same seed
+            ours = None
+            torch.cuda.empty_cache() if DEV == "cuda" else None
+            cfg, ours = build_ours(dim, ffn, heads, layers)
+            state = "bf16"
         try:
             if DEV == "cuda":
                 torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
@@ -254,10 +268,13 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
             elif opts.get("fp32"):
                 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
                 ours = ours.float()
+                state = "fp32"
                 apply(ours, {"self": "torch_sdpa", "cross": "torch_sdpa"})
                 fn = (lambda: ours(xb.float(), tb, cb.float()))
             else:
                 row["applied"] = apply(ours, opts)
+                state = want
+                row["weight_gib"] = sum(p.numel() * p.element_size() for p in ours.blocks.parameters()) / 2**30
                 fn = (lambda: ours(xb.to(torch.bfloat16), tb, cb))
             with torch.no_grad():
                 y, first, sec = timed(fn, args.repeat)
@@ -265,6 +282,8 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
             row.update(first_s=first, s=sec, s_per_sample=per, tflops=(f_gemm + f_attn) / per / 1e12,
                        floor_share=floor_s / per, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0)
             outputs[cname] = y[:1].float().cpu()
+            if args.four_step and batch == 1 and (cname in ("eager", "compiled") or opts.get("quant") or opts.get("self")):
+                four[cname] = four_steps(lambda xx, tt: ours(xx.to(torch.bfloat16), tt, cb), x)
             if opts.get("self", "auto") != "auto" and not opts.get("compile") and args.per_layer:
                 reset(ours)
                 row["per_layer_cos"] = per_layer_cosine(ours, x, t, ctx, opts["self"])
@@ -285,24 +304,39 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
             row["rel_l2"], row["cos"] = rel_cos(y, outputs["eager"])
         if y is not None and "fp32" in outputs:
             row["rel_l2_vs_fp32"], row["cos_vs_fp32"] = rel_cos(y, outputs["fp32"])
+        ref4 = four.get("compiled", four.get("eager"))
+        if row["config"] in four and ref4 is not None:
+            row["rel_l2_4step"], _ = rel_cos(four[row["config"]], ref4)
     results.extend(rows)
     ours = diff = None  # free this shape's models before the next
     if DEV == "cuda":
         torch.cuda.empty_cache()
 
 
+def four_steps(fn, x: torch.Tensor) -> torch.Tensor:
+    """A 4-step flow-matching Euler run from noise x (sigmas 1, .75, .5, .25 -> 0): the final latents,
+    for the error of a whole distilled-style run against the lossless path."""
+    sig = [1.0, 0.75, 0.5, 0.25, 0.0]
+    with torch.no_grad():
+        for i in range(4):
+            v = fn(x, torch.tensor([sig[i] * 1000.0], device=x.device))
+            x = x + (sig[i + 1] - sig[i]) * v.float()
+    return x.float().cpu()
+
+
 def table(results: list) -> str:
-    lines = ["| shape | configuration | s/forward | first call s | TFLOP/s | % of floor | peak GiB | rel. L2 vs eager bf16 | "
-             "cos | rel. L2 vs fp32 |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| shape | configuration | s/forward | first call s | TFLOP/s | % of floor | peak GiB | block weights GiB | "
+             "rel. L2 vs eager bf16 | cos | rel. L2 vs fp32 | rel. L2 of 4 steps vs bf16 |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['shape']} | {r['config']} | failed: {r['error'][:80]} | | | | | | | |")
+            lines.append(f"| {r['shape']} | {r['config']} | failed: {r['error'][:80]} | | | | | | | | | |")
             continue
         f = (lambda k, fmt: format(r[k], fmt) if isinstance(r.get(k), float) else "")
         lines.append(f"| {r['shape']} | {r['config']} | {f('s_per_sample', '.3f')} | {f('first_s', '.1f')} | "
                      f"{f('tflops', '.0f')} | {100 * r.get('floor_share', math.nan):.0f}% | {f('peak_gib', '.1f')} | "
-                     f"{f('rel_l2', '.2e')} | {f('cos', '.5f')} | {f('rel_l2_vs_fp32', '.2e')} |")
+                     f"{f('weight_gib', '.1f')} | {f('rel_l2', '.2e')} | {f('cos', '.5f')} | {f('rel_l2_vs_fp32', '.2e')} | "
+                     f"{f('rel_l2_4step', '.2e')} |")
     return "\n".join(lines)
 
 
@@ -312,6 +346,7 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-per-layer", dest="per_layer", action="store_false")
+    ap.add_argument("--four-step", action="store_true", help="also the error of a 4-step run (quantized, 8-bit attention)")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--commit", default="?")

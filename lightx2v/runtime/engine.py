@@ -248,14 +248,20 @@ def set_attention(pipeline, engine: EngineConfig) -> list[str]:
 
 def set_fused_ops(pipeline, engine: EngineConfig) -> list[str]:
     """Step 7: the DiTs' fused elementwise ops ("torch" reference, "triton" kernels; lightx2v.ops.fused),
-    resolved for the engine's device and dtype, on every module with a `fused_ops` attribute."""
+    resolved for the engine's device and dtype, on every module with a `fused_ops` attribute; the
+    same kernels on the quantized linears of the DiTs and of quantized encoders (lightx2v.quant.gemm)."""
     from lightx2v.ops.fused import resolve_fused, set_fused_backend
 
     chosen = []
+    ops = resolve_fused(engine.kernels, engine.torch_device(), engine.dtype)
     for name, model in _transformers(pipeline):
-        ops = resolve_fused(engine.kernels, engine.torch_device(), engine.dtype)
         if set_fused_backend(model, ops):
             chosen.append(f"{name}: {ops.name}")
+    for name, field in ENCODERS:
+        module = pipeline.components.get(name)
+        if getattr(engine, field) is not None and module is not None:
+            set_fused_backend(module, ops)
+            chosen.append(f"{name} (quantized linears): {ops.name}")
     return chosen
 
 
