@@ -388,3 +388,24 @@ def test_convert_writes_lightx2v_nvfp4_and_copies_it(tiny, tmp_path):
     with pytest.raises(InputError, match=r"is w4a4-nvfp4: convert cannot merge a LoRA into its layers"):
         convert_dit(tmp_path / "q", tmp_path / "merged", loras=[(tmp_path / "lora.safetensors", 1.0)])
     assert not (tmp_path / "merged").exists()
+    # diffusers names: the scales follow their weight (`attn1.to_q.weight_global_scale`) and read back the same
+    convert_dit(tmp_path / "q", tmp_path / "diffusers", to="diffusers")
+    names = load_file(str(tmp_path / "diffusers" / "diffusion_pytorch_model.safetensors"))
+    assert "blocks.0.attn1.to_q.weight_global_scale" in names and "blocks.0.ffn.net.0.proj.weight_scale" in names
+    src = inspect_dit_source(tmp_path / "diffusers")
+    assert (src.key_format, src.quant, len(src.quantized)) == ("diffusers", "w4a4-nvfp4", 20)
+    back = build_dit(src, dtype=torch.float32, device="cpu").state_dict()
+    own = _build(tmp_path / "q").state_dict()
+    assert back.keys() == own.keys() and all(torch.equal(_bits(back[k]), _bits(v)) for k, v in own.items())
+
+
+def test_a_prequantized_nvfp4_model_switches_compute_without_requantizing():
+    from lightx2v.runtime.engine import quantize
+
+    model = apply_quant(nn.Sequential(nn.Linear(32, 16), nn.Linear(16, 32)), "w4a4-nvfp4", targets=["0", "1"])
+    before = {k: _bits(v).clone() for k, v in model.state_dict().items()}
+    pipe = types.SimpleNamespace(components={"dit": model}, transformer_names=("dit",))
+    assert quantize(pipe, "w4a16-nvfp4", torch.float32) == ["dit: 2 layers (w4a4-nvfp4 file, computed as w4a16-nvfp4)"]
+    assert all(torch.equal(_bits(v), before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(InputError, match=r"already quantized \(w4a16-nvfp4\); it cannot be quantized as w8a8-int8"):
+        quantize(pipe, "w8a8-int8", torch.float32)
