@@ -349,8 +349,8 @@ def convert_dit(
     """Convert the DiT at `src` into the `to` layout in the new folder `dst` (see the module docstring).
 
     quant: one of QUANT_CHOICES, 'w8a8-int8' ... 'w4a4-nvfp4' (a float source only); loras: (file,
-    strength) pairs, merged before quantizing (a LoRA key that targets nothing is an error, or with `allow_unmatched` a
-    warning); dtype: 'bf16' / 'fp16' / 'fp32' or a torch dtype; shard_size: bytes per file
+    strength) pairs, merged before quantizing (a LoRA key that targets nothing is an error, or with
+    `allow_unmatched` a warning); dtype: 'bf16' / 'fp16' / 'fp32' or a torch dtype; shard_size: bytes per file
     (official / diffusers layouts). Bad input raises a one-line LightX2VError before anything is written.
     """
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
