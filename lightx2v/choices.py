@@ -24,5 +24,5 @@ KERNELS = ("torch", "triton")
 
 # loading/convert.py: output layouts, quantization schemes, dtypes (config.parse_dtype reads them)
 CONVERT_LAYOUTS = ("official", "diffusers", "blocks")
-QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8", "w8a16-fp8", "w8a16-int8")
+QUANT_CHOICES = ("w8a8-fp8", "w8a8-int8", "w8a16-fp8", "w8a16-int8", "w4a4-nvfp4", "w4a16-nvfp4")
 DTYPES = ("bf16", "fp16", "fp32")

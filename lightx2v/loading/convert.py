@@ -29,7 +29,9 @@ with its own scheme), then the dtype: without `dtype` every tensor keeps the sou
 conversion is bit-exact); with `dtype` floating tensors are cast to it, except the ones
 the model's `_keep_in_fp32` names (Wan: time embedding, modulations, norms), which are written in fp32
 because the loader computes them in fp32 anyway. Quantized weights keep int8 / float8 and scales
-are always written in fp32.
+are always written in fp32; NVFP4 (`--quant w4a4-nvfp4`) writes LightX2V's tensors as its
+converter does (packed uint8 weight, e4m3 swizzled `weight_scale`, fp32 `weight_global_scale`),
+and a pre-quantized NVFP4 source is copied tensor by tensor (a LoRA cannot be merged into it here).
 
 Atomic: everything goes to a temp folder beside `dst`, renamed to `dst` at the end; any error or
 Ctrl-C removes it, so a failed conversion leaves nothing.
@@ -55,7 +57,7 @@ from lightx2v.io.atomic import check_new_folder, note_removed, place_folder, tes
 from lightx2v.config import parse_dtype
 from lightx2v.errors import CheckpointError, InputError
 from lightx2v.loading.dit_files import (
-    DitSource, TensorInfo, dit_key_from_file, inspect_dit_source,
+    QUANT_LEAVES, DitSource, TensorInfo, dit_key_from_file, inspect_dit_source,
     read_safetensors_header,
 )
 from lightx2v.loading.safetensors_io import write_safetensors
@@ -89,9 +91,11 @@ def _parse_config(path: Path, fmt) -> Optional[Any]:
 
 def official_to_diffusers_key(key: str, table: Mapping[str, str]) -> str:
     """Diffusers name of a model key (`table`: the family's `diffusers_key_table`); a quantized layer's
-    `weight_scale` follows its weight (`...to_q.weight_scale`, as dit_files reads it back)."""
-    if key.endswith(".weight_scale") and key[: -len("_scale")] in table:
-        return table[key[: -len("_scale")]] + "_scale"
+    `weight_scale` (and NVFP4's global scales) follow its weight (`...to_q.weight_scale`, as
+    dit_files reads them back)."""
+    module, _, leaf = key.rpartition(".")
+    if leaf in QUANT_LEAVES and f"{module}.weight" in table:
+        return table[f"{module}.weight"][: -len("weight")] + leaf
     if key not in table:
         raise CheckpointError(f"DiT tensor {key} has no name in the diffusers layout")
     return table[key]
@@ -162,7 +166,8 @@ class OutTensor:
 @dataclass(frozen=True)
 class Unit:
     """Output tensors made from one read. kind: 'tensor' (one tensor), 'quantize' (a float
-    weight -> weight + weight_scale), 'quantized' (a pre-quantized weight + its scale)."""
+    weight -> weight + weight_scale (+ the scheme's other tensors)), 'quantized' (a pre-quantized
+    weight + its scale), 'copy' (a tensor of a pre-quantized packed layer, written as it is)."""
 
     kind: str
     key: str  # the tensor read (official key)
@@ -196,14 +201,18 @@ def plan_units(
     for key in sorted(infos, key=_natural):
         shape, dt = infos[key]
         module, _, leaf = key.rpartition(".")
-        if leaf == "weight_scale" and module in source.quantized:
+        if module in source.quantized and src_scheme.file_leaves != QuantScheme.file_leaves:
+            if leaf in src_scheme.file_leaves:  # packed (NVFP4): the source's tensors as they are
+                units.append(Unit("copy", key, (OutTensor(key, shape, dt),)))
+                continue
+        elif leaf == "weight_scale" and module in source.quantized:
             continue  # written with its weight
         if leaf == "weight" and module in source.quantized:
             scale = OutTensor(f"{module}.weight_scale", src_scheme.scale_shape(shape[0]), torch.float32)
             units.append(Unit("quantized", key, (OutTensor(key, shape, dt), scale)))
         elif leaf == "weight" and quant is not None and module in targets:
-            outs = (OutTensor(key, shape, quant.qdtype),
-                    OutTensor(f"{module}.weight_scale", quant.scale_shape(shape[0]), torch.float32))
+            specs = quant.tensor_specs(*shape).items()
+            outs = tuple(OutTensor(f"{module}.{n}", sp.shape, sp.dtype) for n, sp in specs if sp.default is None)
             units.append(Unit("quantize", key, outs))
         else:
             if dt.is_floating_point and dtype is not None:
@@ -266,11 +275,15 @@ class _Job:
 
     def produce(self, unit: Unit) -> Iterator[Tensor]:
         w = self.reader.get(unit.key)
+        if unit.kind == "copy":
+            yield w
+            return
         merged = self._lora(unit.key, lambda: w) if unit.kind != "quantized" else None
         if unit.kind == "tensor":
             yield (w if merged is None else merged).to(unit.outputs[0].dtype)
         elif unit.kind == "quantize":
-            yield from self.quant.quantize(w if merged is None else merged)
+            made = self.quant.quantize_tensors(w if merged is None else merged)
+            yield from (made[o.key.rpartition(".")[2]] for o in unit.outputs)
         else:  # pre-quantized: the scale as dit_files reads it ([out, 1] or []; 1 where a float8 file has none)
             scheme = get_scheme(self.source.quant)
             scale_key = unit.outputs[1].key
@@ -320,6 +333,11 @@ def _prepare(
         skipped = report_unmatched(lws, allow_unmatched)
         if skipped:
             notes.append(f"LoRA tensors skipped (they target nothing): {len(skipped)}")
+        packed = source.quant and get_scheme(source.quant).file_leaves != QuantScheme.file_leaves
+        hit = sorted({k for lw, _ in lws for k in lw.targets} & {f"{m}.weight" for m in source.quantized})
+        if packed and hit:
+            raise InputError(f"{src} is {source.quant}: convert cannot merge a LoRA into its layers ({hit[0]}); "
+                             "merge into the float model and quantize, or load the LoRA at run time")
     return source, cfg, given, lws, notes
 
 
@@ -330,9 +348,9 @@ def convert_dit(
 ) -> ConvertReport:
     """Convert the DiT at `src` into the `to` layout in the new folder `dst` (see the module docstring).
 
-    quant: 'w8a8-int8' / 'w8a8-fp8' (a float source only); loras: (file, strength) pairs, merged
-    before quantizing (a LoRA key that targets nothing is an error, or with `allow_unmatched` a
-    warning); dtype: 'bf16' / 'fp16' / 'fp32' or a torch dtype; shard_size: bytes per file
+    quant: one of QUANT_CHOICES, 'w8a8-int8' ... 'w4a4-nvfp4' (a float source only); loras: (file,
+    strength) pairs, merged before quantizing (a LoRA key that targets nothing is an error, or with
+    `allow_unmatched` a warning); dtype: 'bf16' / 'fp16' / 'fp32' or a torch dtype; shard_size: bytes per file
     (official / diffusers layouts). Bad input raises a one-line LightX2VError before anything is written.
     """
     src, dst = Path(src).expanduser(), Path(dst).expanduser()

@@ -25,6 +25,10 @@ Quantized formats (official names after renaming; see lightx2v.quant):
   fp8-scaled  `<m>.weight` float8_e4m3fn + `<m>.scale_weight` [] (renamed to `weight_scale`),
               `<m>.scale_input` and the `scaled_fp8` marker dropped                   (ComfyUI)
               or float8 weights with no scale at all (a plain cast: scale 1)
+  w4a4-nvfp4  `<m>.weight` uint8 [out, in/2] (two e2m1 per byte) + `<m>.weight_scale` float8_e4m3fn
+              [round_up(out, 128), round_up(in/16, 4)] (swizzled) + `<m>.weight_global_scale` [],
+              or `<m>.input_global_scale` + `<m>.alpha` instead of it                  (LightX2V)
+A scheme's `from_file` turns a layer's file tensors into the layer's state (lightx2v.quant).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ TORCH_FILES = (".pth", ".pt", ".bin", ".ckpt")
 # scales and its per-layer format records) and the scaled-fp8 marker tensor
 _DROPPED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
 _MARKERS = ("scaled_fp8",)
+# per-layer tensors beside `<m>.weight` that quantized files hold (renamed with the weight)
+QUANT_LEAVES = ("weight_scale", "weight_global_scale", "input_global_scale", "alpha", "input_absmax")
 
 
 
@@ -254,17 +260,22 @@ def dit_key_from_file(key: str, key_format: str, fmt) -> Optional[str]:
         key = key[: -len(".scale_weight")] + ".weight_scale"
     if key_format != "diffusers":
         return key
-    if key.endswith(".weight_scale"):
-        new = fmt.key_from_diffusers(key[: -len("_scale")])
-        return None if new is None else new + "_scale"
+    module, _, leaf = key.rpartition(".")
+    if leaf in QUANT_LEAVES:  # follows its layer's weight: `...to_q.weight_scale` -> `...q.weight_scale`
+        new = fmt.key_from_diffusers(f"{module}.weight")
+        return None if new is None else new[: -len("weight")] + leaf
     return fmt.key_from_diffusers(key)
 
 
 # ---------------------------------------------------------------- quantization, from the tensors
 
 
-def _scheme_of(module: str, weight: TensorInfo, scale: Optional[TensorInfo], where: Path) -> str:
-    (wshape, wdt) = weight
+def _scheme_of(module: str, infos: Mapping[str, TensorInfo], where: Path) -> str:
+    (wshape, wdt), scale = infos[f"{module}.weight"], infos.get(f"{module}.weight_scale")
+    if wdt == torch.uint8:
+        from lightx2v.quant.nvfp4 import file_scheme
+
+        return file_scheme(module, infos, where)
     if scale is None:
         if wdt == torch.float8_e4m3fn:
             return "fp8-scaled"  # a plain cast to float8: scale 1
@@ -278,12 +289,13 @@ def _scheme_of(module: str, weight: TensorInfo, scale: Optional[TensorInfo], whe
     if wdt == torch.float8_e4m3fn and n == 1:
         return "fp8-scaled"
     raise CheckpointError(f"{where}: {module}.weight is {wdt} with a scale of shape {list(scale[0])}; lightx2v reads "
-                          "int8 / float8_e4m3fn weights with a per-channel [out, 1] or (fp8) per-tensor scale")
+                          "int8 / float8_e4m3fn weights with a per-channel [out, 1] or (fp8) per-tensor scale, "
+                          "and NVFP4 (uint8) weights")
 
 
 def detect_quant(infos: Mapping[str, TensorInfo], where: Path) -> tuple[Optional[str], tuple[str, ...]]:
     """(scheme name or None, quantized module names) from official-keyed (shape, dtype) infos."""
-    low = (torch.int8, torch.float8_e4m3fn, torch.float8_e5m2)
+    low = (torch.int8, torch.uint8, torch.float8_e4m3fn, torch.float8_e5m2)
     modules = {k[: -len(".weight_scale")] for k in infos if k.endswith(".weight_scale")}
     modules |= {k[: -len(".weight")] for k, (s, d) in infos.items() if k.endswith(".weight") and d in low and len(s) == 2}
     found: dict[str, str] = {}
@@ -292,7 +304,7 @@ def detect_quant(infos: Mapping[str, TensorInfo], where: Path) -> tuple[Optional
             raise CheckpointError(f"{where} has {m}.weight_scale but no {m}.weight")
         if infos[f"{m}.weight"][1] == torch.float8_e5m2:
             raise CheckpointError(f"{where}: {m}.weight is float8_e5m2; lightx2v reads float8_e4m3fn and int8 weights")
-        found[m] = _scheme_of(m, infos[f"{m}.weight"], infos.get(f"{m}.weight_scale"), where)
+        found[m] = _scheme_of(m, infos, where)
     schemes = sorted(set(found.values()))
     if len(schemes) > 1:
         first = {s: next(m for m, v in found.items() if v == s) for s in schemes}
@@ -347,6 +359,9 @@ def _inspect(path: Path, kind: str, files: list[Path]) -> DitSource:
             official[nk] = info
     quant, quantized = detect_quant(official, path)
     shapes = {k: s for k, (s, _) in official.items()}
+    if quant is not None:  # packed formats: the config is read off [out, in]
+        scheme = get_scheme(quant)
+        shapes |= {f"{m}.weight": scheme.logical_shape(shapes[f"{m}.weight"]) for m in quantized}
     counts = Counter(str(d).replace("torch.", "") for _, d in raw.values()).most_common()
     return DitSource(
         path=path, family=family, kind=kind, files=tuple(files), key_format=key_format, prefix=prefix, quant=quant,
@@ -357,8 +372,9 @@ def _inspect(path: Path, kind: str, files: list[Path]) -> DitSource:
 
 
 def read_dit_state_dict(source: DitSource) -> StateDict:
-    """Official-keyed tensors of a DiT source (mmap). Quantized weights stay int8 / float8 with their
-    `weight_scale` (reshaped to the scheme's [out, 1] or []; scale 1 where a float8 file has none)."""
+    """Official-keyed tensors of a DiT source (mmap). Quantized weights stay int8 / float8 / packed
+    with their scales, as the scheme's `from_file` makes the layer's state of them (one-scale
+    schemes: `weight_scale` reshaped to [out, 1] or [], 1 where a float8 file has none)."""
     files = list(source.files)
     sd = read_tensors(files[0]) if len(files) == 1 else read_sharded(files)
     out: StateDict = {}
@@ -370,9 +386,8 @@ def read_dit_state_dict(source: DitSource) -> StateDict:
     if source.quant is not None:
         scheme = get_scheme(source.quant)
         for m in source.quantized:
-            shape = scheme.scale_shape(out[f"{m}.weight"].shape[0])
-            scale = out.get(f"{m}.weight_scale")
-            out[f"{m}.weight_scale"] = torch.ones(shape) if scale is None else scale.reshape(shape)
+            found = {leaf: out.pop(f"{m}.{leaf}") for leaf in scheme.file_leaves if f"{m}.{leaf}" in out}
+            out.update({f"{m}.{leaf}": t for leaf, t in scheme.from_file(found).items()})
     return out
 
 
@@ -398,9 +413,11 @@ def _cast_for(model: nn.Module, sd: Mapping[str, Tensor], dtype, device, keep: t
         if q is not None and leaf == "weight" and v.dtype != q.scheme.qdtype:
             if not v.is_floating_point() or f"{owner}.weight_scale" in sd:
                 raise CheckpointError(f"DiT tensor {k} is {v.dtype}; the {q.scheme.name} layer expects {q.scheme.qdtype}")
-            v, out[f"{owner}.weight_scale"] = q.scheme.quantize(v.to(dev))  # a float file: quantize on load
+            # a float file: quantized on load (the weight, its scales, and the optional tensors' defaults)
+            out.update({f"{owner}.{n}": t for n, t in q.quantized_state(v.to(dev)).items()})
+            continue
         elif q is not None:
-            v = v.to(dev, {"weight": v.dtype, "weight_scale": torch.float32}.get(leaf, q.compute_dtype))
+            v = v.to(dev, q.tensor_dtype(leaf))  # stored tensors keep the scheme's dtype; the bias the compute dtype
         elif v.is_floating_point():
             v = v.to(dev, torch.float32 if any(p in k for p in keep) else (dtype or v.dtype))
         else:

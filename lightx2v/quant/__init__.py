@@ -14,13 +14,16 @@ from lightx2v.errors import InputError
 from lightx2v.quant.base import QuantLinear, QuantScheme, apply_quant
 from lightx2v.quant.fp8 import Fp8PerChannel, Fp8PerTensor, Fp8WeightOnly
 from lightx2v.quant.int8 import Int8PerChannel, Int8WeightOnly
+from lightx2v.quant.nvfp4 import Nvfp4, Nvfp4WeightOnly
 
 QUANT_SCHEMES = MappingProxyType({s.name: s for s in (Int8PerChannel(), Fp8PerChannel(), Fp8PerTensor(),
-                                                      Int8WeightOnly(), Fp8WeightOnly())})
+                                                      Int8WeightOnly(), Fp8WeightOnly(),
+                                                      Nvfp4(), Nvfp4WeightOnly())})
 
 
 def get_scheme(name: str) -> QuantScheme:
-    """The scheme object for a name ('w8a8-int8', 'w8a8-fp8', 'w8a16-int8', 'w8a16-fp8', 'fp8-scaled')."""
+    """The scheme object for a name ('w8a8-int8', 'w8a8-fp8', 'w8a16-int8', 'w8a16-fp8', 'fp8-scaled',
+    'w4a4-nvfp4', 'w4a16-nvfp4')."""
     try:
         return QUANT_SCHEMES[name]
     except KeyError:
@@ -29,9 +32,9 @@ def get_scheme(name: str) -> QuantScheme:
 
 def weight_only_for(scheme: QuantScheme) -> QuantScheme:
     """The weight-only scheme of the same stored format (itself if it is one): what a device that
-    cannot run `scheme`'s 8-bit GEMM computes a pre-quantized file with."""
+    cannot run `scheme`'s low-bit GEMM computes a pre-quantized file with (w8a16-*, w4a16-nvfp4)."""
     for s in QUANT_SCHEMES.values():
-        if s.storage == scheme.storage and s.name.startswith("w8a16"):
+        if s.storage == scheme.storage and s.name.split("-")[0].endswith("a16"):
             return s
     return scheme
 

@@ -9,6 +9,13 @@ linear layer with it. `QuantLinear` is the layer: it holds `weight` (int8 / floa
 on a meta-built model (before loading a pre-quantized file) or on a loaded one (quantizing its
 weights). The model's `forward` never knows.
 
+A scheme may store more than `weight` and `weight_scale` (NVFP4: packed FP4 weights, e4m3 block
+scales and fp32 global scales): it declares every stored tensor in `tensor_specs(out, in)` (name,
+shape, dtype, and a default for tensors a file may omit), and `QuantLinear` makes one Parameter per
+entry, under the scheme's names, so the state dict keys are the file's. The general entry points
+are `quantize_tensors` / `dequantize_tensors` / `apply(layer, x)` / `from_file`; for the one-scale
+schemes they call the two-tensor `quantize` / `dequantize` / `forward`, which stay as they were.
+
 The base compute path is the reference one: dequantize the weight to the activation dtype and call
 `F.linear` (the weight-only schemes `w8a16-*` compute so). The w8a8 schemes override `forward` with
 per-token activation quantization and an 8-bit GEMM (lightx2v.quant.gemm); the reference stays
@@ -21,13 +28,26 @@ float8 weights included. Move with `model.to(device)` only.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional, Union
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightx2v.errors import InputError
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One stored tensor of a quantized layer (the bias aside)."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    # None: quantize_tensors makes it and a file must hold it; a number: optional (a file may omit
+    # it, quantizing does not make it): the layer starts with this value
+    default: Optional[float] = None
+
 
 class QuantScheme:
     """One quantized weight format. Subclasses set `name`, `qdtype`, `per_channel`, `qmax` and
@@ -48,6 +68,44 @@ class QuantScheme:
 
     def scale_shape(self, out_features: int) -> tuple[int, ...]:
         return (out_features, 1) if self.per_channel else ()
+
+    # ---- the general interface (any number of stored tensors); one-scale schemes use the defaults
+
+    # the non-bias tensor names a file may hold for one layer (read by lightx2v.loading.dit_files)
+    file_leaves: tuple[str, ...] = ("weight", "weight_scale")
+
+    def tensor_specs(self, out_features: int, in_features: int) -> dict[str, TensorSpec]:
+        """Every stored tensor of a layer [out, in] but the bias, in state-dict order."""
+        return {"weight": TensorSpec((out_features, in_features), self.qdtype),
+                "weight_scale": TensorSpec(self.scale_shape(out_features), torch.float32)}
+
+    def logical_shape(self, weight_shape: tuple[int, ...]) -> tuple[int, int]:
+        """(out, in) of a layer from its stored `weight` shape (packed formats store fewer columns)."""
+        return tuple(weight_shape)
+
+    def check_shape(self, in_features: int, out_features: int) -> Optional[str]:
+        """Why this scheme cannot store a layer of this shape, or None."""
+        return None
+
+    def quantize_tensors(self, weight: Tensor) -> dict[str, Tensor]:
+        """A float weight [out, in] -> the stored tensors without a default (see `tensor_specs`)."""
+        q, s = self.quantize(weight)
+        return {"weight": q, "weight_scale": s}
+
+    def dequantize_tensors(self, tensors: Mapping[str, Tensor], dtype: torch.dtype = torch.float32) -> Tensor:
+        """The stored tensors of a layer -> its weight [out, in] in `dtype`."""
+        return self.dequantize(tensors["weight"], tensors["weight_scale"], dtype)
+
+    def apply(self, layer: "QuantLinear", x: Tensor) -> Tensor:
+        """The layer's compute: x [..., in] (already in its compute dtype) -> [..., out]."""
+        return self.forward(x, layer.weight, layer.weight_scale, layer.bias, layer.kernels)
+
+    def from_file(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """A layer's tensors as a file holds them (`file_leaves` found) -> the layer's state
+        (one-scale schemes: the scale reshaped to [out, 1] or []; 1 where a float8 file has none)."""
+        weight, scale = tensors["weight"], tensors.get("weight_scale")
+        shape = self.scale_shape(weight.shape[0])
+        return {"weight": weight, "weight_scale": torch.ones(shape) if scale is None else scale.reshape(shape)}
 
     def _round(self, w: Tensor) -> Tensor:
         raise NotImplementedError
@@ -84,8 +142,9 @@ class QuantScheme:
 
 
 class QuantLinear(nn.Module):
-    """A Linear with a quantized weight. State dict: `weight` (qdtype [out, in]),
-    `weight_scale` (fp32, [out, 1] or []), `bias` ([out], in the compute dtype)."""
+    """A Linear with a quantized weight. State dict: the scheme's `tensor_specs` (one-scale
+    schemes: `weight` (qdtype [out, in]), `weight_scale` (fp32, [out, 1] or [])), then `bias`
+    ([out], in the compute dtype)."""
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool, scheme: QuantScheme,
@@ -100,10 +159,13 @@ class QuantLinear(nn.Module):
         # engine's kernels step (lightx2v.ops.fused.set_fused_backend), with the block's fused ops
         self.kernels = "torch"
         # Parameters (not buffers) so that transforms that walk parameters (offload, LoRA) see them
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=scheme.qdtype, device=device),
-                                   requires_grad=False)
-        self.weight_scale = nn.Parameter(torch.empty(scheme.scale_shape(out_features), dtype=torch.float32,
-                                                     device=device), requires_grad=False)
+        specs = scheme.tensor_specs(out_features, in_features)
+        self.quant_names = tuple(specs)
+        for name, spec in specs.items():
+            t = torch.empty(spec.shape, dtype=spec.dtype, device=device)
+            if spec.default is not None and t.device.type != "meta":
+                t.fill_(spec.default)
+            setattr(self, name, nn.Parameter(t, requires_grad=False))
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, dtype=compute_dtype, device=device), requires_grad=False)
         else:
@@ -122,20 +184,37 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x: [..., in] -> [..., out] in the compute dtype
-        return self.scheme.forward(x.to(self.compute_dtype), self.weight, self.weight_scale, self.bias, self.kernels)
+        return self.scheme.apply(self, x.to(self.compute_dtype))
+
+    def quant_tensors(self) -> dict[str, Tensor]:
+        """The stored tensors but the bias, by name (`weight`, `weight_scale`, ...)."""
+        return {n: getattr(self, n) for n in self.quant_names}
+
+    def tensor_dtype(self, name: str) -> torch.dtype:
+        """The dtype this layer keeps `name` in (a stored tensor's, or the compute dtype: the bias)."""
+        spec = self.scheme.tensor_specs(self.out_features, self.in_features).get(name)
+        return self.compute_dtype if spec is None else spec.dtype
+
+    def quantized_state(self, weight: Tensor) -> dict[str, Tensor]:
+        """Every stored tensor for a float `weight` [out, in]: what the scheme makes, and the
+        defaults of the optional ones (a float file quantized while it loads)."""
+        out = self.scheme.quantize_tensors(weight)
+        for name, spec in self.scheme.tensor_specs(self.out_features, self.in_features).items():
+            if name not in out and spec.default is not None:
+                out[name] = torch.full(spec.shape, spec.default, dtype=spec.dtype, device=weight.device)
+        return out
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """The float weight [out, in] this layer computes with (fp32 by default: for LoRA merging)."""
-        return self.scheme.dequantize(self.weight, self.weight_scale, dtype)
+        return self.scheme.dequantize_tensors(self.quant_tensors(), dtype)
 
     @torch.no_grad()
     def set_weight(self, weight: Tensor) -> None:
         """Quantize `weight` [out, in] and store it in place (LoRA: dequantize, merge, requantize)."""
         if tuple(weight.shape) != (self.out_features, self.in_features):
             raise ValueError(f"set_weight: shape {tuple(weight.shape)}, expected {(self.out_features, self.in_features)}")
-        q, s = self.scheme.quantize(weight.to(self.weight.device))
-        self.weight.copy_(q)
-        self.weight_scale.copy_(s)
+        for name, t in self.scheme.quantize_tensors(weight.to(self.weight.device)).items():
+            getattr(self, name).copy_(t)  # optional tensors (a calibrated input scale) are kept
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
@@ -193,6 +272,10 @@ def apply_quant(
             if reason is not None:
                 raise InputError(f"{scheme.name} cannot compute {name}: its 8-bit GEMM {reason} "
                                  f"(use the weight-only {scheme.name.replace('w8a8', 'w8a16')})")
+    for name, linear in chosen:
+        reason = scheme.check_shape(linear.in_features, linear.out_features)
+        if reason is not None:
+            raise InputError(f"{scheme.name} cannot quantize {name}: {reason}")
     for name, linear in chosen:
         dt = torch.float32 if any(p in name for p in keep) else compute_dtype
         parent_name, _, child = name.rpartition(".")
