@@ -14,8 +14,8 @@ only through three block kinds:
 **Decoding is frame-chunked with the memory carried** (`decode_chunks`): each chunk of latent
 frames runs through the decoder in parallel over its frames (the reference's `parallel=True`
 inside the chunk), and each MemBlock's last input frame is kept (`TinyVAEState`) as the `past` of
-the next chunk's first frame. That equals the reference's all-at-once decode exactly (tested),
-in memory that does not grow with the video length. One latent frame gives 4 frames; the first 3
+the next chunk's first frame. That is the reference's all-at-once decode (the same convolutions
+on the same frames; tested to 1e-5), in memory that does not grow with the video length. One latent frame gives 4 frames; the first 3
 frames of the video are dropped (the reference's `frames_to_trim`), so T' latents give
 4(T' - 1) + 1 frames, the full VAE's count, chunk 0 giving 1 frame and the others 4 (its chunks too).
 
@@ -35,7 +35,9 @@ works in [0, 1] pixels and `[N, T, C, H, W]`; the conversions to our [-1, 1] `[B
 
 `encode` (the encoder is small, and in the files) follows the reference: frames padded at the end
 to a multiple of 4 by repeating the last one; a video of 4k + 1 frames gives k + 1 latents,
-returned normalized as `WanVAE.encode` returns them. The pipeline still encodes an I2V image with
+returned normalized as `WanVAE.encode` returns them. For lighttaew2_1 we take its encoder to give
+the raw latents its decoder takes (LightX2V's round trip, `vid_recon.py`, chains the two with no
+scaling); that is not checked on the released weights. The pipeline still encodes an I2V image with
 the full VAE, as LightX2V does with its tiny VAE.
 """
 
