@@ -62,6 +62,8 @@ class LightX2V:
         kernels: str = "torch",
         fuse_qkv: bool = False,
         preset: str | None = None,
+        tiny_vae: str | Path | None = None,
+        tiny_vae_kind: str | None = None,
         cache_dir: str | Path | None = None,
         revision: str | None = None,
         local_files_only: bool = False,
@@ -99,6 +101,9 @@ class LightX2V:
         kernels, CUDA), "auto" (triton on CUDA, else torch). `fuse_qkv`: self-attention q, k, v as one
         GEMM (same weights, viewed; skipped with offload, for quantized layers and dynamic LoRAs).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
+        `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
+        that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
+        told from its tensors, or given as `tiny_vae_kind`. An I2V image is still encoded with the VAE.
         A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
         `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
         """
@@ -115,6 +120,7 @@ class LightX2V:
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
         mc = detect(root, dit_path=dit_path, preset=preset, hints=engine.lora.paths, dit_path_2=dit_path_2)
+        mc = with_tiny_vae(mc, tiny_vae, tiny_vae_kind)
         return cls.from_model_config(mc, engine, task=task, progress=progress)
 
     @classmethod
@@ -264,6 +270,18 @@ def resolve_engine_loras(mc: ModelConfig, engine: EngineConfig) -> EngineConfig:
     if not engine.lora.count:
         return engine
     return dataclasses.replace(engine, lora=resolve_loras(mc, engine.lora))
+
+
+def with_tiny_vae(mc: ModelConfig, path: str | Path | None, kind: str | None = None) -> ModelConfig:
+    """`mc` decoding with the tiny VAE file `path` (None: unchanged), checked before any weight is read
+    through the family's "tiny_vae" component (lightx2v.loading.components.attach_component_file)."""
+    from lightx2v.loading.components import attach_component_file
+
+    if path is None:
+        if kind is not None:
+            raise InputError("tiny_vae_kind is given without a tiny VAE file; give the file too", field="tiny_vae_kind")
+        return mc
+    return attach_component_file(mc, "tiny_vae", path, kind=kind)
 
 
 def check_task(mc: ModelConfig, task: str | None) -> None:

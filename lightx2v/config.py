@@ -93,6 +93,9 @@ class ModelConfig:
     distill: Optional[Any] = None       # the family's preset match when the checkpoint is step-distilled (why we think so)
     # a two-expert model's second DiT ("dit_2", files["dit_2"]) given by the user (--dit-path-2), if any
     dit_source_2: Optional["DitSource"] = None
+    # a tiny VAE file given by the user (--tiny-vae), as its family records it (Wan2.1:
+    # models.wan.taehv.TinyVAEFile, read by its "tiny_vae" component); None: the full VAE decodes
+    tiny_vae: Optional[Any] = None
 
     @property
     def dit(self) -> Any:

@@ -27,7 +27,7 @@ FLAGS = {
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "guidance_scale_2": "--guidance-2",
     "shift": "--shift", "solver": "--solver", "seed": "--seed", "fps": "--fps", "output_path": "--output",
     "output_type": "--output", "crf": "--crf", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
-    "lora_low": "--lora-low", "latents": "latents",
+    "lora_low": "--lora-low", "latents": "latents", "tiny_vae": "--tiny-vae", "tiny_vae_kind": "--tiny-vae-kind",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low")
@@ -106,6 +106,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg-mode", default="sequential", choices=("sequential", "batched"),
                    help="CFG branches as two calls of batch 1 (as the references) or one call of batch 2 (the same "
                         "numbers, more memory)")
+    p.add_argument("--tiny-vae", default=None, metavar="FILE",
+                   help="decode with a tiny VAE instead of the VAE (Wan2.1 latents: taew2_1 from madebyollin/taehv, "
+                        "lighttaew2_1 from lightx2v/Autoencoders; .pth or .safetensors): much faster, a little less "
+                        "faithful; i2v still encodes its image with the VAE")
+    p.add_argument("--tiny-vae-kind", default=None, choices=("taew2_1", "lighttaew2_1"),
+                   help="which tiny VAE --tiny-vae is (they differ in the latents they decode, not in their "
+                        "tensors' names; default: told from the weights: fp32 trained weights are lighttaew2_1, "
+                        "fp16 ones taew2_1)")
     p.add_argument("--vae-dtype", default=None, choices=("fp32", "bf16", "fp16"),
                    help="VAE precision (default: fp32, as the references; bf16: 480P x 81 frames decode in 1.79 s "
                         "instead of 2.71 s on an H200, relative error 1.5e-2)")
@@ -221,7 +229,9 @@ def _run(args: argparse.Namespace) -> int:
     for flag, value in (("--model-path", args.model_path), ("--prompt", args.prompt)):
         if value is None:
             raise InputError(f"{flag} is required (on the command line or as {flag[2:].replace('-', '_')!r} in --config)")
-    from lightx2v.api import LightX2V, check_lora_files, check_task, expert_loras, make_engine, resolve_engine_loras
+    from lightx2v.api import (
+        LightX2V, check_lora_files, check_task, expert_loras, make_engine, resolve_engine_loras, with_tiny_vae,
+    )
     from lightx2v.loading.detect import detect
     from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.lora import parse_lora_spec
@@ -242,6 +252,7 @@ def _run(args: argparse.Namespace) -> int:
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)
     check_task(mc, args.task)
+    mc = with_tiny_vae(mc, args.tiny_vae, args.tiny_vae_kind)  # the file checked before any weight is read
     engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
     check_memory(mc, engine, height=filled.height, width=filled.width, num_frames=filled.num_frames,
@@ -283,6 +294,8 @@ def summary_line(mc, engine, p) -> str:
         opts.append("compile")
     if mc.distill is not None:
         opts.append("step-distilled")
+    if mc.tiny_vae is not None:
+        opts.append(f"tiny VAE {mc.tiny_vae.kind}")
     return (f"lightx2v: {mc.spec.title} {mc.task} {size} ({mc.layout}) on {engine.device}, {dtype}, {', '.join(opts)}; "
             f"{p.width}x{p.height}, {p.num_frames} frames, {p.num_inference_steps} steps, {p.solver}, "
             f"guidance {p.guidance_scale:g}, shift {p.shift:g}")

@@ -8,13 +8,17 @@ staging device the engine names; `apply_engine` places them (lightx2v.runtime.en
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from lightx2v.config import ModelConfig
+from lightx2v.errors import InputError
 from lightx2v.loading.state_dict import load_into
+from lightx2v.models.registry import ComponentSpec
 
 
 def load_component(mc: ModelConfig, name: str, device: torch.device, dtype: torch.dtype) -> Optional[nn.Module]:
@@ -51,3 +55,26 @@ def load_dit(mc: ModelConfig, device: torch.device, dtype: torch.dtype, quant: O
     if src is None:
         src = inspect_dit_files(mc.files[name])
     return build_dit(src, dtype=dtype, device=device, expected=expected, quant=quant)
+
+
+# ---- a component the user gives as a file (Wan2.1's tiny VAE) ----------------------------------
+
+
+@dataclass(frozen=True)
+class FileComponentSpec(ComponentSpec):
+    """A component that comes from a file the user names, not from the model folder (Wan2.1's tiny
+    VAE, `--tiny-vae`). `attach(mc, path, **options)` checks the file (a wrong one is one line,
+    before any weight is read) and returns `mc` recording it; `needed(mc)` is then true."""
+
+    attach: Optional[Callable[..., ModelConfig]] = None
+
+
+def attach_component_file(mc: ModelConfig, name: str, path: str | os.PathLike, **options) -> ModelConfig:
+    """`mc` with the user's file for component `name` (e.g. "tiny_vae"), through the family's
+    `FileComponentSpec.attach`; a family that has no such component refuses it by name."""
+    comp = next((c for c in mc.spec.components if c.name == name), None)
+    if not isinstance(comp, FileComponentSpec) or comp.attach is None:
+        what = name.replace("_", " ")
+        raise InputError(f"{name} cannot be used with {mc.spec.title} {mc.task} models: they take no {what} file",
+                         field=name)
+    return comp.attach(mc, path, **options)

@@ -72,11 +72,12 @@ class WanPipeline:
     expert_components: Mapping[str, str] = MappingProxyType({})
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
-                 clip=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
+                 clip=None, tiny_vae=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
         self.model_config = model_config
         self.engine = engine
         self.device = engine.torch_device()
-        self.components = {"dit": dit, "text_encoder": text_encoder, "vae": vae, "clip": clip}
+        # vae: None for t2v with a tiny VAE (which then decodes; i2v still encodes its image with the VAE)
+        self.components = {"dit": dit, "text_encoder": text_encoder, "vae": vae, "clip": clip, "tiny_vae": tiny_vae}
         self.tokenizer = tokenizer
         self.vae_dtype = vae_dtype
         self.progress = progress
@@ -152,8 +153,9 @@ class WanPipeline:
             else:
                 parts[name] = load_component(mc, name, staging, dt)
         vae_dtype = torch.float32
-        if engine.vae_dtype is not None and parts.get("vae") is not None:  # the engine's VAE precision
-            parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
+        for name in ("vae", "tiny_vae"):
+            if engine.vae_dtype is not None and parts.get(name) is not None:  # the engine's VAE precision
+                parts[name], vae_dtype = parts[name].to(engine.vae_dtype), engine.vae_dtype
         channels_last = engine.vae_channels_last
         if channels_last is None:  # measured faster on CUDA in fp32 and bf16; not on the CPU
             channels_last = engine.torch_device().type == "cuda"
@@ -285,8 +287,11 @@ class WanPipeline:
     def decode(self, latents: torch.Tensor, on_chunk: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
         """float32 latents -> video [1, 3, F, H, W] in [-1, 1]. `on_chunk(pixels)` is called with each
         latent frame's pixels ([1, 3, f, H, W]) as soon as they are decoded, before the next one
-        decodes (the streamed save; lightx2v.models.wan.vae_decode)."""
-        return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
+        decodes (the streamed save; lightx2v.models.wan.vae_decode). A tiny VAE, when loaded, decodes instead
+        (the same interface and frame count: lightx2v.models.wan.taehv)."""
+        vae = self.components.get("tiny_vae")
+        vae = self.vae if vae is None else vae
+        return vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
 
     # -- the whole run -------------------------------------------------------------------------
     @classmethod
@@ -406,6 +411,7 @@ class WanPipeline:
         return {
             "lightx2v": __version__, "model": str(mc.root), "family": mc.family, "task": mc.task,
             "dit_path": None if mc.dit_source is None else str(mc.dit_source.path),
+            "tiny_vae": None if mc.tiny_vae is None else {"path": mc.tiny_vae.path, "kind": mc.tiny_vae.kind},
             "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
             "latents_given": p.latents is not None, "num_inference_steps": p.num_inference_steps,
             "guidance_scale": p.guidance_scale, "shift": p.shift, "solver": p.solver,

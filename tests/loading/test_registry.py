@@ -16,7 +16,7 @@ from lightx2v.models.registry import all_tasks, families, get_family
 def test_wan21_is_registered_with_what_the_generic_layers_read():
     spec = get_family("wan2.1")
     assert spec in families() and set(spec.tasks) <= set(all_tasks())
-    assert {c.name for c in spec.components} == {"text_encoder", "vae", "clip"}
+    assert {c.name for c in spec.components} == {"text_encoder", "vae", "clip", "tiny_vae"}
     assert spec.dit_format.anchor == "patch_embedding.weight"
     with pytest.raises(CheckpointError, match="unknown model family 'sd3'"):
         get_family("sd3")

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 
 from lightx2v.config import ModelConfig
+from lightx2v.loading.components import FileComponentSpec
 from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, MemoryProfile, register_family
 from lightx2v.models.wan import layouts
 from lightx2v.models.wan.dit_format import WAN_DIT_FORMAT
@@ -56,6 +57,25 @@ def _read_vae(mc: ModelConfig):
     return _read(mc.files["vae"], mc.arch.vae.key_from_diffusers if mc.layout == "diffusers" else None)
 
 
+def _build_tiny_vae(mc: ModelConfig):
+    from lightx2v.models.wan.taehv import TinyVAE
+
+    return TinyVAE(mc.tiny_vae.config)
+
+
+def _read_tiny_vae(mc: ModelConfig):
+    return _read(mc.tiny_vae.path)  # the released keys are the module's own
+
+
+def attach_tiny_vae(mc: ModelConfig, path, kind: Optional[str] = None) -> ModelConfig:
+    """A tiny VAE file (taew2_1 / lighttaew2_1, .pth or .safetensors) to decode with: checked now, its
+    kind told from its tensors unless `kind` is given (lightx2v.models.wan.taehv.inspect_tiny_vae)."""
+    from lightx2v.models.wan.taehv import inspect_tiny_vae
+
+    tiny = inspect_tiny_vae(path, kind)
+    return dataclasses.replace(mc, tiny_vae=tiny, files={**mc.files, "tiny_vae": tiny.path})
+
+
 def _build_clip(mc: ModelConfig):
     from lightx2v.models.wan.clip import WanCLIPVision
 
@@ -72,12 +92,17 @@ def _read_clip(mc: ModelConfig):
 
 COMPONENTS = (
     ComponentSpec("text_encoder", "text encoder", _build_t5, _read_t5),
-    # the reference decodes in fp32 whatever the DiT runs in
-    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32),
+    # the reference decodes in fp32 whatever the DiT runs in; with a tiny VAE the full one only
+    # encodes the images of i2v / flf2v (as LightX2V does), so t2v does not load it
+    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32,
+                  needed=lambda mc: mc.tiny_vae is None or mc.task != "t2v"),
     # the official code runs CLIP in fp16 (clip_dtype); fp32 stays fp32
     ComponentSpec("clip", "image encoder", _build_clip, _read_clip,
                   dtype=lambda dt: torch.float32 if dt == torch.float32 else torch.float16,
                   needed=lambda mc: mc.task != "t2v"),
+    # --tiny-vae: TAEHV decodes instead of the VAE (fp32 as the VAE; engine.vae_dtype applies to both)
+    FileComponentSpec("tiny_vae", "tiny VAE", _build_tiny_vae, _read_tiny_vae, dtype=lambda dt: torch.float32,
+                      needed=lambda mc: mc.tiny_vae is not None, attach=attach_tiny_vae),
 )
 
 
@@ -158,6 +183,9 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
         FFN             (12.5 + s) * dim + 2s * ffn_dim
     VAE decode, per output pixel of one chunk (4 frames at full resolution, fp32):
         61 * c0 * 4     c0 = the decoder's full-resolution width (96 for Wan2.1: 23.4 KB a pixel)
+        tiny VAE (t2v with --tiny-vae; an image task still encodes with the VAE): 2 * 64 * 4 fp32 =
+        2 KB a pixel, the input and output of its last full-resolution conv (64 channels, 4 frames),
+        counted from the tensors alive, not measured
     T5, per prompt: text_len * (8 dim + 3 dim_ffn) * s + 3 fp32 [heads, text_len, text_len] tensors
     (position bias, scores, softmax).
     """
@@ -169,8 +197,13 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
     c0 = (vae.decoder_dim or vae.dim) * vae.dim_mult[0]
     t5, n = mc.arch.text_encoder, d.text_len
     text = n * (8 * t5.dim + 3 * t5.dim_ffn) * s + 3 * t5.num_heads * n * n * 4
+    pixel = 61 * c0 * vae.scale_factor_temporal
+    if mc.tiny_vae is not None and mc.task == "t2v":
+        from lightx2v.models.wan.taehv import DECODER_WIDTHS, TIME_STRIDE
+
+        pixel = 2 * DECODER_WIDTHS[-1] * TIME_STRIDE * 4
     return MemoryProfile(token_bytes=max(attention, ffn), attention_heads=d.num_heads,
-                         pixel_bytes=61 * c0 * vae.scale_factor_temporal, text_bytes=text)
+                         pixel_bytes=pixel, text_bytes=text)
 
 
 def describe(mc: ModelConfig) -> dict:
