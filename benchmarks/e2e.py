@@ -39,6 +39,12 @@ RUNS = {
     "4step_fast": dict(engine=dict(compile=dict(enabled=True, vae=True), attention="self=sage8,cross=auto",
                                    vae_dtype="bf16"),
                        gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    # fp8 weights and activations (w8a8-fp8, the Triton quantizer), lossless attention; and with everything lossy
+    "4step_fp8": dict(engine=dict(compile=True, quant="w8a8-fp8", kernels="triton"),
+                      gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "4step_fp8_fast": dict(engine=dict(compile=dict(enabled=True, vae=True), quant="w8a8-fp8", kernels="triton",
+                                       attention="self=sage8,cross=auto", vae_dtype="bf16"),
+                           gen=dict(num_inference_steps=4, guidance_scale=1.0)),
     "cfg_4step_batched": dict(engine=dict(compile=True, cfg_mode="batched"),
                               gen=dict(num_inference_steps=4, guidance_scale=5.0)),
 }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One device call: set up the carried wheels, then run the named parts in order, each under its own
+# time limit, logs and results under $OUT (device notes: .library/device). Usage:
+#   bash benchmarks/session.sh COMMIT part[:seconds] ...
+# parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS),
+#        e2e ($E2E_RUNS), offload (offload.py), attn (attention_kernels.py)
+set -u
+COMMIT=$1; shift
+OUT=${OUT:-bench_out}; mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1
+  export PYTHONPATH=/tmp/site:$PWD
+  if [ -f .whl/ffmpeg.xz ] && [ ! -x /tmp/ffmpeg ]; then
+    python3 -c "import lzma,shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/tmp/ffmpeg','wb'))" && chmod +x /tmp/ffmpeg
+  fi
+  [ -x /tmp/ffmpeg ] && export IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+for spec in "$@"; do
+  part=${spec%%:*}; limit=${spec#*:}; [ "$limit" = "$spec" ] && limit=300
+  start=$(date +%s)
+  case $part in
+    tests) timeout "$limit" python3 -m pytest -q -p no:cacheprovider tests/ops/test_quant_kernels.py tests/ops/test_fused.py tests/ops/test_sage8.py tests/quant/test_nvfp4.py > "$OUT/tests.log" 2>&1 ;;
+    quant) timeout "$limit" python3 benchmarks/quant_gemm.py --out "$OUT" --commit "$COMMIT" > "$OUT/quant.log" 2>&1 ;;
+    dit) timeout "$limit" python3 benchmarks/dit_step.py --out "$OUT" --commit "$COMMIT" --shapes "${DIT_SHAPES:-14B-480p}" --configs "${DIT_CONFIGS:-compiled}" --four-step --no-per-layer > "$OUT/dit.log" 2>&1 ;;
+    e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;
+    offload) timeout "$limit" python3 benchmarks/offload.py --out "$OUT" --commit "$COMMIT" > "$OUT/offload.log" 2>&1 ;;
+    attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
+    *) echo "unknown part $part" ;;
+  esac
+  echo "$part rc=$? $(( $(date +%s) - start ))s" | tee -a "$OUT/parts.txt"
+done
