@@ -136,6 +136,10 @@ def t5(args, dev: str) -> list[dict]:
         with torch.device("meta"):
             enc = UMT5Encoder(cfg)
         enc = fill_random_(enc.to_empty(device=dev), dev).to(torch.bfloat16).eval()
+        with torch.no_grad():  # small residual updates: 24 random blocks at full scale turn chaotic, and
+            for pname, p in enc.named_parameters():  # then any perturbation (bf16 too) decorrelates the output
+                if pname.endswith(("attn.o.weight", "ffn.fc2.weight")):
+                    p.mul_(0.1)
         if scheme is not None:
             apply_quant(enc, scheme)
         gib = sum(p.numel() * p.element_size() for p in enc.parameters()) / 2**30

@@ -5,17 +5,20 @@
 - int8: `torch._int_mm` (int32 accumulation; CPU and CUDA), the scales applied in fp32 after.
 - fp8 (e4m3): `torch._scaled_mm` with row-wise scales (fp32 accumulation, the bias and the output
   dtype in the same call; CUDA sm89+, and the CPU).
-The GEMMs want aligned shapes (CUDA: K and N multiples of 16 for fp8, 8 for int8; M > 16 for
-int8): rows are zero-padded up to a multiple of 16 (a zero row has scale 1e-12 and gives a zero
-output row, dropped after). K and N come from the model (Wan: multiples of 16); a layer that is not
+The GEMMs want aligned shapes (CUDA: K and N multiples of 16 for fp8, 8 for int8; M > 16 and a
+multiple of 8 for torch._int_mm): for `_int_mm` rows are zero-padded up to a multiple of 16 (a zero
+row has scale 1e-12 and gives a zero output row, dropped after); `_scaled_mm` takes any M, so the
+fp8 path copies nothing (the padding copy of x cost ~0.1 ms per 14B GEMM). K and N come from the model (Wan: multiples of 16); a layer that is not
 aligned is refused by `unaligned` when the engine quantizes it, not at run time.
 
 `impl` picks the kernels ("torch": the reference, above; "triton": lightx2v.ops.triton.quant):
 - w8a8-int8: the one-kernel activation quantizer, then one Triton GEMM with both scales and the
   bias in its epilogue (no int32 [M, N] in memory; no row padding: the kernel masks the rows).
 - w8a8-fp8: the one-kernel quantizer, then `torch._scaled_mm` (cuBLAS, which fuses the scales).
-- w8a16 (weight-only): one Triton GEMM that reads the 8-bit weight and converts it in registers
-  (no dequantized bf16 copy of the weight in memory), the per-channel scale in the epilogue.
+- w8a16 (weight-only): the reference under both (dequantize, then cuBLAS). The Triton GEMM that
+  converts the 8-bit weight in registers ran at 390-510 TFLOP/s at the 14B shapes on the H200
+  against 690-800 for dequantize + cuBLAS (2026-11-30), so it is not dispatched to; it stays
+  reachable as `weight_only_linear(..., impl="triton")` for measurement.
 A layer whose in_features is not a multiple of 128 (the GEMM's K tile) computes with "torch".
 QuantLinear carries the choice (`kernels`), set by the engine's kernels step with the fused ops.
 """
@@ -86,7 +89,8 @@ def int8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tens
 
 def fp8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor], impl: str = "torch") -> Tensor:
     """x [..., K] (float) with qweight float8_e4m3fn [N, K], w_scale fp32 [N, 1] -> [..., N] in x's dtype."""
-    x2, m = _rows(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    m = x2.shape[0]
     if _triton(impl, x.shape[-1]):
         from lightx2v.ops.triton import quant as tq
 

@@ -99,7 +99,8 @@ def test_scaled_mm_refuses_what_it_cannot_compute():
         tq.scaled_mm(a, a.float().to(torch.float8_e4m3fn), torch.ones(4, 1), torch.ones(4), None, torch.float32)
 
 
-@pytest.mark.parametrize("scheme", ["w8a8-int8", "w8a16-int8", "w8a16-fp8"])
+# fp8: the interpreter's e4m3 cast is not the hardware's (module docstring), so on a GPU only
+@pytest.mark.parametrize("scheme", ["w8a8-int8"] + (["w8a8-fp8"] if DEV.type == "cuda" else []))
 def test_quant_linear_triton_matches_its_torch_reference(scheme):
     g = _gen(4)
     lin = torch.nn.Linear(256, 96).to(ACT)
@@ -112,6 +113,7 @@ def test_quant_linear_triton_matches_its_torch_reference(scheme):
     q.kernels = "triton"
     y = q(x)
     assert y.shape == ref.shape and y.dtype == ref.dtype
+    assert not torch.equal(y, ref) or DEV.type == "cuda"  # other kernels ran (their sums differ in order)
     rel = ((y.double() - ref.double()).norm() / ref.double().norm()).item()
     assert rel < 5e-3, rel  # the same integers and scales; only the order of the float sums differs
 
