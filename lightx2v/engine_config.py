@@ -91,20 +91,31 @@ class CompileConfig:
 
 @dataclass(frozen=True)
 class OffloadConfig:
-    """`apply_offload`: the DiTs kept in host memory, only the one running on the device
-    (lightx2v.runtime.offload). granularity None (off) or "model"; `prefetch`: copy the next DiT of
-    a two-expert model during the step before the switch."""
+    """Where the DiTs' weights live while they are not used (the engine's placement step).
+
+    granularity None (off); "model" (lightx2v.runtime.offload): the DiTs in host memory, only the one
+    running on the device; "block" / "phase" (lightx2v.runtime.block_offload): the DiTs' blocks in
+    (pinned) host memory, copied one block (or one phase of a block: self-attention, cross-attention,
+    FFN) at a time into `num_buffers` device buffers reused for every block, the next one copied on a
+    side stream while the current one computes; everything outside the blocks stays on the device.
+    `prefetch`: model: copy the next DiT of a two-expert model during the step before the switch;
+    block / phase: copy the next block(s) ahead (off: each copy waited for when it is needed).
+    `num_buffers`: block / phase: device buffers (at least 2: one computing, one being filled)."""
 
     granularity: Optional[str] = None
     prefetch: bool = True
+    num_buffers: int = 2
 
     def __post_init__(self) -> None:
         if self.granularity not in OFFLOAD_GRANULARITIES:
             raise InputError(f"offload must be one of {', '.join(str(g) for g in OFFLOAD_GRANULARITIES[1:])} "
                              f"(or None: off), got {self.granularity!r}", field="offload")
+        if isinstance(self.num_buffers, bool) or not isinstance(self.num_buffers, int) or self.num_buffers < 2:
+            raise InputError(f"offload_buffers must be an integer >= 2 (one buffer computing while the next is "
+                             f"filled), got {self.num_buffers!r}", field="offload_buffers")
 
 
-OFFLOAD_GRANULARITIES = (None, "model")
+OFFLOAD_GRANULARITIES = (None, "model", "block", "phase")
 
 
 @dataclass(frozen=True)
@@ -172,7 +183,11 @@ class EngineConfig:
         return self.attention if isinstance(self.attention, str) else self.attention[role]
 
     def staging_device(self) -> torch.device:
-        return self.torch_device() if self.staging is None else resolve_device(self.staging)
+        """Where components are loaded before placement: `staging`, else the target device, except with block /
+        phase offload: the host (the device may be far too small to hold the DiT even once)."""
+        if self.staging is not None:
+            return resolve_device(self.staging)
+        return torch.device("cpu") if self.offload.granularity in ("block", "phase") else self.torch_device()
 
 
 ATTENTION_ROLES = ("self", "cross")
