@@ -20,6 +20,7 @@ from lightx2v.config import (
     CompileConfig,
     EngineConfig,
     ModelConfig,
+    OffloadConfig,
     SamplingParams,
     parse_dtype,
 )
@@ -54,7 +55,8 @@ class LightX2V:
         lora_allow_unmatched: bool = False,
         compile: bool | CompileConfig = False,
         cfg_mode: str = "sequential",
-        offload: str | None = None,
+        offload: str | OffloadConfig | None = None,
+        offload_buffers: int | None = None,
         vae_dtype: torch.dtype | str | None = None,
         context_kv: bool = True,
         quant_text_encoder: str | None = None,
@@ -89,6 +91,11 @@ class LightX2V:
         blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
         `offload="model"`: the DiTs stay in host memory and only the one running is on the device
         (a two-expert Wan2.2 A14B model then holds one 14B expert on the GPU; the next is prefetched).
+        `offload="block"` / `"phase"`: the DiTs' blocks stay in pinned host memory and run one block
+        (or one phase of a block: self-attention, cross-attention, FFN) at a time through
+        `offload_buffers` (default 2) reused device buffers, the next copied while the current one
+        computes (a 14B DiT in a few GB; "phase" is not combined with `compile`). An OffloadConfig
+        gives every option.
         `vae_dtype`: the VAE's precision (default fp32, as the references; "bf16" decodes faster and in
         less memory at a small error, docs/benchmarks.md).
         `quant_text_encoder` / `quant_image_encoder`: a scheme (as `quant`) for the text encoder's /
@@ -108,7 +115,8 @@ class LightX2V:
         engine = make_engine(device=device, dtype=dtype, attention=attention, quant=quant, lora=lora,
                              lora_per_dit=expert_loras(lora_high, lora_low),
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
-                             compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
+                             compile=compile, cfg_mode=cfg_mode, offload=offload, offload_buffers=offload_buffers,
+                             vae_dtype=vae_dtype,
                              context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv,
                              quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
@@ -207,7 +215,8 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 quant: str | None = None, lora: Sequence[tuple[str | Path, float]] = (),
                 lora_per_dit: Mapping[str, Sequence[tuple[str | Path, float]]] | None = None, lora_mode: str = "merge",
                 lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
-                cfg_mode: str = "sequential", offload: str | None = None,
+                cfg_mode: str = "sequential", offload: str | OffloadConfig | None = None,
+                offload_buffers: int | None = None,
                 vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
                 fuse_qkv: bool = False, quant_text_encoder: str | None = None,
                 quant_image_encoder: str | None = None) -> EngineConfig:
@@ -220,6 +229,10 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     from lightx2v.ops.fused import resolve_fused
 
     per_dit = {k: _pairs(v) for k, v in (lora_per_dit or {}).items()}
+    if offload_buffers is not None:  # the number of device buffers of block / phase offload
+        if offload not in ("block", "phase"):
+            raise InputError(f"offload_buffers is for offload 'block' or 'phase', not {offload!r}", field="offload_buffers")
+        offload = OffloadConfig(offload, num_buffers=offload_buffers)
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
                           context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv,

@@ -170,6 +170,9 @@ class EngineConfig:
             object.__setattr__(self, "quant", QuantConfig(self.quant))
         if isinstance(self.compile, bool):
             object.__setattr__(self, "compile", CompileConfig(enabled=self.compile))
+        if self.offload.granularity == "phase" and self.compile.enabled:
+            raise InputError("offload 'phase' cannot be combined with compile: its phase switches run inside each "
+                             "block's forward (use offload 'block' with compile)", field="offload")
         if self.cfg_mode not in ("sequential", "batched"):
             raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
         if self.kernels not in ("torch", "triton", "auto"):
