@@ -37,20 +37,21 @@ def _model(seed=0, layers=LAYERS, **cfg):
     return randomize_(WanModel(dataclasses.replace(tiny_dit_config(), num_layers=layers, **cfg)), seed).eval()
 
 
-def _inputs(batch=1, seed=1):
+def _inputs(batch=1, seed=1, size=(2, 4, 6), text_dim=32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 16, 2, 4, 6, generator=g), torch.randn(batch, 7, 32, generator=g)
+    x, ctx = torch.randn(batch, 16, *size, generator=g), torch.randn(batch, 7, text_dim, generator=g)
+    return x.to(device), ctx.to(device)
 
 
 @torch.no_grad()
-def _generations(model, steps=3, generations=2, batch=1, context_kv=True):
+def _generations(model, steps=3, generations=2, batch=1, context_kv=True, **inputs):
     """Outputs of `steps` calls (timesteps going down) for `generations` generations of one context."""
-    x, ctx = _inputs(batch)
+    x, ctx = _inputs(batch, **inputs)
     outs = []
     for _ in range(generations):
         model.context_cache = ContextKVCache() if context_kv else None
         for t in torch.linspace(900, 100, steps):
-            outs.append(model(x, t.repeat(batch), ctx))
+            outs.append(model(x, t.repeat(batch).to(x.device), ctx))
     return outs
 
 
@@ -352,3 +353,44 @@ def test_two_experts(wan22_t2v_dirs, granularity):
     assert torch.equal(_gen(pipe, **dict(kw)), _ref(root, gen=kw))  # a second generation
     for off in offs.offloads.values():
         _assert_back_on_host(off)
+
+
+# ---------------------------------------------------------------- on a GPU (the streams, pinned memory)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("granularity, buffers", [("block", 2), ("phase", 2), ("block", 3)])
+def test_cuda_same_numbers_blocks_pinned_on_the_host(granularity, buffers):
+    """Wide enough that compute and copies overlap for real: a slot overwritten too early, or used
+    before its copy landed, would change the numbers."""
+    wide = dict(dim=512, ffn_dim=2048, num_heads=4, text_dim=64)
+    model, resident = (_model(layers=8, **wide).cuda() for _ in range(2))
+    offs = apply_block_offload(_Pipe(dit=model), torch.device("cuda"), granularity, buffers)
+    off = offs.offloads["dit"]
+    assert all(t.device.type == "cpu" and t.is_pinned() for row in off.units for u in row for t in u.tensors)
+    assert model.patch_embedding.weight.is_cuda and model.head.head.weight.is_cuda
+    inputs = dict(size=(5, 16, 24), text_dim=64, device="cuda")
+    ref = _generations(resident, **inputs)
+    out = _generations(model, **inputs)
+    assert all(torch.equal(a, b) for a, b in zip(out, ref))
+    _assert_back_on_host(off)
+
+
+@pytest.mark.gpu
+@cuda
+def test_cuda_public_api_with_inductor_compile(tiny_official_dir):
+    from torch._dynamo.utils import counters
+
+    kw = dict(device="cuda", dtype=torch.bfloat16, progress=False, compile=True)
+    ref = _gen(LightX2V.from_pretrained(tiny_official_dir, **kw))
+    torch._dynamo.reset()
+    pipe = LightX2V.from_pretrained(tiny_official_dir, offload="block", **kw)
+    counters.clear()
+    out = _gen(pipe)
+    _gen(pipe, seed=4)
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"] and not counters["graph_break"]
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert pipe.pipeline.offload.pool.slots[0].data.is_cuda
