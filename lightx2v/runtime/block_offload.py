@@ -21,6 +21,9 @@ step for the DiTs (lightx2v.runtime.engine). What it does to each DiT:
   stream: the next copy into that slot waits for it, so a slot is never overwritten while used. While
   a unit computes, the next `num_buffers - 1` units (in block order, wrapping to block 0 for the next
   call) are copied into the free slots: the copies overlap the compute. Nothing is allocated per step.
+  A slot keeps its unit between calls (2 blocks in 2 slots are copied once); it is copied again when
+  a tensor of the unit was written in place since (its version counter moved: a dynamic LoRA's
+  patched modulation table), so the host copies stay the truth.
 - Where the bookkeeping runs. Block: in `run_blocks`' loop, through the model's hook point
   (`WanModel.block_hooks`: before_block(i) / after_block(i)), outside the block. A compiled block
   (`nn.Module.compile`, which traces the block's own module hooks into its graph) therefore sees the
@@ -128,6 +131,7 @@ class _Slot:
     def __init__(self, data: Tensor, cuda: bool) -> None:
         self.data = data          # uint8 [nbytes] on the device, allocated once
         self.key = None           # the unit it holds (or is being filled with)
+        self.stamp = None         # the unit's tensors' version counters when it was filled
         self.busy = False         # pointed at by a unit that has not been released
         self.filled = 0           # when it was last filled (the pool's copy count)
         self.views: dict[tuple, list[Tensor]] = {}  # layout signature -> typed views
@@ -154,28 +158,35 @@ class SlotPool:
     def nbytes(self) -> int:
         return self.slots[0].data.numel()
 
-    def find(self, key) -> Optional[_Slot]:
-        return next((s for s in self.slots if s.key == key), None)
+    def find(self, key, stamp=None) -> Optional[_Slot]:
+        """The slot holding unit `key` as it is now: a copy made before an in-place change of the
+        unit's tensors (`stamp` differs: a dynamic LoRA patched a modulation table) is dropped."""
+        slot = next((s for s in self.slots if s.key == key), None)
+        if slot is not None and stamp is not None and slot.stamp != stamp and not slot.busy:
+            slot.key = slot.stamp = None
+            return None
+        return slot
 
-    def take(self, key, src: Tensor, keep: Sequence = ()) -> _Slot:
+    def take(self, key, src, keep: Sequence = (), stamp=None) -> _Slot:
         """The slot holding unit `key` (copied from `src` now unless it is there or on its way), once
-        its copy is done as seen from the compute stream; busy until `release`."""
-        slot = self.find(key)
+        its copy is done as seen from the compute stream; busy until `release`. `src`: the unit's
+        flat host bytes, or a function giving (them, done(stream)) (lightx2v.runtime.lazy_load)."""
+        slot = self.find(key, stamp)
         if slot is not None and slot.busy:
             raise RuntimeError(f"offload unit {key} is already in use")
         if slot is None:
-            slot = self._fill(self._victim(keep, required=True), key, src)
+            slot = self._fill(self._victim(keep, required=True), key, src, stamp)
         if self.cuda:
             torch.cuda.current_stream(self.device).wait_event(slot.ready)
         slot.busy = True
         return slot
 
-    def prefetch(self, key, src: Tensor, keep: Sequence = ()) -> None:
+    def prefetch(self, key, src, keep: Sequence = (), stamp=None) -> None:
         """Start copying unit `key` into a free slot not holding a unit of `keep` (nothing if none)."""
-        if self.find(key) is None:
+        if self.find(key, stamp) is None:
             slot = self._victim(keep, required=False)
             if slot is not None:
-                self._fill(slot, key, src)
+                self._fill(slot, key, src, stamp)
 
     def release(self, slot: _Slot) -> None:
         """The unit in `slot` is done: what the compute stream queued so far is the slot's last use."""
@@ -192,8 +203,9 @@ class SlotPool:
             return None
         return min(spare, key=lambda s: s.filled)  # the least recently filled
 
-    def _fill(self, slot: _Slot, key, src: Tensor) -> _Slot:
+    def _fill(self, slot: _Slot, key, src, stamp=None) -> _Slot:
         # src: the unit's flat host bytes (uint8 [n]); ONE copy into the slot's first n bytes
+        src, done = src() if callable(src) else (src, None)
         dst = slot.data[:src.numel()]
         if self.cuda:
             with torch.cuda.stream(self.stream):
@@ -202,8 +214,10 @@ class SlotPool:
                 slot.ready.record(self.stream)
         else:
             dst.copy_(src)
+        if done is not None:
+            done(self.stream)  # the host bytes may be reused once what is queued there ran
         self.copies += 1
-        slot.key, slot.filled = key, self.copies
+        slot.key, slot.stamp, slot.filled = key, stamp, self.copies
         return slot
 
 
@@ -221,6 +235,10 @@ class _Unit:
     def point(self, views: list[Tensor]) -> None:
         for t, v in zip(self.tensors, views):
             t.data = v
+
+    def stamp(self) -> tuple[int, ...]:
+        """The tensors' version counters (kept by `t.data = ...`, moved by in-place writes)."""
+        return tuple(t._version for t in self.tensors)
 
 
 def plan_units(model: nn.Module, granularity: str) -> list[list[tuple[str, UnitLayout, list[tuple[str, Tensor]]]]]:
@@ -310,11 +328,16 @@ class BlockOffload:
         if unit.key in self._held:
             return
         ahead = self._ahead(unit)
-        slot = self.pool.take(unit.key, unit.host, keep=[u.key for u in ahead])
+        keep = [u.key for u in ahead]
+        slot = self.pool.take(unit.key, self._source(unit), keep=keep, stamp=unit.stamp())
         unit.point(slot.views_for(unit.layout))
         self._held[unit.key] = (unit, slot)
         for nxt in ahead:
-            self.pool.prefetch(nxt.key, nxt.host, keep=[u.key for u in ahead])
+            self.pool.prefetch(nxt.key, self._source(nxt), keep=keep, stamp=nxt.stamp())
+
+    def _source(self, unit: _Unit):
+        """Where a unit's bytes are copied from: its flat host buffer."""
+        return unit.host
 
     def _ahead(self, unit: _Unit) -> list[_Unit]:
         """The units that run next (wrapping to the first block: the next call), as many as can be in

@@ -115,7 +115,7 @@ def test_every_unit_computes_from_a_slot(granularity):
             module.register_forward_pre_hook(check)
     filled_busy = []
     fill = offs.pool._fill
-    offs.pool._fill = lambda slot, key, src: (filled_busy.append(slot.busy), fill(slot, key, src))[1]
+    offs.pool._fill = lambda slot, *a: (filled_busy.append(slot.busy), fill(slot, *a))[1]
     _generations(model, steps=2, generations=1)
     assert len({id(m) for m in seen}) >= 10 * LAYERS and not any(filled_busy)  # never refilled while in use
     k_calls = [m for m in seen if m is model.blocks[0].cross_attn.k]
@@ -127,6 +127,23 @@ def test_without_prefetch_each_unit_is_copied_when_needed():
     offs = _offloaded(model, "block", prefetch=False)
     assert all(torch.equal(a, b) for a, b in zip(_generations(model, 2, 1), _generations(resident, 2, 1)))
     assert offs.pool.copies == 2 * LAYERS
+
+
+@pytest.mark.parametrize("granularity", ["block", "phase"])
+def test_in_place_writes_between_calls_are_seen(granularity):
+    """A unit kept in a buffer from the last call (2 blocks, 2 buffers: all of them) is copied again
+    when a tensor of it was written in place through its Parameter since (its version counter)."""
+    model, resident = _model(layers=2), _model(layers=2)
+    offs = _offloaded(model, granularity)
+    x, ctx = _inputs()
+    with torch.no_grad():
+        for step in range(3):
+            t = torch.tensor([800.0 - 100 * step])
+            assert torch.equal(model(x, t, ctx), resident(x, t, ctx))
+            for m in (model, resident):
+                m.blocks[step % 2].modulation.mul_(1.5)
+                m.blocks[1].ffn[2].weight.add_(0.01)
+    _assert_back_on_host(offs.offloads["dit"])
 
 
 def test_more_buffers_copy_further_ahead():
@@ -305,12 +322,15 @@ def lora_file(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("mode", ["merge", "dynamic"])
-def test_loras_merged_and_dynamic(tiny_official_dir, lora_file, mode):
+@pytest.mark.parametrize("mode, granularity", [("merge", "phase"), ("dynamic", "phase"), ("dynamic", "block")])
+def test_loras_merged_and_dynamic(tiny_official_dir, lora_file, mode, granularity):
+    """Dynamic: the LoRA switched off and on between generations. The tensors it patches in place are
+    patched in the host copies; a unit still in a buffer from the last call (here: every block, 2
+    blocks in 2 buffers) is copied again because its tensors' version counters moved."""
     lora = [(lora_file, 0.8)]
     ref = _ref(tiny_official_dir, lora=lora, lora_mode="merge")  # merged and dynamic give the same here
     base = _ref(tiny_official_dir)
-    pipe = _load(tiny_official_dir, lora=lora, lora_mode=mode, offload="phase")
+    pipe = _load(tiny_official_dir, lora=lora, lora_mode=mode, offload=granularity)
     out = _gen(pipe)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert (out - base).abs().max() > 1e-3
