@@ -100,11 +100,16 @@ class OffloadConfig:
     side stream while the current one computes; everything outside the blocks stays on the device.
     `prefetch`: model: copy the next DiT of a two-expert model during the step before the switch;
     block / phase: copy the next block(s) ahead (off: each copy waited for when it is needed).
-    `num_buffers`: block / phase: device buffers (at least 2: one computing, one being filled)."""
+    `num_buffers`: block / phase: device buffers (at least 2: one computing, one being filled).
+    `lazy_load` (block / phase): the blocks are not copied into host memory but read from the
+    checkpoint's memory-mapped files, ahead of use, by `num_disk_workers` threads into a few pinned
+    host buffers (lightx2v.runtime.lazy_load): host memory holds those, not the model."""
 
     granularity: Optional[str] = None
     prefetch: bool = True
     num_buffers: int = 2
+    lazy_load: bool = False
+    num_disk_workers: int = 2
 
     def __post_init__(self) -> None:
         if self.granularity not in OFFLOAD_GRANULARITIES:
@@ -113,6 +118,12 @@ class OffloadConfig:
         if isinstance(self.num_buffers, bool) or not isinstance(self.num_buffers, int) or self.num_buffers < 2:
             raise InputError(f"offload_buffers must be an integer >= 2 (one buffer computing while the next is "
                              f"filled), got {self.num_buffers!r}", field="offload_buffers")
+        if self.lazy_load and self.granularity not in ("block", "phase"):
+            raise InputError(f"lazy_load needs offload 'block' or 'phase', got offload {self.granularity!r}",
+                             field="lazy_load")
+        workers = self.num_disk_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InputError(f"num_disk_workers must be an integer >= 1, got {workers!r}", field="num_disk_workers")
 
 
 OFFLOAD_GRANULARITIES = (None, "model", "block", "phase")

@@ -227,9 +227,11 @@ class SlotPool:
 class _Unit:
     """One block, or one phase of a block: its tensors, its layout, its flat host bytes."""
 
-    def __init__(self, key: tuple, layout: UnitLayout, tensors: list[Tensor], host: Tensor) -> None:
+    def __init__(self, key: tuple, layout: UnitLayout, tensors: list[Tensor], host: Optional[Tensor]) -> None:
         self.key, self.layout, self.tensors, self.host = key, layout, tensors, host
-        self.host_views = layout.views(host)
+        # where the tensors point between uses: their places in `host`, or (lazy load: no host
+        # buffer) what the loader made them, views of the mapped checkpoint file
+        self.host_views = layout.views(host) if host is not None else [t.data for t in tensors]
         self.pos = 0  # its place in the DiT's run order
 
     def point(self, views: list[Tensor]) -> None:
@@ -257,14 +259,19 @@ class BlockOffload:
     """One DiT's blocks in host memory, run through a shared `SlotPool` (see the module docstring)."""
 
     def __init__(self, model: nn.Module, pool: SlotPool, granularity: str, tag: int = 0,
-                 prefetch: bool = True, pin: bool = False) -> None:
+                 prefetch: bool = True, pin: bool = False, reader=None) -> None:
         self.model, self.pool, self.granularity = model, pool, granularity
         self.use_prefetch = prefetch
         self.pinned = pin
+        self.reader = reader  # lazy load (lightx2v.runtime.lazy_load.DiskReader): no host copies
         self.blocks = repeated_blocks(model)
         self.units: list[list[_Unit]] = []
         self.host: list[Tensor] = []  # one flat host buffer per block
         for i, units in enumerate(plan_units(model, granularity)):
+            if reader is not None:
+                self.units.append([_Unit((tag, i, p), layout, [t for _, t in named], None)
+                                   for p, (_, layout, named) in enumerate(units)])
+                continue
             flat = torch.empty(sum(layout.nbytes for _, layout, _ in units), dtype=torch.uint8, pin_memory=pin)
             row, start = [], 0
             for p, (_, layout, named) in enumerate(units):
@@ -334,10 +341,14 @@ class BlockOffload:
         self._held[unit.key] = (unit, slot)
         for nxt in ahead:
             self.pool.prefetch(nxt.key, self._source(nxt), keep=keep, stamp=nxt.stamp())
+        if self.reader is not None:  # read further ahead from the files, into the reader's buffers
+            n = len(self.order)
+            later = (self.order[(unit.pos + j) % n] for j in range(1, len(self.pool.slots) + len(self.reader.buffers)))
+            self.reader.ahead([u for u in later if u is not unit and self.pool.find(u.key, u.stamp()) is None])
 
     def _source(self, unit: _Unit):
-        """Where a unit's bytes are copied from: its flat host buffer."""
-        return unit.host
+        """Where a unit's bytes are copied from: its flat host buffer, or (lazy load) the reader's."""
+        return unit.host if self.reader is None else (lambda: self.reader.get(unit))
 
     def _ahead(self, unit: _Unit) -> list[_Unit]:
         """The units that run next (wrapping to the first block: the next call), as many as can be in
@@ -381,28 +392,61 @@ class BlockOffloads:
 
     def describe(self, device: torch.device) -> str:
         blocks = sum(len(off.blocks) for off in self.offloads.values())
-        pinned = "pinned " if any(off.pinned for off in self.offloads.values()) else ""
-        n = self.pool.nbytes
-        size = f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n / 1e3:.0f} kB"
-        return (f"offload ({self.granularity}): {', '.join(self.offloads)}: {blocks} blocks in {pinned}host memory, "
-                f"{len(self.pool.slots)} device buffers of {size}; the rest on {device}")
+        reader = next(iter(self.offloads.values())).reader
+        if reader is not None:
+            where = (f"read from their files by {reader.workers} workers through {len(reader.buffers)} host buffers "
+                     f"of {_size(reader.nbytes)}")
+        else:
+            pinned = "pinned " if any(off.pinned for off in self.offloads.values()) else ""
+            where = f"in {pinned}host memory"
+        return (f"offload ({self.granularity}{', lazy load' if reader is not None else ''}): "
+                f"{', '.join(self.offloads)}: {blocks} blocks {where}, "
+                f"{len(self.pool.slots)} device buffers of {_size(self.pool.nbytes)}; the rest on {device}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n / 1e3:.0f} kB"
 
 
 def apply_block_offload(pipeline, device: torch.device, granularity: str, num_buffers: int = 2,
-                        prefetch: bool = True) -> BlockOffloads:
+                        prefetch: bool = True, lazy_load: bool = False, num_disk_workers: int = 2) -> BlockOffloads:
     """The pipeline's DiTs (`transformer_names`): blocks offloaded, the rest on `device`; stored as
-    `pipeline.offload`. One slot pool for all of them (sized for the largest unit)."""
+    `pipeline.offload`. One slot pool for all of them (sized for the largest unit); with `lazy_load`
+    one DiskReader too (lightx2v.runtime.lazy_load)."""
     models = {n: pipeline.components[n] for n in pipeline.transformer_names if pipeline.components.get(n) is not None}
     largest = max(layout.nbytes for m in models.values() for units in plan_units(m, granularity)[:1]
                   for _, layout, _ in units)
     pool = SlotPool(device, largest, num_buffers)
+    reader = None
+    if lazy_load:
+        from lightx2v.runtime.lazy_load import DiskReader
+
+        reader = DiskReader(largest, num_disk_workers, pin=device.type == "cuda", cuda=device.type == "cuda")
     offloads = {}
     for tag, (name, model) in enumerate(models.items()):
-        offloads[name] = BlockOffload(model, pool, granularity, tag=tag, prefetch=prefetch, pin=device.type == "cuda")
+        offloads[name] = BlockOffload(model, pool, granularity, tag=tag, prefetch=prefetch, pin=device.type == "cuda",
+                                      reader=reader)
         inside = {id(t) for row in offloads[name].units for u in row for t in u.tensors}
         with torch.no_grad():
             for _, t in _tensors(model):
                 if id(t) not in inside and t.device != device:
                     t.data = t.data.to(device)
+    if reader is not None:
+        _check_mapped(offloads)
     pipeline.offload = BlockOffloads(offloads, pool, granularity)
     return pipeline.offload
+
+
+def _check_mapped(offloads: dict[str, BlockOffload]) -> None:
+    """Lazy load saves host memory only for block tensors the loader left mapped from their files."""
+    import warnings
+
+    from lightx2v.runtime.lazy_load import file_backed
+
+    for name, off in offloads.items():
+        tensors = [t for row in off.units for u in row for t in u.tensors if t.numel()]
+        mapped = file_backed(tensors)
+        if mapped is not None and mapped < len(tensors):
+            warnings.warn(f"lazy_load: {len(tensors) - mapped} of the {name}'s {len(tensors)} block tensors are not "
+                          f"mapped from its files (converted while loading: stored in another dtype, quantized or "
+                          f"merged with a LoRA), so they stay in host memory", UserWarning, stacklevel=4)

@@ -320,7 +320,8 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
 
         place(pipeline, device, skip=[n for n, _ in _transformers(pipeline)])
         off = engine.offload
-        done = apply_block_offload(pipeline, device, off.granularity, off.num_buffers, prefetch=off.prefetch)
+        done = apply_block_offload(pipeline, device, off.granularity, off.num_buffers, prefetch=off.prefetch,
+                                   lazy_load=off.lazy_load, num_disk_workers=off.num_disk_workers)
         log.append(f"placement: {device}; {done.describe(device)}")
     else:
         place(pipeline, device)

@@ -7,6 +7,7 @@ host copies, no slot refilled while in use); the stream overlap is measured on a
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -55,9 +56,13 @@ def _generations(model, steps=3, generations=2, batch=1, context_kv=True, **inpu
     return outs
 
 
-def _offloaded(model, granularity, num_buffers=2, prefetch=True):
+def _offloaded(model, granularity, num_buffers=2, prefetch=True, lazy=False):
     pipe = _Pipe(dit=model)
-    return apply_block_offload(pipe, torch.device("cpu"), granularity, num_buffers, prefetch=prefetch)
+    if not lazy:
+        return apply_block_offload(pipe, torch.device("cpu"), granularity, num_buffers, prefetch=prefetch)
+    with pytest.warns(UserWarning, match="block tensors are not mapped from its files"):  # built in memory here
+        return apply_block_offload(pipe, torch.device("cpu"), granularity, num_buffers, prefetch=prefetch,
+                                   lazy_load=True, num_disk_workers=2)
 
 
 def _assert_back_on_host(off):
@@ -129,12 +134,13 @@ def test_without_prefetch_each_unit_is_copied_when_needed():
     assert offs.pool.copies == 2 * LAYERS
 
 
-@pytest.mark.parametrize("granularity", ["block", "phase"])
-def test_in_place_writes_between_calls_are_seen(granularity):
+@pytest.mark.parametrize("granularity, lazy", [("block", False), ("phase", False), ("block", True)])
+def test_in_place_writes_between_calls_are_seen(granularity, lazy):
     """A unit kept in a buffer from the last call (2 blocks, 2 buffers: all of them) is copied again
-    when a tensor of it was written in place through its Parameter since (its version counter)."""
+    when a tensor of it was written in place through its Parameter since (its version counter); a
+    lazy load's read ahead likewise."""
     model, resident = _model(layers=2), _model(layers=2)
-    offs = _offloaded(model, granularity)
+    offs = _offloaded(model, granularity, lazy=lazy)
     x, ctx = _inputs()
     with torch.no_grad():
         for step in range(3):
@@ -218,6 +224,37 @@ def test_a_tensor_outside_the_declared_phases_is_an_error():
 # ---------------------------------------------------------------- configuration and the engine
 
 
+@pytest.mark.parametrize("granularity", ["block", "phase"])
+def test_lazy_load_reads_the_blocks_through_a_small_ring(granularity):
+    """No host copies: the blocks stay where the loader put them; 3 host buffers for 2 workers."""
+    model, resident = _model(), _model()
+    offs = _offloaded(model, granularity, lazy=True)
+    off, reader = offs.offloads["dit"], offs.offloads["dit"].reader
+    assert off.host_bytes() == 0 and len(reader.buffers) == 3 and reader.nbytes == offs.pool.nbytes
+    assert all(torch.equal(a, b) for a, b in zip(_generations(model), _generations(resident)))
+    units = LAYERS * (1 if granularity == "block" else 3)
+    assert reader.reads >= 6 * units - 2 and len(reader.idle) + len(reader.pending) == 3
+    _assert_back_on_host(off)
+
+
+def test_lazy_load_through_the_api_keeps_the_blocks_mapped(tiny_official_dir, recwarn):
+    from lightx2v.runtime.lazy_load import file_backed
+
+    pipe = _load(tiny_official_dir, offload="block", lazy_load=True, num_disk_workers=1)
+    assert not [w for w in recwarn if "lazy_load" in str(w.message)]  # a float32 file, run in float32
+    off = pipe.pipeline.offload.offloads["dit"]
+    tensors = [t for row in off.units for u in row for t in u.tensors]
+    assert file_backed(tensors) == len(tensors)
+    assert any("offload (block, lazy load): dit: 2 blocks read from their files by 1 workers through 2 host "
+               "buffers" in line for line in pipe.pipeline.engine_log)
+    assert torch.equal(_gen(pipe), _ref(tiny_official_dir))
+    assert file_backed(tensors) == len(tensors)  # still the file's pages after running
+    # bf16 from a float32 file: cast while loading (the 14 tensors kept in float32 stay mapped)
+    with pytest.warns(UserWarning, match="lazy_load: 40 of the dit's 54 block tensors are not mapped"):
+        LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype=torch.bfloat16, progress=False,
+                                 offload="phase", lazy_load=True)
+
+
 def test_config_and_errors():
     assert EngineConfig(device="cpu", offload="block").offload == OffloadConfig("block")
     assert EngineConfig(device="cpu", offload="phase").staging_device() == torch.device("cpu")
@@ -232,6 +269,14 @@ def test_config_and_errors():
     assert make_engine(device="cpu", offload="phase", offload_buffers=3).offload.num_buffers == 3
     with pytest.raises(InputError, match="offload_buffers is for offload 'block' or 'phase'"):
         make_engine(device="cpu", offload="model", offload_buffers=3)
+    with pytest.raises(InputError, match="lazy_load is for offload 'block' or 'phase', not None"):
+        make_engine(device="cpu", lazy_load=True)
+    with pytest.raises(InputError, match="lazy_load needs offload 'block' or 'phase'"):
+        OffloadConfig("model", lazy_load=True)
+    with pytest.raises(InputError, match="num_disk_workers must be an integer >= 1"):
+        OffloadConfig("block", lazy_load=True, num_disk_workers=0)
+    lazy = make_engine(device="cpu", offload="block", lazy_load=True).offload
+    assert (lazy.lazy_load, lazy.num_disk_workers, lazy.num_buffers) == (True, 2, 2)
 
 
 def test_cli_flags():
@@ -241,8 +286,8 @@ def test_cli_flags():
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args(["--offload", "phase", "--offload-buffers", "3"])
-    assert (args.offload, args.offload_buffers) == ("phase", 3)
+    args = p.parse_args(["--offload", "phase", "--offload-buffers", "3", "--lazy-load", "--num-disk-workers", "4"])
+    assert (args.offload, args.offload_buffers, args.lazy_load, args.num_disk_workers) == ("phase", 3, True, 4)
 
 
 def test_memory_estimate_counts_the_rest_and_the_buffers(tiny_official_dir):
@@ -382,15 +427,23 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.mark.gpu
 @cuda
-@pytest.mark.parametrize("granularity, buffers", [("block", 2), ("phase", 2), ("block", 3)])
-def test_cuda_same_numbers_blocks_pinned_on_the_host(granularity, buffers):
+@pytest.mark.parametrize("granularity, buffers, lazy", [("block", 2, False), ("phase", 2, False), ("block", 3, False),
+                                                        ("phase", 2, True)])
+def test_cuda_same_numbers_blocks_pinned_on_the_host(granularity, buffers, lazy):
     """Wide enough that compute and copies overlap for real: a slot overwritten too early, or used
-    before its copy landed, would change the numbers."""
+    before its copy landed (or a lazy load's host buffer refilled too early), would change the numbers."""
     wide = dict(dim=512, ffn_dim=2048, num_heads=4, text_dim=64)
-    model, resident = (_model(layers=8, **wide).cuda() for _ in range(2))
-    offs = apply_block_offload(_Pipe(dit=model), torch.device("cuda"), granularity, buffers)
+    model, resident = _model(layers=8, **wide), _model(layers=8, **wide).cuda()
+    if not lazy:
+        model = model.cuda()  # (lazy: the blocks stay where they are, on the host)
+    kw = dict(lazy_load=True, num_disk_workers=2) if lazy else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lazy: built in memory, not mapped from a file
+        offs = apply_block_offload(_Pipe(dit=model), torch.device("cuda"), granularity, buffers, **kw)
     off = offs.offloads["dit"]
-    assert all(t.device.type == "cpu" and t.is_pinned() for row in off.units for u in row for t in u.tensors)
+    assert all(t.device.type == "cpu" and t.is_pinned() != lazy for row in off.units for u in row for t in u.tensors)
+    if lazy:
+        assert all(b.is_pinned() for b in off.reader.buffers)
     assert model.patch_embedding.weight.is_cuda and model.head.head.weight.is_cuda
     inputs = dict(size=(5, 16, 24), text_dim=64, device="cuda")
     ref = _generations(resident, **inputs)
