@@ -10,9 +10,12 @@ against the resident row of the same precision, peak GPU memory (torch.cuda.max_
 the timed calls), the units copied per forward, the GPU buffers' size, and the largest difference of
 the output against the resident one (the same kernels on the same numbers: 0 expected). `copy_s`: the
 time of copying every unit once with nothing else running (the floor the overlap hides behind compute).
-Rows go to $OUT/offload.json and, as a markdown table, to $OUT/offload.md.
+`--lazy` adds a bf16 row with lazy load (lightx2v.runtime.lazy_load): the blocks written to a
+safetensors file in --tmp and mapped back, read by the disk workers (from the page cache: the file
+was just written). Rows go to $OUT/offload.json and, as a markdown table, to $OUT/offload.md.
 
     python benchmarks/offload.py --out $OUT --commit <sha>       # an H200: about 3 minutes
+    python benchmarks/offload.py --lazy ...                       # + a lazy-load row (writes 26 GB to --tmp)
     python benchmarks/offload.py --device cpu --tiny              # a dry run of the script on the CPU
 """
 
@@ -68,7 +71,7 @@ def copy_seconds(offs, dev: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_rows(model, precision: str, inputs, args, rows: list) -> None:
+def run_rows(model, precision: str, inputs, args, rows: list) -> torch.Tensor:
     """Resident, then block, then phase offload of `model` (left offloaded: the caller drops it)."""
     from lightx2v.runtime.block_offload import apply_block_offload
     from lightx2v.runtime.context_kv import ContextKVCache
@@ -110,6 +113,46 @@ def run_rows(model, precision: str, inputs, args, rows: list) -> None:
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "times"}),
               flush=True)
+    return resident_out
+
+
+def lazy_row(model, precision: str, inputs, args, rows: list, resident_out) -> None:
+    """Block offload with lazy load: the blocks saved to a safetensors file, mapped back (as the loader
+    maps a checkpoint) and read by the disk workers (the file is in the page cache after writing)."""
+    from safetensors.torch import load_file, save_file
+
+    from lightx2v.runtime.block_offload import apply_block_offload, repeated_blocks
+    from lightx2v.runtime.context_kv import ContextKVCache
+
+    x, t, ctx = inputs
+    model.block_hooks.remove()
+    path = Path(args.tmp) / "offload_blocks.safetensors"
+    params = {f"blocks.{i}.{k}": p for i, b in enumerate(repeated_blocks(model)) for k, p in b.named_parameters()}
+    save_file({k: p.data for k, p in params.items()}, str(path))
+    mapped = load_file(str(path))
+    for k, p in params.items():
+        p.data = mapped[k]
+    del mapped
+    gc.collect()
+    row = {"precision": precision, "config": f"block, lazy load ({args.workers} workers)"}
+    offs = apply_block_offload(_Pipe(model), torch.device(args.device), "block", args.buffers, lazy_load=True,
+                               num_disk_workers=args.workers)
+    row["buffers_gib"] = len(offs.pool.slots) * offs.pool.nbytes / 2**30
+    row["host_gib"] = len(offs.offloads["dit"].reader.buffers) * offs.pool.nbytes / 2**30
+    if args.device == "cuda":
+        torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+    model.context_cache = ContextKVCache()
+    with torch.no_grad():
+        y, first, times = timed(lambda: model(x, t, ctx), args.repeat, args.device)
+    s = sorted(times)[len(times) // 2]
+    resident_s = next(r["s"] for r in rows if r["precision"] == precision and r["config"] == "resident")
+    row.update(s=s, first_s=first, times=times, overhead_pct=100 * (s / resident_s - 1),
+               peak_gib=torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0,
+               max_abs_diff=float((y.float().cpu() - resident_out).abs().max()))
+    model.context_cache = None
+    rows.append(row)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "times"}), flush=True)
+    offs.offloads["dit"].reader.close()
 
 
 def build(args, precision: str):
@@ -125,13 +168,14 @@ def build(args, precision: str):
 
 
 def table(rows: list) -> str:
-    lines = ["| weights | run | s/forward | overhead | peak GiB | GPU buffers GiB | copies/forward | copy-only s | "
-             "max abs diff |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| weights | run | s/forward | overhead | peak GiB | GPU buffers GiB | host GiB | copies/forward | "
+             "copy-only s | max abs diff |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         f = (lambda k, fmt: format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "")
         lines.append(f"| {r['precision']} | {r['config']} | {f('s', '.3f')} | "
                      f"{f('overhead_pct', '+.1f') + '%' if 'overhead_pct' in r else ''} | {f('peak_gib', '.2f')} | "
-                     f"{f('buffers_gib', '.2f')} | {f('copies_per_forward', '.0f')} | {f('copy_s', '.3f')} | "
+                     f"{f('buffers_gib', '.2f')} | {f('host_gib', '.2f')} | {f('copies_per_forward', '.0f')} | "
+                     f"{f('copy_s', '.3f')} | "
                      f"{f('max_abs_diff', '.1e')} |")
     return "\n".join(lines)
 
@@ -143,6 +187,9 @@ def main() -> None:
     ap.add_argument("--precisions", default="bf16,w8a8-fp8")
     ap.add_argument("--buffers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--lazy", action="store_true", help="also a bf16 row with lazy load (writes the blocks to --tmp)")
+    ap.add_argument("--workers", type=int, default=2, help="--lazy: disk workers")
+    ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--commit", default="?")
     args = ap.parse_args()
@@ -164,7 +211,9 @@ def main() -> None:
     for precision in [p for p in args.precisions.split(",") if p]:
         model = build(args, precision)
         try:
-            run_rows(model, precision, inputs, args, rows)
+            resident_out = run_rows(model, precision, inputs, args, rows)
+            if args.lazy and precision == "bf16":
+                lazy_row(model, precision, inputs, args, rows, resident_out)
         except Exception as exc:  # one failing precision must not lose the other's rows
             rows.append({"precision": precision, "config": "error", "error": f"{type(exc).__name__}: {exc}"[:300]})
             print(rows[-1], flush=True)
