@@ -20,6 +20,7 @@ from lightx2v.config import (
     CompileConfig,
     EngineConfig,
     ModelConfig,
+    OffloadConfig,
     SamplingParams,
     parse_dtype,
 )
@@ -54,7 +55,10 @@ class LightX2V:
         lora_allow_unmatched: bool = False,
         compile: bool | CompileConfig = False,
         cfg_mode: str = "sequential",
-        offload: str | None = None,
+        offload: str | OffloadConfig | None = None,
+        offload_buffers: int | None = None,
+        lazy_load: bool = False,
+        num_disk_workers: int | None = None,
         vae_dtype: torch.dtype | str | None = None,
         context_kv: bool = True,
         quant_text_encoder: str | None = None,
@@ -91,6 +95,13 @@ class LightX2V:
         blocks (True, or a CompileConfig). `cfg_mode`: "sequential" or "batched" CFG branches.
         `offload="model"`: the DiTs stay in host memory and only the one running is on the device
         (a two-expert Wan2.2 A14B model then holds one 14B expert on the GPU; the next is prefetched).
+        `offload="block"` / `"phase"`: the DiTs' blocks stay in pinned host memory and run one block
+        (or one phase of a block: self-attention, cross-attention, FFN) at a time through
+        `offload_buffers` (default 2) reused device buffers, the next copied while the current one
+        computes (a 14B DiT in a few GB; "phase" is not combined with `compile`). `lazy_load` (with
+        "block" / "phase"): the blocks are read from the checkpoint's memory-mapped files as they are
+        needed, by `num_disk_workers` (default 2) threads into a few pinned buffers, instead of being
+        held in host memory (needs the DiT stored in the run's dtype). An OffloadConfig gives every option.
         `vae_dtype`: the VAE's precision (default fp32, as the references; "bf16" decodes faster and in
         less memory at a small error, docs/benchmarks.md).
         `quant_text_encoder` / `quant_image_encoder`: a scheme (as `quant`) for the text encoder's /
@@ -113,7 +124,8 @@ class LightX2V:
         engine = make_engine(device=device, dtype=dtype, attention=attention, quant=quant, lora=lora,
                              lora_per_dit=expert_loras(lora_high, lora_low),
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
-                             compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
+                             compile=compile, cfg_mode=cfg_mode, offload=offload, offload_buffers=offload_buffers,
+                             lazy_load=lazy_load, num_disk_workers=num_disk_workers, vae_dtype=vae_dtype,
                              context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv,
                              quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
@@ -213,8 +225,9 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 quant: str | None = None, lora: Sequence[tuple[str | Path, float]] = (),
                 lora_per_dit: Mapping[str, Sequence[tuple[str | Path, float]]] | None = None, lora_mode: str = "merge",
                 lora_allow_unmatched: bool = False, compile: bool | CompileConfig = False,
-                cfg_mode: str = "sequential", offload: str | None = None,
-                vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
+                cfg_mode: str = "sequential", offload: str | OffloadConfig | None = None,
+                offload_buffers: int | None = None, lazy_load: bool = False,
+                num_disk_workers: int | None = None, vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
                 fuse_qkv: bool = False, quant_text_encoder: str | None = None,
                 quant_image_encoder: str | None = None) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
@@ -226,6 +239,13 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     from lightx2v.ops.fused import resolve_fused
 
     per_dit = {k: _pairs(v) for k, v in (lora_per_dit or {}).items()}
+    given = {"offload_buffers": offload_buffers, "lazy_load": lazy_load or None, "num_disk_workers": num_disk_workers}
+    for name, value in given.items():  # block / phase offload's options
+        if value is not None and offload not in ("block", "phase"):
+            raise InputError(f"{name} is for offload 'block' or 'phase', not {offload!r}", field=name)
+    if any(v is not None for v in given.values()):
+        offload = OffloadConfig(offload, num_buffers=2 if offload_buffers is None else offload_buffers,
+                                lazy_load=bool(lazy_load), num_disk_workers=2 if num_disk_workers is None else num_disk_workers)
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
                           context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv,

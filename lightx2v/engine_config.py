@@ -91,20 +91,42 @@ class CompileConfig:
 
 @dataclass(frozen=True)
 class OffloadConfig:
-    """`apply_offload`: the DiTs kept in host memory, only the one running on the device
-    (lightx2v.runtime.offload). granularity None (off) or "model"; `prefetch`: copy the next DiT of
-    a two-expert model during the step before the switch."""
+    """Where the DiTs' weights live while they are not used (the engine's placement step).
+
+    granularity None (off); "model" (lightx2v.runtime.offload): the DiTs in host memory, only the one
+    running on the device; "block" / "phase" (lightx2v.runtime.block_offload): the DiTs' blocks in
+    (pinned) host memory, copied one block (or one phase of a block: self-attention, cross-attention,
+    FFN) at a time into `num_buffers` device buffers reused for every block, the next one copied on a
+    side stream while the current one computes; everything outside the blocks stays on the device.
+    `prefetch`: model: copy the next DiT of a two-expert model during the step before the switch;
+    block / phase: copy the next block(s) ahead (off: each copy waited for when it is needed).
+    `num_buffers`: block / phase: device buffers (at least 2: one computing, one being filled).
+    `lazy_load` (block / phase): the blocks are not copied into host memory but read from the
+    checkpoint's memory-mapped files, ahead of use, by `num_disk_workers` threads into a few pinned
+    host buffers (lightx2v.runtime.lazy_load): host memory holds those, not the model."""
 
     granularity: Optional[str] = None
     prefetch: bool = True
+    num_buffers: int = 2
+    lazy_load: bool = False
+    num_disk_workers: int = 2
 
     def __post_init__(self) -> None:
         if self.granularity not in OFFLOAD_GRANULARITIES:
             raise InputError(f"offload must be one of {', '.join(str(g) for g in OFFLOAD_GRANULARITIES[1:])} "
                              f"(or None: off), got {self.granularity!r}", field="offload")
+        if isinstance(self.num_buffers, bool) or not isinstance(self.num_buffers, int) or self.num_buffers < 2:
+            raise InputError(f"offload_buffers must be an integer >= 2 (one buffer computing while the next is "
+                             f"filled), got {self.num_buffers!r}", field="offload_buffers")
+        if self.lazy_load and self.granularity not in ("block", "phase"):
+            raise InputError(f"lazy_load needs offload 'block' or 'phase', got offload {self.granularity!r}",
+                             field="lazy_load")
+        workers = self.num_disk_workers
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise InputError(f"num_disk_workers must be an integer >= 1, got {workers!r}", field="num_disk_workers")
 
 
-OFFLOAD_GRANULARITIES = (None, "model")
+OFFLOAD_GRANULARITIES = (None, "model", "block", "phase")
 
 
 @dataclass(frozen=True)
@@ -159,6 +181,9 @@ class EngineConfig:
             object.__setattr__(self, "quant", QuantConfig(self.quant))
         if isinstance(self.compile, bool):
             object.__setattr__(self, "compile", CompileConfig(enabled=self.compile))
+        if self.offload.granularity == "phase" and self.compile.enabled:
+            raise InputError("offload 'phase' cannot be combined with compile: its phase switches run inside each "
+                             "block's forward (use offload 'block' with compile)", field="offload")
         if self.cfg_mode not in ("sequential", "batched"):
             raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
         if self.kernels not in ("torch", "triton", "auto"):
@@ -172,7 +197,11 @@ class EngineConfig:
         return self.attention if isinstance(self.attention, str) else self.attention[role]
 
     def staging_device(self) -> torch.device:
-        return self.torch_device() if self.staging is None else resolve_device(self.staging)
+        """Where components are loaded before placement: `staging`, else the target device, except with block /
+        phase offload: the host (the device may be far too small to hold the DiT even once)."""
+        if self.staging is not None:
+            return resolve_device(self.staging)
+        return torch.device("cpu") if self.offload.granularity in ("block", "phase") else self.torch_device()
 
 
 ATTENTION_ROLES = ("self", "cross")

@@ -28,6 +28,8 @@ FLAGS = {
     "shift": "--shift", "solver": "--solver", "seed": "--seed", "fps": "--fps", "output_path": "--output",
     "output_type": "--output", "crf": "--crf", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
     "lora_low": "--lora-low", "latents": "latents", "tiny_vae": "--tiny-vae", "tiny_vae_kind": "--tiny-vae-kind",
+    "offload": "--offload", "offload_buffers": "--offload-buffers",
+    "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low")
@@ -100,9 +102,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="quantize the image encoder's (CLIP's) block linears")
     p.add_argument("--preset", default=None,
                    help="step-distilled preset when the checkpoint does not say it is one: " + ", ".join(all_presets()))
-    p.add_argument("--offload", default=None, choices=("model",),
-                   help="keep the DiTs in host memory, only the running one on the GPU (Wan2.2 A14B: one 14B expert "
-                        "at a time, the next prefetched during the step before the switch)")
+    p.add_argument("--offload", default=None, choices=("model", "block", "phase"),
+                   help="model: keep the DiTs in host memory, only the running one on the GPU (Wan2.2 A14B: one 14B "
+                        "expert at a time, the next prefetched during the step before the switch); block / phase: "
+                        "keep the DiTs' blocks in pinned host memory and run them one block (or one phase: "
+                        "self-attention, cross-attention, FFN) at a time through a few reused GPU buffers, the next "
+                        "copied while the current one computes (a 14B DiT in a few GB; phase: not with --compile)")
+    p.add_argument("--offload-buffers", type=int, default=None, metavar="N",
+                   help="with --offload block / phase: GPU buffers (default 2; each holds one block or phase)")
+    p.add_argument("--lazy-load", action="store_true",
+                   help="with --offload block / phase: read the blocks from the checkpoint's files as they are needed "
+                        "instead of holding them in host memory (the DiT file in the run's dtype)")
+    p.add_argument("--num-disk-workers", type=int, default=None, metavar="N",
+                   help="with --lazy-load: threads reading the blocks (default 2)")
     p.add_argument("--cfg-mode", default="sequential", choices=("sequential", "batched"),
                    help="CFG branches as two calls of batch 1 (as the references) or one call of batch 2 (the same "
                         "numbers, more memory)")
@@ -245,6 +257,8 @@ def _run(args: argparse.Namespace) -> int:
                          lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
                                                    [parse_lora_spec(spec) for spec in args.lora_low]),
                          lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
+                         offload_buffers=args.offload_buffers, lazy_load=args.lazy_load,
+                         num_disk_workers=args.num_disk_workers,
                          vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
                          fuse_qkv=args.fuse_qkv, quant_text_encoder=args.quant_text_encoder,
                          quant_image_encoder=args.quant_image_encoder)
@@ -292,6 +306,8 @@ def summary_line(mc, engine, p) -> str:
         opts.append(f"kernels {resolve_fused(engine.kernels, engine.torch_device(), engine.dtype).name}")
     if engine.compile.enabled:
         opts.append("compile")
+    if engine.offload.granularity is not None:
+        opts.append(f"offload {engine.offload.granularity}" + (" (lazy load)" if engine.offload.lazy_load else ""))
     if mc.distill is not None:
         opts.append("step-distilled")
     if mc.tiny_vae is not None:

@@ -14,6 +14,11 @@ tensor objects are passed at every step: the conditioning is built once; batched
 branches once per generation, lightx2v.pipelines.base.Guidance) and their in-place version
 counter. Memory: per CFG branch, blocks x 2 x Lc x dim in the compute dtype (Wan 14B, text only:
 40 x 2 x 512 x 5120 x 2 bytes = 0.42 GB).
+
+The K/V of each block are made when the block stack reaches that block (`get_lazy` keeps a
+`LazyList`: one maker per block, each item made on first access, then kept), not all before the
+first block: with block offload (lightx2v.runtime.block_offload) a block's weights are on the
+device only around its own turn. The numbers are the same either way.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ class ContextKVCache:
             self._entries.append((key, tuple(None if t is None else weakref.ref(t) for t in tensors), value))
         return value
 
+    def get_lazy(self, tensors: Sequence[Optional[Tensor]], makers: Callable[[], Sequence[Callable[[], object]]]) -> "LazyList":
+        """As `get`, for a value of several items made one at a time: `makers()` (called once per
+        context) returns one function per item; the stored `LazyList` calls each on first access."""
+        return self.get(tensors, lambda: LazyList(makers()))
+
     def reset(self) -> None:
         """Forget every stored K/V (frees them): the start and the end of a generation."""
         with self._lock:
@@ -66,6 +76,37 @@ class ContextKVCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class LazyList:
+    """A read-only sequence whose item i is `makers[i]()`, made on first access and kept. A maker that
+    raises leaves its item unmade (the next access tries again)."""
+
+    _UNMADE = object()
+
+    def __init__(self, makers: Sequence[Callable[[], object]]) -> None:
+        self._makers = list(makers)
+        self._items = [self._UNMADE] * len(self._makers)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    def __getitem__(self, i: int):
+        item = self._items[i]
+        if item is self._UNMADE:
+            with self._lock:  # two threads never make the same item twice
+                item = self._items[i]
+                if item is self._UNMADE:
+                    item = self._items[i] = self._makers[i]()
+        return item
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def made(self) -> int:
+        """How many items are made so far."""
+        return sum(item is not self._UNMADE for item in self._items)
 
 
 def apply_context_kv(models: Sequence) -> list[str]:

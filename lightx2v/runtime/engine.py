@@ -11,11 +11,13 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
                        and the float model is never whole in memory): this step then checks it
     3. placement       every component to the engine's device; with offload "model" the DiTs stay
                        in pinned host memory and only the running one is on the device
-                       (lightx2v.runtime.offload; later: block / phase offload, lazy load)
+                       (lightx2v.runtime.offload); with "block" / "phase" the DiTs' blocks stay in
+                       pinned host memory and run through a few reused device buffers, the rest of
+                       each DiT on the device (lightx2v.runtime.block_offload)
     4. dynamic LoRA    forward hooks on the final layers (quantized ones included): after
                        quantization, which replaces layers and would drop hooks
     5. fuse_qkv        self-attention q, k, v as one GEMM (lightx2v.runtime.fuse): after placement
-                       (the fused tensor is made where the weights live; never with model offload,
+                       (the fused tensor is made where the weights live; never with offload,
                        which moves parameters under the views) and after dynamic LoRA (hooked
                        layers are skipped; hooks added later are noticed at forward time)
     6. attention       the backend resolved per component for its device and dtype (per role:
@@ -25,7 +27,9 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
                        context only; lightx2v.runtime.context_kv); before compile, outside the blocks
     9. parallel        (several GPUs; joins here: it wraps the block stack, under the cache)
    10. cache           (TeaCache ...; joins here: wraps `run_blocks`, reads the step context)
-   11. compile         last: it traces what every other transform put in place
+   11. compile         last: it traces what every other transform put in place (block offload's
+                       bookkeeping runs in run_blocks, outside the compiled blocks; phase offload's
+                       inside them: refused together, by EngineConfig)
 
 The pipeline exposes `components` (name -> nn.Module or None) and `transformer_names` (the DiTs:
 what LoRA, quantization and compile act on, each of them: both experts of a two-expert model),
@@ -214,7 +218,7 @@ def set_dynamic_lora(pipeline, loras: Sequence[tuple[str, float]] = (), allow_un
 
 def fuse_qkv_step(pipeline, engine: EngineConfig) -> list[str]:
     """Step 5: q, k, v of each DiT's self-attention as one GEMM (views: no second copy). Skipped as a
-    whole with model offload, which assigns parameters new storage behind the views."""
+    whole with offload (model, block, phase), which assigns parameters new storage behind the views."""
     from lightx2v.runtime.fuse import fuse_qkv
 
     dits = _transformers(pipeline)
@@ -317,6 +321,14 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
         place(pipeline, device, skip=dits)
         apply_offload(pipeline, device, prefetch=engine.offload.prefetch)
         log.append(f"placement: {device}; offload (model): {', '.join(dits)} in host memory, the running one on {device}")
+    elif engine.offload.granularity in ("block", "phase"):
+        from lightx2v.runtime.block_offload import apply_block_offload
+
+        place(pipeline, device, skip=[n for n, _ in _transformers(pipeline)])
+        off = engine.offload
+        done = apply_block_offload(pipeline, device, off.granularity, off.num_buffers, prefetch=off.prefetch,
+                                   lazy_load=off.lazy_load, num_disk_workers=off.num_disk_workers)
+        log.append(f"placement: {device}; {done.describe(device)}")
     else:
         place(pipeline, device)
         log.append(f"placement: {device}")

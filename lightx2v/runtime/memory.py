@@ -250,10 +250,16 @@ def _attention_name(engine: EngineConfig) -> str:
 def weight_bytes(mc: ModelConfig, engine: EngineConfig) -> dict[str, int]:
     """Bytes of each component's weights on the device once loaded for `engine` (built on meta: nothing
     is read). With model offload (lightx2v.runtime.offload) the DiTs live in host memory and the device
-    holds the largest one (two with prefetch on a two-DiT model: during the step before the switch)."""
-    dits = {name: _tensor_bytes(_meta_dit(mc, engine, name), engine.dtype) for name in mc.dit_names}
-    if engine.offload.granularity == "model":
-        on_device = max(dits.values()) * (2 if engine.offload.prefetch and len(dits) > 1 else 1)
+    holds the largest one (two with prefetch on a two-DiT model: during the step before the switch).
+    With block / phase offload (lightx2v.runtime.block_offload) the device holds what is outside every
+    DiT's blocks and the shared buffers: num_buffers x the largest block (or phase)."""
+    off = engine.offload
+    if off.granularity in ("block", "phase"):
+        dits = _block_offload_bytes(mc, engine)
+    else:
+        dits = {name: _tensor_bytes(_meta_dit(mc, engine, name), engine.dtype) for name in mc.dit_names}
+    if off.granularity == "model":
+        on_device = max(dits.values()) * (2 if off.prefetch and len(dits) > 1 else 1)
         dits = {"dit (offload: on the device at a time)": on_device}
     out = dict(dits)
     for comp in mc.spec.components:
@@ -279,9 +285,23 @@ def _meta_dit(mc: ModelConfig, engine: EngineConfig, name: str = "dit") -> torch
     return model
 
 
-def _tensor_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+def _block_offload_bytes(mc: ModelConfig, engine: EngineConfig) -> dict[str, int]:
+    from lightx2v.runtime.block_offload import offload_split
+
+    outside, unit, blocks = 0, 0, 0
+    for name in mc.dit_names:
+        model = _meta_dit(mc, engine, name)
+        o, u, n = offload_split(model, engine.offload.granularity, _tensor_sizes(model, engine.dtype))
+        outside, unit, blocks = outside + o, max(unit, u), blocks + n
+    n = engine.offload.num_buffers
+    return {f"dit (offload {engine.offload.granularity}: outside the blocks)": outside,
+            f"dit (offload {engine.offload.granularity}: {n} buffers for {blocks} blocks)": n * unit}
+
+
+def _tensor_sizes(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, int]:
+    """Bytes of each tensor of `model` once loaded in `dtype` (the loader's fp32 and quantized rules)."""
     keep = tuple(getattr(model, "_keep_in_fp32", ()))
-    total = 0
+    sizes = {}
     for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
         if not t.is_floating_point() or t.element_size() == 1:  # int8 / fp8 weights stay as stored
             size = t.element_size()
@@ -289,8 +309,12 @@ def _tensor_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
             size = 4
         else:
             size = dtype.itemsize
-        total += t.numel() * size
-    return total
+        sizes[name] = t.numel() * size
+    return sizes
+
+
+def _tensor_bytes(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    return sum(_tensor_sizes(model, dtype).values())
 
 
 # ---------------------------------------------------------------- what the device has

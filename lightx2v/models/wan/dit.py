@@ -24,9 +24,10 @@ tokens are attended (no mask: the reference passes `context_lens=None`).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,9 @@ class WanModel(nn.Module):
         self.rope_cache = RopeCache(c.head_dim)
         # cross-attention K/V kept for one generation (lightx2v.runtime.context_kv); None: computed every call
         self.context_cache = None
+        # called around each block by run_blocks, outside the (compiled) block: None, or an object with
+        # before_block(i) / after_block(i) (block offload, lightx2v.runtime.block_offload)
+        self.block_hooks = None
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
         """RoPE (cos, sin) [L, 1, head_dim/2, 2] fp32 for a token grid (cached)."""
@@ -228,26 +232,35 @@ class WanModel(nn.Module):
 
     def cross_kv(self, context: Tensor, clip_fea: Tensor | None) -> Iterable[tuple[Tensor, ...]]:
         """Every block's cross-attention K/V for this context (CrossAttention.context_kv), in block
-        order: they do not depend on x or t. With a `context_cache` (the engine's context_kv step,
-        lightx2v.runtime.context_kv) a generation computes them once, at its first step; without
-        one, each block's are made as it runs (a generator: one block's K/V in memory at a time)."""
+        order: they do not depend on x or t. Each block's are made when `run_blocks` reaches it (so
+        with block offload while its weights are on the device). With a `context_cache` (the engine's
+        context_kv step, lightx2v.runtime.context_kv) they are kept: a generation makes them once, at
+        its first step; without one, every call makes them again (one block's in memory at a time)."""
         if self.context_cache is None:
             ctx, ctx_img = self.embed_context(context, clip_fea)
             return (block.cross_attn.context_kv(ctx, ctx_img) for block in self.blocks)
 
-        def compute() -> list[tuple[Tensor, ...]]:
+        def makers() -> list[Callable[[], tuple[Tensor, ...]]]:
             c, c_img = self.embed_context(context, clip_fea)
-            return [block.cross_attn.context_kv(c, c_img) for block in self.blocks]
+            return [functools.partial(block.cross_attn.context_kv, c, c_img) for block in self.blocks]
 
-        return self.context_cache.get((context, clip_fea), compute)
+        return self.context_cache.get_lazy((context, clip_fea), makers)
 
     def run_blocks(self, x: Tensor, **kw: Any) -> Tensor:
         """The block stack: x [B, L, C] fp32 -> [B, L, C] fp32. The one boundary a cache or a parallel
         transform wraps (lightx2v.runtime): forward = embed -> run_blocks -> head. `kw`: e0 [B, 1 | L, 6, C]
         (per sample, or per token: a sequence-parallel split cuts its token dim with x's), kv (one
-        tuple per block, in order: its cross-attention K/V [B, Lc, H, D], `cross_kv`), rope [L, 1, D/2, 2]."""
-        for block, kv in zip(self.blocks, kw["kv"]):
+        tuple per block, in order: its cross-attention K/V [B, Lc, H, D], `cross_kv`), rope [L, 1, D/2, 2].
+        `block_hooks` (when set) run around each block, outside it: a compiled block never sees them."""
+        hooks = self.block_hooks
+        kvs = iter(kw["kv"])
+        for i, block in enumerate(self.blocks):
+            if hooks is not None:
+                hooks.before_block(i)
+            kv = next(kvs)  # after the hook: K/V made now use the block's weights
             x = block(x, kw["e0"], kv, kw["rope"])
+            if hooks is not None:
+                hooks.after_block(i)
         return x
 
 

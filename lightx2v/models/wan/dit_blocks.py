@@ -255,6 +255,16 @@ class CrossAttention(_QKVO):
 class WanBlock(nn.Module):
     """One DiT block: modulated self-attn, cross-attn (norm3), modulated FFN; fp32 residual."""
 
+    # What phase offload reads (lightx2v.runtime.block_offload): the block's parts in the order forward
+    # uses them, (phase, member names); every tensor of the block is in exactly one phase. The first
+    # phase holds what forward reads before calling a submodule (`modulation`); a later phase is
+    # needed from the first call of one of its modules on (the cross-attention K/V included).
+    _offload_phases = (
+        ("self_attn", ("modulation", "norm1", "self_attn")),
+        ("cross_attn", ("norm3", "cross_attn")),
+        ("ffn", ("norm2", "ffn")),
+    )
+
     def __init__(
         self, dim: int, ffn_dim: int, num_heads: int, qk_norm: bool, cross_attn_norm: bool, eps: float,
         image_input: bool,
