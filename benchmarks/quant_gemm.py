@@ -140,6 +140,8 @@ def t5(args, dev: str) -> list[dict]:
             for pname, p in enc.named_parameters():  # then any perturbation (bf16 too) decorrelates the output
                 if pname.endswith(("attn.o.weight", "ffn.fc2.weight")):
                     p.mul_(0.1)
+                elif pname.endswith(("attn.q.weight", "attn.k.weight")):  # T5 does not scale its logits:
+                    p.mul_(0.3)  # at full scale the softmax is nearly one-hot and the output chaotic
         if scheme is not None:
             apply_quant(enc, scheme)
         gib = sum(p.numel() * p.element_size() for p in enc.parameters()) / 2**30
