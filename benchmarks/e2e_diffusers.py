@@ -80,7 +80,8 @@ def run(name: str, ckpt: Path, args, compiled: bool) -> dict:
         try:  # diffusers' writer (imageio-ffmpeg, else OpenCV) where it has one
             export_to_video(frames, str(path), fps=16)
             row["export"] = "diffusers export_to_video"
-        except ImportError:  # neither installed: our writer (the same libx264 settings as ours, after the decode)
+        except (ImportError, AttributeError):  # no writer (or diffusers 0.42's imageio backend check failing,
+            # H200 2026-11-30): our writer (the same libx264 settings as ours, after the decode)
             from lightx2v.io.output import save
             from lightx2v.io.video import to_uint8
 
