@@ -65,6 +65,8 @@ class LightX2V:
         quant_image_encoder: str | None = None,
         kernels: str = "torch",
         fuse_qkv: bool = False,
+        offload_encoders: bool = False,
+        text_encoder_device: str | None = None,
         preset: str | None = None,
         tiny_vae: str | Path | None = None,
         tiny_vae_kind: str | None = None,
@@ -111,6 +113,9 @@ class LightX2V:
         `kernels`: the DiT blocks' elementwise ops: "torch" (the reference), "triton" (fused Triton
         kernels, CUDA), "auto" (triton on CUDA, else torch). `fuse_qkv`: self-attention q, k, v as one
         GEMM (same weights, viewed; skipped with offload, for quantized layers and dynamic LoRAs).
+        `offload_encoders`: the text encoder, the image encoder and the VAE stay in host memory and are put
+        on the device only while their stage runs (with block offload: a 14B model on a small GPU).
+        `text_encoder_device="cpu"`: the text encoder runs on the CPU (never on the GPU; slower encode).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
         that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
@@ -127,7 +132,8 @@ class LightX2V:
                              compile=compile, cfg_mode=cfg_mode, offload=offload, offload_buffers=offload_buffers,
                              lazy_load=lazy_load, num_disk_workers=num_disk_workers, vae_dtype=vae_dtype,
                              context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv,
-                             quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder)
+                             quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
+                             offload_encoders=offload_encoders, text_encoder_device=text_encoder_device)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -229,7 +235,8 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 offload_buffers: int | None = None, lazy_load: bool = False,
                 num_disk_workers: int | None = None, vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
                 fuse_qkv: bool = False, quant_text_encoder: str | None = None,
-                quant_image_encoder: str | None = None) -> EngineConfig:
+                quant_image_encoder: str | None = None, offload_encoders: bool = False,
+                text_encoder_device: str | None = None) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend and the
     kernels run here.
@@ -250,6 +257,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
                           context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv,
                           quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
+                          offload_encoders=bool(offload_encoders), text_encoder_device=text_encoder_device,
                           lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,
                                           per_dit=per_dit))
     for field, scheme in (("quant", engine.quant.scheme), ("quant_text_encoder", engine.quant_text_encoder),

@@ -169,6 +169,11 @@ class EngineConfig:
     # self-attention q, k, v as one GEMM (lightx2v.runtime.fuse; views, no second copy of the
     # weights); off by default: no gain measured at Wan 14B on the H200 (docs/benchmarks.md)
     fuse_qkv: bool = False
+    # the text encoder, the image encoder and the VAE kept in (pinned) host memory and placed on the
+    # device only while their stage runs (lightx2v.runtime.offload.ModelOffload; a small GPU)
+    offload_encoders: bool = False
+    # where the text encoder runs: None (the engine's device) or "cpu" (umt5-xxl never on the GPU)
+    text_encoder_device: Optional[str] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))
@@ -188,6 +193,9 @@ class EngineConfig:
             raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
         if self.kernels not in ("torch", "triton", "auto"):
             raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")
+        if self.text_encoder_device not in (None, "cpu"):
+            raise InputError(f"text_encoder_device must be 'cpu' (or None: the engine's device), got "
+                             f"{self.text_encoder_device!r}", field="text_encoder_device")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
@@ -198,10 +206,12 @@ class EngineConfig:
 
     def staging_device(self) -> torch.device:
         """Where components are loaded before placement: `staging`, else the target device, except with block /
-        phase offload: the host (the device may be far too small to hold the DiT even once)."""
+        phase offload, encoder offload or the text encoder on the CPU: the host (the device may be far too
+        small to hold the DiT even once, and an encoder that is to live in host memory is read there)."""
         if self.staging is not None:
             return resolve_device(self.staging)
-        return torch.device("cpu") if self.offload.granularity in ("block", "phase") else self.torch_device()
+        small = self.offload.granularity in ("block", "phase") or self.offload_encoders or self.text_encoder_device
+        return torch.device("cpu") if small else self.torch_device()
 
 
 ATTENTION_ROLES = ("self", "cross")

@@ -28,7 +28,8 @@ FLAGS = {
     "shift": "--shift", "solver": "--solver", "seed": "--seed", "fps": "--fps", "output_path": "--output",
     "output_type": "--output", "crf": "--crf", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
     "lora_low": "--lora-low", "latents": "latents", "tiny_vae": "--tiny-vae", "tiny_vae_kind": "--tiny-vae-kind",
-    "offload": "--offload", "offload_buffers": "--offload-buffers",
+    "offload": "--offload", "offload_buffers": "--offload-buffers", "offload_encoders": "--offload-encoders",
+    "text_encoder_device": "--text-encoder-device",
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
@@ -108,6 +109,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "keep the DiTs' blocks in pinned host memory and run them one block (or one phase: "
                         "self-attention, cross-attention, FFN) at a time through a few reused GPU buffers, the next "
                         "copied while the current one computes (a 14B DiT in a few GB; phase: not with --compile)")
+    p.add_argument("--offload-encoders", action="store_true",
+                   help="keep the text encoder, image encoder and VAE in host memory, each on the GPU only while it runs")
+    p.add_argument("--text-encoder-device", default=None, choices=("cpu",),
+                   help="run the text encoder on the CPU (never on the GPU)")
     p.add_argument("--offload-buffers", type=int, default=None, metavar="N",
                    help="with --offload block / phase: GPU buffers (default 2; each holds one block or phase)")
     p.add_argument("--lazy-load", action="store_true",
@@ -260,7 +265,8 @@ def _run(args: argparse.Namespace) -> int:
                          offload_buffers=args.offload_buffers, lazy_load=args.lazy_load,
                          num_disk_workers=args.num_disk_workers,
                          vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
-                         fuse_qkv=args.fuse_qkv, quant_text_encoder=args.quant_text_encoder,
+                         fuse_qkv=args.fuse_qkv, offload_encoders=args.offload_encoders,
+                         text_encoder_device=args.text_encoder_device, quant_text_encoder=args.quant_text_encoder,
                          quant_image_encoder=args.quant_image_encoder)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
@@ -308,6 +314,10 @@ def summary_line(mc, engine, p) -> str:
         opts.append("compile")
     if engine.offload.granularity is not None:
         opts.append(f"offload {engine.offload.granularity}" + (" (lazy load)" if engine.offload.lazy_load else ""))
+    if engine.offload_encoders:
+        opts.append("encoders offloaded")
+    if engine.text_encoder_device:
+        opts.append(f"text encoder on {engine.text_encoder_device}")
     if mc.distill is not None:
         opts.append("step-distilled")
     if mc.tiny_vae is not None:

@@ -22,6 +22,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
+from lightx2v.runtime.offload import placed
+
 from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import InputError, NonFiniteError
 from lightx2v.pipelines.base import Guidance, GenerationResult, StepContext, denoise, nonfinite_kind
@@ -178,7 +180,9 @@ class WanPipeline:
             if n and not (i == 1 and prompts[1] == default_neg):  # the checkpoint's own negative prompt: as it ships
                 warnings.warn(f"{what} is longer than the text encoder reads ({self.tokenizer.text_len} tokens): "
                               f"its last {n} token(s) were dropped; shorten it to keep them", stacklevel=2)
-        states = encode_text(self.text_encoder, ids.to(self.device), mask.to(self.device))
+        with placed(self, "text_encoder"):
+            te = next(self.text_encoder.parameters()).device  # the CPU with text_encoder_device="cpu"
+            states = [s.to(self.device) for s in encode_text(self.text_encoder, ids.to(te), mask.to(te))]
         text_len = self.model_config.dit.text_len
         out = states[0].new_zeros(len(states), text_len, states[0].shape[-1])
         for i, s in enumerate(states):
@@ -201,6 +205,10 @@ class WanPipeline:
         return tokens.reshape(1, -1, tokens.shape[-1])
 
     def condition_on_images(self, p: SamplingParams):
+        with placed(self, "vae", "clip"):
+            return self._condition_on_images(p)
+
+    def _condition_on_images(self, p: SamplingParams):
         from lightx2v.pipelines.wan_image import build_condition
 
         return build_condition(
@@ -290,8 +298,9 @@ class WanPipeline:
         decodes (the streamed save; lightx2v.models.wan.vae_decode). A tiny VAE, when loaded, decodes instead
         (the same interface and frame count: lightx2v.models.wan.taehv)."""
         vae = self.components.get("tiny_vae")
-        vae = self.vae if vae is None else vae
-        return vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
+        with placed(self, "vae" if vae is None else "tiny_vae"):
+            vae = self.vae if vae is None else vae
+            return vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
 
     # -- the whole run -------------------------------------------------------------------------
     @classmethod

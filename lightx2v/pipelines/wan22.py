@@ -95,8 +95,11 @@ class Wan22Pipeline(WanPipeline):
             return super().condition(p, context, neg)  # t2v, ti2v without an image; i2v: y without CLIP
         from lightx2v.pipelines.wan22_image import FirstFrame, ti2v_image_latent
 
-        z, size = ti2v_image_latent(p.image, p.height, p.width, p.resize_mode, vae=self.vae, device=self.device,
-                                    vae_dtype=self.vae_dtype, multiple=self.geometry.size_multiple)
+        from lightx2v.runtime.offload import placed
+
+        with placed(self, "vae"):
+            z, size = ti2v_image_latent(p.image, p.height, p.width, p.resize_mode, vae=self.vae, device=self.device,
+                                        vae_dtype=self.vae_dtype, multiple=self.geometry.size_multiple)
         branch = (lambda c: None if c is None else DiTInputs(c, clean_frames=1))
         return Conditioning(branch(context), branch(neg), size, fix=FirstFrame(z))
 

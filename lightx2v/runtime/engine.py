@@ -196,6 +196,38 @@ def place(pipeline, device: torch.device, skip: Sequence[str] = ()) -> None:
             pipeline.components[name] = module.to(device)
 
 
+def encoders_held(pipeline, engine: EngineConfig) -> list[str]:
+    """The components `place_encoders` places instead of `place`: the encoders and VAEs with
+    `offload_encoders`, the text encoder with `text_encoder_device`."""
+    from lightx2v.runtime.offload import ENCODER_COMPONENTS
+
+    names = ENCODER_COMPONENTS if engine.offload_encoders else ("text_encoder",) if engine.text_encoder_device else ()
+    return [n for n in names if pipeline.components.get(n) is not None]
+
+
+def place_encoders(pipeline, engine: EngineConfig, device: torch.device) -> list[str]:
+    """Step 3, for the encoders: the text encoder on `text_encoder_device` (the CPU: it is never on the
+    GPU; the pipeline moves its input there and its output back), and with `offload_encoders` every
+    other encoder / VAE in host memory, placed on `device` only for its stage (Pipeline.placed)."""
+    log = []
+    if engine.text_encoder_device and pipeline.components.get("text_encoder") is not None:
+        te = torch.device(engine.text_encoder_device)
+        place(pipeline, te, skip=[n for n in pipeline.components if n != "text_encoder"])
+        log.append(f"placement: text_encoder on {te}")
+    if engine.offload_encoders:
+        from lightx2v.runtime.offload import apply_encoder_offload
+
+        skip = ("text_encoder",) if engine.text_encoder_device else ()
+        models = [n for n in encoders_held(pipeline, engine) if n not in skip]
+        for n in models:  # host copies (pinned on CUDA), whatever the staging device was
+            place(pipeline, torch.device("cpu"), skip=[m for m in pipeline.components if m != n])
+        if models:
+            apply_encoder_offload(pipeline, device, names=models)
+            log.append(f"placement: offload (encoders): {', '.join(models)} in host memory, each on {device} "
+                       "only while its stage runs")
+    return log
+
+
 def set_dynamic_lora(pipeline, loras: Sequence[tuple[str, float]] = (), allow_unmatched: bool = False,
                      per_dit: Optional[Mapping[str, Sequence[tuple[str, float]]]] = None) -> list[str]:
     """Step 4 (and `LightX2V.set_lora` later): run-time LoRA hooks on every DiT, switchable without
@@ -314,24 +346,26 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
         log += [f"quant: {d}" for d in quantize(pipeline, engine.quant.scheme, engine.dtype)]
     log += [f"quant: {d}" for d in quantize_encoders(pipeline, engine)]
     device = engine.torch_device()
+    held = encoders_held(pipeline, engine)  # placed by place_encoders, not here
     if engine.offload.granularity == "model":
         from lightx2v.runtime.offload import apply_offload
 
         dits = [n for n, _ in _transformers(pipeline)]
-        place(pipeline, device, skip=dits)
+        place(pipeline, device, skip=dits + held)
         apply_offload(pipeline, device, prefetch=engine.offload.prefetch)
         log.append(f"placement: {device}; offload (model): {', '.join(dits)} in host memory, the running one on {device}")
     elif engine.offload.granularity in ("block", "phase"):
         from lightx2v.runtime.block_offload import apply_block_offload
 
-        place(pipeline, device, skip=[n for n, _ in _transformers(pipeline)])
+        place(pipeline, device, skip=[n for n, _ in _transformers(pipeline)] + held)
         off = engine.offload
         done = apply_block_offload(pipeline, device, off.granularity, off.num_buffers, prefetch=off.prefetch,
                                    lazy_load=off.lazy_load, num_disk_workers=off.num_disk_workers)
         log.append(f"placement: {device}; {done.describe(device)}")
     else:
-        place(pipeline, device)
+        place(pipeline, device, skip=held)
         log.append(f"placement: {device}")
+    log += place_encoders(pipeline, engine, device)
     log += [f"quant: {d}" for d in check_quant_compute(pipeline, device)]
     if lora.count and lora.mode == "dynamic":
         log += [f"lora_dynamic: {d}" for d in set_dynamic_lora(pipeline, lora.loras, lora.allow_unmatched, lora.per_dit)]

@@ -182,10 +182,28 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
     # the weights (components built on meta) only matter when the activations alone fit
     counted = not loaded and available is not None and max(stages.values()) <= available
     comps = weight_bytes(mc, engine) if counted else {}
+    _stage_held(comps, stages, engine, decode, mc.tiny_vae is not None)
     host = HOST_FRAME_BYTES * pixels * num_frames if decode and device.type != "cpu" else 0
     return MemoryEstimate(str(device), sum(comps.values()), stages, available, host=host,
                           host_available=host_available_bytes() if host else None, components=comps,
                           weights_counted=counted or loaded)
+
+
+def _stage_held(comps: dict, stages: dict, engine: EngineConfig, decode: bool, tiny_vae: bool) -> None:
+    """Encoders that are not resident (lightx2v.runtime.engine.place_encoders): with `offload_encoders`
+    each is on the device only during its stage, so its weights join that stage's peak instead of the
+    resident weights; the text encoder on the CPU is not on the device at all. In place."""
+    if engine.text_encoder_device:
+        comps.pop("text_encoder", None)
+    if not engine.offload_encoders:
+        return
+    held = {n: comps.pop(n) for n in ("text_encoder", "clip", "vae", "tiny_vae") if n in comps}
+    if "text encoder" in stages:
+        stages["text encoder"] += held.get("text_encoder", 0)
+    if "image encoder" in stages:
+        stages["image encoder"] += held.get("vae", 0) + held.get("clip", 0)
+    if decode and "VAE decode" in stages:
+        stages["VAE decode"] += held.get("tiny_vae" if tiny_vae else "vae", 0)
 
 
 def check_memory(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, num_frames: int,

@@ -16,11 +16,14 @@ device; `prefetch=False` keeps one DiT on the device at every moment (the switch
 the whole copy: ~28 GB of bf16 14B weights take about 1 s over PCIe 5 at ~25 GB/s measured rates).
 
 Block and phase granularity (a 14B model on an 8 GB card) build on the same host copies and
-streams; this module is the model granularity.
+streams; this module is the model granularity. The same class keeps the encoders and the VAE in host
+memory with `offload_encoders` (`apply_encoder_offload`): without forward hooks, placed by the
+pipeline for the stage that uses each (`placed`), and sent back when the stage ends.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -30,7 +33,8 @@ from torch import nn
 class ModelOffload:
     """Keeps `models` (name -> DiT) in host memory and the one being run on `device`."""
 
-    def __init__(self, models: dict[str, nn.Module], device: torch.device, prefetch: bool = True) -> None:
+    def __init__(self, models: dict[str, nn.Module], device: torch.device, prefetch: bool = True,
+                 hooks: bool = True) -> None:
         self.device = device
         self.models = models
         self.use_prefetch = prefetch and device.type == "cuda"
@@ -46,7 +50,8 @@ class ModelOffload:
                 host[key] = cpu.pin_memory() if device.type == "cuda" else cpu
             self._host[name] = host
             self._assign(model, host)
-            model.register_forward_pre_hook(lambda module, args, name=name: self.activate(name))
+            if hooks:  # a DiT comes onto the device when called; encoders are placed by `placed` instead
+                model.register_forward_pre_hook(lambda module, args, name=name: self.activate(name))
 
     # -- moving ---------------------------------------------------------------------------------
     def activate(self, name: str) -> None:
@@ -85,6 +90,10 @@ class ModelOffload:
         for name in list(self.models):
             self._evict(name)
 
+    def release(self, name: str) -> None:
+        """Model `name` back in host memory (its device tensors dropped)."""
+        self._evict(name)
+
     def _evict(self, name: str) -> None:
         self._pending.pop(name, None)
         self._assign(self.models[name], self._host[name])
@@ -104,6 +113,40 @@ class ModelOffload:
 def _tensors(model: nn.Module):
     yield from model.named_parameters()
     yield from ((k, b) for k, b in model.named_buffers() if b is not None)
+
+
+ENCODER_COMPONENTS = ("text_encoder", "clip", "vae", "tiny_vae")
+
+
+def apply_encoder_offload(pipeline, device: torch.device, names=ENCODER_COMPONENTS) -> ModelOffload:
+    """The pipeline's encoders and VAEs (those it has) kept in host memory, stored as
+    `pipeline.encoder_offload`: the pipeline places one on the device for its stage
+    (`Pipeline.placed(name)`) and sends it back after, so they never sit beside the DiT."""
+    models = {n: pipeline.components[n] for n in names if pipeline.components.get(n) is not None}
+    pipeline.encoder_offload = ModelOffload(models, device, prefetch=False, hooks=False)
+    return pipeline.encoder_offload
+
+
+@contextmanager
+def placed(pipeline, *names: str):
+    """Within the block, the pipeline's components `names` are on the device when encoder offload keeps
+    them in host memory (`pipeline.encoder_offload`); after it they go back. No-op without it."""
+    off = getattr(pipeline, "encoder_offload", None)
+    names = tuple(n for n in names if off is not None and n in off.models)
+    for n in names:
+        off.activate(n) if len(names) == 1 else _bring(off, n)
+    try:
+        yield
+    finally:
+        for n in names:
+            off.release(n)
+
+
+def _bring(off: ModelOffload, name: str) -> None:
+    # several at once (an image stage needs the VAE and CLIP): `activate` would evict the others
+    tensors = {k: v.to(off.device, non_blocking=True) for k, v in off._host[name].items()}
+    off._assign(off.models[name], tensors)
+    off.moves += 1
 
 
 def apply_offload(pipeline, device: torch.device, prefetch: bool = True) -> ModelOffload:
