@@ -61,6 +61,7 @@ class LightX2V:
         quant_image_encoder: str | None = None,
         kernels: str = "torch",
         fuse_qkv: bool = False,
+        cache: str | Mapping[str, Any] | None = None,
         preset: str | None = None,
         tiny_vae: str | Path | None = None,
         tiny_vae_kind: str | None = None,
@@ -100,6 +101,10 @@ class LightX2V:
         `kernels`: the DiT blocks' elementwise ops: "torch" (the reference), "triton" (fused Triton
         kernels, CUDA), "auto" (triton on CUDA, else torch). `fuse_qkv`: self-attention q, k, v as one
         GEMM (same weights, viewed; skipped with offload, for quantized layers and dynamic LoRAs).
+        `cache`: a feature cache on the DiT's block stack (lightx2v.runtime.cache, docs/caching.md):
+        "teacache", "magcache", "firstblock", "taylorseer", or with options, "teacache:threshold=0.2" /
+        {"method": "teacache", "threshold": 0.2, "model": "t2v-14b"}; `result.stats` then counts the
+        forwards skipped (`model_calls_skipped`). Refused for step-distilled models (it saves nothing).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
         that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
@@ -114,7 +119,7 @@ class LightX2V:
                              lora_per_dit=expert_loras(lora_high, lora_low),
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
                              compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
-                             context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv,
+                             context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv, cache=cache,
                              quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
@@ -130,7 +135,10 @@ class LightX2V:
         (`make_engine`): what `from_pretrained` does after detection. The CLI detects first, checks
         the request against the detected config, and only then loads. The LoRAs are checked against
         the checkpoint and routed to their DiTs first (`resolve_engine_loras`)."""
+        from lightx2v.runtime.cache import check_cache
+
         check_task(mc, task)
+        check_cache(mc, engine.cache)  # a distilled model, coefficients the checkpoint does not determine
         engine = resolve_engine_loras(mc, engine)
         pipeline = mc.spec.pipeline().load(mc, engine, progress=progress)
         return cls(pipeline, mc, engine)
@@ -216,7 +224,8 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 cfg_mode: str = "sequential", offload: str | None = None,
                 vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
                 fuse_qkv: bool = False, quant_text_encoder: str | None = None,
-                quant_image_encoder: str | None = None) -> EngineConfig:
+                quant_image_encoder: str | None = None,
+                cache: str | Mapping[str, Any] | None = None) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend and the
     kernels run here.
@@ -228,7 +237,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     per_dit = {k: _pairs(v) for k, v in (lora_per_dit or {}).items()}
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
-                          context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv,
+                          context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv, cache=cache,
                           quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
                           lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,
                                           per_dit=per_dit))
