@@ -63,7 +63,7 @@ class GenerationResult:
     stats: counters of the run: `model_calls` (DiT forwards run; a batched CFG pair counts as one
     forward of batch 2), `model_samples` (samples through the DiT); with a feature cache
     (lightx2v.runtime.cache) `model_calls` counts the forwards whose block stack ran,
-    `model_calls_skipped` those answered from the cache, `cache_decide_s` the seconds deciding."""
+    `model_calls_skipped` those answered from the cache (and timings["cache_decide"] the seconds deciding)."""
 
     frames: Any = None
     path: Optional[str] = None

@@ -404,7 +404,7 @@ class WanPipeline:
         from lightx2v.runtime.cache import cache_stats
 
         dits = [self.components[n] for n in self.transformer_names if self.components.get(n) is not None]
-        result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=cache_stats(dits, counter.stats()))
+        result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=cache_stats(dits, counter.stats(), timings))
         if p.output_type == "latent":
             timings["total"] = self._lap(t0)
             return result

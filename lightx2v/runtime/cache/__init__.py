@@ -99,12 +99,14 @@ def reset_caches(models: Iterable) -> None:
         r.reset()
 
 
-def cache_stats(models: Iterable, stats: dict) -> dict:
+def cache_stats(models: Iterable, stats: dict, timings: Optional[dict] = None) -> dict:
     """`stats` (the loop's Counter) with the cache's counts: model_calls becomes the forwards whose
-    block stack ran, model_calls_skipped the ones answered from the cache (unchanged without a cache)."""
+    block stack ran, model_calls_skipped the ones answered from the cache (unchanged without a cache);
+    `timings["cache_decide"]`: the seconds the decisions took (within the denoise time)."""
     rs = runners(models)
     if not rs:
         return stats
     skipped = sum(r.skipped for r in rs)
-    return {**stats, "model_calls": stats["model_calls"] - skipped, "model_calls_skipped": skipped,
-            "cache_decide_s": round(sum(r.decide_s for r in rs), 6)}
+    if timings is not None:
+        timings["cache_decide"] = sum(r.decide_s for r in rs)
+    return {**stats, "model_calls": stats["model_calls"] - skipped, "model_calls_skipped": skipped}
