@@ -67,6 +67,7 @@ class LightX2V:
         fuse_qkv: bool = False,
         offload_encoders: bool = False,
         text_encoder_device: str | None = None,
+        cache: str | Mapping[str, Any] | None = None,
         preset: str | None = None,
         tiny_vae: str | Path | None = None,
         tiny_vae_kind: str | None = None,
@@ -116,6 +117,10 @@ class LightX2V:
         `offload_encoders`: the text encoder, the image encoder and the VAE stay in host memory and are put
         on the device only while their stage runs (with block offload: a 14B model on a small GPU).
         `text_encoder_device="cpu"`: the text encoder runs on the CPU (never on the GPU; slower encode).
+        `cache`: a feature cache on the DiT's block stack (lightx2v.runtime.cache, docs/caching.md):
+        "teacache", "magcache", "firstblock", "taylorseer", or with options, "teacache:threshold=0.2" /
+        {"method": "teacache", "threshold": 0.2, "model": "t2v-14b"}; `result.stats` then counts the
+        forwards skipped (`model_calls_skipped`). Refused for step-distilled models (it saves nothing).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
         that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
@@ -133,7 +138,8 @@ class LightX2V:
                              lazy_load=lazy_load, num_disk_workers=num_disk_workers, vae_dtype=vae_dtype,
                              context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv,
                              quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
-                             offload_encoders=offload_encoders, text_encoder_device=text_encoder_device)
+                             offload_encoders=offload_encoders, text_encoder_device=text_encoder_device,
+                             cache=cache)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -148,7 +154,10 @@ class LightX2V:
         (`make_engine`): what `from_pretrained` does after detection. The CLI detects first, checks
         the request against the detected config, and only then loads. The LoRAs are checked against
         the checkpoint and routed to their DiTs first (`resolve_engine_loras`)."""
+        from lightx2v.runtime.cache import check_cache
+
         check_task(mc, task)
+        check_cache(mc, engine.cache)  # a distilled model, coefficients the checkpoint does not determine
         engine = resolve_engine_loras(mc, engine)
         pipeline = mc.spec.pipeline().load(mc, engine, progress=progress)
         return cls(pipeline, mc, engine)
@@ -236,7 +245,8 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 num_disk_workers: int | None = None, vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
                 fuse_qkv: bool = False, quant_text_encoder: str | None = None,
                 quant_image_encoder: str | None = None, offload_encoders: bool = False,
-                text_encoder_device: str | None = None) -> EngineConfig:
+                text_encoder_device: str | None = None,
+                cache: str | Mapping[str, Any] | None = None) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend and the
     kernels run here.
@@ -255,7 +265,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                                 lazy_load=bool(lazy_load), num_disk_workers=2 if num_disk_workers is None else num_disk_workers)
     engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
-                          context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv,
+                          context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv, cache=cache,
                           quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
                           offload_encoders=bool(offload_encoders), text_encoder_device=text_encoder_device,
                           lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,

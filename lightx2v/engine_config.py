@@ -6,6 +6,7 @@ point (DESIGN principle 6); environment variables are never read here.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
@@ -129,6 +130,113 @@ class OffloadConfig:
 OFFLOAD_GRANULARITIES = (None, "model", "block", "phase")
 
 
+# ---- feature cache (lightx2v.runtime.cache) --------------------------------------------------------
+CACHE_METHODS = ("teacache", "magcache", "firstblock", "taylorseer")
+# the options each method reads (None: the method's default for the model, docs/caching.md)
+CACHE_OPTIONS = {
+    "teacache": ("threshold", "model", "ret_steps"),
+    "magcache": ("threshold", "model", "max_skips", "retention"),
+    "firstblock": ("threshold",),
+    "taylorseer": ("interval", "warmup", "order"),
+}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The feature cache: per step and CFG branch, run the DiT's block stack or reuse (forecast) its
+    stored output (lightx2v.runtime.cache; docs/caching.md). method None: off. `threshold` 0 runs every
+    forward; `model` names the published coefficient set (t2v-1.3b, t2v-14b, i2v-480p, i2v-720p; None:
+    from the checkpoint); `ret_steps` (teacache: the retention-steps variant on the time projection);
+    `max_skips` / `retention` (magcache's K and retention ratio); `interval` / `warmup` / `order`
+    (taylorseer). Also given as "teacache" or "teacache:threshold=0.2,model=t2v-14b" (`parse`)."""
+
+    method: Optional[str] = None
+    threshold: Optional[float] = None
+    model: Optional[str] = None
+    ret_steps: Optional[bool] = None
+    max_skips: Optional[int] = None
+    retention: Optional[float] = None
+    interval: Optional[int] = None
+    warmup: Optional[int] = None
+    order: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            given = [k for k in _CACHE_FIELDS if getattr(self, k) is not None]
+            if given:
+                raise InputError(f"cache options {', '.join(given)} are given without a cache method; "
+                                 f"expected one of {', '.join(CACHE_METHODS)}", field="cache")
+            return
+        if self.method not in CACHE_METHODS:
+            raise InputError(f"cache method must be one of {', '.join(CACHE_METHODS)}, got {self.method!r}",
+                             field="cache")
+        allowed = CACHE_OPTIONS[self.method]
+        wrong = [k for k in _CACHE_FIELDS if getattr(self, k) is not None and k not in allowed]
+        if wrong:
+            raise InputError(f"cache {self.method} takes {', '.join(allowed)}; got {', '.join(wrong)}", field="cache")
+        for name, low, kind in (("threshold", 0.0, float), ("retention", 0.0, float), ("max_skips", 0, int),
+                                ("interval", 1, int), ("warmup", 0, int), ("order", 1, int)):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and (kind is float or float(v).is_integer())
+            if not ok or not math.isfinite(v) or v < low:
+                raise InputError(f"cache {name} must be {'an integer' if kind is int else 'a number'} >= {low:g}, "
+                                 f"got {v!r}", field="cache")
+            object.__setattr__(self, name, kind(v))
+        if self.retention is not None and self.retention > 1:
+            raise InputError(f"cache retention is a fraction of the steps, 0 to 1; got {self.retention!r}", field="cache")
+        if self.order is not None and self.order > 2:
+            raise InputError(f"cache order (taylorseer) must be 1 or 2, got {self.order!r}", field="cache")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method is not None
+
+    @classmethod
+    def parse(cls, value) -> "CacheConfig":
+        """None | "teacache" | "teacache:threshold=0.2,model=t2v-14b" | {"method": ..., ...} | CacheConfig."""
+        if value is None or isinstance(value, CacheConfig):
+            return value or cls()
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - {"method", *_CACHE_FIELDS})
+            if unknown:
+                raise InputError(f"cache: unknown option(s) {', '.join(unknown)}; expected method and "
+                                 f"{', '.join(_CACHE_FIELDS)}", field="cache")
+            return cls(**dict(value))
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"cache must be a method name ({', '.join(CACHE_METHODS)}), 'METHOD:key=value,...' "
+                             f"or a mapping; got {value!r}", field="cache")
+        method, _, rest = value.strip().partition(":")
+        opts: dict = {"method": method.strip()}
+        for part in filter(None, (p.strip() for p in rest.split(","))):
+            key, sep, text = part.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in _CACHE_FIELDS:
+                raise InputError(f"cache {value!r}: expected METHOD[:key=value,...] with keys among "
+                                 f"{', '.join(_CACHE_FIELDS)}; got {part!r}", field="cache")
+            opts[key] = _cache_value(key, text.strip(), value)
+        return cls(**opts)
+
+
+_CACHE_FIELDS = ("threshold", "model", "ret_steps", "max_skips", "retention", "interval", "warmup", "order")
+
+
+def _cache_value(key: str, text: str, whole: str):
+    if key == "model":
+        return text
+    if key == "ret_steps":
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise InputError(f"cache {whole!r}: ret_steps must be true or false, got {text!r}", field="cache")
+    try:
+        return float(text) if key in ("threshold", "retention") else int(text)
+    except ValueError:
+        raise InputError(f"cache {whole!r}: {key} must be a number, got {text!r}", field="cache") from None
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How to run: where, in which precision, and every transform (lightx2v.runtime.engine applies
@@ -174,9 +282,12 @@ class EngineConfig:
     offload_encoders: bool = False
     # where the text encoder runs: None (the engine's device) or "cpu" (umt5-xxl never on the GPU)
     text_encoder_device: Optional[str] = None
+    # the feature cache (lightx2v.runtime.cache): off, or a method and its options (CacheConfig.parse's forms)
+    cache: CacheConfig = field(default_factory=CacheConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))
+        object.__setattr__(self, "cache", CacheConfig.parse(self.cache))
         if isinstance(self.vae_dtype, str):
             object.__setattr__(self, "vae_dtype", parse_dtype(self.vae_dtype))
         if self.offload is None or isinstance(self.offload, str):  # shorthand: offload="model"

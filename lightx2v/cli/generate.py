@@ -31,6 +31,7 @@ FLAGS = {
     "offload": "--offload", "offload_buffers": "--offload-buffers", "offload_encoders": "--offload-encoders",
     "text_encoder_device": "--text-encoder-device",
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
+    "cache": "--cache",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low")
@@ -134,6 +135,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-dtype", default=None, choices=("fp32", "bf16", "fp16"),
                    help="VAE precision (default: fp32, as the references; bf16: 480P x 81 frames decode in 1.79 s "
                         "instead of 2.71 s on an H200, relative error 1.5e-2)")
+    p.add_argument("--cache", default=None, metavar="METHOD[:KEY=VALUE,...]",
+                   help="feature cache on the DiT's block stack, skipping forwards whose output barely changes: "
+                        "teacache, magcache (Wan2.1, published per-model numbers; model=t2v-1.3b|t2v-14b|i2v-480p|"
+                        "i2v-720p), firstblock, taylorseer; options such as teacache:threshold=0.2 or "
+                        "taylorseer:interval=4,order=2 (docs/caching.md). Not for step-distilled models")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--force", action="store_true",
@@ -253,6 +259,7 @@ def _run(args: argparse.Namespace) -> int:
     from lightx2v.loading.hub import resolve_model_path
     from lightx2v.loading.lora import parse_lora_spec
     from lightx2v.pipelines.request import prepare_request
+    from lightx2v.runtime.cache import check_cache
     from lightx2v.runtime.memory import check_memory
 
     params = _request(args)
@@ -267,11 +274,12 @@ def _run(args: argparse.Namespace) -> int:
                          vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
                          fuse_qkv=args.fuse_qkv, offload_encoders=args.offload_encoders,
                          text_encoder_device=args.text_encoder_device, quant_text_encoder=args.quant_text_encoder,
-                         quant_image_encoder=args.quant_image_encoder)
+                         quant_image_encoder=args.quant_image_encoder, cache=args.cache)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)
     check_task(mc, args.task)
+    check_cache(mc, engine.cache)  # coefficients for this checkpoint, not a distilled model: before loading
     mc = with_tiny_vae(mc, args.tiny_vae, args.tiny_vae_kind)  # the file checked before any weight is read
     engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
@@ -286,6 +294,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     t = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"wrote {result.path} (seed {result.seed}; {t})", file=sys.stderr)
+    print(forwards_line(result.stats), file=sys.stderr)
     print(result.path)
     return 0
 
@@ -310,6 +319,8 @@ def summary_line(mc, engine, p) -> str:
         from lightx2v.ops.fused import resolve_fused
 
         opts.append(f"kernels {resolve_fused(engine.kernels, engine.torch_device(), engine.dtype).name}")
+    if engine.cache.enabled:
+        opts.append(f"cache {engine.cache.method}")
     if engine.compile.enabled:
         opts.append("compile")
     if engine.offload.granularity is not None:
@@ -325,6 +336,14 @@ def summary_line(mc, engine, p) -> str:
     return (f"lightx2v: {mc.spec.title} {mc.task} {size} ({mc.layout}) on {engine.device}, {dtype}, {', '.join(opts)}; "
             f"{p.width}x{p.height}, {p.num_frames} frames, {p.num_inference_steps} steps, {p.solver}, "
             f"guidance {p.guidance_scale:g}, shift {p.shift:g}")
+
+
+def forwards_line(stats: dict) -> str:
+    """What the DiT did: 'DiT forwards: 62 run, 38 skipped by the cache' (without a cache: the count run)."""
+    line = f"DiT forwards: {stats.get('model_calls', 0)} run"
+    if "model_calls_skipped" in stats:
+        line += f", {stats['model_calls_skipped']} skipped by the cache"
+    return line
 
 
 def result_json(result, p) -> dict:

@@ -61,7 +61,9 @@ class GenerationResult:
     """frames: float32 [F, H, W, 3] in [0, 1] (None for output_type 'latent'); path: the file written.
 
     stats: counters of the run: `model_calls` (DiT forwards run; a batched CFG pair counts as one
-    forward of batch 2), `model_samples` (samples through the DiT), more as transforms land."""
+    forward of batch 2), `model_samples` (samples through the DiT); with a feature cache
+    (lightx2v.runtime.cache) `model_calls` counts the forwards whose block stack ran,
+    `model_calls_skipped` those answered from the cache (and timings["cache_decide"] the seconds deciding)."""
 
     frames: Any = None
     path: Optional[str] = None

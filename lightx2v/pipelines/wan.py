@@ -289,7 +289,11 @@ class WanPipeline:
             from lightx2v.models.wan.dit import token_timesteps
 
             t = token_timesteps(t, dit.token_grid(x.shape[2:]), clean_frames=c.clean_frames)
-        return dit(x.to(dtype), t, c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
+        dit.step_context = ctx  # what a cache on the block stack decides from (lightx2v.runtime.cache)
+        try:
+            return dit(x.to(dtype), t, c.context.to(dtype), clip_fea=cast(c.clip_fea), y=cast(c.y))
+        finally:
+            dit.step_context = None
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, on_chunk: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
@@ -350,16 +354,19 @@ class WanPipeline:
     def __call__(self, params: SamplingParams) -> GenerationResult:
         from lightx2v.pipelines.request import prepare_request
 
+        from lightx2v.runtime.cache import reset_caches
         from lightx2v.runtime.context_kv import reset_context_kv
 
         p = prepare_request(self.model_config, params)
         with self.lock:  # one generation at a time: a shared pipeline serializes
             dits = [self.components[n] for n in self.transformer_names if self.components.get(n) is not None]
             reset_context_kv(dits)  # K/V of the last generation's context (or LoRA) are never reused
+            reset_caches(dits)  # nor a feature cache's residuals
             try:
                 return self._run(p)
             finally:
                 reset_context_kv(dits)  # and not kept after it (memory)
+                reset_caches(dits)
 
     def _run(self, p: SamplingParams) -> GenerationResult:
         from lightx2v.pipelines.base import Counter
@@ -403,7 +410,10 @@ class WanPipeline:
                               after_step=self.after_step(sched, rule, fix), callback=p.callback,
                               progress=self.progress)
         timings["denoise"] = self._lap(t1)
-        result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=counter.stats())
+        from lightx2v.runtime.cache import cache_stats
+
+        dits = [self.components[n] for n in self.transformer_names if self.components.get(n) is not None]
+        result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=cache_stats(dits, counter.stats(), timings))
         if p.output_type == "latent":
             timings["total"] = self._lap(t0)
             return result

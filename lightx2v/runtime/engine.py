@@ -26,7 +26,9 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
     8. context_kv      each DiT keeps its cross-attention K/V for a generation (they depend on the
                        context only; lightx2v.runtime.context_kv); before compile, outside the blocks
     9. parallel        (several GPUs; joins here: it wraps the block stack, under the cache)
-   10. cache           (TeaCache ...; joins here: wraps `run_blocks`, reads the step context)
+   10. cache           TeaCache, MagCache, first-block, TaylorSeer (lightx2v.runtime.cache): a runner in
+                       the DiT's `block_runner` seat around `run_blocks`, deciding from the step
+                       context per step and CFG branch; outside the blocks, so before compile
    11. compile         last: it traces what every other transform put in place (block offload's
                        bookkeeping runs in run_blocks, outside the compiled blocks; phase offload's
                        inside them: refused together, by EngineConfig)
@@ -378,6 +380,10 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
 
         kept = apply_context_kv(_transformers(pipeline))
         log += [f"context_kv: {name}, cross-attention K/V once per generation" for name in kept]
+    if engine.cache.enabled:
+        from lightx2v.runtime.cache import apply_cache
+
+        log += [f"cache: {d}" for d in apply_cache(pipeline, engine.cache)]
     if engine.compile.enabled:
         for name, model in _transformers(pipeline):
             log.append(f"compile: {name}, {compile_blocks(model, engine.compile)} blocks ({engine.compile.backend})")

@@ -111,6 +111,12 @@ class WanModel(nn.Module):
         # called around each block by run_blocks, outside the (compiled) block: None, or an object with
         # before_block(i) / after_block(i) (block offload, lightx2v.runtime.block_offload)
         self.block_hooks = None
+        # the block stack's stand-in (lightx2v.runtime.cache): None runs `run_blocks`; else an object called as
+        # runner(model, x, **kw) with run_blocks' arguments plus `e`, which calls run_blocks itself when it runs
+        self.block_runner = None
+        # the loop's StepContext of the call being made (set by the pipeline's model function; read by a
+        # block_runner to decide per step and CFG branch); None outside a denoising loop
+        self.step_context = None
 
     def rope(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
         """RoPE (cos, sin) [L, 1, head_dim/2, 2] fp32 for a token grid (cached)."""
@@ -226,7 +232,8 @@ class WanModel(nn.Module):
         # output would carry into every elementwise op of every block (slow, non-vectorized kernels)
         x = x.flatten(2).transpose(1, 2).contiguous().float()
         e, e0 = self.embed_time(t)
-        x = self.run_blocks(x, e0=e0, kv=self.cross_kv(context, clip_fea), rope=self.rope(grid, x.device))
+        kw = dict(e=e, e0=e0, kv=self.cross_kv(context, clip_fea), rope=self.rope(grid, x.device))
+        x = self.run_blocks(x, **kw) if self.block_runner is None else self.block_runner(self, x, **kw)
         x = self.head(x, e)  # [B, L, prod(patch) * out_dim]
         return self.unpatchify(x, grid).float()
 
@@ -250,11 +257,14 @@ class WanModel(nn.Module):
         """The block stack: x [B, L, C] fp32 -> [B, L, C] fp32. The one boundary a cache or a parallel
         transform wraps (lightx2v.runtime): forward = embed -> run_blocks -> head. `kw`: e0 [B, 1 | L, 6, C]
         (per sample, or per token: a sequence-parallel split cuts its token dim with x's), kv (one
-        tuple per block, in order: its cross-attention K/V [B, Lc, H, D], `cross_kv`), rope [L, 1, D/2, 2].
-        `block_hooks` (when set) run around each block, outside it: a compiled block never sees them."""
+        tuple per block run, in order: its cross-attention K/V [B, Lc, H, D], `cross_kv`), rope [L, 1, D/2, 2],
+        e [B, 1 | L, C] (the time embedding: not read by the blocks; a cache's indicator). `blocks`: the
+        range of blocks to run (a first-block cache runs block 0, then the rest). `block_hooks` (when set)
+        run around each block, outside it: a compiled block never sees them."""
         hooks = self.block_hooks
         kvs = iter(kw["kv"])
-        for i, block in enumerate(self.blocks):
+        for i in range(len(self.blocks))[kw.get("blocks", slice(None))]:
+            block = self.blocks[i]
             if hooks is not None:
                 hooks.before_block(i)
             kv = next(kvs)  # after the hook: K/V made now use the block's weights
