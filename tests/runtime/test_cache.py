@@ -305,6 +305,16 @@ def test_with_quantization(tiny_official_dir):
     assert qc.stats["model_calls"] == 2 and qc.stats["model_calls_skipped"] == 6
 
 
+@pytest.mark.parametrize("cache", ["firstblock:threshold=1e9", "taylorseer"])
+def test_with_block_offload(tiny_official_dir, shared, cache):
+    # the skipped blocks are not fetched; the runs between skips find their blocks as without offload
+    ref = _gen(_with(shared, cache), steps=4)
+    pipe = _load(tiny_official_dir, offload="block", cache=cache)
+    out = _gen(pipe, steps=4)
+    assert out.stats == ref.stats
+    torch.testing.assert_close(out.latents, ref.latents, rtol=0, atol=0)
+
+
 def test_with_dynamic_lora(tiny_official_dir, shared, tmp_path):
     from tests.quant.test_quant_lora import _write_lora
 
