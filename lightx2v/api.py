@@ -68,6 +68,8 @@ class LightX2V:
         offload_encoders: bool = False,
         text_encoder_device: str | None = None,
         cache: str | Mapping[str, Any] | None = None,
+        max_vram: str | int | None = None,
+        max_ram: str | int | None = None,
         preset: str | None = None,
         tiny_vae: str | Path | None = None,
         tiny_vae_kind: str | None = None,
@@ -121,6 +123,10 @@ class LightX2V:
         "teacache", "magcache", "firstblock", "taylorseer", or with options, "teacache:threshold=0.2" /
         {"method": "teacache", "threshold": 0.2, "model": "t2v-14b"}; `result.stats` then counts the
         forwards skipped (`model_calls_skipped`). Refused for step-distilled models (it saves nothing).
+        `max_vram="8GB"` (and `max_ram="32GB"`): the memory planner (lightx2v.runtime.planner) picks
+        encoder offload, block / phase offload, VAE tiling, the text encoder's device and lazy loading,
+        fastest first, so that a 480P-class request fits; it keeps the precision asked for, logs its
+        choice and expected peak (`engine_log`, first line), and refuses when nothing fits.
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
         that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
@@ -145,7 +151,11 @@ class LightX2V:
         check_lora_files(engine)
         mc = detect(root, dit_path=dit_path, preset=preset, hints=engine.lora.paths, dit_path_2=dit_path_2)
         mc = with_tiny_vae(mc, tiny_vae, tiny_vae_kind)
-        return cls.from_model_config(mc, engine, task=task, progress=progress)
+        engine, plan = planned(mc, engine, max_vram, max_ram)
+        pipe = cls.from_model_config(mc, engine, task=task, progress=progress)
+        if plan is not None:
+            pipe.pipeline.engine_log.insert(0, plan.describe())
+        return pipe
 
     @classmethod
     def from_model_config(cls, mc: ModelConfig, engine: EngineConfig, *, task: str | None = None,
@@ -233,6 +243,19 @@ class LightX2V:
         """Generate from a whole request: a `SamplingParams`, or its JSON form (`SamplingParams.to_dict`)."""
         params = request if isinstance(request, SamplingParams) else SamplingParams.from_dict(request)
         return self.pipeline(params)
+
+
+def planned(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram, **size):
+    """(engine, plan): the memory planner's engine for `max_vram` / `max_ram` (None, None: as given),
+    for a request of `size` (height, width, num_frames, guidance_scale; default: a 480P-class one)."""
+    if max_vram is None:
+        if max_ram is not None:
+            raise InputError("max_ram is planned together with max_vram (the GPU budget); give both", field="max_ram")
+        return engine, None
+    from lightx2v.runtime.planner import plan_memory
+
+    plan = plan_memory(mc, engine, max_vram, max_ram, **size)
+    return plan.engine, plan
 
 
 def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat16,

@@ -29,7 +29,7 @@ FLAGS = {
     "output_type": "--output", "crf": "--crf", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
     "lora_low": "--lora-low", "latents": "latents", "tiny_vae": "--tiny-vae", "tiny_vae_kind": "--tiny-vae-kind",
     "offload": "--offload", "offload_buffers": "--offload-buffers", "offload_encoders": "--offload-encoders",
-    "text_encoder_device": "--text-encoder-device",
+    "text_encoder_device": "--text-encoder-device", "max_vram": "--max-vram", "max_ram": "--max-ram",
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
     "cache": "--cache",
 }
@@ -110,6 +110,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "keep the DiTs' blocks in pinned host memory and run them one block (or one phase: "
                         "self-attention, cross-attention, FFN) at a time through a few reused GPU buffers, the next "
                         "copied while the current one computes (a 14B DiT in a few GB; phase: not with --compile)")
+    p.add_argument("--max-vram", default=None, metavar="SIZE",
+                   help="plan offload / tiling / encoder placement to fit this GPU budget, e.g. 8GB (prints its choice)")
+    p.add_argument("--max-ram", default=None, metavar="SIZE",
+                   help="with --max-vram: the host memory budget (adds lazy loading when the offloaded weights exceed it)")
     p.add_argument("--offload-encoders", action="store_true",
                    help="keep the text encoder, image encoder and VAE in host memory, each on the GPU only while it runs")
     p.add_argument("--text-encoder-device", default=None, choices=("cpu",),
@@ -253,7 +257,8 @@ def _run(args: argparse.Namespace) -> int:
         if value is None:
             raise InputError(f"{flag} is required (on the command line or as {flag[2:].replace('-', '_')!r} in --config)")
     from lightx2v.api import (
-        LightX2V, check_lora_files, check_task, expert_loras, make_engine, resolve_engine_loras, with_tiny_vae,
+        LightX2V, check_lora_files, check_task, expert_loras, make_engine, planned, resolve_engine_loras,
+        with_tiny_vae,
     )
     from lightx2v.loading.detect import detect
     from lightx2v.loading.hub import resolve_model_path
@@ -283,6 +288,10 @@ def _run(args: argparse.Namespace) -> int:
     mc = with_tiny_vae(mc, args.tiny_vae, args.tiny_vae_kind)  # the file checked before any weight is read
     engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
+    engine, plan = planned(mc, engine, args.max_vram, args.max_ram, height=filled.height, width=filled.width,
+                           num_frames=filled.num_frames, guidance_scale=filled.guidance_scale)
+    if plan is not None and not args.quiet:
+        print(plan.describe(), file=sys.stderr)
     check_memory(mc, engine, height=filled.height, width=filled.width, num_frames=filled.num_frames,
                  guidance_scale=filled.guidance_scale)  # the weights + the largest stage against this device
     if not args.quiet:

@@ -153,8 +153,10 @@ class MemoryEstimate:
 
 
 def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, num_frames: int,
-             guidance_scale: float | None = None, decode: bool = True, loaded: bool = False) -> MemoryEstimate:
-    """What a request needs (see the module docstring); `loaded`: the weights are already in place."""
+             guidance_scale: float | None = None, decode: bool = True, loaded: bool = False,
+             budget: int | None = None) -> MemoryEstimate:
+    """What a request needs (see the module docstring); `loaded`: the weights are already in place;
+    `budget`: the bytes the device is taken to have (the planner's max_vram) instead of what it has free."""
     device = engine.torch_device()
     profile_of = mc.spec.memory
     if profile_of is None:
@@ -178,7 +180,7 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
     if decode:
         stages["VAE decode"] = video
     stages = {k: int(LOWER_BOUND * v) for k, v in stages.items()}
-    available = available_bytes(device, loaded=loaded)
+    available = available_bytes(device, loaded=loaded) if budget is None else budget
     # the weights (components built on meta) only matter when the activations alone fit
     counted = not loaded and available is not None and max(stages.values()) <= available
     comps = weight_bytes(mc, engine) if counted else {}
