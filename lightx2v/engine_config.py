@@ -147,6 +147,11 @@ class EngineConfig:
     # self-attention q, k, v as one GEMM (lightx2v.runtime.fuse; views, no second copy of the
     # weights); off by default: no gain measured at Wan 14B on the H200 (docs/benchmarks.md)
     fuse_qkv: bool = False
+    # the VAE's decode and encode in overlapping spatial tiles of vae_tile_size pixels (overlap a
+    # quarter of it: 256 / 64 as diffusers), blended linearly: the VAE's memory bounded by the tile,
+    # not the frame (lightx2v.models.wan.vae_tiling); a frame that fits in one tile is not tiled
+    vae_tiling: bool = False
+    vae_tile_size: int = 256
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))
@@ -163,6 +168,10 @@ class EngineConfig:
             raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
         if self.kernels not in ("torch", "triton", "auto"):
             raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")
+        size = self.vae_tile_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 128 or size % 64:
+            raise InputError(f"vae_tile_size must be a multiple of 64 pixels from 128 (the overlap, a quarter, "
+                             f"is then whole latent pixels of either Wan VAE), got {size!r}", field="vae_tile_size")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)
