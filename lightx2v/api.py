@@ -61,6 +61,8 @@ class LightX2V:
         quant_image_encoder: str | None = None,
         kernels: str = "torch",
         fuse_qkv: bool = False,
+        vae_tiling: bool = False,
+        vae_tile_size: int = 256,
         preset: str | None = None,
         cache_dir: str | Path | None = None,
         revision: str | None = None,
@@ -98,6 +100,9 @@ class LightX2V:
         `kernels`: the DiT blocks' elementwise ops: "torch" (the reference), "triton" (fused Triton
         kernels, CUDA), "auto" (triton on CUDA, else torch). `fuse_qkv`: self-attention q, k, v as one
         GEMM (same weights, viewed; skipped with offload, for quantized layers and dynamic LoRAs).
+        `vae_tiling`: the VAE decodes and encodes in overlapping tiles of `vae_tile_size` pixels
+        (overlap a quarter; a multiple of 64 from 128), blended: its memory bounded by the tile, not
+        the frame, at a small difference from the whole-frame decode (docs/architecture.md).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
         `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
@@ -110,7 +115,8 @@ class LightX2V:
                              lora_mode=lora_mode, lora_allow_unmatched=lora_allow_unmatched,
                              compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
                              context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv,
-                             quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder)
+                             quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
+                             vae_tiling=vae_tiling, vae_tile_size=vae_tile_size)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -210,7 +216,8 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 cfg_mode: str = "sequential", offload: str | None = None,
                 vae_dtype: torch.dtype | str | None = None, context_kv: bool = True, kernels: str = "torch",
                 fuse_qkv: bool = False, quant_text_encoder: str | None = None,
-                quant_image_encoder: str | None = None) -> EngineConfig:
+                quant_image_encoder: str | None = None, vae_tiling: bool = False,
+                vae_tile_size: int = 256) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend and the
     kernels run here.
@@ -224,6 +231,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
                           context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv,
                           quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
+                          vae_tiling=bool(vae_tiling), vae_tile_size=vae_tile_size,
                           lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,
                                           per_dit=per_dit))
     for field, scheme in (("quant", engine.quant.scheme), ("quant_text_encoder", engine.quant_text_encoder),

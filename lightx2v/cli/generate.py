@@ -27,7 +27,7 @@ FLAGS = {
     "num_inference_steps": "--steps", "guidance_scale": "--guidance", "guidance_scale_2": "--guidance-2",
     "shift": "--shift", "solver": "--solver", "seed": "--seed", "fps": "--fps", "output_path": "--output",
     "output_type": "--output", "crf": "--crf", "task": "--task", "lora": "--lora", "lora_high": "--lora-high",
-    "lora_low": "--lora-low", "latents": "latents",
+    "lora_low": "--lora-low", "latents": "latents", "vae_tile_size": "--vae-tile-size",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low")
@@ -109,6 +109,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-dtype", default=None, choices=("fp32", "bf16", "fp16"),
                    help="VAE precision (default: fp32, as the references; bf16: 480P x 81 frames decode in 1.79 s "
                         "instead of 2.71 s on an H200, relative error 1.5e-2)")
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="VAE decode and encode in overlapping tiles of --vae-tile-size pixels, blended: the VAE's "
+                        "memory bounded by the tile, not the frame (720P on small GPUs); the mp4 is then encoded "
+                        "after the decode")
+    p.add_argument("--vae-tile-size", type=int, default=None, metavar="PX",
+                   help="side of a VAE tile in pixels, a multiple of 64 from 128, overlapping by a quarter "
+                        "(default 256: overlap 64, as diffusers); implies --vae-tiling")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--force", action="store_true",
@@ -237,7 +244,9 @@ def _run(args: argparse.Namespace) -> int:
                          lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
                          vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
                          fuse_qkv=args.fuse_qkv, quant_text_encoder=args.quant_text_encoder,
-                         quant_image_encoder=args.quant_image_encoder)
+                         quant_image_encoder=args.quant_image_encoder,
+                         vae_tiling=args.vae_tiling or args.vae_tile_size is not None,
+                         vae_tile_size=256 if args.vae_tile_size is None else args.vae_tile_size)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)

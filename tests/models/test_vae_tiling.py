@@ -281,3 +281,61 @@ def test_compiled_decoder_compiles_once_for_tiles_of_one_size():
     eager = _vae().set_tiling(SMALL)
     torch.testing.assert_close(ref, eager.decode(_z(16, 1, 4, 4)), rtol=0, atol=1e-5)
     torch.testing.assert_close(tiled, eager.decode(_z(16, 1, 7, 7)), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the engine step, the API, the CLI
+
+
+def test_engine_tiles_the_vae_and_the_streamed_save_gets_every_frame(tiny_official_dir, tmp_path):
+    from lightx2v import LightX2V
+    from lightx2v.io.video import probe_mp4
+
+    pipe = LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype="fp32", vae_tiling=True,
+                                    vae_tile_size=128, progress=False)
+    vae = pipe.pipeline.vae
+    assert vae.tiling == VAETiling(128, 32)
+    assert "vae: tiled decode/encode, tile 128 px, overlap 32 px" in pipe.pipeline.engine_log
+    vae.set_tiling(SMALL)  # small tiles, so that a small (fast) frame is tiled
+    kw = dict(prompt="a red fox in the snow", height=48, width=64, num_frames=5, num_inference_steps=2, seed=3)
+    calls = _count(vae, "_decode_one")
+    tiled = pipe.generate(**kw, output_type="np")
+    assert len(calls) == 6 * 2  # 6x8 latent pixels in 4-pixel tiles: 2x3 tiles, 2 latent frames each
+    out = tmp_path / "fox.mp4"
+    streamed = pipe.generate(**kw, output_path=str(out))  # mp4: the decode's chunks go to the encoder
+    assert probe_mp4(out)["frames"] == 5 and streamed.frames.shape == tiled.frames.shape == (5, 48, 64, 3)
+    assert (streamed.frames == tiled.frames).all()
+    vae.set_tiling(None)
+    whole = pipe.generate(**kw, output_type="np")
+    assert torch.equal(whole.latents, tiled.latents)  # only the decode differs
+    assert not (whole.frames == tiled.frames).all()
+
+
+def test_cli_flags_reach_the_engine(tiny_official_dir, tmp_path, monkeypatch, capsys):
+    from lightx2v.api import LightX2V
+    from lightx2v.cli.main import main
+    from tests.cli.test_cli import _gen
+
+    seen = []
+
+    def stop(cls, mc, engine, **kw):
+        seen.append((engine.vae_tiling, engine.vae_tile_size))
+        raise InputError("stopped before loading")
+
+    monkeypatch.setattr(LightX2V, "from_model_config", classmethod(stop))
+    for flags in ([], ["--vae-tiling"], ["--vae-tile-size", "192"]):
+        assert main(_gen(tiny_official_dir, tmp_path / "v.mp4", *flags)) == 2
+    assert seen == [(False, 256), (True, 256), (True, 192)]
+    capsys.readouterr()
+    assert main(_gen(tiny_official_dir, tmp_path / "v.mp4", "--vae-tile-size", "100")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--vae-tile-size must be a multiple of 64 pixels from 128" in err, err
+
+
+def test_a_vae_without_tiles_stays_whole_with_a_warning():
+    from lightx2v.runtime.engine import tile_vae
+
+    with pytest.warns(UserWarning, match="Linear has no tiled decode"):
+        assert tile_vae(nn.Linear(2, 2), 256) == "vae: Linear has no tiled decode; untiled"
+    vae = _vae("wan2.2")
+    assert tile_vae(vae, 256) == "vae: tiled decode/encode, tile 256 px, overlap 64 px"
+    assert vae.tiling.latent(16) == (16, 4)
