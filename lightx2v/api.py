@@ -70,6 +70,8 @@ class LightX2V:
         cache: str | Mapping[str, Any] | None = None,
         max_vram: str | int | None = None,
         max_ram: str | int | None = None,
+        vae_tiling: bool = False,
+        vae_tile_size: int = 256,
         preset: str | None = None,
         tiny_vae: str | Path | None = None,
         tiny_vae_kind: str | None = None,
@@ -127,6 +129,9 @@ class LightX2V:
         encoder offload, block / phase offload, VAE tiling, the text encoder's device and lazy loading,
         fastest first, so that a 480P-class request fits; it keeps the precision asked for, logs its
         choice and expected peak (`engine_log`, first line), and refuses when nothing fits.
+        `vae_tiling`: the VAE decodes and encodes in overlapping tiles of `vae_tile_size` pixels
+        (overlap a quarter; a multiple of 64 from 128), blended: its memory bounded by the tile, not
+        the frame, at a small difference from the whole-frame decode (docs/architecture.md).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
         that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
@@ -145,7 +150,7 @@ class LightX2V:
                              context_kv=context_kv, kernels=kernels, fuse_qkv=fuse_qkv,
                              quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
                              offload_encoders=offload_encoders, text_encoder_device=text_encoder_device,
-                             cache=cache)
+                             cache=cache, vae_tiling=vae_tiling, vae_tile_size=vae_tile_size)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -269,7 +274,8 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 fuse_qkv: bool = False, quant_text_encoder: str | None = None,
                 quant_image_encoder: str | None = None, offload_encoders: bool = False,
                 text_encoder_device: str | None = None,
-                cache: str | Mapping[str, Any] | None = None) -> EngineConfig:
+                cache: str | Mapping[str, Any] | None = None, vae_tiling: bool = False,
+                vae_tile_size: int = 256) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend and the
     kernels run here.
@@ -291,6 +297,7 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                           context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv, cache=cache,
                           quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
                           offload_encoders=bool(offload_encoders), text_encoder_device=text_encoder_device,
+                          vae_tiling=bool(vae_tiling), vae_tile_size=vae_tile_size,
                           lora=LoraConfig(_pairs(lora), mode=lora_mode, allow_unmatched=lora_allow_unmatched,
                                           per_dit=per_dit))
     for field, scheme in (("quant", engine.quant.scheme), ("quant_text_encoder", engine.quant_text_encoder),

@@ -284,6 +284,11 @@ class EngineConfig:
     text_encoder_device: Optional[str] = None
     # the feature cache (lightx2v.runtime.cache): off, or a method and its options (CacheConfig.parse's forms)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    # the VAE's decode and encode in overlapping spatial tiles of vae_tile_size pixels (overlap a
+    # quarter of it: 256 / 64 as diffusers), blended linearly: the VAE's memory bounded by the tile,
+    # not the frame (lightx2v.models.wan.vae_tiling); a frame that fits in one tile is not tiled
+    vae_tiling: bool = False
+    vae_tile_size: int = 256
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))
@@ -307,6 +312,10 @@ class EngineConfig:
         if self.text_encoder_device not in (None, "cpu"):
             raise InputError(f"text_encoder_device must be 'cpu' (or None: the engine's device), got "
                              f"{self.text_encoder_device!r}", field="text_encoder_device")
+        size = self.vae_tile_size
+        if isinstance(size, bool) or not isinstance(size, int) or size < 128 or size % 64:
+            raise InputError(f"vae_tile_size must be a multiple of 64 pixels from 128 (the overlap, a quarter, "
+                             f"is then whole latent pixels of either Wan VAE), got {size!r}", field="vae_tile_size")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -31,7 +31,7 @@ FLAGS = {
     "offload": "--offload", "offload_buffers": "--offload-buffers", "offload_encoders": "--offload-encoders",
     "text_encoder_device": "--text-encoder-device", "max_vram": "--max-vram", "max_ram": "--max-ram",
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
-    "cache": "--cache",
+    "cache": "--cache", "vae_tile_size": "--vae-tile-size",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low")
@@ -144,6 +144,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "teacache, magcache (Wan2.1, published per-model numbers; model=t2v-1.3b|t2v-14b|i2v-480p|"
                         "i2v-720p), firstblock, taylorseer; options such as teacache:threshold=0.2 or "
                         "taylorseer:interval=4,order=2 (docs/caching.md). Not for step-distilled models")
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="VAE decode and encode in overlapping tiles of --vae-tile-size pixels, blended: the VAE's "
+                        "memory bounded by the tile, not the frame (720P on small GPUs); the mp4 is then encoded "
+                        "after the decode")
+    p.add_argument("--vae-tile-size", type=int, default=None, metavar="PX",
+                   help="side of a VAE tile in pixels, a multiple of 64 from 128, overlapping by a quarter "
+                        "(default 256: overlap 64, as diffusers); implies --vae-tiling")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--force", action="store_true",
@@ -279,7 +286,9 @@ def _run(args: argparse.Namespace) -> int:
                          vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
                          fuse_qkv=args.fuse_qkv, offload_encoders=args.offload_encoders,
                          text_encoder_device=args.text_encoder_device, quant_text_encoder=args.quant_text_encoder,
-                         quant_image_encoder=args.quant_image_encoder, cache=args.cache)
+                         quant_image_encoder=args.quant_image_encoder, cache=args.cache,
+                         vae_tiling=args.vae_tiling or args.vae_tile_size is not None,
+                         vae_tile_size=256 if args.vae_tile_size is None else args.vae_tile_size)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=not args.quiet)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)

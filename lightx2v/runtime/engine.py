@@ -335,6 +335,22 @@ def _guarding_hooks(compiled):
     return torch._dynamo.config.patch(skip_nnmodule_hook_guards=False)(compiled)
 
 
+def tile_vae(vae: nn.Module, tile: int) -> str:
+    """The VAE step's tiling: decode and encode in tiles of `tile` pixels, overlapping by a quarter
+    (`set_tiling`); a VAE without tiles (none declares `set_tiling`) stays whole, with a warning."""
+    import warnings
+
+    from lightx2v.models.wan.vae_tiling import VAETiling
+
+    if not hasattr(vae, "set_tiling"):
+        warnings.warn(f"vae_tiling: {type(vae).__name__} has no tiled decode; it decodes whole frames",
+                      UserWarning, stacklevel=3)
+        return f"vae: {type(vae).__name__} has no tiled decode; untiled"
+    tiling = VAETiling.of_size(tile)
+    vae.set_tiling(tiling)
+    return f"vae: tiled decode/encode, tile {tiling.tile} px, overlap {tiling.overlap} px"
+
+
 # ---------------------------------------------------------------- the composition
 
 
@@ -387,6 +403,9 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
     if engine.compile.enabled:
         for name, model in _transformers(pipeline):
             log.append(f"compile: {name}, {compile_blocks(model, engine.compile)} blocks ({engine.compile.backend})")
+    # -- the VAE's spatial tiling (EngineConfig.vae_tiling; lightx2v.models.wan.vae_tiling) --
+    if engine.vae_tiling and pipeline.components.get("vae") is not None:
+        log.append(tile_vae(pipeline.components["vae"], engine.vae_tile_size))
     # -- the VAE decoder's blocks (CompileConfig.vae; lightx2v.runtime.vae_compile) --
     if engine.compile.enabled and engine.compile.vae and pipeline.components.get("vae") is not None:
         from lightx2v.runtime.vae_compile import compile_vae

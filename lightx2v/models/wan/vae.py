@@ -171,7 +171,8 @@ def tiny_vae_config() -> WanVAEConfig:
 class WanVAE(VAEDecode, nn.Module):
     """Official `WanVAE_`: `encoder`, `conv1` (posterior 1x1x1), `conv2` (post-quant 1x1x1), `decoder`.
 
-    `decode`, `decode_chunks`, `set_memory_format`, `_repeated_blocks`: lightx2v.models.wan.vae_decode."""
+    `decode`, `decode_chunks`, `set_memory_format`, `set_tiling`, `_repeated_blocks`:
+    lightx2v.models.wan.vae_decode."""
 
     def __init__(self, config: WanVAEConfig) -> None:
         super().__init__()
@@ -201,8 +202,16 @@ class WanVAE(VAEDecode, nn.Module):
         if video.ndim != 5 or video.shape[1] != 3:
             raise InputError(f"VAE encode expects a video [B, 3, T, H, W], got shape {tuple(video.shape)}")
         cache = cache if cache is not None else CausalCache()
-        cache.reset()
         x = video.to(self.conv1.weight.dtype)
+        mu = self._encode_tiled(x, cache)  # set_tiling (VAEDecode); None: untiled
+        mu = self._encode_frames(x, cache) if mu is None else mu
+        mean, inv_std = self._stats(mu)
+        # (mu - mean) * (1/std): the reference's exact formula (official scale[1] and diffusers' pipelines)
+        return (mu.float() - mean) * inv_std
+
+    def _encode_frames(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Video [B, 3, T, H, W] -> posterior mean [B, z, T', H/8, W/8] (the time loop, cache reset)."""
+        cache.reset()
         n_chunks = 1 + (x.shape[2] - 1) // self.config.scale_factor_temporal
         outs = []
         for i in range(n_chunks):
@@ -212,10 +221,7 @@ class WanVAE(VAEDecode, nn.Module):
             cache.start_chunk()
             outs.append(self.encoder(x[:, :, start:stop], cache))
         cache.reset()
-        mu = self.conv1(torch.cat(outs, dim=2))[:, : self.config.z_dim]  # [:z] mean, [z:] log-variance
-        mean, inv_std = self._stats(mu)
-        # (mu - mean) * (1/std): the reference's exact formula (official scale[1] and diffusers' pipelines)
-        return (mu.float() - mean) * inv_std
+        return self.conv1(torch.cat(outs, dim=2))[:, : self.config.z_dim]  # [:z] mean, [z:] log-variance
 
     def _decode_one(self, chunk: torch.Tensor, cache: CausalCache, i: int) -> torch.Tensor:
         return self.decoder(chunk, cache)

@@ -211,7 +211,8 @@ def tiny_vae22_config() -> Wan22VAEConfig:
 class Wan22VAE(VAEDecode, nn.Module):
     """Official `WanVAE_` (Wan2.2): `encoder`, `conv1` (posterior 1x1x1), `conv2` (post-quant 1x1x1), `decoder`.
 
-    `decode`, `decode_chunks`, `set_memory_format`, `_repeated_blocks`: lightx2v.models.wan.vae_decode."""
+    `decode`, `decode_chunks`, `set_memory_format`, `set_tiling`, `_repeated_blocks`:
+    lightx2v.models.wan.vae_decode."""
 
     def __init__(self, config: Wan22VAEConfig) -> None:
         super().__init__()
@@ -236,8 +237,15 @@ class Wan22VAE(VAEDecode, nn.Module):
             raise InputError(f"VAE encode expects a video [B, 3, T, H, W] with H and W multiples of {s}, "
                              f"got shape {tuple(video.shape)}")
         cache = cache if cache is not None else CausalCache()
-        cache.reset()
         x = patchify(video.to(self.conv1.weight.dtype), self.config.patch_size)  # [B, 12, T, H/2, W/2]
+        mu = self._encode_tiled(x, cache)  # set_tiling (VAEDecode): tiles cut in patchified space; None: untiled
+        mu = self._encode_frames(x, cache) if mu is None else mu
+        mean, inv_std = latent_stats(self.config.latents_mean, self.config.latents_std, mu)
+        return (mu.float() - mean) * inv_std
+
+    def _encode_frames(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor:
+        """Patchified video [B, 12, T, H/2, W/2] -> posterior mean [B, z, T', H/16, W/16] (the time loop)."""
+        cache.reset()
         n = CHUNK_FRAMES
         outs = []
         for i in range(1 + (x.shape[2] - 1) // n):
@@ -246,9 +254,7 @@ class Wan22VAE(VAEDecode, nn.Module):
             cache.start_chunk()
             outs.append(self.encoder(x[:, :, start:stop], cache))
         cache.reset()
-        mu = self.conv1(torch.cat(outs, dim=2))[:, : self.config.z_dim]  # [:z] mean, [z:] log-variance
-        mean, inv_std = latent_stats(self.config.latents_mean, self.config.latents_std, mu)
-        return (mu.float() - mean) * inv_std
+        return self.conv1(torch.cat(outs, dim=2))[:, : self.config.z_dim]  # [:z] mean, [z:] log-variance
 
     def _decode_one(self, chunk: torch.Tensor, cache: CausalCache, i: int) -> torch.Tensor:
         return self.decoder(chunk, cache, first_chunk=i == 0)

@@ -17,6 +17,10 @@ Options (each off by default, each compared with the default path by tests/model
   (lightx2v.runtime.engine.compile_blocks, on with CompileConfig(enabled=True, vae=True)) compiles
   one by one. The blocks are pure functions of tensors (vae_blocks.run_cached keeps the causal
   history outside them), so a compiled block is not specialised per cache slot.
+* `set_tiling(VAETiling(...))`: decode and encode in overlapping spatial tiles, each through the
+  whole time loop, blended (lightx2v.models.wan.vae_tiling; compared with the untiled path and
+  diffusers' tiled decode by tests/models/test_vae_tiling.py). `_tile_grid` and `_tile_unit` are what
+  the encoders ask.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ from torch import nn
 
 from lightx2v.errors import InputError
 from lightx2v.models.wan.vae_blocks import CausalCache
+from lightx2v.models.wan.vae_tiling import TileGrid, VAETiling, run_tiles
 
 
 class VAEDecode:
     """Mixin: `decode_chunks`, `decode`, `set_memory_format`, `_repeated_blocks` (see the module docstring).
 
-    The host class has `config` (z_dim, latents_mean, latents_std), `conv2` and `decoder` (with
-    its own `_repeated_blocks`, names relative to the decoder)."""
+    The host class has `config` (z_dim, latents_mean, latents_std, scale_factor_spatial, and
+    patch_size for a patchifying VAE), `conv2` and `decoder` (with its own `_repeated_blocks`, names
+    relative to the decoder)."""
+
+    tiling: VAETiling | None = None  # set_tiling; None: whole frames
 
     @property
     def _repeated_blocks(self) -> tuple[str, ...]:
@@ -57,11 +65,43 @@ class VAEDecode:
         self.decoder.channels_last = bool(channels_last)
         return self
 
+    def set_tiling(self, tiling: VAETiling | None) -> "VAEDecode":
+        """Decode and encode in spatial tiles (None: whole frames, the default); returns self.
+        A tiling this VAE cannot cut (sizes not multiples of its compression) is refused here."""
+        if tiling is not None:
+            tiling.latent(self.config.scale_factor_spatial)
+        self.tiling = tiling
+        return self
+
+    @property
+    def _tile_unit(self) -> int:
+        """Pixels of the decoder's output (and the encoder's input) per latent pixel: the spatial
+        compression over the patch size (8 for both Wan VAEs)."""
+        return self.config.scale_factor_spatial // getattr(self.config, "patch_size", 1)
+
+    def _tile_grid(self, height: int, width: int) -> TileGrid | None:
+        """The tiles of a latent frame of height x width (None: untiled, or it fits in one tile)."""
+        if self.tiling is None:
+            return None
+        return TileGrid.plan(height, width, self.tiling, self.config.scale_factor_spatial)
+
     def _decode_one(self, chunk: torch.Tensor, cache: CausalCache, i: int) -> torch.Tensor:
         raise NotImplementedError
 
     def _to_pixels(self, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def _decoded(self, x: torch.Tensor, cache: CausalCache, bar) -> Iterator[torch.Tensor]:
+        """The decoder's raw output (before `_to_pixels`) one latent frame of `x` (after conv2) at a
+        time, with the causal cache, as the references chunk it; reset before and after."""
+        cache.reset()
+        try:
+            for i in range(x.shape[2]):
+                cache.start_chunk()
+                yield self._decode_one(x[:, :, i : i + 1], cache, i)
+                bar.update()
+        finally:
+            cache.reset()  # also when the consumer stops early (an error, an interrupt)
 
     @torch.no_grad()
     def decode_chunks(self, latents: torch.Tensor, cache: CausalCache | None = None,
@@ -70,8 +110,9 @@ class VAEDecode:
         1 frame, the others scale_factor_temporal frames), each as `decode` returns pixels.
 
         Undoes the normalisation (the reference divides by 1/std), runs conv2, then the decoder one
-        latent frame at a time with the causal cache, as the references chunk it. `progress`: a bar
-        over the latent frames."""
+        latent frame at a time with the causal cache, as the references chunk it. With `set_tiling`
+        and a frame larger than a tile, every tile is decoded first (vae_tiling: tile-major), then
+        the chunks are yielded. `progress`: a bar over the latent frames (of every tile)."""
         from tqdm.auto import tqdm
 
         z_dim = self.config.z_dim
@@ -82,27 +123,59 @@ class VAEDecode:
         mean, inv_std = latent_stats(self.config.latents_mean, self.config.latents_std, latents)
         z = latents.float() / inv_std + mean
         x = self.conv2(z.to(self.conv2.weight.dtype))
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        fmt = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
         cache = cache if cache is not None else CausalCache()
-        cache.reset()
-        try:
-            for i in tqdm(range(x.shape[2]), desc="vae decode", unit="latent frame", disable=not progress,
-                          leave=False):
-                cache.start_chunk()
-                yield self._to_pixels(self._decode_one(x[:, :, i : i + 1], cache, i))
-        finally:
-            cache.reset()  # also when the consumer stops early (an error, an interrupt)
+        grid = self._tile_grid(x.shape[3], x.shape[4])
+        with tqdm(total=x.shape[2] * (1 if grid is None else len(grid)), disable=not progress, leave=False,
+                  desc="vae decode" if grid is None else f"vae decode ({len(grid)} tiles)", unit="latent frame") as bar:
+            if grid is None:
+                for y in self._decoded(x, cache, bar):
+                    yield self._to_pixels(y)
+                return
+            sizes: list[int] = []
+
+            def run(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+                # one tile through every latent frame: [B, C_out, F, (r1-r0)*unit, (c1-c0)*unit]
+                chunks = list(self._decoded(x[..., r0:r1, c0:c1].contiguous(memory_format=fmt), cache, bar))
+                sizes[:] = [y.shape[2] for y in chunks]
+                return torch.cat(chunks, dim=2)
+
+            u = self._tile_unit
+            canvas = run_tiles(grid, u, run, lambda y: (*y.shape[:3], x.shape[3] * u, x.shape[4] * u))
+        start = 0
+        for n in sizes:
+            yield self._to_pixels(canvas[:, :, start : start + n])
+            start += n
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, cache: CausalCache | None = None, progress: bool = False,
                on_chunk: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """Normalized latents [B, z, T', h, w] -> video [B, 3, 1 + 4(T'-1), H, W], float32 (the
         chunks of `decode_chunks`, concatenated). `on_chunk(pixels)` sees each chunk as soon as it
-        is decoded, before the next one decodes (the streamed save)."""
+        is decoded, before the next one decodes (the streamed save); with tiling, once every tile is."""
         chunks = []
         for chunk in self.decode_chunks(latents, cache, progress):
             chunks.append(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
         return torch.cat(chunks, dim=2)
+
+    def _encode_tiled(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor | None:
+        """The posterior mean of the encoder's input `x` [B, C, T, H, W] (patchified for Wan2.2)
+        tile by tile, blended; None when untiled (no tiling, or the frame fits in one tile). The
+        host's `_encode_frames(x, cache)` encodes one tile through every time chunk."""
+        u = self._tile_unit
+        if self.tiling is None:
+            return None
+        if x.shape[3] % u or x.shape[4] % u:
+            raise InputError(f"tiled VAE encode needs a frame whose sides are multiples of "
+                             f"{self.config.scale_factor_spatial} pixels, got {tuple(x.shape[3:])} (encoder input)")
+        grid = self._tile_grid(x.shape[3] // u, x.shape[4] // u)
+        if grid is None:
+            return None
+
+        def run(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
+            return self._encode_frames(x[..., r0 * u : r1 * u, c0 * u : c1 * u], cache)
+
+        return run_tiles(grid, 1, run, lambda mu: (*mu.shape[:3], x.shape[3] // u, x.shape[4] // u))
