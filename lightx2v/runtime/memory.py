@@ -29,7 +29,8 @@ Estimate = weights on the device (none once loaded) + the largest stage's activa
                    tokens^2 (measured: 16k tokens, +8 MB instead of 1 GB of scores)
     VAE decode     max(pixel_bytes x H x W + 12 x H x W x F, video_bytes x H x W x F): one time
                    chunk's working set and the frames decoded so far (fp32 RGB), or the finished
-                   video with its two conversion temporaries (36 B a pixel-frame)
+                   video with its two conversion temporaries (36 B a pixel-frame); with vae_tiling
+                   the working set is one tile's (vae_tile_size^2 pixels instead of H x W)
     host           on a CUDA device the host also holds the frames: 15 B a pixel-frame (fp32 + uint8)
 tokens: the DiT's token grid (Geometry.token_grid), Wan2.1 480x832x81 -> 21 x 30 x 52 = 32,760.
 The family gives token_bytes, pixel_bytes, text_bytes (FamilySpec.memory -> MemoryProfile). Wan2.1's
@@ -172,7 +173,10 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
     if _attention_name(engine) in MATH_ATTENTION:
         denoise += 8 * prof.attention_heads * tokens * tokens * batch
     vae_scale = 1.0 if engine.vae_dtype is None else engine.vae_dtype.itemsize / 4  # the profile is fp32
-    video = max(vae_scale * prof.pixel_bytes * pixels + CHUNK_FRAME_BYTES * pixels * num_frames,
+    # tiled (vae_tiling): one tile's working set at a time (a tile of vae_tile_size^2 pixels; measured
+    # on the H200 at 720P x 81 frames: 2.69 GiB peak with 256 px tiles against 17.4 whole-frame)
+    work_px = min(pixels, engine.vae_tile_size ** 2) if engine.vae_tiling else pixels
+    video = max(vae_scale * prof.pixel_bytes * work_px + CHUNK_FRAME_BYTES * pixels * num_frames,
                 prof.video_bytes * pixels * num_frames)
     stages = {"text encoder": prof.text_bytes * (2 if cfg else 1), "denoise": denoise}
     if mc.task != "t2v":

@@ -89,6 +89,11 @@ def _ladder(engine: EngineConfig) -> list[tuple[str, Callable[[EngineConfig], En
     return steps
 
 
+def _superseded(taken: str, other: str) -> bool:
+    # phase offload replaces block offload: once it is on, block offload is no longer a step
+    return taken.startswith("DiT phase") and other.startswith("DiT block")
+
+
 def host_bytes(mc: ModelConfig, engine: EngineConfig, comps: dict[str, int], frames_host: int) -> int:
     """Host memory of a plan: the offloaded weights (the DiTs unless lazily loaded; offloaded encoders;
     the text encoder on the CPU) and the decoded frames."""
@@ -125,25 +130,37 @@ def plan_memory(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram=None, *
         raise InputError("max_vram plans GPU memory; the device is the CPU (use max_ram alone with a GPU, or no plan)",
                          field="max_vram")
     size = dict(height=height or 480, width=width or 832, num_frames=num_frames or 81, guidance_scale=guidance_scale)
-    cand, steps, last = engine, [], None
-    for label, step in [("as asked", lambda e: e)] + _ladder(engine):
-        cand = step(cand)
-        if label != "as asked":
-            steps.append(label)
-        est = estimate(mc, cand, **size, budget=vram)
-        comps = est.components
-        host = host_bytes(mc, cand, comps, est.host)
+
+    def judge(cand: EngineConfig):
+        est = estimate(mc, cand, **size, budget=2**62)  # a budget that always counts the weights: the need itself
+        host = host_bytes(mc, cand, est.components, est.host)
+        lazy_added = False
         if ram is not None and host > ram and cand.offload.granularity in ("block", "phase") and not cand.offload.lazy_load:
             lazy = dataclasses.replace(cand, offload=dataclasses.replace(cand.offload, lazy_load=True))
-            host_lazy = host_bytes(mc, lazy, comps, est.host)
+            host_lazy = host_bytes(mc, lazy, est.components, est.host)
             if host_lazy < host:
-                cand, host = lazy, host_lazy
-                steps.append("lazy load")
-        last = (est, host)
-        if est.weights_counted and est.need <= vram and (ram is None or host <= ram):
-            return MemoryPlan(cand, tuple(steps), est.need, est.peak_stage, host, vram, ram)
-    est, host = last
-    need = est.need if est.weights_counted else max(est.stages.values())
+                cand, host, lazy_added = lazy, host_lazy, True
+        need = est.need
+        fits = need <= vram and (ram is None or host <= ram)
+        return cand, est, host, need, fits, lazy_added
+
+    # greedy: while it does not fit, switch on the first saver of the ladder (the fastest) that lowers
+    # the expected peak; a saver that does not touch the peak stage is left off
+    cand, steps = engine, []
+    cand, est, host, need, fits, lazy = judge(cand)
+    remaining = _ladder(engine)
+    while not fits:
+        for i, (label, step) in enumerate(remaining):
+            trial = judge(step(cand))
+            if trial[3] < need or (trial[4] and not fits):
+                cand, est, host, need, fits, lazy = trial
+                steps.append(label)
+                remaining = [r for j, r in enumerate(remaining) if j != i and not _superseded(label, r[0])]
+                break
+        else:
+            break
+    if fits:
+        return MemoryPlan(cand, tuple(steps) + (("lazy load",) if lazy else ()), est.need, est.peak_stage, host, vram, ram)
     what = f"{_gib(need)} on the GPU ({est.peak_stage})" + (f" and {_gib(host)} in host memory" if ram is not None else "")
     raise ResourceError(
         f"{size['width']}x{size['height']}, {size['num_frames']} frames does not fit max_vram {_gib(vram)}"
