@@ -241,6 +241,7 @@ def test_streamed_chunks_of_a_tiled_decode(kind):
     video = vae.decode(z, on_chunk=seen.append)
     assert [c.shape[2] for c in seen] == [1, 4]
     assert torch.equal(torch.cat(seen, dim=2), video) and video.shape[-2:] == (6 * vae.config.scale_factor_spatial,) * 2
+    assert seen[1].data_ptr() == video[:, :, 1:].data_ptr()  # the chunks are the video's memory: no second copy
     assert video.min() >= -1 and video.max() <= 1
     assert torch.equal(torch.cat(list(vae.decode_chunks(z)), dim=2), video)
 

@@ -112,7 +112,8 @@ class VAEDecode:
         Undoes the normalisation (the reference divides by 1/std), runs conv2, then the decoder one
         latent frame at a time with the causal cache, as the references chunk it. With `set_tiling`
         and a frame larger than a tile, every tile is decoded first (vae_tiling: tile-major), then
-        the chunks are yielded. `progress`: a bar over the latent frames (of every tile)."""
+        the chunks are yielded (slices of one video, which `decode` returns without a copy).
+        `progress`: a bar over the latent frames (of every tile)."""
         from tqdm.auto import tqdm
 
         z_dim = self.config.z_dim
@@ -143,9 +144,11 @@ class VAEDecode:
 
             u = self._tile_unit
             canvas = run_tiles(grid, u, run, lambda y: (*y.shape[:3], x.shape[3] * u, x.shape[4] * u))
+        video = self._to_pixels(canvas)  # unpatchify / cast / clamp (in place where it can)
+        del canvas
         start = 0
         for n in sizes:
-            yield self._to_pixels(canvas[:, :, start : start + n])
+            yield video[:, :, start : start + n]
             start += n
 
     @torch.no_grad()
@@ -159,23 +162,37 @@ class VAEDecode:
             chunks.append(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
-        return torch.cat(chunks, dim=2)
+        whole = _sliced_from(chunks)
+        return whole if whole is not None else torch.cat(chunks, dim=2)
 
     def _encode_tiled(self, x: torch.Tensor, cache: CausalCache) -> torch.Tensor | None:
         """The posterior mean of the encoder's input `x` [B, C, T, H, W] (patchified for Wan2.2)
         tile by tile, blended; None when untiled (no tiling, or the frame fits in one tile). The
         host's `_encode_frames(x, cache)` encodes one tile through every time chunk."""
         u = self._tile_unit
-        if self.tiling is None:
-            return None
-        if x.shape[3] % u or x.shape[4] % u:
-            raise InputError(f"tiled VAE encode needs a frame whose sides are multiples of "
-                             f"{self.config.scale_factor_spatial} pixels, got {tuple(x.shape[3:])} (encoder input)")
         grid = self._tile_grid(x.shape[3] // u, x.shape[4] // u)
         if grid is None:
             return None
+        if x.shape[3] % u or x.shape[4] % u:
+            raise InputError(f"tiled VAE encode needs a frame whose sides are multiples of {u} pixels, got "
+                             f"{x.shape[3]}x{x.shape[4]}")
 
         def run(r0: int, r1: int, c0: int, c1: int) -> torch.Tensor:
             return self._encode_frames(x[..., r0 * u : r1 * u, c0 * u : c1 * u], cache)
 
         return run_tiles(grid, 1, run, lambda mu: (*mu.shape[:3], x.shape[3] // u, x.shape[4] // u))
+
+
+def _sliced_from(chunks: list[torch.Tensor]) -> torch.Tensor | None:
+    """The video that `chunks` are consecutive time slices of, covering it whole (a tiled decode's
+    chunks: no second copy of the video is made), else None."""
+    whole = chunks[0]._base if chunks else None
+    if whole is None or whole.dim() != 5 or whole.shape[2] != sum(c.shape[2] for c in chunks):
+        return None
+    start = 0
+    for c in chunks:
+        if (c._base is not whole or c.shape[:2] != whole.shape[:2] or c.shape[3:] != whole.shape[3:]
+                or c.stride() != whole.stride() or c.storage_offset() != whole.storage_offset() + start * whole.stride(2)):
+            return None
+        start += c.shape[2]
+    return whole
