@@ -24,6 +24,9 @@ from lightx2v.errors import InputError
 EXTRA_FIELDS = {"negative_prompt": str, "num_frames": int, "num_inference_steps": int, "guidance_scale": float,
                 "shift": float, "solver": str, "seed": int, "lora": str}
 OPENAI_FIELDS = {"prompt": str, "model": str, "seconds": float, "size": str}
+# a request field (SamplingParams) -> the name each API gives it, for the error's `param`
+PARAM_NAMES = {"openai": {"image": "input_reference", "width": "size", "height": "size"},
+               "task": {"image": "image_path", "num_frames": "target_video_length", "num_inference_steps": "infer_steps"}}
 MAX_PROMPT_CHARS = 10_000
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -157,8 +160,8 @@ def build_request(served: Served, fields: dict, image: Optional[bytes], api: str
     params = SamplingParams(prompt=prompt, image=image, width=width, height=height, **values)
     try:
         filled = prepare_request(served.mc, params)
-    except InputError as exc:
-        raise ApiError(400, str(exc), param=exc.field, code="invalid_value") from None
+    except InputError as exc:  # the field named as this API calls it
+        raise ApiError(400, str(exc), param=PARAM_NAMES[api].get(exc.field, exc.field), code="invalid_value") from None
     request = dataclasses.replace(params, output_path=None).to_dict()
     frames_given = fields.get("num_frames") not in (None, "")
     shown = seconds if seconds is not None and not frames_given else None
