@@ -20,6 +20,7 @@ from typing import Optional
 
 from lightx2v.server.requests import ApiError, build_request, check_image, decode_data_url
 from lightx2v.server.store import Job, QueueFull
+from lightx2v.server.worker import remove_outputs
 
 ID_RE = re.compile(r"^video_[A-Za-z0-9_-]{1,64}$")
 STATUS = {"queued": "queued", "in_progress": "in_progress", "completed": "completed", "failed": "failed"}
@@ -135,9 +136,7 @@ def remove_job(state, video_id: str, hide_cancelled: bool = True) -> Optional[Jo
         return None
     job = state.store.cancel(video_id)
     if job is not None:
-        path = state.video_path(job)
-        if path is not None:
-            path.unlink(missing_ok=True)
+        remove_outputs(state.data_dir / "videos", job.id)
     return job
 
 

@@ -36,6 +36,13 @@ class Stats:
     current: Optional[str] = None
 
 
+def remove_outputs(videos: Path, job_id: str) -> None:
+    """A job's files: the video and the pipeline's metadata sidecar (`<video>.json`); names made
+    from the store's id, never from a request."""
+    for name in (f"{job_id}.mp4", f"{job_id}.mp4.json"):
+        (videos / name).unlink(missing_ok=True)
+
+
 class Worker(threading.Thread):
     def __init__(self, store: SQLJobStore, load: Callable[[], object], data_dir: Path, lease_s: float = 60.0,
                  poll_s: float = 0.2):
@@ -114,13 +121,13 @@ class Worker(threading.Thread):
             if self.store.complete(job, Path(result.path).name):
                 log.info("completed in %.1fs", result.timings.get("total", 0.0), extra=extra)
             else:  # deleted (or taken over) after its last step: its file is not wanted
-                out.unlink(missing_ok=True)
+                remove_outputs(self.videos, job.id)
         except GenerationCancelled:
             if self.stopping.is_set() and self.store.requeue(job):
                 log.info("shutting down: job given back to the queue", extra=extra)
             else:
                 log.info("stopped: the job was deleted or taken over", extra=extra)
-                out.unlink(missing_ok=True)
+                remove_outputs(self.videos, job.id)
         except LightX2VError as exc:
             self.store.fail(job, "invalid_request" if exc.exit_code == 2 else "generation_failed", str(exc))
             log.warning("failed: %s", exc, extra=extra)

@@ -119,3 +119,12 @@ def tiny_model(tmp_path_factory) -> Path:
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     return write_official_checkpoint(tmp_path_factory.mktemp("server-model") / "Wan2.1-T2V-tiny")
+
+
+@pytest.fixture(scope="session")
+def shared_server(tiny_model, tmp_path_factory):
+    """One server for every module that needs no special flags (a start costs ~10 s on two
+    loaded cores: torch and the model's imports). Uploads are bounded at 1 MiB."""
+    srv = ServerProcess(tiny_model, tmp_path_factory.mktemp("shared") / "data", "--max-upload-mb", "1").start()
+    yield srv
+    srv.stop()

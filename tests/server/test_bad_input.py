@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.conftest import SMALL, ServerProcess, wait_for
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    srv = ServerProcess(tiny_model, tmp_path_factory.mktemp("bad") / "data", "--max-upload-mb", "1",
-                        "--max-queue", "2").start()
-    yield srv
-    srv.stop()
+def server(shared_server):
+    return shared_server
 
 
 def check_error(r, status: int, param=None) -> dict:
@@ -97,16 +93,3 @@ def test_bad_bodies_and_queries(server):
         check_error(h.get("/v1/videos", params={"order": "sideways"}), 400, "order")
         check_error(h.post("/v1/tasks/video", json={"prompt": "x", "nonsense": 1}), 400, "nonsense")
         check_error(h.post("/v1/tasks/video", json={"prompt": "x", "target_video_length": 6}), 400, "target_video_length")
-
-
-def test_a_full_queue_gets_429_with_retry_after(server):
-    with server.client() as h:
-        slow = {"prompt": "slow", "size": "16x16", "num_frames": "1", "num_inference_steps": "400"}
-        first = h.post("/v1/videos", data=slow).json()["id"]
-        second = h.post("/v1/videos", data=SMALL | {"prompt": "b"}).json()["id"]
-        r = h.post("/v1/videos", data=SMALL | {"prompt": "c"})
-        check_error(r, 429)
-        assert int(r.headers["retry-after"]) > 0
-        h.delete(f"/v1/videos/{first}")
-        assert wait_for(h, second)["status"] == "completed"
-        assert h.post("/v1/videos", data=SMALL | {"prompt": "d"}).status_code == 200
