@@ -3,6 +3,7 @@ once, and both workers take jobs (skipped, with the reason, without PostgreSQL's
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 
 import pytest
@@ -22,8 +23,12 @@ def test_two_servers_share_one_queue(tiny_model, tmp_path):
         url = pg.new_database("shared")
         data = tmp_path / "data"  # one data dir (shared storage in production: NFS or the like)
         servers = [ServerProcess(tiny_model, data, "--store", url) for _ in range(2)]
-        for s in servers:
-            s.start()
+        starts = [threading.Thread(target=s.start) for s in servers]  # at once: a start is ~10 s of imports
+        for t in starts:
+            t.start()
+        for t in starts:
+            t.join()
+        assert all(s.proc is not None and s.proc.poll() is None for s in servers)
         with servers[0].client() as a, servers[1].client() as b:
             ids = [(a if i % 2 else b).post("/v1/videos", data=SMALL | {"prompt": f"p{i}"}).json()["id"]
                    for i in range(8)]
