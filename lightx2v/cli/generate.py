@@ -50,14 +50,9 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    # torch-free (lightx2v --help must not import torch): name lists and the families' manifests
-    from lightx2v.choices import ATTENTION_BACKENDS, KERNELS, QUANT_CHOICES, SOLVER_NAMES
-    from lightx2v.models.registry import all_presets, all_tasks
+    from lightx2v.choices import SOLVER_NAMES  # torch-free: lightx2v --help must not import torch
 
-    p.add_argument("--model-path", default=None,
-                   help="model folder (any layout of a supported family) or Hugging Face repo id (required; may come from --config)")
-    p.add_argument("--task", default=None, choices=all_tasks(),
-                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video), ti2v (Wan2.2 TI2V-5B: text, or image with --image, to video); default: the checkpoint's")
+    add_model_arguments(p)
     p.add_argument("--image", default=None, help="first frame for i2v / flf2v (PNG, JPEG, WebP)")
     p.add_argument("--last-image", default=None, help="last frame for flf2v")
     p.add_argument("--resize-mode", default="area", choices=("area", "crop", "pad"),
@@ -83,6 +78,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", type=int, default=None,
                    help="video quality, 0 (best, largest) to 51 (default: 17 for .mp4, 30 for .webm)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse an existing --output file (default: replace it, with a warning)")
+    add_engine_arguments(p)
+    p.add_argument("--force", action="store_true",
+                   help="run a request far outside what the model was trained on (over 4x its trained pixels or "
+                        "frames, over 1000 steps); the model's hard limits and the memory check still apply")
+    p.add_argument("--config", default=None,
+                   help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40, \"lora\": [\"a.safetensors:0.8\"]}); "
+                        "flags on the command line win")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (path, seed, timings, stats, settings)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--model-path and --task (shared with `serve`)."""
+    from lightx2v.models.registry import all_tasks
+
+    p.add_argument("--model-path", default=None,
+                   help="model folder (any layout of a supported family) or Hugging Face repo id (required; may come from --config)")
+    p.add_argument("--task", default=None, choices=all_tasks(),
+                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video), ti2v (Wan2.2 TI2V-5B: text, or image with --image, to video); default: the checkpoint's")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """How the model is loaded and run: weights, LoRAs, quantization, placement, kernels, device
+    (shared with `serve`, so every engine flag of `generate` exists there too; `engine_from_args`
+    reads them)."""
+    # torch-free (lightx2v --help must not import torch): name lists and the families' manifests
+    from lightx2v.choices import ATTENTION_BACKENDS, KERNELS, QUANT_CHOICES
+    from lightx2v.models.registry import all_presets
+
     p.add_argument("--dit-path", default=None, help="DiT weights replacing the folder's: a single .safetensors (LightX2V, ComfyUI, diffusers keys; int8/fp8 quantized too), an index or a block folder; for a two-expert model (Wan2.2 A14B) the high-noise expert")
     p.add_argument("--dit-path-2", default=None, help="the low-noise expert's DiT weights replacing the folder's, for a two-expert model (Wan2.2 A14B); any file --dit-path takes")
     p.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
@@ -153,9 +177,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 256: overlap 64, as diffusers); implies --vae-tiling")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
-    p.add_argument("--force", action="store_true",
-                   help="run a request far outside what the model was trained on (over 4x its trained pixels or "
-                        "frames, over 1000 steps); the model's hard limits and the memory check still apply")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
     p.add_argument("--attention", default="auto",
@@ -166,11 +187,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(the reference), triton (fused kernels, CUDA), auto (triton on CUDA, else torch)")
     p.add_argument("--fuse-qkv", action="store_true",
                    help="run self-attention's q, k, v as one GEMM on the same weights (default: three)")
-    p.add_argument("--config", default=None,
-                   help="JSON file of flag values (keys as the flag names, e.g. {\"steps\": 40, \"lora\": [\"a.safetensors:0.8\"]}); "
-                        "flags on the command line win")
-    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout (path, seed, timings, stats, settings)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def detect_from_args(args: argparse.Namespace, progress: bool = True):
+    """(ModelConfig, EngineConfig) of the model and engine flags, every check that reads no weight
+    done: the engine runs here, the LoRA files exist, the checkpoint is detected and fits --task."""
+    from lightx2v.api import check_lora_files, check_task, expert_loras, make_engine, resolve_engine_loras, with_tiny_vae
+    from lightx2v.loading.detect import detect
+    from lightx2v.loading.hub import resolve_model_path
+    from lightx2v.loading.lora import parse_lora_spec
+    from lightx2v.runtime.cache import check_cache
+
+    engine = make_engine(device=args.device, dtype=args.dtype, attention=args.attention, quant=args.quant,
+                         lora=[parse_lora_spec(spec) for spec in args.lora],
+                         lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
+                                                   [parse_lora_spec(spec) for spec in args.lora_low]),
+                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
+                         offload_buffers=args.offload_buffers, lazy_load=args.lazy_load,
+                         num_disk_workers=args.num_disk_workers,
+                         vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
+                         fuse_qkv=args.fuse_qkv, offload_encoders=args.offload_encoders,
+                         text_encoder_device=args.text_encoder_device, quant_text_encoder=args.quant_text_encoder,
+                         quant_image_encoder=args.quant_image_encoder, cache=args.cache,
+                         vae_tiling=args.vae_tiling or args.vae_tile_size is not None,
+                         vae_tile_size=256 if args.vae_tile_size is None else args.vae_tile_size)
+    check_lora_files(engine)
+    root = resolve_model_path(args.model_path, progress=progress)
+    mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)
+    check_task(mc, args.task)
+    check_cache(mc, engine.cache)  # coefficients for this checkpoint, not a distilled model: before loading
+    mc = with_tiny_vae(mc, args.tiny_vae, args.tiny_vae_kind)  # the file checked before any weight is read
+    engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
+    return mc, engine
 
 
 def apply_config_file(parser: argparse.ArgumentParser, argv: list, args: argparse.Namespace) -> argparse.Namespace:
@@ -263,39 +311,13 @@ def _run(args: argparse.Namespace) -> int:
     for flag, value in (("--model-path", args.model_path), ("--prompt", args.prompt)):
         if value is None:
             raise InputError(f"{flag} is required (on the command line or as {flag[2:].replace('-', '_')!r} in --config)")
-    from lightx2v.api import (
-        LightX2V, check_lora_files, check_task, expert_loras, make_engine, planned, resolve_engine_loras,
-        with_tiny_vae,
-    )
-    from lightx2v.loading.detect import detect
-    from lightx2v.loading.hub import resolve_model_path
-    from lightx2v.loading.lora import parse_lora_spec
+    from lightx2v.api import LightX2V, planned
     from lightx2v.pipelines.request import prepare_request
-    from lightx2v.runtime.cache import check_cache
     from lightx2v.runtime.memory import check_memory
 
     params = _request(args)
     params.validate()  # the request alone (numbers, output path), before touching the model folder
-    engine = make_engine(device=args.device, dtype=args.dtype, attention=args.attention, quant=args.quant,
-                         lora=[parse_lora_spec(spec) for spec in args.lora],
-                         lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
-                                                   [parse_lora_spec(spec) for spec in args.lora_low]),
-                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
-                         offload_buffers=args.offload_buffers, lazy_load=args.lazy_load,
-                         num_disk_workers=args.num_disk_workers,
-                         vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
-                         fuse_qkv=args.fuse_qkv, offload_encoders=args.offload_encoders,
-                         text_encoder_device=args.text_encoder_device, quant_text_encoder=args.quant_text_encoder,
-                         quant_image_encoder=args.quant_image_encoder, cache=args.cache,
-                         vae_tiling=args.vae_tiling or args.vae_tile_size is not None,
-                         vae_tile_size=256 if args.vae_tile_size is None else args.vae_tile_size)
-    check_lora_files(engine)
-    root = resolve_model_path(args.model_path, progress=not args.quiet)
-    mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)
-    check_task(mc, args.task)
-    check_cache(mc, engine.cache)  # coefficients for this checkpoint, not a distilled model: before loading
-    mc = with_tiny_vae(mc, args.tiny_vae, args.tiny_vae_kind)  # the file checked before any weight is read
-    engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
+    mc, engine = detect_from_args(args, progress=not args.quiet)
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
     engine, plan = planned(mc, engine, args.max_vram, args.max_ram, height=filled.height, width=filled.width,
                            num_frames=filled.num_frames, guidance_scale=filled.guidance_scale)
