@@ -1,8 +1,10 @@
 """The memory planner: `max_vram="8GB"` (and `max_ram=`) picks how to run a model in a budget.
 
-Design: the planner does not guess and does not measure; it walks a fixed ladder of memory savers,
-fastest first, each step keeping the ones before it, and asks the same estimate that refuses
-requests before a run (lightx2v.runtime.memory.estimate) whether the request fits:
+Design: the planner does not guess and does not measure; it asks the same estimate that refuses
+requests before a run (lightx2v.runtime.memory.estimate) what a request needs, and while it does not
+fit it switches on the first saver of this ladder (fastest first) that lowers the expected peak; a
+saver that does not touch the peak stage stays off (greedy, so 12 GB gets the text encoder moved to
+the CPU without the slower tiled VAE):
 
     1. as asked                 everything resident
     2. encoders offloaded       text encoder, CLIP, VAE in host memory, each on the GPU for its stage
@@ -120,8 +122,8 @@ def host_bytes(mc: ModelConfig, engine: EngineConfig, comps: dict[str, int], fra
 def plan_memory(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram=None, *, height: Optional[int] = None,
                 width: Optional[int] = None, num_frames: Optional[int] = None,
                 guidance_scale: Optional[float] = None) -> MemoryPlan:
-    """The first engine of the ladder (module docstring) whose request fits `max_vram` (and `max_ram`),
-    or a ResourceError naming what the last one needs."""
+    """The engine the greedy walk of the ladder (module docstring) reaches where the request fits
+    `max_vram` (and `max_ram`), or a ResourceError naming what the last one needs."""
     from lightx2v.runtime.memory import estimate
 
     vram = parse_size(max_vram, "max_vram")
@@ -160,6 +162,7 @@ def plan_memory(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram=None, *
         else:
             break
     if fits:
+        lazy = cand.offload.lazy_load and not engine.offload.lazy_load
         return MemoryPlan(cand, tuple(steps) + (("lazy load",) if lazy else ()), est.need, est.peak_stage, host, vram, ram)
     what = f"{_gib(need)} on the GPU ({est.peak_stage})" + (f" and {_gib(host)} in host memory" if ram is not None else "")
     raise ResourceError(
