@@ -117,7 +117,8 @@ class LightX2V:
         at every step (the same numbers; ~0.4 GB per CFG branch at 14B; False frees that memory).
         `kernels`: the DiT blocks' elementwise ops: "torch" (the reference), "triton" (fused Triton
         kernels, CUDA), "auto" (triton on CUDA, else torch). `fuse_qkv`: self-attention q, k, v as one
-        GEMM (same weights, viewed; skipped with offload, for quantized layers and dynamic LoRAs).
+        GEMM (same weights, viewed; quantized int8 / fp8 layers too: one activation quantization and one
+        8-bit GEMM; skipped with offload, for nvfp4 layers and dynamic LoRAs).
         `offload_encoders`: the text encoder, the image encoder and the VAE stay in host memory and are put
         on the device only while their stage runs (with block offload: a 14B model on a small GPU).
         `text_encoder_device="cpu"`: the text encoder runs on the CPU (never on the GPU; slower encode).

@@ -67,8 +67,36 @@ def test_hooked_and_quantized_layers_are_skipped():
     model.blocks[0].self_attn.v.register_forward_hook(lambda m, a, o: o)
     assert fuse_qkv(model) == ["1 self-attention layers (q, k, v as one GEMM)", "1 skipped: hooked (dynamic LoRA)"]
     assert model.blocks[0].self_attn.qkv_weight is None
-    quantized = apply_quant(_model(), "w8a8-int8", compute_dtype=torch.float32)
-    assert fuse_qkv(quantized) == ["0 self-attention layers", "2 skipped: quantized"]
+    nvfp4 = apply_quant(_model(), "w4a16-nvfp4", compute_dtype=torch.float32)
+    assert fuse_qkv(nvfp4) == ["0 self-attention layers",
+                               "2 skipped: quantized (w4a16-nvfp4: not one scale per output channel)"]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("scheme, exact", [("w8a8-int8", True), ("w8a16-int8", False), ("w8a8-fp8", False)])
+def test_quantized_qkv_fuse_into_one_8bit_gemm(scheme, exact):
+    from lightx2v.quant import apply_quant
+
+    model, plain = (apply_quant(_model(), scheme, compute_dtype=torch.float32) for _ in range(2))
+    before = _storage_bytes(model)
+    assert fuse_qkv(model) == ["2 self-attention layers (q, k, v as one GEMM)"]
+    attn = model.blocks[0].self_attn
+    assert attn.qkv_weight.shape == (3 * 64, 64) and attn.qkv_scale.shape == (3 * 64, 1)
+    assert attn.q.weight.data_ptr() == attn.qkv_weight.data_ptr()  # views: the weights are held once
+    assert _storage_bytes(model) == before and set(model.state_dict()) == set(plain.state_dict())
+    calls = []
+    attn.q.register_forward_pre_hook(lambda m, a: calls.append("q"))  # a hook: that layer runs apart again
+    y, ref = model(*_inputs()), plain(*_inputs())
+    assert calls  # (the hooked block ran q/k/v apart; the other block ran fused)
+    if exact:  # integer products, the same per-token activation scales: bit-identical
+        assert torch.equal(y, ref)
+    else:
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    # a LoRA merge after fusing (dequantize, merge, requantize in place) lands in the fused tensors
+    w = attn.k.dequantize_weight() * 1.5
+    attn.k.set_weight(w)
+    torch.testing.assert_close(attn.qkv_weight[64:128].float() * attn.qkv_scale[64:128], w, rtol=0.02, atol=1e-3)
+    assert unfuse_qkv(model) == 2 and attn.qkv_scale is None and attn.k.weight.data_ptr() != attn.q.weight.data_ptr()
 
 
 @torch.no_grad()
@@ -152,7 +180,7 @@ def test_layers_replaced_after_fusing_are_used():
         apply_quant(m, "w8a8-int8", compute_dtype=torch.float32)  # replaces q, k, v
     assert not any(b.self_attn.qkv_fused() for b in model.blocks)
     assert torch.equal(model(*_inputs()), plain(*_inputs()))
-    assert fuse_qkv(model) == ["0 self-attention layers", "2 skipped: quantized"]
+    assert fuse_qkv(model) == ["2 self-attention layers (q, k, v as one GEMM)"]  # the quantized layers, fused anew
 
 
 @torch.no_grad()

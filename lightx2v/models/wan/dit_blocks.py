@@ -167,10 +167,11 @@ class SelfAttention(_QKVO):
         self.qkv_weight: Tensor | None = None
         self.qkv_bias: Tensor | None = None
         self.qkv_params: tuple = ()  # the q, k, v weight Parameters that were fused (identity check)
+        self.qkv_scale: Tensor | None = None  # quantized q/k/v: their per-channel scales, [3C, 1]
 
     def _apply(self, fn, recurse=True):
         # .to() / .cuda() give q/k/v new storage (`param.data = ...`): the fused tensors would be stale
-        self.qkv_weight, self.qkv_bias, self.qkv_params = None, None, ()
+        self.qkv_weight, self.qkv_bias, self.qkv_params, self.qkv_scale = None, None, (), None
         return super()._apply(fn, recurse)
 
     def qkv_fused(self) -> bool:
@@ -184,6 +185,10 @@ class SelfAttention(_QKVO):
         # h: [B, L, C] -> q, k, v [B, L, C]: one GEMM when fused and nothing hooks q/k/v (a dynamic
         # LoRA added after fusing is a hook: it then runs through the layers, never silently skipped)
         if self.qkv_fused() and not _hooked(self.q, self.k, self.v):
+            if self.qkv_scale is not None:  # quantized: the activations quantized once, one 8-bit GEMM
+                q = self.q
+                return q.scheme.forward(h.to(q.compute_dtype), self.qkv_weight, self.qkv_scale, self.qkv_bias,
+                                        q.kernels).chunk(3, dim=-1)
             return F.linear(h, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
         return self.q(h), self.k(h), self.v(h)
 
