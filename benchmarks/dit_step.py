@@ -55,6 +55,7 @@ CONFIGS = {
     "compiled_w8a8_fp8": {"quant": "w8a8-fp8", "compile": True},
     "compiled_w8a8_fp8_triton": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton"},
     "compiled_w8a8_fp8_sage8": {"quant": "w8a8-fp8", "compile": True, "self": "sage8"},
+    "compiled_w8a8_fp8_triton_fuse_qkv": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton", "fuse_qkv": True},
     "compiled_w8a8_fp8_triton_sage8": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton", "self": "sage8"},
     "compiled_w8a8_int8": {"quant": "w8a8-int8", "compile": True},
     "compiled_w8a8_int8_triton": {"quant": "w8a8-int8", "compile": True, "kernels": "triton"},
