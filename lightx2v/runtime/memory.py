@@ -155,9 +155,10 @@ class MemoryEstimate:
 
 def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, num_frames: int,
              guidance_scale: float | None = None, decode: bool = True, loaded: bool = False,
-             budget: int | None = None) -> MemoryEstimate:
+             budget: int | None = None, memo: dict | None = None) -> MemoryEstimate:
     """What a request needs (see the module docstring); `loaded`: the weights are already in place;
-    `budget`: the bytes the device is taken to have (the planner's max_vram) instead of what it has free."""
+    `budget`: the bytes the device is taken to have (the planner's max_vram) instead of what it has free;
+    `memo`: a dict kept across calls for one model config (the planner's), so meta models build once."""
     device = engine.torch_device()
     profile_of = mc.spec.memory
     if profile_of is None:
@@ -187,7 +188,7 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
     available = available_bytes(device, loaded=loaded) if budget is None else budget
     # the weights (components built on meta) only matter when the activations alone fit
     counted = not loaded and available is not None and max(stages.values()) <= available
-    comps = weight_bytes(mc, engine) if counted else {}
+    comps = weight_bytes(mc, engine, memo) if counted else {}
     _stage_held(comps, stages, engine, decode, mc.tiny_vae is not None)
     host = HOST_FRAME_BYTES * pixels * num_frames if decode and device.type != "cpu" else 0
     return MemoryEstimate(str(device), sum(comps.values()), stages, available, host=host,
@@ -271,7 +272,7 @@ def _attention_name(engine: EngineConfig) -> str:
 # ---------------------------------------------------------------- weights
 
 
-def weight_bytes(mc: ModelConfig, engine: EngineConfig) -> dict[str, int]:
+def weight_bytes(mc: ModelConfig, engine: EngineConfig, memo: dict | None = None) -> dict[str, int]:
     """Bytes of each component's weights on the device once loaded for `engine` (built on meta: nothing
     is read). With model offload (lightx2v.runtime.offload) the DiTs live in host memory and the device
     holds the largest one (two with prefetch on a two-DiT model: during the step before the switch).
@@ -279,22 +280,41 @@ def weight_bytes(mc: ModelConfig, engine: EngineConfig) -> dict[str, int]:
     DiT's blocks and the shared buffers: num_buffers x the largest block (or phase)."""
     off = engine.offload
     if off.granularity in ("block", "phase"):
-        dits = _block_offload_bytes(mc, engine)
+        dits = _block_offload_bytes(mc, engine, memo)
     else:
-        dits = {name: _tensor_bytes(_meta_dit(mc, engine, name), engine.dtype) for name in mc.dit_names}
+        dits = {name: _tensor_bytes(_meta_dit(mc, engine, name, memo), engine.dtype) for name in mc.dit_names}
     if off.granularity == "model":
         on_device = max(dits.values()) * (2 if off.prefetch and len(dits) > 1 else 1)
         dits = {"dit (offload: on the device at a time)": on_device}
     out = dict(dits)
     for comp in mc.spec.components:
         if comp.needed(mc):
-            with torch.device("meta"):
-                model = comp.build(mc)
-            out[comp.name] = _tensor_bytes(model, comp.dtype(engine.dtype))
+            key = ("component", comp.name, engine.dtype)
+            if memo is None or key not in memo:
+                with torch.device("meta"):
+                    model = comp.build(mc)
+                size = _tensor_bytes(model, comp.dtype(engine.dtype))
+                if memo is not None:
+                    memo[key] = size
+            out[comp.name] = size if memo is None else memo[key]
     return out
 
 
-def _meta_dit(mc: ModelConfig, engine: EngineConfig, name: str = "dit") -> torch.nn.Module:
+def _meta_dit(mc: ModelConfig, engine: EngineConfig, name: str = "dit", memo: dict | None = None) -> torch.nn.Module:
+    """DiT `name` built on meta as the engine would load it (quantized or not); `memo` keeps it by
+    what decides its tensors (estimate's `memo`)."""
+    from lightx2v.runtime.engine import quant_on_load
+
+    key = ("dit", name, engine.dtype, engine.quant.scheme, quant_on_load(engine))
+    if memo is not None and key in memo:
+        return memo[key]
+    model = _build_meta_dit(mc, engine, name)
+    if memo is not None:
+        memo[key] = model
+    return model
+
+
+def _build_meta_dit(mc: ModelConfig, engine: EngineConfig, name: str) -> torch.nn.Module:
     from lightx2v.loading.dit_files import prepare_for_quantized
     from lightx2v.quant import apply_quant
     from lightx2v.runtime.engine import quant_on_load
@@ -309,12 +329,12 @@ def _meta_dit(mc: ModelConfig, engine: EngineConfig, name: str = "dit") -> torch
     return model
 
 
-def _block_offload_bytes(mc: ModelConfig, engine: EngineConfig) -> dict[str, int]:
+def _block_offload_bytes(mc: ModelConfig, engine: EngineConfig, memo: dict | None = None) -> dict[str, int]:
     from lightx2v.runtime.block_offload import offload_split
 
     outside, unit, blocks = 0, 0, 0
     for name in mc.dit_names:
-        model = _meta_dit(mc, engine, name)
+        model = _meta_dit(mc, engine, name, memo)
         o, u, n = offload_split(model, engine.offload.granularity, _tensor_sizes(model, engine.dtype))
         outside, unit, blocks = outside + o, max(unit, u), blocks + n
     n = engine.offload.num_buffers

@@ -96,7 +96,8 @@ def _superseded(taken: str, other: str) -> bool:
     return taken.startswith("DiT phase") and other.startswith("DiT block")
 
 
-def host_bytes(mc: ModelConfig, engine: EngineConfig, comps: dict[str, int], frames_host: int) -> int:
+def host_bytes(mc: ModelConfig, engine: EngineConfig, comps: dict[str, int], frames_host: int,
+               memo: dict | None = None) -> int:
     """Host memory of a plan: the offloaded weights (the DiTs unless lazily loaded; offloaded encoders;
     the text encoder on the CPU) and the decoded frames."""
     from lightx2v.runtime.memory import _tensor_bytes, _meta_dit
@@ -104,7 +105,7 @@ def host_bytes(mc: ModelConfig, engine: EngineConfig, comps: dict[str, int], fra
     total = frames_host
     off = engine.offload
     if off.granularity is not None:
-        dits = sum(_tensor_bytes(_meta_dit(mc, engine, n), engine.dtype) for n in mc.dit_names)
+        dits = sum(_tensor_bytes(_meta_dit(mc, engine, n, memo), engine.dtype) for n in mc.dit_names)
         if off.lazy_load:
             unit = max(v for k, v in comps.items() if "buffers" in k) // max(off.num_buffers, 1)
             dits = (off.num_disk_workers + 1) * unit
@@ -113,7 +114,7 @@ def host_bytes(mc: ModelConfig, engine: EngineConfig, comps: dict[str, int], fra
         from lightx2v.runtime.memory import weight_bytes
 
         full = weight_bytes(mc, dataclasses.replace(engine, offload=OffloadConfig(), offload_encoders=False,
-                                                    text_encoder_device=None))
+                                                    text_encoder_device=None), memo)
         names = ("text_encoder", "clip", "vae", "tiny_vae") if engine.offload_encoders else ("text_encoder",)
         total += sum(full.get(n, 0) for n in names)
     return total
@@ -133,13 +134,15 @@ def plan_memory(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram=None, *
                          field="max_vram")
     size = dict(height=height or 480, width=width or 832, num_frames=num_frames or 81, guidance_scale=guidance_scale)
 
+    memo: dict = {}  # meta-built DiTs, shared by every estimate of this plan
+
     def judge(cand: EngineConfig):
-        est = estimate(mc, cand, **size, budget=2**62)  # a budget that always counts the weights: the need itself
-        host = host_bytes(mc, cand, est.components, est.host)
+        est = estimate(mc, cand, **size, budget=2**62, memo=memo)  # a budget that counts the weights: the need itself
+        host = host_bytes(mc, cand, est.components, est.host, memo)
         lazy_added = False
         if ram is not None and host > ram and cand.offload.granularity in ("block", "phase") and not cand.offload.lazy_load:
             lazy = dataclasses.replace(cand, offload=dataclasses.replace(cand.offload, lazy_load=True))
-            host_lazy = host_bytes(mc, lazy, est.components, est.host)
+            host_lazy = host_bytes(mc, lazy, est.components, est.host, memo)
             if host_lazy < host:
                 cand, host, lazy_added = lazy, host_lazy, True
         need = est.need
