@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-E4M3_MAX = 448.0
+from lightx2v.quant.fp8 import E4M3_MAX  # one definition (448)
+
 ROW_ALIGN = 16
 GEMM_IMPLS = ("torch", "triton")
 TRITON_K_ALIGN = 128  # lightx2v.ops.triton.quant.K_ALIGN (not imported here: that module needs Triton)

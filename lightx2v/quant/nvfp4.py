@@ -41,10 +41,10 @@ from torch import Tensor
 
 from lightx2v.errors import CheckpointError
 from lightx2v.quant.base import QuantScheme, TensorSpec
+from lightx2v.quant.fp8 import E4M3_MAX  # one definition (448)
 
 BLOCK = 16  # values per block scale, along the input dimension
 E2M1_MAX = 6.0
-E4M3_MAX = 448.0
 GLOBAL_SCALE_NUMERATOR = E2M1_MAX * E4M3_MAX  # 2688: gs = 2688 / amax maps the largest block scale to 448
 E2M1_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # magnitudes of codes 0..7; code | 8 is the negative
 TILE_ROWS, TILE_COLS = 128, 4  # the swizzled scale layout's tile
