@@ -44,6 +44,12 @@ def pair():
     return ref, _ours(ref)
 
 
+@pytest.fixture(scope="module")
+def ref1():
+    """A one-block reference for the engine tests (each builds its own model from it)."""
+    return _reference(num_layers=1, num_refiner_layers=1)
+
+
 def _inputs(batch: int = 2, equal: bool = False, seed: int = 1) -> dict:
     g = torch.Generator().manual_seed(seed)
     text_mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 0]])[:batch]
@@ -242,11 +248,29 @@ def test_run_blocks_is_the_block_boundary(pair) -> None:
     _close(out, _run_ref(ref, i, i["image"]))
 
 
-def test_w8a8_int8_quantization_stays_close() -> None:
+def test_bf16_load_keeps_the_declared_fp32_params_and_stays_close(ref1) -> None:
+    from lightx2v.loading.state_dict import load_into
+
+    ref = ref1
+    expected, i = _run(_ours(ref), _inputs(2), None), _inputs(2)
+    with torch.device("meta"):
+        model = HunyuanVideo15DiT(HunyuanVideo15DiTConfig.from_diffusers(ref.config))
+    load_into(model, state_dict_from_diffusers(ref.state_dict()), dtype=torch.bfloat16,
+              keep_fp32=HunyuanVideo15DiT._keep_in_fp32)
+    fp32 = {n.rsplit(".", 1)[0] for n, p in model.named_parameters() if p.dtype == torch.float32}
+    assert fp32 == {"time_in.mlp.0", "time_in.mlp.2", "txt_in.t_embedder.mlp.0", "txt_in.t_embedder.mlp.2",
+                    "txt_in.individual_token_refiner.blocks.0.norm1", "txt_in.individual_token_refiner.blocks.0.norm2",
+                    "byt5_in.layernorm", "vision_in.proj.0", "vision_in.proj.4",
+                    *(f"double_blocks.0.{s}_attn_{p}_norm" for s in ("img", "txt") for p in ("q", "k"))}
+    low = {k: v.bfloat16() if k in ("x", "text", "byt5") else v for k, v in i.items()}
+    out = _run(model, low, None)
+    assert out.dtype == torch.float32 and ((out - expected).norm() / expected.norm()).item() < 0.03
+
+
+def test_w8a8_int8_quantization_stays_close(ref1) -> None:
     from lightx2v.quant import QuantLinear, apply_quant
 
-    ref = _reference(num_layers=1, num_refiner_layers=1)
-    model, i = _ours(ref), _inputs(2)
+    model, i = _ours(ref1), _inputs(2)
     expected = _run(model, i, i["image"])
     apply_quant(model, "w8a8-int8", compute_dtype=torch.float32)
     quantized = [n for n, m in model.named_modules() if isinstance(m, QuantLinear)]
@@ -257,9 +281,8 @@ def test_w8a8_int8_quantization_stays_close() -> None:
     assert 0 < rel < 0.05
 
 
-def test_regional_compile_gives_the_same_output() -> None:
-    ref = _reference(num_layers=1, num_refiner_layers=1)
-    model, i = _ours(ref), _inputs(1)
+def test_regional_compile_gives_the_same_output(ref1) -> None:
+    model, i = _ours(ref1), _inputs(1)
     expected = _run(model, i, i["image"])
     for name in model._repeated_blocks:
         for block in model.get_submodule(name):

@@ -47,8 +47,9 @@ class HunyuanVideo15DiT(nn.Module):
 
     # params whose name contains one of these stay float32 (load_into(keep_fp32=...)): the time
     # embeddings and the norm weights (small; the reference runs them in fp32 under autocast)
-    _keep_in_fp32 = ("time_in", "time_r_in", "t_embedder", "_norm.weight", "norm1.", "norm2.", "layernorm",
-                     "vision_in.proj.0", "vision_in.proj.4")
+    # (substrings: "txt_in.t_embedder", not "t_embedder", which "input_embedder" contains)
+    _keep_in_fp32 = ("time_in.", "time_r_in.", "txt_in.t_embedder.", "_norm.weight", "norm1.", "norm2.",
+                     "byt5_in.layernorm.", "vision_in.proj.0.", "vision_in.proj.4.")
     # What the engine reads: the ModuleList of identical blocks (regional compile, offload, caching),
     # and the linears a quantizer may touch, as a regex over module names: the blocks' attention
     # projections, MLPs and modulation linears (img_mod / txt_mod hold a third of the 8.3B weights);
