@@ -1,0 +1,297 @@
+"""The layers of the HunyuanVideo-1.5 DiT: embeddings, the text token refiner, the double-stream block, the head.
+
+Design: parameter names are the official checkpoint's (tencent/HunyuanVideo-1.5,
+hyvideo/models/transformers/hunyuanvideo_1_5_transformer.py and its modules/), so a released
+transformer loads by name. Precision follows the Wan DiT's rules (lightx2v.models.wan.dit_blocks):
+the residual streams, norms, modulation and RoPE in float32; activations cast to a layer's compute
+dtype right before each Linear and before attention (`linear`, `compute_dtype`, shared with Wan).
+Attention goes through `module.attn_backend(q, k, v)` ([B, L, H, D], no mask: lightx2v.ops.attention).
+The reference masks padding text tokens; here they are removed before the blocks (dit.py), and
+`joint_attention` runs samples of unequal text lengths one at a time, so no mask is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightx2v.models.wan.dit_blocks import LayerNormFP32, RMSNormFP32, apply_rope, compute_dtype, linear
+from lightx2v.ops.attention import get_backend
+
+__all__ = ["LayerNormFP32", "RMSNormFP32", "compute_dtype", "linear"]
+
+EPS = 1e-6  # the eps of every norm inside the blocks, the refiner and the head (the reference's)
+
+
+# ---------------------------------------------------------------- time and RoPE
+
+
+def timestep_embedding(t: Tensor, dim: int = 256, max_period: float = 10000.0) -> Tensor:
+    """[cos | sin] sinusoidal embedding [B] -> [B, dim] in float32, as the reference computes it."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Official TimestepEmbedder: sinusoid(256) -> Linear -> SiLU -> Linear (`mlp.0`, `mlp.2`)."""
+
+    def __init__(self, hidden: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden, bias=True), nn.SiLU(), nn.Linear(hidden, hidden, bias=True))
+
+    def forward(self, t: Tensor) -> Tensor:
+        # t: [B] -> [B, hidden] fp32
+        h = linear(self.mlp[0], timestep_embedding(t, self.freq_dim))
+        return linear(self.mlp[2], self.mlp[1](h)).float()
+
+
+def rope_table(grid: tuple[int, int, int], dims: tuple[int, int, int], theta: float, device: torch.device) -> Tensor:
+    """RoPE rotations of a (t, h, w) token grid: [t*h*w, 1, D/2, 2] float32 (cos, sin).
+
+    Each axis gets `dims[i]` channels of a head (the reference's rope_dim_list), rotated in
+    interleaved pairs (2j, 2j+1) by position * theta^(-2j/dims[i]); positions 0..n-1, token order
+    frame-major as the patch embedding flattens."""
+    parts = []
+    for axis, (n, d) in enumerate(zip(grid, dims)):
+        inv = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64, device=device)[: d // 2] / d)
+        ang = torch.outer(torch.arange(n, dtype=torch.float64, device=device), inv)  # [n, d/2]
+        shape = [1, 1, 1, d // 2]
+        shape[axis] = n
+        parts.append(ang.reshape(shape).expand(*grid, d // 2))
+    angles = torch.cat(parts, dim=-1).reshape(math.prod(grid), 1, -1)
+    return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
+
+
+class RopeCache:
+    """RoPE tables per (grid, device): named state of the DiT with `reset()` (DESIGN principle 8)."""
+
+    def __init__(self, dims: tuple[int, int, int], theta: float, max_entries: int = 8) -> None:
+        self.dims, self.theta, self.max_entries = dims, theta, max_entries
+        self._tables: dict[tuple, Tensor] = {}
+        self._lock = threading.Lock()
+
+    def get(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
+        key = (*grid, str(device))
+        table = self._tables.get(key)
+        if table is None:
+            table = rope_table(grid, self.dims, self.theta, device)
+            with self._lock:
+                if len(self._tables) >= self.max_entries:
+                    self._tables.clear()
+                self._tables[key] = table
+        return table
+
+    def reset(self) -> None:
+        with self._lock:
+            self._tables.clear()
+
+
+# ---------------------------------------------------------------- small modules
+
+
+class MLP(nn.Module):
+    """fc1 -> activation -> fc2 (official MLP; the activation is not a parameter)."""
+
+    def __init__(self, dim: int, hidden: int, act: nn.Module) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(self.fc2, self.act(linear(self.fc1, x)))
+
+
+class ModulateDiT(nn.Module):
+    """SiLU -> Linear(hidden, factor * hidden): the modulation vectors of a block (`linear`)."""
+
+    def __init__(self, hidden: int, factor: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, factor * hidden)
+
+    def forward(self, vec: Tensor) -> Tensor:
+        # vec: [B, C] fp32 -> [B, factor * C] fp32
+        return linear(self.linear, F.silu(vec)).float()
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    # x: [B, L, C] fp32; shift, scale: [B, C] fp32
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def joint_attention(backend, q: Tensor, k: Tensor, v: Tensor, valid: list[int] | None) -> Tensor:
+    """Attention over [B, L, H, D] where sample b's keys are its first `valid[b]` tokens (the rest is
+    text padding); None: all keys valid. Samples of unequal length run one at a time, so the backend
+    never needs a mask; a padding token's query attends the sample's valid keys (its output is never
+    read by the image tokens)."""
+    if valid is None:
+        return backend(q, k, v)
+    return torch.cat([backend(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n]) for b, n in enumerate(valid)])
+
+
+# ---------------------------------------------------------------- text token refiner (txt_in)
+
+
+class IndividualTokenRefinerBlock(nn.Module):
+    """A refiner block: gated self-attention (fused qkv) and gated MLP over the text tokens."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = LayerNormFP32(hidden, eps=EPS, elementwise_affine=True)
+        self.self_attn_qkv = nn.Linear(hidden, 3 * hidden)
+        self.self_attn_proj = nn.Linear(hidden, hidden)
+        self.norm2 = LayerNormFP32(hidden, eps=EPS, elementwise_affine=True)
+        self.mlp = MLP(hidden, int(hidden * mlp_ratio), nn.SiLU())
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.attn_backend = get_backend("torch_sdpa")  # swapped by set_attention_backend
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        # x: [1, Lt, C] fp32 (one sample's valid text tokens); c: [1, C] fp32 (time + pooled text)
+        gate_msa, gate_mlp = linear(self.adaLN_modulation[1], self.adaLN_modulation[0](c)).float().chunk(2, dim=-1)
+        qkv = linear(self.self_attn_qkv, self.norm1(x)).unflatten(-1, (3, self.heads, -1))  # [1, Lt, 3, H, D]
+        q, k, v = qkv.unbind(2)
+        attn = self.attn_backend(q, k, v).flatten(2)
+        x = x + linear(self.self_attn_proj, attn).float() * gate_msa[:, None]
+        return x + self.mlp(self.norm2(x)).float() * gate_mlp[:, None]
+
+
+class TextProjection(nn.Module):
+    """linear_1 -> SiLU -> linear_2: the pooled text to the refiner's conditioning (`c_embedder`)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(dim, hidden)
+        self.act_1 = nn.SiLU()
+        self.linear_2 = nn.Linear(hidden, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(self.linear_2, self.act_1(linear(self.linear_1, x))).float()
+
+
+class SingleTokenRefiner(nn.Module):
+    """Official `txt_in`: the Qwen2.5-VL states projected and refined, conditioned on t and their mean."""
+
+    def __init__(self, dim: int, hidden: int, heads: int, depth: int) -> None:
+        super().__init__()
+        self.input_embedder = nn.Linear(dim, hidden)
+        self.t_embedder = TimestepEmbedder(hidden)
+        self.c_embedder = TextProjection(dim, hidden)
+        self.individual_token_refiner = nn.Module()
+        self.individual_token_refiner.blocks = nn.ModuleList(
+            IndividualTokenRefinerBlock(hidden, heads) for _ in range(depth))
+
+    def forward(self, text: Tensor, t: Tensor) -> Tensor:
+        # text: [1, Lt, dim] (one sample's valid tokens only: the reference's mask, applied by selection); t: [1]
+        c = self.t_embedder(t) + self.c_embedder(text.float().mean(dim=1).to(text.dtype))
+        x = linear(self.input_embedder, text).float()
+        for block in self.individual_token_refiner.blocks:
+            x = block(x, c)
+        return x
+
+
+class ByT5Mapper(nn.Module):
+    """Official `byt5_in`: LayerNorm -> fc1 -> GELU -> fc2 -> GELU -> fc3 (glyph tokens to the width)."""
+
+    def __init__(self, dim: int, hidden: int, out: int) -> None:
+        super().__init__()
+        self.layernorm = LayerNormFP32(dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(linear(self.fc1, self.layernorm(x)))
+        return linear(self.fc3, F.gelu(linear(self.fc2, h))).float()
+
+
+class VisionProjection(nn.Module):
+    """Official `vision_in`: proj = LayerNorm, Linear, GELU, Linear, LayerNorm (SigLIP tokens to the width)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(LayerNormFP32(dim), nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, hidden),
+                                  LayerNormFP32(hidden))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj[2](linear(self.proj[1], self.proj[0](x)))
+        return self.proj[4](linear(self.proj[3], h))
+
+
+# ---------------------------------------------------------------- the double-stream block
+
+
+class MMDoubleStreamBlock(nn.Module):
+    """One double-stream block: image and text tokens, each with its own modulation, projections and
+    MLP, attending jointly ([img, txt]); RoPE on the image tokens only. Both streams fp32."""
+
+    def __init__(self, hidden: int, heads: int, mlp_hidden: int, qk_norm: bool, qkv_bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        head_dim = hidden // heads
+        for s in ("img", "txt"):
+            self.add_module(f"{s}_mod", ModulateDiT(hidden, 6))
+            self.add_module(f"{s}_norm1", LayerNormFP32(hidden, eps=EPS, elementwise_affine=False))
+            for p in ("q", "k", "v"):
+                self.add_module(f"{s}_attn_{p}", nn.Linear(hidden, hidden, bias=qkv_bias))
+            for p in ("q", "k"):
+                self.add_module(f"{s}_attn_{p}_norm", RMSNormFP32(head_dim, EPS) if qk_norm else nn.Identity())
+            self.add_module(f"{s}_attn_proj", nn.Linear(hidden, hidden, bias=qkv_bias))
+            self.add_module(f"{s}_norm2", LayerNormFP32(hidden, eps=EPS, elementwise_affine=False))
+            self.add_module(f"{s}_mlp", MLP(hidden, mlp_hidden, nn.GELU(approximate="tanh")))
+        self.attn_backend = get_backend("torch_sdpa")  # swapped by set_attention_backend
+
+    def _qkv(self, s: str, x: Tensor, shift: Tensor, scale: Tensor, rope: Tensor | None):
+        # x: [B, L, C] fp32 -> q, k, v [B, L, H, D] in the compute dtype
+        dt = compute_dtype(getattr(self, f"{s}_attn_q"))
+        h = modulate(getattr(self, f"{s}_norm1")(x), shift, scale).to(dt)
+        q, k, v = (getattr(self, f"{s}_attn_{p}")(h).unflatten(-1, (self.heads, -1)) for p in ("q", "k", "v"))
+        q, k = getattr(self, f"{s}_attn_q_norm")(q), getattr(self, f"{s}_attn_k_norm")(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q.to(dt), k.to(dt), v.to(dt)
+
+    def _mlp(self, s: str, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...]) -> Tensor:
+        # the gated residuals of one stream: attention output, then the modulated MLP
+        _, _, gate, shift2, scale2, gate2 = mod
+        x = x + linear(getattr(self, f"{s}_attn_proj"), attn).float() * gate[:, None]
+        y = getattr(self, f"{s}_mlp")(modulate(getattr(self, f"{s}_norm2")(x), shift2, scale2))
+        return x + y.float() * gate2[:, None]
+
+    def forward(self, img: Tensor, txt: Tensor, vec: Tensor, rope: Tensor,
+                txt_valid: list[int] | None) -> tuple[Tensor, Tensor]:
+        # img: [B, Li, C], txt: [B, Lt, C] fp32; vec: [B, C] fp32; rope: [Li, 1, D/2, 2];
+        # txt_valid: valid text tokens per sample (None: all)
+        img_mod = self.img_mod(vec).chunk(6, dim=-1)
+        txt_mod = self.txt_mod(vec).chunk(6, dim=-1)
+        iq, ik, iv = self._qkv("img", img, img_mod[0], img_mod[1], rope)
+        tq, tk, tv = self._qkv("txt", txt, txt_mod[0], txt_mod[1], None)
+        li = img.shape[1]
+        valid = None if txt_valid is None else [li + n for n in txt_valid]
+        attn = joint_attention(self.attn_backend, torch.cat([iq, tq], 1), torch.cat([ik, tk], 1),
+                               torch.cat([iv, tv], 1), valid).flatten(2)  # [B, Li + Lt, C]
+        img = self._mlp("img", img, attn[:, :li], img_mod)
+        txt = self._mlp("txt", txt, attn[:, li:], txt_mod)
+        return img, txt
+
+
+class FinalLayer(nn.Module):
+    """Official `final_layer`: modulated LayerNorm (shift, scale) + Linear to patch * out channels."""
+
+    def __init__(self, hidden: int, out_features: int) -> None:
+        super().__init__()
+        self.norm_final = LayerNormFP32(hidden, eps=EPS, elementwise_affine=False)
+        self.linear = nn.Linear(hidden, out_features)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+
+    def forward(self, x: Tensor, vec: Tensor) -> Tensor:
+        # x: [B, L, C] fp32; vec: [B, C] fp32 -> [B, L, out_features]
+        shift, scale = linear(self.adaLN_modulation[1], self.adaLN_modulation[0](vec)).float().chunk(2, dim=-1)
+        return linear(self.linear, modulate(self.norm_final(x), shift, scale))
