@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from lightx2v.quant.base import QuantScheme
-
-E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)  # 448
+from lightx2v.quant.gemm import E4M3_MAX  # 448
 
 
 class Fp8WeightOnly(QuantScheme):

@@ -41,7 +41,7 @@ from torch import Tensor
 
 from lightx2v.errors import CheckpointError
 from lightx2v.quant.base import QuantScheme, TensorSpec
-from lightx2v.quant.fp8 import E4M3_MAX  # one definition (448)
+from lightx2v.quant.gemm import E4M3_MAX  # one definition (448)
 
 BLOCK = 16  # values per block scale, along the input dimension
 E2M1_MAX = 6.0
