@@ -164,18 +164,18 @@ def build_blocks(state, engine=None):
                                       sources=["upload", "clipboard"])
                 with gr.Row():
                     preset = gr.Dropdown(size_presets(mc), value=f"{d.width}x{d.height}", label="size")
-                    width = gr.Number(d.width, label="width", precision=0, minimum=16)
-                    height = gr.Number(d.height, label="height", precision=0, minimum=16)
+                    width = gr.Number(d.width, label="width", precision=0, minimum=16, elem_id="width")
+                    height = gr.Number(d.height, label="height", precision=0, minimum=16, elem_id="height")
                 with gr.Row():
-                    frames = gr.Number(d.num_frames, label="frames (4k+1)", precision=0, minimum=1)
-                    seed = gr.Number(-1, label="seed (-1: random)", precision=0)
+                    frames = gr.Number(d.num_frames, label="frames (4k+1)", precision=0, minimum=1, elem_id="frames")
+                    seed = gr.Number(-1, label="seed (-1: random)", precision=0, elem_id="seed")
                     dice = gr.Button("🎲 random", size="sm")
                 sampling = gr.Dropdown([SAMPLING_DEFAULT, SAMPLING_DISTILLED], value=SAMPLING_DEFAULT, label="sampling preset")
                 with gr.Row():
-                    steps = gr.Number(steps0, label="steps", precision=0, minimum=1)
+                    steps = gr.Number(steps0, label="steps", precision=0, minimum=1, elem_id="steps")
                     guidance = gr.Number(guidance0, label="guidance", minimum=0)
                     shift = gr.Number(shift0, label="shift", minimum=0)
-                    solver = gr.Dropdown(list(SOLVER_NAMES), value=solver0, label="solver")
+                    solver = gr.Dropdown(list(SOLVER_NAMES), value=solver0, label="solver", allow_custom_value=True)
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -185,7 +185,7 @@ def build_blocks(state, engine=None):
                 used = gr.Textbox(label="seed used", interactive=False, elem_id="seed-used")
                 history = gr.State([])
                 table = gr.Dataframe(headers=HISTORY_COLUMNS, value=[], label="history (this session)",
-                                     interactive=False, wrap=True)
+                                     interactive=False, wrap=True, elem_id="history")
         fields = [prompt, negative, image, last_image, height, width, frames, steps, guidance, shift, solver, seed]
         preset.change(lambda p: (gr.skip(), gr.skip()) if p == CUSTOM else tuple(int(v) for v in p.split("x")),
                       preset, [width, height], api_visibility="private", queue=False)
