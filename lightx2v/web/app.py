@@ -169,7 +169,7 @@ def build_blocks(state, engine=None):
                 with gr.Row():
                     frames = gr.Number(d.num_frames, label="frames (4k+1)", precision=0, minimum=1, elem_id="frames")
                     seed = gr.Number(-1, label="seed (-1: random)", precision=0, elem_id="seed")
-                    dice = gr.Button("🎲 random", size="sm")
+                    dice = gr.Button("random seed", size="sm")
                 sampling = gr.Dropdown([SAMPLING_DEFAULT, SAMPLING_DISTILLED], value=SAMPLING_DEFAULT, label="sampling preset")
                 with gr.Row():
                     steps = gr.Number(steps0, label="steps", precision=0, minimum=1, elem_id="steps")
@@ -189,6 +189,8 @@ def build_blocks(state, engine=None):
         fields = [prompt, negative, image, last_image, height, width, frames, steps, guidance, shift, solver, seed]
         preset.change(lambda p: (gr.skip(), gr.skip()) if p == CUSTOM else tuple(int(v) for v in p.split("x")),
                       preset, [width, height], api_visibility="private", queue=False)
+        for box in (width, height):  # a typed size is a custom one
+            box.input(lambda: CUSTOM, None, preset, api_visibility="private", queue=False)
         sampling.change(lambda c: sampling_values(mc, c), sampling, [steps, guidance, shift, solver],
                         api_visibility="private", queue=False)
         dice.click(lambda: -1, None, seed, api_visibility="private", queue=False)
