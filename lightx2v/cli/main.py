@@ -1,4 +1,4 @@
-"""`lightx2v` command line: generate, info, demo, convert, serve.
+"""`lightx2v` command line: generate, info, demo, convert, serve, ui.
 
 Errors meant for people (LightX2VError) are printed as one line on stderr with the error's exit
 code (2 bad input, 3 resources, 4 hub, 5 non-finite; 1 the video encoder failed), never as a
@@ -21,8 +21,9 @@ from lightx2v.cli import convert, demo, generate, info
 from lightx2v.cli.signals import describe, exit_code, quiet_broken_pipe, stop_on_signals
 from lightx2v.errors import GenerationCancelled, LightX2VError
 from lightx2v.server import cli as serve
+from lightx2v.web import ui
 
-COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert, "serve": serve}
+COMMANDS = {"generate": generate, "info": info, "demo": demo, "convert": convert, "serve": serve, "ui": ui}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

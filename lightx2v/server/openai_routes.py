@@ -118,9 +118,9 @@ def get_job(state, video_id: str, hide_cancelled: bool = True) -> Job:
     return job
 
 
-def submit(state, fields: dict, image: Optional[bytes], api: str) -> Job:
+def submit(state, fields: dict, image: Optional[bytes], api: str, last_image: Optional[bytes] = None) -> Job:
     """Check a request against the model and queue it (400 / 429 otherwise)."""
-    _, request, meta = build_request(state.served, fields, image, api)
+    _, request, meta = build_request(state.served, fields, image, api, last_image=last_image)
     try:
         job = state.store.create(request, meta, max_queue=state.max_queue)
     except QueueFull:

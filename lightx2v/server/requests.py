@@ -26,7 +26,8 @@ EXTRA_FIELDS = {"negative_prompt": str, "num_frames": int, "num_inference_steps"
 OPENAI_FIELDS = {"prompt": str, "model": str, "seconds": float, "size": str}
 # a request field (SamplingParams) -> the name each API gives it, for the error's `param`
 PARAM_NAMES = {"openai": {"image": "input_reference", "width": "size", "height": "size"},
-               "task": {"image": "image_path", "num_frames": "target_video_length", "num_inference_steps": "infer_steps"}}
+               "task": {"image": "image_path", "num_frames": "target_video_length", "num_inference_steps": "infer_steps"},
+               "ui": {}}
 MAX_PROMPT_CHARS = 10_000
 MAX_IMAGE_PIXELS = 4096 * 4096
 
@@ -128,9 +129,10 @@ def frames_for_seconds(seconds: float, fps: int) -> int:
     return 4 * k + 1
 
 
-def build_request(served: Served, fields: dict, image: Optional[bytes], api: str):
+def build_request(served: Served, fields: dict, image: Optional[bytes], api: str, last_image: Optional[bytes] = None):
     """(filled SamplingParams, request dict to store, meta) of a request's fields, checked against
-    the checkpoint; an ApiError (400) naming the field otherwise."""
+    the checkpoint; an ApiError (400) naming the field otherwise. `last_image`: flf2v's last frame
+    (checked bytes; the web UI sends it, the HTTP routes take one image)."""
     from lightx2v.config import SamplingParams
     from lightx2v.pipelines.request import prepare_request
 
@@ -157,11 +159,11 @@ def build_request(served: Served, fields: dict, image: Optional[bytes], api: str
         raise ApiError(400, f"seconds must be > 0 and at most 600, got {seconds:g}", param="seconds", code="invalid_value")
     if values["num_frames"] is None and seconds is not None:
         values["num_frames"] = frames_for_seconds(seconds, served.fps)
-    params = SamplingParams(prompt=prompt, image=image, width=width, height=height, **values)
+    params = SamplingParams(prompt=prompt, image=image, last_image=last_image, width=width, height=height, **values)
     try:
         filled = prepare_request(served.mc, params)
     except InputError as exc:  # the field named as this API calls it
-        raise ApiError(400, str(exc), param=PARAM_NAMES[api].get(exc.field, exc.field), code="invalid_value") from None
+        raise ApiError(400, str(exc), param=PARAM_NAMES.get(api, {}).get(exc.field, exc.field), code="invalid_value") from None
     request = dataclasses.replace(params, output_path=None).to_dict()
     frames_given = fields.get("num_frames") not in (None, "")
     shown = seconds if seconds is not None and not frames_given else None

@@ -1,0 +1,91 @@
+"""The page in a real headless browser: Debian's Chromium driven by Playwright (pointed at the
+system executable; `playwright install` is not needed). Skips, saying why, when no browser or no
+playwright is there (.ci/run installs the `chromium` package).
+
+Set LIGHTX2V_UI_SCREENSHOT=docs/ui.png to (re)write the README's screenshot of a finished result.
+"""
+
+import os
+import shutil
+
+import pytest
+
+from tests.web.conftest import UiProcess, httpx
+
+sync_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = next((p for p in (os.environ.get("LIGHTX2V_CHROMIUM"), shutil.which("chromium"),
+                             shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
+if CHROMIUM is None:
+    pytest.skip("no Chromium binary (apt-get install chromium, or set LIGHTX2V_CHROMIUM)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def ui(tiny_model, tmp_path_factory):
+    proc = UiProcess(tiny_model, tmp_path_factory.mktemp("ui-browser") / "data").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, ui):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(ui.url + "/", wait_until="domcontentloaded")  # the page keeps a stream open: no network idle
+    pg.wait_for_selector("#generate", timeout=30_000)
+    yield pg
+    context.close()
+
+
+def fill(page, prompt: str, size=(16, 16), frames=5, steps=1) -> None:
+    page.fill("#prompt textarea", prompt)
+    for elem, value in (("#width", size[0]), ("#height", size[1]), ("#frames", frames), ("#steps", steps)):
+        page.fill(f"{elem} input", str(value))
+
+
+def test_generate_in_the_browser_shows_the_video(page):
+    fill(page, "a lighthouse at dusk", size=(32, 16), frames=5, steps=2)
+    page.fill("#seed input", "11")
+    page.click("#generate")
+    video = page.wait_for_selector("#result video[src]", timeout=60_000)
+    assert video.get_attribute("src")
+    page.wait_for_function("document.querySelector('#status textarea').value.startsWith('done')", timeout=10_000)
+    assert page.input_value("#seed-used textarea") == "11"
+    assert "a lighthouse at dusk" in page.inner_text("#history")
+    assert page.errors == []
+    shot = os.environ.get("LIGHTX2V_UI_SCREENSHOT")
+    if shot:
+        page.screenshot(path=shot, full_page=True)
+
+
+def test_bad_input_shows_one_line(page):
+    fill(page, "x", frames=4)
+    page.click("#generate")
+    toast = page.wait_for_selector("text=num_frames must be 4k+1", timeout=20_000)
+    assert "Traceback" not in toast.inner_text()
+
+
+def test_cancel_stops_the_running_job(page, ui):
+    fill(page, "a long run", size=(64, 64), frames=17, steps=1000)
+    page.click("#generate")
+    page.wait_for_function("/in_progress: [1-9]/.test(document.querySelector('#status textarea').value)",
+                           timeout=30_000)
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#status textarea').value === 'cancelled'", timeout=30_000)
+    with httpx.Client(base_url=ui.url, timeout=10) as http:
+        tasks = http.get("/v1/tasks/").json()
+        cancelled = [t for t in tasks.values() if t["status"] == "cancelled"]
+        assert len(cancelled) == 1 and cancelled[0]["progress"] < 100
+        assert http.get("/v1/tasks/queue/status").json()["active_count"] == 0  # the worker is free again
+    assert "stopped: the job was deleted" in ui.log()

@@ -1,0 +1,39 @@
+"""The UI's bridge to the job store, without gradio or a process: seeds, fields, errors."""
+
+import pytest
+
+from lightx2v.errors import InputError
+from lightx2v.web import jobs
+
+
+def test_pick_seed_keeps_a_given_seed_and_draws_a_random_one():
+    assert jobs.pick_seed(42) == 42
+    assert jobs.pick_seed(7.0) == 7  # gradio's Number gives floats
+    drawn = {jobs.pick_seed(-1) for _ in range(8)} | {jobs.pick_seed(None) for _ in range(8)}
+    assert all(0 <= s <= jobs.MAX_SEED for s in drawn)
+    assert len(drawn) > 1  # random, not a fixed fallback
+
+
+@pytest.mark.parametrize("bad", ["abc", 1.5])
+def test_pick_seed_refuses_non_integers(bad):
+    with pytest.raises(InputError, match="seed must be an integer"):
+        jobs.pick_seed(bad)
+
+
+def test_request_fields_size_and_defaults():
+    fields = jobs.request_fields({"prompt": "a cat", "negative_prompt": "", "height": 480.0, "width": 832.0,
+                                  "num_frames": 5, "solver": "default", "shift": None})
+    assert fields == {"prompt": "a cat", "size": "832x480", "num_frames": 5}
+
+
+def test_request_fields_one_side_only_is_one_line():
+    with pytest.raises(InputError, match="both the width and the height") as err:
+        jobs.request_fields({"prompt": "x", "height": 480})
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="width must be a positive integer"):
+        jobs.request_fields({"prompt": "x", "height": 480, "width": -16})
+
+
+def test_update_final():
+    assert jobs.Update("completed", 100).final and jobs.Update("cancelled", 3).final
+    assert not jobs.Update("in_progress", 50).final
