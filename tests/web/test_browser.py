@@ -7,6 +7,7 @@ Set LIGHTX2V_UI_SCREENSHOT=docs/ui.png to (re)write the README's screenshot of a
 
 import os
 import shutil
+import time
 
 import pytest
 
@@ -87,5 +88,10 @@ def test_cancel_stops_the_running_job(page, ui):
         tasks = http.get("/v1/tasks/").json()
         cancelled = [t for t in tasks.values() if t["status"] == "cancelled"]
         assert len(cancelled) == 1 and cancelled[0]["progress"] < 100
+        # the worker notices at its next step: wait for it (bounded) rather than race it
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (http.get("/v1/tasks/queue/status").json()["active_count"]
+                                               or "stopped: the job was deleted" not in ui.log()):
+            time.sleep(0.2)
         assert http.get("/v1/tasks/queue/status").json()["active_count"] == 0  # the worker is free again
     assert "stopped: the job was deleted" in ui.log()
