@@ -13,7 +13,6 @@ The reference masks padding text tokens; here they are removed before the blocks
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch import Tensor, nn
 
 from lightx2v.models.wan.dit_blocks import LayerNormFP32, RMSNormFP32, apply_rope, compute_dtype, linear
 from lightx2v.ops.attention import get_backend
+from lightx2v.ops.table_cache import TableCache
 
 __all__ = ["LayerNormFP32", "RMSNormFP32", "compute_dtype", "linear"]
 
@@ -69,28 +69,16 @@ def rope_table(grid: tuple[int, int, int], dims: tuple[int, int, int], theta: fl
     return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
 
 
-class RopeCache:
-    """RoPE tables per (grid, device): named state of the DiT with `reset()` (DESIGN principle 8)."""
+class RopeCache(TableCache):
+    """RoPE tables per (grid, device): named state of the DiT with `reset()` (DESIGN principle 8;
+    lightx2v.ops.table_cache)."""
 
     def __init__(self, dims: tuple[int, int, int], theta: float, max_entries: int = 8) -> None:
-        self.dims, self.theta, self.max_entries = dims, theta, max_entries
-        self._tables: dict[tuple, Tensor] = {}
-        self._lock = threading.Lock()
+        super().__init__(max_entries)
+        self.dims, self.theta = dims, theta
 
     def get(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
-        key = (*grid, str(device))
-        table = self._tables.get(key)
-        if table is None:
-            table = rope_table(grid, self.dims, self.theta, device)
-            with self._lock:
-                if len(self._tables) >= self.max_entries:
-                    self._tables.clear()
-                self._tables[key] = table
-        return table
-
-    def reset(self) -> None:
-        with self._lock:
-            self._tables.clear()
+        return super().get((*grid, str(device)), lambda: rope_table(grid, self.dims, self.theta, device))
 
 
 # ---------------------------------------------------------------- small modules

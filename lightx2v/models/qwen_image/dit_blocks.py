@@ -24,7 +24,6 @@ Angles are float32 products as the reference computes them (theta 10000).
 from __future__ import annotations
 
 import math
-import threading
 from typing import Callable, Sequence
 
 import torch
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 from lightx2v.models.wan.dit_blocks import RMSNormFP32, apply_rope, compute_dtype, linear
 from lightx2v.ops.attention import get_backend
 from lightx2v.ops.fused import get_fused
+from lightx2v.ops.table_cache import TableCache
 
 EPS = 1e-6  # every norm of the model (diffusers' defaults for this class)
 ROPE_THETA = 10000.0
@@ -70,33 +70,16 @@ def rope_tables(segments: Segments, txt_len: int, axes: Sequence[int], device: t
     return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
 
-class RopeCache:
-    """RoPE tables per (segments, text length, device): named state of the DiT (DESIGN principle 8),
-    bounded, guarded by a lock, emptied by `reset()` (e.g. after moving the model)."""
+class RopeCache(TableCache):
+    """RoPE tables per (segments, text length, device): named state of the DiT (DESIGN principle 8;
+    lightx2v.ops.table_cache)."""
 
     def __init__(self, axes: Sequence[int], max_entries: int = 8) -> None:
+        super().__init__(max_entries)
         self.axes = tuple(axes)
-        self.max_entries = max_entries
-        self._tables: dict[tuple, Tensor] = {}
-        self._lock = threading.Lock()
 
     def get(self, segments: Segments, txt_len: int, device: torch.device) -> Tensor:
-        key = (segments, txt_len, str(device))
-        table = self._tables.get(key)
-        if table is None:
-            table = rope_tables(segments, txt_len, self.axes, device)
-            with self._lock:
-                if len(self._tables) >= self.max_entries:
-                    self._tables.clear()
-                self._tables[key] = table
-        return table
-
-    def reset(self) -> None:
-        with self._lock:
-            self._tables.clear()
-
-    def __len__(self) -> int:
-        return len(self._tables)
+        return super().get((segments, txt_len, str(device)), lambda: rope_tables(segments, txt_len, self.axes, device))
 
 
 # ---------------------------------------------------------------- time embedding and output norm

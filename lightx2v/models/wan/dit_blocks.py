@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from lightx2v.ops.attention import get_backend
 from lightx2v.ops.fused import get_fused
+from lightx2v.ops.table_cache import TableCache
 
 CLIP_DIM = 1280  # width of the CLIP ViT-H/14 features of the Wan2.1 I2V releases (default image_dim)
 
@@ -89,37 +90,15 @@ def rope_freqs(grid: tuple[int, int, int], head_dim: int, device: torch.device) 
     return torch.stack((angles.cos(), angles.sin()), dim=-1).float()
 
 
-class RopeCache:
-    """RoPE tables per (grid, device): named state of the DiT (DESIGN principle 8).
-
-    A few grids per run at most; bounded, guarded by a lock so that two threads sharing a model
-    never see a half-built table, and emptied by `reset()` (e.g. after moving the model)."""
+class RopeCache(TableCache):
+    """RoPE tables per (grid, device): named state of the DiT (DESIGN principle 8; lightx2v.ops.table_cache)."""
 
     def __init__(self, head_dim: int, max_entries: int = 8) -> None:
-        import threading
-
+        super().__init__(max_entries)
         self.head_dim = head_dim
-        self.max_entries = max_entries
-        self._tables: dict[tuple, Tensor] = {}
-        self._lock = threading.Lock()
 
     def get(self, grid: tuple[int, int, int], device: torch.device) -> Tensor:
-        key = (*grid, str(device))
-        table = self._tables.get(key)
-        if table is None:
-            table = rope_freqs(grid, self.head_dim, device)
-            with self._lock:
-                if len(self._tables) >= self.max_entries:
-                    self._tables.clear()
-                self._tables[key] = table
-        return table
-
-    def reset(self) -> None:
-        with self._lock:
-            self._tables.clear()
-
-    def __len__(self) -> int:
-        return len(self._tables)
+        return super().get((*grid, str(device)), lambda: rope_freqs(grid, self.head_dim, device))
 
 
 def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
