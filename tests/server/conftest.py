@@ -36,6 +36,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
+    module = "lightx2v.server"  # what `python -m` runs (tests/web: the UI, which serves the same API)
+    env: dict = {}
+
     def __init__(self, model: Path, data_dir: Path, *extra: str, api_key: str | None = API_KEY):
         self.model, self.data_dir, self.extra, self.api_key = model, data_dir, list(extra), api_key
         self.port = free_port()
@@ -52,12 +55,12 @@ class ServerProcess:
     def client(self, **kw) -> "httpx.Client":
         return httpx.Client(base_url=self.url, headers=self.headers(), timeout=30, **kw)
 
-    def start(self, timeout: float = 90) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "lightx2v.server", "--model-path", str(self.model), "--device", "cpu",
+    def start(self, timeout: float = 120) -> "ServerProcess":
+        cmd = [sys.executable, "-m", self.module, "--model-path", str(self.model), "--device", "cpu",
                "--dtype", "fp32", "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
         if self.api_key:
             cmd += ["--api-key", self.api_key]
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         self.log_file = open(self.log_path, "a")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
