@@ -3,7 +3,8 @@
 # time limit, logs and results under $OUT (device notes: .library/device). Usage:
 #   bash benchmarks/session.sh COMMIT part[:seconds] ...
 # parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS),
-#        e2e ($E2E_RUNS), offload (offload.py), attn (attention_kernels.py)
+#        e2e ($E2E_RUNS), offload (offload.py), attn (attention_kernels.py), cache (cache.py),
+#        tiling (vae_tiling.py)
 set -u
 COMMIT=$1; shift
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
@@ -22,11 +23,13 @@ for spec in "$@"; do
   part=${spec%%:*}; limit=${spec#*:}; [ "$limit" = "$spec" ] && limit=300
   start=$(date +%s)
   case $part in
-    tests) timeout "$limit" python3 -m pytest -q -p no:cacheprovider tests/ops/test_quant_kernels.py tests/ops/test_fused.py tests/ops/test_sage8.py tests/quant/test_nvfp4.py > "$OUT/tests.log" 2>&1 ;;
+    tests) timeout "$limit" python3 -m pytest -q -p no:cacheprovider tests/ops/test_quant_kernels.py tests/quant/test_nvfp4.py tests/runtime/test_block_offload.py tests/ops/test_fused.py tests/ops/test_sage8.py > "$OUT/tests.log" 2>&1 ;;
     quant) timeout "$limit" python3 benchmarks/quant_gemm.py --out "$OUT" --commit "$COMMIT" > "$OUT/quant.log" 2>&1 ;;
     dit) timeout "$limit" python3 benchmarks/dit_step.py --out "$OUT" --commit "$COMMIT" --shapes "${DIT_SHAPES:-14B-480p}" --configs "${DIT_CONFIGS:-compiled}" --four-step --no-per-layer > "$OUT/dit.log" 2>&1 ;;
     e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;
     offload) timeout "$limit" python3 benchmarks/offload.py --out "$OUT" --commit "$COMMIT" > "$OUT/offload.log" 2>&1 ;;
+    cache) timeout "$limit" python3 benchmarks/cache.py --out "$OUT" --commit "$COMMIT" > "$OUT/cache.log" 2>&1 ;;
+    tiling) timeout "$limit" python3 benchmarks/vae_tiling.py --out "$OUT" > "$OUT/tiling.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
     *) echo "unknown part $part" ;;
   esac
