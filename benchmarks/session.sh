@@ -4,7 +4,7 @@
 #   bash benchmarks/session.sh COMMIT part[:seconds] ...
 # parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS),
 #        e2e ($E2E_RUNS), offload (offload.py), attn (attention_kernels.py), cache (cache.py),
-#        tiling (vae_tiling.py)
+#        tiling (vae_tiling.py), small (small_gpu.py: whole runs under a capped allocator, the planner's plans)
 set -u
 COMMIT=$1; shift
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
@@ -29,6 +29,7 @@ for spec in "$@"; do
     e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;
     offload) timeout "$limit" python3 benchmarks/offload.py --out "$OUT" --commit "$COMMIT" > "$OUT/offload.log" 2>&1 ;;
     cache) timeout "$limit" python3 benchmarks/cache.py --out "$OUT" --commit "$COMMIT" > "$OUT/cache.log" 2>&1 ;;
+    small) timeout "$limit" python3 benchmarks/small_gpu.py --out "$OUT" --commit "$COMMIT" > "$OUT/small.log" 2>&1 ;;
     tiling) timeout "$limit" python3 benchmarks/vae_tiling.py --out "$OUT" > "$OUT/tiling.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
     *) echo "unknown part $part" ;;

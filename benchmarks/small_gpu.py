@@ -1,0 +1,126 @@
+"""A whole generation on an emulated small GPU: the memory planner's plan under a capped allocator.
+
+Writes the Wan2.1-T2V-14B official layout with random weights (benchmarks/e2e.py's writer, to
+/dev/shm), then runs each case in a fresh process: `torch.cuda.set_per_process_memory_fraction`
+caps what torch may allocate to the case's budget (an 8 GB card emulated on the H200), the public
+API loads with `max_vram=` (and `max_ram=`) so the planner picks the savers, and `generate` makes a
+4-step video to an mp4. Per case: the plan line, success or the one-line error, peak GPU memory
+(max_memory_allocated), host peak RSS, load and stage seconds. Rows go to $OUT/small_gpu.json and a
+markdown table to $OUT/small_gpu.md (pasted into docs/benchmarks.md with device, date, commit).
+
+Cases (the low-memory issue's targets): 480P in 6 GiB (bf16) and in 4 GiB (w8a8-fp8 weights), 720P
+in 8 GiB (bf16), and 480P with lazy loading under a 16 GiB host budget.
+
+    python benchmarks/small_gpu.py --out $OUT --commit <sha>
+    python benchmarks/small_gpu.py --device cpu --size tiny --out /tmp/sg    # a dry run (no cap, no plan)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CASES = {  # name: (height, width, max_vram, max_ram, quant)
+    "480p_bf16_6GiB": (480, 832, "6GiB", None, None),
+    "480p_fp8_4GiB": (480, 832, "4GiB", None, "w8a8-fp8"),
+    "720p_bf16_8GiB": (720, 1280, "8GiB", None, None),
+    "480p_bf16_6GiB_ram16GiB_lazy": (480, 832, "6GiB", "16GiB", None),
+}
+
+
+def child(args) -> dict:
+    """One case in this process (the parent runs each in a fresh one)."""
+    import resource
+
+    import torch
+
+    from lightx2v import LightX2V
+    from lightx2v.runtime.planner import parse_size
+
+    h, w, vram, ram, quant = CASES[args.case]
+    row: dict = {"case": args.case, "height": h, "width": w, "max_vram": vram, "max_ram": ram, "quant": quant}
+    kw: dict = {"quant": quant} if quant else {}
+    if args.device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(parse_size(vram, "max_vram") / total)
+        kw.update(max_vram=vram, max_ram=ram)
+    else:  # the dry run: the savers by hand (the planner plans GPU memory only)
+        kw.update(offload="block", offload_encoders=True, vae_tiling=True, text_encoder_device="cpu")
+        h, w = 64, 64
+    t0 = time.perf_counter()
+    try:
+        pipe = LightX2V.from_pretrained(args.ckpt, device=args.device, progress=False, **kw)
+        row["load_s"] = time.perf_counter() - t0
+        row["plan"] = next((line for line in pipe.pipeline.engine_log if line.startswith("memory plan")), None)
+        out = Path(args.tmp) / f"{args.case}.mp4"
+        result = pipe.generate(prompt="a red panda drinking tea in a bamboo forest", height=h, width=w,
+                               num_frames=81 if args.size != "tiny" else 9, num_inference_steps=4,
+                               guidance_scale=1.0, seed=0, output_path=str(out))
+        row["ok"] = True
+        row["timings"] = {k: round(v, 3) for k, v in result.timings.items()}
+        row["mp4_bytes"] = out.stat().st_size
+    except Exception as exc:  # a refusal or an out-of-memory is a result of this benchmark
+        row["ok"] = False
+        row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+    row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
+    row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return row
+
+
+def table(rows: list) -> str:
+    lines = ["| case | plan | ok | peak GPU GiB | host peak RSS GiB | load s | text / denoise / decode / save s |",
+             "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        t = r.get("timings", {})
+        stages = " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("text_encoder", "denoise", "vae_decode", "save"))
+        plan = (r.get("plan") or "").replace("|", "/")[:160]
+        lines.append(f"| {r['case']} | {plan} | {'yes' if r.get('ok') else 'no: ' + r.get('error', '')[:120]} | "
+                     f"{r.get('peak_gpu_gib', 0):.2f} | {r.get('host_peak_rss_gib', 0):.1f} | {r.get('load_s', 0):.1f} | "
+                     f"{stages} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--size", default="14B", choices=("14B", "tiny"))
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--ckpt", default="/dev/shm/lx2v_small_gpu")
+    ap.add_argument("--tmp", default="/tmp")
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--commit", default="?")
+    ap.add_argument("--case", default=None, help=argparse.SUPPRESS)  # the child process
+    args = ap.parse_args()
+    if args.case:
+        print("ROW " + json.dumps(child(args)), flush=True)
+        return
+    sys.path.insert(0, str(Path(__file__).parent))
+    from e2e import write_checkpoint
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(args.ckpt)
+    meta = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "size": args.size,
+            "write_s": write_checkpoint(ckpt, args.size, args.device)}
+    rows = []
+    for case in [c for c in args.cases.split(",") if c]:
+        cmd = [sys.executable, __file__, "--case", case, "--device", args.device, "--size", args.size,
+               "--ckpt", str(ckpt), "--tmp", args.tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        row = next((json.loads(line[4:]) for line in proc.stdout.splitlines() if line.startswith("ROW ")), None)
+        if row is None:
+            row = {"case": case, "ok": False, "error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        (out / "small_gpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = table(rows)
+    (out / "small_gpu.md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
