@@ -10,6 +10,8 @@ against the resident row of the same precision, peak GPU memory (torch.cuda.max_
 the timed calls), the units copied per forward, the GPU buffers' size, and the largest difference of
 the output against the resident one (the same kernels on the same numbers: 0 expected). `copy_s`: the
 time of copying every unit once with nothing else running (the floor the overlap hides behind compute).
+diffusers' WanTransformer3DModel on the same weights runs resident and with its block-level group
+offloading on a stream (`--no-diffusers` skips it), for the same-run comparison.
 `--lazy` adds a bf16 row with lazy load (lightx2v.runtime.lazy_load): the blocks written to a
 safetensors file in --tmp and mapped back, read by the disk workers (from the page cache: the file
 was just written). Rows go to $OUT/offload.json and, as a markdown table, to $OUT/offload.md.
@@ -155,6 +157,44 @@ def lazy_row(model, precision: str, inputs, args, rows: list, resident_out) -> N
     offs.offloads["dit"].reader.close()
 
 
+def diffusers_rows(args, inputs, rows: list) -> None:
+    """diffusers' WanTransformer3DModel on the same random weights: resident, then its block-level group
+    offloading with streams (`enable_group_offload(block_level, num_blocks_per_group=1, use_stream=True)`),
+    the same run, the same inputs: the peer's figure beside ours."""
+    dim, ffn, heads, layers, _, _ = SHAPES[args.shape]
+    cfg, ours = dit_step.build_ours(dim, ffn, heads, layers)
+    model = dit_step.build_diffusers(cfg, ours)
+    del ours
+    gc.collect()
+    x, t, ctx = inputs
+    dev = args.device
+    resident_s = None
+    for mode in ("diffusers resident", "diffusers group offload (block, stream)"):
+        row = {"precision": "bf16", "config": mode}
+        if mode != "diffusers resident":
+            model.to("cpu")
+            model.enable_group_offload(onload_device=torch.device(dev), offload_device=torch.device("cpu"),
+                                       offload_type="block_level", num_blocks_per_group=1,
+                                       use_stream=dev == "cuda")
+        if dev == "cuda":
+            torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
+        with torch.no_grad():
+            _, first, times = timed(lambda: model(hidden_states=x, timestep=t, encoder_hidden_states=ctx,
+                                                  return_dict=False)[0], args.repeat, dev)
+        s = sorted(times)[len(times) // 2]
+        row.update(s=s, first_s=first, times=times,
+                   peak_gib=torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else 0.0)
+        if resident_s is None:
+            resident_s = s
+        else:
+            row["overhead_pct"] = 100 * (s / resident_s - 1)
+        rows.append(row)
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "times"}),
+              flush=True)
+    model = None  # free it before the caller's next model
+    gc.collect()
+
+
 def build(args, precision: str):
     dim, ffn, heads, layers, _, _ = SHAPES[args.shape]
     _, model = dit_step.build_ours(dim, ffn, heads, layers)
@@ -190,6 +230,8 @@ def main() -> None:
     ap.add_argument("--lazy", action="store_true", help="also a bf16 row with lazy load (writes the blocks to --tmp)")
     ap.add_argument("--workers", type=int, default=2, help="--lazy: disk workers")
     ap.add_argument("--tmp", default="/tmp")
+    ap.add_argument("--no-diffusers", dest="diffusers", action="store_false",
+                    help="skip diffusers' resident and group-offloaded rows (same run, same weights)")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--commit", default="?")
     args = ap.parse_args()
@@ -221,6 +263,13 @@ def main() -> None:
         gc.collect()
         if args.device == "cuda":
             torch.cuda.empty_cache()
+        (out / "offload.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    if args.diffusers:
+        try:
+            diffusers_rows(args, inputs, rows)
+        except Exception as exc:
+            rows.append({"precision": "bf16", "config": "diffusers error", "error": f"{type(exc).__name__}: {exc}"[:300]})
+            print(rows[-1], flush=True)
         (out / "offload.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = table([r for r in rows if "error" not in r])
     (out / "offload.md").write_text(md + "\n")
