@@ -129,6 +129,33 @@ def ui_generate_fn(state, running: dict):
     return run
 
 
+def reattach_fn(state, running: dict):
+    """On page load: follow the newest queued / running job the page started (a reload, another tab):
+    yields (video, status) as it goes; Cancel acts on it. Nothing running: the page as it is."""
+    import gradio as gr
+
+    def reattach(request: gr.Request):
+        job_id = jobs.active_ui_job(state)
+        if job_id is None:
+            yield gr.skip(), gr.skip()
+            return
+        session = getattr(request, "session_hash", None) or "default"
+        running[session] = job_id
+        update = None
+        try:
+            for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
+                if not update.final:
+                    yield gr.skip(), f"{update.status}: {update.progress}% ({job_id}, started before this page loaded)"
+        finally:
+            running.pop(session, None)
+        if update is not None and update.status == "completed":
+            yield str(update.video), f"done: {update.video.name}"
+        elif update is not None:
+            yield gr.skip(), update.status if update.status == "cancelled" else f"failed: {update.error}"
+
+    return reattach
+
+
 def _row(state, job_id, update, values, seed, seconds) -> dict:
     job = state.store.get(job_id)
     meta = job.meta if job is not None else {}
@@ -200,6 +227,8 @@ def build_blocks(state, engine=None):
             return _cancel(state, running, request)
 
         stop.click(cancel, None, status, api_visibility="private", concurrency_limit=None)
+        blocks.load(reattach_fn(state, running), None, [video, status], api_visibility="private",
+                    concurrency_limit=None)
         api_trigger = gr.Button(visible=False)
         api_trigger.click(api_generate_fn(state), fields, video, api_name="generate", concurrency_limit=None,
                           api_description="Generate a video (the stable API: parameters as LightX2V.generate's)")

@@ -96,3 +96,23 @@ def test_cancel_stops_the_running_job(page, ui):
             time.sleep(0.2)
         assert http.get("/v1/tasks/queue/status").json()["active_count"] == 0  # the worker is free again
     assert "stopped: the job was deleted" in ui.log()
+
+
+def test_a_reload_reattaches_to_the_running_job(page, ui):
+    fill(page, "a long run to reload", size=(64, 64), frames=17, steps=1000)
+    page.click("#generate")
+    page.wait_for_function("/in_progress: [1-9]/.test(document.querySelector('#status textarea').value)",
+                           timeout=120_000)
+    page.reload(wait_until="domcontentloaded")  # the job is the store's: it keeps running
+    page.wait_for_selector("#generate", timeout=30_000)
+    page.errors.clear()  # the old page's stream, aborted by the reload, logs its abort: not the new page's
+    page.wait_for_function("/started before this page loaded/.test(document.querySelector('#status textarea').value)",
+                           timeout=60_000)
+    page.click("#cancel")  # Cancel acts on the re-attached job
+    page.wait_for_function("document.querySelector('#status textarea').value === 'cancelled'", timeout=120_000)
+    with httpx.Client(base_url=ui.url, timeout=10) as http:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and http.get("/v1/tasks/queue/status").json()["active_count"]:
+            time.sleep(0.2)
+        assert http.get("/v1/tasks/queue/status").json()["active_count"] == 0
+    assert page.errors == []

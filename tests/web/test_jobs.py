@@ -1,5 +1,7 @@
 """The UI's bridge to the job store, without gradio or a process: seeds, fields, errors."""
 
+import time
+
 import pytest
 
 from lightx2v.errors import InputError
@@ -37,3 +39,27 @@ def test_request_fields_one_side_only_is_one_line():
 def test_update_final():
     assert jobs.Update("completed", 100).final and jobs.Update("cancelled", 3).final
     assert not jobs.Update("in_progress", 50).final
+
+
+def test_a_reloaded_page_reattaches_to_the_newest_running_ui_job(tmp_path):
+    from types import SimpleNamespace
+
+    from lightx2v.server.store import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "jobs.sqlite")
+    store.init_schema()
+    state = SimpleNamespace(store=store)
+    assert jobs.active_ui_job(state) is None
+    api_job = store.create({"prompt": "x"}, {"api": "openai"})
+    assert jobs.active_ui_job(state) is None  # an API client's job is not the page's
+    first = store.create({"prompt": "a"}, {"api": "ui"})
+    time.sleep(0.01)  # distinct creation times: "newest" is by creation time
+    second = store.create({"prompt": "b"}, {"api": "ui"})
+    assert jobs.active_ui_job(state) == second.id  # the newest
+    store.cancel(second.id)
+    assert jobs.active_ui_job(state) == first.id
+    claimed = store.claim("w1", lease_s=60)  # the oldest queued one (the API's) runs; the page's waits
+    assert claimed.id == api_job.id and jobs.active_ui_job(state) == first.id
+    store.cancel(first.id)
+    assert jobs.active_ui_job(state) is None
+    store.close()
