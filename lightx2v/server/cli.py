@@ -28,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface; put it behind a proxy)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    add_store_arguments(p, log_format="json")
+    add_engine_arguments(p)
+
+
+def add_store_arguments(p: argparse.ArgumentParser, log_format: str) -> None:
+    """The job store's and the HTTP service's flags (shared by `serve` and `ui`)."""
     p.add_argument("--data-dir", default="lightx2v-data", help="where the videos (and the SQLite store) are written")
     p.add_argument("--store", default="sqlite",
                    help="job store: sqlite (in --data-dir) or postgresql://user:pass@host/db (a queue shared by servers)")
@@ -39,8 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a running job's lease, renewed every third of it; a crashed server's job runs again after it")
     p.add_argument("--max-attempts", type=int, default=3,
                    help="times a job is started before a crash-looping job is failed with a reason")
-    p.add_argument("--log-format", default="json", choices=("json", "text"), help="server log lines on stderr")
-    add_engine_arguments(p)
+    p.add_argument("--log-format", default=log_format, choices=("json", "text"), help="server log lines on stderr")
 
 
 class JsonFormatter(logging.Formatter):

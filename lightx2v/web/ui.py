@@ -27,21 +27,13 @@ HELP = "a web UI (Gradio) for every task and option of the checkpoint, with the 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from lightx2v.cli.generate import add_engine_arguments, add_model_arguments
+    from lightx2v.server.cli import add_store_arguments
 
     add_model_arguments(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--share", action="store_true", help="a public gradio.live link (the page only, not the HTTP API)")
-    p.add_argument("--data-dir", default="lightx2v-data", help="where the videos (and the SQLite job store) are written")
-    p.add_argument("--store", default="sqlite",
-                   help="job store: sqlite (in --data-dir) or postgresql://user:pass@host/db (a queue shared with servers)")
-    p.add_argument("--api-key", default=None,
-                   help="require Authorization: Bearer KEY on the HTTP API's /v1 routes (default: $LIGHTX2V_API_KEY)")
-    p.add_argument("--max-queue", type=int, default=100, help="jobs queued or running before new ones are refused")
-    p.add_argument("--max-upload-mb", type=int, default=20, help="largest upload (an image) in MiB")
-    p.add_argument("--lease-seconds", type=float, default=60.0, help="a running job's lease (lightx2v serve --help)")
-    p.add_argument("--max-attempts", type=int, default=3, help="times a job is started before it is failed")
-    p.add_argument("--log-format", default="text", choices=("json", "text"), help="log lines on stderr")
+    add_store_arguments(p, log_format="text")  # the HTTP service's store flags: the same job queue
     add_engine_arguments(p)
 
 
