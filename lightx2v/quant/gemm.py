@@ -17,8 +17,8 @@ aligned is refused by `unaligned` when the engine quantizes it, not at run time.
 - w8a8-fp8: the one-kernel quantizer, then `torch._scaled_mm` (cuBLAS, which fuses the scales).
 - w8a16 (weight-only): the reference under both (dequantize, then cuBLAS). The Triton GEMM that
   converts the 8-bit weight in registers ran at 390-510 TFLOP/s at the 14B shapes on the H200
-  against 690-800 for dequantize + cuBLAS (2026-11-30), so it is not dispatched to; it stays
-  reachable as `weight_only_linear(..., impl="triton")` for measurement.
+  against 690-800 for dequantize + cuBLAS (2026-11-30), so it is not dispatched to (the kernel,
+  `lightx2v.ops.triton.quant.scaled_mm` with no activation scale, is kept and tested).
 A layer whose in_features is not a multiple of 128 (the GEMM's K tile) computes with "torch".
 QuantLinear carries the choice (`kernels`), set by the engine's kernels step with the fused ops.
 """
@@ -101,18 +101,6 @@ def fp8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tenso
     y = torch._scaled_mm(xq, qweight.t(), scale_a=xs, scale_b=w_scale.reshape(1, -1).float(),
                          bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
     return y[:m].to(x.dtype).reshape(*x.shape[:-1], -1)
-
-
-def weight_only_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tensor], impl: str) -> Optional[Tensor]:
-    """The Triton weight-only GEMM for x [..., K] bf16/fp16 with qweight int8 | float8_e4m3fn [N, K] and a
-    per-channel w_scale [N, 1]: [..., N] in x's dtype; None where it does not apply (impl "torch", an
-    fp32 x, a per-tensor scale, K not a multiple of 128): the caller computes the reference."""
-    if x.dtype not in (torch.bfloat16, torch.float16) or w_scale.numel() != qweight.shape[0] or not _triton(impl, x.shape[-1]):
-        return None
-    from lightx2v.ops.triton import quant as tq
-
-    y = tq.scaled_mm(x.reshape(-1, x.shape[-1]), qweight, None, w_scale, bias, x.dtype)
-    return y.reshape(*x.shape[:-1], -1)
 
 
 def fp8_gemm_available(device: torch.device) -> Optional[str]:

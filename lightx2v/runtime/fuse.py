@@ -45,8 +45,10 @@ def _why_not(m: nn.Module) -> str | None:
 
     layers = (m.q, m.k, m.v)
     if all(isinstance(x, QuantLinear) for x in layers):
-        return _why_not_quantized(layers)
-    if any(type(x) is not nn.Linear for x in layers):
+        reason = _why_not_quantized(layers)
+        if reason is not None:
+            return reason
+    elif any(type(x) is not nn.Linear for x in layers):
         return "not plain nn.Linear"
     if any(x._forward_hooks or x._forward_pre_hooks for x in layers):
         return "hooked (dynamic LoRA)"
@@ -60,17 +62,12 @@ def _why_not(m: nn.Module) -> str | None:
 
 
 def _why_not_quantized(layers) -> str | None:
+    # what quantized q, k, v need beyond plain ones: one scheme, one scale per output channel
     q = layers[0]
     if any(x.scheme is not q.scheme or x.kernels != q.kernels or x.compute_dtype != q.compute_dtype for x in layers):
         return "quantized with different schemes or kernels"
     if q.quant_names != ("weight", "weight_scale") or q.weight_scale.shape != (q.out_features, 1):
         return f"quantized ({q.scheme.name}: not one scale per output channel)"
-    if any(x._forward_hooks or x._forward_pre_hooks for x in layers):
-        return "hooked (dynamic LoRA)"
-    if q.weight.device.type == "meta" or len({(x.weight.device, tuple(x.weight.shape)) for x in layers}) != 1:
-        return "weights differ in device or shape"
-    if any(x.bias is None for x in layers) and not all(x.bias is None for x in layers):
-        return "some have a bias, some not"
     return None
 
 

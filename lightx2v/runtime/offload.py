@@ -90,6 +90,12 @@ class ModelOffload:
         for name in list(self.models):
             self._evict(name)
 
+    def bring(self, name: str) -> None:
+        """Model `name` onto the device beside the ones there (a stage that needs two: the VAE and
+        CLIP for an image); `activate` would send the others back."""
+        self._assign(self.models[name], {k: v.to(self.device, non_blocking=True) for k, v in self._host[name].items()})
+        self.moves += 1
+
     def release(self, name: str) -> None:
         """Model `name` back in host memory (its device tensors dropped)."""
         self._evict(name)
@@ -134,19 +140,12 @@ def placed(pipeline, *names: str):
     off = getattr(pipeline, "encoder_offload", None)
     names = tuple(n for n in names if off is not None and n in off.models)
     for n in names:
-        off.activate(n) if len(names) == 1 else _bring(off, n)
+        off.activate(n) if len(names) == 1 else off.bring(n)
     try:
         yield
     finally:
         for n in names:
             off.release(n)
-
-
-def _bring(off: ModelOffload, name: str) -> None:
-    # several at once (an image stage needs the VAE and CLIP): `activate` would evict the others
-    tensors = {k: v.to(off.device, non_blocking=True) for k, v in off._host[name].items()}
-    off._assign(off.models[name], tensors)
-    off.moves += 1
 
 
 def apply_offload(pipeline, device: torch.device, prefetch: bool = True) -> ModelOffload:

@@ -69,17 +69,19 @@ def setup_logging(kind: str) -> None:
     log.propagate = False
 
 
-def _require_packages() -> None:
+def require_packages(names=("fastapi", "uvicorn", "multipart"), what: str = "the server",
+                     extra: str = "server") -> None:
+    """One line naming the missing packages of `what` and the pip command of its extra."""
     from lightx2v.errors import InputError
 
     missing = []
-    for name in ("fastapi", "uvicorn", "multipart"):
+    for name in names:
         try:
             __import__(name)
         except ImportError:
             missing.append(name)
     if missing:
-        raise InputError(f"the server needs {', '.join(missing)}: pip install 'lightx2v[server]'")
+        raise InputError(f"{what} needs {', '.join(missing)}: pip install 'lightx2v[{extra}]'")
 
 
 def lock_data_dir(data_dir: Path):
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"{flag} must be positive, got {value}")
     if not args.lease_seconds > 0:
         raise InputError(f"--lease-seconds must be positive, got {args.lease_seconds}")
-    _require_packages()
+    require_packages()
     setup_logging(args.log_format)
     from lightx2v.cli.generate import detect_from_args
 

@@ -39,16 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def require_gradio() -> None:
     """Gradio (the `ui` extra) and the server's packages are installed, else one line with the pip command."""
-    from lightx2v.errors import InputError
+    from lightx2v.server.cli import require_packages
 
-    missing = []
-    for name in ("gradio", "fastapi", "uvicorn", "multipart"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise InputError(f"the web UI needs {', '.join(missing)}: pip install 'lightx2v[ui]'")
+    require_packages(("gradio", "fastapi", "uvicorn", "multipart"), "the web UI", "ui")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightx2v.models.block_stack import hooked_blocks
 from lightx2v.errors import InputError
 from lightx2v.models.hunyuan15.dit_blocks import (
     ByT5Mapper, FinalLayer, MMDoubleStreamBlock, RopeCache, SingleTokenRefiner, TimestepEmbedder, VisionProjection,
@@ -184,13 +185,9 @@ class HunyuanVideo15DiT(nn.Module):
         from block to block and dropped after the last, as the reference does), txt_valid (valid
         conditioning tokens per sample, or None), rope [L, 1, D/2, 2]; `blocks`: the range to run.
         `block_hooks` (when set) run around each block, outside it: a compiled block never sees them."""
-        hooks, txt = self.block_hooks, kw["txt"]
-        for i in range(len(self.double_blocks))[kw.get("blocks", slice(None))]:
-            if hooks is not None:
-                hooks.before_block(i)
+        txt = kw["txt"]
+        for i in hooked_blocks(len(self.double_blocks), self.block_hooks, kw.get("blocks", slice(None))):
             x, txt = self.double_blocks[i](x, txt, kw["e"], kw["rope"], kw["txt_valid"])
-            if hooks is not None:
-                hooks.after_block(i)
         return x
 
     def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:

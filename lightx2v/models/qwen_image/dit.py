@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from lightx2v.models.block_stack import hooked_blocks
 from lightx2v.errors import InputError
 from lightx2v.models.qwen_image.dit_blocks import (
     AdaNormOut, QwenImageBlock, RopeCache, Segments, TimeTextEmbed,
@@ -139,13 +140,8 @@ class QwenImageDiT(nn.Module):
         e0 [B, S, C] (the time embeddings the blocks modulate with), split (tokens of the noisy image),
         rope [Lt + L, 1, D/2, 2], e [B, 1, C] (the step's embedding: not read by the blocks; a cache's
         indicator); `blocks`: the range of blocks to run. `block_hooks` (when set) run around each block."""
-        hooks = self.block_hooks
         txt = kw["txt"]
-        for i in range(len(self.transformer_blocks))[kw.get("blocks", slice(None))]:
-            if hooks is not None:
-                hooks.before_block(i)
+        for i in hooked_blocks(len(self.transformer_blocks), self.block_hooks, kw.get("blocks", slice(None))):
             x, txt = self.transformer_blocks[i](x, txt, kw["e0"], kw["rope"], kw["split"])
-            if hooks is not None:
-                hooks.after_block(i)
         return x
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightx2v.models.block_stack import hooked_blocks
 from lightx2v.errors import InputError
 from lightx2v.models.wan.dit_blocks import Head, MLPProj, RopeCache, WanBlock, linear
 from lightx2v.models.wan.dit_config import (  # noqa: F401 (re-exported: the config's home was this module)
@@ -261,16 +262,10 @@ class WanModel(nn.Module):
         e [B, 1 | L, C] (the time embedding: not read by the blocks; a cache's indicator). `blocks`: the
         range of blocks to run (a first-block cache runs block 0, then the rest). `block_hooks` (when set)
         run around each block, outside it: a compiled block never sees them."""
-        hooks = self.block_hooks
         kvs = iter(kw["kv"])
-        for i in range(len(self.blocks))[kw.get("blocks", slice(None))]:
-            block = self.blocks[i]
-            if hooks is not None:
-                hooks.before_block(i)
-            kv = next(kvs)  # after the hook: K/V made now use the block's weights
-            x = block(x, kw["e0"], kv, kw["rope"])
-            if hooks is not None:
-                hooks.after_block(i)
+        for i in hooked_blocks(len(self.blocks), self.block_hooks, kw.get("blocks", slice(None))):
+            kv = next(kvs)  # after the before-hook: K/V made now use the block's weights
+            x = self.blocks[i](x, kw["e0"], kv, kw["rope"])
         return x
 
 
