@@ -19,6 +19,7 @@ and diffusers' WanPipeline at the same shapes, eager and at its best (benchmarks
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import resource
@@ -62,11 +63,16 @@ def built(cls, cfg, device: str, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype).cpu().contiguous() for k, v in m.state_dict().items()}
 
 
-def write_checkpoint(root: Path, size: str, device: str) -> dict:
-    """The official Wan2.1-T2V layout at full (or tiny) size; returns seconds per file group."""
+def write_checkpoint(root: Path, size: str, device: str, task: str = "t2v", parts: tuple = ("t5", "vae", "dit")) -> dict:
+    """The official Wan2.1-T2V (or -I2V: `task="i2v"`, with the CLIP file) layout at full (or tiny) size.
+
+    `parts` names what to write (a second task in the same folder rewrites only the DiT and the
+    CLIP file); returns seconds per file group."""
     from safetensors.torch import save_file
 
+    from lightx2v.models.wan.clip import CLIPVisionConfig, WanCLIPVision
     from lightx2v.models.wan.dit import WanDiTConfig, WanModel
+    from lightx2v.models.wan.layouts import OFFICIAL_CLIP
     from lightx2v.models.wan.t5 import UMT5Config, UMT5Encoder
     from lightx2v.models.wan.tiny import tiny_dit_config, tiny_t5_config
     from lightx2v.models.wan.tokenizer import WanTokenizer, build_tiny_tokenizer
@@ -83,12 +89,25 @@ def write_checkpoint(root: Path, size: str, device: str) -> dict:
         t5_cfg, vae_cfg = UMT5Config(), WanVAEConfig()
         dit_cfg = WanDiTConfig(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=5120,
                                ffn_dim=13824, freq_dim=256, text_dim=4096, out_dim=16, num_heads=40, num_layers=40)
-    torch.save(built(UMT5Encoder, t5_cfg, device, torch.bfloat16), root / "models_t5_umt5-xxl-enc-bf16.pth")
+    if task == "i2v":  # the image branch: 36 input channels (noise, mask, image latents) and CLIP ViT-H/14 tokens
+        dit_cfg = dataclasses.replace(dit_cfg, model_type="i2v", in_dim=36)
+        clip_cfg = CLIPVisionConfig() if size != "tiny" else CLIPVisionConfig(ffn_dim=128, num_layers=2)
+        visual = built(WanCLIPVision, clip_cfg, device, torch.float16)  # the release's CLIP file is fp16
+        torch.save({f"visual.{k}": v for k, v in visual.items()}, root / OFFICIAL_CLIP)
+        took["clip"] = time.perf_counter() - t0
+    else:
+        (root / OFFICIAL_CLIP).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    if "t5" in parts:
+        torch.save(built(UMT5Encoder, t5_cfg, device, torch.bfloat16), root / "models_t5_umt5-xxl-enc-bf16.pth")
     took["t5"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    torch.save(built(WanVAE, vae_cfg, device, torch.float32), root / "Wan2.1_VAE.pth")
+    if "vae" in parts:
+        torch.save(built(WanVAE, vae_cfg, device, torch.float32), root / "Wan2.1_VAE.pth")
     took["vae"] = time.perf_counter() - t0
     t0 = time.perf_counter()
+    for old in root.glob("diffusion_pytorch_model*"):
+        old.unlink()
     sd = built(WanModel, dit_cfg, device, torch.bfloat16)
     keys = list(sd)
     n = 6 if size != "tiny" else 2

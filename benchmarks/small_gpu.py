@@ -1,15 +1,15 @@
 """A whole generation on an emulated small GPU: the memory planner's plan under a capped allocator.
 
-Writes the Wan2.1-T2V-14B official layout with random weights (benchmarks/e2e.py's writer, to
-/dev/shm), then runs each case in a fresh process: `torch.cuda.set_per_process_memory_fraction`
+Writes the Wan2.1-I2V-14B (then -T2V-14B) official layout with random weights (benchmarks/e2e.py's
+writer, to /dev/shm: RAM, so that writing 45 GB does not eat the device time), then runs each case in a fresh process: `torch.cuda.set_per_process_memory_fraction`
 caps what torch may allocate to the case's budget (an 8 GB card emulated on the H200), the public
 API loads with `max_vram=` (and `max_ram=`) so the planner picks the savers, and `generate` makes a
 4-step video to an mp4. Per case: the plan line, success or the one-line error, peak GPU memory
 (max_memory_allocated), host peak RSS, load and stage seconds. Rows go to $OUT/small_gpu.json and a
 markdown table to $OUT/small_gpu.md (pasted into docs/benchmarks.md with device, date, commit).
 
-Cases (the low-memory issue's targets): 480P in 6 GiB (bf16) and in 4 GiB (w8a8-fp8 weights), 720P
-in 8 GiB (bf16), and 480P with lazy loading under a 16 GiB host budget.
+Cases (the low-memory issue's targets): I2V-14B 480P in 6 GiB (bf16) and in 4 GiB (w8a8-fp8
+weights), I2V-14B 480P with lazy loading under a 16 GiB host budget, T2V-14B 720P in 8 GiB (bf16).
 
     python benchmarks/small_gpu.py --out $OUT --commit <sha>
     python benchmarks/small_gpu.py --device cpu --size tiny --out /tmp/sg    # a dry run (no cap, no plan)
@@ -19,16 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-CASES = {  # name: (height, width, max_vram, max_ram, quant)
-    "480p_bf16_6GiB": (480, 832, "6GiB", None, None),
-    "480p_fp8_4GiB": (480, 832, "4GiB", None, "w8a8-fp8"),
-    "720p_bf16_8GiB": (720, 1280, "8GiB", None, None),
-    "480p_bf16_6GiB_ram16GiB_lazy": (480, 832, "6GiB", "16GiB", None),
+CASES = {  # name: (task, height, width, max_vram, max_ram, quant); grouped by task (one checkpoint each)
+    "i2v_480p_bf16_6GiB": ("i2v", 480, 832, "6GiB", None, None),
+    "i2v_480p_fp8_4GiB": ("i2v", 480, 832, "4GiB", None, "w8a8-fp8"),
+    "i2v_480p_bf16_6GiB_ram16GiB_lazy": ("i2v", 480, 832, "6GiB", "16GiB", None),
+    "t2v_720p_bf16_8GiB": ("t2v", 720, 1280, "8GiB", None, None),
 }
 
 
@@ -41,8 +42,8 @@ def child(args) -> dict:
     from lightx2v import LightX2V
     from lightx2v.runtime.planner import parse_size
 
-    h, w, vram, ram, quant = CASES[args.case]
-    row: dict = {"case": args.case, "height": h, "width": w, "max_vram": vram, "max_ram": ram, "quant": quant}
+    task, h, w, vram, ram, quant = CASES[args.case]
+    row: dict = {"case": args.case, "task": task, "height": h, "width": w, "max_vram": vram, "max_ram": ram, "quant": quant}
     kw: dict = {"quant": quant} if quant else {}
     if args.device == "cuda":
         total = torch.cuda.get_device_properties(0).total_memory
@@ -57,7 +58,12 @@ def child(args) -> dict:
         row["load_s"] = time.perf_counter() - t0
         row["plan"] = next((line for line in pipe.pipeline.engine_log if line.startswith("memory plan")), None)
         out = Path(args.tmp) / f"{args.case}.mp4"
-        result = pipe.generate(prompt="a red panda drinking tea in a bamboo forest", height=h, width=w,
+        image = None
+        if task == "i2v":  # a random first frame at the video's size
+            from PIL import Image
+
+            image = Image.fromarray(torch.randint(0, 256, (h, w, 3), dtype=torch.uint8).numpy())
+        result = pipe.generate(prompt="a red panda drinking tea in a bamboo forest", height=h, width=w, image=image,
                                num_frames=81 if args.size != "tiny" else 9, num_inference_steps=4,
                                guidance_scale=1.0, seed=0, output_path=str(out))
         row["ok"] = True
@@ -72,11 +78,11 @@ def child(args) -> dict:
 
 
 def table(rows: list) -> str:
-    lines = ["| case | plan | ok | peak GPU GiB | host peak RSS GiB | load s | text / denoise / decode / save s |",
+    lines = ["| case | plan | ok | peak GPU GiB | host peak RSS GiB | load s | text / image / denoise / decode / save s |",
              "| --- | --- | --- | ---: | ---: | ---: | --- |"]
     for r in rows:
         t = r.get("timings", {})
-        stages = " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("text_encoder", "denoise", "vae_decode", "save"))
+        stages = " / ".join(f"{t.get(k, float('nan')):.1f}" for k in ("text_encoder", "image_encoder", "denoise", "vae_decode", "save"))
         plan = (r.get("plan") or "").replace("|", "/")[:160]
         lines.append(f"| {r['case']} | {plan} | {'yes' if r.get('ok') else 'no: ' + r.get('error', '')[:120]} | "
                      f"{r.get('peak_gpu_gib', 0):.2f} | {r.get('host_peak_rss_gib', 0):.1f} | {r.get('load_s', 0):.1f} | "
@@ -104,10 +110,15 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Path(args.ckpt)
-    meta = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "size": args.size,
-            "write_s": write_checkpoint(ckpt, args.size, args.device)}
+    meta = {"commit": args.commit, "date": time.strftime("%Y-%m-%d"), "size": args.size, "write_s": {}}
     rows = []
+    written = None
     for case in [c for c in args.cases.split(",") if c]:
+        task = CASES[case][0]
+        if task != written:  # the second task rewrites only the DiT (and the CLIP file)
+            parts = ("t5", "vae", "dit") if written is None else ("dit",)
+            meta["write_s"][task] = write_checkpoint(ckpt, args.size, args.device, task=task, parts=parts)
+            written = task
         cmd = [sys.executable, __file__, "--case", case, "--device", args.device, "--size", args.size,
                "--ckpt", str(ckpt), "--tmp", args.tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -117,6 +128,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         (out / "small_gpu.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    shutil.rmtree(ckpt, ignore_errors=True)
     md = table(rows)
     (out / "small_gpu.md").write_text(md + "\n")
     print(md)
