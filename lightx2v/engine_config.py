@@ -128,6 +128,7 @@ class OffloadConfig:
 
 
 OFFLOAD_GRANULARITIES = (None, "model", "block", "phase")
+MIN_CHUNK_TOKENS = 256  # below this the GEMMs of a chunk are too small to keep a GPU busy
 
 
 # ---- feature cache (lightx2v.runtime.cache) --------------------------------------------------------
@@ -289,6 +290,10 @@ class EngineConfig:
     # not the frame (lightx2v.models.wan.vae_tiling); a frame that fits in one tile is not tiled
     vae_tiling: bool = False
     vae_tile_size: int = 256
+    # the DiT blocks' token-wise parts (projections, norms, RoPE, cross-attention, FFN) run this many
+    # tokens at a time, the residual written in place (lightx2v.runtime.chunking): activation memory
+    # ~12 x dim bytes a token plus one chunk's, instead of ~30 x dim (bf16); 0: off
+    chunk_tokens: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))
@@ -316,6 +321,11 @@ class EngineConfig:
         if isinstance(size, bool) or not isinstance(size, int) or size < 128 or size % 64:
             raise InputError(f"vae_tile_size must be a multiple of 64 pixels from 128 (the overlap, a quarter, "
                              f"is then whole latent pixels of either Wan VAE), got {size!r}", field="vae_tile_size")
+
+        chunk = self.chunk_tokens
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or (chunk != 0 and chunk < MIN_CHUNK_TOKENS):
+            raise InputError(f"chunk_tokens must be 0 (off) or an integer >= {MIN_CHUNK_TOKENS}, got {chunk!r}",
+                             field="chunk_tokens")
 
     def torch_device(self) -> torch.device:
         return resolve_device(self.device)

@@ -31,7 +31,7 @@ FLAGS = {
     "offload": "--offload", "offload_buffers": "--offload-buffers", "offload_encoders": "--offload-encoders",
     "text_encoder_device": "--text-encoder-device", "max_vram": "--max-vram", "max_ram": "--max-ram",
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
-    "cache": "--cache", "vae_tile_size": "--vae-tile-size",
+    "cache": "--cache", "vae_tile_size": "--vae-tile-size", "chunk_tokens": "--chunk-tokens",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low")
@@ -175,6 +175,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vae-tile-size", type=int, default=None, metavar="PX",
                    help="side of a VAE tile in pixels, a multiple of 64 from 128, overlapping by a quarter "
                         "(default 256: overlap 64, as diffusers); implies --vae-tiling")
+    p.add_argument("--chunk-tokens", type=int, default=0, metavar="N",
+                   help="run the DiT blocks' token-wise parts N tokens at a time (>= 256; 0: off): less "
+                        "than half the activation memory (a small GPU), a little slower")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
@@ -210,7 +213,8 @@ def detect_from_args(args: argparse.Namespace, progress: bool = True):
                          text_encoder_device=args.text_encoder_device, quant_text_encoder=args.quant_text_encoder,
                          quant_image_encoder=args.quant_image_encoder, cache=args.cache,
                          vae_tiling=args.vae_tiling or args.vae_tile_size is not None,
-                         vae_tile_size=256 if args.vae_tile_size is None else args.vae_tile_size)
+                         vae_tile_size=256 if args.vae_tile_size is None else args.vae_tile_size,
+                         chunk_tokens=args.chunk_tokens)
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=progress)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)

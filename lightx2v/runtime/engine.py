@@ -52,7 +52,7 @@ from torch import nn
 from lightx2v.config import CompileConfig, EngineConfig, LoraConfig
 from lightx2v.errors import InputError
 
-ORDER = ("lora_merge", "quant", "placement", "lora_dynamic", "fuse_qkv", "attention", "kernels", "context_kv",
+ORDER = ("lora_merge", "quant", "placement", "lora_dynamic", "fuse_qkv", "attention", "kernels", "chunking", "context_kv",
          "parallel", "cache", "compile")
 
 
@@ -391,6 +391,13 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
         log += [f"fuse_qkv: {d}" for d in fuse_qkv_step(pipeline, engine)]
     log += [f"attention: {c}" for c in set_attention(pipeline, engine)]
     log += [f"kernels: {c}" for c in set_fused_ops(pipeline, engine)]
+    if engine.chunk_tokens:
+        from lightx2v.runtime.chunking import apply_chunking
+
+        for name, model in _transformers(pipeline):
+            n = apply_chunking(model, engine.chunk_tokens)
+            log.append(f"chunking: {name}, {n} blocks run {engine.chunk_tokens} tokens at a time"
+                       if n else f"chunking: {name} has no chunked path; it runs whole")
     if engine.context_kv:
         from lightx2v.runtime.context_kv import apply_context_kv
 

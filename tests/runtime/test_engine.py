@@ -37,7 +37,7 @@ def lora_file(tmp_path_factory):
 
 
 def test_order_is_written_once():
-    assert ORDER == ("lora_merge", "quant", "placement", "lora_dynamic", "fuse_qkv", "attention", "kernels", "context_kv",
+    assert ORDER == ("lora_merge", "quant", "placement", "lora_dynamic", "fuse_qkv", "attention", "kernels", "chunking", "context_kv",
                      "parallel", "cache", "compile")
 
 

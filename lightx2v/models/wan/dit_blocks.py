@@ -171,11 +171,11 @@ class SelfAttention(_QKVO):
             return F.linear(h, self.qkv_weight, self.qkv_bias).chunk(3, dim=-1)
         return self.q(h), self.k(h), self.v(h)
 
-    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
-        # x: [B, L, C] -> [B, L, C] in the compute dtype of `o`
+    def qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x: [B, L, C] -> q, k (normed, rotated), v: each [B, L, H, D] in the compute dtype; token-wise,
+        so a chunk of tokens with its rows of `rope` gives those tokens' rows."""
         dt = compute_dtype(self.q)
-        h = x.to(dt)
-        q, k, v = self._project(h)
+        q, k, v = self._project(x.to(dt))
         if isinstance(self.norm_q, RMSNormFP32) and isinstance(self.norm_k, RMSNormFP32):
             ops = self.fused_ops
             q = ops.qk_norm_rope(q, self.norm_q.weight, self.norm_q.eps, rope, self.num_heads, dt)  # [B, L, H, D]
@@ -183,8 +183,11 @@ class SelfAttention(_QKVO):
         else:
             q = apply_rope(self.norm_q(q).unflatten(-1, (self.num_heads, -1)), rope).to(dt)
             k = apply_rope(self.norm_k(k).unflatten(-1, (self.num_heads, -1)), rope).to(dt)
-        v = v.unflatten(-1, (self.num_heads, -1))
-        out = self.attn_backend(q, k, v.to(dt))  # [B, L, H, D]
+        return q, k, v.unflatten(-1, (self.num_heads, -1)).to(dt)
+
+    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
+        # x: [B, L, C] -> [B, L, C] in the compute dtype of `o`
+        out = self.attn_backend(*self.qkv(x, rope))  # [B, L, H, D]
         return linear(self.o, out.flatten(2))
 
 
@@ -264,9 +267,14 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
         self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
 
+    # tokens per chunk of the low-memory path (`_forward_chunked`, set by lightx2v.runtime.chunking); 0: off
+    chunk_tokens: int = 0
+
     def forward(self, x: Tensor, e: Tensor, kv: tuple[Tensor, ...], rope: Tensor) -> Tensor:
         # x: [B, L, C] fp32 residual; e: [B, 1 | L, 6, C] fp32 (time projection: one per sample, broadcast
         # over the tokens, or one per token); kv: this block's cross-attention K/V (CrossAttention.context_kv)
+        if self.chunk_tokens and x.shape[1] > self.chunk_tokens and not torch.is_grad_enabled():
+            return self._forward_chunked(x, e, kv, rope, self.chunk_tokens)
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).unbind(2)  # [B, 1 | L, C]
         ops = self.fused_ops
         y = self.self_attn(ops.norm_modulate(x, shift, scale, self.norm1.eps, compute_dtype(self.self_attn.q)), rope)
@@ -275,6 +283,51 @@ class WanBlock(nn.Module):
         y = linear(self.ffn[0], ops.norm_modulate(x, c_shift, c_scale, self.norm2.eps, compute_dtype(self.ffn[0])))
         y = self.ffn[2](self.ffn[1](y))
         return ops.gated_residual(x, y, c_gate)
+
+    def _forward_chunked(self, x: Tensor, e: Tensor, kv: tuple[Tensor, ...], rope: Tensor, n: int) -> Tensor:
+        """`forward` with every token-wise part run `n` tokens at a time (inference only).
+
+        Only self-attention's softmax needs all the tokens at once: q, k, v are filled chunk by chunk
+        (modulated norm, projection, q/k norm and RoPE of n tokens), attention runs once, and the output
+        projection, the cross-attention and the FFN run per chunk, writing the residual in place into
+        one new fp32 tensor (the input `x` is left as it was: a feature cache reads it after the block).
+        What is alive at the peak is x, the new residual, q, k, v and the attention output (at 14B
+        ~70 KB a token) plus one chunk's temporaries, instead of the whole sequence's FFN hidden state
+        (2 x 27 KB a token at 14B) and modulated copies (~150 KB a token in all). Same arithmetic per
+        token as `forward`; a GEMM over fewer rows may round differently in the last bits."""
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).unbind(2)  # [B, 1 | L, C]
+        ops, attn = self.fused_ops, self.self_attn
+        dt = compute_dtype(attn.q)
+        B, L, C = x.shape
+        spans = [(s, min(s + n, L)) for s in range(0, L, n)]
+
+        def rows(t: Tensor, s: int, end: int) -> Tensor:  # a modulation per sample [B, 1, C] or per token [B, L, C]
+            return t if t.shape[1] == 1 else t[:, s:end]
+
+        q = k = v = None
+        for s, end in spans:
+            h = ops.norm_modulate(x[:, s:end], rows(shift, s, end), rows(scale, s, end), self.norm1.eps, dt)
+            qs, ks, vs = attn.qkv(h, rope[s:end])
+            if q is None:  # [B, L, H, D] each, filled chunk by chunk
+                q, k, v = (t.new_empty((B, L, *t.shape[2:])) for t in (qs, ks, vs))
+            q[:, s:end], k[:, s:end], v[:, s:end] = qs, ks, vs
+            del h, qs, ks, vs
+        out = attn.attn_backend(q, k, v)  # [B, L, H, D]
+        del q, k, v
+        new = torch.empty_like(x)
+        for s, end in spans:
+            y = linear(attn.o, out[:, s:end].flatten(2))
+            new[:, s:end] = ops.gated_residual(x[:, s:end], y, rows(gate, s, end))
+        del out, y
+        for s, end in spans:  # cross-attention: the queries are token-wise
+            xs = new[:, s:end]
+            xs += self.cross_attn(self.norm3(xs).float(), kv).float()
+        for s, end in spans:
+            xs = new[:, s:end]
+            y = linear(self.ffn[0], ops.norm_modulate(xs, rows(c_shift, s, end), rows(c_scale, s, end),
+                                                      self.norm2.eps, compute_dtype(self.ffn[0])))
+            new[:, s:end] = ops.gated_residual(xs, self.ffn[2](self.ffn[1](y)), rows(c_gate, s, end))
+        return new
 
 
 class Head(nn.Module):
