@@ -35,8 +35,6 @@ CASES = {  # name: (task, height, width, max_vram, max_ram, quant); grouped by t
 
 def child(args) -> dict:
     """One case in this process (the parent runs each in a fresh one)."""
-    import resource
-
     import torch
 
     from lightx2v import LightX2V
@@ -73,8 +71,17 @@ def child(args) -> dict:
         row["ok"] = False
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
     row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
-    row["host_peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row["host_peak_rss_gib"] = peak_rss_gib()
     return row
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory: VmHWM (the high-water mark of its own address space since
+    exec; ru_maxrss would carry the parent's at the fork, which wrote a 33 GB checkpoint)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
 
 
 def table(rows: list) -> str:

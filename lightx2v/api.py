@@ -266,7 +266,19 @@ def planned(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram, **size):
     from lightx2v.runtime.planner import plan_memory
 
     plan = plan_memory(mc, engine, max_vram, max_ram, **size)
+    if plan.engine.torch_device().type == "cuda":
+        expandable_segments()
     return plan.engine, plan
+
+
+def expandable_segments() -> None:
+    """torch's CUDA allocator grows its segments instead of caching fixed blocks (what
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True does, for this process): under a memory budget the
+    freed space of one size is reused for another, instead of being lost to fragmentation."""
+    try:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    except (AttributeError, RuntimeError):  # an older torch or an allocator without the setting: plan as is
+        pass
 
 
 def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat16,

@@ -107,6 +107,8 @@ class MemoryProfile:
     pixel_bytes: float            # VAE decode (encode): working set per output pixel of one time chunk
     video_bytes: float = 36.0     # per pixel-frame: the decoded fp32 RGB video and two temporaries
     text_bytes: float = 0.0       # text encoder activations for one prompt
+    chunk_token_bytes: float = 0.0  # DiT with token chunking (EngineConfig.chunk_tokens): per token, besides one chunk's
+    context_bytes: float = 0.0    # every block's cross-attention K/V for one prompt (kept by context_kv)
 
 
 @dataclass(frozen=True)

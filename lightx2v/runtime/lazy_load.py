@@ -7,7 +7,9 @@ the OS reads on first touch and may drop again (page cache, not the process's me
 `DiskReader` gathers each unit's tensors from there into one of a small ring of pinned host buffers
 (`num_disk_workers` threads, `num_disk_workers + 1` buffers of the largest unit), ahead of use, and
 the slot pool copies from that buffer to the device as usual. Host memory then holds the ring, not
-the model.
+the model: once a unit is read, its pages are unmapped from the process again (`drop_pages`,
+madvise MADV_DONTNEED: they stay in the page cache, reclaimable, and are read again when next
+needed), so the process's resident memory does not grow to the model's size as the blocks are read.
 
 This only saves memory where the loader did not convert the blocks: a DiT stored in the run's dtype
 (a bf16 file for bf16), or pre-quantized for a quantized run. A cast, a quantization or a LoRA merge
@@ -24,6 +26,8 @@ patch, seen by their version counters) is read again.
 from __future__ import annotations
 
 import bisect
+import ctypes
+import os
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
@@ -44,6 +48,7 @@ class DiskReader:
         self.pending: OrderedDict = OrderedDict()  # unit key -> (buffer index, future, stamp)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="lightx2v-lazy-load")
         self.reads = 0  # units read (tests, stats)
+        self.droppable: dict = {}  # unit key -> every source tensor lies in a file mapping
 
     @property
     def nbytes(self) -> int:
@@ -99,9 +104,39 @@ class DiskReader:
             self.events[index].synchronize()
         for view, src in zip(unit.layout.views(self.buffers[index]), unit.host_views):
             view.copy_(src)
+        if not any(unit.stamp()):  # never written in place: the file's pages are what the tensors hold
+            key = unit.key
+            if key not in self.droppable:
+                self.droppable[key] = file_backed(unit.host_views) == len(unit.host_views)
+            if self.droppable[key]:
+                drop_pages(unit.host_views)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+_MADV_DONTNEED = 4
+
+
+def drop_pages(tensors: Sequence[Tensor]) -> int:
+    """Unmap the whole pages of file-mapped `tensors` from this process (madvise MADV_DONTNEED): the
+    data stays in the file (and the page cache) and is read again on the next touch, but no longer
+    counts in the process's resident memory. Only for tensors mapped from a file and never written
+    (on anonymous memory this would zero them: the caller checks `file_backed`). Returns the bytes
+    released (0 where madvise is not available)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        page = os.sysconf("SC_PAGE_SIZE")
+    except (OSError, AttributeError, ValueError):
+        return 0
+    done = 0
+    for t in tensors:
+        lo = t.data_ptr()
+        hi = lo + t.numel() * t.element_size()
+        start, end = -(-lo // page) * page, hi // page * page  # whole pages inside the tensor only
+        if end > start and libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED) == 0:
+            done += end - start
+    return done
 
 
 def file_backed(tensors: Sequence[Tensor], maps: str = "/proc/self/maps") -> Optional[int]:

@@ -26,7 +26,10 @@ Estimate = weights on the device (none once loaded) + the largest stage's activa
     denoise        token_bytes x tokens x batch (2 with batched CFG); a math attention backend
                    ("reference") adds 8 x heads x tokens^2 x batch (fp32 scores and softmax). SDPA's
                    flash / memory-efficient kernels on CUDA and torch's CPU kernel hold no
-                   tokens^2 (measured: 16k tokens, +8 MB instead of 1 GB of scores)
+                   tokens^2 (measured: 16k tokens, +8 MB instead of 1 GB of scores). With token
+                   chunking (chunk_tokens): chunk_token_bytes x tokens + token_bytes x chunk_tokens,
+                   per sample. Plus the kept cross-attention K/V (context_kv): context_bytes per
+                   prompt (2 with CFG: each branch's are kept)
     VAE decode     max(pixel_bytes x H x W + 12 x H x W x F, video_bytes x H x W x F): one time
                    chunk's working set and the frames decoded so far (fp32 RGB), or the finished
                    video with its two conversion temporaries (36 B a pixel-frame); with vae_tiling
@@ -66,6 +69,7 @@ from lightx2v.errors import InputError, LightX2VError, ResourceError
 TRAINED_FACTOR = 4
 DEFAULT_TRAIN_TIMESTEPS = 1000   # the schedulers' default (lightx2v.schedulers)
 LOWER_BOUND = 0.85               # of the measured activation peaks (see the module docstring)
+PLAN_FACTOR = 1.15               # the planner's margin over them: allocator rounding, what the formulas leave out
 MATH_ATTENTION = ("reference",)  # backends that hold the [heads, tokens, tokens] scores
 HOST_FRAME_BYTES = 15            # a decoded pixel-frame on the host: fp32 RGB + uint8 RGB
 CHUNK_FRAME_BYTES = 12           # a decoded pixel-frame kept while later chunks decode (fp32 RGB)
@@ -155,10 +159,12 @@ class MemoryEstimate:
 
 def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, num_frames: int,
              guidance_scale: float | None = None, decode: bool = True, loaded: bool = False,
-             budget: int | None = None, memo: dict | None = None) -> MemoryEstimate:
+             budget: int | None = None, memo: dict | None = None, factor: float = LOWER_BOUND) -> MemoryEstimate:
     """What a request needs (see the module docstring); `loaded`: the weights are already in place;
     `budget`: the bytes the device is taken to have (the planner's max_vram) instead of what it has free;
-    `memo`: a dict kept across calls for one model config (the planner's), so meta models build once."""
+    `memo`: a dict kept across calls for one model config (the planner's), so meta models build once;
+    `factor`: the share of the measured activation peaks counted (LOWER_BOUND for a refusal: a lower
+    bound; the planner asks with a margin above them, PLAN_FACTOR)."""
     device = engine.torch_device()
     profile_of = mc.spec.memory
     if profile_of is None:
@@ -170,7 +176,12 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
     g = mc.defaults.guidance_scale if guidance_scale is None else guidance_scale
     cfg = g != 1.0
     batch = 2 if cfg and engine.cfg_mode == "batched" else 1
-    denoise = prof.token_bytes * tokens * batch
+    if engine.chunk_tokens and tokens > engine.chunk_tokens and prof.chunk_token_bytes:
+        denoise = (prof.chunk_token_bytes * tokens + prof.token_bytes * engine.chunk_tokens) * batch
+    else:
+        denoise = prof.token_bytes * tokens * batch
+    if engine.context_kv:
+        denoise += prof.context_bytes * (2 if cfg else 1)
     if _attention_name(engine) in MATH_ATTENTION:
         denoise += 8 * prof.attention_heads * tokens * tokens * batch
     vae_scale = 1.0 if engine.vae_dtype is None else engine.vae_dtype.itemsize / 4  # the profile is fp32
@@ -184,7 +195,7 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
         stages["image encoder"] = video
     if decode:
         stages["VAE decode"] = video
-    stages = {k: int(LOWER_BOUND * v) for k, v in stages.items()}
+    stages = {k: int(factor * v) for k, v in stages.items()}
     available = available_bytes(device, loaded=loaded) if budget is None else budget
     # the weights (components built on meta) only matter when the activations alone fit
     counted = not loaded and available is not None and max(stages.values()) <= available

@@ -12,13 +12,20 @@ the CPU without the slower tiled VAE):
                                 time on an H200 at 14B 480P: docs/benchmarks.md)
     4. VAE tiled                decode / encode in 256 px tiles (activation memory bounded by the tile)
     5. text encoder on the CPU  umt5-xxl never on the GPU (its encode takes seconds on a CPU)
-    6. phase offload            one third of a block at a time (not with compile)
+    6. activations chunked      the blocks' token-wise work PLAN_CHUNK tokens at a time
+                                (lightx2v.runtime.chunking: 14B 480P activations ~4.7 -> ~2.2 GiB)
+    7. phase offload            one third of a block at a time (not with compile)
+    8. context K/V per block    the cross-attention K/V made again at every step (context_kv off)
 
 The precision is the user's (`quant`, `dtype`, `quant_text_encoder`): the planner never lowers it,
 and says so when even the last step does not fit. Host memory (`max_ram`): the offloaded weights live
 there; when they do not fit, lazy loading (blocks read from the checkpoint's files as they are
 needed) is added. Options the user set explicitly are kept (an explicit offload granularity is not
 replaced; the ladder starts after it).
+
+The estimate is asked with a margin (memory.PLAN_FACTOR of the measured activation peaks, where a
+refusal counts a lower bound), and on CUDA the plan switches torch's allocator to expandable
+segments (lightx2v.api.planned), so that a budget is not lost to fragmentation of the cached blocks.
 
 The plan is made for a request size (the family's default 480P-class size unless given): a larger
 request is still checked before it runs (lightx2v.runtime.memory.check_memory).
@@ -35,6 +42,7 @@ from lightx2v.config import EngineConfig, ModelConfig
 from lightx2v.engine_config import OffloadConfig
 from lightx2v.errors import InputError, ResourceError
 
+PLAN_CHUNK = 2048  # tokens per chunk when the planner chunks the activations (GEMMs of 2048 rows stay efficient)
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}
 
@@ -86,8 +94,12 @@ def _ladder(engine: EngineConfig) -> list[tuple[str, Callable[[EngineConfig], En
         steps.append(("VAE tiled", lambda e: rep(e, vae_tiling=True)))
     if not engine.text_encoder_device:
         steps.append(("text encoder on the CPU", lambda e: rep(e, text_encoder_device="cpu")))
+    if not engine.chunk_tokens:
+        steps.append(("activations chunked", lambda e: rep(e, chunk_tokens=PLAN_CHUNK)))
     if engine.offload.granularity != "phase" and not engine.compile.enabled:
         steps.append(("DiT phase offload (2 buffers)", lambda e: rep(e, offload=OffloadConfig("phase", num_buffers=2))))
+    if engine.context_kv:
+        steps.append(("context K/V per block", lambda e: rep(e, context_kv=False)))
     return steps
 
 
@@ -125,7 +137,7 @@ def plan_memory(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram=None, *
                 guidance_scale: Optional[float] = None) -> MemoryPlan:
     """The engine the greedy walk of the ladder (module docstring) reaches where the request fits
     `max_vram` (and `max_ram`), or a ResourceError naming what the last one needs."""
-    from lightx2v.runtime.memory import estimate
+    from lightx2v.runtime.memory import PLAN_FACTOR, estimate
 
     vram = parse_size(max_vram, "max_vram")
     ram = None if max_ram is None else parse_size(max_ram, "max_ram")
@@ -137,7 +149,8 @@ def plan_memory(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram=None, *
     memo: dict = {}  # meta-built DiTs, shared by every estimate of this plan
 
     def judge(cand: EngineConfig):
-        est = estimate(mc, cand, **size, budget=2**62, memo=memo)  # a budget that counts the weights: the need itself
+        # a budget that counts the weights (the need itself), with the planner's margin
+        est = estimate(mc, cand, **size, budget=2**62, memo=memo, factor=PLAN_FACTOR)
         host = host_bytes(mc, cand, est.components, est.host, memo)
         lazy_added = False
         if ram is not None and host > ram and cand.offload.granularity in ("block", "phase") and not cand.offload.lazy_load:

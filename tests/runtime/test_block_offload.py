@@ -249,10 +249,26 @@ def test_lazy_load_through_the_api_keeps_the_blocks_mapped(tiny_official_dir, re
                "buffers" in line for line in pipe.pipeline.engine_log)
     assert torch.equal(_gen(pipe), _ref(tiny_official_dir))
     assert file_backed(tensors) == len(tensors)  # still the file's pages after running
+    # each unit's pages were unmapped after its read (drop_pages), and read again from the file next time
+    assert off.reader.droppable and all(off.reader.droppable.values())
+    assert torch.equal(_gen(pipe), _ref(tiny_official_dir))
     # bf16 from a float32 file: cast while loading (the 14 tensors kept in float32 stay mapped)
     with pytest.warns(UserWarning, match="lazy_load: 40 of the dit's 54 block tensors are not mapped"):
         LightX2V.from_pretrained(tiny_official_dir, device="cpu", dtype=torch.bfloat16, progress=False,
                                  offload="phase", lazy_load=True)
+
+
+def test_drop_pages_keeps_the_data_of_a_mapped_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from lightx2v.runtime.lazy_load import drop_pages, file_backed
+
+    values = torch.randn(64, 1024)  # 256 KB: whole pages inside
+    save_file({"w": values}, str(tmp_path / "w.safetensors"))
+    mapped = load_file(str(tmp_path / "w.safetensors"))["w"]
+    assert file_backed([mapped]) == 1 and torch.equal(mapped, values)
+    assert drop_pages([mapped]) >= 256 * 1024 - 2 * 4096 * 4  # only whole pages inside the tensor
+    assert torch.equal(mapped, values)  # read again from the file
 
 
 def test_config_and_errors():

@@ -118,12 +118,28 @@ def test_weights_of_the_released_files(mc, free):
     ("1.3B", BF16, 720, 1280, 21, "VAE decode", 21.699e9),
 ])
 def test_activations_follow_the_measured_peaks(mc, free, size, engine, height, width, frames, stage, measured):
+    # measured on 2-block DiTs: their kept cross-attention K/V (context_kv) were a few MB, not the whole model's
+    engine = dataclasses.replace(engine, context_kv=False)
     est = estimate(_released(mc, size), engine, height=height, width=width, num_frames=frames)
     assert est.stages[stage] == pytest.approx(memory.LOWER_BOUND * measured, rel=0.03)
 
 
+def test_kept_context_kv_and_chunking_change_the_denoise(mc, free):
+    big = _released(mc, "14B")
+    size = dict(height=480, width=832, num_frames=81, guidance_scale=5.0)
+    kept = estimate(big, BF16, **size).stages["denoise"]
+    free_kv = estimate(big, dataclasses.replace(BF16, context_kv=False), **size).stages["denoise"]
+    # 40 blocks x K and V x 512 text tokens x 5120 x bf16, for each CFG branch
+    assert kept - free_kv == pytest.approx(memory.LOWER_BOUND * 2 * 40 * 2 * 512 * 5120 * 2, rel=1e-6)
+    chunked = estimate(big, dataclasses.replace(BF16, context_kv=False, chunk_tokens=2048), **size).stages["denoise"]
+    tokens = 21 * 30 * 52
+    assert chunked == pytest.approx(memory.LOWER_BOUND * (12 * 5120 * tokens + 30 * 5120 * 2048), rel=1e-6)
+    assert chunked < 0.5 * free_kv
+
+
 def test_attention_backend_and_cfg_change_the_denoise(mc, free):
     def denoise(engine, guidance=None):
+        engine = dataclasses.replace(engine, context_kv=False)  # the kept K/V: test_kept_context_kv_...
         return estimate(mc, engine, height=480, width=832, num_frames=81, guidance_scale=guidance).stages
 
     base = denoise(CPU32)

@@ -9,7 +9,7 @@ import torch
 from lightx2v.config import EngineConfig
 from lightx2v.errors import InputError, ResourceError
 from lightx2v.loading.detect import detect
-from lightx2v.runtime.planner import parse_size, plan_memory
+from lightx2v.runtime.planner import PLAN_CHUNK, parse_size, plan_memory
 from tests.runtime.test_memory import _released
 
 GIB = 2**30
@@ -37,13 +37,17 @@ def test_sizes_parse_and_refuse():
             parse_size(bad, "max_vram")
 
 
+SAVERS = ("encoders offloaded", "DiT block offload (2 buffers)", "text encoder on the CPU", "VAE tiled",
+          "activations chunked")
+
+
 @pytest.mark.parametrize("vram, quant, steps", [
     ("80GB", None, ()),                                                            # everything resident
     ("40GB", None, ("encoders offloaded",)),                                        # T5 only for its stage
     ("24GB", None, ("encoders offloaded", "DiT block offload (2 buffers)")),
-    ("8GB", None, ("encoders offloaded", "DiT block offload (2 buffers)", "text encoder on the CPU", "VAE tiled")),
-    ("6GB", None, ("encoders offloaded", "DiT block offload (2 buffers)", "text encoder on the CPU", "VAE tiled",
-                   "DiT phase offload (2 buffers)")),
+    ("8GB", None, SAVERS),
+    ("6GB", None, SAVERS),                                                         # chunked: ~5.5 GiB with margin
+    ("4GB", "w8a8-fp8", SAVERS + ("DiT phase offload (2 buffers)", "context K/V per block")),
     ("40GB", "w8a8-fp8", ()),                                                      # fp8 weights fit as they are
 ])
 def test_choices_for_a_few_budgets(big, cuda, vram, quant, steps):
@@ -58,6 +62,8 @@ def test_choices_for_a_few_budgets(big, cuda, vram, quant, steps):
     assert e.offload.granularity == ("phase" if "DiT phase offload (2 buffers)" in steps
                                      else "block" if "DiT block offload (2 buffers)" in steps else None)
     assert e.vae_tiling == ("VAE tiled" in steps) and (e.text_encoder_device == "cpu") == ("text encoder on the CPU" in steps)
+    assert (e.chunk_tokens == PLAN_CHUNK) == ("activations chunked" in steps)
+    assert e.context_kv == ("context K/V per block" not in steps)
     assert e.quant.scheme == quant  # the precision is the user's
     assert f"max_vram {parse_size(vram, 'x') / GIB:.1f} GiB" in plan.describe()
 
@@ -71,7 +77,7 @@ def test_host_budget_adds_lazy_loading(big, cuda):
 
 def test_refusal_names_what_the_smallest_plan_needs(big, cuda):
     with pytest.raises(ResourceError, match=r"^832x480, 81 frames does not fit max_vram 3\.0 GiB even with .*"
-                                            r"DiT phase offload .*: that needs \d+\.\d GiB on the GPU \(denoise\); "
+                                            r"DiT phase offload .*: that needs \d+\.\d GiB on the GPU \((denoise|VAE decode)\); "
                                             r"lower the size or frames, or the precision"):
         plan_memory(big, cuda, "3GB", **SIZE)
 
@@ -80,7 +86,7 @@ def test_compile_keeps_block_offload(big, cuda):
     import dataclasses
 
     with pytest.raises(ResourceError, match="even with .*DiT block offload"):  # phase offload is not a step
-        plan_memory(big, dataclasses.replace(cuda, compile=dataclasses.replace(cuda.compile, enabled=True)), "6GB",
+        plan_memory(big, dataclasses.replace(cuda, compile=dataclasses.replace(cuda.compile, enabled=True)), "4GB",
                     **SIZE)
 
 

@@ -188,6 +188,11 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
         counted from the tensors alive, not measured
     T5, per prompt: text_len * (8 dim + 3 dim_ffn) * s + 3 fp32 [heads, text_len, text_len] tensors
     (position bias, scores, softmax).
+    With token chunking (WanBlock._forward_chunked): (4 + 4s) * dim a token (the fp32 residual, q/k/v
+    and the attention output; then the input and the new residual), plus one chunk at the formulas
+    above (counted from the tensors alive: tests/runtime/test_chunking.py measures ~14 x dim in bf16
+    with a chunk of 1/16 of the tokens). Cross-attention K/V kept for a generation (context_kv):
+    2 * (text_len + image tokens) * dim * s per block and prompt.
     """
     s = dtype.itemsize
     d = mc.dit
@@ -203,7 +208,8 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
 
         pixel = 2 * DECODER_WIDTHS[-1] * TIME_STRIDE * 4
     return MemoryProfile(token_bytes=max(attention, ffn), attention_heads=d.num_heads,
-                         pixel_bytes=pixel, text_bytes=text)
+                         pixel_bytes=pixel, text_bytes=text, chunk_token_bytes=(4 + 4 * s) * d.dim,
+                         context_bytes=d.num_layers * 2 * (d.text_len + d.image_tokens) * d.dim * s)
 
 
 def describe(mc: ModelConfig) -> dict:

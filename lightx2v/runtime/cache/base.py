@@ -77,6 +77,10 @@ class CacheMethod:
     residual); `describe()` is the engine log's line; `off` means every forward runs."""
 
     name = ""
+    # the rule reads a number off the device (rel_l1's .item()): the runner lets the device finish the
+    # work already queued before it starts the decision's clock, so `decide_s` is the decision's own cost
+    # (that wait would happen in the rule's sync anyway; the host then launches the rest, as before)
+    host_sync = False
 
     @property
     def off(self) -> bool:
@@ -115,7 +119,7 @@ class CachedBlocks:
         self.states: dict[str, BranchState] = {}
         self.calls = 0          # block-stack runs
         self.skipped = 0        # calls answered from the cache
-        self.decide_s = 0.0     # host seconds spent deciding (includes a device sync where a rule needs one)
+        self.decide_s = 0.0     # host seconds spent deciding (a rule's own device read included, not the queued work)
 
     def reset(self) -> None:
         """Forget every branch's state and the counts: a generation never sees another's residuals."""
@@ -139,6 +143,8 @@ class CachedBlocks:
         n = len(names)
         states = [self.state(b) for b in names]
         x_in, run_kw, first = self.method.prepare(model, x, kw)
+        if self.method.host_sync and x.is_cuda:
+            torch.cuda.synchronize(x.device)
         t0 = time.perf_counter()
         for s in states:
             if s.origin is None:

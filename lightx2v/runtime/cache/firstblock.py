@@ -20,6 +20,7 @@ DEFAULT_THRESHOLD = 0.05
 
 
 class FirstBlockCache(CacheMethod):
+    host_sync = True  # rel_l1 reads its number off the device
     name = "firstblock"
 
     def __init__(self, threshold: float | None = None) -> None:

@@ -51,6 +51,7 @@ def polyval(coefficients, x: float) -> float:
 
 
 class TeaCache(CacheMethod):
+    host_sync = True  # rel_l1 reads its number off the device
     name = "teacache"
 
     def __init__(self, model: str, threshold: float | None = None, ret_steps: bool | None = None) -> None:
