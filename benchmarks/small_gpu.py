@@ -27,8 +27,8 @@ from pathlib import Path
 
 CASES = {  # name: (task, height, width, max_vram, max_ram, quant); grouped by task (one checkpoint each)
     "i2v_480p_bf16_6GiB": ("i2v", 480, 832, "6GiB", None, None),
-    "i2v_480p_fp8_4GiB": ("i2v", 480, 832, "4GiB", None, "w8a8-fp8"),
     "i2v_480p_bf16_6GiB_ram16GiB_lazy": ("i2v", 480, 832, "6GiB", "16GiB", None),
+    "i2v_480p_fp8_4GiB": ("i2v", 480, 832, "4GiB", None, "w8a8-fp8"),
     "t2v_720p_bf16_8GiB": ("t2v", 720, 1280, "8GiB", None, None),
 }
 
@@ -42,8 +42,10 @@ def child(args) -> dict:
 
     task, h, w, vram, ram, quant = CASES[args.case]
     row: dict = {"case": args.case, "task": task, "height": h, "width": w, "max_vram": vram, "max_ram": ram, "quant": quant}
-    kw: dict = {"quant": quant} if quant else {}
+    # "fp8 weights": the DiT's and the CLIP tower's (the text encoder runs on the CPU in these plans)
+    kw: dict = {"quant": quant, "quant_image_encoder": quant if task == "i2v" else None} if quant else {}
     if args.device == "cuda":
+        torch.cuda.memory._record_memory_history(max_entries=200000)  # what is alive if it runs out
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(parse_size(vram, "max_vram") / total)
         kw.update(max_vram=vram, max_ram=ram)
@@ -70,9 +72,24 @@ def child(args) -> dict:
     except Exception as exc:  # a refusal or an out-of-memory is a result of this benchmark
         row["ok"] = False
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
+        if args.device == "cuda":
+            row["alive_at_error"] = alive(torch.cuda.memory._snapshot())
     row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
     row["host_peak_rss_gib"] = peak_rss_gib()
     return row
+
+
+def alive(snapshot: dict, top: int = 14) -> list:
+    """The largest allocations alive in a CUDA memory snapshot: MiB and where they were made."""
+    rows = []
+    for seg in snapshot.get("segments", []):
+        for b in seg.get("blocks", []):
+            if b.get("state") == "active_allocated" and b.get("size", 0) >= 32 * 2**20:
+                frames = [f"{Path(f['filename']).name}:{f['line']}:{f['name']}" for f in b.get("frames", [])
+                          if "lightx2v" in f.get("filename", "") or "/nn/" in f.get("filename", "")][:4]
+                rows.append((b["size"] / 2**20, frames))
+    rows.sort(key=lambda r: -r[0])
+    return [{"mib": round(m, 1), "where": w} for m, w in rows[:top]]
 
 
 def peak_rss_gib() -> float:

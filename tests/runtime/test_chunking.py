@@ -198,3 +198,47 @@ def test_api_and_cli_pass_it_on(tiny_official_dir, capsys):
                "--device", "cpu", "--output", "/tmp/never.mp4"])
     err = capsys.readouterr().err
     assert rc != 0 and "--chunk-tokens must be 0 (off) or an integer >= 256, got 10" in err and "Traceback" not in err
+
+
+def test_in_place_saves_a_residual_copy_and_keeps_a_runners_input():
+    """Called by forward itself, the chunked blocks write over their inputs (the embedding is not read
+    again): one fp32 [L, C] copy less at the peak. Under a block runner (a feature cache keeps the stack's
+    input) the first block does not: the input it was given is unchanged and the output the same."""
+    dim, L = 256, 4096
+    model = _model(layers=2, dim=dim, ffn_dim=692, num_heads=2)
+    apply_chunking(model, 256)
+    x, ctx, _ = _inputs(size=(4, 64, 64))
+    t = torch.full((1,), 700.0)
+    seen = {}
+
+    def runner(m, xs, **kw):
+        seen["before"] = xs.clone()
+        out = m.run_blocks(xs, **kw)
+        seen["after"] = xs
+        return out
+
+    with torch.no_grad():
+        with _Live() as direct:
+            ref = model(x, t, ctx)
+        model.block_runner = runner
+        with _Live() as kept:
+            out = model(x, t, ctx)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(seen["before"], seen["after"])  # the runner's input was not written
+    assert direct.peak < kept.peak - 3 * dim * L, (direct.peak, kept.peak)  # 4 x dim bytes a token saved
+
+
+def test_with_a_feature_cache(tiny_official_dir):
+    """A first-block cache runs block 0, then the rest: neither writes over what the cache keeps."""
+    from lightx2v import LightX2V
+
+    def video(**kw):
+        pipe = LightX2V.from_pretrained(tiny_official_dir, device="cpu", progress=False,
+                                        cache="firstblock:threshold=10", **kw)
+        r = pipe.generate(prompt="a fox", height=256, width=256, num_frames=9, num_inference_steps=6,
+                          guidance_scale=3.0, seed=1, output_type="latent")
+        return r.latents, r.stats
+
+    (ref, stats), (out, stats_chunked) = video(), video(chunk_tokens=256)
+    assert stats["model_calls_skipped"] > 0 and stats == stats_chunked
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)

@@ -263,9 +263,16 @@ class WanModel(nn.Module):
         range of blocks to run (a first-block cache runs block 0, then the rest). `block_hooks` (when set)
         run around each block, outside it: a compiled block never sees them."""
         kvs = iter(kw["kv"])
+        # a chunked block may write its output over its input when nobody reads that again: every input
+        # made here, and forward's own (its embedding; not when a block runner called: it keeps its x)
+        own = self.block_runner is None and "blocks" not in kw
         for i in hooked_blocks(len(self.blocks), self.block_hooks, kw.get("blocks", slice(None))):
             kv = next(kvs)  # after the before-hook: K/V made now use the block's weights
-            x = self.blocks[i](x, kw["e0"], kv, kw["rope"])
+            block = self.blocks[i]
+            if block.chunk_tokens:
+                block.chunk_in_place = own
+            x = block(x, kw["e0"], kv, kw["rope"])
+            own = True
         return x
 
 

@@ -269,6 +269,9 @@ class WanBlock(nn.Module):
 
     # tokens per chunk of the low-memory path (`_forward_chunked`, set by lightx2v.runtime.chunking); 0: off
     chunk_tokens: int = 0
+    # the chunked path may write its output into its input x (set per call by WanModel.run_blocks: the
+    # input is not read again by anyone), saving the new residual's fp32 copy
+    chunk_in_place: bool = False
 
     def forward(self, x: Tensor, e: Tensor, kv: tuple[Tensor, ...], rope: Tensor) -> Tensor:
         # x: [B, L, C] fp32 residual; e: [B, 1 | L, 6, C] fp32 (time projection: one per sample, broadcast
@@ -289,12 +292,13 @@ class WanBlock(nn.Module):
 
         Only self-attention's softmax needs all the tokens at once: q, k, v are filled chunk by chunk
         (modulated norm, projection, q/k norm and RoPE of n tokens), attention runs once, and the output
-        projection, the cross-attention and the FFN run per chunk, writing the residual in place into
-        one new fp32 tensor (the input `x` is left as it was: a feature cache reads it after the block).
-        What is alive at the peak is x, the new residual, q, k, v and the attention output (at 14B
-        ~70 KB a token) plus one chunk's temporaries, instead of the whole sequence's FFN hidden state
-        (2 x 27 KB a token at 14B) and modulated copies (~150 KB a token in all). Same arithmetic per
-        token as `forward`; a GEMM over fewer rows may round differently in the last bits."""
+        projection, the cross-attention and the FFN run per chunk, writing the residual in place: into
+        one new fp32 tensor, or into `x` itself when `chunk_in_place` says nobody reads x again (a
+        feature cache reads its stack's input after the blocks: WanModel.run_blocks decides). What is
+        alive at the peak is x, q, k, v and the attention output (12 x dim bytes a token in bf16: at
+        14B 60 KB) plus one chunk's temporaries, instead of the whole sequence's FFN hidden state and
+        the norms' fp32 temporaries (~30 x dim). Same arithmetic per token as `forward`; a GEMM over
+        fewer rows may round differently in the last bits."""
         shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).unbind(2)  # [B, 1 | L, C]
         ops, attn = self.fused_ops, self.self_attn
         dt = compute_dtype(attn.q)
@@ -314,7 +318,7 @@ class WanBlock(nn.Module):
             del h, qs, ks, vs
         out = attn.attn_backend(q, k, v)  # [B, L, H, D]
         del q, k, v
-        new = torch.empty_like(x)
+        new = x if self.chunk_in_place else torch.empty_like(x)
         for s, end in spans:
             y = linear(attn.o, out[:, s:end].flatten(2))
             new[:, s:end] = ops.gated_residual(x[:, s:end], y, rows(gate, s, end))
