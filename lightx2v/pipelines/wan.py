@@ -411,8 +411,10 @@ class WanPipeline:
                               progress=self.progress)
         timings["denoise"] = self._lap(t1)
         from lightx2v.runtime.cache import cache_stats
+        from lightx2v.runtime.context_kv import reset_context_kv
 
         dits = [self.components[n] for n in self.transformer_names if self.components.get(n) is not None]
+        reset_context_kv(dits)  # the kept cross-attention K/V (~0.6 GB at 14B I2V) are not needed by the decode
         result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=cache_stats(dits, counter.stats(), timings))
         if p.output_type == "latent":
             timings["total"] = self._lap(t0)

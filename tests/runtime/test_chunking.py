@@ -242,3 +242,24 @@ def test_with_a_feature_cache(tiny_official_dir):
     (ref, stats), (out, stats_chunked) = video(), video(chunk_tokens=256)
     assert stats["model_calls_skipped"] > 0 and stats == stats_chunked
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_the_kept_context_kv_is_freed_before_the_decode(tiny_official_dir, monkeypatch):
+    """A small GPU decodes with what the denoise held given back: the cross-attention K/V too."""
+    from lightx2v import LightX2V
+
+    pipe = LightX2V.from_pretrained(tiny_official_dir, device="cpu", progress=False)
+    dit, seen = pipe.pipeline.components["dit"], []
+    decode = type(pipe.pipeline).decode
+
+    def spy(self, latents, *a, **kw):
+        seen.append(len(dit.context_cache._entries))
+        return decode(self, latents, *a, **kw)
+
+    monkeypatch.setattr(type(pipe.pipeline), "decode", spy)
+    stored = []
+    get = type(dit.context_cache).get
+    monkeypatch.setattr(type(dit.context_cache), "get", lambda self, *a: stored.append(1) or get(self, *a))
+    pipe.generate(prompt="a fox", height=64, width=64, num_frames=5, num_inference_steps=2, seed=0,
+                  output_path=str(tiny_official_dir.parent / "kv.mp4"))
+    assert seen == [0] and stored  # it was used during the denoise, empty at the decode
