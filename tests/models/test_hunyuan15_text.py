@@ -79,6 +79,18 @@ def test_crop_start_is_after_the_user_marker(encoders):
     assert tok.decode(rendered[:n]).endswith("<|im_start|>user\n")
 
 
+def test_crop_start_refuses_a_foreign_chat_template(encoders):
+    from lightx2v.errors import CheckpointError
+
+    _, tok, _, _ = encoders
+    saved, tok.chat_template = tok.chat_template, "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    try:
+        with pytest.raises(CheckpointError, match="Qwen2.5-VL tokenizer"):
+            hy_text.crop_start_of(tok)
+    finally:
+        tok.chat_template = saved
+
+
 @pytest.mark.parametrize("crop", ["released", "computed"])
 def test_encode_prompt_matches_diffusers(encoders, crop):
     """The released template and crop (which cuts this byte-level tokenizer's system turn short), and a

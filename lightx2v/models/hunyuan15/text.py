@@ -33,6 +33,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from lightx2v.errors import CheckpointError
+
 __all__ = [
     "CROP_START", "GLYPH_LEN", "HIDDEN_LAYERS_SKIPPED", "SYSTEM_MESSAGE", "TEXT_LEN", "TextConditioning",
     "crop_start_of", "encode_glyphs", "encode_prompt", "encode_text", "glyph_prompt", "glyph_texts",
@@ -85,7 +87,8 @@ def crop_start_of(tokenizer: Any, system: str = SYSTEM_MESSAGE) -> int:
     for i in range(len(ids) - len(marker) + 1):
         if ids[i : i + len(marker)] == marker:
             return i + len(marker)
-    raise ValueError(f"the tokenizer's chat template has no {USER_MARKER!r}; it is not a Qwen2.5-VL tokenizer")
+    raise CheckpointError(f"the text tokenizer's chat template renders no {USER_MARKER!r}; expected the "
+                          "Qwen2.5-VL tokenizer (its chat template)")
 
 
 @torch.no_grad()
