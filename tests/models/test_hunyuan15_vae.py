@@ -259,3 +259,17 @@ def test_diffusers_config_refusals():
         HunyuanVideo15VAEConfig.from_diffusers({"ffactor_spatial": 16})  # an official name in a diffusers file
     with pytest.raises(CheckpointError, match="no tensor 'decoder.conv_in.conv.weight'"):
         config_from_state_dict({})
+
+
+def test_bf16_decode_stays_close_to_fp32():
+    """Half precision (the norms computed in float32 as diffusers does) stays near the fp32 decode
+    (measured 0.013 relative L2 on these weights)."""
+    cfg = tiny_vae_config()
+    model = HunyuanVideo15VAE(cfg).eval()
+    with torch.no_grad():
+        randomize_(model)
+    z = _z(2, 2, 2)
+    want = model.decode(z)
+    got = model.to(torch.bfloat16).decode(z)
+    assert got.dtype == torch.float32 and model.dtype == torch.bfloat16
+    assert _rel(got, want) < 0.05
