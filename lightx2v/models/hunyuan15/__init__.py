@@ -1,2 +1,2 @@
-"""HunyuanVideo-1.5 (step 1: the DiT only; the family is not registered until its VAE, text
-conditioning and pipeline land)."""
+"""HunyuanVideo-1.5 (steps 1-2: the DiT, the VAE and the text conditioning glue; the family is not
+registered until its image encoder and pipeline land)."""
