@@ -41,7 +41,11 @@ if TYPE_CHECKING:  # annotations only: this module is imported by `lightx2v --he
 
 # The families shipped with lightx2v: their manifest modules (each holds a MANIFEST naming the
 # spec module whose import registers the family's FamilySpec).
-_BUILTIN = ("lightx2v.models.wan.manifest", "lightx2v.models.wan22.manifest")
+_BUILTIN = (
+    "lightx2v.models.wan.manifest", "lightx2v.models.wan22.manifest",
+    # -- qwen-image (text-to-image; issue 18 step 2) --
+    "lightx2v.models.qwen_image.manifest",
+)
 
 _FAMILIES: dict[str, "FamilySpec"] = {}
 

@@ -8,8 +8,9 @@ other formats are written after it (lightx2v.io.output.save). Both follow io/out
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -83,3 +84,46 @@ def default_output_stem(task: str, seed: int | None) -> str:
     """The file name (without extension) a run writes when given a folder, or no output path."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"wan_{task}_{stamp}_seed{seed}"
+
+
+# ---- images (an image family: Qwen-Image) --------------------------------------------------------
+# Images are first class: `ImageResult.images` holds them (a list of PIL images, or for output_type
+# "np" / "pt" float32 [N, H, W, 3] in [0, 1]); `frames` keeps the same pixels for code that reads frames.
+
+
+@dataclass
+class ImageResult(GenerationResult):
+    """A generation of images: `images` (see above), `path` the file written (output_type "png")."""
+
+    images: Any = None
+
+
+def decode_and_write_images(pipe, p: SamplingParams, latents: torch.Tensor, seed: Optional[int],
+                            size: tuple[int, int], result: ImageResult) -> None:
+    """Decode image latents [N, z, 1, h, w], fill result.images / .frames (and .path for "png": the
+    first image, written atomically by io/output.py's rules), time `vae_decode` and `save`."""
+    timings = result.timings
+    t2 = time.perf_counter()
+    with pipe._stage("VAE decode", p):
+        video = pipe.decode(latents)  # [N, 3, 1, H, W] in [-1, 1]
+    if bool(torch.isnan(video).any()):
+        raise NonFiniteError("the VAE decode produced NaN pixels from finite latents: the VAE's weights may be "
+                             "damaged (check the VAE file, or download it again)")
+    timings["vae_decode"] = pipe._lap(t2)
+    unit = (video[:, :, 0].float() / 2 + 0.5).clamp(0, 1)  # [N, 3, H, W], as diffusers' postprocess
+    frames = unit.permute(0, 2, 3, 1).cpu().numpy()  # [N, H, W, 3] float32
+    result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
+    if p.output_type in ("np", "pt"):
+        result.images = result.frames
+    else:
+        from PIL import Image
+
+        result.images = [Image.fromarray((f * 255.0 + 0.5).astype("uint8"), "RGB") for f in frames]
+    if p.output_type in FILE_OUTPUT_TYPES:
+        from lightx2v.io.output import save
+
+        t3 = time.perf_counter()
+        result.path = str(save((frames[:1] * 255.0 + 0.5).astype("uint8"), p.output_path or "outputs/",
+                               output_type="png", overwrite=p.overwrite, metadata=pipe.output_metadata(p, seed, size),
+                               default_stem=default_output_stem(pipe.task, seed).replace("wan", pipe.model_config.family, 1)))
+        timings["save"] = pipe._lap(t3)

@@ -46,7 +46,7 @@ def test_help_and_version_do_not_import_torch(argv, shows):
 def test_generate_help_offers_the_registered_choices():
     proc = _run_python(_PROBE.format(argv=["generate", "--help"]))
     text = " ".join(proc.stdout.split())
-    assert "{t2v,i2v,flf2v,ti2v}" in text and "wan2.1-i2v-480p-distill" in text and "sage_attn" in text
+    assert "{t2v,i2v,flf2v,ti2v,t2i}" in text and "wan2.1-i2v-480p-distill" in text and "sage_attn" in text
     assert "wan2.2-i2v-a14b-distill" in text and "--dit-path-2" in text
 
 
@@ -72,7 +72,7 @@ def test_name_lists_are_what_runs():
     assert tuple(list_backends()) == choices.ATTENTION_BACKENDS
     assert SOLVER_NAMES == choices.SOLVER_NAMES and all(make_scheduler(s) for s in SOLVER_NAMES)
     spec = registry.get_family("wan2.1")  # registering checked it against its manifest
-    assert [m.name for m in registry.manifests()] == ["wan2.1", "wan2.2"]
+    assert [m.name for m in registry.manifests()] == ["wan2.1", "wan2.2", "qwen-image"]
     for manifest in registry.manifests():
         family = registry.get_family(manifest.name)
         assert (manifest.tasks, manifest.presets) == (family.tasks, family.presets)

@@ -357,7 +357,6 @@ def test_truncated_and_corrupt_files(tiny, tmp_path):
     (["model.diffusion_model.input_blocks.0.0.weight", "model.diffusion_model.middle_block.0.in_layers.0.weight",
       "model.diffusion_model.output_blocks.0.0.weight"], "a Stable Diffusion UNet"),
     (["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight", "img_in.weight"], "a Flux transformer"),
-    (["transformer_blocks.0.img_mod.1.weight", "img_in.weight", "txt_norm.weight"], "a Qwen-Image transformer"),
     (["diffusion_model.blocks.0.self_attn.q.lora_A.weight", "diffusion_model.blocks.0.self_attn.q.lora_B.weight"], "a LoRA"),
     (["encoder.downsamples.0.residual.0.gamma", "decoder.upsamples.0.residual.0.gamma", "conv1.weight"], "a Wan VAE"),
     (["foo.bar.weight", "foo.baz.weight"], None),
@@ -365,7 +364,15 @@ def test_truncated_and_corrupt_files(tiny, tmp_path):
 def test_a_file_of_another_family(tmp_path, keys, what):
     path = _save(tmp_path / "model.safetensors", {k: torch.zeros(2, 2) for k in keys})
     expected = f"it looks like {what}" if what else r"its 2 tensors start with: foo.bar, foo.baz"
-    with pytest.raises(CheckpointError, match=rf"model.safetensors is not a Wan2.1 or Wan2.2 DiT checkpoint.*{expected}"):
+    with pytest.raises(CheckpointError, match=rf"model.safetensors is not a Wan2.1 or Wan2.2 or Qwen-Image DiT checkpoint.*{expected}"):
+        inspect_dit_source(path)
+
+
+def test_a_qwen_image_transformer_is_its_family_now(tmp_path):
+    """Qwen-Image is registered: its transformer file is read as one (here an incomplete one)."""
+    keys = ["transformer_blocks.0.img_mod.1.weight", "img_in.weight", "txt_norm.weight"]
+    path = _save(tmp_path / "model.safetensors", {k: torch.zeros(2, 2) for k in keys})
+    with pytest.raises(CheckpointError, match="is it a complete Qwen-Image DiT"):
         inspect_dit_source(path)
 
 

@@ -1,0 +1,83 @@
+"""Qwen-Image checkpoints on disk: the diffusers-format folder the releases ship (no weights read).
+
+    model_index.json   _class_name QwenImagePipeline
+    transformer/       config.json + diffusion_pytorch_model*.safetensors   (QwenImageTransformer2DModel)
+    text_encoder/      config.json + model*.safetensors                     (Qwen2_5_VLForConditionalGeneration)
+    tokenizer/         Qwen2Tokenizer files
+    vae/               config.json + diffusion_pytorch_model*.safetensors   (AutoencoderKLQwenImage)
+    scheduler/         scheduler_config.json                                (FlowMatchEulerDiscreteScheduler)
+
+`recognise` looks at names only (the edit pipelines are refused by name until their step lands);
+`read_config` reads the config files into a `ModelConfig`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightx2v.config import ModelConfig, SamplingDefaults
+from lightx2v.models.registry import Reason
+
+PIPELINES = {"QwenImagePipeline": "t2i"}
+LATER = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # image editing: the family's next step
+PARTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
+SUPPORTED_TASKS = ("t2i",)
+STEM = "diffusion_pytorch_model"
+
+# The model card's defaults: 50 steps, true_cfg_scale 4 with a " " negative prompt.
+DEFAULTS = SamplingDefaults(num_inference_steps=50, guidance_scale=4.0, shift=1.0, solver="euler",
+                            convention="diffusers", negative_prompt=" ", height=1328, width=1328, num_frames=1)
+
+
+@dataclass(frozen=True)
+class QwenImageArch:
+    """The architecture configs of one Qwen-Image checkpoint (what `ModelConfig.arch` holds)."""
+
+    dit: Any             # QwenImageDiTConfig
+    vae: Any             # WanVAEConfig (the Qwen-Image VAE is the Wan2.1 network)
+    text_encoder: Any    # transformers' Qwen2_5_VLConfig
+    schedule: Any        # QwenSchedule
+
+
+def recognise(root: Path) -> "str | Reason":
+    from lightx2v.models.wan.layouts import read_json
+
+    if not (root / "model_index.json").is_file():
+        return Reason("no model_index.json of a QwenImagePipeline (Qwen-Image ships the diffusers layout only)")
+    cls = read_json(root / "model_index.json").get("_class_name", "?")
+    if cls in LATER:
+        return Reason(f"model_index.json names {cls}: Qwen-Image editing is not supported yet (text-to-image only)")
+    if cls not in PIPELINES:
+        return Reason(f"model_index.json names {cls}, not QwenImagePipeline")
+    return "diffusers"
+
+
+def read_config(root: Path, layout: str = "diffusers") -> ModelConfig:
+    from lightx2v.models.qwen_image.dit_config import QwenImageDiTConfig
+    from lightx2v.models.qwen_image.schedule import QwenSchedule
+    from lightx2v.models.qwen_image.text import text_config_from_file
+    from lightx2v.models.qwen_image.vae import config_from_diffusers
+    from lightx2v.models.wan.layouts import _require, find_weights, read_json
+
+    sub = {name: _require(root / name, f"{name}/ folder", "diffusers") for name in PARTS}
+
+    def config(part: str, name: str = "config.json") -> dict:
+        return read_json(_require(sub[part] / name, f"{part} config", "diffusers"))
+
+    arch = QwenImageArch(
+        dit=QwenImageDiTConfig.from_diffusers(config("transformer")),
+        vae=config_from_diffusers(config("vae")),
+        text_encoder=text_config_from_file(sub["text_encoder"]),
+        schedule=QwenSchedule.from_diffusers(config("scheduler", "scheduler_config.json")),
+    )
+    files = {
+        "dit": tuple(str(p) for p in find_weights(sub["transformer"], STEM, "transformer", "diffusers")),
+        "text_encoder": tuple(str(p) for p in find_weights(sub["text_encoder"], "model", "text encoder", "diffusers")),
+        "tokenizer": str(sub["tokenizer"]),
+        "vae": tuple(str(p) for p in find_weights(sub["vae"], STEM, "VAE", "diffusers")),
+        "scheduler_config": str(sub["scheduler"] / "scheduler_config.json"),
+    }
+    return ModelConfig(family="qwen-image", task="t2i", layout="diffusers", root=root, files=files, arch=arch,
+                       defaults=DEFAULTS)

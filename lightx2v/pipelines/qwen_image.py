@@ -1,0 +1,227 @@
+"""Qwen-Image text-to-image: diffusers' QwenImagePipeline, through our loop.
+
+    encode the prompt (and the negative prompt, separately)   Qwen2.5-VL (models/qwen_image/text.py)
+    pack the noise 2x2                                         [1, z, 1, H/8, W/8] -> [1, HW/256, 4z]
+    denoise                                                    pipelines/base.py denoise: dynamic-shift Euler
+                                                               (models/qwen_image/schedule.py), CFG with the
+                                                               norm-preserving rescale (`NormRescaledCFG`)
+    unpack, decode, write                                      the VAE (Wan2.1's network), PNG (pipelines/output.py)
+
+Design: the engine plumbing (LoRA sets, the lock, stages, timing, placement hooks) is `WanPipeline`'s,
+which this class extends; what differs is written here: the request rules, the text, the packed
+latents, the schedule, the guidance and the image output. The CFG branches run one after the other
+(the prompt and the negative prompt have different token counts, and the DiT takes no text mask).
+
+Latents: the loop works on diffusers' packed layout [1, L, 4z] (what `scheduler.step` and the callback
+see); a request's `latents` may be given packed (diffusers' `latents` argument) or as the image latents
+[1, z, 1, H/8, W/8] (`Geometry.latent_shape`). A request's `shift` left None is the dynamic shift of the
+checkpoint's scheduler config; a number is a fixed shift (Lightning LoRAs use 3).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, replace
+from typing import Optional
+
+import torch
+
+from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
+from lightx2v.errors import InputError
+from lightx2v.pipelines.base import Counter, Guidance, StepContext, denoise
+from lightx2v.pipelines.output import ImageResult, decode_and_write_images
+from lightx2v.pipelines.wan import WanPipeline
+from lightx2v.runtime.offload import placed
+
+
+@dataclass(frozen=True)
+class QwenInputs:
+    """What the DiT is conditioned on besides x and t (one CFG branch): the prompt's states [1, Lt, D]."""
+
+    context: torch.Tensor
+
+
+@dataclass(frozen=True)
+class NormRescaledCFG(Guidance):
+    """QwenImagePipeline's true CFG: v = v_u + g (v_c - v_u), then rescaled per token to the norm of v_c
+    (norm over the packed channels, the last dim). The branches run as `Guidance` runs them."""
+
+    def __call__(self, model_fn, x, t, cond, uncond, ctx: StepContext) -> torch.Tensor:
+        if uncond is None or self.scale_for(ctx) == 1.0:
+            return super().__call__(model_fn, x, t, cond, uncond, ctx)
+        seen = {}
+
+        def keep_cond(x_, t_, c_, ctx_):
+            out = model_fn(x_, t_, c_, ctx_)
+            if ctx_.branch == "cond":
+                seen["v"] = out.float()
+            return out
+
+        out = super().__call__(keep_cond, x, t, cond, uncond, ctx)
+        v = seen["v"]
+        return out * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(out, dim=-1, keepdim=True))
+
+
+def pack(latents: torch.Tensor) -> torch.Tensor:
+    """[B, z, 1, h, w] -> [B, (h/2)(w/2), 4z]: each token 2x2 latent pixels, channel-major (diffusers' _pack_latents)."""
+    b, c, _, h, w = latents.shape
+    x = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, (h/2)(w/2), 4z] -> [B, z, 1, h, w] (h, w: latent sides; diffusers' _unpack_latents)."""
+    b, _, c4 = tokens.shape
+    x = tokens.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c4 // 4, 1, h, w)
+
+
+class QwenImagePipeline(WanPipeline):
+    """The loaded components of one Qwen-Image checkpoint (t2i): dit, text_encoder, vae."""
+
+    def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
+                 vae_dtype: torch.dtype = torch.float32, progress: bool = True):
+        super().__init__(model_config, engine, dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
+                         vae_dtype=vae_dtype, progress=progress)
+        self.components = {"dit": dit, "text_encoder": text_encoder, "vae": vae}
+        self._dynamic_shift = True
+
+    @classmethod
+    def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "QwenImagePipeline":
+        from lightx2v.loading.components import load_component, load_dit
+        from lightx2v.models.qwen_image.text import load_tokenizer
+        from lightx2v.runtime.engine import apply_engine, quant_on_load
+
+        staging, dt = engine.staging_device(), engine.dtype
+        parts = {"dit": load_dit(mc, staging, dt, quant=quant_on_load(engine, "dit", {}))}
+        for c in mc.spec.components:
+            parts[c.name] = load_component(mc, c.name, staging, dt)
+        vae_dtype = torch.float32
+        if engine.vae_dtype is not None:
+            parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
+        pipe = cls(mc, engine, tokenizer=load_tokenizer(mc.files["tokenizer"]), vae_dtype=vae_dtype,
+                   progress=progress, **parts)
+        apply_engine(pipe, engine)
+        return pipe
+
+    # -- the request ----------------------------------------------------------------------------
+    @classmethod
+    def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
+        from lightx2v.runtime.memory import check_limits
+
+        if p.image is not None or p.last_image is not None:
+            raise InputError("this is a Qwen-Image text-to-image checkpoint: it takes no image", field="image")
+        if p.solver != "euler":
+            raise InputError(f"Qwen-Image samples with the euler solver (its scheduler config), got {p.solver!r}",
+                             field="solver")
+        if p.output_type not in ("png", "np", "pt", "latent", "mp4"):
+            raise InputError(f"output_type {p.output_type!r} is a video format; Qwen-Image makes images: png, np, pt "
+                             "or latent", field="output_type")
+        if p.guidance_scale_2 is not None and p.guidance_scale_2 != p.guidance_scale:
+            raise InputError("guidance_scale_2 is a second expert's scale; Qwen-Image has one DiT", field="guidance_scale_2")
+        mc.spec.geometry(mc).check(p.height, p.width, p.num_frames)
+        check_limits(mc, height=p.height, width=p.width, num_frames=1, steps=p.num_inference_steps, force=p.force)
+        mc.arch.schedule.sigmas(p.num_inference_steps, 1)  # a step count the schedule cannot make fails now
+
+    def check_memory(self, p: SamplingParams) -> None:
+        """No activation profile yet for Qwen-Image (runtime/memory.py has none): nothing checked."""
+
+    @torch.no_grad()
+    def __call__(self, params: SamplingParams) -> ImageResult:
+        # the request's shift: None keeps the scheduler config's dynamic shift (with_defaults fills a number)
+        self._dynamic_shift = params.shift is None
+        if params.output_type == "mp4" and params.output_path is None:
+            params = replace(params, output_type="np")  # the API's default type is a video's: an image in memory
+        elif params.output_type == "mp4":
+            params = replace(params, output_type="png")
+        return super().__call__(params)
+
+    # -- pieces ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, prompt: str) -> torch.Tensor:
+        """The prompt's states [1, Lt, D] in the compute dtype (one prompt: no padding)."""
+        from lightx2v.models.qwen_image.text import encode_prompts
+
+        with placed(self, "text_encoder"):
+            embeds, _ = encode_prompts(self.text_encoder, self.tokenizer, [prompt])
+        return embeds.to(self.device, self.engine.dtype)
+
+    def make_scheduler(self, p: SamplingParams, image_seq_len: int):
+        from lightx2v.models.qwen_image.schedule import DynamicShiftEuler
+
+        sched = DynamicShiftEuler(self.model_config.arch.schedule, image_seq_len)
+        sched.set_timesteps(p.num_inference_steps, shift=None if self._dynamic_shift else p.shift, device=self.device)
+        return sched
+
+    def prepare_latents(self, p: SamplingParams, size: tuple[int, int]) -> tuple[torch.Tensor, Optional[int]]:
+        """Initial noise, packed [1, L, 4z] float32: given (packed or [1, z, 1, h, w]) or CPU-seeded."""
+        shape = self.geometry.latent_shape(1, *size)  # [1, z, 1, H/8, W/8]
+        if p.latents is not None:
+            x = p.latents
+            packed = (1, (shape[3] // 2) * (shape[4] // 2), shape[1] * 4)
+            if tuple(x.shape) == shape:
+                x = pack(x)
+            elif tuple(x.shape) != packed:
+                raise InputError(f"latents must have shape {list(packed)} (packed, as diffusers) or {list(shape)} for "
+                                 f"{size[1]}x{size[0]}; got {list(x.shape)}", field="latents")
+            return x.to(self.device, torch.float32), p.seed
+        seed = p.seed if p.seed is not None else random.randrange(2**31)
+        g = torch.Generator("cpu").manual_seed(seed)
+        return pack(torch.randn(shape, generator=g, dtype=torch.float32)).to(self.device), seed
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: QwenInputs, ctx: StepContext) -> torch.Tensor:
+        dit = self.dit
+        dit.step_context = ctx  # what a cache on the block stack decides from (lightx2v.runtime.cache)
+        try:
+            return dit(x.to(self.engine.dtype), t.float().expand(x.shape[0]), c.context, self._segments)
+        finally:
+            dit.step_context = None
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, on_chunk=None) -> torch.Tensor:
+        """Image latents [N, z, 1, h, w] float32 -> [N, 3, 1, H, W] in [-1, 1]."""
+        with placed(self, "vae"):
+            return self.vae.decode(latents.to(self.vae_dtype))
+
+    # -- the whole run -------------------------------------------------------------------------
+    def _run(self, p: SamplingParams) -> ImageResult:
+        from lightx2v.runtime.cache import cache_stats
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        cfg = p.guidance_scale > 1.0 and p.negative_prompt is not None  # diffusers' do_true_cfg
+        with self._stage("text encoder", p):
+            cond = QwenInputs(self.encode_text(p.prompt))
+            uncond = QwenInputs(self.encode_text(p.negative_prompt)) if cfg else None
+        timings["text_encoder"] = self._lap(t0)
+        t1 = time.perf_counter()
+        size = (p.height, p.width)
+        _, _, _, h, w = self.geometry.latent_shape(1, *size)
+        self._segments = [(1, h // 2, w // 2)]
+        counter = Counter(self.model_fn)
+        with self._stage("denoise", p):
+            latents, seed = self.prepare_latents(p, size)
+            sched = self.make_scheduler(p, latents.shape[1])
+            guidance = NormRescaledCFG(scale=p.guidance_scale if cfg else 1.0)
+            latents = denoise(counter, sched, latents, cond, uncond, guidance, callback=p.callback,
+                              progress=self.progress)
+        timings["denoise"] = self._lap(t1)
+        result = ImageResult(latents=latents, seed=seed, timings=timings,
+                             stats=cache_stats([self.dit], counter.stats(), timings))
+        if p.output_type != "latent":
+            decode_and_write_images(self, p, unpack(latents, h, w), seed, size, result)
+        timings["total"] = self._lap(t0)
+        return result
+
+    def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
+        from lightx2v import __version__
+
+        mc = self.model_config
+        return {
+            "lightx2v": __version__, "model": str(mc.root), "family": mc.family, "task": mc.task,
+            "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
+            "latents_given": p.latents is not None, "num_inference_steps": p.num_inference_steps,
+            "guidance_scale": p.guidance_scale, "shift": "dynamic" if self._dynamic_shift else p.shift,
+            "solver": p.solver, "width": size[1], "height": size[0], "loras": self.lora_metadata(),
+        }
