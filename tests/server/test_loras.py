@@ -1,7 +1,7 @@
 """Per-job LoRAs (--lora-dir): the offered list, jobs with and without a LoRA interleaved on one
 server (a LoRA changes the video, the next job without it is the no-LoRA video again, bit for bit),
-the task API's field, and bad names / strengths as one-line 400s. One server process for the module;
-the parsing and the folder checks run in-process."""
+the task API's field, and bad names / strengths as one-line 400s. The shared server (conftest.py)
+offers the LoRAs; the parsing and the folder checks run in-process."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from lightx2v.errors import InputError
 from tests.runtime.test_engine_wan22 import write_lora  # official keys, the tiny DiT's widths
-from tests.server.conftest import SMALL, ServerProcess, wait_for
+from tests.server.conftest import SMALL, wait_for
 
 NAMES = ["detail.safetensors", "style.safetensors"]
 
@@ -41,12 +41,8 @@ def frames_of(data: bytes, tmp_path, name: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("loras")
-    lora_dir = write_lora_dir(root / "loras")
-    srv = ServerProcess(tiny_model, root / "data", "--lora-dir", str(lora_dir)).start()
-    yield srv
-    srv.stop()
+def server(shared_server):
+    return shared_server  # started with --lora-dir of write_lora_dir (conftest.py)
 
 
 def test_the_offered_loras_are_listed(server):
@@ -98,12 +94,12 @@ BAD = [
 @pytest.mark.parametrize("value, words", BAD, ids=[f"bad-{i}" for i in range(len(BAD))])
 def test_a_bad_lora_is_a_one_line_400(server, value, words):
     with server.client() as h:
-        before = len(h.get("/v1/videos").json()["data"])
+        before = len(h.get("/v1/tasks/").json())
         r = h.post("/v1/videos", json={"prompt": "x", "size": "16x16", "lora": value})
         assert r.status_code == 400, r.text
         err = r.json()["error"]
         assert err["param"] == "lora" and words in err["message"] and "\n" not in err["message"]
-        assert len(h.get("/v1/videos").json()["data"]) == before  # nothing queued
+        assert len(h.get("/v1/tasks/").json()) == before  # nothing queued
 
 
 # ---- in-process: no server
