@@ -140,3 +140,12 @@ def test_scan_errors_are_one_line(tmp_path):
     save_file({"weight": torch.ones(2)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(InputError, match=r"has no LoRA \.safetensors file for this model \(left out: x.safetensors"):
         scan_lora_dir(tmp_path)
+
+
+def test_serve_with_a_wrong_lora_dir_is_one_line_before_serving(tiny_model, tmp_path, capsys):
+    from lightx2v.cli.main import main
+
+    code = main(["serve", "--model-path", str(tiny_model), "--device", "cpu", "--data-dir", str(tmp_path / "d"),
+                 "--lora-dir", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--lora-dir" in err and "is not a folder" in err and "Traceback" not in err
