@@ -153,7 +153,8 @@ def parse_job_loras(text: Optional[str], library: Optional[LoraLibrary]) -> tupl
             raise bad(f"lora {name!r:.60} is not offered here; choose from: {_listing(library)} (GET /v1/loras)",
                       code="lora_not_found")
         try:
-            strength = 1.0 if tail is None else lora_strength(tail.strip(), f"lora {found.name}: the strength after ':'")
+            what = f"lora {found.name}: the strength after ':'"
+            strength = 1.0 if tail is None else lora_strength(tail.strip(), what)
         except InputError as exc:
             raise bad(str(exc)) from None
         if found.name in out:

@@ -185,7 +185,8 @@ def _row(state, job_id, update, values, seed, seconds) -> dict:
     return {"job": job_id, "status": update.status, "prompt": (values.get("prompt") or "")[:80],
             "size": meta.get("size", ""), "frames": meta.get("num_frames", ""), "steps": meta.get("steps", ""),
             "guidance": values.get("guidance_scale"), "shift": values.get("shift"), "solver": values.get("solver"),
-            "loras": describe_pairs(meta.get("loras")), "seed": seed, "seconds": f"{seconds:.1f}", "video": str(update.video) if update.video else None}
+            "loras": describe_pairs(meta.get("loras")), "seed": seed, "seconds": f"{seconds:.1f}",
+            "video": str(update.video) if update.video else None}
 
 
 def _table(history: list) -> list:
@@ -206,7 +207,8 @@ def lora_picker(library):
 
     if library is None:
         select = gr.Dropdown([], value=[], multiselect=True, label="LoRAs (per job)", interactive=False,
-                             info="none offered: start with --lora-dir DIR to choose LoRA files here", elem_id="lora-select")
+                             info="none offered: start with --lora-dir DIR to choose LoRA files here",
+                             elem_id="lora-select")
         return gr.Textbox("", visible=False, elem_id="lora"), select, []
     names = list(library.names)
     select = gr.Dropdown(names, value=[], multiselect=True, label="LoRAs (per job)", elem_id="lora-select",
@@ -218,8 +220,14 @@ def lora_picker(library):
     return spec, select, sliders
 
 
-def _wire_lora_picker(spec, select, sliders, names) -> None:
+def _wire_lora_picker(go, spec, select, sliders, library):
+    """The picker's events; returns Generate's first event, which writes the `lora` text sent (so a
+    click right after a slider moved sends its value); the generation runs `.then`."""
     import gradio as gr
+
+    if library is None:
+        return go.click(lambda: "", None, spec, api_visibility="private", queue=False)
+    names = list(library.names)
 
     def compose(selected, *strengths):
         return lora_spec(names, selected, *strengths)
@@ -230,6 +238,7 @@ def _wire_lora_picker(spec, select, sliders, names) -> None:
     select.change(shown, select, sliders, api_visibility="private", queue=False)
     for box in [select, *sliders]:
         box.change(compose, [select, *sliders], spec, api_visibility="private", queue=False)
+    return go.click(compose, [select, *sliders], spec, api_visibility="private", queue=False)
 
 
 def build_blocks(state, engine=None):
@@ -279,7 +288,8 @@ def build_blocks(state, engine=None):
                 history = gr.State([])
                 table = gr.Dataframe(headers=HISTORY_COLUMNS, value=[], label="history (this session)",
                                      interactive=False, wrap=True, elem_id="history")
-        fields = [prompt, negative, image, last_image, height, width, frames, steps, guidance, shift, solver, seed, lora]
+        fields = [prompt, negative, image, last_image, height, width, frames, steps, guidance, shift, solver, seed,
+                  lora]
         preset.change(lambda p: (gr.skip(), gr.skip()) if p == CUSTOM else tuple(int(v) for v in p.split("x")),
                       preset, [width, height], api_visibility="private", queue=False)
         for box in (width, height):  # a typed size is a custom one
@@ -287,13 +297,7 @@ def build_blocks(state, engine=None):
         sampling.change(lambda c: sampling_values(mc, c), sampling, [steps, guidance, shift, solver],
                         api_visibility="private", queue=False)
         dice.click(lambda: -1, None, seed, api_visibility="private", queue=False)
-        if library is not None:
-            _wire_lora_picker(lora, lora_select, lora_sliders, list(library.names))
-            # the picker's text written first, so a click right after a slider moved sends its value
-            started = go.click(lambda sel, *st: lora_spec(list(library.names), sel, *st), [lora_select, *lora_sliders],
-                               lora, api_visibility="private", queue=False)
-        else:
-            started = go.click(lambda: "", None, lora, api_visibility="private", queue=False)
+        started = _wire_lora_picker(go, lora, lora_select, lora_sliders, library)
         started.then(ui_generate_fn(state, running), fields + [history], [video, used, status, history, table],
                      api_visibility="private", concurrency_limit=None, show_progress_on=[video])
         def cancel(request: gr.Request) -> str:
