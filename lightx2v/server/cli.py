@@ -46,6 +46,9 @@ def add_store_arguments(p: argparse.ArgumentParser, log_format: str) -> None:
     p.add_argument("--max-attempts", type=int, default=3,
                    help="times a job is started before a crash-looping job is failed with a reason")
     p.add_argument("--log-format", default=log_format, choices=("json", "text"), help="server log lines on stderr")
+    p.add_argument("--lora-dir", default=None, metavar="DIR",
+                   help="LoRA .safetensors files a request may choose per job by name, with a strength "
+                        "(the `lora` field: NAME:STRENGTH[,NAME:STRENGTH]; listed by GET /v1/loras)")
 
 
 class JsonFormatter(logging.Formatter):
@@ -142,6 +145,13 @@ def build_state(args, mc, engine, data_dir: Path):
     from lightx2v.server.store import open_store
     from lightx2v.server.worker import Worker
 
+    loras = None
+    if getattr(args, "lora_dir", None):  # before the store: a wrong folder fails at once
+        from lightx2v.server.loras import dit_width, scan_lora_dir
+
+        loras = scan_lora_dir(args.lora_dir, dit_width(mc))
+        logging.getLogger("lightx2v.server").info("LoRAs offered per job (--lora-dir): %s", ", ".join(loras.names),
+                                                  extra={"job": None})
     store = open_store(args.store, data_dir, max_attempts=args.max_attempts)
     if getattr(store, "single_process", False):
         args._lock = lock_data_dir(data_dir)
@@ -151,9 +161,9 @@ def build_state(args, mc, engine, data_dir: Path):
                                                       extra={"job": None})
     model_id = Path(str(args.model_path).rstrip("/")).name or str(args.model_path)
     worker = Worker(store, lambda: LightX2V.from_model_config(mc, engine, progress=False), data_dir,
-                    lease_s=args.lease_seconds)
+                    lease_s=args.lease_seconds, loras=loras)
     api_key = args.api_key if args.api_key is not None else os.environ.get("LIGHTX2V_API_KEY") or None
-    return ServerState(store=store, worker=worker, served=Served(model_id=model_id, mc=mc, fps=mc.defaults.fps),
+    return ServerState(store=store, worker=worker, served=Served(model_id=model_id, mc=mc, fps=mc.defaults.fps, loras=loras),
                        data_dir=data_dir, api_key=api_key, max_queue=args.max_queue,
                        max_body_bytes=args.max_upload_mb * 2**20 + 2**16)
 

@@ -9,7 +9,8 @@ works unchanged.
     GET    /v1/videos/{id}/events     server-sent events: progress, then the final status
 
 Our extra fields (negative_prompt, num_frames, num_inference_steps, guidance_scale, shift,
-solver, seed) come as extra body fields; in a form they are strings and converted here.
+solver, seed, lora) come as extra body fields; in a form they are strings and converted here.
+`lora` is "NAME[:STRENGTH],..." naming files of --lora-dir (GET /v1/loras; lightx2v.server.loras).
 """
 
 
@@ -34,6 +35,7 @@ _CREATE_SCHEMA = {
         "negative_prompt": {"type": "string"}, "num_frames": {"type": "integer"},
         "num_inference_steps": {"type": "integer"}, "guidance_scale": {"type": "number"},
         "shift": {"type": "number"}, "solver": {"type": "string"}, "seed": {"type": "integer"},
+        "lora": {"type": "string", "description": "NAME[:STRENGTH],... of GET /v1/loras (--lora-dir)"},
     },
 }
 CREATE_BODY = {"requestBody": {"required": True, "content": {

@@ -121,6 +121,7 @@ class Served:
     model_id: str
     mc: Any                 # ModelConfig
     fps: int
+    loras: Any = None       # server.loras.LoraLibrary of --lora-dir (None: no LoRA per request)
 
 
 def frames_for_seconds(seconds: float, fps: int) -> int:
@@ -147,9 +148,9 @@ def build_request(served: Served, fields: dict, image: Optional[bytes], api: str
         raise ApiError(400, f"model {model!r:.60} is not served here; this server serves {served.model_id!r}",
                        param="model", code="model_not_found")
     values = {k: convert(k, fields.get(k), t) for k, t in EXTRA_FIELDS.items()}
-    if values.pop("lora") is not None:
-        raise ApiError(400, "lora per request is not supported; start the server with --lora FILE[:STRENGTH]",
-                       param="lora", code="unsupported")
+    from lightx2v.server.loras import parse_job_loras
+
+    loras = parse_job_loras(values.pop("lora"), served.loras)  # names offered by --lora-dir only
     width = height = None
     size = convert("size", fields.get("size"), str)
     if size is not None:
@@ -170,4 +171,6 @@ def build_request(served: Served, fields: dict, image: Optional[bytes], api: str
     meta = {"api": api, "model": served.model_id, "prompt": prompt, "size": f"{filled.width}x{filled.height}",
             "seconds": f"{shown:g}" if shown is not None else f"{filled.num_frames / filled.fps:g}",
             "num_frames": filled.num_frames, "steps": filled.num_inference_steps}
+    if loras:  # the worker applies them (dynamic LoRA) before the job; the UI's history shows them
+        meta["loras"] = [[name, strength] for name, strength in loras]
     return filled, request, meta

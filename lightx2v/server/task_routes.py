@@ -11,7 +11,8 @@
 
 The jobs are the same jobs as the OpenAI routes' (one store, one queue). Field mapping:
 infer_steps -> num_inference_steps, target_video_length -> num_frames, image_path -> the image
-(base64 or a data URL only: no URL is fetched and no path read). A client's task_id and
+(base64 or a data URL only: no URL is fetched and no path read). `lora` (ours) names files of
+--lora-dir with strengths, as on the OpenAI route. A client's task_id and
 save_result_path are not used: ids are the server's, unguessable, and outputs live in the data dir.
 """
 
@@ -27,7 +28,7 @@ TASK_STATUS = {"queued": "pending", "in_progress": "processing", "completed": "c
                "cancelled": "cancelled"}
 RENAMED = {"infer_steps": "num_inference_steps", "target_video_length": "num_frames"}
 PASSED = ("prompt", "negative_prompt", "seed", "guidance_scale", "shift", "solver", "size", "num_inference_steps",
-          "num_frames")
+          "num_frames", "lora")
 IGNORED = ("task_id", "save_result_path", "num_fragments", "video_duration", "aspect_ratio", "use_prompt_enhancer",
            "talk_objects", "audio_path")
 TASK_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -35,7 +36,8 @@ TASK_BODY = {"requestBody": {"required": True, "content": {"application/json": {
         "prompt": {"type": "string"}, "negative_prompt": {"type": "string"}, "image_path": {"type": "string"},
         "infer_steps": {"type": "integer"}, "target_video_length": {"type": "integer"}, "seed": {"type": "integer"},
         "guidance_scale": {"type": "number"}, "shift": {"type": "number"}, "solver": {"type": "string"},
-        "size": {"type": "string"}}}}}}}
+        "size": {"type": "string"},
+        "lora": {"type": "string", "description": "NAME[:STRENGTH],... of GET /v1/loras (--lora-dir)"}}}}}}}
 
 
 def _iso(t: Optional[float]) -> Optional[str]:

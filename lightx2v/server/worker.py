@@ -9,6 +9,10 @@ heartbeat renews its lease and every denoising step records progress; a step ans
 through the pipeline's callback (`GenerationCancelled`, nothing written). On shutdown the running
 job is given back to the queue uncounted. The output is written by the pipeline atomically
 (temp file + rename) as `<data dir>/videos/<job id>.mp4`.
+
+Per-job LoRAs (`--lora-dir`; lightx2v.server.loras): before a job runs, the worker makes the
+pipeline's dynamic LoRAs exactly the job's (`meta["loras"]`, names resolved in the offered files),
+or none, with `set_lora`; a job with the same set as the previous one switches nothing.
 """
 
 from __future__ import annotations
@@ -45,9 +49,12 @@ def remove_outputs(videos: Path, job_id: str) -> None:
 
 class Worker(threading.Thread):
     def __init__(self, store: SQLJobStore, load: Callable[[], object], data_dir: Path, lease_s: float = 60.0,
-                 poll_s: float = 0.2):
+                 poll_s: float = 0.2, loras=None):
         super().__init__(name="lightx2v-worker", daemon=True)
         self.store, self.load, self.lease_s, self.poll_s = store, load, lease_s, poll_s
+        self.loras = loras  # server.loras.LoraLibrary (--lora-dir) or None
+        # the (name, strength) pairs active as dynamic LoRAs; None: unknown (a switch failed half-way)
+        self.active_loras: Optional[tuple] = ()
         self.videos = Path(data_dir) / "videos"
         self.worker_id = f"{uuid.uuid4().hex[:12]}"
         self.pipe = None
@@ -116,6 +123,7 @@ class Worker(threading.Thread):
             return True
 
         try:
+            self._switch_loras(job)
             params = dataclasses.replace(SamplingParams.from_dict(job.request), output_path=str(out), callback=on_step)
             result = self.pipe.run(params)
             if self.store.complete(job, Path(result.path).name):
@@ -139,6 +147,24 @@ class Worker(threading.Thread):
             beat.join()
             self.stats.jobs_run += 1
             self.stats.current = None
+
+    def _switch_loras(self, job: Job) -> None:
+        """Make the pipeline's dynamic LoRAs the job's set (none for a job without); an InputError
+        line for a name no longer offered, the pipeline's error for a file that does not fit."""
+        from lightx2v.errors import InputError
+        from lightx2v.server.loras import describe_pairs
+
+        wanted = tuple((str(n), float(s)) for n, s in (job.meta or {}).get("loras") or ())
+        if wanted == self.active_loras or (self.loras is None and not wanted):
+            return
+        if self.loras is None:
+            raise InputError("this job asks for LoRAs but the server offers none now (start it with --lora-dir)",
+                             field="lora")
+        pairs = self.loras.paths(wanted)
+        self.active_loras = None  # until set_lora returns: a failure may have switched some DiTs
+        self.pipe.set_lora(pairs)
+        self.active_loras = wanted
+        log.info("LoRAs for this job: %s", describe_pairs(wanted) or "none", extra={"job": job.id})
 
     def _heartbeat(self, job: Job, done: threading.Event) -> None:
         # a step can take longer than a lease (a 720p VAE decode): renew it on a clock, not per step

@@ -7,8 +7,11 @@ Two events generate, both through the job store (lightx2v.web.jobs):
     and a history row (not part of the public API);
   - `api_name="/generate"` (a hidden trigger): the stable gradio_client endpoint. Its parameters
     are named as LightX2V.generate's (prompt, negative_prompt, image, last_image, height, width,
-    num_frames, num_inference_steps, guidance_scale, shift, solver, seed), each with a default
-    but the prompt; it returns the mp4.
+    num_frames, num_inference_steps, guidance_scale, shift, solver, seed), then `lora` (the HTTP
+    API's per-job LoRAs: "NAME:STRENGTH,..." of --lora-dir), each with a default but the prompt;
+    it returns the mp4.
+The LoRA picker (with --lora-dir) is a multiselect of the offered files and a strength slider per
+chosen file; Generate first writes them into the `lora` text it sends (shown on the page), then runs.
 A bad request is one line in the page (gr.Error: the HTTP API's message, the same checks as the
 CLI), never a traceback. Cancel stops the session's running job in the worker at its next step.
 """
@@ -24,7 +27,9 @@ from lightx2v.web import jobs
 CUSTOM = "custom"
 SAMPLING_DEFAULT = "checkpoint defaults"
 SAMPLING_DISTILLED = "4-step distilled (LightX2V step/CFG distill: weights or LoRA)"
-HISTORY_COLUMNS = ["job", "status", "prompt", "size", "frames", "steps", "guidance", "shift", "solver", "seed", "seconds"]
+HISTORY_COLUMNS = ["job", "status", "prompt", "size", "frames", "steps", "guidance", "shift", "solver", "loras", "seed",
+                   "seconds"]
+LORA_STRENGTH_RANGE = (-2.0, 2.0)  # the slider's; the API takes -10 to 10
 FOLLOW_TIMEOUT_S = 6 * 3600.0
 
 
@@ -41,8 +46,21 @@ def size_presets(mc) -> list[str]:
     return out + [CUSTOM]
 
 
+def sampling_choices(mc) -> tuple[list[str], str]:
+    """(the sampling presets offered, the one selected). A checkpoint that is step-distilled (its
+    files say so, or --preset named a distill preset) samples with its distilled settings by default
+    (`mc.defaults` are those): offered and selected under its preset's name."""
+    if mc.distill is not None:
+        preset = getattr(mc.distill, "preset", None)
+        what = preset.name if preset is not None else getattr(mc.distill, "evidence", "distilled")
+        label = f"{mc.defaults.num_inference_steps}-step distilled: {what} (this checkpoint)"
+        return [label], label
+    return [SAMPLING_DEFAULT, SAMPLING_DISTILLED], SAMPLING_DEFAULT
+
+
 def sampling_values(mc, choice: str) -> tuple:
-    """(steps, guidance, shift, solver) of a sampling preset."""
+    """(steps, guidance, shift, solver) of a sampling preset (the checkpoint's own for any but the
+    generic distilled one)."""
     if choice == SAMPLING_DISTILLED:
         from lightx2v.models.wan.distill import DISTILL_DEFAULTS as d
 
@@ -59,7 +77,10 @@ def model_line(served, engine) -> str:
     loras = [f"{Path(p).name} × {s:g}" for p, s in engine.lora.loras] if engine else []
     for dit, pairs in (engine.lora.per_dit.items() if engine else ()):
         loras += [f"{Path(p).name} × {s:g} ({dit})" for p, s in pairs]
-    parts.append("LoRA: " + (", ".join(loras) if loras else "none (start with --lora FILE:STRENGTH)"))
+    parts.append("LoRA merged: " + (", ".join(loras) if loras else "none"))
+    library = getattr(served, "loras", None)
+    parts.append(f"LoRAs per job: {len(library.names)} file(s) of --lora-dir" if library is not None
+                 else "LoRAs per job: none (start with --lora-dir DIR)")
     return " · ".join(parts)
 
 
@@ -74,11 +95,11 @@ def api_generate_fn(state):
     import gradio as gr
 
     def generate(prompt, negative_prompt=None, image=None, last_image=None, height=None, width=None, num_frames=None,
-                 num_inference_steps=None, guidance_scale=None, shift=None, solver=None, seed=None,
+                 num_inference_steps=None, guidance_scale=None, shift=None, solver=None, seed=None, lora=None,
                  progress=gr.Progress()):
         values = dict(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                       num_frames=num_frames, num_inference_steps=num_inference_steps,
-                      guidance_scale=guidance_scale, shift=shift, solver=solver, seed=seed)
+                      guidance_scale=guidance_scale, shift=shift, solver=solver, seed=seed, lora=lora)
         try:
             job_id, _ = jobs.submit(state, values, image, last_image)
         except InputError as exc:
@@ -97,10 +118,10 @@ def ui_generate_fn(state, running: dict):
     import gradio as gr
 
     def run(prompt, negative_prompt, image, last_image, height, width, num_frames, num_inference_steps,
-            guidance_scale, shift, solver, seed, history, request: gr.Request, progress=gr.Progress()):
+            guidance_scale, shift, solver, seed, lora, history, request: gr.Request, progress=gr.Progress()):
         values = dict(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                       num_frames=num_frames, num_inference_steps=num_inference_steps,
-                      guidance_scale=guidance_scale, shift=shift, solver=solver, seed=seed)
+                      guidance_scale=guidance_scale, shift=shift, solver=solver, seed=seed, lora=lora)
         start = time.monotonic()
         try:
             job_id, used = jobs.submit(state, values, image, last_image)
@@ -157,16 +178,67 @@ def reattach_fn(state, running: dict):
 
 
 def _row(state, job_id, update, values, seed, seconds) -> dict:
+    from lightx2v.server.loras import describe_pairs
+
     job = state.store.get(job_id)
     meta = job.meta if job is not None else {}
     return {"job": job_id, "status": update.status, "prompt": (values.get("prompt") or "")[:80],
             "size": meta.get("size", ""), "frames": meta.get("num_frames", ""), "steps": meta.get("steps", ""),
             "guidance": values.get("guidance_scale"), "shift": values.get("shift"), "solver": values.get("solver"),
-            "seed": seed, "seconds": f"{seconds:.1f}", "video": str(update.video) if update.video else None}
+            "loras": describe_pairs(meta.get("loras")), "seed": seed, "seconds": f"{seconds:.1f}",
+            "video": str(update.video) if update.video else None}
 
 
 def _table(history: list) -> list:
     return [[row.get(c, "") for c in HISTORY_COLUMNS] for row in history]
+
+
+def lora_spec(names, selected, *strengths) -> str:
+    """The `lora` request text of the picker: each chosen file (in the order chosen) with its slider's
+    strength ("a.safetensors:0.8,b.safetensors:1"); "" for none."""
+    by_name = dict(zip(names, strengths))
+    return ",".join(f"{n}:{float(by_name[n]):g}" for n in (selected or ()) if n in by_name)
+
+
+def lora_picker(library):
+    """The LoRA picker: (the `lora` text sent, the multiselect, one strength slider per offered file).
+    Without --lora-dir: a disabled multiselect saying how to offer files, and an empty hidden text."""
+    import gradio as gr
+
+    if library is None:
+        select = gr.Dropdown([], value=[], multiselect=True, label="LoRAs (per job)", interactive=False,
+                             info="none offered: start with --lora-dir DIR to choose LoRA files here",
+                             elem_id="lora-select")
+        return gr.Textbox("", visible=False, elem_id="lora"), select, []
+    names = list(library.names)
+    select = gr.Dropdown(names, value=[], multiselect=True, label="LoRAs (per job)", elem_id="lora-select",
+                         info="files of --lora-dir; each gets a strength below")
+    low, high = LORA_STRENGTH_RANGE
+    sliders = [gr.Slider(low, high, value=1.0, step=0.05, label=f"strength: {name}", visible=False)
+               for name in names]
+    spec = gr.Textbox("", label="LoRAs sent (NAME:STRENGTH)", interactive=False, elem_id="lora")
+    return spec, select, sliders
+
+
+def _wire_lora_picker(go, spec, select, sliders, library):
+    """The picker's events; returns Generate's first event, which writes the `lora` text sent (so a
+    click right after a slider moved sends its value); the generation runs `.then`."""
+    import gradio as gr
+
+    if library is None:
+        return go.click(lambda: "", None, spec, api_visibility="private", queue=False)
+    names = list(library.names)
+
+    def compose(selected, *strengths):
+        return lora_spec(names, selected, *strengths)
+
+    def shown(selected):
+        return [gr.update(visible=name in (selected or ())) for name in names]
+
+    select.change(shown, select, sliders, api_visibility="private", queue=False)
+    for box in [select, *sliders]:
+        box.change(compose, [select, *sliders], spec, api_visibility="private", queue=False)
+    return go.click(compose, [select, *sliders], spec, api_visibility="private", queue=False)
 
 
 def build_blocks(state, engine=None):
@@ -178,7 +250,9 @@ def build_blocks(state, engine=None):
     mc = state.served.mc
     d = mc.defaults
     running: dict = {}
-    steps0, guidance0, shift0, solver0 = sampling_values(mc, SAMPLING_DEFAULT)
+    sampling_offered, sampling0 = sampling_choices(mc)
+    steps0, guidance0, shift0, solver0 = sampling_values(mc, sampling0)
+    library = getattr(state.served, "loras", None)
     with gr.Blocks(title="LightX2V", analytics_enabled=False) as blocks:
         gr.Markdown(f"# LightX2V\n{model_line(state.served, engine)}")
         with gr.Row():
@@ -197,12 +271,13 @@ def build_blocks(state, engine=None):
                     frames = gr.Number(d.num_frames, label="frames (4k+1)", precision=0, minimum=1, elem_id="frames")
                     seed = gr.Number(-1, label="seed (-1: random)", precision=0, elem_id="seed")
                     dice = gr.Button("random seed", size="sm")
-                sampling = gr.Dropdown([SAMPLING_DEFAULT, SAMPLING_DISTILLED], value=SAMPLING_DEFAULT, label="sampling preset")
+                sampling = gr.Dropdown(sampling_offered, value=sampling0, label="sampling preset", elem_id="sampling")
                 with gr.Row():
                     steps = gr.Number(steps0, label="steps", precision=0, minimum=1, elem_id="steps")
                     guidance = gr.Number(guidance0, label="guidance", minimum=0)
                     shift = gr.Number(shift0, label="shift", minimum=0)
                     solver = gr.Dropdown(list(SOLVER_NAMES), value=solver0, label="solver", allow_custom_value=True)
+                lora, lora_select, lora_sliders = lora_picker(library)
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -213,7 +288,8 @@ def build_blocks(state, engine=None):
                 history = gr.State([])
                 table = gr.Dataframe(headers=HISTORY_COLUMNS, value=[], label="history (this session)",
                                      interactive=False, wrap=True, elem_id="history")
-        fields = [prompt, negative, image, last_image, height, width, frames, steps, guidance, shift, solver, seed]
+        fields = [prompt, negative, image, last_image, height, width, frames, steps, guidance, shift, solver, seed,
+                  lora]
         preset.change(lambda p: (gr.skip(), gr.skip()) if p == CUSTOM else tuple(int(v) for v in p.split("x")),
                       preset, [width, height], api_visibility="private", queue=False)
         for box in (width, height):  # a typed size is a custom one
@@ -221,8 +297,9 @@ def build_blocks(state, engine=None):
         sampling.change(lambda c: sampling_values(mc, c), sampling, [steps, guidance, shift, solver],
                         api_visibility="private", queue=False)
         dice.click(lambda: -1, None, seed, api_visibility="private", queue=False)
-        go.click(ui_generate_fn(state, running), fields + [history], [video, used, status, history, table],
-                 api_visibility="private", concurrency_limit=None, show_progress_on=[video])
+        started = _wire_lora_picker(go, lora, lora_select, lora_sliders, library)
+        started.then(ui_generate_fn(state, running), fields + [history], [video, used, status, history, table],
+                     api_visibility="private", concurrency_limit=None, show_progress_on=[video])
         def cancel(request: gr.Request) -> str:
             return _cancel(state, running, request)
 

@@ -23,9 +23,10 @@ from typing import Iterator, Optional
 
 from lightx2v.errors import InputError
 
-# request fields the UI sends (the names of LightX2V.generate's parameters)
+# request fields the UI sends (the names of LightX2V.generate's parameters; `lora`: the HTTP API's
+# per-job LoRAs, "NAME:STRENGTH,..." of the server's --lora-dir)
 FIELDS = ("prompt", "negative_prompt", "height", "width", "num_frames", "num_inference_steps", "guidance_scale",
-          "shift", "solver", "seed")
+          "shift", "solver", "seed", "lora")
 MAX_SEED = 2**31 - 1
 
 

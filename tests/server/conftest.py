@@ -127,7 +127,12 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shared_server(tiny_model, tmp_path_factory):
     """One server for every module that needs no special flags (a start costs ~10 s on two
-    loaded cores: torch and the model's imports). Uploads are bounded at 1 MiB."""
-    srv = ServerProcess(tiny_model, tmp_path_factory.mktemp("shared") / "data", "--max-upload-mb", "1").start()
+    loaded cores: torch and the model's imports). Uploads are bounded at 1 MiB; two LoRAs are
+    offered per job (--lora-dir: test_loras.py), which jobs without a `lora` field never touch."""
+    from tests.server.test_loras import write_lora_dir
+
+    root = tmp_path_factory.mktemp("shared")
+    lora_dir = write_lora_dir(root / "loras")
+    srv = ServerProcess(tiny_model, root / "data", "--max-upload-mb", "1", "--lora-dir", str(lora_dir)).start()
     yield srv
     srv.stop()

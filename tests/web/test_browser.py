@@ -22,7 +22,10 @@ if CHROMIUM is None:
 
 @pytest.fixture(scope="module")
 def ui(tiny_model, tmp_path_factory):
-    proc = UiProcess(tiny_model, tmp_path_factory.mktemp("ui-browser") / "data").start()
+    from tests.server.test_loras import write_lora_dir
+
+    root = tmp_path_factory.mktemp("ui-browser")
+    proc = UiProcess(tiny_model, root / "data", "--lora-dir", str(write_lora_dir(root / "loras"))).start()
     yield proc
     proc.stop()
 
@@ -68,6 +71,22 @@ def test_generate_in_the_browser_shows_the_video(page):
     shot = os.environ.get("LIGHTX2V_UI_SCREENSHOT")
     if shot:
         page.screenshot(path=shot, full_page=True)
+
+
+def test_the_lora_picker_sends_the_chosen_file_and_strength(page, ui):
+    fill(page, "a lantern with a style")
+    page.click("#lora-select input")
+    page.click('li[role="option"][aria-label="style.safetensors"]')
+    strength = page.wait_for_selector('input[type="number"][aria-label="number input for strength: style.safetensors"]',
+                                      timeout=20_000)  # the slider of the chosen file appears
+    strength.fill("0.5")
+    strength.press("Enter")
+    page.click("#generate")
+    page.wait_for_function("document.querySelector('#status textarea').value.startsWith('done')", timeout=120_000)
+    assert page.input_value("#lora textarea") == "style.safetensors:0.5"
+    assert "style.safetensors × 0.5" in page.inner_text("#history")
+    assert "LoRAs for this job: style.safetensors × 0.5" in ui.log()  # the worker switched to it
+    assert page.errors == []
 
 
 def test_bad_input_shows_one_line(page):

@@ -8,7 +8,7 @@ from tests.web.conftest import UiProcess, httpx
 gradio_client = pytest.importorskip("gradio_client")
 
 API_PARAMS = ["prompt", "negative_prompt", "image", "last_image", "height", "width", "num_frames",
-              "num_inference_steps", "guidance_scale", "shift", "solver", "seed"]
+              "num_inference_steps", "guidance_scale", "shift", "solver", "seed", "lora"]
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,7 @@ def test_generate_returns_a_valid_mp4(client, ui):
     ({"prompt": "x", "num_frames": 4, "height": 16, "width": 16}, "num_frames must be 4k+1"),
     ({"prompt": "x", "height": 16, "width": 20}, "width"),
     ({"prompt": "x", "solver": "nope", "height": 16, "width": 16}, "solver"),
+    ({"prompt": "x", "lora": "style.safetensors:0.8"}, "offers no LoRA per request; start it with --lora-dir DIR"),
 ])
 def test_bad_input_is_one_line_not_a_traceback(client, kwargs, message):
     with pytest.raises(gradio_client.exceptions.AppError) as err:
