@@ -263,3 +263,26 @@ def test_the_kept_context_kv_is_freed_before_the_decode(tiny_official_dir, monke
     pipe.generate(prompt="a fox", height=64, width=64, num_frames=5, num_inference_steps=2, seed=0,
                   output_path=str(tiny_official_dir.parent / "kv.mp4"))
     assert seen == [0] and stored  # it was used during the denoise, empty at the decode
+
+
+def test_with_compiled_blocks_and_dynamic_lora(tmp_path):
+    """Compiled blocks trace the chunked path (its chunk loop unrolled for the shape); a dynamic LoRA's
+    hooks on the linears run in every chunk."""
+    from lightx2v.config import CompileConfig
+    from lightx2v.runtime.engine import compile_blocks
+
+    model = _model()
+    ref = _run(model, 0)
+    compile_blocks(model, CompileConfig(enabled=True, backend="aot_eager"))
+    torch.testing.assert_close(_run(model, 16), ref, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+    plain, chunked = _model(), _model()
+    for m in (plain, chunked):  # a LoRA-like hook on every FFN input linear: adds a fixed low-rank term
+        for i, block in enumerate(m.blocks):
+            g = torch.Generator().manual_seed(i)
+            down = torch.randn(4, 64, generator=g) * 0.01
+            up = torch.randn(block.ffn[0].out_features, 4, generator=g) * 0.01
+            block.ffn[0].register_forward_hook(lambda mod, args, out, d=down, u=up: out + args[0] @ d.t() @ u.t())
+    torch.testing.assert_close(_run(chunked, 16), _run(plain, 0), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(_run(plain, 0), ref)  # the hooks change the output
