@@ -205,16 +205,20 @@ class WanPipeline:
         return tokens.reshape(1, -1, tokens.shape[-1])
 
     def condition_on_images(self, p: SamplingParams):
-        with placed(self, "vae", "clip"):
-            return self._condition_on_images(p)
-
-    def _condition_on_images(self, p: SamplingParams):
         from lightx2v.pipelines.wan_image import build_condition
+
+        def encode_video(video):
+            with placed(self, "vae"):  # with encoder offload: the VAE on the device for this call only
+                return self.vae.encode(video)
+
+        def encode_clip(images):
+            with placed(self, "clip"):  # then the CLIP tower, never both at once (a small GPU)
+                return self.encode_images(images)
 
         return build_condition(
             image=p.image, last_image=p.last_image, height=p.height, width=p.width, num_frames=p.num_frames,
-            mode=p.resize_mode, convention=self.model_config.layout, vae=self.vae,
-            encode_clip=None if self.clip is None else self.encode_images, device=self.device, vae_dtype=self.vae_dtype,
+            mode=p.resize_mode, convention=self.model_config.layout, encode_video=encode_video,
+            encode_clip=None if self.clip is None else encode_clip, device=self.device, vae_dtype=self.vae_dtype,
         )
 
     def condition(self, p: SamplingParams, context: torch.Tensor, neg: Optional[torch.Tensor]) -> Conditioning:

@@ -140,9 +140,11 @@ def check_images(image, last_image: Any | None, height: int, width: int, num_fra
 
 @torch.no_grad()
 def build_condition(*, image, last_image: Any | None, height: int, width: int, num_frames: int, mode: str,
-                    convention: str, vae, encode_clip: Optional[Callable], device: torch.device,
+                    convention: str, encode_video: Callable, encode_clip: Optional[Callable], device: torch.device,
                     vae_dtype: torch.dtype) -> ImageCondition:
-    """Everything the I2V/FLF2V DiT is conditioned on, for one request (`encode_clip` None: no CLIP tokens)."""
+    """Everything the I2V/FLF2V DiT is conditioned on, for one request. `encode_video`: the VAE's encode
+    (video [1, 3, F, h, w] -> normalized latents); `encode_clip` (None: no CLIP tokens): images -> tokens.
+    They are called one after the other, so an offloaded VAE and CLIP tower need not share the device."""
     h, w = check_images(image, last_image, height, width, num_frames, mode, convention)
     first = resize_image(image, h, w, mode, convention)
     clip_images = [image]
@@ -155,7 +157,8 @@ def build_condition(*, image, last_image: Any | None, height: int, width: int, n
     else:
         frames.append(torch.zeros(3, num_frames - 1, h, w))
     video = torch.cat(frames, dim=1)[None].to(device, vae_dtype)      # [1, 3, F, h, w]
-    latents = vae.encode(video).float()                                 # [1, 16, T', h/8, w/8] normalized
+    latents = encode_video(video).float()                               # [1, 16, T', h/8, w/8] normalized
+    del video
     mask = first_last_mask(num_frames, h // 8, w // 8, last_image is not None).to(device)
     y = torch.cat([mask[None], latents], dim=1)
     clip_fea = None if encode_clip is None else encode_clip(clip_images)  # [1, 257 * n, 1280]

@@ -150,13 +150,28 @@ class SlotPool:
     def __init__(self, device: torch.device, nbytes: int, count: int) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self._nbytes = nbytes
         self.slots = [_Slot(torch.empty(nbytes, dtype=torch.uint8, device=device), self.cuda) for _ in range(count)]
         self.stream = torch.cuda.Stream(device) if self.cuda else None
         self.copies = 0  # units copied into a slot so far (tests, stats)
 
     @property
     def nbytes(self) -> int:
-        return self.slots[0].data.numel()
+        return self._nbytes
+
+    def free_buffers(self) -> None:
+        """Give the slots' device memory back (BlockOffloads.park); nothing is held in them then."""
+        if self.cuda:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)  # no copy still writing into them
+        for slot in self.slots:
+            slot.data = torch.empty(0, dtype=torch.uint8, device=self.device)
+            slot.views.clear()
+            slot.key = slot.stamp = None
+
+    def alloc_buffers(self) -> None:
+        for slot in self.slots:
+            if slot.data.numel() != self._nbytes:
+                slot.data = torch.empty(self._nbytes, dtype=torch.uint8, device=self.device)
 
     def find(self, key, stamp=None) -> Optional[_Slot]:
         """The slot holding unit `key` as it is now: a copy made before an in-place change of the
@@ -380,11 +395,54 @@ class BlockOffload:
 
 
 class BlockOffloads:
-    """The pipeline's offloaded DiTs (`pipeline.offload`): name -> BlockOffload, and their shared slots."""
+    """The pipeline's offloaded DiTs (`pipeline.offload`): name -> BlockOffload, and their shared slots.
+
+    `park()` takes everything of the DiTs off the device: the slots' buffers are freed and what lives
+    outside the blocks (embeddings, time projection, head: ~0.8 GB at 14B) goes to host copies. The
+    pipeline parks them while an offloaded encoder or the VAE has the device (runtime.offload.placed:
+    a small GPU then holds the VAE decode's working set, not the DiT's remains beside it); the DiTs'
+    first forward after that brings them back (a forward pre-hook: `unpark`)."""
 
     def __init__(self, offloads: dict[str, BlockOffload], pool: SlotPool, granularity: str) -> None:
         self.offloads, self.pool, self.granularity = offloads, pool, granularity
         self.models = {name: off.model for name, off in offloads.items()}
+        self.parked = False
+        self.parks = 0  # times parked (tests, stats)
+        self._rest: list[Tensor] = []  # the tensors outside the blocks (kept on the device unless parked)
+        self._host_rest: dict[int, Tensor] = {}  # id(tensor) -> its host copy while parked (made once)
+        for off in offloads.values():
+            inside = {id(t) for row in off.units for u in row for t in u.tensors}
+            self._rest += [t for _, t in _tensors(off.model) if id(t) not in inside]
+            off.model.register_forward_pre_hook(lambda m, args: self.unpark())
+
+    def park(self) -> None:
+        """Free the device of the DiTs (between their stages; no unit may be held)."""
+        if self.parked:
+            return
+        if any(off._held for off in self.offloads.values()):
+            raise RuntimeError("cannot park the offloaded DiTs while a block is on the device")
+        with torch.no_grad():
+            for t in self._rest:
+                if t.device.type != "cpu":
+                    host = self._host_rest.get(id(t))
+                    if host is None:
+                        host = self._host_rest[id(t)] = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.pool.cuda)
+                    host.copy_(t.data)
+                    t.data = host
+        self.pool.free_buffers()
+        self.parked = True
+        self.parks += 1
+
+    def unpark(self) -> None:
+        """Bring back what `park` took off (nothing when not parked)."""
+        if not self.parked:
+            return
+        self.pool.alloc_buffers()
+        with torch.no_grad():
+            for t in self._rest:
+                if t.device != self.pool.device:
+                    t.data = t.data.to(self.pool.device, non_blocking=True)
+        self.parked = False
 
     def prefetch(self, name: str) -> None:
         """The expert-switch hint of two-expert pipelines: nothing to do (the next expert's first block

@@ -216,10 +216,14 @@ def _stage_held(comps: dict, stages: dict, engine: EngineConfig, decode: bool, t
     if not engine.offload_encoders:
         return
     held = {n: comps.pop(n) for n in ("text_encoder", "clip", "vae", "tiny_vae") if n in comps}
+    if engine.offload.granularity in ("block", "phase") and "denoise" in stages:
+        # the block-offloaded DiTs' buffers and the rest outside their blocks are parked while an encoder
+        # or the VAE has the device (BlockOffloads.park): they count in the denoise only
+        stages["denoise"] += sum(comps.pop(k) for k in [k for k in comps if "(offload" in k])
     if "text encoder" in stages:
         stages["text encoder"] += held.get("text_encoder", 0)
-    if "image encoder" in stages:
-        stages["image encoder"] += held.get("vae", 0) + held.get("clip", 0)
+    if "image encoder" in stages:  # the VAE encodes, then the CLIP tower: one of them on the device at a time
+        stages["image encoder"] = max(stages["image encoder"] + held.get("vae", 0), held.get("clip", 0))
     if decode and "VAE decode" in stages:
         stages["VAE decode"] += held.get("tiny_vae" if tiny_vae else "vae", 0)
 

@@ -136,9 +136,13 @@ def apply_encoder_offload(pipeline, device: torch.device, names=ENCODER_COMPONEN
 @contextmanager
 def placed(pipeline, *names: str):
     """Within the block, the pipeline's components `names` are on the device when encoder offload keeps
-    them in host memory (`pipeline.encoder_offload`); after it they go back. No-op without it."""
+    them in host memory (`pipeline.encoder_offload`); after it they go back. No-op without it. Block-
+    offloaded DiTs are parked meanwhile (lightx2v.runtime.block_offload.BlockOffloads.park)."""
     off = getattr(pipeline, "encoder_offload", None)
     names = tuple(n for n in names if off is not None and n in off.models)
+    park = getattr(getattr(pipeline, "offload", None), "park", None)
+    if names and park is not None:  # block-offloaded DiTs leave the device to the encoder (back at their forward)
+        park()
     for n in names:
         off.activate(n) if len(names) == 1 else off.bring(n)
     try:

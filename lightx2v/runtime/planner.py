@@ -112,14 +112,15 @@ def host_bytes(mc: ModelConfig, engine: EngineConfig, comps: dict[str, int], fra
                memo: dict | None = None) -> int:
     """Host memory of a plan: the offloaded weights (the DiTs unless lazily loaded; offloaded encoders;
     the text encoder on the CPU) and the decoded frames."""
-    from lightx2v.runtime.memory import _tensor_bytes, _meta_dit
+    from lightx2v.runtime.memory import _block_offload_bytes, _tensor_bytes, _meta_dit
 
     total = frames_host
     off = engine.offload
     if off.granularity is not None:
         dits = sum(_tensor_bytes(_meta_dit(mc, engine, n, memo), engine.dtype) for n in mc.dit_names)
         if off.lazy_load:
-            unit = max(v for k, v in comps.items() if "buffers" in k) // max(off.num_buffers, 1)
+            buffers = _block_offload_bytes(mc, engine, memo)
+            unit = max(v for k, v in buffers.items() if "buffers" in k) // max(off.num_buffers, 1)
             dits = (off.num_disk_workers + 1) * unit
         total += dits
     if engine.offload_encoders or engine.text_encoder_device:

@@ -257,3 +257,24 @@ def test_official_conditioning_matches_reference_with_official_clip_input(task_d
                          num_inference_steps=3, guidance_scale=5.0, shift=3.0, latents=latents.clone(),
                          output_type="np", **kw).frames
     assert np.abs(ours - np.asarray(ref, dtype=np.float32)).max() <= 1e-3
+
+
+def test_offloaded_encoders_take_the_device_one_at_a_time(task_dirs, latents, monkeypatch):
+    """With encoder offload the VAE encodes, goes back, then the CLIP tower comes (a small GPU holds one
+    of them beside the DiT, not both); the frames are those of the resident run."""
+    from lightx2v.runtime.offload import ModelOffload
+
+    task, diff, _ = task_dirs
+    _, ref = _ours(diff, task, latents)
+    events = []
+    for name in ("activate", "bring", "release"):
+        orig = getattr(ModelOffload, name)
+        monkeypatch.setattr(ModelOffload, name, lambda self, n, _o=orig, _k=name: events.append((_k, n)) or _o(self, n))
+    pipe = LightX2V.from_pretrained(diff, device="cpu", dtype=torch.float32, progress=False, offload_encoders=True)
+    kw = dict(last_image=_image(2)) if task == "flf2v" else {}
+    r = pipe.generate(prompt=PROMPT, negative_prompt=NEG, image=_image(1), height=H, width=W, num_frames=FRAMES,
+                      num_inference_steps=3, guidance_scale=5.0, latents=latents.clone(), output_type="np", **kw)
+    assert np.array_equal(r.frames, ref.frames)
+    image_stage = [e for e in events if e[1] in ("vae", "clip")][:4]
+    assert image_stage == [("activate", "vae"), ("release", "vae"), ("activate", "clip"), ("release", "clip")]
+    assert not any(k == "bring" for k, _ in events)

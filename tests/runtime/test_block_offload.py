@@ -483,3 +483,32 @@ def test_cuda_public_api_with_inductor_compile(tiny_official_dir):
     assert counters["stats"]["unique_graphs"] == 1 and not counters["recompiles"] and not counters["graph_break"]
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert pipe.pipeline.offload.pool.slots[0].data.is_cuda
+
+
+@pytest.mark.parametrize("granularity", ["block", "phase"])
+def test_parked_while_the_encoders_and_the_vae_run(tiny_official_dir, granularity, monkeypatch):
+    """With encoder offload the DiT's buffers are freed and its rest sent to the host while the text
+    encoder and the VAE have the device; its next forward brings them back. Same video, two generations."""
+    from lightx2v.runtime.offload import ModelOffload
+
+    ref = _ref(tiny_official_dir, gen=(("output_type", "np"),))
+    pipe = _load(tiny_official_dir, offload=granularity, offload_encoders=True)
+    offs = pipe.pipeline.offload
+    seen = []
+    activate = ModelOffload.activate
+
+    def spy(self, name):  # an encoder or the VAE comes onto the device: the DiT is parked by then
+        seen.append((name, offs.parked, {s.data.numel() for s in offs.pool.slots}))
+        return activate(self, name)
+
+    monkeypatch.setattr(ModelOffload, "activate", spy)
+    for _ in range(2):
+        assert torch.equal(_gen(pipe, output_type="np"), ref)
+    assert seen == [("text_encoder", True, {0}), ("vae", True, {0})] * 2  # the slots hold no memory then
+    assert offs.parks == 3  # the first text encode, each decode (the second text encode found it parked)
+    assert offs.parked and all(s.data.numel() == 0 for s in offs.pool.slots)
+    dit = pipe.pipeline.components["dit"]
+    x, ctx = _inputs(size=(2, 4, 4))
+    with torch.no_grad():
+        dit(x, torch.full((1,), 500.0), ctx)  # its forward unparks
+    assert not offs.parked and all(s.data.numel() == offs.pool.nbytes for s in offs.pool.slots)

@@ -64,7 +64,7 @@ def test_generate_in_the_browser_shows_the_video(page):
     page.click("#generate")
     video = page.wait_for_selector("#result video[src]", timeout=120_000)
     assert video.get_attribute("src")
-    page.wait_for_function("document.querySelector('#status textarea').value.startsWith('done')", timeout=60_000)
+    page.wait_for_function("document.querySelector('#status textarea').value.startsWith('done')", timeout=60_000, polling=250)
     assert page.input_value("#seed-used textarea") == "11"
     assert "a lighthouse at dusk" in page.inner_text("#history")
     assert page.errors == []
@@ -82,7 +82,7 @@ def test_the_lora_picker_sends_the_chosen_file_and_strength(page, ui):
     strength.fill("0.5")
     strength.press("Enter")
     page.click("#generate")
-    page.wait_for_function("document.querySelector('#status textarea').value.startsWith('done')", timeout=120_000)
+    page.wait_for_function("document.querySelector('#status textarea').value.startsWith('done')", timeout=120_000, polling=250)
     assert page.input_value("#lora textarea") == "style.safetensors:0.5"
     assert "style.safetensors × 0.5" in page.inner_text("#history")
     assert "LoRAs for this job: style.safetensors × 0.5" in ui.log()  # the worker switched to it
@@ -103,7 +103,7 @@ def test_cancel_stops_the_running_job(page, ui):
     page.wait_for_function("/in_progress: [1-9]/.test(document.querySelector('#status textarea').value)",
                            timeout=120_000)
     page.click("#cancel")
-    page.wait_for_function("document.querySelector('#status textarea').value === 'cancelled'", timeout=120_000)
+    page.wait_for_function("document.querySelector('#status textarea').value === 'cancelled'", timeout=120_000, polling=250)
     with httpx.Client(base_url=ui.url, timeout=10) as http:
         tasks = http.get("/v1/tasks/").json()
         cancelled = [t for t in tasks.values() if t["status"] == "cancelled"]
@@ -128,7 +128,7 @@ def test_a_reload_reattaches_to_the_running_job(page, ui):
     page.wait_for_function("/started before this page loaded/.test(document.querySelector('#status textarea').value)",
                            timeout=60_000)
     page.click("#cancel")  # Cancel acts on the re-attached job
-    page.wait_for_function("document.querySelector('#status textarea').value === 'cancelled'", timeout=120_000)
+    page.wait_for_function("document.querySelector('#status textarea').value === 'cancelled'", timeout=120_000, polling=250)
     with httpx.Client(base_url=ui.url, timeout=10) as http:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and http.get("/v1/tasks/queue/status").json()["active_count"]:
