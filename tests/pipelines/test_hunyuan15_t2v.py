@@ -35,20 +35,32 @@ def _noise(seed=5):
     return torch.randn(1, LATENT, (F - 1) // 4 + 1, H // 16, W // 16, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("guidance", [GUIDANCE, 1.0])
-def test_matches_diffusers(folder, ours, guidance):
-    ref = folder[1]
+def _reference(ref, guidance, z, **kw):
     ref.guider = diffusers.ClassifierFreeGuidance(guidance_scale=guidance)
-    z = _noise()
     with torch.no_grad():
-        want = ref(prompt=PROMPT, negative_prompt=NEG, height=H, width=W, num_frames=F, num_inference_steps=3,
-                   latents=z.clone(), output_type="np").frames[0]
+        return ref(prompt=PROMPT, negative_prompt=NEG, height=H, width=W, num_frames=F, latents=z.clone(), **kw).frames
+
+
+def test_matches_diffusers_with_cfg(folder, ours):
+    z = _noise()
+    want = _reference(folder[1], GUIDANCE, z, num_inference_steps=3, output_type="np")[0]
     got = ours.generate(PROMPT, negative_prompt=NEG, height=H, width=W, num_frames=F, num_inference_steps=3,
-                        guidance_scale=guidance, latents=z, output_type="np")
+                        latents=z, output_type="np")  # guidance: the folder's guider (6)
     assert got.frames.shape == want.shape == (F, H, W, 3) and got.frames.dtype == np.float32
     err = np.abs(got.frames - want).max()
     assert err < 1e-3, err
-    assert got.stats["model_calls"] == (6 if guidance != 1.0 else 3)
+    assert got.stats["model_calls"] == 6
+
+
+def test_matches_diffusers_without_cfg(folder, ours):
+    """guidance 1: one branch a step (diffusers' guider then runs no negative prompt); latents compared."""
+    z = _noise(6)
+    want = _reference(folder[1], 1.0, z, num_inference_steps=2, output_type="latent")
+    got = ours.generate(PROMPT, negative_prompt=NEG, height=H, width=W, num_frames=F, num_inference_steps=2,
+                        guidance_scale=1.0, latents=z, output_type="latent")
+    err = (got.latents - want).abs().max().item()
+    assert err < 1e-4 * want.abs().max().item(), err
+    assert got.stats["model_calls"] == 2
 
 
 def test_defaults_come_from_the_folder(ours):
@@ -87,11 +99,10 @@ def test_vae_is_tiled_by_default(ours):
 
 
 def test_the_same_seed_gives_the_same_video(ours):
-    kw = dict(height=H, width=W, num_frames=F, num_inference_steps=2, guidance_scale=1.0, output_type="np", seed=11)
-    a, b = ours.generate(PROMPT, **kw).frames, ours.generate(PROMPT, **kw).frames
-    assert np.array_equal(a, b)
-    c = ours.generate(PROMPT, **{**kw, "seed": 12}).frames
-    assert np.abs(a - c).max() > 1e-3
+    kw = dict(height=H, width=W, num_frames=F, num_inference_steps=2, guidance_scale=1.0, output_type="latent")
+    a, b = ours.generate(PROMPT, seed=11, **kw).latents, ours.generate(PROMPT, seed=11, **kw).latents
+    assert torch.equal(a, b)
+    assert (a - ours.generate(PROMPT, seed=12, **kw).latents).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kw, field", [
