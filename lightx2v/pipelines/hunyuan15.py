@@ -79,6 +79,9 @@ class Hunyuan15Pipeline(WanPipeline):
         from lightx2v.models.wan.vae_tiling import VAETiling
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
+        if engine.cache.enabled:  # refused before any weight is read
+            raise InputError(f"cache {engine.cache.method}: the feature caches are not supported for HunyuanVideo-1.5 "
+                             "yet (their decisions read Wan's time-projection inputs); drop --cache", field="cache")
         staging, dt = engine.staging_device(), engine.dtype
         parts = {"dit": load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt,
                                         quant=quant_on_load(engine, "dit", {}))}
