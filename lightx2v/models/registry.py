@@ -45,6 +45,8 @@ _BUILTIN = (
     "lightx2v.models.wan.manifest", "lightx2v.models.wan22.manifest",
     # -- qwen-image (text-to-image; issue 18 step 2) --
     "lightx2v.models.qwen_image.manifest",
+    # -- hunyuanvideo-1.5 (text-to-video; issue 17 step 3) --
+    "lightx2v.models.hunyuan15.manifest",
 )
 
 _FAMILIES: dict[str, "FamilySpec"] = {}

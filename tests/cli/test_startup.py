@@ -72,7 +72,7 @@ def test_name_lists_are_what_runs():
     assert tuple(list_backends()) == choices.ATTENTION_BACKENDS
     assert SOLVER_NAMES == choices.SOLVER_NAMES and all(make_scheduler(s) for s in SOLVER_NAMES)
     spec = registry.get_family("wan2.1")  # registering checked it against its manifest
-    assert [m.name for m in registry.manifests()] == ["wan2.1", "wan2.2", "qwen-image"]
+    assert [m.name for m in registry.manifests()] == ["wan2.1", "wan2.2", "qwen-image", "hunyuanvideo-1.5"]
     for manifest in registry.manifests():
         family = registry.get_family(manifest.name)
         assert (manifest.tasks, manifest.presets) == (family.tasks, family.presets)

@@ -364,7 +364,7 @@ def test_truncated_and_corrupt_files(tiny, tmp_path):
 def test_a_file_of_another_family(tmp_path, keys, what):
     path = _save(tmp_path / "model.safetensors", {k: torch.zeros(2, 2) for k in keys})
     expected = f"it looks like {what}" if what else r"its 2 tensors start with: foo.bar, foo.baz"
-    with pytest.raises(CheckpointError, match=rf"model.safetensors is not a Wan2.1 or Wan2.2 or Qwen-Image DiT checkpoint.*{expected}"):
+    with pytest.raises(CheckpointError, match=rf"model.safetensors is not a Wan2.1 or Wan2.2 or Qwen-Image or HunyuanVideo-1.5 DiT checkpoint.*{expected}"):
         inspect_dit_source(path)
 
 

@@ -1,2 +1,2 @@
-"""HunyuanVideo-1.5 (steps 1-2: the DiT, the VAE and the text conditioning glue; the family is not
-registered until its image encoder and pipeline land)."""
+"""HunyuanVideo-1.5: the DiT, the VAE, the text conditioning glue, and the family's declaration
+(spec.py, registered: text-to-video from the diffusers layout; pipelines/hunyuan15.py)."""

@@ -1,0 +1,103 @@
+"""HunyuanVideo-1.5's two text encoders as components: built on meta, loaded by name (mmap + assign).
+
+Design: we do not own them; transformers runs both (text.py holds what the reference does with them).
+- `text_encoder`: Qwen2.5-VL-7B's language model, `Qwen2_5_VLTextModel`, wrapped by Qwen-Image's
+  `QwenTextEncoder` (its `model`: the RoPE buffers rebuilt after a meta load). The diffusers folder
+  stores the bare language model (`embed_tokens.weight`, `layers.{i}.*`, `norm.weight`: what
+  `language_model.save_pretrained` writes), so `llm_key_from_file` prefixes `model.`; a full
+  Qwen2.5-VL file (`model.language_model.*`, `model.*`) loads too, its vision tower and LM head dropped.
+- `text_encoder_2`: the byT5 encoder (`T5EncoderModel`). Its file holds the shared embedding once
+  (`shared.weight`; transformers ties `encoder.embed_tokens.weight` to it), so `read_byt5` gives both
+  names the same tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from lightx2v.errors import CheckpointError
+
+__all__ = ["build_byt5", "build_llm", "byt5_config_from_file", "llm_config_from_file", "llm_key_from_file",
+           "load_tokenizers", "read_byt5"]
+
+
+def _auto_config(folder: Path, what: str) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot read the {what} config {folder / 'config.json'} ({exc})") from None
+
+
+def llm_config_from_file(folder: str | Path) -> Any:
+    """The Qwen2.5-VL text config of text_encoder/ (a qwen2_5_vl_text model, or a whole qwen2_5_vl one)."""
+    cfg = _auto_config(Path(folder), "text encoder")
+    kind = getattr(cfg, "model_type", None)
+    if kind == "qwen2_5_vl":
+        return cfg.text_config
+    if kind != "qwen2_5_vl_text":
+        raise CheckpointError(f"{Path(folder) / 'config.json'} is a {kind} model; HunyuanVideo-1.5's text encoder is "
+                              "Qwen2.5-VL's language model (qwen2_5_vl_text)")
+    return cfg
+
+
+def byt5_config_from_file(folder: str | Path) -> Any:
+    """The T5 config of text_encoder_2/ (the byT5 glyph encoder)."""
+    cfg = _auto_config(Path(folder), "byT5 encoder")
+    if getattr(cfg, "model_type", None) != "t5":
+        raise CheckpointError(f"{Path(folder) / 'config.json'} is a {getattr(cfg, 'model_type', None)} model; "
+                              "HunyuanVideo-1.5's glyph encoder is a byT5 T5EncoderModel (t5)")
+    return cfg
+
+
+def build_llm(config: Any) -> nn.Module:
+    from lightx2v.models.qwen_image.text import QwenTextEncoder
+
+    return QwenTextEncoder(config)
+
+
+def llm_key_from_file(key: str) -> str | None:
+    """Our name (`model.*`) for a text_encoder/ key; None for the vision tower and the LM head."""
+    if key.startswith(("visual.", "model.visual.", "lm_head.")):
+        return None
+    if key.startswith("model.language_model."):
+        return "model." + key[len("model.language_model."):]
+    return key if key.startswith("model.") else "model." + key
+
+
+def build_byt5(config: Any) -> nn.Module:
+    from transformers import T5EncoderModel
+
+    return T5EncoderModel(config)
+
+
+def read_byt5(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A byT5 state dict with both names of the tied embedding (the file stores one)."""
+    out = dict(sd)
+    tied = ("shared.weight", "encoder.embed_tokens.weight")
+    for a, b in (tied, tied[::-1]):
+        if a in out and b not in out:
+            out[b] = out[a]
+    return out
+
+
+def load_tokenizers(llm_folder: str | Path, byt5_folder: str | Path) -> tuple[Any, Any]:
+    """(the Qwen2.5-VL tokenizer, the byT5 tokenizer) of tokenizer/ and tokenizer_2/."""
+    from transformers import AutoTokenizer
+
+    out = []
+    for folder, what in ((llm_folder, "the Qwen2.5-VL tokenizer (with its chat template)"),
+                         (byt5_folder, "the byT5 tokenizer")):
+        try:
+            out.append(AutoTokenizer.from_pretrained(str(folder)))
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"cannot load the tokenizer in {folder} ({exc}); expected {what}") from None
+    if getattr(out[0], "chat_template", None) is None:
+        raise CheckpointError(f"the tokenizer in {llm_folder} has no chat template; HunyuanVideo-1.5 renders its "
+                              "prompt template with the Qwen2.5-VL tokenizer's")
+    return out[0], out[1]

@@ -1,0 +1,107 @@
+"""HunyuanVideo-1.5 declares itself: layout, components, DiT format, geometry, defaults, pipeline.
+
+Text-to-video from the diffusers-format folders (hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*:
+layouts.py). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
+The DiT is not among `components`: the pipeline loads it (a diffusers transformer/ needs a whole-dict
+conversion, dit_format.load_folder_dit).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lightx2v.config import ModelConfig
+from lightx2v.models.hunyuan15 import layouts
+from lightx2v.models.hunyuan15.dit_format import HUNYUAN15_DIT_FORMAT
+from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, register_family
+
+
+def _read(files, key_map=None):
+    from lightx2v.models.wan.spec import _read as read
+
+    return read(files, key_map)
+
+
+def _build_llm(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.encoders import build_llm
+
+    return build_llm(mc.arch.text_encoder)
+
+
+def _read_llm(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.encoders import llm_key_from_file
+
+    return _read(mc.files["text_encoder"], llm_key_from_file)
+
+
+def _build_byt5(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.encoders import build_byt5
+
+    return build_byt5(mc.arch.text_encoder_2)
+
+
+def _read_byt5(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.encoders import read_byt5
+
+    return read_byt5(_read(mc.files["text_encoder_2"]))
+
+
+def _build_vae(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.vae import HunyuanVideo15VAE
+
+    return HunyuanVideo15VAE(mc.arch.vae)
+
+
+def _read_vae(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.vae_keys import official_from_diffusers
+
+    return _read(mc.files["vae"], official_from_diffusers)
+
+
+COMPONENTS = (
+    ComponentSpec("text_encoder", "text encoder", _build_llm, _read_llm),
+    ComponentSpec("text_encoder_2", "byT5 glyph encoder", _build_byt5, _read_byt5),
+    # fp32 as every VAE of lightx2v (engine.vae_dtype changes it)
+    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32),
+)
+
+TRAINED_SIZE = (720, 1280)   # the 720p models' bucket at 16:9
+TRAINED_FRAMES = 121
+
+
+def geometry(mc: ModelConfig) -> Geometry:
+    """Sides multiples of 16 (VAE stride 16 x patch 1), 4k+1 frames, 32 latent channels."""
+    v, (pt, ph, pw) = mc.arch.vae, mc.dit.patch_size
+    s, t = v.ffactor_spatial, v.ffactor_temporal
+    return Geometry(size_multiple=s * ph, frame_step=t, latent_channels=v.latent_channels, stride=(t, s, s),
+                    size_reason=f"VAE stride {s} x patch {ph}", patch=(pt, ph, pw), trained_size=TRAINED_SIZE,
+                    trained_frames=TRAINED_FRAMES)
+
+
+def refine(mc: ModelConfig, *, dit_path=None, preset=None, hints=()) -> ModelConfig:
+    from lightx2v.errors import InputError
+
+    if dit_path is not None:
+        raise InputError("--dit-path is not supported for HunyuanVideo-1.5 yet (the folder's transformer/ is used)",
+                         field="dit_path")
+    if preset is not None:
+        raise InputError(f"HunyuanVideo-1.5 has no preset {preset!r} (none yet)", field="preset")
+    return mc
+
+
+def describe(mc: ModelConfig) -> dict:
+    return {"size": HUNYUAN15_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"],
+            "glyph tokenizer": mc.files["tokenizer_2"]}
+
+
+def _pipeline():
+    from lightx2v.pipelines.hunyuan15 import Hunyuan15Pipeline
+
+    return Hunyuan15Pipeline
+
+
+HUNYUAN15 = register_family(FamilySpec(
+    name="hunyuanvideo-1.5", title="HunyuanVideo-1.5", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers",),
+    recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
+    pipeline=_pipeline, components=COMPONENTS, dit_format=HUNYUAN15_DIT_FORMAT, describe=describe,
+))

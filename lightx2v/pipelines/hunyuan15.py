@@ -1,0 +1,200 @@
+"""HunyuanVideo-1.5 text-to-video: diffusers' HunyuanVideo15Pipeline, through our loop.
+
+    encode the prompt and the negative prompt     Qwen2.5-VL states + byT5 glyph states (models/hunyuan15/text.py)
+    denoise                                       pipelines/base.py denoise: Euler on the evenly spaced, shifted
+                                                  sigmas (models/hunyuan15/schedule.py), CFG (`Guidance`, the
+                                                  guider's scale and rescale)
+    decode, write                                 the VAE (tiled by default), mp4 (pipelines/output.py)
+
+Design: the engine plumbing (LoRA sets, the lock, stages, timing, placement hooks, latents) is
+`WanPipeline`'s, which this class extends; what differs is written here: the two text encoders, the
+DiT's inputs (text and glyph states with their masks; the image-condition channels `y`, zeros for
+T2V: [1, 33, T', h, w]), the schedule and the request rules.
+
+Choices where the references differ, and why:
+- The negative branch's glyphs: diffusers encodes the negative prompt's quoted text; the official
+  pipeline encodes "" (no glyph tokens). We follow diffusers, the reference we test against; the two
+  agree for the default empty negative prompt and for any negative prompt without quotes.
+- crop_start (the template tokens dropped before the prompt): found in the tokenizer's rendered
+  template as the official TextEncoder does (`crop_start_of`); diffusers hard-codes 108, which is what
+  this gives for the released Qwen2.5-VL tokenizer.
+- The VAE decodes in tiles by default (the official pipeline tiles; diffusers does not unless asked):
+  tiles of the VAE config's `sample_size` (256 px) overlapping by a quarter. A video that fits in one
+  tile decodes whole, as diffusers does. `vae_tiling` / `vae_tile_size` of the engine set another size.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
+from lightx2v.errors import InputError, NonFiniteError
+from lightx2v.pipelines.base import Counter, GenerationResult, Guidance, StepContext, denoise, nonfinite_kind
+from lightx2v.pipelines.output import decode_and_write
+from lightx2v.pipelines.wan import WanPipeline
+from lightx2v.runtime.offload import placed
+
+
+@dataclass(frozen=True)
+class HunyuanInputs:
+    """What the DiT is conditioned on besides x and t (one CFG branch, or both batched)."""
+
+    text: torch.Tensor        # [B, 1000, 3584] Qwen2.5-VL states (compute dtype)
+    text_mask: torch.Tensor   # [B, 1000] int64, 1 = a real token
+    glyph: torch.Tensor       # [B, 256, 1472] byT5 states
+    glyph_mask: torch.Tensor  # [B, 256] int64
+
+    def cat_batch(self, other: "HunyuanInputs") -> "HunyuanInputs":
+        """Both branches as one batch (batched CFG): [self, other] along dim 0."""
+        return HunyuanInputs(*(torch.cat([a, b]) for a, b in zip(
+            (self.text, self.text_mask, self.glyph, self.glyph_mask),
+            (other.text, other.text_mask, other.glyph, other.glyph_mask))))
+
+    def row(self, i: int) -> "HunyuanInputs":
+        return HunyuanInputs(self.text[i:i + 1], self.text_mask[i:i + 1], self.glyph[i:i + 1], self.glyph_mask[i:i + 1])
+
+
+class Hunyuan15Pipeline(WanPipeline):
+    """The loaded components of one HunyuanVideo-1.5 checkpoint (t2v): dit, text_encoder, text_encoder_2, vae."""
+
+    def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, text_encoder_2,
+                 tokenizer, tokenizer_2, vae, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
+        from lightx2v.models.hunyuan15.text import crop_start_of
+
+        super().__init__(model_config, engine, dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
+                         vae_dtype=vae_dtype, progress=progress)
+        self.components = {"dit": dit, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "vae": vae}
+        self.tokenizer_2 = tokenizer_2
+        self.crop_start = crop_start_of(tokenizer)
+
+    @classmethod
+    def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "Hunyuan15Pipeline":
+        from lightx2v.loading.components import load_component
+        from lightx2v.models.hunyuan15.dit_format import load_folder_dit
+        from lightx2v.models.hunyuan15.encoders import load_tokenizers
+        from lightx2v.models.wan.vae_tiling import VAETiling
+        from lightx2v.runtime.engine import apply_engine, quant_on_load
+
+        if engine.cache.enabled:  # refused before any weight is read
+            raise InputError(f"cache {engine.cache.method}: the feature caches are not supported for HunyuanVideo-1.5 "
+                             "yet (their decisions read Wan's time-projection inputs); drop --cache", field="cache")
+        staging, dt = engine.staging_device(), engine.dtype
+        parts = {"dit": load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt,
+                                        quant=quant_on_load(engine, "dit", {}))}
+        for c in mc.spec.components:
+            parts[c.name] = load_component(mc, c.name, staging, dt)
+        vae_dtype = torch.float32
+        if engine.vae_dtype is not None:
+            parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
+        tokenizer, tokenizer_2 = load_tokenizers(mc.files["tokenizer"], mc.files["tokenizer_2"])
+        pipe = cls(mc, engine, tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae_dtype=vae_dtype, progress=progress,
+                   **parts)
+        default_tiling = None
+        if not engine.vae_tiling:  # the reference's default; the engine's VAE step replaces it when asked
+            default_tiling = VAETiling.of_size(mc.arch.vae.sample_size)
+            parts["vae"].set_tiling(default_tiling)
+        apply_engine(pipe, engine)
+        if default_tiling is not None:
+            pipe.engine_log.append(f"vae: tiled decode/encode by default (the reference's), tile {default_tiling.tile} "
+                                   f"px, overlap {default_tiling.overlap} px")
+        return pipe
+
+    # -- the request ----------------------------------------------------------------------------
+    @classmethod
+    def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
+        from lightx2v.runtime.memory import check_limits
+
+        if p.image is not None or p.last_image is not None:
+            raise InputError("this is a HunyuanVideo-1.5 text-to-video checkpoint: it takes no image", field="image")
+        if p.solver != "euler":
+            raise InputError(f"HunyuanVideo-1.5 samples with the euler solver (its scheduler), got {p.solver!r}",
+                             field="solver")
+        if p.guidance_scale_2 is not None and p.guidance_scale_2 != p.guidance_scale:
+            raise InputError("guidance_scale_2 is a second expert's scale; HunyuanVideo-1.5 has one DiT",
+                             field="guidance_scale_2")
+        mc.spec.geometry(mc).check(p.height, p.width, p.num_frames)
+        check_limits(mc, height=p.height, width=p.width, num_frames=p.num_frames, steps=p.num_inference_steps,
+                     force=p.force)
+
+    def check_memory(self, p: SamplingParams) -> None:
+        """No activation profile yet for HunyuanVideo-1.5 (runtime/memory.py has none): nothing checked."""
+
+    # -- pieces ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> HunyuanInputs:
+        """Both encoders' states for `prompts` (one batch), in the compute dtype on the device."""
+        from lightx2v.models.hunyuan15.text import encode_glyphs, encode_text
+
+        with placed(self, "text_encoder"):
+            text, mask = encode_text(self.text_encoder.model, self.tokenizer, prompts, crop_start=self.crop_start)
+        with placed(self, "text_encoder_2"):
+            glyph, glyph_mask = encode_glyphs(self.components["text_encoder_2"], self.tokenizer_2, prompts)
+        for name, states in (("text encoder", text), ("byT5 encoder", glyph)):
+            if not bool(torch.isfinite(states).all()):
+                raise NonFiniteError(f"the {name} produced {nonfinite_kind(states)} features; use dtype bf16 or fp32")
+        dt, dev = self.engine.dtype, self.device
+        return HunyuanInputs(text.to(dev, dt), mask.to(dev), glyph.to(dev, dt), glyph_mask.to(dev))
+
+    def make_scheduler(self, p: SamplingParams):
+        from lightx2v.models.hunyuan15.schedule import HunyuanEuler
+
+        sched = HunyuanEuler()
+        sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
+        return sched
+
+    def guidance(self, p: SamplingParams) -> Guidance:
+        return Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode,
+                        rescale=self.model_config.arch.guidance_rescale)
+
+    def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: HunyuanInputs, ctx: StepContext) -> torch.Tensor:
+        dt, dit = self.engine.dtype, self.dit
+        # T2V: the image-condition latents and mask are zeros ([B, 32 + 1, T', h, w]), as the reference passes
+        y = x.new_zeros((x.shape[0], x.shape[1] + 1, *x.shape[2:]), dtype=dt) if dit.config.concat_condition else None
+        dit.step_context = ctx  # what a cache on the block stack decides from (lightx2v.runtime.cache)
+        try:
+            return dit(x.to(dt), t.float().expand(x.shape[0]), c.text, c.text_mask, c.glyph, c.glyph_mask, y=y)
+        finally:
+            dit.step_context = None
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, on_chunk=None) -> torch.Tensor:
+        """float32 latents [1, 32, T', h, w] -> video [1, 3, F, H, W] in [-1, 1] (the VAE unscales them)."""
+        with placed(self, "vae"):
+            return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
+
+    # -- the whole run -------------------------------------------------------------------------
+    def _run(self, p: SamplingParams) -> GenerationResult:
+        from lightx2v.runtime.cache import cache_stats
+        from lightx2v.runtime.context_kv import reset_context_kv
+
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        cfg = self.uses_cfg(p)
+        with self._stage("text encoder", p):
+            both = self.encode([p.prompt, p.negative_prompt] if cfg else [p.prompt])
+        cond, uncond = both.row(0), (both.row(1) if cfg else None)
+        timings["text_encoder"] = self._lap(t0)
+        t1 = time.perf_counter()
+        size = (p.height, p.width)
+        counter = Counter(self.model_fn)
+        with self._stage("denoise", p):
+            latents, seed = self.prepare_latents(p, size)
+            latents = denoise(counter, self.make_scheduler(p), latents, cond, uncond, self.guidance(p),
+                              callback=p.callback, progress=self.progress)
+        timings["denoise"] = self._lap(t1)
+        reset_context_kv([self.dit])
+        result = GenerationResult(latents=latents, seed=seed, timings=timings,
+                                  stats=cache_stats([self.dit], counter.stats(), timings))
+        if p.output_type != "latent":
+            decode_and_write(self, p, latents, seed, size, result)
+        timings["total"] = self._lap(t0)
+        return result
+
+    def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
+        meta = super().output_metadata(p, seed, size)
+        meta.pop("tiny_vae", None)
+        return meta
