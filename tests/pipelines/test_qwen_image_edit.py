@@ -235,3 +235,25 @@ def test_a_list_of_images_round_trips_through_json(tmp_path):
     p = SamplingParams(prompt="x", image=[str(a), _image(16, 16, 1)])
     back = SamplingParams.from_dict(json.loads(json.dumps(p.to_dict())))
     assert back.image[0] == str(a) and isinstance(back.image[1], bytes) and len(back.image) == 2
+
+
+def test_cli_edits_with_repeated_image(folders, tmp_path, capsys, monkeypatch):
+    """`lightx2v generate --task edit --image a --image b`: two input images, a PNG of the last one's ratio
+    at the VAE area (here 64 x 96 pixels: a 64 x 96 image gives 64 x 96); four are refused with one line."""
+    from lightx2v.cli.main import main
+
+    v = qwen_image_edit.VARIANTS
+    monkeypatch.setitem(v, "edit-plus", dataclasses.replace(v["edit-plus"], vae_area=64 * 96, condition_area=64 * 64))
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    _image(96, 64, 0).save(a)
+    _image(64, 96, 1).save(b)
+    out = tmp_path / "edited.png"
+    argv = ["generate", "--model-path", str(folders["plus"][0]), "--task", "edit", "--prompt", PROMPT,
+            "--steps", "2", "--device", "cpu", "--dtype", "fp32", "--seed", "1", "--quiet", "--output", str(out)]
+    assert main(argv + ["--image", str(a), "--image", str(b)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (64, 96)
+    capsys.readouterr()
+    assert main(argv + ["--image", str(a)] * 4) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "at most 3 input image(s), got 4" in err[0]
