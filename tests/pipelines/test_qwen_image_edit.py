@@ -144,13 +144,13 @@ def _noise(h, w, seed=5):
     return torch.randn(1, 4, 1, h // 8, w // 8, generator=torch.Generator().manual_seed(seed))
 
 
-def _reference(ref, image, z, **kw):
+def _reference(ref, image, z, steps=3, **kw):
     with torch.no_grad():
-        return ref(image=image, prompt=PROMPT, latents=pack(z), output_type="np", num_inference_steps=3, **kw).images
+        return ref(image=image, prompt=PROMPT, latents=pack(z), output_type="np", num_inference_steps=steps, **kw).images
 
 
-def _ours(pipe, image, z, **kw):
-    return pipe.generate(PROMPT, image=image, latents=z, output_type="np", num_inference_steps=3, **kw).images
+def _ours(pipe, image, z, steps=3, **kw):
+    return pipe.generate(PROMPT, image=image, latents=z, output_type="np", num_inference_steps=steps, **kw).images
 
 
 def test_edit_matches_diffusers(folders, ours, small, monkeypatch):
@@ -184,11 +184,11 @@ def test_one_d_positions_are_diffusers_default_and_differ(folders, ours, small, 
     with mrope off, and differs from the released 3-D positions (so a regression to 1-D is caught)."""
     _, ref = folders["plus"]
     images, z = [_image(96, 64, 0), _image(64, 96, 1)], _noise(64, 64)
-    want_1d = _reference(ref, images, z, true_cfg_scale=1.0, height=64, width=64)
+    want_1d = _reference(ref, images, z, steps=2, true_cfg_scale=1.0, height=64, width=64)
     pipe = ours["plus"]
-    got_3d = _ours(pipe, images, z, guidance_scale=1.0, height=64, width=64)
+    got_3d = _ours(pipe, images, z, steps=2, guidance_scale=1.0, height=64, width=64)
     monkeypatch.setattr(pipe.pipeline, "mrope", False)
-    got_1d = _ours(pipe, images, z, guidance_scale=1.0, height=64, width=64)
+    got_1d = _ours(pipe, images, z, steps=2, guidance_scale=1.0, height=64, width=64)
     assert np.abs(got_1d - want_1d).max() < 1e-3
     assert np.abs(got_3d - want_1d).max() > 1e-3
 
