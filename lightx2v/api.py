@@ -226,7 +226,8 @@ class LightX2V:
     ) -> GenerationResult:
         """Generate one video (or, with num_frames=1 and output_type "png", one image). A size, frame
         count, step count, guidance, shift, solver or fps left None is the checkpoint's default. `image` (and
-        `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array. `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width.
+        `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array; for a
+        Qwen-Image edit checkpoint `image` is the image to edit (a list of them for -Edit-2509/2511). `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width.
         `overwrite=False` refuses an existing output file; `force=True` runs a size, frame count or
         step count far outside what the model was trained on (hard limits and memory still apply)."""
         from lightx2v.io.image import load_image
@@ -239,7 +240,8 @@ class LightX2V:
             height, width = (int(v) for v in resolution)
         params = SamplingParams(
             prompt=prompt, negative_prompt=negative_prompt,
-            image=None if image is None else load_image(image, "image"),
+            image=(None if image is None else [load_image(im, f"image {i + 1}") for i, im in enumerate(image)]
+                   if isinstance(image, (list, tuple)) else load_image(image, "image")),  # a list: edit-plus
             last_image=None if last_image is None else load_image(last_image, "last image"),
             resize_mode=resize_mode, height=height, width=width,
             num_frames=num_frames, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

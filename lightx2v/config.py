@@ -137,7 +137,8 @@ class SamplingParams:
 
     prompt: str
     negative_prompt: Optional[str] = None
-    image: Any = None            # first frame (i2v / flf2v): PIL image, path, or encoded bytes
+    image: Any = None            # first frame (i2v / flf2v): PIL image, path, or encoded bytes; an edit
+                                 # model's input image, or a list of them (Qwen-Image-Edit-2509/2511)
     last_image: Any = None       # last frame (flf2v)
     resize_mode: str = "area"
     height: Optional[int] = None          # None: the checkpoint's (SamplingDefaults)
@@ -247,7 +248,7 @@ class SamplingParams:
                 continue
             v = getattr(self, f.name)
             if f.name in ("image", "last_image"):
-                v = image_to_json(v)
+                v = [image_to_json(i) for i in v] if isinstance(v, (list, tuple)) else image_to_json(v)
             elif f.name == "latents":
                 v = tensor_to_json(v)
             out[f.name] = v
@@ -269,7 +270,9 @@ class SamplingParams:
         kw = dict(data)
         for name in ("image", "last_image"):
             if name in kw:
-                kw[name] = image_from_json(kw[name], name)
+                v = kw[name]
+                kw[name] = ([image_from_json(i, f"{name} {k + 1}") for k, i in enumerate(v)] if isinstance(v, list)
+                            else image_from_json(v, name))
         if "latents" in kw:
             kw["latents"] = tensor_from_json(kw["latents"])
         return cls(**kw)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lightx2v.errors import InputError, LightX2VError
 
-HELP = "generate a video from a prompt (and an image for i2v, two for flf2v)"
+HELP = "generate a video from a prompt (and an image for i2v, two for flf2v), or an image (t2i, edit)"
 
 # request field -> the flag that sets it (errors name the flag)
 FLAGS = {
@@ -34,7 +34,7 @@ FLAGS = {
     "cache": "--cache", "vae_tile_size": "--vae-tile-size", "chunk_tokens": "--chunk-tokens",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
-_LIST_FLAGS = ("lora", "lora_high", "lora_low")
+_LIST_FLAGS = ("lora", "lora_high", "lora_low", "image")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -53,7 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from lightx2v.choices import SOLVER_NAMES  # torch-free: lightx2v --help must not import torch
 
     add_model_arguments(p)
-    p.add_argument("--image", default=None, help="first frame for i2v / flf2v (PNG, JPEG, WebP)")
+    p.add_argument("--image", default=None, action="append",
+                   help="first frame for i2v / flf2v (PNG, JPEG, WebP); the image to edit (--task edit), repeated "
+                        "for several (Qwen-Image-Edit-2509/2511: up to 3)")
     p.add_argument("--last-image", default=None, help="last frame for flf2v")
     p.add_argument("--resize-mode", default="area", choices=("area", "crop", "pad"),
                    help="i2v: area keeps the image's aspect ratio at the --size area (sides multiples of 16); "
@@ -96,7 +98,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-path", default=None,
                    help="model folder (any layout of a supported family) or Hugging Face repo id (required; may come from --config)")
     p.add_argument("--task", default=None, choices=all_tasks(),
-                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video), ti2v (Wan2.2 TI2V-5B: text, or image with --image, to video); default: the checkpoint's")
+                   help="t2v (text-to-video), i2v (image-to-video), flf2v (first-last-frame-to-video), ti2v (Wan2.2 TI2V-5B: text, or image with --image, to video), t2i (Qwen-Image: text-to-image), edit (Qwen-Image-Edit*: --image to edit); default: the checkpoint's")
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
@@ -302,8 +304,10 @@ def _request(args: argparse.Namespace):
     from lightx2v.config import SamplingParams
 
     width, height = (None, None) if args.size is None else parse_size(args.size)
+    # --image is repeatable: one given is that image, several a list (an edit model's input images)
+    image = None if not args.image else args.image[0] if len(args.image) == 1 else list(args.image)
     return SamplingParams(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, image=args.image, last_image=args.last_image,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, image=image, last_image=args.last_image,
         resize_mode=args.resize_mode, height=height, width=width, num_frames=args.frames,
         num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_scale_2=args.guidance_2,
         shift=args.shift, solver=args.solver, seed=args.seed, fps=args.fps, output_path=args.output,

@@ -184,6 +184,16 @@ class QwenImagePipeline(WanPipeline):
         with placed(self, "vae"):
             return self.vae.decode(latents.to(self.vae_dtype))
 
+    def encode_conditions(self, p: SamplingParams, cfg: bool, timings: dict) -> tuple[QwenInputs, Optional[QwenInputs], list]:
+        """(cond, uncond or None, the token grids of what the DiT sees after the noisy image): text-to-image
+        encodes the prompts and adds nothing (the edit pipeline adds its condition images here)."""
+        t0 = time.perf_counter()
+        with self._stage("text encoder", p):
+            cond = QwenInputs(self.encode_text(p.prompt))
+            uncond = QwenInputs(self.encode_text(p.negative_prompt)) if cfg else None
+        timings["text_encoder"] = self._lap(t0)
+        return cond, uncond, []
+
     # -- the whole run -------------------------------------------------------------------------
     def _run(self, p: SamplingParams) -> ImageResult:
         from lightx2v.runtime.cache import cache_stats
@@ -191,14 +201,11 @@ class QwenImagePipeline(WanPipeline):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cfg = p.guidance_scale > 1.0 and p.negative_prompt is not None  # diffusers' do_true_cfg
-        with self._stage("text encoder", p):
-            cond = QwenInputs(self.encode_text(p.prompt))
-            uncond = QwenInputs(self.encode_text(p.negative_prompt)) if cfg else None
-        timings["text_encoder"] = self._lap(t0)
+        cond, uncond, more_segments = self.encode_conditions(p, cfg, timings)
         t1 = time.perf_counter()
         size = (p.height, p.width)
         _, _, _, h, w = self.geometry.latent_shape(1, *size)
-        self._segments = [(1, h // 2, w // 2)]
+        self._segments = [(1, h // 2, w // 2), *more_segments]
         counter = Counter(self.model_fn)
         with self._stage("denoise", p):
             latents, seed = self.prepare_latents(p, size)

@@ -6,6 +6,7 @@ the same way, with the same line, whether it comes before a minutes-long load or
 
     params.validate()                     family-independent fields (numbers, types, paths)
     images -> PIL                         paths and bytes opened (a missing or unreadable file)
+    pipeline.fill_from_images(mc, p)      (if the family has it) a size left None from the images
     params.with_defaults(mc.defaults)     the checkpoint's steps, guidance, shift, solver, fps
     pipeline.check_request(mc, p)         the family's rules: task vs images, image sizes,
                                           geometry, expert guidance scales
@@ -20,17 +21,25 @@ import dataclasses
 import torch
 
 from lightx2v.config import ModelConfig, SamplingDefaults, SamplingParams
+from lightx2v.errors import InputError
 
 
 def load_request_images(params: SamplingParams) -> SamplingParams:
-    """Image paths or bytes (a request read from JSON, a CLI path) -> RGB PIL images."""
+    """Image paths or bytes (a request read from JSON, a CLI path) -> RGB PIL images; `image` may be a
+    list of them (an edit model's several input images: a list of PIL images)."""
     if params.image is None and params.last_image is None:
         return params
     from lightx2v.io.image import load_image
 
+    image = params.image
+    if isinstance(image, (list, tuple)):
+        if not image:
+            raise InputError("image is an empty list; give one image, or a list of them", field="image")
+        image = [load_image(im, f"image {i + 1}") for i, im in enumerate(image)]
+    elif image is not None:
+        image = load_image(image, "image")
     return dataclasses.replace(
-        params,
-        image=None if params.image is None else load_image(params.image, "image"),
+        params, image=image,
         last_image=None if params.last_image is None else load_image(params.last_image, "last image"),
     )
 
@@ -52,7 +61,12 @@ def build_scheduler(defaults: SamplingDefaults, p: SamplingParams, device: torch
 def prepare_request(mc: ModelConfig, params: SamplingParams) -> SamplingParams:
     """The request filled with the checkpoint's defaults, every check that needs no weights passed."""
     params.validate()
-    p = load_request_images(params).with_defaults(mc.defaults)
+    p = load_request_images(params)
+    # a family whose output size follows its input images (Qwen-Image edit) fills height / width first
+    fill = getattr(mc.spec.pipeline(), "fill_from_images", None)
+    if fill is not None:
+        p = fill(mc, p)
+    p = p.with_defaults(mc.defaults)
     mc.spec.pipeline().check_request(mc, p)
     build_scheduler(mc.defaults, p, "cpu")
     return p

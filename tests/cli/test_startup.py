@@ -46,7 +46,7 @@ def test_help_and_version_do_not_import_torch(argv, shows):
 def test_generate_help_offers_the_registered_choices():
     proc = _run_python(_PROBE.format(argv=["generate", "--help"]))
     text = " ".join(proc.stdout.split())
-    assert "{t2v,i2v,flf2v,ti2v,t2i}" in text and "wan2.1-i2v-480p-distill" in text and "sage_attn" in text
+    assert "{t2v,i2v,flf2v,ti2v,t2i,edit}" in text and "wan2.1-i2v-480p-distill" in text and "sage_attn" in text
     assert "wan2.2-i2v-a14b-distill" in text and "--dit-path-2" in text
 
 

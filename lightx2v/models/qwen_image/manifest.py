@@ -10,7 +10,7 @@ from lightx2v.models.registry import FamilyManifest
 MANIFEST = FamilyManifest(
     name="qwen-image",
     title="Qwen-Image",
-    tasks=("t2i",),
+    tasks=("t2i", "edit"),
     presets=(),
     spec="lightx2v.models.qwen_image.spec",
 )

@@ -1,7 +1,8 @@
 """Qwen-Image declares itself: layout, components, DiT format, geometry, defaults, pipeline.
 
-Text-to-image from the released diffusers-format folders (Qwen/Qwen-Image, -2512). The one place the
-generic layers learn about Qwen-Image (lightx2v.models.registry).
+Text-to-image (Qwen/Qwen-Image, -2512) and image editing (Qwen/Qwen-Image-Edit, -Edit-2509, -Edit-2511)
+from the released diffusers-format folders. The one place the generic layers learn about Qwen-Image
+(lightx2v.models.registry).
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ def _read(files, key_map=None):
 def _build_text_encoder(mc: ModelConfig):
     from lightx2v.models.qwen_image.text import QwenTextEncoder
 
-    return QwenTextEncoder(mc.arch.text_encoder)
+    # the edit models' encoder sees the input images: its vision tower is built (and read) too
+    return QwenTextEncoder(mc.arch.text_encoder, vision=mc.arch.edit is not None)
 
 
 def _read_text_encoder(mc: ModelConfig):
-    from lightx2v.models.qwen_image.text import text_key_from_file
+    from lightx2v.models.qwen_image.text import text_key_from_file, text_key_with_vision
 
-    return _read(mc.files["text_encoder"], text_key_from_file)
+    return _read(mc.files["text_encoder"], text_key_from_file if mc.arch.edit is None else text_key_with_vision)
 
 
 def _build_vae(mc: ModelConfig):
@@ -76,9 +78,9 @@ def describe(mc: ModelConfig) -> dict:
 
 
 def _pipeline():
-    from lightx2v.pipelines.qwen_image import QwenImagePipeline
+    from lightx2v.pipelines.qwen_image_edit import QwenImageTasks
 
-    return QwenImagePipeline
+    return QwenImageTasks  # QwenImagePipeline (t2i) or QwenImageEditPipeline (edit), by mc.task
 
 
 QWEN_IMAGE = register_family(FamilySpec(

@@ -6,7 +6,10 @@ parameter names are the released text_encoder/ keys (`model.embed_tokens.weight`
 `model.layers.{i}.self_attn.q_proj.weight`, `model.norm.weight`: the layout transformers writes too) and
 it builds on the meta device and loads by name like our own modules. Text-to-image reads no image, so
 the vision tower (`visual.*`) and the unused `lm_head` are not built; `text_key_from_file` drops their
-keys (and maps transformers' in-memory names, `model.language_model.*`, should a file use them).
+keys (and maps transformers' in-memory names, `model.language_model.*`, should a file use them). The
+edit models' encoder sees the input images: `QwenTextEncoder(config, vision=True)` also builds
+transformers' vision tower under the file's name `visual` (`text_key_with_vision` keeps its keys);
+its forward then takes the processor's pixel values and the M-RoPE positions (vision.py).
 
 What the reference does with it (diffusers' `QwenImagePipeline._get_qwen_prompt_embeds` and
 `encode_prompt`), reproduced by `encode_prompts`:
@@ -34,7 +37,7 @@ from lightx2v.errors import CheckpointError, InputError
 
 __all__ = [
     "MAX_SEQUENCE_LENGTH", "PromptTemplate", "QwenTextEncoder", "T2I_TEMPLATE", "encode_prompts",
-    "load_tokenizer", "text_config_from_file", "text_key_from_file", "trim",
+    "load_tokenizer", "text_config_from_file", "text_key_from_file", "text_key_with_vision", "trim",
 ]
 
 # diffusers' QwenImagePipeline: tokenizer_max_length, and the largest max_sequence_length it accepts
@@ -92,37 +95,81 @@ def text_key_from_file(key: str) -> str | None:
     return key
 
 
+def text_key_with_vision(key: str) -> str | None:
+    """Our name for a text_encoder/ key when the vision tower is built (the edit models): `visual.*` kept
+    (`model.visual.*`, transformers' in-memory name, -> `visual.*`), the rest as `text_key_from_file`."""
+    if key.startswith("visual."):
+        return key
+    if key.startswith("model.visual."):
+        return key[len("model."):]
+    return text_key_from_file(key)
+
+
 class QwenTextEncoder(nn.Module):
     """forward(input_ids [B, L], attention_mask [B, L]) -> last hidden state [B, L, hidden] (after the final norm).
 
-    `model`: transformers' Qwen2_5_VLTextModel. Its RoPE tables (`inv_freq`) are non-persistent buffers,
+    `model`: transformers' Qwen2_5_VLTextModel; `visual` (vision=True): its
+    Qwen2_5_VisionTransformerPretrainedModel. Their RoPE tables (`inv_freq`) are non-persistent buffers,
     computed from the config: on a meta-built encoder they are recomputed when the weights are loaded."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, vision: bool = False) -> None:
         super().__init__()
         text_config = copy.deepcopy(getattr(config, "text_config", config))
         text_config._attn_implementation = "sdpa"  # what from_pretrained picks in the reference
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
 
         self.model = Qwen2_5_VLTextModel(text_config)
+        self.visual = None
+        self.image_token_id = getattr(config, "image_token_id", None)
+        if vision:
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+            vision_config = copy.deepcopy(config.vision_config)
+            vision_config._attn_implementation = "sdpa"
+            self.visual = Qwen2_5_VisionTransformerPretrainedModel(vision_config)
         self.register_load_state_dict_post_hook(_rebuild_rope)
 
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # positions as Qwen2.5-VL's get_rope_index gives text: real tokens before this one (padding: 1),
-        # the same on the temporal, height and width axes
-        pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         position_ids=pos.unsqueeze(0).expand(3, -1, -1), use_cache=False)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                image_grid_thw: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """With images (vision=True): pixel_values [patches, C * 2 * 14 * 14] and image_grid_thw [N, 3] as
+        the Qwen2-VL image processor makes them; the vision tower's merged features replace the
+        `<|image_pad|>` tokens' embeddings in order. position_ids [3, B, L]: the M-RoPE positions
+        (vision.mrope_positions); None: text positions on all three axes."""
+        if position_ids is None:
+            # positions as Qwen2.5-VL's get_rope_index gives text: real tokens before this one (padding: 1),
+            # the same on the temporal, height and width axes
+            pos = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+            position_ids = pos.unsqueeze(0).expand(3, -1, -1)
+        embeds = self.model.embed_tokens(input_ids)  # [B, L, hidden]
+        if pixel_values is not None:
+            if self.visual is None:
+                raise InputError("this text encoder was built without its vision tower (text-to-image); "
+                                 "an edit checkpoint's encoder sees images")
+            # [tokens, hidden]: one row per merged 2 x 2 patch, the images one after the other
+            features = self.visual(pixel_values.to(self.visual.dtype), grid_thw=image_grid_thw).pooler_output
+            slots = input_ids == self.image_token_id
+            if int(slots.sum()) != features.shape[0]:
+                raise InputError(f"the prompt has {int(slots.sum())} image tokens but the images give "
+                                 f"{features.shape[0]} features")
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), features.to(embeds.dtype))
+        out = self.model(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False)
         return out.last_hidden_state
 
 
 def _rebuild_rope(module: QwenTextEncoder, incompatible_keys: Any) -> None:
-    """After load_state_dict: the rotary embedding's buffers, if they were left on the meta device, are
+    """After load_state_dict: the rotary embeddings' buffers, if they were left on the meta device, are
     computed again (from the config, in float32, where the embeddings now are)."""
+    if module.visual is not None and module.visual.rotary_pos_emb.inv_freq.is_meta:
+        rope = module.visual.rotary_pos_emb
+        with torch.device("cpu"):
+            inv_freq, rope.attention_scaling = rope.compute_axial_rope_parameters(rope.config)
+        rope.inv_freq = inv_freq.float().to(module.visual.patch_embed.proj.weight.device)
+        rope.original_inv_freq = rope.inv_freq.clone()
     rope = module.model.rotary_emb
     if not rope.inv_freq.is_meta:
         return
