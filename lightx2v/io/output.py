@@ -212,10 +212,21 @@ def resolve_output(path: str | os.PathLike, num_frames: int | None, overwrite: b
     return target
 
 
-def image_targets(path: str | os.PathLike, n: int, overwrite: bool, output_type: str,
+def image_type_for(path: str | os.PathLike) -> str:
+    """The format of images written to `path` when no output type is asked for: the extension's
+    (a video extension stays a video format: the caller refuses it), PNG for a folder, /dev/null or a FIFO."""
+    fmt = file_format("mp4", path)
+    if fmt == "mp4" and Path(path).suffix.lower() != ".mp4":
+        return "png"  # no extension to go by
+    return fmt
+
+
+def image_targets(path: str | os.PathLike, n: int, overwrite: bool, output_type: str | None,
                   default_stem: str) -> list[OutputTarget]:
     """The n checked targets of n images: the path itself for one, `indexed_path` names for several
-    (a device or FIFO: itself n times)."""
+    (a device or FIFO: itself n times). output_type None (or the default "mp4"): `image_type_for`."""
+    if output_type in (None, "mp4"):
+        output_type = image_type_for(path)
     target = resolve_output(path, 1, overwrite, output_type, default_stem)
     if target.fmt not in IMAGE_FORMATS:
         raise InputError(f"output {target.path} is a .{target.fmt}; images are written as .png, .webp or .jpg")
@@ -224,7 +235,7 @@ def image_targets(path: str | os.PathLike, n: int, overwrite: bool, output_type:
     return [check_output(indexed_path(target.path, i), 1, overwrite, target.fmt) for i in range(n)]
 
 
-def save_images(images: np.ndarray, path: str | os.PathLike, *, output_type: str = "png", overwrite: bool = True,
+def save_images(images: np.ndarray, path: str | os.PathLike, *, output_type: str | None = None, overwrite: bool = True,
                 metadata: dict | None = None, default_stem: str = "output") -> list[Path]:
     """Write images ([N, H, W, 3] uint8, or float in [0, 1]) by the module's rules; the paths written.
 

@@ -248,11 +248,6 @@ def image_output_type(p: SamplingParams) -> str:
         return p.output_type
     if p.output_path is None:
         return "pil"
-    from pathlib import Path
+    from lightx2v.io.output import image_type_for
 
-    from lightx2v.io.output import file_format
-
-    fmt = file_format("mp4", p.output_path)
-    if fmt == "mp4" and Path(p.output_path).suffix.lower() != ".mp4":
-        return "png"  # a folder (the default name inside), /dev/null or a FIFO: no extension to go by
-    return fmt
+    return image_type_for(p.output_path)
