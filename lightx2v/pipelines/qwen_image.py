@@ -132,9 +132,6 @@ class QwenImagePipeline(WanPipeline):
         check_limits(mc, height=p.height, width=p.width, num_frames=1, steps=p.num_inference_steps, force=p.force)
         mc.arch.schedule.sigmas(p.num_inference_steps, 1)  # a step count the schedule cannot make fails now
 
-    def check_memory(self, p: SamplingParams) -> None:
-        """No activation profile yet for Qwen-Image (runtime/memory.py has none): nothing checked."""
-
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> ImageResult:
         # the request's shift: None keeps the scheduler config's dynamic shift (with_defaults fills a number)
