@@ -223,8 +223,13 @@ class LightX2V:
         overwrite: bool = True,
         force: bool = False,
         crf: int | None = None,
+        num_images: int | None = None,
     ) -> GenerationResult:
-        """Generate one video (or, with num_frames=1 and output_type "png", one image). A size, frame
+        """Generate one video, or images from an image model (Qwen-Image: `num_images` per prompt, one
+        batch as diffusers' num_images_per_prompt; `result.images` a list of PIL images by default, or
+        float32 [N, H, W, 3] for output_type "np"; a .png / .webp / .jpg output_path writes them,
+        N > 1 as NAME_0.png ...; `guidance_scale` is its true CFG scale, `latents` the initial noise
+        in diffusers' packed layout [N, L, 4z] or [N, z, 1, H/8, W/8]). A size, frame
         count, step count, guidance, shift, solver or fps left None is the checkpoint's default. `image` (and
         `last_image`) make it image-to-video (first-last-frame): a path, PIL image or array; for a
         Qwen-Image edit checkpoint `image` is the image to edit (a list of them for -Edit-2509/2511). `video_length` is an alias of num_frames, `resolution=(h, w)` of height/width.
@@ -248,7 +253,7 @@ class LightX2V:
             guidance_scale_2=guidance_scale_2,
             shift=shift, solver=solver, seed=seed, latents=latents, output_type=output_type,
             output_path=None if output_path is None else str(output_path), fps=fps, callback=callback,
-            overwrite=overwrite, force=force, crf=crf,
+            overwrite=overwrite, force=force, crf=crf, num_images=num_images,
         )
         return self.pipeline(params)
 

@@ -31,9 +31,12 @@ from lightx2v.errors import InputError
 if TYPE_CHECKING:
     from lightx2v.loading.dit_files import DitSource
 
-OUTPUT_TYPES = ("mp4", "webm", "gif", "png", "np", "pt", "latent")
-IMAGE_OUTPUT_TYPES = ("png",)          # one image: num_frames must be 1
-FILE_OUTPUT_TYPES = ("mp4", "webm", "gif", "png")  # written to output_path (lightx2v.io.output)
+OUTPUT_TYPES = ("mp4", "webm", "gif", "png", "webp", "jpeg", "np", "pt", "pil", "latent")
+# images: num_frames must be 1 ("pil": a list of PIL images in memory; the files: one per image)
+IMAGE_OUTPUT_TYPES = ("png", "webp", "jpeg", "pil")
+IMAGE_FILE_TYPES = ("png", "webp", "jpeg")
+FILE_OUTPUT_TYPES = ("mp4", "webm", "gif") + IMAGE_FILE_TYPES  # written to output_path (lightx2v.io.output)
+NUM_IMAGES_MAX = 16  # images per request (num_images): a batch through the DiT
 # how a conditioning image is fitted to the frame (see lightx2v.pipelines.wan_image)
 RESIZE_MODES = ("area", "crop", "pad")
 # request limits (validate): CFG scales in use are 1 to ~20; released shifts 1 to 17; fps above
@@ -124,7 +127,9 @@ class SamplingParams:
     """One generation request. `None` fields take the checkpoint's defaults.
 
     It carries no family geometry: the family checks sizes and frames (its `Geometry`). An image
-    request is `num_frames=1` with an image output type ("png", "np", "pt"). It round-trips through
+    request is `num_frames=1` with an image output type ("png", "webp", "jpeg", "pil", "np", "pt"), and
+    `num_images` images per prompt (image families only: one batch, as diffusers' num_images_per_prompt).
+    It round-trips through
     JSON (`to_dict` / `from_dict`): images as paths or PNG bytes, `latents` as raw float32 bytes;
     `callback` is not serialized.
 
@@ -162,6 +167,9 @@ class SamplingParams:
     # run sizes, frames and steps far outside what the model was trained on (lightx2v.runtime.memory);
     # the model's hard limits and a memory estimate above what the device has are refused still
     force: bool = False
+    # images per prompt (image families: Qwen-Image); None: 1. One batch through the DiT from one
+    # seeded draw of [N, ...] noise, as diffusers' num_images_per_prompt (not N seeds)
+    num_images: Optional[int] = None
 
     def with_defaults(self, d: SamplingDefaults) -> "SamplingParams":
         """Fill every `None` from the checkpoint defaults, then validate."""
@@ -180,6 +188,7 @@ class SamplingParams:
             shift=d.shift_for(sized.height, sized.width) if self.shift is None else self.shift,
             solver=d.solver if self.solver is None else self.solver,
             fps=d.fps if self.fps is None else self.fps,
+            num_images=1 if self.num_images is None else self.num_images,
         )
         if filled.guidance_scale_2 is None:
             g2 = d.guidance_scale_2 if self.guidance_scale is None else None
@@ -223,6 +232,9 @@ class SamplingParams:
         if self.output_type in IMAGE_OUTPUT_TYPES and self.num_frames is not None and self.num_frames != 1:
             raise InputError(f"output_type {self.output_type!r} is one image: num_frames must be 1, got {self.num_frames}",
                              field="num_frames")
+        if self.num_images is not None and (not _is_int(self.num_images) or not 1 <= self.num_images <= NUM_IMAGES_MAX):
+            raise InputError(f"num_images must be an integer from 1 to {NUM_IMAGES_MAX}, got {self.num_images!r}",
+                             field="num_images")
         if not isinstance(self.overwrite, bool):
             raise InputError(f"overwrite must be true or false, got {self.overwrite!r}", field="overwrite")
         if self.fps is not None and (not _is_int(self.fps) or not 1 <= self.fps <= FPS_MAX):
@@ -236,7 +248,8 @@ class SamplingParams:
             # is the default "mp4" (see lightx2v.io.output: folders, /dev/null, FIFOs, overwrite)
             from lightx2v.io.output import check_output
 
-            check_output(self.output_path, self.num_frames, self.overwrite, self.output_type)
+            check_output(self.output_path, self.num_frames, self.overwrite, self.output_type,
+                         num_images=self.num_images or 1)
 
     def to_dict(self) -> dict:
         """A JSON-serializable dict (`from_dict` reads it back); `callback` is left out."""

@@ -124,3 +124,15 @@ def wan22_ti2v_dirs(tmp_path_factory) -> tuple[Path, Path]:
     from tests.wan22_fixtures import write_wan22
 
     return write_wan22(tmp_path_factory.mktemp("wan22-ti2v"), "ti2v")
+
+
+# ---- Qwen-Image: one tiny random text-to-image folder and diffusers' pipeline on it (tests/qwen_image_fixtures.py)
+
+
+@pytest.fixture(scope="session")
+def qwen_image_t2i(tmp_path_factory):
+    """(model_dir, diffusers QwenImagePipeline on the same weights)."""
+    pytest.importorskip("diffusers")
+    from tests.qwen_image_fixtures import write_qwen_image
+
+    return write_qwen_image(tmp_path_factory.mktemp("qwen_image"))

@@ -1,4 +1,4 @@
-"""`lightx2v generate`: one video from a prompt.
+"""`lightx2v generate`: one video from a prompt (or images, from an image model: --task t2i).
 
 Order of work, so that a bad request fails in a second, not after a minutes-long load:
 parse flags (and --config) -> engine config (device, dtype, attention, quant: checked) ->
@@ -12,13 +12,14 @@ Errors about a request field name the flag the user typed (`--steps`, not `num_i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from lightx2v.errors import InputError, LightX2VError
 
-HELP = "generate a video from a prompt (and an image for i2v, two for flf2v), or an image (t2i, edit)"
+HELP = "generate a video from a prompt (and an image for i2v, two for flf2v), or images (t2i, edit)"
 
 # request field -> the flag that sets it (errors name the flag)
 FLAGS = {
@@ -32,6 +33,7 @@ FLAGS = {
     "text_encoder_device": "--text-encoder-device", "max_vram": "--max-vram", "max_ram": "--max-ram",
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
     "cache": "--cache", "vae_tile_size": "--vae-tile-size", "chunk_tokens": "--chunk-tokens",
+    "num_images": "--num-images",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low", "image")
@@ -75,8 +77,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default=None, choices=SOLVER_NAMES, help="sampler (default: the checkpoint's: unipc, or distill for 4-step distilled models)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: a random one, printed)")
     p.add_argument("--fps", type=int, default=None, help="frames per second of the video (default: the checkpoint's, 16)")
-    p.add_argument("--output", default=None, help="file to write, its format from the extension: .mp4, .webm, .gif, .png (--frames 1); "
-                                                 "a folder/ gets the default name inside; /dev/null is written through (default: outputs/wan_<task>_<time>_seed<N>.mp4)")
+    p.add_argument("--output", default=None, help="file to write, its format from the extension: .mp4, .webm, .gif, or the images "
+                                                 ".png, .webp, .jpg (--frames 1; an image model: always); a folder/ gets the default "
+                                                 "name inside; /dev/null is written through (default: outputs/wan_<task>_<time>_seed<N>.mp4, "
+                                                 "an image model's outputs/<family>_t2i_<time>_seed<N>.png)")
+    p.add_argument("--num-images", type=int, default=None, metavar="N",
+                   help="image models: N images from the prompt, one batch (as diffusers' num_images_per_prompt), "
+                        "written as NAME_0.png ... NAME_{N-1}.png (default 1: NAME.png)")
     p.add_argument("--crf", type=int, default=None,
                    help="video quality, 0 (best, largest) to 51 (default: 17 for .mp4, 30 for .webm)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse an existing --output file (default: replace it, with a warning)")
@@ -311,7 +318,7 @@ def _request(args: argparse.Namespace):
         resize_mode=args.resize_mode, height=height, width=width, num_frames=args.frames,
         num_inference_steps=args.steps, guidance_scale=args.guidance, guidance_scale_2=args.guidance_2,
         shift=args.shift, solver=args.solver, seed=args.seed, fps=args.fps, output_path=args.output,
-        force=args.force, overwrite=not args.no_overwrite, crf=args.crf,
+        force=args.force, overwrite=not args.no_overwrite, crf=args.crf, num_images=args.num_images,
     )
 
 
@@ -326,6 +333,9 @@ def _run(args: argparse.Namespace) -> int:
     params = _request(args)
     params.validate()  # the request alone (numbers, output path), before touching the model folder
     mc, engine = detect_from_args(args, progress=not args.quiet)
+    if params.output_path is None and mc.spec.geometry(mc).max_frames == 1:
+        # an image model: the API's default is images in memory; the CLI writes them (png) in outputs/
+        params = dataclasses.replace(params, output_path="outputs/")
     filled = prepare_request(mc, params)  # every check the detected config allows, before any weight is read
     engine, plan = planned(mc, engine, args.max_vram, args.max_ram, height=filled.height, width=filled.width,
                            num_frames=filled.num_frames, guidance_scale=filled.guidance_scale)
@@ -341,9 +351,11 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(result_json(result, filled), indent=2, ensure_ascii=False))
         return 0
     t = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-    print(f"wrote {result.path} (seed {result.seed}; {t})", file=sys.stderr)
+    paths = result.paths or [result.path]
+    print(f"wrote {', '.join(map(str, paths))} (seed {result.seed}; {t})", file=sys.stderr)
     print(forwards_line(result.stats), file=sys.stderr)
-    print(result.path)
+    for path in paths:
+        print(path)
     return 0
 
 
@@ -381,8 +393,10 @@ def summary_line(mc, engine, p) -> str:
         opts.append("step-distilled")
     if mc.tiny_vae is not None:
         opts.append(f"tiny VAE {mc.tiny_vae.kind}")
+    n = p.num_images or 1
+    count = f"{n} image{'s' * (n > 1)}" if mc.spec.geometry(mc).max_frames == 1 else f"{p.num_frames} frames"
     return (f"lightx2v: {mc.spec.title} {mc.task} {size} ({mc.layout}) on {engine.device}, {dtype}, {', '.join(opts)}; "
-            f"{p.width}x{p.height}, {p.num_frames} frames, {p.num_inference_steps} steps, {p.solver}, "
+            f"{p.width}x{p.height}, {count}, {p.num_inference_steps} steps, {p.solver}, "
             f"guidance {p.guidance_scale:g}, shift {p.shift:g}")
 
 
@@ -399,5 +413,8 @@ def result_json(result, p) -> dict:
     settings = {k: v for k, v in p.to_dict().items() if k not in ("image", "last_image", "latents")}
     settings["image"] = None if p.image is None else "given"
     settings["last_image"] = None if p.last_image is None else "given"
-    return {"path": result.path, "seed": result.seed, "timings": result.timings, "stats": result.stats,
-            "settings": settings}
+    out = {"path": result.path, "seed": result.seed, "timings": result.timings, "stats": result.stats,
+           "settings": settings}
+    if result.paths is not None and len(result.paths) > 1:
+        out["paths"] = result.paths  # several images: NAME_0.png ... (path: the first)
+    return out

@@ -58,24 +58,47 @@ def load_image(value: Any, what: str = "image"):
     raise InputError(f"{what} must be a file path, image bytes, a PIL image or an array, got {type(value).__name__}")
 
 
+# lossy formats at a high quality (PIL's default, 75, visibly blurs fine detail); PNG is lossless
+LOSSY_QUALITY = 95
+
+
 def encode_png(frame, dst, metadata: Optional[dict] = None) -> None:
     """One frame (float [H, W, 3] in [0, 1], or uint8) as a PNG into the file `dst` (no atomic logic:
     see io/output.py); `metadata` goes into a `Comment` text chunk as JSON."""
+    encode_image(frame, dst, "png", metadata)
+
+
+def encode_image(frame, dst, fmt: str, metadata: Optional[dict] = None) -> None:
+    """One frame (float [H, W, 3] in [0, 1], or uint8) into the file `dst` as `fmt`: "png" (lossless;
+    `metadata` as JSON in an iTXt `Comment` chunk), "jpeg" (quality 95, 4:4:4; the JSON in the JPEG
+    comment segment) or "webp" (quality 95; no metadata inside: the sidecar has it). No atomic logic:
+    see io/output.py."""
     import json
 
     from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
 
     arr = np.asarray(frame)
     if arr.ndim != 3 or arr.shape[-1] != 3:
-        raise InputError(f"a PNG frame must be [H, W, 3], got shape {tuple(arr.shape)}")
+        raise InputError(f"a {fmt.upper()} image must be [H, W, 3], got shape {tuple(arr.shape)}")
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    info = None
-    if metadata:
-        info = PngInfo()
-        info.add_itxt("Comment", json.dumps(metadata, ensure_ascii=False, separators=(",", ":")))
-    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(dst, format="PNG", pnginfo=info)
+    text = json.dumps(metadata, ensure_ascii=False, separators=(",", ":")) if metadata else None
+    image = Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    if fmt == "png":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = None
+        if text:
+            info = PngInfo()
+            info.add_itxt("Comment", text)
+        image.save(dst, format="PNG", pnginfo=info)
+    elif fmt == "jpeg":
+        extra = {"comment": text.encode()} if text else {}
+        image.save(dst, format="JPEG", quality=LOSSY_QUALITY, subsampling=0, **extra)
+    elif fmt == "webp":
+        image.save(dst, format="WEBP", quality=LOSSY_QUALITY)
+    else:
+        raise InputError(f"unknown image format {fmt!r}; expected png, jpeg or webp")
 
 
 def write_png(frame, path: str | Path, metadata: Optional[dict] = None, overwrite: bool = True) -> Path:

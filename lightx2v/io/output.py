@@ -2,8 +2,12 @@
 
 The rules (the CLI's --output, the API's output_path):
 
-- The extension decides the format: .mp4 (H.264), .webm (VP9), .gif, .png (one frame: num_frames 1).
-  Any other extension (or none) is refused, naming these. A request's output_type must agree with
+- The extension decides the format: .mp4 (H.264), .webm (VP9), .gif, and the images .png, .webp,
+  .jpg / .jpeg (one frame: num_frames 1). Any other extension (or none) is refused, naming these.
+- Several images (an image model's num_images N > 1) go to N files named by index:
+  out.png -> out_0.png ... out_{N-1}.png (a folder: `<default name>_0.png` ...). Each name is checked
+  before any work; all are encoded to temp files first and then renamed, so a failure leaves none.
+  A character device or FIFO gets every image written through, one after the other. A request's output_type must agree with
   the extension, except the default "mp4", which the extension overrides (see `file_format`).
 - A path ending with a separator (`out/`), or an existing folder, is a folder: the default file
   name goes inside it (the folder is created).
@@ -19,7 +23,8 @@ The rules (the CLI's --output, the API's output_path):
 Everything else is written atomically: to a hidden temp file beside the target (`.out.mp4.*.partial.mp4`),
 renamed over it once complete; an error or a signal removes the temp file (io/atomic.py).
 With `metadata`, a sidecar `<output>.json` (e.g. out.mp4.json) is written atomically next to the
-file, and mp4 / webm / png carry the same JSON in the file itself (io/video.py, io/image.py).
+file, and mp4 / webm / png / jpeg carry the same JSON in the file itself (io/video.py, io/image.py;
+a WebP has the sidecar only).
 """
 
 from __future__ import annotations
@@ -38,8 +43,11 @@ import numpy as np
 from lightx2v.errors import InputError
 from lightx2v.io.atomic import creation_refused, make_public, nearest_existing, note_removed, write_text_atomic
 
-SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".gif": "gif", ".png": "png"}
-FORMATS = tuple(SUFFIXES.values())
+SUFFIXES = {".mp4": "mp4", ".webm": "webm", ".gif": "gif", ".png": "png", ".webp": "webp", ".jpg": "jpeg",
+            ".jpeg": "jpeg"}
+FORMATS = tuple(dict.fromkeys(SUFFIXES.values()))
+IMAGE_FORMATS = ("png", "webp", "jpeg")  # one frame each (lightx2v.io.image.encode_image)
+EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}  # the extension a folder's default name gets
 _SUPPORTED = ", ".join(SUFFIXES)
 _KINDS = {stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
 
@@ -83,10 +91,29 @@ def file_format(output_type: str, output_path: str | os.PathLike | None) -> str:
 
 
 def check_output(path: str | os.PathLike, num_frames: int | None = None, overwrite: bool = True,
-                 output_type: str = "mp4") -> OutputTarget:
+                 output_type: str = "mp4", num_images: int = 1) -> OutputTarget:
     """Check an output before any work (see the module docstring); one-line InputError when refused.
+    With `num_images` > 1 every indexed file name (`image_targets`) is checked too.
 
     Called by the CLI before loading the model, by `SamplingParams.validate`, and at save time."""
+    target = _check_output(path, num_frames, overwrite, output_type)
+    if num_images > 1:
+        if target.fmt not in IMAGE_FORMATS:
+            raise InputError(f"{num_images} images were asked for but the output {target.path} is a .{target.fmt}; "
+                             "name a .png, .webp or .jpg file (written as NAME_0.png, NAME_1.png ...)")
+        if target.kind in ("new", "file"):
+            for i in range(num_images):
+                _check_output(indexed_path(target.path, i), 1, overwrite, target.fmt)
+    return target
+
+
+def indexed_path(path: str | os.PathLike, i: int) -> Path:
+    """out.png -> out_{i}.png: the name of image i of several."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_{i}{path.suffix}")
+
+
+def _check_output(path: str | os.PathLike, num_frames: int | None, overwrite: bool, output_type: str) -> OutputTarget:
     text = os.path.expanduser(os.fspath(path))
     if not text:
         raise InputError(f"the output path is empty; expected a file name such as out.mp4 (or one of {_SUPPORTED})")
@@ -109,10 +136,10 @@ def check_output(path: str | os.PathLike, num_frames: int | None = None, overwri
     fmt = file_format(output_type, text)
     if fmt not in FORMATS:
         raise InputError(f"output_type {fmt!r} is not written to a file; expected one of {', '.join(FORMATS)}")
-    if fmt == "png" and num_frames is not None and num_frames != 1:
-        raise InputError(f"a .png output is one image, but {num_frames} frames were asked for: "
+    if fmt in IMAGE_FORMATS and num_frames is not None and num_frames != 1:
+        raise InputError(f"a .{EXTENSIONS[fmt]} output is one image, but {num_frames} frames were asked for: "
                          f"use --frames 1 (num_frames=1), or a .mp4, .webm or .gif file")
-    if fmt != "png":
+    if fmt not in IMAGE_FORMATS:
         from lightx2v.io.video import check_encoder
 
         check_encoder(fmt)
@@ -161,10 +188,10 @@ def save(frames: np.ndarray, path: str | os.PathLike, *, fps: int = 16, output_t
     target = resolve_output(path, len(frames), overwrite, output_type, default_stem)
 
     def encode(tmp: Path) -> None:
-        if target.fmt == "png":
-            from lightx2v.io.image import encode_png
+        if target.fmt in IMAGE_FORMATS:
+            from lightx2v.io.image import encode_image
 
-            encode_png(frames[0], tmp, metadata)
+            encode_image(frames[0], tmp, target.fmt, metadata)
         else:
             from lightx2v.io.video import encode_video
 
@@ -180,8 +207,65 @@ def resolve_output(path: str | os.PathLike, num_frames: int | None, overwrite: b
     """`check_output`, and for a folder the default file name inside it (checked in turn)."""
     target = check_output(path, num_frames, overwrite, output_type)
     if target.kind == "folder":
-        target = check_output(target.path / f"{default_stem}.{target.fmt}", num_frames, overwrite, target.fmt)
+        ext = EXTENSIONS.get(target.fmt, target.fmt)
+        target = check_output(target.path / f"{default_stem}.{ext}", num_frames, overwrite, target.fmt)
     return target
+
+
+def image_type_for(path: str | os.PathLike) -> str:
+    """The format of images written to `path` when no output type is asked for: the extension's
+    (a video extension stays a video format: the caller refuses it), PNG for a folder, /dev/null or a FIFO."""
+    fmt = file_format("mp4", path)
+    if fmt == "mp4" and Path(path).suffix.lower() != ".mp4":
+        return "png"  # no extension to go by
+    return fmt
+
+
+def image_targets(path: str | os.PathLike, n: int, overwrite: bool, output_type: str | None,
+                  default_stem: str) -> list[OutputTarget]:
+    """The n checked targets of n images: the path itself for one, `indexed_path` names for several
+    (a device or FIFO: itself n times). output_type None (or the default "mp4"): `image_type_for`."""
+    if output_type in (None, "mp4"):
+        output_type = image_type_for(path)
+    target = resolve_output(path, 1, overwrite, output_type, default_stem)
+    if target.fmt not in IMAGE_FORMATS:
+        raise InputError(f"output {target.path} is a .{target.fmt}; images are written as .png, .webp or .jpg")
+    if n == 1 or target.kind == "stream":
+        return [target] * n
+    return [check_output(indexed_path(target.path, i), 1, overwrite, target.fmt) for i in range(n)]
+
+
+def save_images(images: np.ndarray, path: str | os.PathLike, *, output_type: str | None = None, overwrite: bool = True,
+                metadata: dict | None = None, default_stem: str = "output") -> list[Path]:
+    """Write images ([N, H, W, 3] uint8, or float in [0, 1]) by the module's rules; the paths written.
+
+    All N are encoded to temp files before the first is renamed into place, so an error (a full
+    disk, an interrupt) leaves none of them; the metadata goes to each file and its sidecar, with
+    `image_index` added when N > 1."""
+    from lightx2v.io.image import encode_image
+
+    targets = image_targets(path, len(images), overwrite, output_type, default_stem)
+    temps: list[Path] = []
+    try:
+        for i, target in enumerate(targets):
+            temps.append(temp_output(target))
+            encode_image(images[i], temps[-1], target.fmt, _indexed_meta(metadata, i, len(targets)))
+        replaced = [place_output(tmp, target, overwrite) for tmp, target in zip(temps, targets)]
+    except BaseException as exc:
+        for tmp, target in zip(temps, targets):
+            if tmp.exists():  # not yet renamed into place
+                discard_output(tmp, target, exc)
+        raise
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    for i, (target, was) in enumerate(zip(targets, replaced)):
+        finish_output(target, was, _indexed_meta(metadata, i, len(targets)), stacklevel=3)
+    return [t.path for t in targets]
+
+
+def _indexed_meta(metadata: dict | None, i: int, n: int) -> dict | None:
+    return metadata if metadata is None or n == 1 else {**metadata, "image_index": i}
 
 
 def finish_output(target: OutputTarget, replaced: bool, metadata: dict | None, stacklevel: int = 2) -> None:

@@ -60,6 +60,10 @@ class StepContext:
 class GenerationResult:
     """frames: float32 [F, H, W, 3] in [0, 1] (None for output_type 'latent'); path: the file written.
 
+    images (image models, and output_type "pil"): a list of PIL images, or for output_type "np" / "pt"
+    float32 [N, H, W, 3] in [0, 1] (the same array as `frames`, N images); paths: every file written
+    (N images: out_0.png ... out_{N-1}.png; `path` is the first).
+
     stats: counters of the run: `model_calls` (DiT forwards run; a batched CFG pair counts as one
     forward of batch 2), `model_samples` (samples through the DiT); with a feature cache
     (lightx2v.runtime.cache) `model_calls` counts the forwards whose block stack ran,
@@ -71,6 +75,8 @@ class GenerationResult:
     seed: Optional[int] = None
     timings: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    images: Any = None
+    paths: Optional[list] = None
 
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor, Any, StepContext], torch.Tensor]

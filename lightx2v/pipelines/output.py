@@ -8,9 +8,8 @@ other formats are written after it (lightx2v.io.output.save). Both follow io/out
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 
@@ -50,6 +49,8 @@ def decode_and_write(pipe, p: SamplingParams, latents: torch.Tensor, seed: Optio
         unit = video_to_unit(video)  # normalised once, for the frames and the file
         frames = video_to_frames(video, unit)
         result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
+        if p.output_type == "pil":  # one frame asked for as an image (SamplingParams: num_frames 1)
+            result.images = to_pil(frames)
         if stream is not None:
             result.path = str(stream.close())
             timings["save"] = pipe._lap(t3)
@@ -87,21 +88,24 @@ def default_output_stem(task: str, seed: int | None) -> str:
 
 
 # ---- images (an image family: Qwen-Image) --------------------------------------------------------
-# Images are first class: `ImageResult.images` holds them (a list of PIL images, or for output_type
+# Images are first class: `GenerationResult.images` holds them (a list of PIL images, or for output_type
 # "np" / "pt" float32 [N, H, W, 3] in [0, 1]); `frames` keeps the same pixels for code that reads frames.
 
+ImageResult = GenerationResult  # the name image pipelines used before `images` moved onto GenerationResult
 
-@dataclass
-class ImageResult(GenerationResult):
-    """A generation of images: `images` (see above), `path` the file written (output_type "png")."""
 
-    images: Any = None
+def to_pil(frames) -> list:
+    """float32 [N, H, W, 3] in [0, 1] -> N RGB PIL images (rounded as every writer here rounds)."""
+    from PIL import Image
+
+    return [Image.fromarray((f * 255.0 + 0.5).astype("uint8"), "RGB") for f in frames]
 
 
 def decode_and_write_images(pipe, p: SamplingParams, latents: torch.Tensor, seed: Optional[int],
-                            size: tuple[int, int], result: ImageResult) -> None:
-    """Decode image latents [N, z, 1, h, w], fill result.images / .frames (and .path for "png": the
-    first image, written atomically by io/output.py's rules), time `vae_decode` and `save`."""
+                            size: tuple[int, int], result: GenerationResult) -> None:
+    """Decode image latents [N, z, 1, h, w], fill result.images / .frames (and .path / .paths for a
+    file type: png, webp, jpeg; N images as NAME_0.png ..., all written atomically by io/output.py's
+    rules), time `vae_decode` and `save`."""
     timings = result.timings
     t2 = time.perf_counter()
     with pipe._stage("VAE decode", p):
@@ -113,17 +117,15 @@ def decode_and_write_images(pipe, p: SamplingParams, latents: torch.Tensor, seed
     unit = (video[:, :, 0].float() / 2 + 0.5).clamp(0, 1)  # [N, 3, H, W], as diffusers' postprocess
     frames = unit.permute(0, 2, 3, 1).cpu().numpy()  # [N, H, W, 3] float32
     result.frames = torch.from_numpy(frames) if p.output_type == "pt" else frames
-    if p.output_type in ("np", "pt"):
-        result.images = result.frames
-    else:
-        from PIL import Image
-
-        result.images = [Image.fromarray((f * 255.0 + 0.5).astype("uint8"), "RGB") for f in frames]
+    result.images = result.frames if p.output_type in ("np", "pt") else to_pil(frames)
     if p.output_type in FILE_OUTPUT_TYPES:
-        from lightx2v.io.output import save
+        from lightx2v.io.output import save_images
 
         t3 = time.perf_counter()
-        result.path = str(save((frames[:1] * 255.0 + 0.5).astype("uint8"), p.output_path or "outputs/",
-                               output_type="png", overwrite=p.overwrite, metadata=pipe.output_metadata(p, seed, size),
-                               default_stem=default_output_stem(pipe.task, seed).replace("wan", pipe.model_config.family, 1)))
+        stem = default_output_stem(pipe.task, seed).replace("wan", pipe.model_config.family, 1)
+        paths = save_images((frames * 255.0 + 0.5).astype("uint8"), p.output_path or "outputs/",
+                            output_type=p.output_type, overwrite=p.overwrite,
+                            metadata=pipe.output_metadata(p, seed, size), default_stem=stem)
+        result.paths = [str(x) for x in paths]
+        result.path = result.paths[0]
         timings["save"] = pipe._lap(t3)

@@ -5,7 +5,8 @@
     denoise                                                    pipelines/base.py denoise: dynamic-shift Euler
                                                                (models/qwen_image/schedule.py), CFG with the
                                                                norm-preserving rescale (`NormRescaledCFG`)
-    unpack, decode, write                                      the VAE (Wan2.1's network), PNG (pipelines/output.py)
+    unpack, decode, write                                      the VAE (Wan2.1's network), PNG / WebP / JPEG
+                                                               (pipelines/output.py)
 
 Design: the engine plumbing (LoRA sets, the lock, stages, timing, placement hooks) is `WanPipeline`'s,
 which this class extends; what differs is written here: the request rules, the text, the packed
@@ -16,6 +17,13 @@ Latents: the loop works on diffusers' packed layout [1, L, 4z] (what `scheduler.
 see); a request's `latents` may be given packed (diffusers' `latents` argument) or as the image latents
 [1, z, 1, H/8, W/8] (`Geometry.latent_shape`). A request's `shift` left None is the dynamic shift of the
 checkpoint's scheduler config; a number is a fixed shift (Lightning LoRAs use 3).
+
+Several images (`num_images` N): one batch of N, as diffusers' num_images_per_prompt: the noise
+[N, z, 1, h, w] is one draw from one seeded CPU generator (so image 0 of N differs from the image of
+N = 1 with the same seed, and all N equal diffusers' with that generator), the prompt states are
+repeated N times. Output: "pil" (the API's default here), "np" / "pt" float32 [N, H, W, 3], "latent"
+(the packed latents [N, L, 4z], no decode), or files by the output path's extension (.png, .webp,
+.jpg; N files NAME_0.png ...).
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from lightx2v.config import EngineConfig, ModelConfig, SamplingParams
+from lightx2v.config import IMAGE_FILE_TYPES, EngineConfig, ModelConfig, SamplingParams
 from lightx2v.errors import InputError
 from lightx2v.pipelines.base import Counter, Guidance, StepContext, denoise
 from lightx2v.pipelines.output import ImageResult, decode_and_write_images
@@ -115,37 +123,33 @@ class QwenImagePipeline(WanPipeline):
         if p.solver != "euler":
             raise InputError(f"Qwen-Image samples with the euler solver (its scheduler config), got {p.solver!r}",
                              field="solver")
-        if p.output_type not in ("png", "np", "pt", "latent", "mp4"):
-            raise InputError(f"output_type {p.output_type!r} is a video format; Qwen-Image makes images: png, np, pt "
-                             "or latent", field="output_type")
+        if image_output_type(p) not in IMAGE_OUTPUT_TYPES:
+            raise InputError(f"output {p.output_path or p.output_type!r} is a video; Qwen-Image makes images: a .png, "
+                             ".webp or .jpg file, or output_type pil, np, pt or latent", field="output_type")
         if p.guidance_scale_2 is not None and p.guidance_scale_2 != p.guidance_scale:
             raise InputError("guidance_scale_2 is a second expert's scale; Qwen-Image has one DiT", field="guidance_scale_2")
         mc.spec.geometry(mc).check(p.height, p.width, p.num_frames)
         check_limits(mc, height=p.height, width=p.width, num_frames=1, steps=p.num_inference_steps, force=p.force)
         mc.arch.schedule.sigmas(p.num_inference_steps, 1)  # a step count the schedule cannot make fails now
 
-    def check_memory(self, p: SamplingParams) -> None:
-        """No activation profile yet for Qwen-Image (runtime/memory.py has none): nothing checked."""
-
     @torch.no_grad()
     def __call__(self, params: SamplingParams) -> ImageResult:
         # the request's shift: None keeps the scheduler config's dynamic shift (with_defaults fills a number)
         self._dynamic_shift = params.shift is None
-        if params.output_type == "mp4" and params.output_path is None:
-            params = replace(params, output_type="np")  # the API's default type is a video's: an image in memory
-        elif params.output_type == "mp4":
-            params = replace(params, output_type="png")
+        if params.output_type == "mp4":  # the API's default type is a video's: PIL images, or the path's format
+            params = replace(params, output_type=image_output_type(params))
         return super().__call__(params)
 
     # -- pieces ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def encode_text(self, prompt: str) -> torch.Tensor:
-        """The prompt's states [1, Lt, D] in the compute dtype (one prompt: no padding)."""
+    def encode_text(self, prompt: str, num_images: int = 1) -> torch.Tensor:
+        """The prompt's states [N, Lt, D] in the compute dtype (one prompt: no padding), repeated for
+        N images as diffusers repeats them."""
         from lightx2v.models.qwen_image.text import encode_prompts
 
         with placed(self, "text_encoder"):
             embeds, _ = encode_prompts(self.text_encoder, self.tokenizer, [prompt])
-        return embeds.to(self.device, self.engine.dtype)
+        return embeds.to(self.device, self.engine.dtype).expand(num_images, -1, -1)
 
     def make_scheduler(self, p: SamplingParams, image_seq_len: int):
         from lightx2v.models.qwen_image.schedule import DynamicShiftEuler
@@ -155,11 +159,13 @@ class QwenImagePipeline(WanPipeline):
         return sched
 
     def prepare_latents(self, p: SamplingParams, size: tuple[int, int]) -> tuple[torch.Tensor, Optional[int]]:
-        """Initial noise, packed [1, L, 4z] float32: given (packed or [1, z, 1, h, w]) or CPU-seeded."""
-        shape = self.geometry.latent_shape(1, *size)  # [1, z, 1, H/8, W/8]
+        """Initial noise, packed [N, L, 4z] float32 (N = num_images): given (packed or [N, z, 1, h, w]) or
+        CPU-seeded: one draw of [N, z, 1, h, w] (diffusers' (N, 1, z, h, w): the same numbers, T = 1)."""
+        n = p.num_images or 1
+        shape = (n,) + tuple(self.geometry.latent_shape(1, *size))[1:]  # [N, z, 1, H/8, W/8]
         if p.latents is not None:
             x = p.latents
-            packed = (1, (shape[3] // 2) * (shape[4] // 2), shape[1] * 4)
+            packed = (n, (shape[3] // 2) * (shape[4] // 2), shape[1] * 4)
             if tuple(x.shape) == shape:
                 x = pack(x)
             elif tuple(x.shape) != packed:
@@ -188,9 +194,10 @@ class QwenImagePipeline(WanPipeline):
         """(cond, uncond or None, the token grids of what the DiT sees after the noisy image): text-to-image
         encodes the prompts and adds nothing (the edit pipeline adds its condition images here)."""
         t0 = time.perf_counter()
+        n = p.num_images or 1
         with self._stage("text encoder", p):
-            cond = QwenInputs(self.encode_text(p.prompt))
-            uncond = QwenInputs(self.encode_text(p.negative_prompt)) if cfg else None
+            cond = QwenInputs(self.encode_text(p.prompt, n))
+            uncond = QwenInputs(self.encode_text(p.negative_prompt, n)) if cfg else None
         timings["text_encoder"] = self._lap(t0)
         return cond, uncond, []
 
@@ -230,5 +237,21 @@ class QwenImagePipeline(WanPipeline):
             "prompt": p.prompt, "negative_prompt": p.negative_prompt, "seed": seed,
             "latents_given": p.latents is not None, "num_inference_steps": p.num_inference_steps,
             "guidance_scale": p.guidance_scale, "shift": "dynamic" if self._dynamic_shift else p.shift,
-            "solver": p.solver, "width": size[1], "height": size[0], "loras": self.lora_metadata(),
+            "solver": p.solver, "width": size[1], "height": size[0], "num_images": p.num_images or 1,
+            "loras": self.lora_metadata(),
         }
+
+
+IMAGE_OUTPUT_TYPES = IMAGE_FILE_TYPES + ("pil", "np", "pt", "latent")
+
+
+def image_output_type(p: SamplingParams) -> str:
+    """The output type an image pipeline runs: the default "mp4" is PIL images without a path, the
+    path's format with one (a video extension stays a video type: check_request refuses it)."""
+    if p.output_type != "mp4":
+        return p.output_type
+    if p.output_path is None:
+        return "pil"
+    from lightx2v.io.output import image_type_for
+
+    return image_type_for(p.output_path)

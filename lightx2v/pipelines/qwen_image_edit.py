@@ -151,6 +151,9 @@ class QwenImageEditPipeline(QwenImagePipeline):
             raise InputError(f"{v.title} takes at most {v.max_images} input image(s), got {n}{more}", field="image")
         if p.last_image is not None:
             raise InputError(f"{v.title} takes input images (image=...), not a last frame", field="last_image")
+        if (p.num_images or 1) > 1:
+            raise InputError(f"{v.title} makes one image per request here (num_images 1), got num_images "
+                             f"{p.num_images}", field="num_images")
         super().check_request(mc, dataclasses.replace(p, image=None))
 
     # -- pieces ---------------------------------------------------------------------------------

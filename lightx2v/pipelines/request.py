@@ -9,7 +9,8 @@ the same way, with the same line, whether it comes before a minutes-long load or
     pipeline.fill_from_images(mc, p)      (if the family has it) a size left None from the images
     params.with_defaults(mc.defaults)     the checkpoint's steps, guidance, shift, solver, fps
     pipeline.check_request(mc, p)         the family's rules: task vs images, image sizes,
-                                          geometry, expert guidance scales
+                                          geometry, expert guidance scales; num_images > 1
+                                          only for an image family (Geometry.max_frames 1)
     build_scheduler(mc.defaults, p)       the solver, its options, the step count (a distilled
                                           model's fixed count), the shift
 """
@@ -68,5 +69,10 @@ def prepare_request(mc: ModelConfig, params: SamplingParams) -> SamplingParams:
         p = fill(mc, p)
     p = p.with_defaults(mc.defaults)
     mc.spec.pipeline().check_request(mc, p)
+    if p.num_images != 1 and mc.spec.geometry(mc).max_frames != 1:  # (an image family's geometry: one frame)
+        from lightx2v.errors import InputError
+
+        raise InputError(f"num_images is for image models; {mc.spec.title} makes one video per request",
+                         field="num_images")
     build_scheduler(mc.defaults, p, "cpu")
     return p

@@ -1,6 +1,7 @@
 """The FastAPI application: state, limits, authentication, errors, and the operations routes.
 
-`create_app(state)` mounts the OpenAI Videos routes (openai_routes.py), LightX2V's task routes
+`create_app(state)` mounts the OpenAI Videos routes (openai_routes.py), the OpenAI Images routes of an
+image model (image_routes.py), LightX2V's task routes
 (task_routes.py), GET /v1/loras (loras.py) and /health, /ready, /metrics here. Before any route
 runs, a small ASGI layer bounds the request body (Content-Length over the limit, or a stream that grows past it: 413)
 and, with an API key, checks `Authorization: Bearer` on every /v1 route (401). Every error is a
@@ -117,7 +118,7 @@ def create_app(state: ServerState):
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from lightx2v import __version__
-    from lightx2v.server import loras, ops_routes, openai_routes, task_routes
+    from lightx2v.server import image_routes, loras, ops_routes, openai_routes, task_routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -155,6 +156,7 @@ def create_app(state: ServerState):
         return error_response(ApiError(500, "internal server error (logged on the server)", code="internal_error"))
 
     app.include_router(openai_routes.router(state))
+    app.include_router(image_routes.router(state))  # POST /v1/images/generations (an image model)
     app.include_router(task_routes.router(state))
     app.include_router(ops_routes.router(state))
     app.include_router(loras.router(state))  # GET /v1/loras (--lora-dir)

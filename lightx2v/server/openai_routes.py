@@ -121,8 +121,17 @@ def get_job(state, video_id: str, hide_cancelled: bool = True) -> Job:
 
 
 def submit(state, fields: dict, image: Optional[bytes], api: str, last_image: Optional[bytes] = None) -> Job:
-    """Check a request against the model and queue it (400 / 429 otherwise)."""
-    _, request, meta = build_request(state.served, fields, image, api, last_image=last_image)
+    """Check a request against the model and queue it (400 / 429 otherwise). An image model's requests
+    come through POST /v1/images/generations (api "openai-images"); a video route refuses them."""
+    if api == "openai-images":
+        from lightx2v.server.requests import build_image_request
+
+        _, request, meta = build_image_request(state.served, fields)
+    elif state.served.is_image:
+        raise ApiError(400, f"this server serves an image model ({state.served.mc.spec.title}), which makes no videos; "
+                            "use POST /v1/images/generations", code="unsupported_model")
+    else:
+        _, request, meta = build_request(state.served, fields, image, api, last_image=last_image)
     try:
         job = state.store.create(request, meta, max_queue=state.max_queue)
     except QueueFull:

@@ -123,6 +123,11 @@ class Served:
     fps: int
     loras: Any = None       # server.loras.LoraLibrary of --lora-dir (None: no LoRA per request)
 
+    @property
+    def is_image(self) -> bool:
+        """An image model (its geometry makes one frame: Qwen-Image): /v1/images, not /v1/videos."""
+        return self.mc.spec.geometry(self.mc).max_frames == 1
+
 
 def frames_for_seconds(seconds: float, fps: int) -> int:
     """Seconds -> a 4k+1 frame count at the model's fps (at least 5)."""
@@ -174,3 +179,65 @@ def build_request(served: Served, fields: dict, image: Optional[bytes], api: str
     if loras:  # the worker applies them (dynamic LoRA) before the job; the UI's history shows them
         meta["loras"] = [[name, strength] for name, strength in loras]
     return filled, request, meta
+
+
+# ---- the OpenAI Images API (POST /v1/images/generations; lightx2v.server.image_routes) -------------
+# OpenAI's fields (prompt, model, n, size, response_format, output_format) and ours (negative_prompt, seed,
+# steps or num_inference_steps, guidance_scale); quality, style, user, background and moderation are
+# accepted and ignored (they have no meaning here).
+IMAGE_FIELDS = {"n": int, "response_format": str, "output_format": str, "negative_prompt": str, "seed": int,
+                "steps": int, "num_inference_steps": int, "guidance_scale": float}
+RESPONSE_FORMATS = ("b64_json", "url")
+IMAGE_FORMATS = {"png": "png", "webp": "webp", "jpeg": "jpg", "jpg": "jpg"}  # output_format -> extension
+IMAGE_PARAM_NAMES = {"num_images": "n", "width": "size", "height": "size", "num_inference_steps": "steps",
+                     "output_type": "output_format"}
+
+
+def image_file_names(job_id: str, n: int, ext: str) -> list[str]:
+    """The files an image job writes under the data dir's images/ (the output rule's NAME_i for n > 1)."""
+    return [f"{job_id}.{ext}"] if n == 1 else [f"{job_id}_{i}.{ext}" for i in range(n)]
+
+
+def build_image_request(served: Served, fields: dict):
+    """(filled SamplingParams, request dict to store, meta) of an images/generations body, checked against
+    the checkpoint; an ApiError (400) naming the field (as OpenAI names it) otherwise."""
+    from lightx2v.config import SamplingParams
+    from lightx2v.pipelines.request import prepare_request
+
+    prompt = convert("prompt", fields.get("prompt"), str)
+    if prompt is None or not prompt.strip():
+        raise ApiError(400, "prompt is empty; give a text describing the image", param="prompt", code="invalid_value")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ApiError(400, f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}", param="prompt",
+                       code="invalid_value")
+    model = convert("model", fields.get("model"), str)
+    if model is not None and model != served.model_id:
+        raise ApiError(400, f"model {model!r:.60} is not served here; this server serves {served.model_id!r}",
+                       param="model", code="model_not_found")
+    v = {k: convert(k, fields.get(k), t) for k, t in IMAGE_FIELDS.items()}
+    response_format = v["response_format"] or "b64_json"
+    if response_format not in RESPONSE_FORMATS:
+        raise ApiError(400, f"response_format must be b64_json or url, got {response_format!r:.40}",
+                       param="response_format", code="invalid_value")
+    fmt = (v["output_format"] or "png").lower()
+    if fmt not in IMAGE_FORMATS:
+        raise ApiError(400, f"output_format must be png, webp or jpeg, got {fmt!r:.40}", param="output_format",
+                       code="invalid_value")
+    if v["steps"] is not None and v["num_inference_steps"] is not None and v["steps"] != v["num_inference_steps"]:
+        raise ApiError(400, "steps and num_inference_steps differ; give one", param="steps", code="invalid_value")
+    width = height = None
+    size = convert("size", fields.get("size"), str)
+    if size not in (None, "auto"):
+        width, height = parse_size(size)
+    params = SamplingParams(prompt=prompt, negative_prompt=v["negative_prompt"], width=width, height=height,
+                            num_frames=1, num_inference_steps=v["steps"] or v["num_inference_steps"],
+                            guidance_scale=v["guidance_scale"], seed=v["seed"], num_images=1 if v["n"] is None else v["n"],
+                            output_type="jpeg" if fmt == "jpg" else fmt)
+    try:
+        filled = prepare_request(served.mc, params)
+    except InputError as exc:
+        raise ApiError(400, str(exc), param=IMAGE_PARAM_NAMES.get(exc.field, exc.field), code="invalid_value") from None
+    meta = {"api": "openai-images", "kind": "image", "model": served.model_id, "prompt": prompt,
+            "size": f"{filled.width}x{filled.height}", "n": filled.num_images, "steps": filled.num_inference_steps,
+            "response_format": response_format, "output_format": params.output_type, "ext": IMAGE_FORMATS[fmt]}
+    return filled, params.to_dict(), meta

@@ -8,7 +8,8 @@ heartbeat renews its lease and every denoising step records progress; a step ans
 (the job was deleted, its lease was taken over, or the server is shutting down) stops the loop
 through the pipeline's callback (`GenerationCancelled`, nothing written). On shutdown the running
 job is given back to the queue uncounted. The output is written by the pipeline atomically
-(temp file + rename) as `<data dir>/videos/<job id>.mp4`.
+(temp file + rename) as `<data dir>/videos/<job id>.mp4`; an image job (POST /v1/images/generations,
+meta kind "image") as `<data dir>/images/<job id>.png` (n images: `<job id>_0.png` ...).
 
 Per-job LoRAs (`--lora-dir`; lightx2v.server.loras): before a job runs, the worker makes the
 pipeline's dynamic LoRAs exactly the job's (`meta["loras"]`, names resolved in the offered files),
@@ -41,10 +42,14 @@ class Stats:
 
 
 def remove_outputs(videos: Path, job_id: str) -> None:
-    """A job's files: the video and the pipeline's metadata sidecar (`<video>.json`); names made
-    from the store's id, never from a request."""
+    """A job's files: the video and the pipeline's metadata sidecar (`<video>.json`), or its images
+    (in the sibling images/ folder); names made from the store's id, never from a request."""
     for name in (f"{job_id}.mp4", f"{job_id}.mp4.json"):
         (videos / name).unlink(missing_ok=True)
+    images = videos.parent / "images"
+    if images.is_dir():
+        for path in [*images.glob(f"{job_id}.*"), *images.glob(f"{job_id}_*")]:
+            path.unlink(missing_ok=True)
 
 
 class Worker(threading.Thread):
@@ -105,7 +110,10 @@ class Worker(threading.Thread):
         self.stats.current = job.id
         extra = {"job": job.id}
         log.info("running (attempt %d)", job.attempts, extra=extra)
+        meta = job.meta or {}
         out = self.videos / f"{job.id}.mp4"
+        if meta.get("kind") == "image":
+            out = self.videos.parent / "images" / f"{job.id}.{meta.get('ext', 'png')}"
         lost = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job, lost), daemon=True)
         beat.start()

@@ -257,3 +257,20 @@ def test_cli_edits_with_repeated_image(folders, tmp_path, capsys, monkeypatch):
     assert main(argv + ["--image", str(a)] * 4) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "at most 3 input image(s), got 4" in err[0]
+
+
+def test_several_images_per_edit_request_are_refused_in_one_line():
+    from lightx2v.config import SamplingParams
+    from lightx2v.errors import InputError
+    from lightx2v.pipelines.qwen_image_edit import QwenImageEditPipeline
+
+    class _Arch:
+        edit = next(iter(__import__("lightx2v.pipelines.qwen_image_edit", fromlist=["VARIANTS"]).VARIANTS))
+
+    class _MC:
+        arch = _Arch()
+
+    p = SamplingParams(prompt="x", image=["a.png"], num_images=2)
+    with pytest.raises(InputError, match="makes one image per request here") as e:
+        QwenImageEditPipeline.check_request(_MC(), p)
+    assert e.value.field == "num_images"

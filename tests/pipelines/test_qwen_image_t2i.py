@@ -12,53 +12,18 @@ import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers import (  # noqa: E402
-    AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline as RefPipeline,
-    QwenImageTransformer2DModel,
-)
-from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: E402
 
 from lightx2v import LightX2V  # noqa: E402
 from lightx2v.errors import InputError  # noqa: E402
-from lightx2v.models.qwen_image.tiny import build_tiny_tokenizer, tiny_text_config  # noqa: E402
 from lightx2v.pipelines.qwen_image import pack, unpack  # noqa: E402
 
-DIT = dict(patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=2,
-           joint_attention_dim=32, axes_dims_rope=[4, 6, 6])
-VAE = dict(base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
-           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.8, 1.2, 2.0])
-# Qwen/Qwen-Image's scheduler_config.json
-SCHEDULER = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9, num_train_timesteps=1000,
-                 shift=1.0, shift_terminal=0.02, time_shift_type="exponential", use_dynamic_shifting=True)
 H, W = 64, 96  # latents 8 x 12, 4 x 6 tokens
 PROMPT, NEG = "a red cat on a mat", "blurry"
 
 
-def _randomize(module, scale=0.2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.2 * noise if name.endswith(("gamma", "norm.weight")) else noise * scale)
-
-
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qwen_image")
-    torch.manual_seed(0)
-    dit = QwenImageTransformer2DModel(**DIT).eval()
-    _randomize(dit, 0.3, 1)
-    vae = AutoencoderKLQwenImage(**VAE).eval()
-    _randomize(vae, 0.2, 2)
-    te = Qwen2_5_VLForConditionalGeneration(tiny_text_config()).eval()
-    _randomize(te, 0.2, 3)
-    build_tiny_tokenizer(root / "_tok")
-    from transformers import AutoTokenizer
-
-    ref = RefPipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), vae=vae, text_encoder=te,
-                      tokenizer=AutoTokenizer.from_pretrained(str(root / "_tok")), transformer=dit)
-    ref.save_pretrained(str(root / "model"))
-    return root / "model", ref
+def folder(qwen_image_t2i):
+    return qwen_image_t2i  # (model_dir, diffusers' pipeline): tests/qwen_image_fixtures.py
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import torch
 from lightx2v.config import ModelConfig
 from lightx2v.models.qwen_image import layouts
 from lightx2v.models.qwen_image.dit_format import QWEN_IMAGE_DIT_FORMAT
-from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, register_family
+from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, MemoryProfile, register_family
 
 
 def _read(files, key_map=None):
@@ -73,6 +73,50 @@ def refine(mc: ModelConfig, *, dit_path=None, preset=None, hints=()) -> ModelCon
     return mc
 
 
+# text tokens the estimate assumes: the longest prompt the encoder takes (diffusers' tokenizer_max_length
+# 1024) plus the template's dropped system part (34); the DiT sees at most 1024 of them
+TEXT_TOKENS_ENCODED, TEXT_TOKENS_DIT = 1024 + 34, 1024
+
+
+def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
+    """Qwen-Image's activation costs at compute dtype `dtype` (s bytes an element), in bytes, one image.
+
+    DiT, per token of the joint sequence (text + image: both streams are dim C wide and go through the
+    same kinds of layers), counted from the tensors alive at the block's peak, the image MLP's GELU:
+        4C     forward's embedded stream (held by forward while run_blocks runs: from the 2nd block on)
+        4C     the block's input stream (the caller's), 4C the stream after the attention residual
+        s C    the attention output (a local of the block, alive through the MLP)
+        9 s C  the modulated input, the MLP's hidden state (4C) and its GELU (4C)
+        4 d    the cached RoPE table (cos, sin fp32 of the head dim d)
+    = (12 + 10 s) C + 4 d a token (fp32 52 C, bf16 32 C), checked against a live-tensor tracker in
+    tests/runtime/test_qwen_image_engine.py (within 3%). The estimate counts the image tokens only
+    (Geometry.token_grid), so the text's share is folded in per image token below, for the longest
+    prompt (TEXT_TOKENS_DIT): at 1328x1328 (6889 tokens) that is +15%.
+    The attention (SDPA) peak is lower: 8 + 5 s C (q, k, v, its output and the modulated input).
+    VAE decode (the Wan2.1 network, one frame): one chunk's working set as Wan2.1's first chunk
+    measured (61 c0 x 4 bytes a pixel, c0 the decoder's full-resolution width; models/wan/spec.py),
+    not measured on Qwen-Image's VAE.
+    Text encoder (Qwen2.5-VL's language model, transformers, SDPA), per prompt: TEXT_TOKENS_ENCODED
+    x (4 hidden + 3 intermediate) x s (the residual, the normed input, the attention output and q/k/v;
+    the MLP's gate, up and their product) + the causal mask [n, n] in s: counted, not measured.
+    Not counted: num_images N multiplies the denoise and decode stages (the estimate is for one image).
+    """
+    s = dtype.itemsize
+    d = mc.dit
+    dim = d.num_attention_heads * d.attention_head_dim
+    per_token = (12 + 10 * s) * dim + 4 * d.attention_head_dim
+    geo = geometry(mc)
+    _, th, tw = geo.token_grid(1, *TRAINED_SIZE)
+    text_share = TEXT_TOKENS_DIT / (th * tw)  # the text tokens per image token at the trained size
+    vae = mc.arch.vae
+    c0 = (getattr(vae, "decoder_dim", None) or vae.dim) * vae.dim_mult[0]
+    te = getattr(mc.arch.text_encoder, "text_config", mc.arch.text_encoder)
+    n = TEXT_TOKENS_ENCODED
+    text = n * (4 * te.hidden_size + 3 * te.intermediate_size) * s + n * n * s
+    return MemoryProfile(token_bytes=per_token * (1 + text_share), attention_heads=d.num_attention_heads,
+                         pixel_bytes=61 * c0 * 4, text_bytes=text)
+
+
 def describe(mc: ModelConfig) -> dict:
     return {"size": QWEN_IMAGE_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"]}
 
@@ -87,4 +131,5 @@ QWEN_IMAGE = register_family(FamilySpec(
     name="qwen-image", title="Qwen-Image", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers",),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=QWEN_IMAGE_DIT_FORMAT, describe=describe,
+    memory=memory,
 ))
