@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     for key, label in (("dit", "DiT"), ("dit_2", "DiT 2")):
         if info.get(key):
             dit = info[key]
-            print(f"  {label:<8} dim {dit['dim']}, {dit['num_layers']} layers, {dit['num_heads']} heads, ffn {dit['ffn_dim']}, in {dit['in_dim']} -> out {dit['out_dim']}")
+            print(f"  {label:<8} {_dit_line(dit)}")
     if info.get("experts"):
         print(f"  experts  {info['experts']}")
     if isinstance(info.get("vae"), str):
@@ -160,3 +160,16 @@ def run(args: argparse.Namespace) -> int:
     if info["distill"]:
         print(f"  step-distilled: {info['distill']['evidence']}")
     return 0
+
+
+_DIT_FIELDS = (("dim", "dim {}"), ("num_layers", "{} layers"), ("num_heads", "{} heads"), ("ffn_dim", "ffn {}"))
+
+
+def _dit_line(dit: dict) -> str:
+    """The DiT's sizes by the field names its family uses (Wan's; another family's config is printed as
+    its fields are: each family names them after its own checkpoint's config)."""
+    if all(k in dit for k, _ in _DIT_FIELDS):
+        line = ", ".join(fmt.format(dit[k]) for k, fmt in _DIT_FIELDS)
+        return line + (f", in {dit['in_dim']} -> out {dit['out_dim']}" if "in_dim" in dit and "out_dim" in dit else "")
+    return ", ".join(f"{k} {v}" for k, v in dit.items() if isinstance(v, (int, float, str)))
+

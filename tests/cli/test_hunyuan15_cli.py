@@ -37,9 +37,11 @@ def test_generate_writes_the_video(folder, tmp_path, capsys):
 
 
 def test_info_json_names_the_family(folder, capsys):
-    """(The text form of `info` prints Wan's DiT fields, dim / ffn_dim ..., which this family's config does
-    not have: cli/info.py is generic and not changed on this branch; --json prints every field.)"""
     assert main(["info", str(folder), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert (info["family"], info["task"], info["layout"]) == ("hunyuanvideo-1.5", "t2v", "diffusers")
     assert info["dit"]["num_layers"] == 2 and info["dit"]["hidden_size"] == 32
+    # the text form prints the DiT by this family's own field names (not Wan's dim / ffn_dim)
+    assert main(["info", str(folder)]) == 0
+    text = capsys.readouterr().out
+    assert "hunyuanvideo-1.5 t2v" in text and "hidden_size 32" in text and "num_layers 2" in text

@@ -167,3 +167,13 @@ def test_check_memory_and_the_planner_read_the_profile(folder, monkeypatch):
     assert plan.engine.offload.granularity is None  # a tiny model fits as it is
     with pytest.raises(ResourceError):
         plan_memory(mc, engine, "1MB", None, height=1024, width=1024, num_frames=1, guidance_scale=4.0)
+
+
+def test_first_block_cache_is_refused_in_one_line(folder):
+    """The MMDiT's block stack takes no per-block K/V list to split: the model says which caches it supports."""
+    from lightx2v.errors import InputError
+
+    with pytest.raises(InputError, match="cache firstblock is not supported by QwenImageDiT \\(its block stack "
+                                         "supports teacache, magcache, taylorseer\\)") as err:
+        _load(folder, cache="firstblock")
+    assert err.value.field == "cache"

@@ -63,6 +63,9 @@ class QwenImageDiT(nn.Module):
     # the linears a quantizer may touch: every linear of the blocks (what LightX2V's fp8 files quantize,
     # the modulations included); the embeddings and the head stay in float
     _repeated_blocks: tuple[str, ...] = ("transformer_blocks",)
+    # the feature caches its run_blocks boundary supports (lightx2v.runtime.cache): firstblock splits a
+    # per-block K/V list this stack does not take; teacache / magcache are refused for want of coefficients
+    _cache_methods: tuple[str, ...] = ("teacache", "magcache", "taylorseer")
     _quant_linears = (r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj"
                       r"|to_add_out)|(img|txt)_mlp\.net\.(0\.proj|2)|(img|txt)_mod\.1)")
 

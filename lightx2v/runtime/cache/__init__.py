@@ -84,6 +84,10 @@ def apply_cache(pipeline, cfg: CacheConfig) -> list[str]:
             continue
         if not hasattr(model, "block_runner"):
             raise InputError(f"{type(model).__name__} declares no block_runner; it cannot be cached", field="cache")
+        supported = getattr(type(model), "_cache_methods", None)  # what its run_blocks boundary supports (None: all)
+        if supported is not None and method.name not in supported:
+            raise InputError(f"cache {method.name} is not supported by {type(model).__name__} (its block stack "
+                             f"supports {', '.join(supported) or 'none'})", field="cache")
         model.block_runner = CachedBlocks(method)  # one per DiT: each expert keeps its own state
         done.append(f"{name}: {method.describe()}")
     return done
