@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from lightx2v.errors import CheckpointError, InputError
-from lightx2v.models.wan.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAE, WanVAEConfig
+from lightx2v.models.wan.vae import WanVAE, WanVAEConfig, diffusers_sizes
 
 __all__ = ["QWEN_VAE_FIELDS", "config_from_diffusers", "decode_image", "encode_image"]
 
@@ -55,16 +55,7 @@ def config_from_diffusers(cfg: Mapping[str, Any], where: str = "vae/config.json"
         raise CheckpointError(f"{where}: attn_scales {cfg['attn_scales']} is not supported; expected [] "
                               "(the released VAE has attention in its middle blocks only)")
     try:
-        out = WanVAEConfig(
-            dim=int(cfg.get("base_dim", 96)),
-            z_dim=int(cfg.get("z_dim", 16)),
-            dim_mult=tuple(int(m) for m in cfg.get("dim_mult", (1, 2, 4, 4))),
-            num_res_blocks=int(cfg.get("num_res_blocks", 2)),
-            temperal_downsample=tuple(bool(t) for t in cfg.get("temperal_downsample", (False, True, True))),
-            latents_mean=tuple(float(v) for v in cfg.get("latents_mean", WAN21_LATENTS_MEAN)),
-            latents_std=tuple(float(v) for v in cfg.get("latents_std", WAN21_LATENTS_STD)),
-        )
-        float(cfg.get("dropout", 0.0))  # training only
+        out = WanVAEConfig(**diffusers_sizes(cfg))
     except CheckpointError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     except (TypeError, ValueError) as exc:

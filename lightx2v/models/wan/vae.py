@@ -128,19 +128,8 @@ class WanVAEConfig:
             raise CheckpointError(f"{where}: clip_output {cfg['clip_output']!r} is not supported; the Wan2.1 VAE "
                                   "clamps decoded videos to [-1, 1] (clip_output true)")
         try:
-            dim = int(cfg.get("base_dim", 96))
             decoder_dim = cfg.get("decoder_base_dim")
-            out = cls(
-                dim=dim,
-                z_dim=int(cfg.get("z_dim", 16)),
-                dim_mult=tuple(int(m) for m in cfg.get("dim_mult", (1, 2, 4, 4))),
-                num_res_blocks=int(cfg.get("num_res_blocks", 2)),
-                temperal_downsample=tuple(bool(t) for t in cfg.get("temperal_downsample", (False, True, True))),
-                latents_mean=tuple(float(v) for v in cfg.get("latents_mean", WAN21_LATENTS_MEAN)),
-                latents_std=tuple(float(v) for v in cfg.get("latents_std", WAN21_LATENTS_STD)),
-                decoder_dim=None if decoder_dim is None else int(decoder_dim),
-            )
-            float(cfg.get("dropout", 0.0))  # training only
+            out = cls(**diffusers_sizes(cfg), decoder_dim=None if decoder_dim is None else int(decoder_dim))
         except CheckpointError as exc:
             raise CheckpointError(f"{where}: {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -151,6 +140,22 @@ class WanVAEConfig:
                 raise CheckpointError(f"{where}: {name} {stated} does not fit the architecture, which gives "
                                       f"{getattr(out, name)} (from temperal_downsample / dim_mult)")
         return out
+
+
+def diffusers_sizes(cfg: Mapping[str, Any]) -> dict:
+    """The WanVAEConfig sizes a diffusers Wan2.1-style VAE config states (AutoencoderKLWan and
+    AutoencoderKLQwenImage: the same fields), diffusers' defaults where omitted; `dropout` (training
+    only) checked to be a number. Raises TypeError / ValueError on a malformed value."""
+    float(cfg.get("dropout", 0.0))
+    return dict(
+        dim=int(cfg.get("base_dim", 96)),
+        z_dim=int(cfg.get("z_dim", 16)),
+        dim_mult=tuple(int(m) for m in cfg.get("dim_mult", (1, 2, 4, 4))),
+        num_res_blocks=int(cfg.get("num_res_blocks", 2)),
+        temperal_downsample=tuple(bool(t) for t in cfg.get("temperal_downsample", (False, True, True))),
+        latents_mean=tuple(float(v) for v in cfg.get("latents_mean", WAN21_LATENTS_MEAN)),
+        latents_std=tuple(float(v) for v in cfg.get("latents_std", WAN21_LATENTS_STD)),
+    )
 
 
 def latent_stats(
