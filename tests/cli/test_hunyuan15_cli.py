@@ -72,7 +72,7 @@ def test_generate_image_to_video(i2v_folder, tmp_path, capsys):
     meta = json.loads((tmp_path / "cat.mp4.json").read_text())
     assert meta["family"] == "hunyuanvideo-1.5" and meta["task"] == "i2v"
     capsys.readouterr()
-    # without the image: one line naming it, exit code not 0
-    assert main(args[:3] + args[5:]) != 0
+    # without the image: one line naming it, exit 2 (a request error, before the model loads)
+    assert main(args[:3] + args[5:]) == 2
     err = capsys.readouterr().err.strip()
     assert "give the first frame" in err and len(err.splitlines()) == 1
