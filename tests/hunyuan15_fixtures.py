@@ -1,4 +1,4 @@
-"""A tiny random HunyuanVideo-1.5 T2V checkpoint in the diffusers layout, written by diffusers itself.
+"""Tiny random HunyuanVideo-1.5 T2V and I2V checkpoints in the diffusers layout, written by diffusers itself.
 
 `write_hunyuan15(root)` -> (folder, reference pipeline): `HunyuanVideo15Pipeline(...).save_pretrained`
 writes model_index.json, transformer/, vae/, text_encoder/ (the bare Qwen2.5-VL language model),
@@ -6,6 +6,11 @@ tokenizer/ (a byte-level Qwen2 tokenizer with the Qwen chat template), text_enco
 T5EncoderModel), tokenizer_2/ (the real ByT5Tokenizer), scheduler/ (shift 5, the 480p release's) and
 guider/ (guidance 6): the real file and key names, tiny sizes. The reference pipeline holds the same
 weights, its crop_start set to this tokenizer's (diffusers hard-codes the released tokenizer's 108).
+
+`write_hunyuan15_i2v(root)` -> (folder, reference HunyuanVideo15ImageToVideoPipeline): the same pieces
+(`_parts`) plus image_encoder/ (a tiny SiglipVisionModel, 12 wide: the DiT's image_embed_dim) and
+feature_extractor/ (a SiglipImageProcessor resizing to its 28 px square); its transformer's
+target_size is 64, so the size diffusers picks from the image is tiny (64 x 64 for a square image).
 """
 
 from __future__ import annotations
@@ -37,11 +42,11 @@ def _tokenizer(folder: Path):
     return tok
 
 
-def write_hunyuan15(root: Path, seed: int = 0):
+def _parts(root: Path, seed: int, task_type: str, target_size: int = 640) -> dict:
+    """The components both pipelines share, random and tiny (the keyword names of diffusers' pipelines)."""
     import diffusers
     import transformers
 
-    from lightx2v.models.hunyuan15.text import crop_start_of
     from lightx2v.models.hunyuan15.vae_config import tiny_vae_config
     from lightx2v.models.wan.tiny import randomize_
 
@@ -54,18 +59,45 @@ def write_hunyuan15(root: Path, seed: int = 0):
     byt5_tok = transformers.ByT5Tokenizer()
     byt5 = transformers.T5EncoderModel(transformers.T5Config(
         vocab_size=len(byt5_tok), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)).eval()
-    dit = diffusers.HunyuanVideo15Transformer3DModel(**DIT).eval()
+    dit = diffusers.HunyuanVideo15Transformer3DModel(**(DIT | {"task_type": task_type, "target_size": target_size})).eval()
     with torch.no_grad():
         for p in dit.parameters():  # diffusers zero-inits some layers: make every tensor count
             p.normal_(0, 0.2)
     vae = diffusers.AutoencoderKLHunyuanVideo15(**tiny_vae_config(latent_channels=LATENT).to_diffusers()).eval()
     with torch.no_grad():
         randomize_(vae, seed + 1)
-    ref = diffusers.HunyuanVideo15Pipeline(
-        text_encoder=llm, tokenizer=tok, transformer=dit, vae=vae,
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=SHIFT), text_encoder_2=byt5, tokenizer_2=byt5_tok,
-        guider=diffusers.ClassifierFreeGuidance(guidance_scale=GUIDANCE))
+    return dict(text_encoder=llm, tokenizer=tok, transformer=dit, vae=vae,
+                scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=SHIFT), text_encoder_2=byt5,
+                tokenizer_2=byt5_tok, guider=diffusers.ClassifierFreeGuidance(guidance_scale=GUIDANCE))
+
+
+def _save(ref, root: Path):
+    from lightx2v.models.hunyuan15.text import crop_start_of
+
     folder = root / "model"
     ref.save_pretrained(str(folder))
-    ref.prompt_template_encode_start_idx = crop_start_of(tok)
+    ref.prompt_template_encode_start_idx = crop_start_of(ref.tokenizer)
     return folder, ref
+
+
+def write_hunyuan15(root: Path, seed: int = 0):
+    import diffusers
+
+    return _save(diffusers.HunyuanVideo15Pipeline(**_parts(root, seed, "t2v")), root)
+
+
+SIGLIP_SIZE = 28  # pixels: 2 x 2 patches of 14 -> 4 image tokens
+I2V_TARGET = 64   # the I2V transformer's target_size: the size the image picks stays tiny (about 64 x 64)
+
+
+def write_hunyuan15_i2v(root: Path, seed: int = 0):
+    import diffusers
+    import transformers
+
+    parts = _parts(root, seed, "i2v", I2V_TARGET)
+    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+        hidden_size=DIT["image_embed_dim"], intermediate_size=24, num_hidden_layers=2, num_attention_heads=2,
+        image_size=SIGLIP_SIZE, patch_size=14)).eval()
+    processor = transformers.SiglipImageProcessor(size={"height": SIGLIP_SIZE, "width": SIGLIP_SIZE})
+    ref = diffusers.HunyuanVideo15ImageToVideoPipeline(**parts, image_encoder=siglip, feature_extractor=processor)
+    return _save(ref, root)

@@ -1,6 +1,10 @@
-"""HunyuanVideo-1.5 text-to-video: diffusers' HunyuanVideo15Pipeline, through our loop.
+"""HunyuanVideo-1.5 text-to-video and image-to-video: diffusers' HunyuanVideo15Pipeline and
+HunyuanVideo15ImageToVideoPipeline, through our loop (one class; the folder's task switches the image step).
 
     encode the prompt and the negative prompt     Qwen2.5-VL states + byT5 glyph states (models/hunyuan15/text.py)
+    (i2v) encode the image                        SigLIP tokens + the image's VAE latents and mask as `y`
+                                                  (models/hunyuan15/image.py); the size follows the image
+                                                  unless the request gives one (`fill_from_images`)
     denoise                                       pipelines/base.py denoise: Euler on the evenly spaced, shifted
                                                   sigmas (models/hunyuan15/schedule.py), CFG (`Guidance`, the
                                                   guider's scale and rescale)
@@ -9,7 +13,9 @@
 Design: the engine plumbing (LoRA sets, the lock, stages, timing, placement hooks, latents) is
 `WanPipeline`'s, which this class extends; what differs is written here: the two text encoders, the
 DiT's inputs (text and glyph states with their masks; the image-condition channels `y`, zeros for
-T2V: [1, 33, T', h, w]), the schedule and the request rules.
+T2V: [1, 33, T', h, w]; the SigLIP image tokens for I2V), the schedule and the request rules.
+I2V uses the same prompt template, text limits, schedule and guider as T2V (diffusers' two pipelines
+share them); its defaults come from the I2V folder's own scheduler/ and guider/.
 
 Choices where the references differ, and why:
 - The negative branch's glyphs: diffusers encodes the negative prompt's quoted text; the official
@@ -25,6 +31,7 @@ Choices where the references differ, and why:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -47,35 +54,44 @@ class HunyuanInputs:
     text_mask: torch.Tensor   # [B, 1000] int64, 1 = a real token
     glyph: torch.Tensor       # [B, 256, 1472] byT5 states
     glyph_mask: torch.Tensor  # [B, 256] int64
+    image: Optional[torch.Tensor] = None  # [B, 729, 1152] SigLIP states (I2V); None: T2V
+    y: Optional[torch.Tensor] = None      # [B, 33, T', h, w] image latents + mask (I2V); None: zeros (T2V)
+
+    def _fields(self) -> tuple:
+        return (self.text, self.text_mask, self.glyph, self.glyph_mask, self.image, self.y)
 
     def cat_batch(self, other: "HunyuanInputs") -> "HunyuanInputs":
         """Both branches as one batch (batched CFG): [self, other] along dim 0."""
-        return HunyuanInputs(*(torch.cat([a, b]) for a, b in zip(
-            (self.text, self.text_mask, self.glyph, self.glyph_mask),
-            (other.text, other.text_mask, other.glyph, other.glyph_mask))))
+        return HunyuanInputs(*(None if a is None else torch.cat([a, b])
+                               for a, b in zip(self._fields(), other._fields())))
 
     def row(self, i: int) -> "HunyuanInputs":
-        return HunyuanInputs(self.text[i:i + 1], self.text_mask[i:i + 1], self.glyph[i:i + 1], self.glyph_mask[i:i + 1])
+        return HunyuanInputs(*(None if a is None else a[i:i + 1] for a in self._fields()))
 
 
 class Hunyuan15Pipeline(WanPipeline):
-    """The loaded components of one HunyuanVideo-1.5 checkpoint (t2v): dit, text_encoder, text_encoder_2, vae."""
+    """The loaded components of one HunyuanVideo-1.5 checkpoint: dit, text_encoder, text_encoder_2, vae, and
+    for i2v image_encoder (SigLIP) with its feature_extractor (image processor)."""
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, text_encoder_2,
-                 tokenizer, tokenizer_2, vae, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
+                 tokenizer, tokenizer_2, vae, image_encoder=None, feature_extractor=None,
+                 vae_dtype: torch.dtype = torch.float32, progress: bool = True):
         from lightx2v.models.hunyuan15.text import crop_start_of
 
         super().__init__(model_config, engine, dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
                          vae_dtype=vae_dtype, progress=progress)
         self.components = {"dit": dit, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "vae": vae}
+        if image_encoder is not None:
+            self.components["image_encoder"] = image_encoder
         self.tokenizer_2 = tokenizer_2
+        self.feature_extractor = feature_extractor
         self.crop_start = crop_start_of(tokenizer)
 
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "Hunyuan15Pipeline":
         from lightx2v.loading.components import load_component
         from lightx2v.models.hunyuan15.dit_format import load_folder_dit
-        from lightx2v.models.hunyuan15.encoders import load_tokenizers
+        from lightx2v.models.hunyuan15.encoders import load_feature_extractor, load_tokenizers
         from lightx2v.models.wan.vae_tiling import VAETiling
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
@@ -86,7 +102,10 @@ class Hunyuan15Pipeline(WanPipeline):
         parts = {"dit": load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt,
                                         quant=quant_on_load(engine, "dit", {}))}
         for c in mc.spec.components:
-            parts[c.name] = load_component(mc, c.name, staging, dt)
+            if c.needed(mc):
+                parts[c.name] = load_component(mc, c.name, staging, dt)
+        if mc.task == "i2v":
+            parts["feature_extractor"] = load_feature_extractor(mc.files["feature_extractor"])
         vae_dtype = torch.float32
         if engine.vae_dtype is not None:
             parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
@@ -105,11 +124,32 @@ class Hunyuan15Pipeline(WanPipeline):
 
     # -- the request ----------------------------------------------------------------------------
     @classmethod
+    def fill_from_images(cls, mc: ModelConfig, p: SamplingParams) -> SamplingParams:
+        """I2V, a side left None: the resolution bucket closest to the image's aspect ratio (diffusers')."""
+        from lightx2v.models.hunyuan15.layouts import default_size
+
+        if mc.task != "i2v" or p.image is None or isinstance(p.image, (list, tuple)) or (
+                p.height is not None and p.width is not None):
+            return p
+        h, w = default_size(mc.arch.target_size, (p.image.height, p.image.width))
+        return dataclasses.replace(p, height=h if p.height is None else p.height,
+                                   width=w if p.width is None else p.width)
+
+    @classmethod
     def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
         from lightx2v.runtime.memory import check_limits
 
-        if p.image is not None or p.last_image is not None:
+        if mc.task == "t2v" and (p.image is not None or p.last_image is not None):
             raise InputError("this is a HunyuanVideo-1.5 text-to-video checkpoint: it takes no image", field="image")
+        if mc.task == "i2v":
+            if p.image is None:
+                raise InputError("this is a HunyuanVideo-1.5 image-to-video checkpoint: give the first frame "
+                                 "(image=..., --image)", field="image")
+            if isinstance(p.image, (list, tuple)):
+                raise InputError("HunyuanVideo-1.5 image-to-video takes one image, got a list", field="image")
+            if p.last_image is not None:
+                raise InputError("HunyuanVideo-1.5 image-to-video takes one image (the first frame), not a last "
+                                 "frame", field="last_image")
         if p.solver != "euler":
             raise InputError(f"HunyuanVideo-1.5 samples with the euler solver (its scheduler), got {p.solver!r}",
                              field="solver")
@@ -139,6 +179,26 @@ class Hunyuan15Pipeline(WanPipeline):
         dt, dev = self.engine.dtype, self.device
         return HunyuanInputs(text.to(dev, dt), mask.to(dev), glyph.to(dev, dt), glyph_mask.to(dev))
 
+    @torch.no_grad()
+    def encode_image(self, p: SamplingParams, size: tuple[int, int], latent_frames: int
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(SigLIP states [1, 729, 1152], y [1, 33, T', h, w]) of the request's image cropped to `size`,
+        in the compute dtype on the device (models/hunyuan15/image.py)."""
+        from lightx2v.models.hunyuan15.image import cover_crop, image_condition, siglip_states
+        from lightx2v.pipelines.wan_image import to_signed_tensor
+
+        image = cover_crop(p.image, *size)
+        with placed(self, "image_encoder"):
+            states = siglip_states(self.components["image_encoder"], self.feature_extractor, image)
+        # x: [1, 3, 1, h, w] in [-1, 1], one frame
+        x = to_signed_tensor(image)[None, :, None].to(self.device, self.vae_dtype)
+        with placed(self, "vae"):
+            latents = self.vae.encode(x)  # [1, 32, 1, h/16, w/16] float32, scaled
+        if not bool(torch.isfinite(states).all()):
+            raise NonFiniteError(f"the image encoder produced {nonfinite_kind(states)} features; use dtype bf16 or fp32")
+        dt, dev = self.engine.dtype, self.device
+        return states.to(dev, dt), image_condition(latents, latent_frames).to(dev, dt)
+
     def make_scheduler(self, p: SamplingParams):
         from lightx2v.models.hunyuan15.schedule import HunyuanEuler
 
@@ -153,10 +213,13 @@ class Hunyuan15Pipeline(WanPipeline):
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: HunyuanInputs, ctx: StepContext) -> torch.Tensor:
         dt, dit = self.engine.dtype, self.dit
         # T2V: the image-condition latents and mask are zeros ([B, 32 + 1, T', h, w]), as the reference passes
-        y = x.new_zeros((x.shape[0], x.shape[1] + 1, *x.shape[2:]), dtype=dt) if dit.config.concat_condition else None
+        y = c.y
+        if y is None and dit.config.concat_condition:
+            y = x.new_zeros((x.shape[0], x.shape[1] + 1, *x.shape[2:]), dtype=dt)
         dit.step_context = ctx  # what a cache on the block stack decides from (lightx2v.runtime.cache)
         try:
-            return dit(x.to(dt), t.float().expand(x.shape[0]), c.text, c.text_mask, c.glyph, c.glyph_mask, y=y)
+            return dit(x.to(dt), t.float().expand(x.shape[0]), c.text, c.text_mask, c.glyph, c.glyph_mask,
+                       image_embeds=c.image, y=y)
         finally:
             dit.step_context = None
 
@@ -181,6 +244,13 @@ class Hunyuan15Pipeline(WanPipeline):
         t1 = time.perf_counter()
         size = (p.height, p.width)
         counter = Counter(self.model_fn)
+        if self.model_config.task == "i2v":  # the same image tokens and latents in both branches
+            with self._stage("image encoder", p):
+                image, y = self.encode_image(p, size, (p.num_frames - 1) // self.vae.config.ffactor_temporal + 1)
+            cond = dataclasses.replace(cond, image=image, y=y)
+            uncond = None if uncond is None else dataclasses.replace(uncond, image=image, y=y)
+            timings["image_encoder"] = self._lap(t1)
+            t1 = time.perf_counter()
         with self._stage("denoise", p):
             latents, seed = self.prepare_latents(p, size)
             latents = denoise(counter, self.make_scheduler(p), latents, cond, uncond, self.guidance(p),

@@ -117,15 +117,25 @@ def test_request_rules(ours, kw, field):
     assert err.value.field == field
 
 
-def test_image_to_video_folder_is_refused_by_name(folder, tmp_path):
+def test_other_pipeline_class_is_refused_by_name(folder, tmp_path):
+    """model_index.json decides: an unknown pipeline class is refused naming it (I2V: test_hunyuan15_i2v.py)."""
     import json
     import shutil
 
     from lightx2v.errors import CheckpointError
 
-    other = tmp_path / "i2v"
+    other = tmp_path / "other"
     shutil.copytree(folder[0], other)
     index = json.loads((other / "model_index.json").read_text())
-    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "HunyuanVideo15ImageToVideoPipeline"}))
-    with pytest.raises(CheckpointError, match="HunyuanVideo-1.5 image-to-video is not supported yet"):
+    (other / "model_index.json").write_text(json.dumps({**index, "_class_name": "HunyuanVideo15Pipeline2"}))
+    with pytest.raises(CheckpointError, match="HunyuanVideo15Pipeline2"):
         LightX2V.from_pretrained(other, device="cpu", dtype=torch.float32)
+
+
+def test_text_to_video_refuses_an_image(ours):
+    from PIL import Image
+
+    with pytest.raises(InputError) as err:
+        ours.generate(PROMPT, image=Image.new("RGB", (64, 64)), height=H, width=W, num_frames=F,
+                      num_inference_steps=2, output_type="latent")
+    assert err.value.field == "image" and "text-to-video" in str(err.value)

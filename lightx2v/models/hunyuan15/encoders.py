@@ -9,6 +9,11 @@ Design: we do not own them; transformers runs both (text.py holds what the refer
 - `text_encoder_2`: the byT5 encoder (`T5EncoderModel`). Its file holds the shared embedding once
   (`shared.weight`; transformers ties `encoder.embed_tokens.weight` to it), so `read_byt5` gives both
   names the same tensor.
+- `image_encoder` (image-to-video only): SigLIP's vision tower, transformers' `SiglipVisionModel`, with
+  its `feature_extractor/` (`SiglipImageProcessor`: resize to its square size, normalise). A file
+  written by transformers < 5 names the tensors `vision_model.*`, one written by transformers 5 drops
+  that prefix; `siglip_key_from_file` maps both to the installed module's names. Its `position_ids`
+  buffer (not in the file) is rebuilt after a meta load.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from torch import nn
 
 from lightx2v.errors import CheckpointError
 
-__all__ = ["build_byt5", "build_llm", "byt5_config_from_file", "llm_config_from_file", "llm_key_from_file",
-           "load_tokenizers", "read_byt5"]
+__all__ = ["build_byt5", "build_llm", "build_siglip", "byt5_config_from_file", "llm_config_from_file",
+           "llm_key_from_file", "load_feature_extractor", "load_tokenizers", "read_byt5", "siglip_config_from_file",
+           "siglip_key_from_file"]
 
 
 def _auto_config(folder: Path, what: str) -> Any:
@@ -101,3 +107,55 @@ def load_tokenizers(llm_folder: str | Path, byt5_folder: str | Path) -> tuple[An
         raise CheckpointError(f"the tokenizer in {llm_folder} has no chat template; HunyuanVideo-1.5 renders its "
                               "prompt template with the Qwen2.5-VL tokenizer's")
     return out[0], out[1]
+
+
+# ---- the SigLIP image encoder (image-to-video) ----------------------------------------------------
+
+
+def siglip_config_from_file(folder: str | Path) -> Any:
+    """The SigLIP vision config of image_encoder/ (a siglip_vision_model, or a whole siglip model's)."""
+    cfg = _auto_config(Path(folder), "SigLIP image encoder")
+    kind = getattr(cfg, "model_type", None)
+    if kind == "siglip":
+        return cfg.vision_config
+    if kind != "siglip_vision_model":
+        raise CheckpointError(f"{Path(folder) / 'config.json'} is a {kind} model; HunyuanVideo-1.5's image encoder "
+                              "is a SigLIP vision model (siglip_vision_model)")
+    return cfg
+
+
+def build_siglip(config: Any) -> nn.Module:
+    import copy
+
+    from transformers import SiglipVisionModel
+
+    config = copy.deepcopy(config)
+    config._attn_implementation = "sdpa"  # what from_pretrained picks in the reference
+    model = SiglipVisionModel(config)
+    model.register_load_state_dict_post_hook(_rebuild_position_ids)
+    return model
+
+
+def _rebuild_position_ids(module: nn.Module, incompatible_keys: Any) -> None:
+    """After a meta load: the patch positions (a non-persistent buffer, 0 .. n-1) where the weights are."""
+    emb = getattr(module, "vision_model", module).embeddings  # transformers < 5 nests it in vision_model
+    if emb.position_ids.is_meta:
+        ids = torch.arange(emb.num_positions, device=emb.position_embedding.weight.device).expand((1, -1))
+        emb.register_buffer("position_ids", ids, persistent=False)
+
+
+def siglip_key_from_file(key: str, nested: bool) -> str:
+    """The installed SiglipVisionModel's name for an image_encoder/ key (`nested`: it has `vision_model`)."""
+    bare = key[len("vision_model."):] if key.startswith("vision_model.") else key
+    return "vision_model." + bare if nested else bare
+
+
+def load_feature_extractor(folder: str | Path) -> Any:
+    """transformers' SiglipImageProcessor of feature_extractor/ (what turns the image into SigLIP pixels)."""
+    from transformers import SiglipImageProcessor
+
+    try:
+        return SiglipImageProcessor.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"cannot load the SigLIP image processor in {folder} ({exc}); expected a "
+                              "preprocessor_config.json of a SiglipImageProcessor") from None

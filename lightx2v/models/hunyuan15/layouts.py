@@ -1,6 +1,6 @@
 """HunyuanVideo-1.5 checkpoints on disk: the diffusers-format folder (no weights read here).
 
-    model_index.json   _class_name HunyuanVideo15Pipeline
+    model_index.json   _class_name HunyuanVideo15Pipeline (t2v) or HunyuanVideo15ImageToVideoPipeline (i2v)
     transformer/       config.json + diffusion_pytorch_model*.safetensors  (HunyuanVideo15Transformer3DModel)
     vae/               config.json + diffusion_pytorch_model*.safetensors  (AutoencoderKLHunyuanVideo15)
     text_encoder/      config.json + model*.safetensors                    (Qwen2.5-VL-7B's language model:
@@ -10,12 +10,16 @@
     tokenizer_2/       ByT5Tokenizer files (the glyph colour / font tokens added)
     scheduler/         scheduler_config.json                               (FlowMatchEulerDiscreteScheduler: shift)
     guider/            guider_config.json                                  (ClassifierFreeGuidance: guidance_scale)
+    image_encoder/     config.json + model*.safetensors                    (i2v only: SiglipVisionModel)
+    feature_extractor/ preprocessor_config.json                            (i2v only: SiglipImageProcessor)
 
-Design: `recognise` looks at model_index.json only (image-to-video is refused by name until its step
-lands); `read_config` reads the config files into a `ModelConfig` whose defaults are the reference's:
+Design: `recognise` looks at model_index.json only (its `_class_name` gives the task); `read_config` reads the config files into a `ModelConfig` whose defaults are the reference's:
 50 steps, the scheduler's shift (480p 5, 720p 9), the guider's scale (6; 1 for the CFG-distilled
 releases, whose guider says 1), 121 frames at 24 fps, and the size diffusers picks when none is given
-(the 16:9 bucket of the transformer's `target_size`: 480 x 848 for 640, 720 x 1280 for 960).
+(the 16:9 bucket of the transformer's `target_size`: 480 x 848 for 640, 720 x 1280 for 960). For
+image-to-video the size follows the image instead (the bucket closest to its aspect ratio,
+`default_size(target, (ih, iw))`, as diffusers' HunyuanVideo15ImageToVideoPipeline picks it); the
+16:9 default then only applies to a request that names neither side and gives no image (refused).
 
 The official tencent/HunyuanVideo-1.5 release folder (transformer/<variant>/, text_encoder/llm ...)
 is not recognised yet: its layout is not established here (no weights or listing were available).
@@ -31,10 +35,10 @@ from lightx2v.config import ModelConfig, SamplingDefaults
 from lightx2v.errors import CheckpointError
 from lightx2v.models.registry import Reason
 
-PIPELINES = {"HunyuanVideo15Pipeline": "t2v"}
-LATER = ("HunyuanVideo15ImageToVideoPipeline",)  # image-to-video: the family's next step
+PIPELINES = {"HunyuanVideo15Pipeline": "t2v", "HunyuanVideo15ImageToVideoPipeline": "i2v"}
 PARTS = ("transformer", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler")
-SUPPORTED_TASKS = ("t2v",)
+I2V_PARTS = ("image_encoder", "feature_extractor")  # the SigLIP encoder and its image processor
+SUPPORTED_TASKS = ("t2v", "i2v")
 STEM = "diffusion_pytorch_model"
 FPS = 24            # the reference writes its videos at 24 fps
 NUM_FRAMES = 121    # diffusers' and the official default
@@ -52,6 +56,8 @@ class Hunyuan15Arch:
     text_encoder: Any     # transformers' Qwen2_5_VLTextConfig
     text_encoder_2: Any   # transformers' T5Config (byT5)
     guidance_rescale: float = 0.0  # the guider's rescale phi (0: plain CFG)
+    image_encoder: Any = None      # transformers' SiglipVisionConfig (i2v), None for t2v
+    target_size: int = DEFAULT_TARGET_SIZE  # the transformer's size bucket base (the I2V size follows it)
 
 
 def recognise(root: Path) -> "str | Reason":
@@ -61,11 +67,8 @@ def recognise(root: Path) -> "str | Reason":
         return Reason("no model_index.json of a HunyuanVideo15Pipeline (the diffusers layout; the official release "
                       "folder is not supported yet)")
     cls = read_json(root / "model_index.json").get("_class_name", "?")
-    if cls in LATER:
-        return Reason(f"model_index.json names {cls}: HunyuanVideo-1.5 image-to-video is not supported yet "
-                      "(text-to-video only)")
     if cls not in PIPELINES:
-        return Reason(f"model_index.json names {cls}, not HunyuanVideo15Pipeline")
+        return Reason(f"model_index.json names {cls}, not HunyuanVideo15Pipeline or HunyuanVideo15ImageToVideoPipeline")
     return "diffusers"
 
 
@@ -113,12 +116,15 @@ def read_guider(cfg: Mapping[str, Any], where: str = "guider/guider_config.json"
 
 def read_config(root: Path, layout: str = "diffusers") -> ModelConfig:
     from lightx2v.models.hunyuan15.dit_config import HunyuanVideo15DiTConfig
-    from lightx2v.models.hunyuan15.encoders import byt5_config_from_file, llm_config_from_file
+    from lightx2v.models.hunyuan15.encoders import (byt5_config_from_file, llm_config_from_file,
+                                                    siglip_config_from_file)
     from lightx2v.models.hunyuan15.schedule import read_scheduler
     from lightx2v.models.hunyuan15.vae_config import HunyuanVideo15VAEConfig
     from lightx2v.models.wan.layouts import _require, find_weights, read_json
 
-    sub = {name: _require(root / name, f"{name}/ folder", "diffusers") for name in PARTS}
+    task = PIPELINES.get(read_json(root / "model_index.json").get("_class_name"), "t2v")
+    sub = {name: _require(root / name, f"{name}/ folder", "diffusers")
+           for name in PARTS + (I2V_PARTS if task == "i2v" else ())}
 
     def config(part: str, name: str = "config.json") -> dict:
         return read_json(_require(sub[part] / name, f"{part} config", "diffusers"))
@@ -128,14 +134,17 @@ def read_config(root: Path, layout: str = "diffusers") -> ModelConfig:
     guider = root / "guider" / "guider_config.json"
     # no guider/: diffusers' pipeline then has no guider; its ClassifierFreeGuidance default is 7.5
     scale, rescale = read_guider(read_json(guider) if guider.is_file() else {}, str(guider))
+    target = int(dit_raw.get("target_size", DEFAULT_TARGET_SIZE))
     arch = Hunyuan15Arch(
         dit=HunyuanVideo15DiTConfig.from_diffusers(dit_raw, where=str(sub["transformer"] / "config.json")),
         vae=HunyuanVideo15VAEConfig.from_diffusers(config("vae")),
         text_encoder=llm_config_from_file(sub["text_encoder"]),
         text_encoder_2=byt5_config_from_file(sub["text_encoder_2"]),
         guidance_rescale=rescale,
+        image_encoder=siglip_config_from_file(sub["image_encoder"]) if task == "i2v" else None,
+        target_size=target,
     )
-    height, width = default_size(int(dit_raw.get("target_size", DEFAULT_TARGET_SIZE)))
+    height, width = default_size(target)
     defaults = SamplingDefaults(num_inference_steps=STEPS, guidance_scale=scale, shift=shift, solver="euler",
                                 convention="diffusers", scheduler_config=steps_cfg, negative_prompt="", fps=FPS,
                                 height=height, width=width, num_frames=NUM_FRAMES)
@@ -149,5 +158,9 @@ def read_config(root: Path, layout: str = "diffusers") -> ModelConfig:
         "tokenizer_2": str(sub["tokenizer_2"]),
         "scheduler_config": str(sub["scheduler"] / "scheduler_config.json"),
     }
-    return ModelConfig(family="hunyuanvideo-1.5", task="t2v", layout="diffusers", root=root, files=files, arch=arch,
+    if task == "i2v":
+        files["image_encoder"] = tuple(str(p) for p in find_weights(sub["image_encoder"], "model", "image encoder",
+                                                                    "diffusers"))
+        files["feature_extractor"] = str(sub["feature_extractor"])
+    return ModelConfig(family="hunyuanvideo-1.5", task=task, layout="diffusers", root=root, files=files, arch=arch,
                        defaults=defaults)

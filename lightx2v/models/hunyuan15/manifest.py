@@ -10,7 +10,7 @@ from lightx2v.models.registry import FamilyManifest
 MANIFEST = FamilyManifest(
     name="hunyuanvideo-1.5",
     title="HunyuanVideo-1.5",
-    tasks=("t2v",),
+    tasks=("t2v", "i2v"),
     presets=(),
     spec="lightx2v.models.hunyuan15.spec",
 )

@@ -1,7 +1,7 @@
 """HunyuanVideo-1.5 declares itself: layout, components, DiT format, geometry, defaults, pipeline.
 
-Text-to-video from the diffusers-format folders (hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*:
-layouts.py). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
+Text-to-video and image-to-video from the diffusers-format folders
+(hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*: layouts.py; the task is the folder's). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
 The DiT is not among `components`: the pipeline loads it (a diffusers transformer/ needs a whole-dict
 conversion, dit_format.load_folder_dit).
 """
@@ -46,6 +46,20 @@ def _read_byt5(mc: ModelConfig):
     return read_byt5(_read(mc.files["text_encoder_2"]))
 
 
+def _build_siglip(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.encoders import build_siglip
+
+    return build_siglip(mc.arch.image_encoder)
+
+
+def _read_siglip(mc: ModelConfig):
+    from lightx2v.models.hunyuan15.encoders import siglip_key_from_file
+
+    with torch.device("meta"):  # the installed transformers' own names (< 5: under vision_model)
+        nested = hasattr(_build_siglip(mc), "vision_model")
+    return _read(mc.files["image_encoder"], lambda k: siglip_key_from_file(k, nested))
+
+
 def _build_vae(mc: ModelConfig):
     from lightx2v.models.hunyuan15.vae import HunyuanVideo15VAE
 
@@ -61,6 +75,9 @@ def _read_vae(mc: ModelConfig):
 COMPONENTS = (
     ComponentSpec("text_encoder", "text encoder", _build_llm, _read_llm),
     ComponentSpec("text_encoder_2", "byT5 glyph encoder", _build_byt5, _read_byt5),
+    # image-to-video only: SigLIP (transformers' SiglipVisionModel; the file's names are its own)
+    ComponentSpec("image_encoder", "SigLIP image encoder", _build_siglip,
+                  _read_siglip, needed=lambda mc: mc.task == "i2v"),
     # fp32 as every VAE of lightx2v (engine.vae_dtype changes it)
     ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32),
 )
