@@ -126,7 +126,7 @@ def submit(state, fields: dict, image: Optional[bytes], api: str, last_image: Op
     if api == "openai-images":
         from lightx2v.server.requests import build_image_request
 
-        _, request, meta = build_image_request(state.served, fields)
+        _, request, meta = build_image_request(state.served, fields, image)  # image: an edit's list of bytes
     elif state.served.is_image:
         raise ApiError(400, f"this server serves an image model ({state.served.mc.spec.title}), which makes no videos; "
                             "use POST /v1/images/generations", code="unsupported_model")
