@@ -198,7 +198,7 @@ def image_file_names(job_id: str, n: int, ext: str) -> list[str]:
     return [f"{job_id}.{ext}"] if n == 1 else [f"{job_id}_{i}.{ext}" for i in range(n)]
 
 
-def build_image_request(served: Served, fields: dict, images: Optional[list] = None):
+def build_image_request(served: Served, fields: dict, images: Optional[list] = None, api: str = "openai-images"):
     """(filled SamplingParams, request dict to store, meta) of an images/generations body (or, with the
     checked input `images` bytes, an images/edits one), checked against the checkpoint; an ApiError (400)
     naming the field (as OpenAI names it) otherwise. The images are stored in the job's request as the
@@ -245,7 +245,7 @@ def build_image_request(served: Served, fields: dict, images: Optional[list] = N
         filled = prepare_request(served.mc, params)
     except InputError as exc:
         raise ApiError(400, str(exc), param=IMAGE_PARAM_NAMES.get(exc.field, exc.field), code="invalid_value") from None
-    meta = {"api": "openai-images", "kind": "image", "model": served.model_id, "prompt": prompt,
+    meta = {"api": api, "kind": "image", "model": served.model_id, "prompt": prompt,
             "size": f"{filled.width}x{filled.height}", "n": filled.num_images, "steps": filled.num_inference_steps,
             "response_format": response_format, "output_format": params.output_type, "ext": IMAGE_FORMATS[fmt]}
     if images:
