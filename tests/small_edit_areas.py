@@ -10,10 +10,16 @@ import runpy
 
 from lightx2v.pipelines import qwen_image_edit
 
-V = qwen_image_edit.VARIANTS
-V["edit"] = dataclasses.replace(V["edit"], vae_area=128 * 128)
-V["edit-plus"] = dataclasses.replace(V["edit-plus"], vae_area=128 * 128, condition_area=96 * 96)
+# variant -> the EditVariant fields replaced (the same small areas as tests/pipelines/test_qwen_image_edit.py)
+SMALL = {"edit": {"vae_area": 128 * 128}, "edit-plus": {"vae_area": 128 * 128, "condition_area": 96 * 96}}
+
+
+def small_variants() -> dict:
+    """qwen_image_edit.VARIANTS with the small areas (to set in-process with monkeypatch)."""
+    return {k: dataclasses.replace(v, **SMALL.get(k, {})) for k, v in qwen_image_edit.VARIANTS.items()}
+
 
 if __name__ == "__main__":
+    qwen_image_edit.VARIANTS.update(small_variants())
     module = os.environ.get("SMALL_EDIT_RUN", "lightx2v.server")
     runpy.run_module(module, run_name="__main__", alter_sys=True)
