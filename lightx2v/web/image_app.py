@@ -1,6 +1,6 @@
 """The Gradio page of an image model (Qwen-Image text-to-image, Qwen-Image-Edit*): prompt, negative
 prompt, size presets, steps, guidance (the true CFG scale), seed, number of images, for an edit model
-the input image(s); Generate, a gallery of the results (each downloadable), this session's history.
+the input image(s); Generate / Cancel, a gallery of the results (each downloadable), this session's history.
 
 lightx2v.web.app.build_blocks hands over to `build_image_blocks` when the served model makes images
 (`Served.is_image`). The work goes through the same job store and worker as everything else
@@ -19,9 +19,11 @@ floors it), then custom. An edit model adds "auto": the last input image's ratio
 
 # no `from __future__ import annotations`: gradio reads the handlers' gr.Request / gr.Progress annotations
 import time
+from typing import Optional
 
 from lightx2v.errors import InputError
 from lightx2v.web import jobs
+from lightx2v.web.app import _cancel
 
 CUSTOM, AUTO = "custom", "auto (the last input image's ratio)"
 # Qwen-Image's published aspect sizes (width, height), model card / diffusers example
@@ -62,37 +64,47 @@ def api_generate_fn(state):
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                       num_images=num_images)
         update = _run(state, values, image, progress)[1]
+        if update.status != "completed":
+            raise gr.Error("the job was cancelled", print_exception=False)
         return [str(p) for p in update.images]
 
     return generate
 
 
-def _run(state, values: dict, images, progress):
-    """Queue and follow one job; (seed used, the final Update). A bad request or a failed job: gr.Error."""
+def _run(state, values: dict, images, progress, running: Optional[dict] = None, session: str = "default"):
+    """Queue and follow one job; ((job id, seed used), the final Update). A bad request or a failed job:
+    gr.Error. `running`: the page's session -> job map, which Cancel reads while the job runs."""
     import gradio as gr
 
     try:
         job_id, used = jobs.submit_images(state, values, images)
     except InputError as exc:
         raise gr.Error(str(exc), print_exception=False) from None
-    for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
-        progress(update.progress / 100, desc=f"{update.status} {update.progress}%")
-    if update.status != "completed":
+    if running is not None:
+        running[session] = job_id
+    try:
+        for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
+            progress(update.progress / 100, desc=f"{update.status} {update.progress}%")
+    finally:
+        if running is not None:
+            running.pop(session, None)
+    if update.status not in ("completed", "cancelled"):
         raise gr.Error(update.error or update.status, print_exception=False)
     return (job_id, used), update
 
 
-def ui_generate_fn(state):
+def ui_generate_fn(state, running: dict):
     """The page's Generate: (gallery, seed used, status, history, history table)."""
     import gradio as gr
 
     def run(prompt, negative_prompt, image, height, width, num_inference_steps, guidance_scale, seed, num_images,
-            history, progress=gr.Progress()):
+            history, request: gr.Request, progress=gr.Progress()):
         values = dict(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                       num_images=num_images)
         start = time.monotonic()
-        (job_id, used), update = _run(state, values, image, progress)
+        session = getattr(request, "session_hash", None) or "default"
+        (job_id, used), update = _run(state, values, image, progress, running, session)
         job = state.store.get(job_id)
         meta = job.meta if job is not None else {}
         row = {"job": job_id, "status": update.status, "prompt": (prompt or "")[:80], "size": meta.get("size", ""),
@@ -101,6 +113,8 @@ def ui_generate_fn(state):
         history = [row] + list(history or [])
         table = [[r.get(c, "") for c in HISTORY_COLUMNS] for r in history]
         files = [str(p) for p in update.images]
+        if update.status == "cancelled":
+            return gr.skip(), str(used), "cancelled", history, table
         return files, str(used), f"done in {row['seconds']} s: {len(files)} image(s)", history, table
 
     return run
@@ -137,7 +151,9 @@ def build_image_blocks(state, engine=None):
                 with gr.Row():
                     seed = gr.Number(-1, label="seed (-1: random)", precision=0, elem_id="seed")
                     dice = gr.Button("random seed", size="sm")
-                go = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop = gr.Button("Cancel", variant="stop", elem_id="cancel")
             with gr.Column(scale=1):
                 gallery = gr.Gallery(label="result", format="png", buttons=["download", "fullscreen"],
                                      elem_id="result", interactive=False)
@@ -156,8 +172,14 @@ def build_image_blocks(state, engine=None):
         for box in (width, height):  # a typed size is a custom one
             box.input(lambda: CUSTOM, None, preset, api_visibility="private", queue=False)
         dice.click(lambda: -1, None, seed, api_visibility="private", queue=False)
-        go.click(ui_generate_fn(state), fields + [history], [gallery, used, status, history, table],
+        running: dict = {}
+        go.click(ui_generate_fn(state, running), fields + [history], [gallery, used, status, history, table],
                  api_visibility="private", concurrency_limit=None, show_progress_on=[gallery])
+
+        def cancel(request: gr.Request) -> str:
+            return _cancel(state, running, request)
+
+        stop.click(cancel, None, status, api_visibility="private", concurrency_limit=None)
         out = gr.File(file_count="multiple", visible=False)
         api_trigger = gr.Button(visible=False)
         api_trigger.click(api_generate_fn(state), fields, out, api_name="generate", concurrency_limit=None,

@@ -20,13 +20,30 @@ class EditUi(UiProcess):
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def ui(tmp_path_factory):
     from tests.qwen_image_edit_fixtures import write_qwen_image_edit
 
     root = tmp_path_factory.mktemp("ui-qwen-edit")
     proc = EditUi(write_qwen_image_edit(root), root / "data").start()
-    yield gradio_client.Client(proc.url + "/", verbose=False)
+    yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(ui):
+    return gradio_client.Client(ui.url + "/", verbose=False)
+
+
+def test_the_edit_page_has_the_upload_and_auto_size(ui):
+    from tests.web.conftest import httpx
+
+    props = [c.get("props", {}) for c in httpx.get(ui.url + "/config", timeout=30).json()["components"]]
+    upload = next(p for p in props if p.get("elem_id") == "images")
+    assert upload.get("visible") is not False and upload.get("file_count") == "multiple"
+    size = next(p for p in props if p.get("label") == "size")
+    assert size["value"].startswith("auto") and size["choices"][1][0] == "1024x1024 (1:1)"  # the edit checkpoint's default square
+    assert next(p for p in props if p.get("elem_id") == "num-images")["maximum"] == 1  # an edit makes one
+    assert any(p.get("elem_id") == "cancel" for p in props)
 
 
 def _png(tmp_path, name, pixels) -> str:
