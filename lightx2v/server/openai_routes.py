@@ -123,10 +123,10 @@ def get_job(state, video_id: str, hide_cancelled: bool = True) -> Job:
 def submit(state, fields: dict, image: Optional[bytes], api: str, last_image: Optional[bytes] = None) -> Job:
     """Check a request against the model and queue it (400 / 429 otherwise). An image model's requests
     come through POST /v1/images/generations (api "openai-images"); a video route refuses them."""
-    if api == "openai-images":
+    if api in ("openai-images", "ui-images"):  # (the web UI's image page: lightx2v.web.image_app)
         from lightx2v.server.requests import build_image_request
 
-        _, request, meta = build_image_request(state.served, fields)
+        _, request, meta = build_image_request(state.served, fields, image, api)  # image: an edit's list of bytes
     elif state.served.is_image:
         raise ApiError(400, f"this server serves an image model ({state.served.mc.spec.title}), which makes no videos; "
                             "use POST /v1/images/generations", code="unsupported_model")

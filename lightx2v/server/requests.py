@@ -198,9 +198,11 @@ def image_file_names(job_id: str, n: int, ext: str) -> list[str]:
     return [f"{job_id}.{ext}"] if n == 1 else [f"{job_id}_{i}.{ext}" for i in range(n)]
 
 
-def build_image_request(served: Served, fields: dict):
-    """(filled SamplingParams, request dict to store, meta) of an images/generations body, checked against
-    the checkpoint; an ApiError (400) naming the field (as OpenAI names it) otherwise."""
+def build_image_request(served: Served, fields: dict, images: Optional[list] = None, api: str = "openai-images"):
+    """(filled SamplingParams, request dict to store, meta) of an images/generations body (or, with the
+    checked input `images` bytes, an images/edits one), checked against the checkpoint; an ApiError (400)
+    naming the field (as OpenAI names it) otherwise. The images are stored in the job's request as the
+    videos API stores its input image (SamplingParams.to_dict: PNG/JPEG bytes as base64)."""
     from lightx2v.config import SamplingParams
     from lightx2v.pipelines.request import prepare_request
 
@@ -229,7 +231,13 @@ def build_image_request(served: Served, fields: dict):
     size = convert("size", fields.get("size"), str)
     if size not in (None, "auto"):
         width, height = parse_size(size)
-    params = SamplingParams(prompt=prompt, negative_prompt=v["negative_prompt"], width=width, height=height,
+    image = None
+    if served.mc.task == "edit":  # one image: as the Edit pipeline takes it; several: a list (Edit-Plus)
+        if not images:
+            raise ApiError(400, "image is missing; an edit takes one or several input images (multipart `image` "
+                                "or `image[]`)", param="image", code="invalid_value")
+        image = images[0] if len(images) == 1 else list(images)
+    params = SamplingParams(prompt=prompt, negative_prompt=v["negative_prompt"], width=width, height=height, image=image,
                             num_frames=1, num_inference_steps=v["steps"] or v["num_inference_steps"],
                             guidance_scale=v["guidance_scale"], seed=v["seed"], num_images=1 if v["n"] is None else v["n"],
                             output_type="jpeg" if fmt == "jpg" else fmt)
@@ -237,7 +245,9 @@ def build_image_request(served: Served, fields: dict):
         filled = prepare_request(served.mc, params)
     except InputError as exc:
         raise ApiError(400, str(exc), param=IMAGE_PARAM_NAMES.get(exc.field, exc.field), code="invalid_value") from None
-    meta = {"api": "openai-images", "kind": "image", "model": served.model_id, "prompt": prompt,
+    meta = {"api": api, "kind": "image", "model": served.model_id, "prompt": prompt,
             "size": f"{filled.width}x{filled.height}", "n": filled.num_images, "steps": filled.num_inference_steps,
             "response_format": response_format, "output_format": params.output_type, "ext": IMAGE_FORMATS[fmt]}
+    if images:
+        meta["input_images"] = len(images)
     return filled, params.to_dict(), meta

@@ -247,6 +247,10 @@ def build_blocks(state, engine=None):
 
     from lightx2v.choices import SOLVER_NAMES
 
+    if state.served.is_image:  # Qwen-Image t2i / edit: the image page (lightx2v.web.image_app)
+        from lightx2v.web.image_app import build_image_blocks
+
+        return build_image_blocks(state, engine)
     mc = state.served.mc
     d = mc.defaults
     running: dict = {}

@@ -5,6 +5,7 @@ The UI does not run the model itself: every generation is a job of the HTTP serv
 API share one queue and one loaded model, and a job outlives the page that started it.
 
     submit(state, values, image, last_image) -> (job id, seed)   checked as the HTTP API checks
+    submit_images(state, values, images) -> (job id, seed)         an image model's job (t2i / edit)
     follow(state, job id) -> Update ...                            progress until a final status
     active_ui_job(state) -> job id | None                          what a reloaded page re-attaches to
     cancel(state, job id)                                          the store's cancel + file removal
@@ -32,13 +33,14 @@ MAX_SEED = 2**31 - 1
 
 @dataclasses.dataclass(frozen=True)
 class Update:
-    """One look at a job: status (the store's), progress 0-100, the video path once completed,
-    the one-line error once failed."""
+    """One look at a job: status (the store's), progress 0-100, the video path once completed (an
+    image job: its image paths), the one-line error once failed."""
 
     status: str
     progress: int
     video: Optional[Path] = None
     error: Optional[str] = None
+    images: tuple = ()
 
     @property
     def final(self) -> bool:
@@ -106,10 +108,53 @@ def submit(state, values: dict, image=None, last_image=None) -> tuple[str, int]:
     return job.id, seed
 
 
+# the image page's fields -> the images API's (lightx2v.server.requests.build_image_request)
+IMAGE_FIELDS = {"prompt": "prompt", "negative_prompt": "negative_prompt", "num_inference_steps": "num_inference_steps",
+                "guidance_scale": "guidance_scale", "num_images": "n"}
+
+
+def submit_images(state, values: dict, images=None) -> tuple[str, int]:
+    """Check and queue an image model's request (the page's or /generate's); (job id, seed used).
+    `images`: the edit model's uploaded files (paths gradio saved; one or several), else None."""
+    from lightx2v.server.openai_routes import submit as submit_job
+    from lightx2v.server.requests import ApiError
+
+    if isinstance(images, (str, Path)):
+        images = [images]
+    try:
+        seed = pick_seed(values.get("seed"))
+        fields = {IMAGE_FIELDS[k]: v for k, v in values.items() if k in IMAGE_FIELDS and v not in (None, "")}
+        size = request_fields({"height": values.get("height"), "width": values.get("width")}).get("size")
+        fields.update({"seed": seed, **({"size": size} if size else {})})
+        data = [read_image(_path(p), "image") for p in images or ()]
+        job = submit_job(state, fields, [d for d in data if d is not None] or None, "ui-images")
+    except ApiError as exc:
+        raise InputError(exc.message, field=exc.param) from None
+    return job.id, seed
+
+
+def _path(item):
+    """A gradio file value (a path, or a FileData-like dict / object with .path) -> its path."""
+    if isinstance(item, dict):
+        return item.get("path") or item.get("name")
+    return getattr(item, "path", None) or getattr(item, "name", None) or item
+
+
+def image_paths(state, job) -> tuple:
+    """A completed image job's files (the data dir's images/, named from the job id)."""
+    from lightx2v.server.requests import image_file_names
+
+    meta = job.meta or {}
+    names = image_file_names(job.id, int(meta.get("n", 1)), meta.get("ext", "png"))
+    return tuple(state.data_dir / "images" / name for name in names)
+
+
 def look(state, job_id: str) -> Update:
     job = state.store.get(job_id)
     if job is None:
         return Update("cancelled", 0, error="the job is gone (deleted)")
+    if job.status == "completed" and (job.meta or {}).get("kind") == "image":
+        return Update("completed", 100, images=image_paths(state, job))
     if job.status == "completed":
         return Update("completed", 100, video=state.video_path(job))
     if job.status == "failed":

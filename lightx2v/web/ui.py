@@ -84,11 +84,13 @@ def launch(state, engine, args) -> None:
     blocks = build_blocks(state, engine)
     blocks.queue(default_concurrency_limit=None)
     videos = str(state.data_dir / "videos")
+    images = str(state.data_dir / "images")  # an image model's results (lightx2v.web.image_app)
+    (state.data_dir / "images").mkdir(parents=True, exist_ok=True)
     log = logging.getLogger("lightx2v.server")
     if args.share:
         state.worker.start()
         try:
-            blocks.launch(server_name=args.host, server_port=args.port, share=True, allowed_paths=[videos],
+            blocks.launch(server_name=args.host, server_port=args.port, share=True, allowed_paths=[videos, images],
                           max_file_size=f"{args.max_upload_mb}mb", footer_links=["api"])
         finally:
             state.worker.stop()
@@ -97,7 +99,7 @@ def launch(state, engine, args) -> None:
 
     from lightx2v.server.app import create_app
 
-    app = gr.mount_gradio_app(create_app(state), blocks, path="/", allowed_paths=[videos],
+    app = gr.mount_gradio_app(create_app(state), blocks, path="/", allowed_paths=[videos, images],
                               max_file_size=f"{args.max_upload_mb}mb", footer_links=["api"], show_error=True)
     log.info("web UI on http://%s:%d/ (HTTP API under /v1)", args.host, args.port, extra={"job": None})
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,

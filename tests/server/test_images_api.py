@@ -97,6 +97,7 @@ def test_an_image_model_refuses_videos_and_edits(server):
         assert "/v1/images/generations" in r.json()["error"]["message"]
         e = c.post("/v1/images/edits", json={"prompt": "make it blue"})
         assert e.status_code == 400 and "not supported by this model" in e.json()["error"]["message"]
+        assert "\n" not in e.json()["error"]["message"] and "/v1/images/generations" in e.json()["error"]["message"]
         assert c.post("/v1/images/generations", json=BODY, headers={"Authorization": "Bearer wrong"}).status_code == 401
 
 
