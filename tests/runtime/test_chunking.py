@@ -4,11 +4,9 @@ whole-sequence block, with every transform users combine it with, and much less 
 from __future__ import annotations
 
 import dataclasses
-import weakref
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lightx2v.config import EngineConfig
 from lightx2v.errors import InputError
@@ -17,6 +15,7 @@ from lightx2v.models.wan.tiny import randomize_, tiny_dit_config
 from lightx2v.quant import apply_quant
 from lightx2v.runtime.block_offload import apply_block_offload
 from lightx2v.runtime.chunking import apply_chunking
+from tests.live_memory import LiveMemory
 
 
 class _Pipe:
@@ -123,39 +122,9 @@ def test_with_fused_qkv():
     torch.testing.assert_close(_run(model, 10), ref, rtol=1e-5, atol=1e-5)
 
 
-class _Live(TorchDispatchMode):
-    """Peak bytes of tensor storages alive that were made inside the mode: a view of a weight or of an
-    input (`exclude`: their modules / tensors) is not a new storage and is not counted."""
-
-    def __init__(self, *exclude):
-        super().__init__()
-        self.live, self.peak, self.seen = 0, 0, set()
-        self.skip = set()
-        for obj in exclude:
-            tensors = list(obj.parameters()) + list(obj.buffers()) if isinstance(obj, torch.nn.Module) else [obj]
-            self.skip |= {t.untyped_storage().data_ptr() for t in tensors}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                key = st.data_ptr()
-                if key and key not in self.seen and key not in self.skip:
-                    self.seen.add(key)
-                    self.live += st.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(st, self._free, key, st.nbytes())
-        return out
-
-    def _free(self, key, n):
-        self.seen.discard(key)
-        self.live -= n
-
-
 def _peak(block, x, e, kv, rope, chunk):
     block.chunk_tokens = chunk
-    with torch.no_grad(), _Live(block, x, e, rope, *kv) as live:
+    with torch.no_grad(), LiveMemory(block, x, e, rope, *kv) as live:
         block(x, e, kv, rope)
     return live.peak
 
@@ -224,10 +193,10 @@ def test_in_place_saves_a_residual_copy_and_keeps_a_runners_input():
         return out
 
     with torch.no_grad():
-        with _Live(model, x, ctx) as direct:
+        with LiveMemory(model, x, ctx) as direct:
             ref = model(x, t, ctx)
         model.block_runner = runner
-        with _Live(model, x, ctx) as kept:
+        with LiveMemory(model, x, ctx) as kept:
             out = model(x, t, ctx)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert torch.equal(seen["before"], seen["after"])  # the runner's input was not written

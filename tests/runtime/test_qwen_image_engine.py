@@ -6,16 +6,14 @@ formula against a live-tensor tracker on the DiT, and check_memory / the planner
 
 from __future__ import annotations
 
-import weakref
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("diffusers")
 
 from lightx2v import LightX2V  # noqa: E402
 from lightx2v.config import CompileConfig  # noqa: E402
+from tests.live_memory import LiveMemory  # noqa: E402
 
 H, W = 64, 96
 PROMPT, NEG = "a red cat on a mat", "blurry"
@@ -93,32 +91,6 @@ def test_caches_with_published_coefficients_are_refused_by_name(folder, cache):
 # ---------------------------------------------------------------- memory
 
 
-class _Live(TorchDispatchMode):
-    """Peak bytes of tensor storages alive that were made inside the mode; storages in `outside` (the
-    weights: a Linear's transposed weight is a view of them) are not counted."""
-
-    def __init__(self, outside=()):
-        super().__init__()
-        self.live, self.peak, self.seen, self.outside = 0, 0, set(), set(outside)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                key = st.data_ptr()
-                if key and key not in self.seen and key not in self.outside:
-                    self.seen.add(key)
-                    self.live += st.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(st, self._free, key, st.nbytes())
-        return out
-
-    def _free(self, key, n):
-        self.seen.discard(key)
-        self.live -= n
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_per_token_formula_matches_the_live_tensors(dtype):
     """(12 + 10 s) C + 4 d bytes a token of the joint sequence (the spec's docstring), at 2 and 3 blocks."""
@@ -133,8 +105,7 @@ def test_the_per_token_formula_matches_the_live_tensors(dtype):
             if any(k in name for k in QwenImageDiT._keep_in_fp32):
                 p.data = p.data.float()
         x, ctx, t = torch.randn(1, h * w, 64, dtype=dtype), torch.randn(1, lt, 32, dtype=dtype), torch.tensor([500.0])
-        outside = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        with torch.no_grad(), _Live(outside) as live:
+        with torch.no_grad(), LiveMemory(model) as live:
             model(x, t, ctx, [(1, h, w)])
         s, dim = dtype.itemsize, heads * d
         formula = ((12 + 10 * s) * dim + 4 * d) * (h * w + lt)
