@@ -121,7 +121,9 @@ def _tensors(model: nn.Module):
     yield from ((k, b) for k, b in model.named_buffers() if b is not None)
 
 
-ENCODER_COMPONENTS = ("text_encoder", "clip", "vae", "tiny_vae")
+# every family's encoders and VAEs by their component names (HunyuanVideo-1.5: byT5 as text_encoder_2,
+# SigLIP as image_encoder); a pipeline places each for its stage with `placed`
+ENCODER_COMPONENTS = ("text_encoder", "text_encoder_2", "clip", "image_encoder", "vae", "tiny_vae")
 
 
 def apply_encoder_offload(pipeline, device: torch.device, names=ENCODER_COMPONENTS) -> ModelOffload:

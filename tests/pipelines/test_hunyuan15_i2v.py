@@ -122,3 +122,11 @@ def test_batched_cfg_matches_sequential(folder, ours):
     kw = dict(guidance_scale=GUIDANCE, height=32, width=32, negative_prompt=NEG)
     a, b = _latents(ours, _image(40, 40, seed=4), **kw), _latents(batched, _image(40, 40, seed=4), **kw)
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_encoder_offload_includes_the_image_encoder(folder, ours):
+    """SigLIP is an encoder like the others: in host memory, on the device for its stage only."""
+    off = LightX2V.from_pretrained(folder[0], device="cpu", dtype=torch.float32, progress=False, offload_encoders=True)
+    assert "image_encoder" in off.pipeline.encoder_offload.models
+    image = _image(40, 40, seed=6)
+    assert torch.equal(_latents(off, image), _latents(ours, image))

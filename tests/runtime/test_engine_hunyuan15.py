@@ -84,3 +84,17 @@ def test_the_feature_cache_is_refused_by_name(folder, method, match):
     with pytest.raises(InputError, match=match) as err:
         _load(folder, cache=method)
     assert err.value.field == "cache"
+
+
+def test_encoder_offload_places_both_text_encoders_for_their_stage(folder, plain, monkeypatch):
+    """With offload_encoders the Qwen2.5-VL and the byT5 encoders and the VAE live in host memory and each is
+    on the device only for its stage (the same latents)."""
+    from lightx2v.runtime.offload import ModelOffload
+
+    pipe = _load(folder, offload="block", offload_encoders=True)
+    assert sorted(pipe.pipeline.encoder_offload.models) == ["text_encoder", "text_encoder_2", "vae"]
+    events = []
+    activate = ModelOffload.activate
+    monkeypatch.setattr(ModelOffload, "activate", lambda self, n: events.append(n) or activate(self, n))
+    assert torch.equal(_run(pipe), plain)
+    assert events[:2] == ["text_encoder", "text_encoder_2"]
