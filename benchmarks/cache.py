@@ -10,6 +10,11 @@ forward). A full 50-step, 40-layer CFG run is ~280 s per method on an H200, so `
 (default) runs 8 of the 40 blocks and the table also gives the time scaled to 40 layers (the
 embeddings, head and scheduler are a few percent of a forward; the scaled figure counts them 5x).
 
+diffusers rows (same run, same weights through benchmarks/dit_step.build_diffusers, the same loop and
+inputs): its WanTransformer3DModel without a cache, with FirstBlockCacheConfig() and with
+TaylorSeerCacheConfig() (`enable_cache`, each CFG branch in its own `cache_context`); diffusers does not
+report the forwards its hooks skip, so those rows show every call as run.
+
 Quality: the published thresholds' effect on the video was established by their authors on real
 weights; random weights cannot re-measure it (docs/caching.md).
 
@@ -28,6 +33,9 @@ import torch
 from random_weights import fill_random_
 
 METHODS = ("none", "teacache", "magcache", "firstblock", "taylorseer")
+# diffusers' own caches on its WanTransformer3DModel with the same weights, the same loop and inputs (the
+# peer's figures in the same run): none, FirstBlockCache (its default threshold 0.05), TaylorSeer (its defaults)
+DIFFUSERS = ("diffusers_none", "diffusers_firstblock", "diffusers_taylorseer")
 
 
 def build(dim, ffn, heads, layers, device, dtype):
@@ -42,6 +50,49 @@ def build(dim, ffn, heads, layers, device, dtype):
         if not any(k in name for k in WanModel._keep_in_fp32):
             p.data = p.data.to(dtype)
     return m.eval().requires_grad_(False)
+
+
+def diffusers_model(ours, device):
+    """diffusers' WanTransformer3DModel on our model's weight tensors (benchmarks/dit_step.build_diffusers)."""
+    import dit_step
+
+    dit_step.DEV = str(device)
+    return dit_step.build_diffusers(ours.config, ours)
+
+
+def run_diffusers(model, method: str, steps: int, latents, ctx, neg, device) -> dict:
+    """One CFG denoise through diffusers' model, with its cache hooks (`enable_cache`), each branch in its
+    own cache context as diffusers' Wan pipelines do; forwards skipped are not counted by diffusers."""
+    from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
+
+    from lightx2v.pipelines.base import Guidance, denoise
+    from lightx2v.schedulers.unipc import UniPCScheduler
+
+    if getattr(model, "is_cache_enabled", False):
+        model.disable_cache()
+    config = {"diffusers_firstblock": FirstBlockCacheConfig, "diffusers_taylorseer": TaylorSeerCacheConfig}.get(method)
+    if config is not None:
+        model.enable_cache(config())
+    sched = UniPCScheduler()
+    sched.set_timesteps(steps, shift=5.0, device=device)
+    calls = [0]
+
+    def model_fn(x, t, cond, step_ctx):
+        calls[0] += 1
+        with model.cache_context(step_ctx.branch if step_ctx is not None else "cond"):
+            return model(hidden_states=x.to(model.dtype), timestep=t.float(), encoder_hidden_states=cond.to(model.dtype),
+                         return_dict=False)[0].float()
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        denoise(model_fn, sched, latents.clone(), ctx, neg, Guidance(scale=5.0), progress=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    return {"method": method, "describe": "-" if config is None else f"{config.__name__}()", "wall_s": wall,
+            "forwards": calls[0], "run": calls[0], "skipped": 0, "decide_s": 0.0}
 
 
 def run(model, method: str, steps: int, latents, ctx, neg, device) -> dict:
@@ -85,7 +136,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny model and latents (a dry run on the CPU)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--layers", type=int, default=8, help="blocks of the 40 to run (the time is also scaled to 40)")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(METHODS + DIFFUSERS))
     ap.add_argument("--out", default=None)
     ap.add_argument("--commit", default="")
     a = ap.parse_args()
@@ -105,10 +156,15 @@ def main() -> None:
     ctx = torch.randn(1, 512, 4096, generator=g, device=device, dtype=dtype)
     neg = torch.randn(1, 512, 4096, generator=g, device=device, dtype=dtype)
     rows = []
+    theirs = None
     for method in a.methods.split(","):
+        go = run
+        if method in DIFFUSERS:
+            theirs = theirs if theirs is not None else diffusers_model(model, device)
+            go = lambda m, *rest: run_diffusers(theirs, *rest)  # noqa: E731
         if not a.tiny:  # warm-up (kernels, allocator) outside the timed run
-            run(model, method, 2, latents, ctx, neg, device)
-        row = run(model, method, a.steps, latents, ctx, neg, device)
+            go(model, method, 2, latents, ctx, neg, device)
+        row = go(model, method, a.steps, latents, ctx, neg, device)
         per_forward = row["wall_s"] / max(1, row["run"])
         row["decide_us_per_call"] = 1e6 * row["decide_s"] / row["forwards"]
         row["decide_share_of_forward"] = row["decide_s"] / row["forwards"] / per_forward

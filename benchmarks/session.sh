@@ -28,7 +28,7 @@ for spec in "$@"; do
     dit) timeout "$limit" python3 benchmarks/dit_step.py --out "$OUT" --commit "$COMMIT" --shapes "${DIT_SHAPES:-14B-480p}" --configs "${DIT_CONFIGS:-compiled}" --four-step --no-per-layer > "$OUT/dit.log" 2>&1 ;;
     e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;
     offload) timeout "$limit" python3 benchmarks/offload.py --out "$OUT" --commit "$COMMIT" > "$OUT/offload.log" 2>&1 ;;
-    cache) timeout "$limit" python3 benchmarks/cache.py --out "$OUT" --commit "$COMMIT" --methods "${CACHE_METHODS:-none,teacache,magcache,firstblock,taylorseer}" > "$OUT/cache.log" 2>&1 ;;
+    cache) timeout "$limit" python3 benchmarks/cache.py --out "$OUT" --commit "$COMMIT" --methods "${CACHE_METHODS:-none,teacache,magcache,firstblock,taylorseer,diffusers_none,diffusers_firstblock,diffusers_taylorseer}" > "$OUT/cache.log" 2>&1 ;;
     small) timeout "$limit" python3 benchmarks/small_gpu.py --out "$OUT" --commit "$COMMIT" > "$OUT/small.log" 2>&1 ;;
     tiling) timeout "$limit" python3 benchmarks/vae_tiling.py --out "$OUT" > "$OUT/tiling.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
