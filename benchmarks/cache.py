@@ -52,6 +52,23 @@ def build(dim, ffn, heads, layers, device, dtype):
     return m.eval().requires_grad_(False)
 
 
+def timed_denoise(model_fn, steps: int, latents, ctx, neg, device) -> float:
+    """Wall seconds of one CFG denoise (guidance 5, flow UniPC, shift 5) through `model_fn`."""
+    from lightx2v.pipelines.base import Guidance, denoise
+    from lightx2v.schedulers.unipc import UniPCScheduler
+
+    sched = UniPCScheduler()
+    sched.set_timesteps(steps, shift=5.0, device=device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        denoise(model_fn, sched, latents.clone(), ctx, neg, Guidance(scale=5.0), progress=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def diffusers_model(ours, device):
     """diffusers' WanTransformer3DModel on our model's weight tensors (benchmarks/dit_step.build_diffusers)."""
     import dit_step
@@ -65,16 +82,11 @@ def run_diffusers(model, method: str, steps: int, latents, ctx, neg, device) -> 
     own cache context as diffusers' Wan pipelines do; forwards skipped are not counted by diffusers."""
     from diffusers.hooks import FirstBlockCacheConfig, TaylorSeerCacheConfig
 
-    from lightx2v.pipelines.base import Guidance, denoise
-    from lightx2v.schedulers.unipc import UniPCScheduler
-
     if getattr(model, "is_cache_enabled", False):
         model.disable_cache()
     config = {"diffusers_firstblock": FirstBlockCacheConfig, "diffusers_taylorseer": TaylorSeerCacheConfig}.get(method)
     if config is not None:
         model.enable_cache(config())
-    sched = UniPCScheduler()
-    sched.set_timesteps(steps, shift=5.0, device=device)
     calls = [0]
 
     def model_fn(x, t, cond, step_ctx):
@@ -83,28 +95,17 @@ def run_diffusers(model, method: str, steps: int, latents, ctx, neg, device) -> 
             return model(hidden_states=x.to(model.dtype), timestep=t.float(), encoder_hidden_states=cond.to(model.dtype),
                          return_dict=False)[0].float()
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        denoise(model_fn, sched, latents.clone(), ctx, neg, Guidance(scale=5.0), progress=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    wall = timed_denoise(model_fn, steps, latents, ctx, neg, device)
     return {"method": method, "describe": "-" if config is None else f"{config.__name__}()", "wall_s": wall,
             "forwards": calls[0], "run": calls[0], "skipped": 0, "decide_s": 0.0}
 
 
 def run(model, method: str, steps: int, latents, ctx, neg, device) -> dict:
     from lightx2v.engine_config import CacheConfig
-    from lightx2v.pipelines.base import Guidance, denoise
     from lightx2v.runtime.cache import CachedBlocks, build_method
-    from lightx2v.schedulers.unipc import UniPCScheduler
 
     model.block_runner = None if method == "none" else CachedBlocks(build_method(CacheConfig(method, model=(
         "t2v-14b" if method in ("teacache", "magcache") else None))))
-    sched = UniPCScheduler()
-    sched.set_timesteps(steps, shift=5.0, device=device)
     calls = [0]
 
     def model_fn(x, t, cond, step_ctx):
@@ -115,14 +116,7 @@ def run(model, method: str, steps: int, latents, ctx, neg, device) -> dict:
         finally:
             model.step_context = None
 
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        denoise(model_fn, sched, latents.clone(), ctx, neg, Guidance(scale=5.0), progress=False)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    wall = timed_denoise(model_fn, steps, latents, ctx, neg, device)
     r = model.block_runner
     skipped = 0 if r is None else r.skipped
     return {"method": method, "describe": "-" if r is None else r.method.describe(), "wall_s": wall,
