@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import os
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -118,16 +119,24 @@ class DiskReader:
 _MADV_DONTNEED = 4
 
 
+@functools.lru_cache(maxsize=None)
+def _libc():
+    """(the C library, the page size), loaded once (drop_pages runs after every unit read); (None, 0)
+    where there is none to call."""
+    try:
+        return ctypes.CDLL(None, use_errno=True), os.sysconf("SC_PAGE_SIZE")
+    except (OSError, AttributeError, ValueError):
+        return None, 0
+
+
 def drop_pages(tensors: Sequence[Tensor]) -> int:
     """Unmap the whole pages of file-mapped `tensors` from this process (madvise MADV_DONTNEED): the
     data stays in the file (and the page cache) and is read again on the next touch, but no longer
     counts in the process's resident memory. Only for tensors mapped from a file and never written
     (on anonymous memory this would zero them: the caller checks `file_backed`). Returns the bytes
     released (0 where madvise is not available)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        page = os.sysconf("SC_PAGE_SIZE")
-    except (OSError, AttributeError, ValueError):
+    libc, page = _libc()
+    if libc is None:
         return 0
     done = 0
     for t in tensors:
