@@ -135,16 +135,13 @@ def frames_for_seconds(seconds: float, fps: int) -> int:
     return 4 * k + 1
 
 
-def build_request(served: Served, fields: dict, image: Optional[bytes], api: str, last_image: Optional[bytes] = None):
-    """(filled SamplingParams, request dict to store, meta) of a request's fields, checked against
-    the checkpoint; an ApiError (400) naming the field otherwise. `last_image`: flf2v's last frame
-    (checked bytes; the web UI sends it, the HTTP routes take one image)."""
-    from lightx2v.config import SamplingParams
-    from lightx2v.pipelines.request import prepare_request
-
+def checked_prompt(served: Served, fields: dict, what: str) -> str:
+    """The request's prompt (non-empty, at most MAX_PROMPT_CHARS), its `model` (if given) checked to be the
+    served one; an ApiError (400) naming the field otherwise. `what`: "video" or "image" (the message)."""
     prompt = convert("prompt", fields.get("prompt"), str)
     if prompt is None or not prompt.strip():
-        raise ApiError(400, "prompt is empty; give a text describing the video", param="prompt", code="invalid_value")
+        raise ApiError(400, f"prompt is empty; give a text describing the {what}", param="prompt",
+                       code="invalid_value")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise ApiError(400, f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}", param="prompt",
                        code="invalid_value")
@@ -152,6 +149,17 @@ def build_request(served: Served, fields: dict, image: Optional[bytes], api: str
     if model is not None and model != served.model_id:
         raise ApiError(400, f"model {model!r:.60} is not served here; this server serves {served.model_id!r}",
                        param="model", code="model_not_found")
+    return prompt
+
+
+def build_request(served: Served, fields: dict, image: Optional[bytes], api: str, last_image: Optional[bytes] = None):
+    """(filled SamplingParams, request dict to store, meta) of a request's fields, checked against
+    the checkpoint; an ApiError (400) naming the field otherwise. `last_image`: flf2v's last frame
+    (checked bytes; the web UI sends it, the HTTP routes take one image)."""
+    from lightx2v.config import SamplingParams
+    from lightx2v.pipelines.request import prepare_request
+
+    prompt = checked_prompt(served, fields, "video")
     values = {k: convert(k, fields.get(k), t) for k, t in EXTRA_FIELDS.items()}
     from lightx2v.server.loras import parse_job_loras
 
@@ -206,16 +214,7 @@ def build_image_request(served: Served, fields: dict, images: Optional[list] = N
     from lightx2v.config import SamplingParams
     from lightx2v.pipelines.request import prepare_request
 
-    prompt = convert("prompt", fields.get("prompt"), str)
-    if prompt is None or not prompt.strip():
-        raise ApiError(400, "prompt is empty; give a text describing the image", param="prompt", code="invalid_value")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise ApiError(400, f"prompt is {len(prompt)} characters; at most {MAX_PROMPT_CHARS}", param="prompt",
-                       code="invalid_value")
-    model = convert("model", fields.get("model"), str)
-    if model is not None and model != served.model_id:
-        raise ApiError(400, f"model {model!r:.60} is not served here; this server serves {served.model_id!r}",
-                       param="model", code="model_not_found")
+    prompt = checked_prompt(served, fields, "image")
     v = {k: convert(k, fields.get(k), t) for k, t in IMAGE_FIELDS.items()}
     response_format = v["response_format"] or "b64_json"
     if response_format not in RESPONSE_FORMATS:
