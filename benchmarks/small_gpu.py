@@ -53,9 +53,11 @@ def child(args) -> dict:
         kw.update(offload="block", offload_encoders=True, vae_tiling=True, text_encoder_device="cpu")
         h, w = 64, 64
     t0 = time.perf_counter()
+    trace = HostTrace()
     try:
         pipe = LightX2V.from_pretrained(args.ckpt, device=args.device, progress=False, **kw)
         row["load_s"] = time.perf_counter() - t0
+        row["host_after_load"] = HostTrace.now()
         row["plan"] = next((line for line in pipe.pipeline.engine_log if line.startswith("memory plan")), None)
         out = Path(args.tmp) / f"{args.case}.mp4"
         image = None
@@ -63,20 +65,74 @@ def child(args) -> dict:
             from PIL import Image
 
             image = Image.fromarray(torch.randint(0, 256, (h, w, 3), dtype=torch.uint8).numpy())
+        t_gen = time.perf_counter()
         result = pipe.generate(prompt="a red panda drinking tea in a bamboo forest", height=h, width=w, image=image,
                                num_frames=81 if args.size != "tiny" else 9, num_inference_steps=4,
                                guidance_scale=1.0, seed=0, output_path=str(out))
         row["ok"] = True
         row["timings"] = {k: round(v, 3) for k, v in result.timings.items()}
         row["mp4_bytes"] = out.stat().st_size
+        row["host_by_stage"] = trace.peaks([("load", t0, t_gen)] + stage_windows(t_gen, result.timings))
     except Exception as exc:  # a refusal or an out-of-memory is a result of this benchmark
         row["ok"] = False
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
         if args.device == "cuda":
             row["alive_at_error"] = alive(torch.cuda.memory._snapshot())
+    trace.stop()
     row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
     row["host_peak_rss_gib"] = peak_rss_gib()
     return row
+
+
+class HostTrace:
+    """Samples this process's resident memory (anonymous, file-backed, shared: /dev/shm files mapped
+    count as shared) every 0.2 s in a thread, so a host peak can be put on a stage."""
+
+    KEYS = ("VmRSS", "RssAnon", "RssFile", "RssShmem")
+
+    def __init__(self) -> None:
+        import threading
+
+        self.samples: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def now(cls) -> dict:
+        vals = {}
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key = line.split(":")[0]
+            if key in cls.KEYS:
+                vals[key] = round(int(line.split()[1]) / 2**20, 2)
+        return vals
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.samples.append((time.perf_counter(), self.now()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks(self, windows: list) -> dict:
+        """The largest VmRSS sample (with its split) inside each (name, start, end) window."""
+        out = {}
+        for name, a, b in windows:
+            inside = [v for t, v in self.samples if a <= t <= b]
+            if inside:
+                out[name] = max(inside, key=lambda v: v.get("VmRSS", 0))
+        return out
+
+
+def stage_windows(start: float, timings: dict) -> list:
+    """The generation's stages as time windows, from its start and its sequential stage timings."""
+    windows, t = [], start
+    for k in ("text_encoder", "image_encoder", "denoise", "vae_decode", "save"):
+        if k in timings:
+            windows.append((k, t, t + timings[k]))
+            t += timings[k]
+    return windows
 
 
 def alive(snapshot: dict, top: int = 14) -> list:
