@@ -4,6 +4,7 @@
 #   bash benchmarks/session.sh COMMIT part[:seconds] ...
 # parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS),
 #        e2e ($E2E_RUNS), offload (offload.py), attn (attention_kernels.py), cache (cache.py),
+#        family (family_dit.py: Qwen-Image / HunyuanVideo-1.5 DiTs vs diffusers, $FAMILIES, $HY_RES),
 #        tiling (vae_tiling.py), small (small_gpu.py: whole runs under a capped allocator, the planner's plans)
 set -u
 COMMIT=$1; shift
@@ -31,6 +32,7 @@ for spec in "$@"; do
     cache) timeout "$limit" python3 benchmarks/cache.py --out "$OUT" --commit "$COMMIT" --methods "${CACHE_METHODS:-none,teacache,magcache,firstblock,taylorseer,diffusers_none,diffusers_firstblock,diffusers_taylorseer}" > "$OUT/cache.log" 2>&1 ;;
     small) timeout "$limit" python3 benchmarks/small_gpu.py --out "$OUT" --commit "$COMMIT" > "$OUT/small.log" 2>&1 ;;
     tiling) timeout "$limit" python3 benchmarks/vae_tiling.py --out "$OUT" > "$OUT/tiling.log" 2>&1 ;;
+    family) timeout "$limit" python3 benchmarks/family_dit.py --out "$OUT" --commit "$COMMIT" --family "${FAMILIES:-qwen-image,hunyuan15}" --res "${HY_RES:-480p}" > "$OUT/family.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
     *) echo "unknown part $part" ;;
   esac
