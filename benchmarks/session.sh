@@ -3,7 +3,8 @@
 # time limit, logs and results under $OUT (device notes: .library/device). Usage:
 #   bash benchmarks/session.sh COMMIT part[:seconds] ...
 # parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS),
-#        e2e ($E2E_RUNS), offload (offload.py), attn (attention_kernels.py), cache (cache.py),
+#        e2e ($E2E_RUNS), offload (offload.py; offload_ours / offload_diffusers: bf16 ours, then diffusers'
+#        resident and group-offloaded rows, each in its own process: both pinned copies do not fit the host), attn (attention_kernels.py), cache (cache.py),
 #        family (family_dit.py: Qwen-Image / HunyuanVideo-1.5 DiTs vs diffusers, $FAMILIES, $HY_RES),
 #        tiling (vae_tiling.py), small (small_gpu.py: whole runs under a capped allocator, the planner's plans)
 set -u
@@ -30,7 +31,10 @@ for spec in "$@"; do
     e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;
     offload) timeout "$limit" python3 benchmarks/offload.py --out "$OUT" --commit "$COMMIT" > "$OUT/offload.log" 2>&1 ;;
     cache) timeout "$limit" python3 benchmarks/cache.py --out "$OUT" --commit "$COMMIT" --methods "${CACHE_METHODS:-none,teacache,magcache,firstblock,taylorseer,diffusers_none,diffusers_firstblock,diffusers_taylorseer}" > "$OUT/cache.log" 2>&1 ;;
-    small) timeout "$limit" python3 benchmarks/small_gpu.py --out "$OUT" --commit "$COMMIT" > "$OUT/small.log" 2>&1 ;;
+    small) timeout "$limit" python3 benchmarks/small_gpu.py --out "$OUT" --commit "$COMMIT" ${SMALL_CASES:+--cases "$SMALL_CASES"} > "$OUT/small.log" 2>&1 ;;
+    offload_ours) timeout "$limit" python3 benchmarks/offload.py --out "$OUT/offload_ours" --commit "$COMMIT" --precisions bf16 --no-diffusers > "$OUT/offload_ours.log" 2>&1 ;;
+    offload_diffusers) timeout "$limit" python3 benchmarks/offload.py --out "$OUT/offload_diffusers" --commit "$COMMIT" --precisions "" > "$OUT/offload_diffusers.log" 2>&1 ;;
+    tinyvae) timeout "$limit" python3 benchmarks/tiny_vae.py --out "$OUT" --commit "$COMMIT" > "$OUT/tinyvae.log" 2>&1 ;;
     tiling) timeout "$limit" python3 benchmarks/vae_tiling.py --out "$OUT" > "$OUT/tiling.log" 2>&1 ;;
     family) timeout "$limit" python3 benchmarks/family_dit.py --out "$OUT" --commit "$COMMIT" --family "${FAMILIES:-qwen-image,hunyuan15}" --res "${HY_RES:-480p}" > "$OUT/family.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;

@@ -72,6 +72,7 @@ def child(args) -> dict:
         row["ok"] = True
         row["timings"] = {k: round(v, 3) for k, v in result.timings.items()}
         row["mp4_bytes"] = out.stat().st_size
+        row["host_maps_after"] = top_mappings()
         row["host_by_stage"] = trace.peaks([("load", t0, t_gen)] + stage_windows(t_gen, result.timings))
     except Exception as exc:  # a refusal or an out-of-memory is a result of this benchmark
         row["ok"] = False
@@ -123,6 +124,23 @@ class HostTrace:
             if inside:
                 out[name] = max(inside, key=lambda v: v.get("VmRSS", 0))
         return out
+
+
+def top_mappings(n: int = 10) -> list:
+    """Resident memory per mapped file (anonymous mappings as "[anon]", pinned host memory under the
+    driver's device file): where a host peak lives, a checkpoint file's pages or our own buffers."""
+    import re
+
+    rss: dict = {}
+    name = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+            parts = line.split(maxsplit=5)
+            name = parts[5].strip() if len(parts) == 6 else "[anon]"
+        elif line.startswith("Rss:") and name is not None:
+            rss[name] = rss.get(name, 0) + int(line.split()[1])
+    top = sorted(rss.items(), key=lambda kv: -kv[1])[:n]
+    return [{"gib": round(v / 2**20, 2), "map": k[-90:]} for k, v in top]
 
 
 def stage_windows(start: float, timings: dict) -> list:
