@@ -49,7 +49,7 @@ class DiskReader:
         self.pending: OrderedDict = OrderedDict()  # unit key -> (buffer index, future, stamp)
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="lightx2v-lazy-load")
         self.reads = 0  # units read (tests, stats)
-        self.droppable: dict = {}  # unit key -> every source tensor lies in a file mapping
+        self.droppable: dict = {}  # unit key -> indexes of its source tensors that lie in a file mapping
 
     @property
     def nbytes(self) -> int:
@@ -105,12 +105,13 @@ class DiskReader:
             self.events[index].synchronize()
         for view, src in zip(unit.layout.views(self.buffers[index]), unit.host_views):
             view.copy_(src)
-        if not any(unit.stamp()):  # never written in place: the file's pages are what the tensors hold
-            key = unit.key
-            if key not in self.droppable:
-                self.droppable[key] = file_backed(unit.host_views) == len(unit.host_views)
-            if self.droppable[key]:
-                drop_pages(unit.host_views)
+        # unmap the pages of the tensors that are the file's (mapped, never written in place); a unit
+        # may mix them with tensors the loader made (the params a bf16 run keeps in float32)
+        key = unit.key
+        if key not in self.droppable:
+            self.droppable[key] = [i for i, mapped in enumerate(file_backed_mask(unit.host_views) or ()) if mapped]
+        stamp = unit.stamp()
+        drop_pages([unit.host_views[i] for i in self.droppable[key] if not stamp[i]])
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
@@ -150,6 +151,12 @@ def drop_pages(tensors: Sequence[Tensor]) -> int:
 
 def file_backed(tensors: Sequence[Tensor], maps: str = "/proc/self/maps") -> Optional[int]:
     """How many of `tensors` lie in memory mapped from a file (None: unknown, no /proc/self/maps)."""
+    mask = file_backed_mask(tensors, maps)
+    return None if mask is None else sum(mask)
+
+
+def file_backed_mask(tensors: Sequence[Tensor], maps: str = "/proc/self/maps") -> Optional[list[bool]]:
+    """For each of `tensors`: does it lie in memory mapped from a file (None: unknown)."""
     try:
         with open(maps) as f:
             lines = f.read().splitlines()
@@ -163,9 +170,9 @@ def file_backed(tensors: Sequence[Tensor], maps: str = "/proc/self/maps") -> Opt
             spans.append((lo, hi))
     spans.sort()
     starts = [lo for lo, _ in spans]
-    n = 0
+    out = []
     for t in tensors:
         p = t.data_ptr()
         i = bisect.bisect_right(starts, p) - 1
-        n += i >= 0 and p < spans[i][1]  # (a mapping may be split in several entries: its start decides)
-    return n
+        out.append(i >= 0 and p < spans[i][1])  # (a mapping may be split in several entries: its start decides)
+    return out
