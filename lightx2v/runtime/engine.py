@@ -216,6 +216,11 @@ def place_encoders(pipeline, engine: EngineConfig, device: torch.device) -> list
         te = torch.device(engine.text_encoder_device)
         place(pipeline, te, skip=[n for n in pipeline.components if n != "text_encoder"])
         log.append(f"placement: text_encoder on {te}")
+        if te.type == "cpu" and engine.offload.lazy_load:  # host memory is scarce: its file pages go after each use
+            from lightx2v.runtime.offload import mapped_weights
+
+            pipeline.release_pages = {"text_encoder": mapped_weights(pipeline.components["text_encoder"])}
+            log[-1] += " (its weights' file pages unmapped after each encode, as lazy_load does for the DiT)"
     if engine.offload_encoders:
         from lightx2v.runtime.offload import apply_encoder_offload
 

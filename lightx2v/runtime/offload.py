@@ -139,7 +139,10 @@ def apply_encoder_offload(pipeline, device: torch.device, names=ENCODER_COMPONEN
 def placed(pipeline, *names: str):
     """Within the block, the pipeline's components `names` are on the device when encoder offload keeps
     them in host memory (`pipeline.encoder_offload`); after it they go back. No-op without it. Block-
-    offloaded DiTs are parked meanwhile (lightx2v.runtime.block_offload.BlockOffloads.park)."""
+    offloaded DiTs are parked meanwhile (lightx2v.runtime.block_offload.BlockOffloads.park). Components
+    named in `pipeline.release_pages` (the CPU text encoder under lazy load) have their file pages
+    unmapped after the block (`release_mapped_pages`)."""
+    release = {n: m for n, m in getattr(pipeline, "release_pages", {}).items() if n in names}
     off = getattr(pipeline, "encoder_offload", None)
     names = tuple(n for n in names if off is not None and n in off.models)
     park = getattr(getattr(pipeline, "offload", None), "park", None)
@@ -152,6 +155,31 @@ def placed(pipeline, *names: str):
     finally:
         for n in names:
             off.release(n)
+        for n, mapped in release.items():
+            release_mapped_pages(pipeline.components.get(n), mapped)
+
+
+def mapped_weights(module) -> dict[int, int]:
+    """The weights of `module` that are views of a mapped file, as {data_ptr: version counter now}."""
+    from lightx2v.runtime.lazy_load import file_backed_mask
+
+    tensors = [t for t in list(module.parameters()) + list(module.buffers()) if t.device.type == "cpu"]
+    mask = file_backed_mask(tensors) or [False] * len(tensors)
+    return {t.data_ptr(): t._version for t, mapped in zip(tensors, mask) if mapped}
+
+
+def release_mapped_pages(module, mapped: dict[int, int]) -> int:
+    """Unmap the file pages of `module`'s weights from the process (they stay in the page cache and are
+    read again at the next use): a component that runs on the CPU from its memory-mapped checkpoint
+    (the text encoder with `text_encoder_device="cpu"`) then does not keep the whole file resident
+    between its uses. Only the tensors `mapped_weights` found, still there and never written in place
+    since (their version counter unchanged); returns the bytes released."""
+    from lightx2v.runtime.lazy_load import drop_pages
+
+    if module is None:
+        return 0
+    tensors = list(module.parameters()) + list(module.buffers())
+    return drop_pages([t for t in tensors if mapped.get(t.data_ptr()) == t._version])
 
 
 def apply_offload(pipeline, device: torch.device, prefetch: bool = True) -> ModelOffload:

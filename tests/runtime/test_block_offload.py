@@ -533,3 +533,28 @@ def test_parked_while_the_encoders_and_the_vae_run(tiny_official_dir, granularit
     with torch.no_grad():
         dit(x, torch.full((1,), 500.0), ctx)  # its forward unparks
     assert not offs.parked and all(s.data.numel() == offs.pool.nbytes for s in offs.pool.slots)
+
+
+def test_a_cpu_text_encoder_under_lazy_load_has_its_file_pages_released_after_each_encode(tiny_official_dir, monkeypatch):
+    """On the H200 (I2V-14B, max_ram 16 GiB) the CPU umt5's mapped file held 8.6 GiB resident through the
+    denoise; under lazy load its pages are unmapped after the text stage (and read again next time)."""
+    import lightx2v.runtime.lazy_load as lazy_load
+    from lightx2v.runtime.lazy_load import file_backed
+
+    released: list = []
+    real = lazy_load.drop_pages
+    monkeypatch.setattr(lazy_load, "drop_pages", lambda ts: released.append(list(ts)) or real(ts))
+    pipe = _load(tiny_official_dir, offload="block", lazy_load=True, text_encoder_device="cpu")
+    assert any(line.startswith("placement: text_encoder on cpu (its weights' file pages unmapped")
+               for line in pipe.pipeline.engine_log)
+    te = pipe.pipeline.components["text_encoder"]
+    mapped = {t.data_ptr() for t in te.parameters()}
+    assert file_backed(list(te.parameters())) == len(mapped)  # the tiny file's tensors are all mapped
+    released.clear()
+    assert torch.equal(_gen(pipe), _ref(tiny_official_dir))
+    te_calls = [c for c in released if {t.data_ptr() for t in c} == mapped]
+    assert len(te_calls) == 1  # once per generation, after the text stage, every mapped weight
+    assert torch.equal(_gen(pipe), _ref(tiny_official_dir))  # the next encode reads them again
+    # without lazy load the text encoder's pages are left alone
+    plain = _load(tiny_official_dir, offload="block", text_encoder_device="cpu")
+    assert not getattr(plain.pipeline, "release_pages", ())
