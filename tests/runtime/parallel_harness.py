@@ -23,6 +23,12 @@ with the rank's traceback added as a note). A run that does not finish within `t
 (a rank waiting in a collective that another rank never joined) stops the pool and raises
 TimeoutError; so does a rank process that died. `run_on_ranks(fn, n, *args)` is the one-shot form
 (starts and stops its own pool). Each rank runs torch with one thread (tests share few cores).
+
+Start method: "fork" where the platform has it (the default): the ranks inherit the parent's imports,
+so a pool starts in milliseconds instead of a torch (+ dynamo) import per rank, ~10 s on two busy
+cores. Forked ranks must not use CUDA if the parent initialised it, and the parent must not have
+initialised torch.distributed; pass `start_method="spawn"` for a clean interpreter per rank
+(then the functions must be importable by module name, as pytest's test modules are).
 """
 
 from __future__ import annotations
@@ -75,8 +81,10 @@ def _rank_main(rank: int, world: int, port: int, tasks, results) -> None:
 class RankPool:
     """`world` processes in one gloo group, reused for every `run` (see the module docstring)."""
 
-    def __init__(self, world: int = 2, timeout: float = 120.0) -> None:
-        ctx = mp.get_context("spawn")
+    def __init__(self, world: int = 2, timeout: float = 120.0, start_method: str | None = None) -> None:
+        if start_method is None:
+            start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        ctx = mp.get_context(start_method)
         self.world, self.timeout = world, timeout
         self._tasks = [ctx.Queue() for _ in range(world)]
         self._results = ctx.Queue()
