@@ -34,6 +34,8 @@ initialised torch.distributed; pass `start_method="spawn"` for a clean interpret
 from __future__ import annotations
 
 import os
+import pickle
+import queue
 import socket
 import time
 import traceback
@@ -67,10 +69,8 @@ def _rank_main(rank: int, world: int, port: int, tasks, results) -> None:
                 results.put((rank, True, fn(*args, **kwargs)))
             except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
                 text = traceback.format_exc()
-                try:
-                    import pickle
-
-                    pickle.dumps(exc)
+                try:  # the parent must be able to rebuild it, or it would never see the failure
+                    pickle.loads(pickle.dumps(exc))
                 except Exception:  # noqa: BLE001
                     exc = RuntimeError(f"{type(exc).__name__}: {exc}")
                 results.put((rank, False, (exc, text)))
@@ -105,7 +105,7 @@ class RankPool:
             try:
                 rank, ok, value = self._results.get(timeout=1.0)
                 got[rank] = (ok, value)
-            except Exception:  # queue.Empty: check the deadline and the processes
+            except queue.Empty:  # check the deadline and the processes
                 dead = [r for r, p in enumerate(self._procs) if not p.is_alive()]
                 if dead or time.monotonic() > deadline:
                     self.close(kill=True)

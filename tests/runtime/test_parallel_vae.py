@@ -32,6 +32,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The references decode with one thread, as the ranks do: on two cores shared with the ranks
+    (and other work) more threads only wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def ranks():
     with RankPool(2) as pool:
