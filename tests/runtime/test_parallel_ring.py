@@ -137,8 +137,19 @@ def _ring_unequal():
     return ring_attention(q, k, v, None)
 
 
+def _ring_bad_v_on_rank_1():
+    import torch.distributed as dist
+
+    q, k, v = _qkv(1, 4, 2, 8)
+    return ring_attention(q, k, v[..., :4] if dist.get_rank() == 1 else v, None)
+
+
 def test_unequal_lengths_are_refused_on_every_rank(ranks):
-    with pytest.raises(InputError, match=r"same number of tokens \(pad the sequence to a multiple of the ring size 2\)"):
+    with pytest.raises(InputError, match=r"same number of tokens \(pad the sequence to a multiple of the ring size 2\); "
+                                         r"got .*\[\(1, 4, 2, 8, 4\), \(1, 5, 2, 8, 5\)\]"):
         ranks.run(_ring_unequal)
+    # a wrong shape on one rank only: refused on both, not a hang of rank 0
+    with pytest.raises(InputError, match=r"on rank\(s\) \[1\] q, k, v are not"):
+        ranks.run(_ring_bad_v_on_rank_1)
     # the refusal came after the all_gather on both ranks: the group still works
     assert len(ranks.run(_ring_local, (1, 2, 1, 4), "math")) == 2

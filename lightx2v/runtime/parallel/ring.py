@@ -108,18 +108,22 @@ def _group_size(group: dist.ProcessGroup | None) -> int:
 
 
 def _check_lengths(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | None, n: int) -> None:
-    """Every rank holds q, k, v of the same shapes (else the same InputError on every rank)."""
-    if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
-        raise InputError(f"ring attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; expected "
-                         "[B, L, H, D] with the same B, H, D and k, v of one shape")
+    """Every rank holds q, k, v of the same shapes, k and v alike with q's B, H, D; else the same
+    InputError on every rank (a rank that raised alone would leave the others in the ring)."""
+    ok = k.shape == v.shape and q.shape[0] == k.shape[0] and q.shape[2:] == k.shape[2:]
     device = torch.device("cpu") if dist.get_backend(group) == "gloo" else q.device
-    mine = torch.tensor([*q.shape, k.shape[1]], dtype=torch.int64, device=device)
+    mine = torch.tensor([int(ok), *q.shape, k.shape[1]], dtype=torch.int64, device=device)
     every = [torch.empty_like(mine) for _ in range(n)]
     dist.all_gather(every, mine, group=group)
     shapes = [tuple(t.tolist()) for t in every]
+    bad = [r for r, sh in enumerate(shapes) if not sh[0]]
+    if bad:
+        raise InputError(f"ring attention: on rank(s) {bad} q, k, v are not [B, L, H, D] with one B, H, D and k, v "
+                         f"of one shape (this rank: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)})")
     if len(set(shapes)) > 1:
         raise InputError("ring attention: every rank must hold the same number of tokens (pad the sequence to a "
-                         f"multiple of the ring size {n}); got q [B, L, H, D] + k/v length per rank: {shapes}")
+                         f"multiple of the ring size {n}); got q [B, L, H, D] + k/v length per rank: "
+                         f"{[sh[1:] for sh in shapes]}")
 
 
 def _merge(acc: Tensor, lse_acc: Tensor, out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
