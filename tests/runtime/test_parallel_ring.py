@@ -115,6 +115,32 @@ def test_ring_in_bf16_over_an_explicit_group(ranks):
     torch.testing.assert_close(got.double(), _reference(q, k, v), rtol=0, atol=2e-2)
 
 
+def _ring_padded(length: int, valid: int):
+    """The first `valid` tokens of a seeded sequence, padded with garbage to 2 * length, through the ring."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    q, k, v = _qkv(2, 2 * length, 3, 16, seed=3)
+    q, k, v = (torch.cat([t[:, :valid], 1e3 * torch.ones_like(t[:, valid:])], dim=1) for t in (q, k, v))
+    shard = slice(rank * length, (rank + 1) * length)
+    return ring_attention(q[:, shard], k[:, shard], v[:, shard], None, valid=valid)
+
+
+@pytest.mark.parametrize("valid", [7, 4, 10])  # rank 1 holds 2 real tokens; none; all 5 (no padding)
+def test_padded_keys_past_valid_are_left_out(ranks, valid):
+    got = torch.cat(ranks.run(_ring_padded, 5, valid), dim=1)[:, :valid]
+    q, k, v = (t[:, :valid] for t in _qkv(2, 10, 3, 16, seed=3))
+    torch.testing.assert_close(got.double(), _reference(q, k, v), rtol=0, atol=1e-5)
+
+
+def test_valid_out_of_range_is_refused():
+    q, k, v = _qkv(1, 4, 1, 8)
+    with pytest.raises(InputError, match=r"valid 5 tokens; expected 1 \.\. 4"):
+        ring_attention(q, k, v, None, valid=5)
+    torch.testing.assert_close(ring_attention(q, k, v, None, valid=3).double(), _reference(q, k[:, :3], v[:, :3]),
+                               rtol=0, atol=1e-5)
+
+
 def _ring_in_own_group():
     """Each rank in a group of one: plain attention on its own tokens (no transfer)."""
     import torch.distributed as dist

@@ -126,9 +126,12 @@ def _check_lengths(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | N
                          f"{[sh[1:] for sh in shapes]}")
 
 
-def _merge(acc: Tensor, lse_acc: Tensor, out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
-    # acc / out: [B, L, H, D]; lse_acc: [B, L, H, 1] float32; lse: [B, H, L] from the kernel
+def _accumulate(acc: Tensor | None, lse_acc: Tensor | None, out: Tensor, lse: Tensor) -> tuple[Tensor, Tensor]:
+    # acc / out: [B, L, H, D]; lse_acc: [B, L, H, 1] float32 (None before the first block);
+    # lse: [B, H, L] from the kernel
     lse = lse.float().transpose(1, 2).unsqueeze(-1)
+    if acc is None:
+        return out.float(), lse
     new = torch.logaddexp(lse_acc, lse)
     acc = acc * torch.exp(lse_acc - new) + out.float() * torch.exp(lse - new)
     return acc, new
@@ -136,7 +139,7 @@ def _merge(acc: Tensor, lse_acc: Tensor, out: Tensor, lse: Tensor) -> tuple[Tens
 
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | None,
                    inner: BlockKernel | str | None = None, *, scale: float | None = None,
-                   check_lengths: bool = True) -> Tensor:
+                   check_lengths: bool = True, valid: int | None = None) -> Tensor:
     """Exact attention of the local queries over the whole sequence sharded across `group`.
 
     q, k, v: [B, L, H, D] on this rank, its shard in rank order (rank r of the group holds tokens
@@ -144,8 +147,10 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | N
     `check_lengths` (one small all_gather per call; a caller that checked once may pass False).
     `inner`: the block kernel, a name of BLOCK_KERNELS, "auto" / None, or a callable
     (q, k, v, scale) -> (out [B, Lq, H, D], lse [B, H, Lq] float32). `group` None: the default group,
-    or plain attention when torch.distributed is not initialised. Returns [B, L, H, D] in q's dtype.
-    Every rank of the group must call it (a collective)."""
+    or plain attention when torch.distributed is not initialised. `valid`: the real token count of the
+    whole sequence when the caller padded it at the end: keys at positions >= valid are left out (a
+    shard of them is cut, not masked); the padded queries' rows are computed and are the caller's to
+    drop. Returns [B, L, H, D] in q's dtype. Every rank of the group must call it (a collective)."""
     kernel: BlockKernel
     if callable(inner):
         kernel = inner
@@ -154,8 +159,12 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | N
         kernel = lambda q_, k_, v_, s_: block_attention(q_, k_, v_, s_, name)  # noqa: E731
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     n = _group_size(group)
+    if valid is not None and not 0 < valid <= n * k.shape[1]:
+        raise InputError(f"ring attention: valid {valid} tokens; expected 1 .. {n * k.shape[1]} (the ring's "
+                         f"{n} x {k.shape[1]} tokens)")
     if n == 1:
-        return kernel(q, k, v, scale)[0].to(q.dtype)
+        keep = k.shape[1] if valid is None else valid
+        return kernel(q, k[:, :keep], v[:, :keep], scale)[0].to(q.dtype)
     if check_lengths:
         _check_lengths(q, k, v, group, n)
     rank = dist.get_rank(group)
@@ -169,11 +178,10 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | N
         if step + 1 < n:  # start the next transfer before this block's compute, so they overlap
             reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, cur, send_to, group),
                                            dist.P2POp(dist.irecv, nxt, recv_from, group)])
-        out, lse = kernel(q, cur[0], cur[1], scale)
-        if acc is None:
-            acc, lse_acc = out.float(), lse.transpose(1, 2).unsqueeze(-1).float()
-        else:
-            acc, lse_acc = _merge(acc, lse_acc, out, lse)
+        # this step's shard came from rank (rank - step) mod n: keys [src * Lk, (src + 1) * Lk)
+        keep = cur.shape[2] if valid is None else min(cur.shape[2], valid - (rank - step) % n * cur.shape[2])
+        if keep > 0:
+            acc, lse_acc = _accumulate(acc, lse_acc, *kernel(q, cur[0, :, :keep], cur[1, :, :keep], scale))
         for req in reqs:
             req.wait()
         cur, nxt = nxt, cur
