@@ -1,0 +1,1 @@
+"""Several GPUs: the pieces the parallel transform composes (ring attention, parallel VAE decode)."""
