@@ -239,6 +239,8 @@ class QwenImagePipeline(WanPipeline):
             "guidance_scale": p.guidance_scale, "shift": "dynamic" if self._dynamic_shift else p.shift,
             "solver": p.solver, "width": size[1], "height": size[0], "num_images": p.num_images or 1,
             "loras": self.lora_metadata(),
+            # what the sampling and the weights came from besides the folder: a Lightning preset, a --dit-path file
+            "preset": getattr(mc.distill, "name", None), "dit_path": None if mc.dit_source is None else str(mc.dit_source.path),
         }
 
 

@@ -129,3 +129,21 @@ def test_pipeline_with_a_lightning_lora_and_its_preset_matches_diffusers(folder,
         assert res.stats["model_calls"] == 4
         err = np.abs(res.images - want).max()
         assert err < 1e-3, (mode, err)
+
+
+def test_cli_preset_with_a_lora(folder, qwen_image_t2i, tmp_path, capsys):
+    """`lightx2v generate --preset qwen-image-lightning-4step --lora FILE`: 4 steps, no CFG, recorded in the
+    image's metadata with the LoRA."""
+    import json
+
+    from lightx2v.cli.main import main
+
+    lora = _lora(tmp_path / "style.safetensors", qwen_image_t2i[1].transformer)  # names only: nothing is changed
+    out = tmp_path / "cat.png"
+    assert main(["generate", "--model-path", str(folder), "--task", "t2i", "--prompt", PROMPT, "--size", f"{W}x{H}",
+                 "--preset", "qwen-image-lightning-4step", "--lora", str(lora), "--device", "cpu", "--dtype", "fp32",
+                 "--quiet", "--seed", "7", "--output", str(out)]) == 0
+    meta = json.loads((tmp_path / "cat.png.json").read_text())
+    assert (meta["preset"], meta["num_inference_steps"], meta["guidance_scale"]) == ("qwen-image-lightning-4step", 4, 1.0)
+    assert [(e["path"], e["strength"], e["mode"]) for e in meta["loras"]] == [(str(lora), 1.0, "merged")]
+    assert meta["dit_path"] is None
