@@ -147,3 +147,21 @@ def test_cli_preset_with_a_lora(folder, qwen_image_t2i, tmp_path, capsys):
     assert (meta["preset"], meta["num_inference_steps"], meta["guidance_scale"]) == ("qwen-image-lightning-4step", 4, 1.0)
     assert [(e["path"], e["strength"], e["mode"]) for e in meta["loras"]] == [(str(lora), 1.0, "merged")]
     assert meta["dit_path"] is None
+
+
+def test_an_edit_checkpoint_takes_the_presets(tmp_path):
+    """The Edit / Edit-2511 Lightning LoRAs: the preset sets an edit folder's steps, guidance and schedule
+    (its defaults are 40 steps and CFG 4), and the edit pipeline samples from that schedule (it builds its
+    scheduler as the text-to-image one, from `mc.arch.schedule`)."""
+    from lightx2v.loading.detect import detect
+    from lightx2v.pipelines.qwen_image import QwenImagePipeline as Ours
+    from lightx2v.pipelines.qwen_image_edit import QwenImageEditPipeline
+    from tests.qwen_image_edit_fixtures import write_qwen_image_edit
+
+    folder = write_qwen_image_edit(tmp_path, plus=True)
+    assert detect(folder).defaults.num_inference_steps == 40
+    with pytest.warns(UserWarning, match="assuming qwen-image-lightning-8step"):
+        mc = detect(folder, hints=("Qwen-Image-Edit-2511-Lightning-8steps-V1.0-bf16.safetensors",))
+    assert (mc.task, mc.defaults.num_inference_steps, mc.defaults.guidance_scale) == ("edit", 8, 1.0)
+    assert mc.arch.schedule == LIGHTNING_PRESETS["qwen-image-lightning-8step"].schedule
+    assert QwenImageEditPipeline.make_scheduler is Ours.make_scheduler
