@@ -94,6 +94,10 @@ def test_choosing_a_preset_sets_steps_guidance_and_the_schedule(folder):
     assert mc.distill.evidence == "preset 'qwen-image-lightning-8step'"
     res = pipe.generate(PROMPT, height=H, width=W, seed=1, output_type="np")
     assert res.stats["model_calls"] == 8  # 8 steps, one call each: no CFG branch
+    with pytest.warns(UserWarning, match="guidance_scale 4 with qwen-image-lightning-8step: .* distilled without CFG"):
+        res = pipe.generate(PROMPT, height=H, width=W, seed=1, num_inference_steps=2, guidance_scale=4.0,
+                            output_type="np")
+    assert res.stats["model_calls"] == 4  # asked for: CFG runs, with the warning
     with pytest.raises(InputError, match="Qwen-Image has no preset 'wan2.1-t2v-14b-distill'"):
         _load(folder, preset="wan2.1-t2v-14b-distill")
 

@@ -108,6 +108,14 @@ def preset_from_name(name: str) -> Optional[LightningMatch]:
     return LightningMatch(preset, f"file name {base!r}", notice)
 
 
+def cfg_warning(match: LightningMatch, guidance_scale: float) -> Optional[str]:
+    """One warning line for CFG on a Lightning preset (distilled without it); None at guidance 1."""
+    if guidance_scale <= 1.0:
+        return None
+    return (f"guidance_scale {guidance_scale:g} with {match.name}: the Lightning weights were distilled without CFG "
+            "(guidance 1), so CFG doubles the cost of every step and over-saturates the image; use 1.0")
+
+
 def apply_preset(mc, match: LightningMatch):
     """`mc` sampling as the preset: its schedule replaces the folder's, its steps and guidance the defaults."""
     p = match.preset
