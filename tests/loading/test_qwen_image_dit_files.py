@@ -163,13 +163,20 @@ def test_comfyui_plain_fp8_cast_loads_with_scale_one(folder, dit_sd, plain, tmp_
         assert np.abs(got - _image(ref)).max() <= 1e-5
 
 
-def test_comfyui_scaled_fp8_file_matches_its_dequantized_weights(folder, dit_sd, plain, tmp_path):
-    """Comfy-Org's `*_fp8_scaled` layout: each block linear float8 with a scalar `scale_weight` (and a
-    `scale_input` the dequantizing path does not use), the `scaled_fp8` marker."""
+# what LightX2V's converter also quantizes for Qwen-Image in its `--comfyui_mode` (its `comfyui_keys`)
+_COMFY_KEYS = ("time_text_embed.timestep_embedder.linear_1.weight", "time_text_embed.timestep_embedder.linear_2.weight",
+               "img_in.weight", "txt_in.weight", "norm_out.linear.weight", "proj_out.weight")
+
+
+@pytest.mark.parametrize("outer", [False, True], ids=["blocks", "comfyui_mode"])
+def test_comfyui_scaled_fp8_file_matches_its_dequantized_weights(folder, dit_sd, plain, tmp_path, outer):
+    """The scaled-fp8 layout: each block linear float8 with a scalar `scale_weight` (and a `scale_input` the
+    dequantizing path does not use), the `scaled_fp8` marker; `comfyui_mode`: as LightX2V's converter
+    writes it with `--comfyui_mode`, the embeddings, time projection and head quantized too."""
     scheme = get_scheme("fp8-scaled")
     comfy, deq = {}, {}
     for k, v in dit_sd.items():
-        if v.ndim == 2 and _block_linear(k):
+        if v.ndim == 2 and (_block_linear(k) or (outer and k in _COMFY_KEYS)):
             q, s = scheme.quantize(v)
             m = k[: -len(".weight")]
             comfy[COMFY + k], comfy[COMFY + m + ".scale_weight"] = q, s
@@ -181,7 +188,7 @@ def test_comfyui_scaled_fp8_file_matches_its_dequantized_weights(folder, dit_sd,
     path = tmp_path / "model.safetensors"
     save_file(comfy, str(path))
     src = inspect_dit_source(path)
-    assert (src.key_format, src.quant, len(src.quantized)) == ("comfyui", "fp8-scaled", 28)
+    assert (src.key_format, src.quant, len(src.quantized)) == ("comfyui", "fp8-scaled", 28 + 6 * outer)
     assert COMFY + "scaled_fp8" in src.ignored
     got = _image(_load(folder, dit_path=path))
     with _weights(plain, deq) as ref:
