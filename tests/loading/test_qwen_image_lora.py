@@ -68,6 +68,8 @@ def _write(path, pairs, layout):
         elif layout == "kohya":
             key = "lora_unet_" + mod.replace(".", "_")
             sd |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(ALPHA)}
+        elif layout == "x2v":  # LightX2V's tools/extract/convert_lightning_to_x2v_lora.py: alpha / r folded into up
+            sd |= {f"{mod}.lora_down.weight": down, f"{mod}.lora_up.weight": up * (ALPHA / RANK)}
         else:  # diffusers / PEFT
             sd |= {f"transformer.{mod}.lora_A.weight": down, f"transformer.{mod}.lora_B.weight": up}
     save_file(sd, str(path))
@@ -123,6 +125,22 @@ def test_matches_diffusers_load_lora_weights(base, tmp_path, layout):
             got = model(x, t, ctx, SEGMENTS)
         err = (got - want).abs().max().item()
         assert err <= TOL, (mode, err)
+
+
+def test_x2v_layout_is_the_lightning_one_with_the_scale_folded_in(base, tmp_path):
+    """LightX2V's own LoRA layout (no `.alpha`: scale 1, alpha / rank folded into `lora_up`) merges to the
+    weights the Lightning layout gives (diffusers' loader does not read this layout: no oracle there)."""
+    pairs = _pairs(base)
+    merged = []
+    for layout in ("lightning", "x2v"):
+        model = _ours(base)
+        lw = load_lora(_write(tmp_path / f"{layout}.safetensors", pairs, layout), model)
+        assert not lw.unmatched and len(lw.low_rank) == TINY["num_layers"] * len(MODULES)
+        merge_loras_(model, [(lw, 1.0)])
+        merged.append(model.state_dict())
+    for k, v in merged[0].items():
+        torch.testing.assert_close(merged[1][k], v, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(merged[0]["transformer_blocks.0.img_mod.1.weight"], base.state_dict()["transformer_blocks.0.img_mod.1.weight"])
 
 
 def test_strength_scales_the_delta(base, tmp_path):
