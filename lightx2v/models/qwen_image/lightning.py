@@ -6,7 +6,7 @@ LightX2V's Lightning releases for Qwen-Image are LoRAs (lightx2v/Qwen-Image-Ligh
 `...-{4,8}steps-V1.0-{fp32,bf16}.safetensors`) and the same weights merged into fp8 DiT files
 (`qwen_image_2512_fp8_e4m3fn_scaled_{4,8}steps_v1.0.safetensors`, loaded with `--dit-path`). Neither
 the LoRA's tensors nor the DiT's names say "distilled": the user names the preset (`--preset
-qwen-image-lightning-4step --lora FILE`), or a LoRA / DiT file name with "Lightning" and "4steps" /
+qwen-image-lightning-4step --lora FILE`), or a LoRA / DiT file name with "Qwen" and "4steps" /
 "8steps" in it is taken as a hint, with a notice saying what was assumed (as Wan's distill presets,
 lightx2v.models.wan.distill: the LoRA files carry nothing else).
 
@@ -92,7 +92,6 @@ def chosen_preset(name: str) -> LightningPreset:
 # "Qwen-Image-Lightning-4steps-V1.0", "Qwen-Image-2512-Lightning-8steps-V1.0-bf16",
 # "qwen_image_edit_2511_fp8_e4m3fn_scaled_lightning_4steps_v1.0", "qwen_image_2512_fp8_e4m3fn_scaled_8steps_v1.0"
 _STEPS = re.compile(r"(?<![0-9])([48])[-_ ]?steps?(?![a-z0-9])", re.IGNORECASE)
-_LIGHTNING = re.compile(r"lightning|[48][-_ ]?steps?", re.IGNORECASE)
 
 
 def preset_from_name(name: str) -> Optional[LightningMatch]:
@@ -100,7 +99,7 @@ def preset_from_name(name: str) -> Optional[LightningMatch]:
     None when the name does not state a Lightning step count."""
     base = Path(name).name or name
     m = _STEPS.search(base)
-    if m is None or not _LIGHTNING.search(base) or not re.search(r"qwen", base, re.IGNORECASE):
+    if m is None or not re.search(r"qwen", base, re.IGNORECASE):  # another family's 4-step file is not ours
         return None
     preset = LIGHTNING_PRESETS[f"qwen-image-lightning-{m[1]}step"]
     notice = (f"assuming {preset.name} from the name {base!r}: {preset.num_inference_steps} steps, shift 3, "
