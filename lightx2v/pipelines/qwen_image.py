@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -208,6 +209,10 @@ class QwenImagePipeline(WanPipeline):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cfg = p.guidance_scale > 1.0 and p.negative_prompt is not None  # diffusers' do_true_cfg
+        if cfg and self.model_config.distill is not None:  # a Lightning preset (models/qwen_image/lightning.py)
+            from lightx2v.models.qwen_image.lightning import cfg_warning
+
+            warnings.warn(cfg_warning(self.model_config.distill, p.guidance_scale), stacklevel=4)
         cond, uncond, more_segments = self.encode_conditions(p, cfg, timings)
         t1 = time.perf_counter()
         size = (p.height, p.width)
@@ -239,6 +244,8 @@ class QwenImagePipeline(WanPipeline):
             "guidance_scale": p.guidance_scale, "shift": "dynamic" if self._dynamic_shift else p.shift,
             "solver": p.solver, "width": size[1], "height": size[0], "num_images": p.num_images or 1,
             "loras": self.lora_metadata(),
+            # what the sampling and the weights came from besides the folder: a Lightning preset, a --dit-path file
+            "preset": getattr(mc.distill, "name", None), "dit_path": None if mc.dit_source is None else str(mc.dit_source.path),
         }
 
 

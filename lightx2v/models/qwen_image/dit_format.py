@@ -7,8 +7,10 @@ Design: the released transformer/ folders use diffusers' names, which are this m
 otherwise). The config is read off the tensor shapes; `axes_dims_rope` and `zero_cond_t` cannot be
 read there and come from the folder's transformer/config.json (`with_given`).
 
-This step covers what loading a model folder needs; converting and `--dit-path` single files
-(LightX2V fp8, ComfyUI) are the family's next step (issue 18, item 4).
+Single files (`--dit-path`, lightx2v.models.qwen_image.spec.with_dit_file) need nothing more: LightX2V's
+fp8 files keep these names with no prefix, float8 block linears and a `<name>.weight_scale` [out, 1]
+(w8a8-fp8); ComfyUI's put them under `model.diffusion_model.` (bf16, a plain fp8 cast, or scaled fp8
+with `scale_weight`), which the generic reader strips and renames (tests/loading/test_qwen_image_dit_files.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,6 @@ MANIFEST = FamilyManifest(
     name="qwen-image",
     title="Qwen-Image",
     tasks=("t2i", "edit"),
-    presets=(),
+    presets=("qwen-image-lightning-4step", "qwen-image-lightning-8step"),
     spec="lightx2v.models.qwen_image.spec",
 )

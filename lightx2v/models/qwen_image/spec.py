@@ -1,11 +1,16 @@
-"""Qwen-Image declares itself: layout, components, DiT format, geometry, defaults, pipeline.
+"""Qwen-Image declares itself: layout, components, DiT format, geometry, defaults, presets, pipeline.
 
 Text-to-image (Qwen/Qwen-Image, -2512) and image editing (Qwen/Qwen-Image-Edit, -Edit-2509, -Edit-2511)
-from the released diffusers-format folders. The one place the generic layers learn about Qwen-Image
-(lightx2v.models.registry).
+from the released diffusers-format folders; the DiT may come from a single file instead (`--dit-path`:
+LightX2V's fp8 files, ComfyUI's), and the Lightning presets (4 / 8 steps, no CFG: models/qwen_image/
+lightning.py) sample as the Lightning LoRAs were distilled. The one place the generic layers learn about
+Qwen-Image (lightx2v.models.registry).
 """
 
 from __future__ import annotations
+
+import dataclasses
+import warnings
 
 import torch
 
@@ -62,14 +67,35 @@ def geometry(mc: ModelConfig) -> Geometry:
                     trained_size=TRAINED_SIZE, trained_frames=1)
 
 
+def with_dit_file(mc: ModelConfig, dit_path) -> ModelConfig:
+    """The folder's DiT replaced by a file the user gives (`--dit-path`): LightX2V's fp8 single files,
+    ComfyUI's (`model.diffusion_model.` keys, bf16 / plain fp8 / scaled fp8), shards or a block folder.
+    What it is comes from its tensors (lightx2v.loading.dit_files), never its name; it must be the
+    folder's model (the fields shapes cannot tell, RoPE axes and zero_cond_t, are the folder's)."""
+    from lightx2v.errors import CheckpointError
+    from lightx2v.loading.dit_files import inspect_dit_source
+
+    src = inspect_dit_source(dit_path)
+    if src.family != mc.family:
+        raise CheckpointError(f"{dit_path} is a {src.looks_like}; the folder is a {mc.spec.title} model")
+    QWEN_IMAGE_DIT_FORMAT.check_matches(src.config, mc.dit, str(dit_path))
+    return dataclasses.replace(mc, files={**mc.files, "dit": tuple(str(p) for p in src.files)}, dit_source=src)
+
+
 def refine(mc: ModelConfig, *, dit_path=None, preset=None, hints=()) -> ModelConfig:
-    from lightx2v.errors import InputError
+    """A user's DiT file, then a Lightning preset: named, or assumed (with a notice) from the name of a
+    LoRA or DiT file the user gives (lightx2v.models.qwen_image.lightning)."""
+    from lightx2v.models.qwen_image.lightning import LightningMatch, apply_preset, chosen_preset, preset_from_name
 
     if dit_path is not None:
-        raise InputError("--dit-path is not supported for Qwen-Image yet (the folder's transformer/ is used)",
-                         field="dit_path")
+        mc = with_dit_file(mc, dit_path)
     if preset is not None:
-        raise InputError(f"Qwen-Image has no preset {preset!r} (none yet)", field="preset")
+        return apply_preset(mc, LightningMatch(chosen_preset(preset), f"preset {preset!r}"))
+    for name in ((dit_path,) if dit_path else ()) + tuple(hints):
+        match = preset_from_name(str(name))
+        if match is not None:
+            warnings.warn(match.notice, stacklevel=4)
+            return apply_preset(mc, match)
     return mc
 
 
@@ -121,6 +147,10 @@ def describe(mc: ModelConfig) -> dict:
     return {"size": QWEN_IMAGE_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"]}
 
 
+# the Lightning presets (lightx2v.models.qwen_image.lightning.LIGHTNING_PRESETS; the manifest lists the same)
+PRESETS = ("qwen-image-lightning-4step", "qwen-image-lightning-8step")
+
+
 def _pipeline():
     from lightx2v.pipelines.qwen_image_edit import QwenImageTasks
 
@@ -131,5 +161,5 @@ QWEN_IMAGE = register_family(FamilySpec(
     name="qwen-image", title="Qwen-Image", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers",),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=QWEN_IMAGE_DIT_FORMAT, describe=describe,
-    memory=memory,
+    memory=memory, presets=PRESETS,
 ))
