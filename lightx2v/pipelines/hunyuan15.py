@@ -89,9 +89,9 @@ class Hunyuan15Pipeline(WanPipeline):
 
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "Hunyuan15Pipeline":
-        from lightx2v.loading.components import load_component
+        from lightx2v.loading.components import load_component, load_dit
         from lightx2v.models.hunyuan15.dit_format import load_folder_dit
-        from lightx2v.models.hunyuan15.encoders import load_feature_extractor, load_tokenizers
+        from lightx2v.models.hunyuan15.encoders import add_glyph_tokens, load_feature_extractor, load_tokenizers
         from lightx2v.models.wan.vae_tiling import VAETiling
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
@@ -99,8 +99,12 @@ class Hunyuan15Pipeline(WanPipeline):
             raise InputError(f"cache {engine.cache.method}: the feature caches are not supported for HunyuanVideo-1.5 "
                              "yet (their decisions read Wan's time-projection inputs); drop --cache", field="cache")
         staging, dt = engine.staging_device(), engine.dtype
-        parts = {"dit": load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt,
-                                        quant=quant_on_load(engine, "dit", {}))}
+        quant = quant_on_load(engine, "dit", {})
+        if mc.layout == "diffusers" and mc.dit_source is None:  # diffusers keys: a whole-dict conversion
+            dit = load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt, quant=quant)
+        else:  # official keys (the release folder, a --dit-path file: plain, distilled or pre-quantized)
+            dit = load_dit(mc, staging, dt, quant=quant)
+        parts = {"dit": dit}
         for c in mc.spec.components:
             if c.needed(mc):
                 parts[c.name] = load_component(mc, c.name, staging, dt)
@@ -110,6 +114,8 @@ class Hunyuan15Pipeline(WanPipeline):
         if engine.vae_dtype is not None:
             parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
         tokenizer, tokenizer_2 = load_tokenizers(mc.files["tokenizer"], mc.files["tokenizer_2"])
+        if "glyph_tokens" in mc.files:  # the official release: google/byt5-small's tokenizer + Glyph-SDXL-v2's tokens
+            add_glyph_tokens(tokenizer_2, *mc.files["glyph_tokens"])
         pipe = cls(mc, engine, tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae_dtype=vae_dtype, progress=progress,
                    **parts)
         default_tiling = None

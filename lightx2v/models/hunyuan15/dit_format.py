@@ -30,8 +30,15 @@ _SHAPE_FIELDS = ("hidden_size", "heads_num", "num_layers", "in_channels", "out_c
 def config_from_shapes(sd: Mapping[str, Union[Tensor, tuple[int, ...]]], *, what: str = "DiT checkpoint",
                        base: Optional[HunyuanVideo15DiTConfig] = None) -> HunyuanVideo15DiTConfig:
     shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in sd.items()}
+    fields = fields_from_shapes(shapes)
+    head = fields["hidden_size"] // fields.get("heads_num", HunyuanVideo15DiTConfig.heads_num)
+    if head != sum(HunyuanVideo15DiTConfig.rope_dim_list) and head % 2 == 0:
+        # shapes do not tell the RoPE split; another head width than the release's gets an even split
+        # (only a placeholder: the model folder's config replaces it, `with_given`)
+        side = 2 * (head // 6)
+        fields["rope_dim_list"] = (head - 2 * side, side, side)
     try:
-        return HunyuanVideo15DiTConfig(**fields_from_shapes(shapes))
+        return HunyuanVideo15DiTConfig(**fields)
     except TypeError as exc:
         raise CheckpointError(f"{what}: {exc}") from None
 

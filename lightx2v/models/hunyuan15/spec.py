@@ -1,7 +1,8 @@
 """HunyuanVideo-1.5 declares itself: layout, components, DiT format, geometry, defaults, pipeline.
 
 Text-to-video and image-to-video from the diffusers-format folders
-(hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*: layouts.py; the task is the folder's). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
+(hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*: layouts.py) and the official release folder
+(tencent/HunyuanVideo-1.5: official.py); the task is the folder's (its DiT variant's). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
 The DiT is not among `components`: the pipeline loads it (a diffusers transformer/ needs a whole-dict
 conversion, dit_format.load_folder_dit).
 """
@@ -41,8 +42,10 @@ def _build_byt5(mc: ModelConfig):
 
 
 def _read_byt5(mc: ModelConfig):
-    from lightx2v.models.hunyuan15.encoders import read_byt5
+    from lightx2v.models.hunyuan15.encoders import read_byt5, read_official_byt5
 
+    if mc.layout == "official":  # Glyph-SDXL-v2's byt5_model.pt
+        return read_official_byt5(mc.files["text_encoder_2"][0])
     return read_byt5(_read(mc.files["text_encoder_2"]))
 
 
@@ -69,7 +72,7 @@ def _build_vae(mc: ModelConfig):
 def _read_vae(mc: ModelConfig):
     from lightx2v.models.hunyuan15.vae_keys import official_from_diffusers
 
-    return _read(mc.files["vae"], official_from_diffusers)
+    return _read(mc.files["vae"], official_from_diffusers if mc.layout == "diffusers" else None)
 
 
 COMPONENTS = (
@@ -107,8 +110,11 @@ def refine(mc: ModelConfig, *, dit_path=None, preset=None, hints=()) -> ModelCon
 
 
 def describe(mc: ModelConfig) -> dict:
-    return {"size": HUNYUAN15_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"],
-            "glyph tokenizer": mc.files["tokenizer_2"]}
+    out = {"size": HUNYUAN15_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"],
+           "glyph tokenizer": mc.files["tokenizer_2"]}
+    if "variant" in mc.files:  # the official release: which transformer/<variant>
+        out["variant"] = mc.files["variant"]
+    return out
 
 
 def _pipeline():
@@ -118,7 +124,7 @@ def _pipeline():
 
 
 HUNYUAN15 = register_family(FamilySpec(
-    name="hunyuanvideo-1.5", title="HunyuanVideo-1.5", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers",),
+    name="hunyuanvideo-1.5", title="HunyuanVideo-1.5", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers", "official"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=HUNYUAN15_DIT_FORMAT, describe=describe,
 ))
