@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -156,9 +157,9 @@ class Hunyuan15Pipeline(WanPipeline):
             if p.last_image is not None:
                 raise InputError("HunyuanVideo-1.5 image-to-video takes one image (the first frame), not a last "
                                  "frame", field="last_image")
-        if p.solver != "euler":
-            raise InputError(f"HunyuanVideo-1.5 samples with the euler solver (its scheduler), got {p.solver!r}",
-                             field="solver")
+        if p.solver not in ("euler", "distill"):
+            raise InputError(f"HunyuanVideo-1.5 samples with the euler solver (its scheduler), or distill (LightX2V's "
+                             f"4-step models), got {p.solver!r}", field="solver")
         if p.guidance_scale_2 is not None and p.guidance_scale_2 != p.guidance_scale:
             raise InputError("guidance_scale_2 is a second expert's scale; HunyuanVideo-1.5 has one DiT",
                              field="guidance_scale_2")
@@ -208,6 +209,8 @@ class Hunyuan15Pipeline(WanPipeline):
     def make_scheduler(self, p: SamplingParams):
         from lightx2v.models.hunyuan15.schedule import HunyuanEuler
 
+        if p.solver == "distill":  # the 4-step distilled models' timesteps (models/hunyuan15/distill.py)
+            return super().make_scheduler(p)
         sched = HunyuanEuler()
         sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
         return sched
@@ -240,6 +243,11 @@ class Hunyuan15Pipeline(WanPipeline):
         from lightx2v.runtime.cache import cache_stats
         from lightx2v.runtime.context_kv import reset_context_kv
 
+        if self.model_config.distill is not None:  # CFG on a model distilled without it
+            from lightx2v.models.wan.distill import cfg_warning
+
+            if (msg := cfg_warning(p.guidance_scale)) is not None:
+                warnings.warn(msg, stacklevel=4)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cfg = self.uses_cfg(p)

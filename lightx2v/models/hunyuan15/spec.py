@@ -4,7 +4,8 @@ Text-to-video and image-to-video from the diffusers-format folders
 (hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*: layouts.py) and the official release folder
 (tencent/HunyuanVideo-1.5: official.py); the task is the folder's (its DiT variant's). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
 The DiT is not among `components`: the pipeline loads it (a diffusers transformer/ needs a whole-dict
-conversion, dit_format.load_folder_dit).
+conversion, dit_format.load_folder_dit; official keys, and --dit-path files, go through
+lightx2v.loading.dit_files).
 """
 
 from __future__ import annotations
@@ -99,14 +100,14 @@ def geometry(mc: ModelConfig) -> Geometry:
 
 
 def refine(mc: ModelConfig, *, dit_path=None, preset=None, hints=()) -> ModelConfig:
-    from lightx2v.errors import InputError
+    """A user's DiT file (--dit-path: a LightX2V distilled or quantized file ...), then the 4-step
+    distilled preset (named, or assumed from the file's name): distill.py."""
+    from lightx2v.models.hunyuan15.distill import with_distill, with_dit_file
 
     if dit_path is not None:
-        raise InputError("--dit-path is not supported for HunyuanVideo-1.5 yet (the folder's transformer/ is used)",
-                         field="dit_path")
-    if preset is not None:
-        raise InputError(f"HunyuanVideo-1.5 has no preset {preset!r} (none yet)", field="preset")
-    return mc
+        mc = with_dit_file(mc, dit_path)
+    names = tuple(str(h) for h in ((dit_path,) if dit_path else ()))
+    return with_distill(mc, preset, names)
 
 
 def describe(mc: ModelConfig) -> dict:
@@ -127,4 +128,5 @@ HUNYUAN15 = register_family(FamilySpec(
     name="hunyuanvideo-1.5", title="HunyuanVideo-1.5", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers", "official"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=HUNYUAN15_DIT_FORMAT, describe=describe,
+    presets=("hunyuanvideo-1.5-t2v-480p-distill",),
 ))
