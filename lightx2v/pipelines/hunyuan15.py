@@ -24,6 +24,10 @@ Choices where the references differ, and why:
 - crop_start (the template tokens dropped before the prompt): found in the tokenizer's rendered
   template as the official TextEncoder does (`crop_start_of`); diffusers hard-codes 108, which is what
   this gives for the released Qwen2.5-VL tokenizer.
+- MeanFlow DiTs (`use_meanflow` in the transformer config: a second timestep embedding): the second
+  timestep is the step's end, the next timestep, 0 for the last step, as the official pipeline and
+  diffusers' HunyuanVideo15ImageToVideoPipeline pass it, for T2V too (diffusers' text-to-video
+  pipeline passes none: there we follow the official one).
 - The VAE decodes in tiles by default (the official pipeline tiles; diffusers does not unless asked):
   tiles of the VAE config's `sample_size` (256 px) overlapping by a quarter. A video that fits in one
   tile decodes whole, as diffusers does. `vae_tiling` / `vae_tile_size` of the engine set another size.
@@ -210,9 +214,11 @@ class Hunyuan15Pipeline(WanPipeline):
         from lightx2v.models.hunyuan15.schedule import HunyuanEuler
 
         if p.solver == "distill":  # the 4-step distilled models' timesteps (models/hunyuan15/distill.py)
-            return super().make_scheduler(p)
-        sched = HunyuanEuler()
-        sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
+            sched = super().make_scheduler(p)
+        else:
+            sched = HunyuanEuler()
+            sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
+        self._timesteps = sched.timesteps  # what a MeanFlow DiT's second timestep reads (`model_fn`)
         return sched
 
     def guidance(self, p: SamplingParams) -> Guidance:
@@ -225,10 +231,15 @@ class Hunyuan15Pipeline(WanPipeline):
         y = c.y
         if y is None and dit.config.concat_condition:
             y = x.new_zeros((x.shape[0], x.shape[1] + 1, *x.shape[2:]), dtype=dt)
+        t_r = None
+        if dit.config.use_meanflow:  # MeanFlow: the step's end, the next timestep (0 after the last)
+            n = len(self._timesteps)
+            end = self._timesteps[ctx.step + 1] if ctx.step + 1 < n else self._timesteps.new_zeros(())
+            t_r = end.float().to(x.device).expand(x.shape[0])
         dit.step_context = ctx  # what a cache on the block stack decides from (lightx2v.runtime.cache)
         try:
             return dit(x.to(dt), t.float().expand(x.shape[0]), c.text, c.text_mask, c.glyph, c.glyph_mask,
-                       image_embeds=c.image, y=y)
+                       image_embeds=c.image, y=y, t_r=t_r)
         finally:
             dit.step_context = None
 
