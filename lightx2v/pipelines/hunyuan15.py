@@ -95,14 +95,19 @@ class Hunyuan15Pipeline(WanPipeline):
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "Hunyuan15Pipeline":
         from lightx2v.loading.components import load_component, load_dit
+        from lightx2v.models.hunyuan15.dit import HunyuanVideo15DiT
         from lightx2v.models.hunyuan15.dit_format import load_folder_dit
         from lightx2v.models.hunyuan15.encoders import add_glyph_tokens, load_feature_extractor, load_tokenizers
         from lightx2v.models.wan.vae_tiling import VAETiling
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
-        if engine.cache.enabled:  # refused before any weight is read
-            raise InputError(f"cache {engine.cache.method}: the feature caches are not supported for HunyuanVideo-1.5 "
-                             "yet (their decisions read Wan's time-projection inputs); drop --cache", field="cache")
+        if engine.cache.enabled:  # what cannot work is refused before any weight is read
+            from lightx2v.runtime.cache import check_cache
+
+            if engine.cache.method not in HunyuanVideo15DiT._cache_methods:
+                raise InputError(f"cache {engine.cache.method} is not supported by HunyuanVideo15DiT (its block stack "
+                                 f"supports {', '.join(HunyuanVideo15DiT._cache_methods)})", field="cache")
+            check_cache(mc, engine.cache)
         staging, dt = engine.staging_device(), engine.dtype
         quant = quant_on_load(engine, "dit", {})
         if mc.layout == "diffusers" and mc.dit_source is None:  # diffusers keys: a whole-dict conversion
