@@ -176,9 +176,6 @@ class Hunyuan15Pipeline(WanPipeline):
         check_limits(mc, height=p.height, width=p.width, num_frames=p.num_frames, steps=p.num_inference_steps,
                      force=p.force)
 
-    def check_memory(self, p: SamplingParams) -> None:
-        """No activation profile yet for HunyuanVideo-1.5 (runtime/memory.py has none): nothing checked."""
-
     # -- pieces ---------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> HunyuanInputs:
@@ -258,6 +255,8 @@ class Hunyuan15Pipeline(WanPipeline):
     def _run(self, p: SamplingParams) -> GenerationResult:
         from lightx2v.runtime.cache import cache_stats
         from lightx2v.runtime.context_kv import reset_context_kv
+
+        self.check_memory(p)  # under the lock (WanPipeline's: the family's MemoryProfile, spec.memory)
 
         if self.model_config.distill is not None:  # CFG on a model distilled without it
             from lightx2v.models.wan.distill import cfg_warning
