@@ -133,6 +133,11 @@ class Hunyuan15Pipeline(WanPipeline):
             default_tiling = VAETiling.of_size(mc.arch.vae.sample_size)
             parts["vae"].set_tiling(default_tiling)
         apply_engine(pipe, engine)
+        if mc.dit.attn_mode == "flex-block-attn":  # the *_distilled_sparse releases (docs/models.md: SSTA)
+            msg = ("dit: trained with SSTA sparse attention (attn_mode flex-block-attn); lightx2v runs it with dense "
+                   "attention (SSTA is not implemented): slower than the reference's sparse kernel, not its output")
+            warnings.warn(msg, stacklevel=3)
+            pipe.engine_log.append(msg)
         if default_tiling is not None:
             pipe.engine_log.append(f"vae: tiled decode/encode by default (the reference's), tile {default_tiling.tile} "
                                    f"px, overlap {default_tiling.overlap} px")

@@ -104,3 +104,16 @@ def test_image_to_video_release_matches(tmp_path):
     want = _load(folder).generate(PROMPT, image=image, latents=z, guidance_scale=6.0, **KW).frames
     got = official.generate(PROMPT, image=image, latents=z, **KW).frames
     assert np.abs(got - want).max() < 1e-5
+
+
+def test_a_sparse_attention_release_runs_dense_and_says_so(t2v, tmp_path):
+    """The *_distilled_sparse DiTs state attn_mode flex-block-attn (SSTA): we run dense attention, not silently."""
+    root = tmp_path / "ckpts"
+    shutil.copytree(t2v[1], root)
+    cfg_file = root / "transformer" / "480p_t2v" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps(cfg | {"attn_mode": "flex-block-attn", "attn_param": {"ssta_topk": 64}}))
+    with pytest.warns(UserWarning, match="SSTA sparse attention .* dense attention"):
+        pipe = _load(root)
+    assert pipe.pipeline.model_config.dit.attn_mode == "flex-block-attn"
+    assert any("SSTA" in line for line in pipe.pipeline.engine_log)
