@@ -96,7 +96,7 @@ class Hunyuan15Pipeline(WanPipeline):
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "Hunyuan15Pipeline":
         from lightx2v.loading.components import load_component, load_dit
         from lightx2v.models.hunyuan15.dit import HunyuanVideo15DiT
-        from lightx2v.models.hunyuan15.dit_format import load_folder_dit
+        from lightx2v.models.hunyuan15.dit_format import load_folder_dit, load_user_dit
         from lightx2v.models.hunyuan15.encoders import add_glyph_tokens, load_feature_extractor, load_tokenizers
         from lightx2v.models.wan.vae_tiling import VAETiling
         from lightx2v.runtime.engine import apply_engine, quant_on_load
@@ -112,7 +112,9 @@ class Hunyuan15Pipeline(WanPipeline):
         quant = quant_on_load(engine, "dit", {})
         if mc.layout == "diffusers" and mc.dit_source is None:  # diffusers keys: a whole-dict conversion
             dit = load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt, quant=quant)
-        else:  # official keys (the release folder, a --dit-path file: plain, distilled or pre-quantized)
+        elif mc.dit_source is not None:  # a --dit-path file: plain, distilled or pre-quantized (official keys)
+            dit = load_user_dit(mc, device=staging, dtype=dt, quant=quant)
+        else:  # the release folder's official keys
             dit = load_dit(mc, staging, dt, quant=quant)
         parts = {"dit": dit}
         for c in mc.spec.components:

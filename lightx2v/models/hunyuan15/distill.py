@@ -57,7 +57,9 @@ def with_dit_file(mc: ModelConfig, dit_path) -> ModelConfig:
     if src.family != mc.family:
         raise CheckpointError(f"{dit_path} is a {src.looks_like}; the folder is a {mc.spec.title} model")
     HUNYUAN15_DIT_FORMAT.check_matches(src.config, mc.dit, str(dit_path))
-    return dataclasses.replace(mc, files={**mc.files, "dit": tuple(str(p) for p in src.files)}, dit_source=src)
+    # the folder's own DiT files stay known: what the file lacks of the condition projections comes from them
+    files = {**mc.files, "dit": tuple(str(p) for p in src.files), "dit_folder": mc.files["dit"]}
+    return dataclasses.replace(mc, files=files, dit_source=src)
 
 
 def _size(mc: ModelConfig) -> str:
