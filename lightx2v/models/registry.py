@@ -115,6 +115,9 @@ class MemoryProfile:
     text_bytes: float = 0.0       # text encoder activations for one prompt
     chunk_token_bytes: float = 0.0  # DiT with token chunking (EngineConfig.chunk_tokens): per token, besides one chunk's
     context_bytes: float = 0.0    # every block's cross-attention K/V for one prompt (kept by context_kv)
+    # -- hunyuanvideo-1.5 (issue 17): a VAE that tiles by default and decodes the whole clip at once --
+    vae_tile: Optional[int] = None  # the side (px) of the tiles the family's VAE decodes in without vae_tiling
+    vae_whole_clip: bool = False    # pixel_bytes is per pixel-frame: every frame of a tile is decoded at once
 
 
 @dataclass(frozen=True)

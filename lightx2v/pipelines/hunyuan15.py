@@ -24,6 +24,10 @@ Choices where the references differ, and why:
 - crop_start (the template tokens dropped before the prompt): found in the tokenizer's rendered
   template as the official TextEncoder does (`crop_start_of`); diffusers hard-codes 108, which is what
   this gives for the released Qwen2.5-VL tokenizer.
+- MeanFlow DiTs (`use_meanflow` in the transformer config: a second timestep embedding): the second
+  timestep is the step's end, the next timestep, 0 for the last step, as the official pipeline and
+  diffusers' HunyuanVideo15ImageToVideoPipeline pass it, for T2V too (diffusers' text-to-video
+  pipeline passes none: there we follow the official one).
 - The VAE decodes in tiles by default (the official pipeline tiles; diffusers does not unless asked):
   tiles of the VAE config's `sample_size` (256 px) overlapping by a quarter. A video that fits in one
   tile decodes whole, as diffusers does. `vae_tiling` / `vae_tile_size` of the engine set another size.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -89,18 +94,29 @@ class Hunyuan15Pipeline(WanPipeline):
 
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "Hunyuan15Pipeline":
-        from lightx2v.loading.components import load_component
-        from lightx2v.models.hunyuan15.dit_format import load_folder_dit
-        from lightx2v.models.hunyuan15.encoders import load_feature_extractor, load_tokenizers
+        from lightx2v.loading.components import load_component, load_dit
+        from lightx2v.models.hunyuan15.dit import HunyuanVideo15DiT
+        from lightx2v.models.hunyuan15.dit_format import load_folder_dit, load_user_dit
+        from lightx2v.models.hunyuan15.encoders import add_glyph_tokens, load_feature_extractor, load_tokenizers
         from lightx2v.models.wan.vae_tiling import VAETiling
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
-        if engine.cache.enabled:  # refused before any weight is read
-            raise InputError(f"cache {engine.cache.method}: the feature caches are not supported for HunyuanVideo-1.5 "
-                             "yet (their decisions read Wan's time-projection inputs); drop --cache", field="cache")
+        if engine.cache.enabled:  # what cannot work is refused before any weight is read
+            from lightx2v.runtime.cache import check_cache
+
+            if engine.cache.method not in HunyuanVideo15DiT._cache_methods:
+                raise InputError(f"cache {engine.cache.method} is not supported by HunyuanVideo15DiT (its block stack "
+                                 f"supports {', '.join(HunyuanVideo15DiT._cache_methods)})", field="cache")
+            check_cache(mc, engine.cache)
         staging, dt = engine.staging_device(), engine.dtype
-        parts = {"dit": load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt,
-                                        quant=quant_on_load(engine, "dit", {}))}
+        quant = quant_on_load(engine, "dit", {})
+        if mc.layout == "diffusers" and mc.dit_source is None:  # diffusers keys: a whole-dict conversion
+            dit = load_folder_dit(mc.files["dit"], mc.dit, device=staging, dtype=dt, quant=quant)
+        elif mc.dit_source is not None:  # a --dit-path file: plain, distilled or pre-quantized (official keys)
+            dit = load_user_dit(mc, device=staging, dtype=dt, quant=quant)
+        else:  # the release folder's official keys
+            dit = load_dit(mc, staging, dt, quant=quant)
+        parts = {"dit": dit}
         for c in mc.spec.components:
             if c.needed(mc):
                 parts[c.name] = load_component(mc, c.name, staging, dt)
@@ -110,6 +126,8 @@ class Hunyuan15Pipeline(WanPipeline):
         if engine.vae_dtype is not None:
             parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
         tokenizer, tokenizer_2 = load_tokenizers(mc.files["tokenizer"], mc.files["tokenizer_2"])
+        if "glyph_tokens" in mc.files:  # the official release: google/byt5-small's tokenizer + Glyph-SDXL-v2's tokens
+            add_glyph_tokens(tokenizer_2, *mc.files["glyph_tokens"])
         pipe = cls(mc, engine, tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae_dtype=vae_dtype, progress=progress,
                    **parts)
         default_tiling = None
@@ -117,6 +135,11 @@ class Hunyuan15Pipeline(WanPipeline):
             default_tiling = VAETiling.of_size(mc.arch.vae.sample_size)
             parts["vae"].set_tiling(default_tiling)
         apply_engine(pipe, engine)
+        if mc.dit.attn_mode == "flex-block-attn":  # the *_distilled_sparse releases (docs/models.md: SSTA)
+            msg = ("dit: trained with SSTA sparse attention (attn_mode flex-block-attn); lightx2v runs it with dense "
+                   "attention (SSTA is not implemented): slower than the reference's sparse kernel, not its output")
+            warnings.warn(msg, stacklevel=3)
+            pipe.engine_log.append(msg)
         if default_tiling is not None:
             pipe.engine_log.append(f"vae: tiled decode/encode by default (the reference's), tile {default_tiling.tile} "
                                    f"px, overlap {default_tiling.overlap} px")
@@ -150,18 +173,15 @@ class Hunyuan15Pipeline(WanPipeline):
             if p.last_image is not None:
                 raise InputError("HunyuanVideo-1.5 image-to-video takes one image (the first frame), not a last "
                                  "frame", field="last_image")
-        if p.solver != "euler":
-            raise InputError(f"HunyuanVideo-1.5 samples with the euler solver (its scheduler), got {p.solver!r}",
-                             field="solver")
+        if p.solver not in ("euler", "distill"):
+            raise InputError(f"HunyuanVideo-1.5 samples with the euler solver (its scheduler), or distill (LightX2V's "
+                             f"4-step models), got {p.solver!r}", field="solver")
         if p.guidance_scale_2 is not None and p.guidance_scale_2 != p.guidance_scale:
             raise InputError("guidance_scale_2 is a second expert's scale; HunyuanVideo-1.5 has one DiT",
                              field="guidance_scale_2")
         mc.spec.geometry(mc).check(p.height, p.width, p.num_frames)
         check_limits(mc, height=p.height, width=p.width, num_frames=p.num_frames, steps=p.num_inference_steps,
                      force=p.force)
-
-    def check_memory(self, p: SamplingParams) -> None:
-        """No activation profile yet for HunyuanVideo-1.5 (runtime/memory.py has none): nothing checked."""
 
     # -- pieces ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -202,8 +222,12 @@ class Hunyuan15Pipeline(WanPipeline):
     def make_scheduler(self, p: SamplingParams):
         from lightx2v.models.hunyuan15.schedule import HunyuanEuler
 
-        sched = HunyuanEuler()
-        sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
+        if p.solver == "distill":  # the 4-step distilled models' timesteps (models/hunyuan15/distill.py)
+            sched = super().make_scheduler(p)
+        else:
+            sched = HunyuanEuler()
+            sched.set_timesteps(p.num_inference_steps, shift=p.shift, device=self.device)
+        self._timesteps = sched.timesteps  # what a MeanFlow DiT's second timestep reads (`model_fn`)
         return sched
 
     def guidance(self, p: SamplingParams) -> Guidance:
@@ -216,10 +240,15 @@ class Hunyuan15Pipeline(WanPipeline):
         y = c.y
         if y is None and dit.config.concat_condition:
             y = x.new_zeros((x.shape[0], x.shape[1] + 1, *x.shape[2:]), dtype=dt)
+        t_r = None
+        if dit.config.use_meanflow:  # MeanFlow: the step's end, the next timestep (0 after the last)
+            n = len(self._timesteps)
+            end = self._timesteps[ctx.step + 1] if ctx.step + 1 < n else self._timesteps.new_zeros(())
+            t_r = end.float().to(x.device).expand(x.shape[0])
         dit.step_context = ctx  # what a cache on the block stack decides from (lightx2v.runtime.cache)
         try:
             return dit(x.to(dt), t.float().expand(x.shape[0]), c.text, c.text_mask, c.glyph, c.glyph_mask,
-                       image_embeds=c.image, y=y)
+                       image_embeds=c.image, y=y, t_r=t_r)
         finally:
             dit.step_context = None
 
@@ -234,6 +263,13 @@ class Hunyuan15Pipeline(WanPipeline):
         from lightx2v.runtime.cache import cache_stats
         from lightx2v.runtime.context_kv import reset_context_kv
 
+        self.check_memory(p)  # under the lock (WanPipeline's: the family's MemoryProfile, spec.memory)
+
+        if self.model_config.distill is not None:  # CFG on a model distilled without it
+            from lightx2v.models.wan.distill import cfg_warning
+
+            if (msg := cfg_warning(p.guidance_scale)) is not None:
+                warnings.warn(msg, stacklevel=4)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         cfg = self.uses_cfg(p)

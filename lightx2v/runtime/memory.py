@@ -187,7 +187,9 @@ def estimate(mc: ModelConfig, engine: EngineConfig, *, height: int, width: int, 
     vae_scale = 1.0 if engine.vae_dtype is None else engine.vae_dtype.itemsize / 4  # the profile is fp32
     # tiled (vae_tiling): one tile's working set at a time (a tile of vae_tile_size^2 pixels; measured
     # on the H200 at 720P x 81 frames: 2.69 GiB peak with 256 px tiles against 17.4 whole-frame)
-    work_px = min(pixels, engine.vae_tile_size ** 2) if engine.vae_tiling else pixels
+    tile = engine.vae_tile_size if engine.vae_tiling else prof.vae_tile  # (a family may tile by default)
+    work_px = min(pixels, tile ** 2) if tile else pixels
+    work_px *= num_frames if prof.vae_whole_clip else 1  # a VAE with no time chunks: every frame of the tile
     video = max(vae_scale * prof.pixel_bytes * work_px + CHUNK_FRAME_BYTES * pixels * num_frames,
                 prof.video_bytes * pixels * num_frames)
     stages = {"text encoder": prof.text_bytes * (2 if cfg else 1), "denoise": denoise}

@@ -103,6 +103,16 @@ def _ladder(engine: EngineConfig) -> list[tuple[str, Callable[[EngineConfig], En
     return steps
 
 
+def _has_phases(mc: ModelConfig, engine: EngineConfig, memo: dict) -> bool:
+    """Whether every DiT's block declares offload phases (a family without them gets no phase offload step;
+    added with hunyuanvideo-1.5, issue 17, whose dual-stream blocks declare none)."""
+    from lightx2v.runtime.block_offload import repeated_blocks
+    from lightx2v.runtime.memory import _meta_dit
+
+    return all(getattr(type(repeated_blocks(_meta_dit(mc, engine, n, memo))[0]), "_offload_phases", None)
+               for n in mc.dit_names)
+
+
 def _superseded(taken: str, other: str) -> bool:
     # phase offload replaces block offload: once it is on, block offload is no longer a step
     return taken.startswith("DiT phase") and other.startswith("DiT block")
@@ -167,7 +177,7 @@ def plan_memory(mc: ModelConfig, engine: EngineConfig, max_vram, max_ram=None, *
     # the expected peak; a saver that does not touch the peak stage is left off
     cand, steps = engine, []
     cand, est, host, need, fits, lazy = judge(cand)
-    remaining = _ladder(engine)
+    remaining = [r for r in _ladder(engine) if not (r[0].startswith("DiT phase") and not _has_phases(mc, engine, memo))]
     while not fits:
         for i, (label, step) in enumerate(remaining):
             trial = judge(step(cand))

@@ -243,7 +243,8 @@ def test_run_blocks_is_the_block_boundary(pair) -> None:
         out = _run(model, i, i["image"])
     finally:
         model.block_hooks = model.block_runner = None
-    assert calls == [("runner", ("e", "rope", "txt", "txt_valid")), ("before", 0), ("after", 0), ("before", 1),
+    # e0: what a cache's rule reads (block 0's modulated input), passed only to a runner
+    assert calls == [("runner", ("e", "e0", "rope", "txt", "txt_valid")), ("before", 0), ("after", 0), ("before", 1),
                      ("after", 1)]
     _close(out, _run_ref(ref, i, i["image"]))
 

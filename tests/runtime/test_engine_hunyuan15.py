@@ -1,7 +1,8 @@
 """The engine's transforms on a tiny HunyuanVideo-1.5 T2V folder (tests/hunyuan15_fixtures.py), each
 through from_pretrained against the plain load on the same weights and the same latents: w8a8-int8
 quantization (close), block offload (equal: the same weights, placed otherwise), regional compile with
-aot_eager (equal), batched CFG (close); the feature cache is refused by name before any weight is read."""
+aot_eager (equal), batched CFG (close); a feature cache that cannot work is refused by name before any weight
+is read (the ones that work: tests/runtime/test_hunyuan15_cache.py)."""
 
 from __future__ import annotations
 
@@ -77,8 +78,8 @@ def test_batched_cfg_matches_sequential(folder, plain):
 
 
 @pytest.mark.parametrize("method, match", [
-    ("firstblock", "not supported for HunyuanVideo-1.5"),
-    ("teacache", "published TeaCache / MagCache numbers are for Wan2.1"),  # the generic check, earlier
+    ("firstblock", "cache firstblock is not supported by HunyuanVideo15DiT"),
+    ("magcache", "magcache has no published ratios named 'hy15-t2v-480p'"),  # LightX2V publishes 480p I2V only
 ])
 def test_the_feature_cache_is_refused_by_name(folder, method, match):
     with pytest.raises(InputError, match=match) as err:

@@ -35,7 +35,7 @@ from lightx2v.models.block_stack import hooked_blocks
 from lightx2v.errors import InputError
 from lightx2v.models.hunyuan15.dit_blocks import (
     ByT5Mapper, FinalLayer, MMDoubleStreamBlock, RopeCache, SingleTokenRefiner, TimestepEmbedder, VisionProjection,
-    linear,
+    linear, modulate,
 )
 from lightx2v.models.hunyuan15.dit_config import BYT5_HIDDEN, HunyuanVideo15DiTConfig
 from lightx2v.models.hunyuan15.dit_keys import key_from_diffusers
@@ -56,6 +56,10 @@ class HunyuanVideo15DiT(nn.Module):
     # projections, MLPs and modulation linears (img_mod / txt_mod hold a third of the 8.3B weights);
     # the embedders, the refiner and the head stay in float (small, precision-sensitive).
     _repeated_blocks: tuple[str, ...] = ("double_blocks",)
+    # the feature caches its block stack supports (lightx2v.runtime.cache): not firstblock, whose
+    # split of the stack after block 0 would restart the text stream from its input (run_blocks
+    # carries it from block to block and returns the image stream only)
+    _cache_methods: tuple[str, ...] = ("teacache", "magcache", "taylorseer")
     _quant_linears = r"double_blocks\.\d+\.(img|txt)_(attn_(q|k|v|proj)|mlp\.fc[12]|mod\.linear)"
 
     @staticmethod
@@ -174,9 +178,21 @@ class HunyuanVideo15DiT(nn.Module):
             vec = vec + self.time_r_in(t_r)
         txt, valid = self.embed_condition(t, text, text_mask, byt5, byt5_mask, image_embeds)
         kw = dict(e=vec, txt=txt, txt_valid=valid, rope=self.rope(grid, x.device))
+        if self.block_runner is not None:  # what a cache's rule reads (TeaCache: block 0's modulated input)
+            kw["e0"] = self.cache_indicator(x, vec)
         x = self.run_blocks(x, **kw) if self.block_runner is None else self.block_runner(self, x, **kw)
         x = self.final_layer(x, vec)  # [B, L, prod(patch) * out]
         return self.unpatchify(x, grid).float()
+
+    def cache_indicator(self, x: Tensor, vec: Tensor) -> Tensor:
+        """TeaCache's indicator for this model, as LightX2V's HunyuanTransformerInferTeaCaching measures it
+        (its published coefficients were fit on it): block 0's modulated image input,
+        img_norm1(x) * (1 + scale) + shift with block 0's img_mod of vec. x: [B, L, C] fp32 -> [B, L, C] fp32.
+        (Read where block 0's modulation weights are: an offloaded block's stay on the host.)"""
+        b0 = self.double_blocks[0]
+        w = next(b0.img_mod.parameters())
+        shift, scale = (m.to(x.device).float() for m in b0.img_mod(vec.to(w.device)).chunk(6, dim=-1)[:2])
+        return modulate(b0.img_norm1(x), shift, scale)
 
     def run_blocks(self, x: Tensor, **kw: Any) -> Tensor:
         """The block stack: x [B, L, C] fp32 image tokens -> [B, L, C] fp32. The one boundary a cache or

@@ -30,8 +30,15 @@ _SHAPE_FIELDS = ("hidden_size", "heads_num", "num_layers", "in_channels", "out_c
 def config_from_shapes(sd: Mapping[str, Union[Tensor, tuple[int, ...]]], *, what: str = "DiT checkpoint",
                        base: Optional[HunyuanVideo15DiTConfig] = None) -> HunyuanVideo15DiTConfig:
     shapes = {k: tuple(v.shape) if isinstance(v, Tensor) else tuple(v) for k, v in sd.items()}
+    fields = fields_from_shapes(shapes)
+    head = fields["hidden_size"] // fields.get("heads_num", HunyuanVideo15DiTConfig.heads_num)
+    if head != sum(HunyuanVideo15DiTConfig.rope_dim_list) and head % 2 == 0:
+        # shapes do not tell the RoPE split; another head width than the release's gets an even split
+        # (only a placeholder: the model folder's config replaces it, `with_given`)
+        side = 2 * (head // 6)
+        fields["rope_dim_list"] = (head - 2 * side, side, side)
     try:
-        return HunyuanVideo15DiTConfig(**fields_from_shapes(shapes))
+        return HunyuanVideo15DiTConfig(**fields)
     except TypeError as exc:
         raise CheckpointError(f"{what}: {exc}") from None
 
@@ -123,3 +130,46 @@ def load_folder_dit(files, cfg: HunyuanVideo15DiTConfig, *, device, dtype: torch
         apply_quant(model, quant, compute_dtype=dtype)
     load_dit_weights(model, state_dict_from_diffusers(_read(files)), dtype=dtype, device=device, what="transformer")
     return model.eval().requires_grad_(False)
+
+
+# the condition projections LightX2V reads from the folder's transformer/<variant>/ rather than from its DiT
+# files (lightx2v/models/input_encoders/hf/hunyuan15/byt5/model.py and siglip/model.py in ModelTC/LightX2V):
+# its distilled / quantized single files may lack them, and then the folder's are used, as there
+FOLDER_PARTS = ("byt5_in.", "vision_in.")
+
+
+def load_user_dit(mc, *, device, dtype: torch.dtype, quant: Optional[str] = None) -> nn.Module:
+    """The DiT of a --dit-path file (`mc.dit_source`) into the folder's architecture; the condition
+    projections the file lacks (`FOLDER_PARTS`) come from the folder's own DiT (`mc.files["dit_folder"]`)."""
+    from lightx2v.loading.components import load_dit
+    from lightx2v.loading.dit_files import load_dit_weights, prepare_for_quantized, read_dit_state_dict
+    from lightx2v.quant import apply_quant
+
+    src = mc.dit_source
+    with torch.device("meta"):
+        model = HunyuanVideo15DiT(mc.dit)
+    names = {k for k, _ in model.named_parameters()}
+    lacking = [p for p in FOLDER_PARTS if any(k.startswith(p) for k in names) and not any(
+        k.startswith(p) for k in src.shapes)]
+    if not lacking or "dit_folder" not in mc.files:
+        return load_dit(mc, device, dtype, quant=quant)
+    if quant is not None and src.quant is not None and quant != src.quant:
+        from lightx2v.errors import InputError
+
+        raise InputError(f"{src.path} is already quantized ({src.quant}); it cannot be loaded as {quant}")
+    prepare_for_quantized(model, src, dtype=dtype)
+    if quant is not None and src.quant is None:
+        apply_quant(model, quant, compute_dtype=dtype)
+    sd = dict(read_dit_state_dict(src))
+    sd.update({k: v for k, v in _folder_state_dict(mc).items() if k.startswith(tuple(lacking))})
+    load_dit_weights(model, sd, dtype=dtype, device=device, what=f"DiT {src.path} + the folder's {', '.join(lacking)}")
+    return model.eval().requires_grad_(False)
+
+
+def _folder_state_dict(mc) -> dict:
+    """The folder's own DiT in official keys (mmap)."""
+    from lightx2v.models.hunyuan15.dit_keys import state_dict_from_diffusers
+    from lightx2v.models.wan.spec import _read
+
+    sd = _read(mc.files["dit_folder"])
+    return state_dict_from_diffusers(sd) if mc.layout == "diffusers" else dict(sd)

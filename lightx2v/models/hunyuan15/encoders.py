@@ -8,7 +8,9 @@ Design: we do not own them; transformers runs both (text.py holds what the refer
   Qwen2.5-VL file (`model.language_model.*`, `model.*`) loads too, its vision tower and LM head dropped.
 - `text_encoder_2`: the byT5 encoder (`T5EncoderModel`). Its file holds the shared embedding once
   (`shared.weight`; transformers ties `encoder.embed_tokens.weight` to it), so `read_byt5` gives both
-  names the same tensor.
+  names the same tensor. The official release keeps it as google/byt5-small's config + tokenizer and
+  Glyph-SDXL-v2's byt5_model.pt (T5Stack names, the glyph tokens' rows included): `official_byt5_config`,
+  `read_official_byt5`, and `add_glyph_tokens` for its tokenizer (models/hunyuan15/official.py).
 - `image_encoder` (image-to-video only): SigLIP's vision tower, transformers' `SiglipVisionModel`, with
   its `feature_extractor/` (`SiglipImageProcessor`: resize to its square size, normalise). A file
   written by transformers < 5 names the tensors `vision_model.*`, one written by transformers 5 drops
@@ -26,9 +28,9 @@ from torch import nn
 
 from lightx2v.errors import CheckpointError
 
-__all__ = ["build_byt5", "build_llm", "build_siglip", "byt5_config_from_file", "llm_config_from_file",
-           "llm_key_from_file", "load_feature_extractor", "load_tokenizers", "read_byt5", "siglip_config_from_file",
-           "siglip_key_from_file"]
+__all__ = ["add_glyph_tokens", "build_byt5", "build_llm", "build_siglip", "byt5_config_from_file", "glyph_tokens",
+           "llm_config_from_file", "llm_key_from_file", "load_feature_extractor", "load_tokenizers",
+           "official_byt5_config", "read_byt5", "read_official_byt5", "siglip_config_from_file", "siglip_key_from_file"]
 
 
 def _auto_config(folder: Path, what: str) -> Any:
@@ -90,6 +92,52 @@ def read_byt5(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if a in out and b not in out:
             out[b] = out[a]
     return out
+
+
+# ---- the official release's byT5 (text_encoder/byt5-small + Glyph-SDXL-v2) -----------------------
+
+
+def _byt5_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The Glyph-SDXL-v2 byt5_model.pt in T5Stack names (`embed_tokens.weight`, `block.{i}.*`, ...):
+    `read_tensors` unwraps its `state_dict`; the training prefix, when there, is dropped."""
+    from lightx2v.loading.state_dict import read_tensors
+    from lightx2v.models.hunyuan15.official import BYT5_PREFIX
+
+    sd = read_tensors(path)
+    if any(k.startswith(BYT5_PREFIX) for k in sd):
+        sd = {k[len(BYT5_PREFIX):]: v for k, v in sd.items() if k.startswith(BYT5_PREFIX)}
+    if "embed_tokens.weight" not in sd:
+        raise CheckpointError(f"{path} has no embed_tokens.weight; expected the Glyph-SDXL-v2 byT5 encoder "
+                              f"(T5Stack keys, or {BYT5_PREFIX}* under state_dict)")
+    return sd
+
+
+def official_byt5_config(folder: str | Path, weights: str | Path) -> Any:
+    """google/byt5-small's T5 config, its vocabulary grown to the glyph checkpoint's embedding rows
+    (the reference adds the glyph colour / font tokens and resizes the embedding before loading it)."""
+    cfg = byt5_config_from_file(folder)
+    cfg.vocab_size = int(_byt5_file(weights)["embed_tokens.weight"].shape[0])
+    return cfg
+
+
+def read_official_byt5(path: str | Path) -> dict[str, torch.Tensor]:
+    """byt5_model.pt in T5EncoderModel names: `encoder.` + the T5Stack key; the embedding also as `shared`."""
+    sd = {"encoder." + k: v for k, v in _byt5_file(path).items()}
+    return read_byt5(sd | {"shared.weight": sd["encoder.embed_tokens.weight"]})
+
+
+def glyph_tokens(color_file: str | Path, font_file: str | Path) -> list[str]:
+    """The tokens the reference adds to the byT5 tokenizer (byT5/__init__.py `add_special_token`,
+    multilingual): `<color-{i}>` for each colour, then `<{code[:2]}-font-{idx}>` for each font."""
+    import json
+
+    colors, fonts = (json.loads(Path(f).read_text()) for f in (color_file, font_file))
+    return [f"<color-{i}>" for i in range(len(colors))] + [f"<{code[:2]}-font-{fonts[code]}>" for code in fonts]
+
+
+def add_glyph_tokens(tokenizer: Any, color_file: str | Path, font_file: str | Path) -> Any:
+    tokenizer.add_tokens(glyph_tokens(color_file, font_file), special_tokens=True)
+    return tokenizer
 
 
 def load_tokenizers(llm_folder: str | Path, byt5_folder: str | Path) -> tuple[Any, Any]:

@@ -21,8 +21,8 @@ image-to-video the size follows the image instead (the bucket closest to its asp
 `default_size(target, (ih, iw))`, as diffusers' HunyuanVideo15ImageToVideoPipeline picks it); the
 16:9 default then only applies to a request that names neither side and gives no image (refused).
 
-The official tencent/HunyuanVideo-1.5 release folder (transformer/<variant>/, text_encoder/llm ...)
-is not recognised yet: its layout is not established here (no weights or listing were available).
+The official tencent/HunyuanVideo-1.5 release folder (transformer/<variant>/, text_encoder/llm ...) is
+the other layout: models/hunyuan15/official.py (`recognise` tries it when there is no model_index.json).
 """
 
 from __future__ import annotations
@@ -64,8 +64,12 @@ def recognise(root: Path) -> "str | Reason":
     from lightx2v.models.wan.layouts import read_json
 
     if not (root / "model_index.json").is_file():
-        return Reason("no model_index.json of a HunyuanVideo15Pipeline (the diffusers layout; the official release "
-                      "folder is not supported yet)")
+        from lightx2v.models.hunyuan15 import official
+
+        got = official.recognise(root)
+        if isinstance(got, str):
+            return got
+        return Reason(f"no model_index.json of a HunyuanVideo15Pipeline (the diffusers layout), and {got.text}")
     cls = read_json(root / "model_index.json").get("_class_name", "?")
     if cls not in PIPELINES:
         return Reason(f"model_index.json names {cls}, not HunyuanVideo15Pipeline or HunyuanVideo15ImageToVideoPipeline")
@@ -115,6 +119,10 @@ def read_guider(cfg: Mapping[str, Any], where: str = "guider/guider_config.json"
 
 
 def read_config(root: Path, layout: str = "diffusers") -> ModelConfig:
+    if layout == "official":
+        from lightx2v.models.hunyuan15.official import read_config as read_official
+
+        return read_official(root)
     from lightx2v.models.hunyuan15.dit_config import HunyuanVideo15DiTConfig
     from lightx2v.models.hunyuan15.encoders import (byt5_config_from_file, llm_config_from_file,
                                                     siglip_config_from_file)

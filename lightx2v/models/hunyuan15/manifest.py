@@ -11,6 +11,6 @@ MANIFEST = FamilyManifest(
     name="hunyuanvideo-1.5",
     title="HunyuanVideo-1.5",
     tasks=("t2v", "i2v"),
-    presets=(),
+    presets=("hunyuanvideo-1.5-t2v-480p-distill",),
     spec="lightx2v.models.hunyuan15.spec",
 )

@@ -1,9 +1,11 @@
 """HunyuanVideo-1.5 declares itself: layout, components, DiT format, geometry, defaults, pipeline.
 
 Text-to-video and image-to-video from the diffusers-format folders
-(hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*: layouts.py; the task is the folder's). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
+(hunyuanvideo-community/HunyuanVideo-1.5-Diffusers-*: layouts.py) and the official release folder
+(tencent/HunyuanVideo-1.5: official.py); the task is the folder's (its DiT variant's). The one place the generic layers learn about HunyuanVideo-1.5 (lightx2v.models.registry).
 The DiT is not among `components`: the pipeline loads it (a diffusers transformer/ needs a whole-dict
-conversion, dit_format.load_folder_dit).
+conversion, dit_format.load_folder_dit; official keys, and --dit-path files, go through
+lightx2v.loading.dit_files).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 from lightx2v.config import ModelConfig
 from lightx2v.models.hunyuan15 import layouts
 from lightx2v.models.hunyuan15.dit_format import HUNYUAN15_DIT_FORMAT
-from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, register_family
+from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, MemoryProfile, register_family
 
 
 def _read(files, key_map=None):
@@ -41,8 +43,10 @@ def _build_byt5(mc: ModelConfig):
 
 
 def _read_byt5(mc: ModelConfig):
-    from lightx2v.models.hunyuan15.encoders import read_byt5
+    from lightx2v.models.hunyuan15.encoders import read_byt5, read_official_byt5
 
+    if mc.layout == "official":  # Glyph-SDXL-v2's byt5_model.pt
+        return read_official_byt5(mc.files["text_encoder_2"][0])
     return read_byt5(_read(mc.files["text_encoder_2"]))
 
 
@@ -69,7 +73,7 @@ def _build_vae(mc: ModelConfig):
 def _read_vae(mc: ModelConfig):
     from lightx2v.models.hunyuan15.vae_keys import official_from_diffusers
 
-    return _read(mc.files["vae"], official_from_diffusers)
+    return _read(mc.files["vae"], official_from_diffusers if mc.layout == "diffusers" else None)
 
 
 COMPONENTS = (
@@ -95,20 +99,60 @@ def geometry(mc: ModelConfig) -> Geometry:
                     trained_frames=TRAINED_FRAMES)
 
 
+def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
+    """HunyuanVideo-1.5's activation costs at compute dtype `dtype` (s bytes an element), in bytes, one video.
+    Counted from the code, not measured (no GPU run yet): runtime/memory.py's refusals read it as a lower bound.
+
+    DiT, per image token (C = hidden_size, d = head dim), the tensors alive at a block's peak, the image
+    MLP's GELU (dit_blocks.MMDoubleStreamBlock): forward's embedded stream (4C, held while run_blocks
+    runs), the block's input stream (4C) and the stream after the attention residual (4C), the joint
+    attention output (s C, alive through both MLPs), the fp32 modulated MLP input (4C) and its cast
+    (s C), the MLP's hidden state and its GELU (4 s C each), and the RoPE table (4 d):
+    (16 + 10 s) C + 4 d. The conditioning stream (at most TEXT_LEN text + GLYPH_LEN glyph tokens, + 729
+    SigLIP tokens for i2v) goes through the same layers: its share is folded in per image token at the
+    trained size (720 x 1280 x 121: 111,600 tokens; about +1%), as Qwen-Image does.
+    VAE decode: the reference's VAE decodes the whole clip at once (no time chunks) in 256 px tiles by
+    default (the pipeline's VAETiling): per pixel-frame of a tile, three full-resolution feature maps of
+    the decoder's first width c0 in fp32 (a causal conv's padded input, its output and the residual):
+    3 x c0 x 4 bytes.
+    Text encoder (Qwen2.5-VL-7B's language model, transformers, SDPA), per prompt of n = 1108 tokens
+    (crop_start + text_len): n x (4 hidden + 3 intermediate) x s for the layer's working set, the causal
+    mask n^2 s, and every layer's hidden states, which the reference asks for (output_hidden_states):
+    (layers + 1) x n x hidden x s. The byT5 encoder (256 tokens, 1472 wide) is small beside it.
+    """
+    from lightx2v.models.hunyuan15.text import CROP_START, GLYPH_LEN, TEXT_LEN
+
+    s, d = dtype.itemsize, mc.dit
+    per_token = (16 + 10 * s) * d.hidden_size + 4 * d.head_dim
+    cond = TEXT_LEN + GLYPH_LEN + (729 if mc.task == "i2v" else 0)
+    _, th, tw = geometry(mc).token_grid(1, *TRAINED_SIZE)
+    tt = geometry(mc).token_grid(TRAINED_FRAMES, *TRAINED_SIZE)[0]
+    share = cond / (tt * th * tw)
+    te, n = mc.arch.text_encoder, CROP_START + TEXT_LEN
+    text = n * (4 * te.hidden_size + 3 * te.intermediate_size) * s + n * n * s
+    text += (te.num_hidden_layers + 1) * n * te.hidden_size * s
+    return MemoryProfile(token_bytes=per_token * (1 + share), attention_heads=d.heads_num,
+                         pixel_bytes=3 * mc.arch.vae.block_out_channels[0] * 4, text_bytes=text,
+                         vae_tile=mc.arch.vae.sample_size, vae_whole_clip=True)
+
+
 def refine(mc: ModelConfig, *, dit_path=None, preset=None, hints=()) -> ModelConfig:
-    from lightx2v.errors import InputError
+    """A user's DiT file (--dit-path: a LightX2V distilled or quantized file ...), then the 4-step
+    distilled preset (named, or assumed from the file's name): distill.py."""
+    from lightx2v.models.hunyuan15.distill import with_distill, with_dit_file
 
     if dit_path is not None:
-        raise InputError("--dit-path is not supported for HunyuanVideo-1.5 yet (the folder's transformer/ is used)",
-                         field="dit_path")
-    if preset is not None:
-        raise InputError(f"HunyuanVideo-1.5 has no preset {preset!r} (none yet)", field="preset")
-    return mc
+        mc = with_dit_file(mc, dit_path)
+    names = tuple(str(h) for h in ((dit_path,) if dit_path else ()))
+    return with_distill(mc, preset, names)
 
 
 def describe(mc: ModelConfig) -> dict:
-    return {"size": HUNYUAN15_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"],
-            "glyph tokenizer": mc.files["tokenizer_2"]}
+    out = {"size": HUNYUAN15_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"],
+           "glyph tokenizer": mc.files["tokenizer_2"]}
+    if "variant" in mc.files:  # the official release: which transformer/<variant>
+        out["variant"] = mc.files["variant"]
+    return out
 
 
 def _pipeline():
@@ -118,7 +162,8 @@ def _pipeline():
 
 
 HUNYUAN15 = register_family(FamilySpec(
-    name="hunyuanvideo-1.5", title="HunyuanVideo-1.5", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers",),
+    name="hunyuanvideo-1.5", title="HunyuanVideo-1.5", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers", "official"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=HUNYUAN15_DIT_FORMAT, describe=describe,
+    presets=("hunyuanvideo-1.5-t2v-480p-distill",), memory=memory,
 ))

@@ -25,6 +25,14 @@ DIMS = {1536: "t2v-1.3b", 5120: "t2v-14b"}  # Wan2.1 T2V: model width -> coeffic
 
 def coefficient_set(mc) -> tuple[Optional[str], str]:
     """(the published coefficient set of this checkpoint, or None and why not)."""
+    # -- hunyuanvideo-1.5 (issue 17): LightX2V's sets, by task and resolution (teacache.py / magcache.py) --
+    if mc.family == "hunyuanvideo-1.5":
+        res = mc.dit.ideal_resolution
+        if res in ("480p", "720p"):
+            return f"hy15-{mc.task}-{res}", ""
+        return None, (f"LightX2V publishes HunyuanVideo-1.5 numbers for its 480p and 720p models; this DiT's "
+                      f"resolution is {res or 'not stated'}: say which with model=hy15-{mc.task}-480p or -720p")
+    # -- end hunyuanvideo-1.5 --
     if mc.family != "wan2.1":
         return None, f"the published TeaCache / MagCache numbers are for Wan2.1 models; this is {mc.spec.title}"
     if mc.task == "t2v" and mc.dit.dim in DIMS:

@@ -34,12 +34,27 @@ COEFFICIENTS = {
     "i2v-720p": ((8.10705460e03, 2.13393892e03, -3.72934672e02, 1.66203073e01, -4.17769401e-02),
                  (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683)),
 }
+# -- hunyuanvideo-1.5 (issue 17) --------------------------------------------------------------------
+# ModelTC/LightX2V configs/hunyuan_video_15/cache/hy_15_{t2v,i2v}_{480p,720p}_teacache.json (`coefficients`,
+# `teacache_thresh` 0.15), measured by its HunyuanTransformerInferTeaCaching on block 0's modulated image
+# input (the DiT passes it as `e0`: HunyuanVideo15DiT.cache_indicator), with steps 0 and n - 1 always run
+# (the `e` window). One polynomial per set: both slots hold it; `ret_steps` has no published variant.
+HY15 = {
+    "hy15-t2v-480p": (-2.97190924e04, 2.22834983e04, -4.37418360e03, 3.39340251e02, -1.01365855e01, 1.29101768e-01),
+    "hy15-t2v-720p": (-3.08907507e04, 1.67786188e04, -3.19178643e03, 2.60740519e02, -8.19205881e00, 1.07913775e-01),
+    "hy15-i2v-480p": (8.08528429e03, -2.44607178e03, 2.49489589e02, -9.10697865e00, 1.20261379e-01),
+    "hy15-i2v-720p": (3.84300014e03, -1.39247433e03, 1.69167679e02, -7.07679232e00, 1.02419011e-01),
+}
+COEFFICIENTS.update({name: (poly, poly) for name, poly in HY15.items()})
+# -- end hunyuanvideo-1.5 ----------------------------------------------------------------------------
+
 # default threshold per set and variant: the "slow" (quality) column of TeaCache4Wan2.1/README.md's
 # use_ret_steps tables; ret_steps is on by default except for t2v-1.3b (the README: faster and better
 # "except for t2v-1.3B")
 THRESHOLDS = {  # set: (with ret_steps, without)
     "t2v-1.3b": (0.05, 0.05), "t2v-14b": (0.10, 0.14), "i2v-480p": (0.20, 0.13), "i2v-720p": (0.20, 0.20),
 }
+THRESHOLDS.update({name: (0.15, 0.15) for name in HY15})  # LightX2V's teacache_thresh (hunyuanvideo-1.5)
 
 
 def polyval(coefficients, x: float) -> float:
@@ -59,7 +74,10 @@ class TeaCache(CacheMethod):
             raise InputError(f"teacache has no published coefficients named {model!r}; expected one of "
                              f"{', '.join(COEFFICIENTS)}", field="cache")
         self.model = model
-        self.ret_steps = (model != "t2v-1.3b") if ret_steps is None else bool(ret_steps)
+        if model in HY15 and ret_steps:
+            raise InputError(f"teacache: LightX2V publishes no ret_steps coefficients for {model}; drop ret_steps",
+                             field="cache")
+        self.ret_steps = (model != "t2v-1.3b" and model not in HY15) if ret_steps is None else bool(ret_steps)
         self.coefficients = COEFFICIENTS[model][0 if self.ret_steps else 1]
         self.threshold = THRESHOLDS[model][0 if self.ret_steps else 1] if threshold is None else float(threshold)
 
@@ -68,15 +86,15 @@ class TeaCache(CacheMethod):
         return self.threshold == 0
 
     def describe(self) -> str:
-        return (f"teacache (threshold {self.threshold:g}, coefficients {self.model}, "
-                f"{'ret_steps: e0' if self.ret_steps else 'e'})")
+        what = "modulated input" if self.model in HY15 else "ret_steps: e0" if self.ret_steps else "e"
+        return f"teacache (threshold {self.threshold:g}, coefficients {self.model}, {what})"
 
     def window(self, num_steps: int) -> tuple[int, int]:
         """(ret, cutoff): steps < ret and >= cutoff always run."""
         return (5, num_steps) if self.ret_steps else (1, num_steps - 1)
 
     def decide(self, state: BranchState, step: int, num_steps: int, inputs: BranchInputs) -> Decision:
-        indicator = inputs.e0 if self.ret_steps else inputs.e
+        indicator = inputs.e0 if self.ret_steps or self.model in HY15 else inputs.e
         ret, cutoff = self.window(num_steps)
         previous = state.vars.get("previous")
         if step < ret or step >= cutoff or previous is None:

@@ -1,0 +1,119 @@
+"""HunyuanVideo-1.5 from the official release folder (tencent/HunyuanVideo-1.5 layout, tiny random weights,
+the real file and key names: tests/hunyuan15_official_fixtures.py): detected with no conversion, and the
+same frames as the diffusers-layout folder holding the same tensors (T2V and I2V, the same latents);
+then the variant choice, the variant's defaults, the glyph tokens and the refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from PIL import Image  # noqa: E402
+
+from lightx2v import LightX2V  # noqa: E402
+from lightx2v.errors import CheckpointError  # noqa: E402
+from lightx2v.loading.detect import detect  # noqa: E402
+from tests.hunyuan15_official_fixtures import write_pair  # noqa: E402
+
+H = W = 64
+F = 5
+PROMPT = 'a neon sign reads "OPEN" above a red door'
+KW = dict(negative_prompt="blurry", height=H, width=W, num_frames=F, num_inference_steps=2, output_type="np")
+
+
+def _noise(seed=5):
+    return torch.randn(1, 4, 2, H // 16, W // 16, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def t2v(tmp_path_factory):
+    return write_pair(tmp_path_factory.mktemp("hy15o"), "t2v")
+
+
+def _load(path):
+    return LightX2V.from_pretrained(path, device="cpu", dtype=torch.float32, progress=False)
+
+
+def test_release_folder_matches_the_diffusers_folder(t2v):
+    folder, root, variant = t2v
+    official, diffusers_run = _load(root), _load(folder)
+    mc = official.pipeline.model_config
+    assert (mc.layout, mc.task, mc.files["variant"]) == ("official", "t2v", variant)
+    z = _noise()
+    want = diffusers_run.generate(PROMPT, latents=z, guidance_scale=6.0, **KW).frames
+    got = official.generate(PROMPT, latents=z, **KW).frames  # guidance: the variant's (6)
+    assert got.shape == want.shape == (F, H, W, 3)
+    assert np.abs(got - want).max() < 1e-5
+    # the glyph tokens are the reference's, added to google's ByT5 vocabulary (384)
+    tok = official.pipeline.tokenizer_2
+    assert len(tok) == 384 + 4 and tok.convert_tokens_to_ids("<zh-font-7>") == 387
+
+
+def test_variant_defaults_are_the_references(t2v):
+    mc = detect(t2v[1])
+    d = mc.defaults
+    assert (d.shift, d.guidance_scale, d.num_inference_steps, d.num_frames, d.fps) == (5.0, 6.0, 50, 121, 24)
+    assert (d.height, d.width) == (480, 848)  # 480p: the 16:9 bucket of 640
+    assert mc.arch.text_encoder.hidden_size == 32  # the text config of the whole Qwen2.5-VL config
+    assert mc.arch.text_encoder_2.vocab_size == 388  # grown to the glyph checkpoint's rows
+
+
+def test_several_variants_need_the_one_meant(t2v, tmp_path):
+    root = tmp_path / "ckpts"
+    shutil.copytree(t2v[1], root)
+    shutil.copytree(root / "transformer" / "480p_t2v", root / "transformer" / "720p_t2v_distilled")
+    shutil.copytree(root / "transformer" / "480p_t2v", root / "transformer" / "720p_sr_distilled")
+    with pytest.raises(CheckpointError, match=r"holds 2 DiTs \(480p_t2v, 720p_t2v_distilled\); pass the one"):
+        detect(root)
+    mc = detect(root / "transformer" / "720p_t2v_distilled")
+    assert mc.root == root and mc.files["variant"] == "720p_t2v_distilled"
+    assert (mc.defaults.shift, mc.defaults.guidance_scale) == (9.0, 1.0)  # the reference's, CFG-distilled
+    with pytest.raises(CheckpointError, match="super-resolution"):
+        detect(root / "transformer" / "720p_sr_distilled")
+
+
+def test_missing_glyph_weights_are_named(t2v, tmp_path):
+    root = tmp_path / "ckpts"
+    shutil.copytree(t2v[1], root)
+    (root / "text_encoder" / "Glyph-SDXL-v2" / "checkpoints" / "byt5_model.pt").unlink()
+    with pytest.raises(CheckpointError, match="Glyph-SDXL-v2 byT5 weights not found"):
+        detect(root)
+
+
+def test_another_scheduler_is_refused(t2v, tmp_path):
+    root = tmp_path / "ckpts"
+    shutil.copytree(t2v[1], root)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"solver": "heun"}))
+    with pytest.raises(CheckpointError, match="solver = 'heun' is not supported"):
+        detect(root)
+
+
+def test_image_to_video_release_matches(tmp_path):
+    folder, root, variant = write_pair(tmp_path, "i2v")
+    official = _load(root / "transformer" / variant)
+    assert official.pipeline.model_config.task == "i2v"
+    assert "image_encoder" in official.pipeline.components
+    image = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
+    z = _noise(7)
+    want = _load(folder).generate(PROMPT, image=image, latents=z, guidance_scale=6.0, **KW).frames
+    got = official.generate(PROMPT, image=image, latents=z, **KW).frames
+    assert np.abs(got - want).max() < 1e-5
+
+
+def test_a_sparse_attention_release_runs_dense_and_says_so(t2v, tmp_path):
+    """The *_distilled_sparse DiTs state attn_mode flex-block-attn (SSTA): we run dense attention, not silently."""
+    root = tmp_path / "ckpts"
+    shutil.copytree(t2v[1], root)
+    cfg_file = root / "transformer" / "480p_t2v" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps(cfg | {"attn_mode": "flex-block-attn", "attn_param": {"ssta_topk": 64}}))
+    with pytest.warns(UserWarning, match="SSTA sparse attention .* dense attention"):
+        pipe = _load(root)
+    assert pipe.pipeline.model_config.dit.attn_mode == "flex-block-attn"
+    assert any("SSTA" in line for line in pipe.pipeline.engine_log)
