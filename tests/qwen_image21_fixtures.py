@@ -23,7 +23,7 @@ VAE21 = dict(base_dim=4, decoder_base_dim=6, z_dim=8, dim_mult=[1, 2, 2, 2, 2], 
 # the released scheduler's kind: dynamic shift (values of the Qwen-Image config; 2.1's own are not known here)
 SCHEDULER21 = dict(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9,
                    num_train_timesteps=1000, shift=1.0, time_shift_type="exponential", use_dynamic_shifting=True)
-TURBO_SIGMAS = [1.0, 0.9, 0.7, 0.4]
+TURBO_SIGMAS = [1.0, 0.8, 0.4]
 # the system branch of Qwen3-VL's chat template (what the reference's drop count is computed with)
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
                  "{% else %}{% for c in m['content'] %}{{ c['text'] }}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"

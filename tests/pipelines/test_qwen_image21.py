@@ -53,13 +53,13 @@ def _reference(ref, z, **kw):
 def test_matches_diffusers(folder, ours, cfg):
     z = _noise()
     kw = dict(negative_prompt=NEG, true_cfg_scale=4.0) if cfg else {}
-    want = _reference(folder[1], z, num_inference_steps=3, **kw)
-    got = ours.generate(PROMPT, negative_prompt=NEG, height=H, width=W, num_inference_steps=3,
+    want = _reference(folder[1], z, num_inference_steps=2, **kw)
+    got = ours.generate(PROMPT, negative_prompt=NEG, height=H, width=W, num_inference_steps=2,
                         guidance_scale=4.0 if cfg else 1.0, latents=z, output_type="np")
     assert got.images.shape == want.shape == (1, H, W, 3) and got.images.dtype == np.float32
     err = np.abs(got.images - want).max()
     assert err < 1e-3, err
-    assert got.stats["model_calls"] == (6 if cfg else 3)
+    assert got.stats["model_calls"] == (4 if cfg else 2)
 
 
 def test_without_kept_prefix_the_same_image(folder, ours):
@@ -90,13 +90,13 @@ def test_turbo_samples_on_its_grid(turbo):
     pipe = LightX2V.from_pretrained(turbo[0], device="cpu", dtype=torch.float32, progress=False)
     mc = pipe.model_config
     assert isinstance(mc.arch, QwenImage21Arch) and mc.arch.turbo
-    assert mc.defaults.num_inference_steps == 4 and mc.defaults.guidance_scale == 1.0
+    assert mc.defaults.num_inference_steps == 3 and mc.defaults.guidance_scale == 1.0
     z = _noise(8)
     want = _reference(turbo[1], z)
     got = pipe.generate(PROMPT, height=H, width=W, latents=z, output_type="np")
-    assert got.stats["model_calls"] == 4
+    assert got.stats["model_calls"] == 3
     assert np.abs(got.images - want).max() < 1e-3
-    with pytest.raises(InputError, match="num_inference_steps must be 4"):
+    with pytest.raises(InputError, match="num_inference_steps must be 3"):
         pipe.generate(PROMPT, height=H, width=W, num_inference_steps=6, output_type="np")
 
 
@@ -120,7 +120,7 @@ def test_request_rules_and_seeded_noise(ours):
         ours.generate(PROMPT, image=Image.new("RGB", (64, 64)), height=H, width=W, output_type="np")
     with pytest.raises(InputError, match="latents must have shape"):
         ours.generate(PROMPT, height=H, width=W, num_inference_steps=1, latents=torch.zeros(1, 5, 8), output_type="np")
-    kw = dict(height=H, width=W, num_inference_steps=2, output_type="np")
+    kw = dict(height=H, width=W, num_inference_steps=1, output_type="np")
     a = ours.generate(PROMPT, seed=3, **kw).images
     b = ours.generate(PROMPT, latents=torch.randn(1, 8, 1, 4, 6, generator=torch.Generator().manual_seed(3)), **kw).images
     assert np.array_equal(a, b)  # the seeded noise is one CPU draw of [N, z, 1, h, w]
