@@ -109,6 +109,9 @@ def test_detection_and_defaults(folder, ours):
     assert (mc.defaults.num_inference_steps, mc.defaults.guidance_scale, mc.defaults.height) == (40, 1.0, 1024)
     assert isinstance(ours.pipeline.dit, QwenImage21DiT) and isinstance(ours.pipeline.vae, QwenImage21VAE)
     assert mc.spec.geometry(mc).size_multiple == 32
+    with torch.device("meta"):  # what the memory estimate builds (runtime/memory.py, before loading)
+        assert isinstance(mc.spec.dit_format.build(mc.dit), QwenImage21DiT)
+    assert mc.spec.memory(mc, torch.bfloat16).context_bytes > 0
 
 
 def test_request_rules_and_seeded_noise(ours):
