@@ -77,7 +77,7 @@ def write_qwen_image21(root: Path, turbo: bool = False):
     randomize21(te, 0.2, 3)
     build_tiny_tokenizer(root / "_tok")
     tok = AutoTokenizer.from_pretrained(str(root / "_tok"))
-    proc = TextProcessor(tok)
+    proc = Qwen3VLProcessorNoVideo(image_processor=tiny_image_processor21(), tokenizer=tok, chat_template=CHAT_TEMPLATE)
     ref = QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER21), vae=vae, text_encoder=te,
                               processor=proc, transformer=dit, sample_sigmas=TURBO_SIGMAS if turbo else None)
     folder = root / ("turbo" if turbo else "model")
@@ -89,22 +89,33 @@ def write_qwen_image21(root: Path, turbo: bool = False):
     (folder / "model_index.json").write_text(json.dumps(index))
     tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(str(folder / "processor"))
+    proc.image_processor.save_pretrained(str(folder / "processor"))
     return folder, ref
 
 
-class TextProcessor:
-    """What QwenImage21Pipeline asks of its Qwen3VLProcessor for text-to-image (a Qwen3VLProcessor
-    needs torchvision for its video processor, which this environment lacks): the chat template's
-    tokens of the system turn, and the tokenizer's call on the prompts (all the real processor does
-    with text and no image). The released folder's processor/ is written as the tokenizer's files."""
+def tiny_image_processor21():
+    """Qwen3-VL's image processor kind (patches of 16, merged 2 x 2), transformers' PIL backend (no
+    torchvision here), with a pixel budget that never resizes the reference's 32-multiple images."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
+    return Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5, 0.5, 0.5],
+                                    image_std=[0.5, 0.5, 0.5], size={"shortest_edge": 32 * 32, "longest_edge": 2048 * 2048})
 
-    def apply_chat_template(self, messages, tokenize=True, return_dict=False):
-        text = self.tokenizer.apply_chat_template(messages, chat_template=CHAT_TEMPLATE, tokenize=False)
-        return [self.tokenizer(text).input_ids]
 
-    def __call__(self, text, images=None, **kw):
-        assert images is None, "text-to-image only"
-        return self.tokenizer(text, **kw)
+def _no_video_processor():
+    from transformers import Qwen3VLProcessor
+
+    class NoVideo(Qwen3VLProcessor):
+        """transformers' Qwen3VLProcessor without its video processor (which needs torchvision, absent
+        here): the reference's prompt and image processing are the real processor's code."""
+
+        def check_argument_for_proper_class(self, name, arg):
+            if name == "video_processor" and arg is None:
+                return None
+            return super().check_argument_for_proper_class(name, arg)
+
+    return NoVideo
+
+
+def Qwen3VLProcessorNoVideo(**kw):
+    return _no_video_processor()(video_processor=None, **kw)

@@ -20,14 +20,19 @@ v = v_u + g (v_c - v_u), without Qwen-Image's norm rescale; its default scale is
 Alpha: the 2.1 VAE decodes 4 channels (RGBA) and diffusers returns RGBA images; the image outputs of
 lightx2v are RGB, so the first three channels are written and the alpha channel is dropped.
 
-Not wired yet: the image-conditioned mode (condition images read by Qwen3-VL's vision tower and
-placed in its image slots): the DiT supports it (dit21.Prompt21), the pipeline refuses `image`.
+Image-conditioned generation (`image=`: one image or several, as diffusers' `image`): each image is
+read by Qwen3-VL's vision tower inside the prompt (models/qwen_image/vision21.py) and VAE-encoded; its
+latents take the encoder's image slots in the DiT's sequence (the prefix). The output size left unset
+follows the last image's aspect ratio at 1024 x 1024 pixels, as the reference's `output_resolution`.
+Images arrive as RGB (the request layer opens them so): their alpha is opaque.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -38,11 +43,17 @@ from lightx2v.models.qwen_image.dit21 import Prompt21
 from lightx2v.pipelines.base import Counter, Guidance, StepContext, denoise
 from lightx2v.pipelines.output import ImageResult, decode_and_write_images
 from lightx2v.pipelines.qwen_image import QwenImagePipeline
+from lightx2v.pipelines.qwen_image_edit import calculate_dimensions, request_images
+
+OUTPUT_RESOLUTION = 1024  # the reference's output_resolution: the default side, and the condition images' area
 from lightx2v.runtime.offload import placed
 
 
 class QwenImage21Pipeline(QwenImagePipeline):
     """The loaded components of one Qwen-Image-2.1 checkpoint (t2i): dit, text_encoder, vae."""
+
+    # the condition images' area (side^2) and the default output side: the reference's output_resolution
+    output_resolution = OUTPUT_RESOLUTION
 
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "QwenImage21Pipeline":
@@ -63,15 +74,28 @@ class QwenImage21Pipeline(QwenImagePipeline):
             parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
         pipe = cls(mc, engine, tokenizer=load_tokenizer(mc.files["tokenizer"]), vae_dtype=vae_dtype,
                    progress=progress, **parts)
+        pipe.image_processor = None  # the image-conditioned mode's (processor/preprocessor_config.json)
+        if (Path(mc.files["tokenizer"]) / "preprocessor_config.json").is_file():
+            from lightx2v.models.qwen_image.vision import load_image_processor
+
+            pipe.image_processor = load_image_processor(mc.files["tokenizer"])
         apply_engine(pipe, engine)
         return pipe
 
     @classmethod
+    def fill_from_images(cls, mc: ModelConfig, p: SamplingParams) -> SamplingParams:
+        """A height or width left None: the last condition image's ratio at 1024 x 1024 (the reference's)."""
+        images = request_images(p)
+        if not images or (p.height is not None and p.width is not None):
+            return p
+        w, h = calculate_dimensions(cls.output_resolution ** 2, images[-1].width / images[-1].height)
+        return replace(p, height=h if p.height is None else p.height, width=w if p.width is None else p.width)
+
+    @classmethod
     def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
-        if p.image is not None or p.last_image is not None:
-            raise InputError("Qwen-Image-2.1's image-conditioned mode is not supported yet: text-to-image only",
-                             field="image")
-        super().check_request(mc, p)
+        if p.last_image is not None:
+            raise InputError("Qwen-Image-2.1 takes condition images (image=...), not a last frame", field="last_image")
+        super().check_request(mc, replace(p, image=None))
         # a Turbo checkpoint's grid fixes the step count (the inherited check tried linspace)
         mc.arch.schedule.sigmas(p.num_inference_steps, 1, None, mc.arch.sample_sigmas)
 
@@ -125,6 +149,40 @@ class QwenImage21Pipeline(QwenImagePipeline):
         with placed(self, "vae"):
             return self.vae.decode(latents.to(self.vae_dtype))[:, :3]
 
+    @torch.no_grad()
+    def encode_conditions21(self, p: SamplingParams, cfg: bool, timings: dict) -> tuple[Prompt21, Optional[Prompt21]]:
+        """The two branches' Prompt21 (uncond None without CFG): text only, or with the condition images."""
+        n = p.num_images or 1
+        images = request_images(p)
+        t0 = time.perf_counter()
+        if not images:
+            with self._stage("text encoder", p):
+                cond = Prompt21(self.encode_text(p.prompt, n))
+                uncond = Prompt21(self.encode_text(p.negative_prompt, n)) if cfg else None
+            timings["text_encoder"] = self._lap(t0)
+            return cond, uncond
+        from lightx2v.models.qwen_image.vision21 import encode_prompt21_images, prepare_images21
+
+        if self.image_processor is None:
+            raise InputError("this Qwen-Image-2.1 folder has no processor/preprocessor_config.json: it cannot read "
+                             "condition images", field="image")
+        seen, vae_in = prepare_images21(images, self.output_resolution)
+        branches = [p.prompt] + ([p.negative_prompt] if cfg else [])
+        with self._stage("text encoder", p), placed(self, "text_encoder"):
+            encoded = [encode_prompt21_images(self.text_encoder, self.tokenizer, self.image_processor, text, seen)
+                       for text in branches]
+        timings["text_encoder"] = self._lap(t0)
+        t1 = time.perf_counter()
+        with self._stage("VAE encode", p), placed(self, "vae"):
+            dev = next(self.vae.parameters()).device
+            latents = [self.vae.encode(x.to(dev, self.vae_dtype)).float().to(self.device) for x in vae_in]
+        timings["vae_encode"] = self._lap(t1)
+        shapes = tuple((1, z.shape[3], z.shape[4]) for z in latents)
+        tokens = torch.cat([z.flatten(2).transpose(1, 2) for z in latents], dim=1).expand(n, -1, -1)  # [N, sum hw, z]
+        out = [Prompt21(states.to(self.device, self.engine.dtype).expand(n, -1, -1), slots.cpu(),
+                        tokens.to(self.engine.dtype), shapes) for states, slots in encoded]
+        return out[0], (out[1] if cfg else None)
+
     # -- the whole run -------------------------------------------------------------------------
     def _run(self, p: SamplingParams) -> ImageResult:
         from lightx2v.runtime.cache import cache_stats
@@ -132,12 +190,8 @@ class QwenImage21Pipeline(QwenImagePipeline):
 
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        n = p.num_images or 1
         cfg = p.guidance_scale > 1.0 and p.negative_prompt is not None  # diffusers' do_true_cfg
-        with self._stage("text encoder", p):
-            cond = Prompt21(self.encode_text(p.prompt, n))
-            uncond = Prompt21(self.encode_text(p.negative_prompt, n)) if cfg else None
-        timings["text_encoder"] = self._lap(t0)
+        cond, uncond = self.encode_conditions21(p, cfg, timings)
         t1 = time.perf_counter()
         size = (p.height, p.width)
         _, _, _, h, w = self.geometry.latent_shape(1, *size)

@@ -1,9 +1,10 @@
 """The Qwen-Image-2.1 text encoder: Qwen3-VL's language model, run as diffusers' QwenImage21Pipeline runs it.
 
 Design: as for Qwen-Image (text.py), transformers runs the model (`Qwen3VLTextModel`, the decoder of
-`Qwen3VLForConditionalGeneration`); `QwenTextEncoder21` holds it as `model`, built on meta and
-loaded by name. Text-to-image reads no image: the vision tower (`model.visual.*`) and `lm_head` are
-not built and their keys not read (`text21_key_from_file`).
+`Qwen3VLForConditionalGeneration`); `QwenTextEncoder21` holds it as `model` and the vision tower
+(`Qwen3VLVisionModel`, for the image-conditioned mode: vision21.py) as `visual`, built on meta and
+loaded by name (`text21_key_from_file`: `model.language_model.*` -> `model.*`, `model.visual.*` ->
+`visual.*`); `lm_head` is not built.
 
 What the reference does (QwenImage21Pipeline._get_qwen_prompt_embeds), reproduced by `encode_prompt21`:
   1. an empty prompt becomes " " (the tokenizer adds no BOS token: nothing would be left to read);
@@ -55,34 +56,46 @@ def text21_config_from_file(folder: str | Path) -> Any:
 
 
 def text21_key_from_file(key: str) -> str | None:
-    """Our name for a text_encoder/ key: `model.language_model.*` -> `model.*`; None (not read) for the
-    vision tower, the LM head and the final norm (not run: see the module docstring)."""
+    """Our name for a text_encoder/ key: `model.language_model.*` -> `model.*`, `model.visual.*` ->
+    `visual.*`; None (not read) for the LM head and the final norm (not run: see the module docstring)."""
     if key.startswith("model.language_model."):
         key = "model." + key[len("model.language_model."):]
-    if key.startswith(("model.visual.", "visual.", "lm_head.")) or key == "model.norm.weight":
+    elif key.startswith("model.visual."):
+        key = key[len("model."):]
+    if key.startswith("lm_head.") or key == "model.norm.weight":
         return None
     return key
 
 
 class QwenTextEncoder21(nn.Module):
-    """forward(input_ids [1, L]) -> the last decoder layer's states [1, L, hidden] (before the final norm)."""
+    """forward(input_ids [1, L], **vision) -> the last decoder layer's states [1, L, hidden] (before the
+    final norm). `vision` (the image-conditioned mode, vision21.py): inputs_embeds with the image
+    features in place, position_ids [3, 1, L], visual_pos_masks, deepstack_visual_embeds."""
 
     def __init__(self, config: Any) -> None:
         super().__init__()
-        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLTextModel, Qwen3VLVisionModel
 
         text_config = copy.deepcopy(getattr(config, "text_config", config))
         text_config._attn_implementation = "sdpa"  # what from_pretrained picks in the reference
         self.model = Qwen3VLTextModel(text_config)
         self.model.norm = nn.Identity()  # the DiT reads the pre-norm states
+        self.image_token_id = getattr(config, "image_token_id", None)
+        self.visual = None
+        if getattr(config, "vision_config", None) is not None:
+            vision_config = copy.deepcopy(config.vision_config)
+            vision_config._attn_implementation = "sdpa"
+            self.visual = Qwen3VLVisionModel(vision_config)
         self.register_load_state_dict_post_hook(_rebuild_rope)
 
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, **vision: Any) -> torch.Tensor:
         mask = torch.ones_like(input_ids)
+        if vision:
+            return self.model(attention_mask=mask, use_cache=False, **vision).last_hidden_state
         return self.model(input_ids=input_ids, attention_mask=mask, use_cache=False).last_hidden_state
 
 
@@ -91,6 +104,12 @@ def _rebuild_rope(module: QwenTextEncoder21, incompatible_keys: Any) -> None:
     device by a meta build is computed again from the config, in float32, where the weights are."""
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+    if module.visual is not None and module.visual.rotary_pos_emb.inv_freq.is_meta:
+        vrope = module.visual.rotary_pos_emb
+        with torch.device("cpu"):
+            inv_freq, vrope.attention_scaling = vrope.compute_axial_rope_parameters(vrope.config)
+        vrope.inv_freq = inv_freq.float().to(module.visual.pos_embed.weight.device)
+        vrope.original_inv_freq = vrope.inv_freq.clone()
     rope = module.model.rotary_emb
     if not rope.inv_freq.is_meta:
         return
