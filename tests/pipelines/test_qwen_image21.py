@@ -73,6 +73,21 @@ def test_without_kept_prefix_the_same_image(folder, ours):
     assert np.abs(a - b).max() < 1e-5 and np.abs(b - want).max() < 1e-3
 
 
+def test_output_size_follows_the_last_image():
+    from PIL import Image
+
+    from lightx2v.pipelines.qwen_image21 import QwenImage21Pipeline
+
+    p = QwenImage21Pipeline.fill_from_images(None, _params(image=[Image.new("RGB", (10, 10)), Image.new("RGB", (200, 100))]))
+    assert (p.width, p.height) == (1440, 736)  # 1024^2 pixels at 2:1, sides rounded to 32
+
+
+def _params(**kw):
+    from lightx2v.config import SamplingParams
+
+    return SamplingParams(prompt=PROMPT, **kw)
+
+
 def test_text_states_match_diffusers(folder, ours):
     from lightx2v.models.qwen_image.text21 import encode_prompt21
 
@@ -119,8 +134,9 @@ def test_request_rules_and_seeded_noise(ours):
 
     with pytest.raises(InputError, match="multiple"):
         ours.generate(PROMPT, height=48, width=W, num_inference_steps=1, output_type="np")
-    with pytest.raises(InputError, match="image-conditioned"):
-        ours.generate(PROMPT, image=Image.new("RGB", (64, 64)), height=H, width=W, output_type="np")
+    with pytest.raises(InputError, match="not a last frame"):
+        ours.generate(PROMPT, image=Image.new("RGB", (64, 64)), last_image=Image.new("RGB", (64, 64)), height=H,
+                      width=W, output_type="np")
     with pytest.raises(InputError, match="latents must have shape"):
         ours.generate(PROMPT, height=H, width=W, num_inference_steps=1, latents=torch.zeros(1, 5, 8), output_type="np")
     kw = dict(height=H, width=W, num_inference_steps=1, output_type="np")
