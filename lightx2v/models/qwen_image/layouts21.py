@@ -41,7 +41,7 @@ class QwenImage21Arch:
     text_encoder: Any                         # transformers' Qwen3VLConfig
     schedule: Any                             # QwenSchedule
     sample_sigmas: Optional[tuple[float, ...]] = None  # Turbo: the checkpoint's sigma grid
-    edit: Any = None                          # image-conditioned 2.1 is not wired yet (t2i only)
+    edit: Any = None                          # (Qwen-Image's edit variant: none; 2.1 takes images on t2i)
 
     @property
     def turbo(self) -> bool:
