@@ -207,15 +207,26 @@ class QwenImageTasks:
     def for_task(task: str) -> type:
         return QwenImageEditPipeline if task == "edit" else QwenImagePipeline
 
+    # -- qwen-image 2.1: its own pipeline class (lightx2v.pipelines.qwen_image21) --
+    @classmethod
+    def for_model(cls, mc: ModelConfig) -> type:
+        from lightx2v.models.qwen_image.spec21 import is_21
+
+        if is_21(mc):
+            from lightx2v.pipelines.qwen_image21 import QwenImage21Pipeline
+
+            return QwenImage21Pipeline
+        return cls.for_task(mc.task)
+
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> Any:
-        return cls.for_task(mc.task).load(mc, engine, progress=progress)
+        return cls.for_model(mc).load(mc, engine, progress=progress)
 
     @classmethod
     def check_request(cls, mc: ModelConfig, p: SamplingParams) -> None:
-        cls.for_task(mc.task).check_request(mc, p)
+        cls.for_model(mc).check_request(mc, p)
 
     @classmethod
     def fill_from_images(cls, mc: ModelConfig, p: SamplingParams) -> SamplingParams:
-        pipe = cls.for_task(mc.task)
+        pipe = cls.for_model(mc)
         return pipe.fill_from_images(mc, p) if hasattr(pipe, "fill_from_images") else p

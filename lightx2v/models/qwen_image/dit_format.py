@@ -125,6 +125,11 @@ class QwenImageDitFormat:
 
     @staticmethod
     def build(cfg: QwenImageDiTConfig) -> nn.Module:
+        # -- qwen-image 2.1: its own DiT (dit21.py; the memory estimate builds it on meta through here) --
+        from lightx2v.models.qwen_image.dit21 import QwenImage21DiT, QwenImage21DiTConfig
+
+        if isinstance(cfg, QwenImage21DiTConfig):
+            return QwenImage21DiT(cfg)
         return QwenImageDiT(cfg)
 
     @staticmethod

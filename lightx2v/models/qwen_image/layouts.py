@@ -23,7 +23,8 @@ from typing import Any
 from lightx2v.config import ModelConfig, SamplingDefaults
 from lightx2v.models.registry import Reason
 
-PIPELINES = {"QwenImagePipeline": "t2i", "QwenImageEditPipeline": "edit", "QwenImageEditPlusPipeline": "edit"}
+PIPELINES = {"QwenImagePipeline": "t2i", "QwenImageEditPipeline": "edit", "QwenImageEditPlusPipeline": "edit",
+             "QwenImage21Pipeline": "t2i"}  # 2.1: its own DiT, VAE and text encoder (layouts21.py)
 # the edit variant of each edit pipeline (lightx2v.pipelines.qwen_image_edit.VARIANTS)
 EDIT_VARIANTS = {"QwenImageEditPipeline": "edit", "QwenImageEditPlusPipeline": "edit-plus"}
 PARTS = ("transformer", "text_encoder", "tokenizer", "vae", "scheduler")
@@ -71,7 +72,13 @@ def read_config(root: Path, layout: str = "diffusers") -> ModelConfig:
     from lightx2v.models.qwen_image.vae import config_from_diffusers
     from lightx2v.models.wan.layouts import _require, find_weights, read_json
 
-    cls = read_json(root / "model_index.json").get("_class_name")
+    index = read_json(root / "model_index.json")
+    cls = index.get("_class_name")
+    # -- qwen-image 2.1 --
+    if cls == "QwenImage21Pipeline":
+        from lightx2v.models.qwen_image.layouts21 import read_config21
+
+        return read_config21(root, index)
     edit = EDIT_VARIANTS.get(cls)
     parts = PARTS + (("processor",) if edit else ())
     sub = {name: _require(root / name, f"{name}/ folder", "diffusers") for name in parts}

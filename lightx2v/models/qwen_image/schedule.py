@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -77,14 +77,24 @@ class QwenSchedule:
         b = self.base_shift - m * self.base_image_seq_len
         return image_seq_len * m + b
 
-    def sigmas(self, n: int, image_seq_len: int, shift: Optional[float] = None) -> tuple[np.ndarray, np.ndarray]:
+    def sigmas(self, n: int, image_seq_len: int, shift: Optional[float] = None,
+               grid: Optional[Sequence[float]] = None) -> tuple[np.ndarray, np.ndarray]:
         """(float32 sigmas [n + 1] ending in 0, float32 timesteps [n]) for `n` steps of an image of
-        `image_seq_len` packed tokens; `shift` (not None) replaces the dynamic shift."""
+        `image_seq_len` packed tokens; `shift` (not None) replaces the dynamic shift. `grid` (n numbers,
+        Qwen-Image-2.1 Turbo's `sample_sigmas`) replaces linspace(1, 1/n, n) before the shift."""
         if n < 2 and self.shift_terminal:  # (1 - sigma) is 0 at the one step: diffusers divides 0 by 0 (NaN)
             raise InputError("num_inference_steps must be at least 2 with this scheduler (its shift_terminal "
                              f"stretches the schedule between the first and last steps), got {n}",
                              field="num_inference_steps")
-        s = np.linspace(1.0, 1.0 / n, n).astype(np.float32)
+        # -- qwen-image 2.1: a checkpoint's own sigma grid --
+        if grid is not None:
+            if len(grid) != n:
+                raise InputError(f"this checkpoint samples on its own grid of {len(grid)} sigmas "
+                                 f"(model_index.json sample_sigmas): num_inference_steps must be {len(grid)}, got {n}",
+                                 field="num_inference_steps")
+            s = np.asarray(grid, dtype=np.float64).astype(np.float32)
+        else:
+            s = np.linspace(1.0, 1.0 / n, n).astype(np.float32)
         if shift is not None:
             mu = math.log(shift) if self.time_shift_type == "exponential" else shift
             s = self._time_shift(mu, s)
@@ -110,10 +120,11 @@ class DynamicShiftEuler(FlowEulerScheduler):
     """Our flow Euler solver on a `QwenSchedule`: `set_timesteps(n, shift)` where `shift` None is the dynamic
     shift for `image_seq_len` tokens, a number a fixed shift."""
 
-    def __init__(self, schedule: QwenSchedule, image_seq_len: int) -> None:
+    def __init__(self, schedule: QwenSchedule, image_seq_len: int, grid: Optional[Sequence[float]] = None) -> None:
         super().__init__(convention="diffusers", num_train_timesteps=schedule.num_train_timesteps)
         self.schedule = schedule
         self.image_seq_len = image_seq_len
+        self.grid = grid  # qwen-image 2.1 Turbo: the checkpoint's sigma grid (QwenSchedule.sigmas)
         self.fixed_shift: Optional[float] = None
 
     def set_timesteps(self, num_inference_steps: int, shift: Optional[float] = None, device=None) -> None:
@@ -121,4 +132,4 @@ class DynamicShiftEuler(FlowEulerScheduler):
         super().set_timesteps(num_inference_steps, shift=1.0 if shift is None else shift, device=device)
 
     def _schedule(self, n: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
-        return self.schedule.sigmas(n, self.image_seq_len, self.fixed_shift)
+        return self.schedule.sigmas(n, self.image_seq_len, self.fixed_shift, self.grid)

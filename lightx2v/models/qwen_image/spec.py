@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from lightx2v.config import ModelConfig
-from lightx2v.models.qwen_image import layouts
+from lightx2v.models.qwen_image import layouts, spec21
 from lightx2v.models.qwen_image.dit_format import QWEN_IMAGE_DIT_FORMAT
 from lightx2v.models.registry import ComponentSpec, FamilySpec, Geometry, MemoryProfile, register_family
 
@@ -29,6 +29,9 @@ def _read(files, key_map=None):
 def _build_text_encoder(mc: ModelConfig):
     from lightx2v.models.qwen_image.text import QwenTextEncoder
 
+    if spec21.is_21(mc):  # qwen-image 2.1: Qwen3-VL (text21.py)
+        return spec21.build_text_encoder(mc)
+
     # the edit models' encoder sees the input images: its vision tower is built (and read) too
     return QwenTextEncoder(mc.arch.text_encoder, vision=mc.arch.edit is not None)
 
@@ -36,16 +39,24 @@ def _build_text_encoder(mc: ModelConfig):
 def _read_text_encoder(mc: ModelConfig):
     from lightx2v.models.qwen_image.text import text_key_from_file, text_key_with_vision
 
+    if spec21.is_21(mc):
+        return spec21.read_text_encoder(mc)
+
     return _read(mc.files["text_encoder"], text_key_from_file if mc.arch.edit is None else text_key_with_vision)
 
 
 def _build_vae(mc: ModelConfig):
     from lightx2v.models.wan.vae import WanVAE
 
+    if spec21.is_21(mc):  # qwen-image 2.1: its own VAE (vae21.py)
+        return spec21.build_vae(mc)
+
     return WanVAE(mc.arch.vae)  # the Qwen-Image VAE is the Wan2.1 network (models/qwen_image/vae.py)
 
 
 def _read_vae(mc: ModelConfig):
+    if spec21.is_21(mc):
+        return spec21.read_vae(mc)
     return _read(mc.files["vae"], mc.arch.vae.key_from_diffusers)
 
 
@@ -61,6 +72,8 @@ TRAINED_SIZE = (1328, 1328)
 
 def geometry(mc: ModelConfig) -> Geometry:
     """Sides multiples of 16 (VAE stride 8 x patch 2), one frame, the VAE's latent channels."""
+    if spec21.is_21(mc):  # qwen-image 2.1: multiples of 32
+        return spec21.geometry(mc)
     s, p = mc.arch.vae.scale_factor_spatial, mc.dit.patch_size
     return Geometry(size_multiple=s * p, frame_step=1, latent_channels=mc.arch.vae.z_dim, stride=(1, s, s),
                     max_frames=1, size_reason=f"VAE stride {s} x patch {p}", patch=(1, p, p),
@@ -127,6 +140,8 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
     the MLP's gate, up and their product) + the causal mask [n, n] in s: counted, not measured.
     Not counted: num_images N multiplies the denoise and decode stages (the estimate is for one image).
     """
+    if spec21.is_21(mc):  # qwen-image 2.1's own count
+        return spec21.memory(mc, dtype)
     s = dtype.itemsize
     d = mc.dit
     dim = d.num_attention_heads * d.attention_head_dim
@@ -144,6 +159,8 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
 
 
 def describe(mc: ModelConfig) -> dict:
+    if spec21.is_21(mc):
+        return spec21.describe(mc)
     return {"size": QWEN_IMAGE_DIT_FORMAT.describe(mc.dit), "tokenizer": mc.files["tokenizer"]}
 
 
