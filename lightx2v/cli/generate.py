@@ -34,7 +34,7 @@ FLAGS = {
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
     "cache": "--cache", "vae_tile_size": "--vae-tile-size", "chunk_tokens": "--chunk-tokens",
     "num_images": "--num-images", "ulysses": "--ulysses", "ring": "--ring", "cfg_parallel": "--cfg-parallel",
-    "vae_parallel": "--vae-parallel", "parallel": "--ulysses / --ring / --cfg-parallel",
+    "vae_parallel": "--vae-parallel",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low", "image")
@@ -427,6 +427,10 @@ def summary_line(mc, engine, p) -> str:
         opts.append("encoders offloaded")
     if engine.text_encoder_device:
         opts.append(f"text encoder on {engine.text_encoder_device}")
+    par = engine.parallel
+    if par.enabled:  # (parallel) the degrees of the launch
+        opts.append(" x ".join(f"{k} {v}" for k, v in (("cfg", par.cfg), ("ulysses", par.ulysses), ("ring", par.ring))
+                               if v > 1) + " ranks" * (par.world > 1) + ", vae parallel" * par.vae_parallel)
     if mc.distill is not None:
         opts.append("step-distilled")
     if mc.tiny_vae is not None:

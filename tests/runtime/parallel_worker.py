@@ -2,9 +2,9 @@
 
     python tests/runtime/parallel_worker.py SPEC.json OUT_DIR
 
-For every case, rank 0 runs the request on one process (the reference, parallel off) and both ranks
+For every case, one rank (in turn) runs the request alone (the reference, parallel off) and both ranks
 run it with the case's parallel options; each rank saves what it got (OUT_DIR/<case>.<rank>.pt:
-latents or frames, path, stats, engine log) and rank 0 the reference. Last, the error case: under
+latents or frames, path, stats, engine log, the tokens its blocks saw) and the reference (<case>.ref.pt). Last, the error case: under
 `fail_together`, rank 1 fails at step 2 of a Ulysses run while rank 0 waits in the all-to-all; both
 must exit with one message (the test reads the exit codes and stderr).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from PIL import Image
 
 from lightx2v import LightX2V
 from lightx2v.config import CompileConfig
+from lightx2v.errors import InputError
 
 PROMPT = "a red fox runs through the snow"
 SMALL = dict(height=32, width=32, num_frames=5, num_inference_steps=3, guidance_scale=4.0, seed=7)
@@ -34,7 +36,7 @@ def _image(w: int, h: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)).resize((w, h))
 
 
-def cases(spec: dict) -> list[tuple[str, str, dict, dict, dict]]:
+def cases() -> list[tuple[str, str, dict, dict, dict]]:
     """(name, model, load options, parallel options, request)."""
     aot = CompileConfig(enabled=True, backend="aot_eager")
     out = [
@@ -43,7 +45,7 @@ def cases(spec: dict) -> list[tuple[str, str, dict, dict, dict]]:
         ("cfg", "wan21", {}, {"cfg_parallel": True}, SMALL),
         ("ulysses_frames", "wan21", {}, {"ulysses": 2}, dict(SMALL, output_type="np")),
         ("ulysses_firstblock", "wan21", {"cache": "firstblock:threshold=0.3"}, {"ulysses": 2}, CACHED),
-        ("ulysses_teacache", "wan21", {"cache": "teacache:model=t2v-1.3b,threshold=0.5,ret_steps=false"},
+        ("ulysses_teacache", "wan21", {"cache": "teacache:model=t2v-1.3b,threshold=0.5,ret_steps=true"},
          {"ulysses": 2}, CACHED),
         ("cfg_taylorseer", "wan21", {"cache": "taylorseer:interval=2,warmup=1"}, {"cfg_parallel": True}, CACHED),
         ("ulysses_quant", "wan21", {"quant": "w8a8-int8"}, {"ulysses": 2}, SMALL),
@@ -58,8 +60,7 @@ def cases(spec: dict) -> list[tuple[str, str, dict, dict, dict]]:
          dict(image=_image(96, 64), height=64, width=96, num_frames=5, num_inference_steps=3, guidance_scale=5.0,
               seed=7)),
     ]
-    if spec.get("ring"):
-        out += [("ring", "wan21", {}, {"ring": 2}, SMALL)]
+    out += [("ring", "wan21", {}, {"ring": 2}, SMALL), ("ring_padded", "wan21", {}, {"ring": 2}, PADDED)]
     return out
 
 
@@ -83,19 +84,29 @@ def main(spec_path: str, out_dir: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ["RANK"])
     out = Path(out_dir)
-    for name, model, load_kw, par_kw, request in cases(spec):
-        if spec.get("only") and name not in spec["only"]:
-            continue
+    t0 = time.perf_counter()
+    todo = [c for c in cases() if c[0] in spec["cases"]]
+    for i, (name, model, load_kw, par_kw, request) in enumerate(todo):
         root = spec[model]
-        if rank == 0:  # the reference: one process, parallel off
+        if rank == i % 2:  # the reference: one process, parallel off (the ranks take turns)
             torch.save(_record(_run(_load(root, **load_kw), request)), out / f"{name}.ref.pt")
         pipe = _load(root, **load_kw, **par_kw)
         tokens = []  # the tokens block 0 of the (first) DiT sees: this rank's share under sequence parallelism
         hook = pipe.pipeline.dit.blocks[0].register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1]))
-        record = _record(_run(pipe, request), pipe)
+        try:
+            record = _record(_run(pipe, request), pipe)
+        except InputError as exc:  # refused (ring with a padded token count): both ranks, before a collective
+            torch.save({"error": str(exc)}, out / f"{name}.{rank}.pt")
+            continue
         hook.remove()
         torch.save({**record, "tokens": sorted(set(tokens))}, out / f"{name}.{rank}.pt")
+        print(f"case {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     (out / f"done.{rank}").write_text("ok")
+    if spec.get("error_case"):
+        fail_on_rank_1(spec, rank)
+
+
+def fail_on_rank_1(spec: dict, rank: int) -> None:
     from lightx2v.runtime.parallel.launch import fail_together
 
     pipe = _load(spec["wan21"], ulysses=2)

@@ -1,99 +1,38 @@
 """Several ranks (lightx2v.runtime.parallel) on the CPU with gloo: 2 processes started once for the
 module (tests/runtime/parallel_worker.py runs every case in that one launch), each case's output
-against the one-process run within 1e-5 (fp32, tiny models): Ulysses 2 (a padded token count too),
-CFG parallel, each with a feature cache, w8a8 quantization, compile, the step-distilled preset,
-Wan2.2's expert switch (per-expert scales) and TI2V's per-token timesteps; then one rank failing
-stops both with one message. The checks that need no second process (degrees, groups, config)
-run in this process."""
+against the one-process run within 1e-5 (fp32, tiny Wan2.1): Ulysses 2 (a padded token count too),
+CFG parallel, each with a feature cache (first-block, TeaCache, TaylorSeer) and w8a8 quantization,
+Ulysses on the step-distilled preset; then one rank failing stops both with one message. The checks
+that need no second process (degrees, groups, config) run in this process. Compile, Wan2.2, ring
+and the torchrun CLI: test_parallel_more.py."""
 
 from __future__ import annotations
-
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from lightx2v.config import EngineConfig, ParallelConfig
 from lightx2v.errors import InputError
-
-WORKER = Path(__file__).with_name("parallel_worker.py")
-TOL = 1e-5
+from tests.runtime.parallel_launch import check_case, launch_workers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _has_ring() -> bool:
-    try:
-        import lightx2v.runtime.parallel.ring  # noqa: F401
-    except ImportError:
-        return False
-    return True
+CASES = ("ulysses", "ulysses_padded", "cfg", "ulysses_frames", "ulysses_firstblock", "ulysses_teacache",
+         "cfg_taylorseer", "ulysses_quant", "cfg_quant", "ulysses_distill")
 
 
 @pytest.fixture(scope="module")
-def launch(tmp_path_factory, wan22_t2v_dirs, wan22_ti2v_dirs):
-    """Both ranks run every case; (out_dir, [(returncode, stderr)] per rank, seconds)."""
+def launch(tmp_path_factory):
+    """Both ranks run every case of CASES, then the error case; (out_dir, [(returncode, stderr)], seconds)."""
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     root = tmp_path_factory.mktemp("parallel")
-    spec = {"wan21": str(write_official_checkpoint(root / "wan21")), "wan22_t2v": str(wan22_t2v_dirs[1]),
-            "wan22_ti2v": str(wan22_ti2v_dirs[1]), "ring": _has_ring()}
-    (root / "spec.json").write_text(json.dumps(spec))
-    out = root / "out"
-    out.mkdir()
-    port = _free_port()
-    procs = []
-    t0 = time.perf_counter()
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", TRITON_INTERPRET="1",
-                   PYTHONPATH=str(Path(__file__).parents[2]))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(root / "spec.json"), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for p in procs:
-        try:
-            _, err = p.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            pytest.fail("the 2-rank launch hung (300 s)")
-        results.append((p.returncode, err))
-    return out, results, time.perf_counter() - t0
+    return launch_workers(root, {"wan21": str(write_official_checkpoint(root / "wan21")), "cases": CASES,
+                                 "error_case": True})
 
 
-def _cases():
-    sys.path.insert(0, str(WORKER.parent))
-    from parallel_worker import cases
-
-    return [c[0] for c in cases({"ring": _has_ring()})]
-
-
-@pytest.mark.parametrize("name", _cases())
+@pytest.mark.parametrize("name", CASES)
 def test_two_ranks_equal_one(launch, name):
-    out, results, _ = launch
-    if not (out / f"{name}.1.pt").exists():
-        pytest.fail(f"case {name} did not finish; rank stderr:\n" + "\n".join(e[-3000:] for _, e in results))
-    ref = torch.load(out / f"{name}.ref.pt", weights_only=False)
-    got = [torch.load(out / f"{name}.{r}.pt", weights_only=False) for r in range(2)]
-    assert ref["out"].abs().max() > 0.1  # a real output, not zeros
-    for r, g in enumerate(got):
-        err = float((g["out"] - ref["out"]).abs().max())
-        assert err <= TOL, f"{name}: rank {r} differs from one process by {err:.2e}"
-        assert g["stats"].get("model_calls_skipped") == ref["stats"].get("model_calls_skipped"), name
-    assert any(line.startswith("parallel: rank") for line in got[0]["log"]), got[0]["log"]
-    if "cache" in name or name.endswith(("firstblock", "teacache", "taylorseer")):
-        assert ref["stats"]["model_calls_skipped"] > 0  # the cache did skip (the same forwards on every rank)
+    check_case(launch, name)
 
 
 def test_only_rank_0_returns_frames(launch):
