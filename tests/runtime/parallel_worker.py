@@ -89,7 +89,8 @@ def main(spec_path: str, out_dir: str) -> None:
     for i, (name, model, load_kw, par_kw, request) in enumerate(todo):
         root = spec[model]
         if rank == i % 2:  # the reference: one process, parallel off (the ranks take turns)
-            torch.save(_record(_run(_load(root, **load_kw), request)), out / f"{name}.ref.pt")
+            ref_kw = {k: v for k, v in load_kw.items() if k != "compile"}  # (aot_eager is eager's numbers)
+            torch.save(_record(_run(_load(root, **ref_kw), request)), out / f"{name}.ref.pt")
         pipe = _load(root, **load_kw, **par_kw)
         tokens = []  # the tokens block 0 of the (first) DiT sees: this rank's share under sequence parallelism
         hook = pipe.pipeline.dit.blocks[0].register_forward_pre_hook(lambda m, args: tokens.append(args[0].shape[1]))
