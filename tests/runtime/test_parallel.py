@@ -2,7 +2,7 @@
 module (tests/runtime/parallel_worker.py runs every case in that one launch), each case's output
 against the one-process run within 1e-5 (fp32, tiny Wan2.1): Ulysses 2 (a padded token count too),
 CFG parallel, each with a feature cache (first-block, TeaCache, TaylorSeer) and w8a8 quantization,
-Ulysses on the step-distilled preset; then one rank failing stops both with one message. The checks
+Ulysses on the step-distilled preset and with block offload; then one rank failing stops both with one message. The checks
 that need no second process (degrees, groups, config) run in this process. Compile, Wan2.2, ring
 and the torchrun CLI: test_parallel_more.py."""
 
@@ -17,7 +17,7 @@ from tests.runtime.parallel_launch import check_case, launch_workers
 
 
 CASES = ("ulysses", "ulysses_padded", "cfg", "ulysses_frames", "ulysses_firstblock", "ulysses_teacache",
-         "cfg_taylorseer", "ulysses_quant", "cfg_quant", "ulysses_distill")
+         "cfg_taylorseer", "ulysses_quant", "cfg_quant", "ulysses_distill", "ulysses_block_offload")
 
 
 @pytest.fixture(scope="module")

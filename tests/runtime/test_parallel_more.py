@@ -1,5 +1,5 @@
 """Several ranks, continued (test_parallel.py has the basics): compile (aot_eager) with Ulysses, Wan2.2
-A14B's expert switch with per-expert scales under CFG parallel, Wan2.2 TI2V image-to-video's per-token
+A14B's expert switch with per-expert scales under CFG parallel and under Ulysses, Wan2.2 TI2V image-to-video's per-token
 timesteps under Ulysses, ring attention (when lightx2v.runtime.parallel.ring is in the build), each
 against the one-process run within 1e-5 in one 2-rank launch; and the CLI under torchrun."""
 
@@ -23,7 +23,7 @@ def _has_ring() -> bool:
     return True
 
 
-CASES = ("ulysses_compile", "wan22_cfg_experts", "wan22_ti2v_image_ulysses")
+CASES = ("ulysses_compile", "wan22_cfg_experts", "wan22_ulysses_experts", "wan22_ti2v_image_ulysses")
 RING = ("ring",)
 
 
