@@ -31,16 +31,18 @@ def rank_env(rank: int, world: int, port: int) -> dict:
                 TRITON_INTERPRET="1", PYTHONPATH=str(REPO))
 
 
-def launch_workers(root: Path, spec: dict, timeout: float = 300) -> tuple[Path, list[tuple[int, str]], float]:
-    """Run both ranks on `spec` (parallel_worker.main's); (out dir, [(returncode, stderr)] per rank, seconds)."""
+def launch_workers(root: Path, spec: dict, timeout: float = 300,
+                   world: int = 2) -> tuple[Path, list[tuple[int, str]], float]:
+    """Run `world` ranks on `spec` (parallel_worker.main's); (out dir, [(returncode, stderr)] per rank, seconds)."""
     (root / "spec.json").write_text(json.dumps(spec))
     out = root / "out"
     out.mkdir()
     port = free_port()
     t0 = time.perf_counter()
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(root / "spec.json"), str(out)],
-                              env=rank_env(rank, 2, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for rank in range(2)]
+                              env=rank_env(rank, world, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for rank in range(world)]
     results = []
     for p in procs:
         try:
@@ -48,7 +50,7 @@ def launch_workers(root: Path, spec: dict, timeout: float = 300) -> tuple[Path, 
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            pytest.fail(f"the 2-rank launch hung ({timeout:.0f} s)")
+            pytest.fail(f"the {world}-rank launch hung ({timeout:.0f} s)")
         results.append((p.returncode, err))
     return out, results, time.perf_counter() - t0
 
@@ -56,10 +58,11 @@ def launch_workers(root: Path, spec: dict, timeout: float = 300) -> tuple[Path, 
 def check_case(launch, name: str) -> None:
     """Both ranks' outputs of case `name` equal the one-process run's (and the per-rank stats add up)."""
     out, results, _ = launch
-    if not (out / f"{name}.1.pt").exists():
+    world = len(results)
+    if not all((out / f"{name}.{r}.pt").exists() for r in range(world)):
         pytest.fail(f"case {name} did not finish; rank stderr:\n" + "\n".join(e[-3000:] for _, e in results))
     ref = torch.load(out / f"{name}.ref.pt", weights_only=False)
-    got = [torch.load(out / f"{name}.{r}.pt", weights_only=False) for r in range(2)]
+    got = [torch.load(out / f"{name}.{r}.pt", weights_only=False) for r in range(world)]
     assert ref["out"].abs().max() > 0.1  # a real output, not zeros
     for r, g in enumerate(got):
         if g["out"].shape != ref["out"].shape:  # output_type "np": rank 1 keeps its latents (test below)
@@ -68,16 +71,17 @@ def check_case(launch, name: str) -> None:
         err = float((g["out"] - ref["out"]).abs().max())
         assert err <= TOL, f"{name}: rank {r} differs from one process by {err:.2e}"
     assert any(line.startswith("parallel: rank") for line in got[0]["log"]), got[0]["log"]
-    # stats are per rank: under CFG parallel each rank made one branch's forwards, under Ulysses every rank all
-    skipped = [g["stats"].get("model_calls_skipped", 0) for g in got]
-    calls = [g["stats"]["model_calls"] for g in got]
-    cfg = name.startswith(("cfg", "wan22_cfg"))
-    assert (sum(skipped) if cfg else skipped[0]) == ref["stats"].get("model_calls_skipped", 0), (skipped, ref["stats"])
-    assert (sum(calls) if cfg else calls[0]) == ref["stats"]["model_calls"], (calls, ref["stats"])
-    if name.endswith(("firstblock", "teacache", "taylorseer")):
+    # stats are per rank: under CFG parallel each rank made one branch's forwards, in a sequence group every
+    # rank all of its branch's: the ranks' sum x cfg / world is the one process's count
+    cfg = 2 if name.startswith(("cfg", "wan22_cfg")) else 1
+    for key in ("model_calls", "model_calls_skipped"):
+        counts = [g["stats"].get(key, 0) for g in got]
+        assert len(set(counts[: world // cfg])) == 1 and sum(counts) * cfg == world * ref["stats"].get(key, 0), \
+            (key, counts, ref["stats"])
+    if name.endswith(("firstblock", "teacache", "taylorseer")) or name == "cfg_ulysses":
         assert ref["stats"]["model_calls_skipped"] > 0  # the cache did skip (and the same forwards on every rank)
-    sequence = "ulysses" in name or name == "ring"
     assert all(len(g["tokens"]) == 1 for g in got)
     whole = ref["out"].shape[-1] * ref["out"].shape[-2] * ref["out"].shape[-3] // 4 if ref["out"].ndim == 5 else None
-    if sequence and whole is not None:  # each rank's blocks saw half the (padded) tokens
-        assert got[0]["tokens"][0] == -(-whole // 2), (got[0]["tokens"], whole)
+    sp = world // cfg if "ulysses" in name or "ring" in name else 1
+    if whole is not None:  # each rank's blocks saw its share of the (padded) tokens
+        assert [g["tokens"][0] for g in got] == [-(-whole // sp)] * world, ([g["tokens"] for g in got], whole)

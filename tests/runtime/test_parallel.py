@@ -2,9 +2,11 @@
 module (tests/runtime/parallel_worker.py runs every case in that one launch), each case's output
 against the one-process run within 1e-5 (fp32, tiny Wan2.1): Ulysses 2 (a padded token count too),
 CFG parallel, each with a feature cache (first-block, TeaCache, TaylorSeer) and w8a8 quantization,
-Ulysses on the step-distilled preset and with block offload; then one rank failing stops both with one message. The checks
-that need no second process (degrees, groups, config) run in this process. Compile, Wan2.2, ring
-and the torchrun CLI: test_parallel_more.py."""
+Ulysses on the step-distilled preset and with block offload, Wan2.2 A14B's expert switch with
+per-expert scales under CFG parallel and Ulysses, Wan2.2 TI2V image-to-video's per-token timesteps
+under Ulysses; then one rank failing stops both with one message. The checks that need no second
+process (degrees, groups, config) run in this process. 4 ranks (CFG x Ulysses with a cache and
+compile, ring): test_parallel_more.py; the CLI under torchrun: tests/cli/test_parallel_cli.py."""
 
 from __future__ import annotations
 
@@ -17,16 +19,18 @@ from tests.runtime.parallel_launch import check_case, launch_workers
 
 
 CASES = ("ulysses", "ulysses_padded", "cfg", "ulysses_frames", "ulysses_firstblock", "ulysses_teacache",
-         "cfg_taylorseer", "ulysses_quant", "cfg_quant", "ulysses_distill", "ulysses_block_offload")
+         "cfg_taylorseer", "ulysses_quant", "cfg_quant", "ulysses_distill", "ulysses_block_offload",
+         "wan22_cfg_experts", "wan22_ulysses_experts", "wan22_ti2v_image_ulysses")
 
 
 @pytest.fixture(scope="module")
-def launch(tmp_path_factory):
+def launch(tmp_path_factory, wan22_t2v_dirs, wan22_ti2v_dirs):
     """Both ranks run every case of CASES, then the error case; (out_dir, [(returncode, stderr)], seconds)."""
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     root = tmp_path_factory.mktemp("parallel")
     return launch_workers(root, {"wan21": str(write_official_checkpoint(root / "wan21")), "cases": CASES,
+                                 "wan22_t2v": str(wan22_t2v_dirs[1]), "wan22_ti2v": str(wan22_ti2v_dirs[1]),
                                  "error_case": True})
 
 
