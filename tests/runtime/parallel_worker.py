@@ -62,13 +62,15 @@ def cases() -> list[tuple[str, str, dict, dict, dict]]:
         ("wan22_ti2v_image_ulysses", "wan22_ti2v", {}, {"ulysses": 2},
          dict(image=_image(96, 64), height=64, width=96, num_frames=5, num_inference_steps=3, guidance_scale=5.0,
               seed=7)),
+        # the parallel VAE decode: a frame two pieces wide (each part at least the 8-latent-pixel overlap)
+        ("ulysses_vae_parallel", "wan21", {}, {"ulysses": 2, "vae_parallel": True},
+         dict(SMALL, height=64, width=128, output_type="np")),
     ]
     # 4 ranks: LightX2V's 8-GPU layout, halved (CFG pairs outermost, Ulysses inside ring), with a cache and compile
     out += [("cfg_ulysses", "wan21", {"cache": "firstblock:threshold=0.5", "compile": aot},
              {"cfg_parallel": True, "ulysses": 2}, dict(PADDED, num_inference_steps=6)),
-            ("cfg_ring", "wan21", {}, {"cfg_parallel": True, "ring": 2}, SMALL),
-            ("cfg_ring_padded", "wan21", {}, {"cfg_parallel": True, "ring": 2}, PADDED),
-            ("ulysses_ring", "wan21", {}, {"ulysses": 2, "ring": 2}, SMALL)]
+            ("cfg_ring", "wan21", {}, {"cfg_parallel": True, "ring": 2}, PADDED),
+            ("ulysses_ring", "wan21", {}, {"ulysses": 2, "ring": 2}, PADDED)]
     return out
 
 

@@ -23,13 +23,22 @@ CASES = ("ulysses", "ulysses_padded", "cfg", "ulysses_frames", "ulysses_firstblo
          "wan22_cfg_experts", "wan22_ulysses_experts", "wan22_ti2v_image_ulysses")
 
 
+def _has_vae_parallel() -> bool:
+    try:
+        import lightx2v.runtime.parallel.vae  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def launch(tmp_path_factory, wan22_t2v_dirs, wan22_ti2v_dirs):
     """Both ranks run every case of CASES, then the error case; (out_dir, [(returncode, stderr)], seconds)."""
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     root = tmp_path_factory.mktemp("parallel")
-    return launch_workers(root, {"wan21": str(write_official_checkpoint(root / "wan21")), "cases": CASES,
+    cases = CASES + (("ulysses_vae_parallel",) if _has_vae_parallel() else ())
+    return launch_workers(root, {"wan21": str(write_official_checkpoint(root / "wan21")), "cases": cases,
                                  "wan22_t2v": str(wan22_t2v_dirs[1]), "wan22_ti2v": str(wan22_ti2v_dirs[1]),
                                  "error_case": True})
 
@@ -45,6 +54,19 @@ def test_only_rank_0_returns_frames(launch):
     assert got[0]["out"].ndim == 4 and got[0]["out"].shape[-1] == 3  # frames [F, H, W, 3] on rank 0
     assert got[1]["out"].ndim == 5  # rank 1: its latents only, no decode, no path
     assert got[1]["path"] is None
+
+
+def test_vae_parallel_decodes_on_both_ranks(launch):
+    if not _has_vae_parallel():
+        pytest.skip("lightx2v.runtime.parallel.vae is not in this build (branch ringvae)")
+    out, _, _ = launch
+    ref = torch.load(out / "ulysses_vae_parallel.ref.pt", weights_only=False)["out"]
+    got = [torch.load(out / f"ulysses_vae_parallel.{r}.pt", weights_only=False) for r in range(2)]
+    assert got[0]["out"].shape == ref.shape and got[1]["path"] is None and got[1]["out"].ndim == 5
+    # two pieces blended over their overlap, as the tiled decode: near the whole-frame decode, not equal to it
+    # (random tiny weights are a worst case for the seams; tests/runtime/test_parallel_vae.py bounds it alike)
+    rel = float((got[0]["out"] - ref).norm() / ref.norm())
+    assert 0 < rel < 0.15, rel
 
 
 def test_error_on_one_rank_stops_both_with_one_message(launch):

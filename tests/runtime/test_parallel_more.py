@@ -1,8 +1,8 @@
 """Four ranks (test_parallel.py has two): LightX2V's 8-GPU layout halved, CFG parallel x Ulysses 2,
-with a feature cache (first-block, deciding on the gathered residual) and compile (aot_eager), on a
-token count Ulysses must pad; and, when lightx2v.runtime.parallel.ring is in the build, CFG x ring 2
-and Ulysses 2 x ring 2 (ring refuses a padded token count in one line). Each against the one-process
-run within 1e-5 (fp32, tiny Wan2.1), in one 4-rank launch."""
+with a feature cache (first-block, deciding on the gathered residual) and compile (aot_eager); and,
+when lightx2v.runtime.parallel.ring is in the build, CFG x ring 2 and Ulysses 2 x ring 2. All on a
+token count the ranks must pad (27 tokens). Each against the one-process run within 1e-5 (fp32,
+tiny Wan2.1), in one 4-rank launch."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def launch4(tmp_path_factory):
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     root = tmp_path_factory.mktemp("parallel-4")
-    cases = ("cfg_ulysses",) + (RING + ("cfg_ring_padded",) if _has_ring() else ())
+    cases = ("cfg_ulysses",) + (RING if _has_ring() else ())
     return launch_workers(root, {"wan21": str(write_official_checkpoint(root / "wan21")), "cases": cases}, world=4)
 
 
@@ -46,11 +46,3 @@ def test_ring_equals_one(launch4, name):
     if not _has_ring():
         pytest.skip("lightx2v.runtime.parallel.ring is not in this build (branch ringvae)")
     check_case(launch4, name)
-
-
-def test_ring_refuses_a_padded_token_count(launch4):
-    if not _has_ring():
-        pytest.skip("lightx2v.runtime.parallel.ring is not in this build (branch ringvae)")
-    out, _, _ = launch4
-    got = torch.load(out / "cfg_ring_padded.0.pt", weights_only=False)
-    assert "ring attention needs the token count (27) to be a multiple of ulysses x ring (2)" in got["error"]

@@ -84,13 +84,17 @@ def guidance_kw(pipeline) -> dict:
 
 
 def decode(pipeline, vae, latents, on_chunk=None):
-    """The hook of a pipeline's decode with vae_parallel: every rank takes part in
-    `decode_parallel` (lightx2v.runtime.parallel.vae), rank 0 gets the video (then streamed whole
-    to `on_chunk`)."""
-    from lightx2v.runtime.parallel.vae import decode_parallel
+    """A pipeline's decode with vae_parallel: every rank decodes a spatial piece
+    (lightx2v.runtime.parallel.vae), rank 0 gets the video [1, 3, F, H, W] (None elsewhere), then
+    given whole to `on_chunk` (the streamed save). A Wan VAE blends its raw pieces as its tiled
+    decode does (`decode_vae_parallel`); another decoder (a tiny VAE) its decoded pixels."""
+    from lightx2v.runtime.parallel.vae import decode_parallel, decode_vae_parallel
 
-    state = pipeline.parallel
-    video = decode_parallel(lambda z: vae.decode(z, progress=False), latents, state.world_group)
+    group = pipeline.parallel.world_group
+    if hasattr(vae, "_decoded") and hasattr(vae, "_to_pixels"):  # the Wan VAE's decoder (VAEDecode)
+        video = decode_vae_parallel(vae, latents, group)
+    else:
+        video = decode_parallel(lambda z: vae.decode(z, progress=False), latents, group)
     if on_chunk is not None and video is not None:
         on_chunk(video)
     return video

@@ -17,8 +17,8 @@ Two pieces, installed by `apply_sequence_parallel`:
       (local tokens, all heads -> all tokens of the ring chunk, heads / U), the inner backend (or
       `ring_attention` across the ring group: lightx2v.runtime.parallel.ring), the all-to-all back.
       Padded tokens sit at the end of the sequence: after the all-to-all they are the last Lp - L
-      rows, cut from q, k, v before the inner backend and zero-filled after, so the attention is
-      exact. (Ring attention has no key mask: with ring > 1 the token count must divide.)
+      rows, cut from q, k, v before the inner backend and zero-filled after; with a ring, the ring
+      leaves the keys past L out (`valid`). Either way the attention of the real tokens is exact.
 Cross-attention stays local (its keys are the text, whole on every rank). The blocks are unchanged;
 compiled blocks trace the all-to-all (functional collectives), the ring exchange is left out of the
 graph.
@@ -92,8 +92,8 @@ class SequenceParallelAttention:
         g = self.ulysses_group
         if g is not None:  # [3, B, Ll, H, D] -> [3, B, U * Ll, H / U, D]: one exchange for q, k and v
             q, k, v = _all_to_all(torch.stack([q, k, v]), g, scatter_dim=3, gather_dim=2).unbind(0)
-        if self.ring_group is not None:
-            out = _ring(q, k, v, self.ring_group)
+        if self.ring_group is not None:  # the ring chunks, in ring-rank order, are the (padded) sequence
+            out = _ring(q, k, v, self.ring_group, self.shard.valid)
         else:
             out = self._local(q, k, v)
         if g is not None:  # [B, U * Ll, H / U, D] -> [B, Ll, H, D]
@@ -110,11 +110,13 @@ class SequenceParallelAttention:
 
 
 @torch.compiler.disable
-def _ring(q: Tensor, k: Tensor, v: Tensor, group) -> Tensor:
-    # the ring's point-to-point exchange is not traced by dynamo: a compiled block breaks here
-    from lightx2v.runtime.parallel.ring import ring_attention  # another branch writes it (ringvae)
+def _ring(q: Tensor, k: Tensor, v: Tensor, group, valid: Optional[int]) -> Tensor:
+    # the ring's point-to-point exchange is not traced by dynamo: a compiled block breaks here.
+    # `valid`: keys past it are padding, left out by the ring; the shapes are equal on every rank by
+    # construction (SequenceShardedBlocks cuts equal shares), so the ring's per-call check is skipped
+    from lightx2v.runtime.parallel.ring import ring_attention
 
-    return ring_attention(q, k, v, group)
+    return ring_attention(q, k, v, group, check_lengths=False, valid=valid)
 
 
 class SequenceShardedBlocks:
@@ -122,13 +124,11 @@ class SequenceShardedBlocks:
 
     Plain Python (not an nn.Module: it holds the model, which must not become its own child)."""
 
-    def __init__(self, model: nn.Module, plan: dict[str, int], group, rank: int, size: int, shard: ShardInfo,
-                 pad_ok: bool = True) -> None:
+    def __init__(self, model: nn.Module, plan: dict[str, int], group, rank: int, size: int, shard: ShardInfo) -> None:
         self.model = model
         self.plan = dict(plan)
         self.group, self.rank, self.size = group, rank, size
         self.shard = shard
-        self.pad_ok = pad_ok  # ring attention cannot mask padded keys
 
     def cut(self, t: Tensor, dim: int, padded: int) -> Tensor:
         """This rank's share of t along `dim` (padded with zeros to `padded` first); size 1: whole."""
@@ -144,9 +144,6 @@ class SequenceShardedBlocks:
         # x: [B, L, C] fp32 (the whole sequence) -> [B, L, C] fp32
         length = x.shape[1]
         padded = math.ceil(length / self.size) * self.size
-        if padded != length and not self.pad_ok:
-            raise InputError(f"ring attention needs the token count ({length}) to be a multiple of ulysses x ring "
-                             f"({self.size}); choose another size or frame count, or ulysses only", field="ring")
         local = {k: (self.cut(v, self.plan[k], padded) if k in self.plan and isinstance(v, Tensor) else v)
                  for k, v in kw.items()}
         self.shard.valid = length
@@ -174,8 +171,7 @@ def apply_sequence_parallel(model: nn.Module, state) -> int:
             module.attn_backend = SequenceParallelAttention(module.attn_backend, shard, state.ulysses_group,
                                                             state.ring_group)
             n += 1
-    model.run_blocks = SequenceShardedBlocks(model, plan, state.sp_group, state.sp_rank, state.sp, shard,
-                                             pad_ok=state.ring == 1)
+    model.run_blocks = SequenceShardedBlocks(model, plan, state.sp_group, state.sp_rank, state.sp, shard)
     return n
 
 
