@@ -122,3 +122,17 @@ def test_rank_layout_ulysses_inside_ring_inside_cfg():
     assert g["ulysses"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     assert g["ring"] == [[0, 2], [1, 3], [4, 6], [5, 7]]
     assert g["cfg"] == [[0, 4], [1, 5], [2, 6], [3, 7]]
+
+
+def test_a_family_without_a_parallel_pipeline_is_refused_before_loading(monkeypatch):
+    from types import SimpleNamespace
+
+    from lightx2v.runtime.parallel import check_parallel
+
+    class OnePipeline:  # no `parallel_ready`: its loop does not read pipeline.parallel
+        pass
+
+    spec = SimpleNamespace(title="Qwen-Image", pipeline=lambda: OnePipeline)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="Qwen-Image pipelines do not run on several GPUs yet"):
+        check_parallel(SimpleNamespace(spec=spec, dit=SimpleNamespace(num_heads=24)), ParallelConfig(cfg_parallel=True))
