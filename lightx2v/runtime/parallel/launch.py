@@ -71,8 +71,8 @@ def _watch(stop: threading.Event) -> None:
                 continue
             code = int(store.get(KEY).decode().partition(" ")[0])
             store.add(ACK, 1)
-        except Exception:  # the store's host is gone: the launch is over anyway
-            code = 1
+        except Exception:  # the store's host (rank 0 without torchrun's agent) has finished: stop watching
+            return
         time.sleep(2 * POLL_S)  # the store may live in this process (rank 0): let the failed rank read the ack
         _exit(code)
 
