@@ -62,6 +62,8 @@ def cases() -> list[tuple[str, str, dict, dict, dict]]:
         ("wan22_ti2v_image_ulysses", "wan22_ti2v", {}, {"ulysses": 2},
          dict(image=_image(96, 64), height=64, width=96, num_frames=5, num_inference_steps=3, guidance_scale=5.0,
               seed=7)),
+        # no seed: each process draws its own; the ranks must agree on rank 0's (no reference: random)
+        ("cfg_random_seed", "wan21", {}, {"cfg_parallel": True}, {k: v for k, v in SMALL.items() if k != "seed"}),
         # the parallel VAE decode: a frame two pieces wide (each part at least the 8-latent-pixel overlap)
         ("ulysses_vae_parallel", "wan21", {}, {"ulysses": 2, "vae_parallel": True},
          dict(SMALL, height=64, width=128, output_type="np")),
@@ -87,7 +89,8 @@ def _run(pipe: LightX2V, request: dict, **kw):
 def _record(result, pipe=None) -> dict:
     out = result.frames if result.frames is not None else result.latents
     return {"out": None if out is None else torch.as_tensor(np.asarray(out) if not torch.is_tensor(out) else out),
-            "path": result.path, "stats": dict(result.stats), "log": list(pipe.pipeline.engine_log) if pipe else []}
+            "path": result.path, "stats": dict(result.stats), "log": list(pipe.pipeline.engine_log) if pipe else [],
+            "seed": result.seed}
 
 
 def main(spec_path: str, out_dir: str) -> None:
@@ -98,7 +101,7 @@ def main(spec_path: str, out_dir: str) -> None:
     todo = [c for c in cases() if c[0] in spec["cases"]]
     for i, (name, model, load_kw, par_kw, request) in enumerate(todo):
         root = spec[model]
-        if rank == i % world:  # the reference: one process, parallel off (the ranks take turns)
+        if rank == i % world and "seed" in request:  # the reference: one process, parallel off (ranks take turns)
             ref_kw = {k: v for k, v in load_kw.items() if k != "compile"}  # (aot_eager is eager's numbers)
             torch.save(_record(_run(_load(root, **ref_kw), request)), out / f"{name}.ref.pt")
         pipe = _load(root, **load_kw, **par_kw)

@@ -37,7 +37,7 @@ def launch(tmp_path_factory, wan22_t2v_dirs, wan22_ti2v_dirs):
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     root = tmp_path_factory.mktemp("parallel")
-    cases = CASES + (("ulysses_vae_parallel",) if _has_vae_parallel() else ())
+    cases = CASES + ("cfg_random_seed",) + (("ulysses_vae_parallel",) if _has_vae_parallel() else ())
     return launch_workers(root, {"wan21": str(write_official_checkpoint(root / "wan21")), "cases": cases,
                                  "wan22_t2v": str(wan22_t2v_dirs[1]), "wan22_ti2v": str(wan22_ti2v_dirs[1]),
                                  "error_case": True})
@@ -54,6 +54,13 @@ def test_only_rank_0_returns_frames(launch):
     assert got[0]["out"].ndim == 4 and got[0]["out"].shape[-1] == 3  # frames [F, H, W, 3] on rank 0
     assert got[1]["out"].ndim == 5  # rank 1: its latents only, no decode, no path
     assert got[1]["path"] is None
+
+
+def test_a_random_seed_is_rank_0s_on_every_rank(launch):
+    out, _, _ = launch
+    got = [torch.load(out / f"cfg_random_seed.{r}.pt", weights_only=False) for r in range(2)]
+    assert got[0]["seed"] == got[1]["seed"] is not None
+    assert torch.equal(got[0]["out"], got[1]["out"])  # the same noise, so the same latents after the CFG steps
 
 
 def test_vae_parallel_decodes_on_both_ranks(launch):
