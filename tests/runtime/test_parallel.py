@@ -119,6 +119,8 @@ def test_world_mismatch_and_heads_before_loading(monkeypatch, tmp_path):
     with pytest.raises(InputError, match=r"ulysses 4 does not divide the model's 2 attention heads; possible: 1, 2$"):
         check_parallel(mc, ParallelConfig(ulysses=4))
     check_parallel(mc, ParallelConfig(cfg_parallel=True, ulysses=2))  # 2 x 2 = 4: fine
+    with pytest.raises(InputError, match=r"= 1, but the launch has 4 processes"):  # the VAE split alone: no
+        check_parallel(mc, ParallelConfig(vae_parallel=True))
 
 
 def test_rank_layout_ulysses_inside_ring_inside_cfg():

@@ -40,11 +40,12 @@ def environment() -> tuple[int, int, int]:
 
 
 def check_world(cfg, world: Optional[int] = None) -> None:
-    """cfg (a ParallelConfig) against the launch: the product of its degrees is the world size."""
+    """cfg (a ParallelConfig) against the launch: the product of its degrees is the world size (with
+    vae_parallel alone, 1: every rank would run the whole denoise)."""
     world = environment()[0] if world is None else world
-    if cfg.world == 1:
+    if not cfg.enabled:
         return
-    if world == 1 and "WORLD_SIZE" not in os.environ:
+    if cfg.world > 1 and world == 1 and "WORLD_SIZE" not in os.environ:
         raise InputError(f"parallel degrees cfg {cfg.cfg} x ulysses {cfg.ulysses} x ring {cfg.ring} = {cfg.world} "
                          f"need {cfg.world} processes: launch with torchrun --nproc-per-node {cfg.world} -m lightx2v "
                          "generate ... (WORLD_SIZE is not set)", field="parallel")
