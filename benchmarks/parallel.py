@@ -40,6 +40,14 @@ SHAPES = {  # name: (model_type, in_dim, dim, ffn, heads, layers, (height, width
 }
 
 
+def ulysses_bytes(layers: int, tokens: int, dim: int, n: int, b: int = 2) -> int:
+    """Bytes one rank of a Ulysses group of n sends per forward: per block the all-to-alls of q, k, v
+    and the attention output ((n - 1) / n of its tokens / n x dim each, `b` bytes an element), then
+    its share of the fp32 all-gather of the blocks' output (to n - 1 ranks)."""
+    share = math.ceil(tokens / n) * dim
+    return layers * 4 * share * b * (n - 1) // n + share * 4 * (n - 1)
+
+
 class Bench:
     def __init__(self, args) -> None:
         self.args = args
@@ -136,10 +144,8 @@ class Bench:
                 remove_sequence_parallel(m)
         tokens = math.prod(s // p for s, p in zip(x.shape[2:], cfg.patch_size))
         b = 2  # bf16 bytes
-        n = 2
-        rows["comm_bytes_per_rank"] = {  # what one rank sends per forward / step
-            "ulysses_forward": cfg.num_layers * 4 * tokens // n * cfg.dim * b * (n - 1) // n
-            + tokens // n * cfg.dim * 4 * (n - 1),  # q, k, v and the output all-to-alls; the fp32 all-gather of x
+        rows["comm_bytes_per_rank"] = {  # what one rank sends per forward (Ulysses N) / step (CFG parallel)
+            **{f"ulysses{n}_forward": ulysses_bytes(cfg.num_layers, tokens, cfg.dim, n, b) for n in (2, 4, 8)},
             "cfg_parallel_step": x.numel() * 4,  # the fp32 velocity, all-gathered
         }
         rows["tokens"] = tokens

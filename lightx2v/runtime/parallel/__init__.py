@@ -67,10 +67,8 @@ def apply_parallel(pipeline, engine) -> list[str]:
             model = pipeline.components.get(name)
             if model is not None:
                 n = apply_sequence_parallel(model, state)
-                log.append(f"{name}: tokens split over {state.sp} ranks, {n} self-attentions "
-                           + ("ulysses " + str(state.ulysses) if state.ulysses > 1 else "")
-                           + (" x " if state.ulysses > 1 and state.ring > 1 else "")
-                           + ("ring " + str(state.ring) if state.ring > 1 else ""))
+                how = " x ".join(f"{k} {d}" for k, d in (("ulysses", state.ulysses), ("ring", state.ring)) if d > 1)
+                log.append(f"{name}: tokens split over {state.sp} ranks ({how}), {n} self-attentions wrapped")
     return log
 
 
