@@ -73,6 +73,10 @@ class LightX2V:
         vae_tiling: bool = False,
         vae_tile_size: int = 256,
         chunk_tokens: int = 0,
+        cfg_parallel: bool = False,
+        ulysses: int = 1,
+        ring: int = 1,
+        vae_parallel: bool = False,
         preset: str | None = None,
         tiny_vae: str | Path | None = None,
         tiny_vae_kind: str | None = None,
@@ -137,6 +141,12 @@ class LightX2V:
         `chunk_tokens`: the DiT blocks run their token-wise parts (projections, norms, cross-attention,
         FFN) this many tokens at a time (>= 256; 0: off): activations ~12 x dim bytes a token plus one
         chunk's instead of ~30 x dim (Wan 14B 480P: ~2 instead of ~4.7 GiB), at a small cost in speed.
+        `cfg_parallel`, `ulysses`, `ring`, `vae_parallel`: several GPUs, in a torchrun launch (or with
+        torch.distributed initialised; lightx2v.runtime.parallel, docs/parallel.md): the two CFG branches
+        on two ranks; the DiT's tokens over `ulysses` ranks (all-to-all of heads: it must divide the
+        heads) and `ring` more (ring attention); the VAE decode split over every rank. (2 if cfg_parallel)
+        x ulysses x ring must be the world size; each rank runs on cuda:LOCAL_RANK; only rank 0 decodes
+        and writes (`result.path` is None on the others).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
         `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
         that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
@@ -156,7 +166,8 @@ class LightX2V:
                              quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
                              offload_encoders=offload_encoders, text_encoder_device=text_encoder_device,
                              cache=cache, vae_tiling=vae_tiling, vae_tile_size=vae_tile_size,
-                             chunk_tokens=chunk_tokens)
+                             chunk_tokens=chunk_tokens, cfg_parallel=cfg_parallel, ulysses=ulysses, ring=ring,
+                             vae_parallel=vae_parallel)
         root = resolve_model_path(path_or_repo_id, cache_dir=cache_dir, revision=revision,
                                   local_files_only=local_files_only, timeout=timeout, progress=progress)
         check_lora_files(engine)
@@ -179,6 +190,9 @@ class LightX2V:
 
         check_task(mc, task)
         check_cache(mc, engine.cache)  # a distilled model, coefficients the checkpoint does not determine
+        from lightx2v.runtime.parallel import check_parallel
+
+        check_parallel(mc, engine.parallel)  # degrees against the heads and the launch, before loading
         engine = resolve_engine_loras(mc, engine)
         pipeline = mc.spec.pipeline().load(mc, engine, progress=progress)
         return cls(pipeline, mc, engine)
@@ -300,12 +314,13 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
                 quant_image_encoder: str | None = None, offload_encoders: bool = False,
                 text_encoder_device: str | None = None,
                 cache: str | Mapping[str, Any] | None = None, vae_tiling: bool = False,
-                vae_tile_size: int = 256, chunk_tokens: int = 0) -> EngineConfig:
+                vae_tile_size: int = 256, chunk_tokens: int = 0, cfg_parallel: bool = False, ulysses: int = 1,
+                ring: int = 1, vae_parallel: bool = False) -> EngineConfig:
     """The EngineConfig of `from_pretrained`'s arguments, each checked before any weight is read:
     the device exists, the dtype and quantization scheme are known, the attention backend and the
     kernels run here.
     `lora_per_dit`: {DiT or expert name ("high", "low"): (path, strength) pairs} for one DiT each."""
-    from lightx2v.config import ATTENTION_ROLES, LoraConfig, resolve_device
+    from lightx2v.config import ATTENTION_ROLES, LoraConfig
     from lightx2v.ops.attention import resolve_attention
     from lightx2v.ops.fused import resolve_fused
 
@@ -317,7 +332,9 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
     if any(v is not None for v in given.values()):
         offload = OffloadConfig(offload, num_buffers=2 if offload_buffers is None else offload_buffers,
                                 lazy_load=bool(lazy_load), num_disk_workers=2 if num_disk_workers is None else num_disk_workers)
-    engine = EngineConfig(device=str(resolve_device(device)), dtype=parse_dtype(dtype), attention=attention,
+    parallel, device = _parallel(device, cfg_parallel=cfg_parallel, ulysses=ulysses, ring=ring,
+                                 vae_parallel=vae_parallel)
+    engine = EngineConfig(device=str(device), dtype=parse_dtype(dtype), attention=attention, parallel=parallel,
                           quant=quant, compile=compile, cfg_mode=cfg_mode, offload=offload, vae_dtype=vae_dtype,
                           context_kv=bool(context_kv), kernels=kernels, fuse_qkv=fuse_qkv, cache=cache,
                           quant_text_encoder=quant_text_encoder, quant_image_encoder=quant_image_encoder,
@@ -337,6 +354,22 @@ def make_engine(*, device: str = "cuda", dtype: torch.dtype | str = torch.bfloat
         resolve_attention(engine.attention_for(role), engine.torch_device(), engine.dtype)
     resolve_fused(kernels, engine.torch_device(), engine.dtype)  # kernels that cannot run here
     return engine
+
+
+def _parallel(device, **degrees):
+    """(ParallelConfig, this rank's device) of the API's parallel keywords: the degrees checked against
+    the launch (torchrun's WORLD_SIZE), the device cuda:LOCAL_RANK, the process group made."""
+    from lightx2v.config import ParallelConfig, resolve_device
+    from lightx2v.runtime.parallel.state import check_world, ensure_process_group, local_device
+
+    cfg = ParallelConfig(**degrees)
+    dev = resolve_device(device)
+    if not cfg.enabled:
+        return cfg, dev
+    check_world(cfg)
+    dev = local_device(dev)
+    ensure_process_group(dev)
+    return cfg, dev
 
 
 def expert_loras(high: Sequence[tuple[str | Path, float]] = (),

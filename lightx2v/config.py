@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Protocol, Un
 import torch
 
 from lightx2v.engine_config import (  # noqa: F401 (re-exported: the engine layer lives there)
-    ATTENTION_ROLES, DTYPES, OFFLOAD_GRANULARITIES, CompileConfig, EngineConfig, LoraConfig, OffloadConfig, QuantConfig,
-    parse_attention, parse_dtype, resolve_device,
+    ATTENTION_ROLES, DTYPES, OFFLOAD_GRANULARITIES, CompileConfig, EngineConfig, LoraConfig, OffloadConfig, ParallelConfig,
+    QuantConfig, parse_attention, parse_dtype, resolve_device,
 )
 from lightx2v.errors import InputError
 

@@ -238,6 +238,54 @@ def _cache_value(key: str, text: str, whole: str):
         raise InputError(f"cache {whole!r}: {key} must be a number, got {text!r}", field="cache") from None
 
 
+# ---- several GPUs (lightx2v.runtime.parallel; docs/parallel.md) ------------------------------------
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the ranks of a torchrun launch share one generation (lightx2v.runtime.parallel).
+
+    `cfg_parallel`: the conditional and unconditional CFG branches on two ranks, combined once per
+    step; `ulysses` N: the DiT's tokens split over N ranks, an all-to-all of heads around every
+    self-attention (N divides the heads); `ring` M: the sequence split over M more ranks, attention
+    exchanged around a ring (with Ulysses: Ulysses inside, ring across); `vae_parallel`: the VAE
+    decode split spatially over every rank. The product (2 if cfg_parallel) x ulysses x ring must be
+    the launch's world size (checked where the world is known: lightx2v.runtime.parallel.check_world)."""
+
+    cfg_parallel: bool = False
+    ulysses: int = 1
+    ring: int = 1
+    vae_parallel: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("ulysses", "ring"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InputError(f"{name} must be an integer >= 1 (ranks), got {v!r}", field=name)
+        for name in ("cfg_parallel", "vae_parallel"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, got {getattr(self, name)!r}", field=name)
+
+    @property
+    def cfg(self) -> int:
+        """Ranks of the CFG group: 2 with cfg_parallel, else 1."""
+        return 2 if self.cfg_parallel else 1
+
+    @property
+    def sequence(self) -> int:
+        """Ranks of one sequence-parallel group: ulysses x ring."""
+        return self.ulysses * self.ring
+
+    @property
+    def world(self) -> int:
+        """The ranks this config needs: cfg x ulysses x ring."""
+        return self.cfg * self.sequence
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1 or self.vae_parallel
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How to run: where, in which precision, and every transform (lightx2v.runtime.engine applies
@@ -294,6 +342,9 @@ class EngineConfig:
     # tokens at a time, the residual written in place (lightx2v.runtime.chunking): activation memory
     # ~12 x dim bytes a token plus one chunk's, instead of ~30 x dim (bf16); 0: off
     chunk_tokens: int = 0
+    # several GPUs under torchrun: CFG / Ulysses / ring parallel and the parallel VAE decode
+    # (lightx2v.runtime.parallel; the engine's parallel step); the default runs on one device
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "attention", parse_attention(self.attention))
@@ -312,6 +363,9 @@ class EngineConfig:
                              "block's forward (use offload 'block' with compile)", field="offload")
         if self.cfg_mode not in ("sequential", "batched"):
             raise InputError(f"cfg_mode must be 'sequential' or 'batched', got {self.cfg_mode!r}")
+        if self.parallel.cfg_parallel and self.cfg_mode == "batched":  # (parallel) one branch per rank
+            raise InputError("cfg_parallel runs one CFG branch per rank; it cannot be combined with cfg_mode "
+                             "'batched' (both branches in one call)", field="cfg_mode")
         if self.kernels not in ("torch", "triton", "auto"):
             raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")
         if self.text_encoder_device not in (None, "cpu"):

@@ -33,7 +33,8 @@ FLAGS = {
     "text_encoder_device": "--text-encoder-device", "max_vram": "--max-vram", "max_ram": "--max-ram",
     "lazy_load": "--lazy-load", "num_disk_workers": "--num-disk-workers",
     "cache": "--cache", "vae_tile_size": "--vae-tile-size", "chunk_tokens": "--chunk-tokens",
-    "num_images": "--num-images",
+    "num_images": "--num-images", "ulysses": "--ulysses", "ring": "--ring", "cfg_parallel": "--cfg-parallel",
+    "vae_parallel": "--vae-parallel",
 }
 # flags whose value is a list (repeatable): a config file may give one string or a list of strings
 _LIST_FLAGS = ("lora", "lora_high", "lora_low", "image")
@@ -88,6 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="video quality, 0 (best, largest) to 51 (default: 17 for .mp4, 30 for .webm)")
     p.add_argument("--no-overwrite", action="store_true", help="refuse an existing --output file (default: replace it, with a warning)")
     add_engine_arguments(p)
+    add_parallel_arguments(p)
     p.add_argument("--force", action="store_true",
                    help="run a request far outside what the model was trained on (over 4x its trained pixels or "
                         "frames, over 1000 steps); the model's hard limits and the memory check still apply")
@@ -201,6 +203,20 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="run self-attention's q, k, v as one GEMM on the same weights (default: three)")
 
 
+def add_parallel_arguments(p: argparse.ArgumentParser) -> None:
+    """Several GPUs (lightx2v.runtime.parallel; docs/parallel.md), under torchrun: generate's only."""
+    p.add_argument("--cfg-parallel", action="store_true",
+                   help="(torchrun) the two CFG branches on two GPUs, joined once per step")
+    p.add_argument("--ulysses", type=int, default=1, metavar="N",
+                   help="(torchrun) split the DiT's tokens over N GPUs, heads exchanged around self-attention "
+                        "(N divides the model's heads: 40 at 14B, 12 at 1.3B)")
+    p.add_argument("--ring", type=int, default=1, metavar="M",
+                   help="(torchrun) split the tokens over M more GPUs with ring attention (with --ulysses: "
+                        "ulysses inside, ring across)")
+    p.add_argument("--vae-parallel", action="store_true",
+                   help="(torchrun) split the VAE decode spatially over every GPU")
+
+
 def detect_from_args(args: argparse.Namespace, progress: bool = True):
     """(ModelConfig, EngineConfig) of the model and engine flags, every check that reads no weight
     done: the engine runs here, the LoRA files exist, the checkpoint is detected and fits --task."""
@@ -223,15 +239,24 @@ def detect_from_args(args: argparse.Namespace, progress: bool = True):
                          quant_image_encoder=args.quant_image_encoder, cache=args.cache,
                          vae_tiling=args.vae_tiling or args.vae_tile_size is not None,
                          vae_tile_size=256 if args.vae_tile_size is None else args.vae_tile_size,
-                         chunk_tokens=args.chunk_tokens)
+                         chunk_tokens=args.chunk_tokens, **parallel_args(args))
     check_lora_files(engine)
     root = resolve_model_path(args.model_path, progress=progress)
     mc = detect(root, dit_path=args.dit_path, preset=args.preset, hints=engine.lora.paths, dit_path_2=args.dit_path_2)
     check_task(mc, args.task)
     check_cache(mc, engine.cache)  # coefficients for this checkpoint, not a distilled model: before loading
+    from lightx2v.runtime.parallel import check_parallel
+
+    check_parallel(mc, engine.parallel)  # ulysses against the heads, the degrees against the launch
     mc = with_tiny_vae(mc, args.tiny_vae, args.tiny_vae_kind)  # the file checked before any weight is read
     engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
     return mc, engine
+
+
+def parallel_args(args: argparse.Namespace) -> dict:
+    """The parallel keywords of make_engine (commands without the flags: one device)."""
+    return {k: getattr(args, k, d) for k, d in (("cfg_parallel", False), ("ulysses", 1), ("ring", 1),
+                                                 ("vae_parallel", False))}
 
 
 def apply_config_file(parser: argparse.ArgumentParser, argv: list, args: argparse.Namespace) -> argparse.Namespace:
@@ -298,6 +323,16 @@ def flag_message(exc: LightX2VError) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lightx2v.runtime.parallel.launch import fail_together
+    from lightx2v.runtime.parallel.state import environment
+
+    if environment()[1] != 0:  # (torchrun) rank 0 reports; the others run quietly
+        args.quiet, args.json = True, False
+    with fail_together():  # (torchrun) an error on one rank stops every rank, one message
+        return _run_flags(args)
+
+
+def _run_flags(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except LightX2VError as exc:
@@ -347,6 +382,9 @@ def _run(args: argparse.Namespace) -> int:
         print(summary_line(mc, engine, filled), file=sys.stderr)
     pipe = LightX2V.from_model_config(mc, engine, progress=not args.quiet)
     result = pipe.run(filled)
+    state = getattr(pipe.pipeline, "parallel", None)
+    if state is not None and not state.writes_output:
+        return 0  # (torchrun) a rank that wrote nothing: rank 0 reports
     if args.json:
         print(json.dumps(result_json(result, filled), indent=2, ensure_ascii=False))
         return 0
@@ -389,6 +427,10 @@ def summary_line(mc, engine, p) -> str:
         opts.append("encoders offloaded")
     if engine.text_encoder_device:
         opts.append(f"text encoder on {engine.text_encoder_device}")
+    par = engine.parallel
+    if par.enabled:  # (parallel) the degrees of the launch
+        opts.append(" x ".join(f"{k} {v}" for k, v in (("cfg", par.cfg), ("ulysses", par.ulysses), ("ring", par.ring))
+                               if v > 1) + " ranks" * (par.world > 1) + ", vae parallel" * par.vae_parallel)
     if mc.distill is not None:
         opts.append("step-distilled")
     if mc.tiny_vae is not None:

@@ -105,21 +105,26 @@ class Guidance:
 
     scale: the guidance scale; scales: {expert: scale} for two-expert models (a missing expert takes
     `scale`); mode: "sequential" (two calls of batch 1, as the references) or "batched" (one call of
-    batch 2: cond and uncond concatenated; needs conditions with `cat_batch`); rescale: phi of
-    norm-rescaled CFG (Lin et al. 2023; 0 = off). With scale 1 (or no uncond) one call is made.
+    batch 2: cond and uncond concatenated; needs conditions with `cat_batch`) or "parallel" (one
+    branch on each of the two ranks of `group`, joined by one all-gather: lightx2v.runtime.parallel.cfg);
+    rescale: phi of norm-rescaled CFG (Lin et al. 2023; 0 = off). With scale 1 (or no uncond) one call is made.
     """
 
     scale: float = 1.0
     scales: Optional[Mapping[str, float]] = None
     mode: str = "sequential"
     rescale: float = 0.0
+    # mode "parallel": the CFG process group (2 ranks: cond on its rank 0, uncond on its rank 1)
+    group: Any = field(default=None, compare=False, repr=False)
     # batched: the two branches' conditions joined once per generation (the same objects at every
     # step, which also lets the DiT keep their cross-attention K/V: lightx2v.runtime.context_kv)
     _joined: list = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("sequential", "batched"):
-            raise ValueError(f"guidance mode must be 'sequential' or 'batched', got {self.mode!r}")
+        if self.mode not in ("sequential", "batched", "parallel"):
+            raise ValueError(f"guidance mode must be 'sequential', 'batched' or 'parallel', got {self.mode!r}")
+        if (self.mode == "parallel") != (self.group is not None):
+            raise ValueError("guidance mode 'parallel' needs its CFG process group (and only it takes one)")
 
     def _join(self, cond: Any, uncond: Any) -> Any:
         if not (self._joined and self._joined[0] is cond and self._joined[1] is uncond):
@@ -140,6 +145,10 @@ class Guidance:
             v2 = model_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), self._join(cond, uncond),
                           replace(ctx, branch="cfg")).float()
             v, v_u = v2.chunk(2)
+        elif self.mode == "parallel":  # one branch per rank, one all-gather (lightx2v.runtime.parallel.cfg)
+            from lightx2v.runtime.parallel.cfg import both_branches
+
+            v, v_u = both_branches(model_fn, x, t, cond, uncond, ctx, self.group)
         else:
             v = model_fn(x, t, cond, ctx).float()
             v_u = model_fn(x, t, uncond, replace(ctx, branch="uncond")).float()

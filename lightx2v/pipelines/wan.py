@@ -70,6 +70,8 @@ class WanPipeline:
     """
 
     transformer_names = ("dit",)
+    # (parallel) this pipeline reads `self.parallel` (guidance across ranks, the shared seed, rank 0 writes)
+    parallel_ready = True
     # expert name -> DiT name, for a pipeline whose DiTs are experts (lightx2v.loading.lora_plan)
     expert_components: Mapping[str, str] = MappingProxyType({})
 
@@ -88,6 +90,7 @@ class WanPipeline:
         self.dynamic_loras: tuple = ()  # lora_plan.LoraEntry active as dynamic LoRAs (set_lora)
         self.lora_sets = LoraSets()     # DiT name -> runtime.lora.LoraSet once dynamic LoRAs are used
         self.engine_log: list[str] = []  # what apply_engine did
+        self.parallel = None  # this rank's ParallelState under torchrun (the engine's parallel step)
         self.lock = threading.Lock()
 
     dit = property(lambda self: self.components["dit"])
@@ -234,7 +237,9 @@ class WanPipeline:
         return p.guidance_scale != 1.0 or p.guidance_scale_2 not in (None, 1.0)
 
     def guidance(self, p: SamplingParams) -> Guidance:
-        return Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode)
+        from lightx2v.runtime.parallel import guidance_kw
+
+        return Guidance(scale=p.guidance_scale, **guidance_kw(self))
 
     def expert_rule(self, scheduler) -> Optional[Callable[[int, float], Optional[str]]]:
         """expert_for(step, timestep) of `denoise` (None: one expert)."""
@@ -281,6 +286,8 @@ class WanPipeline:
                 raise InputError(f"latents must have shape {list(shape)} for {size[1]}x{size[0]}, {p.num_frames} frames; got {list(p.latents.shape)}")
             return p.latents.to(self.device, torch.float32), p.seed
         seed = p.seed if p.seed is not None else random.randrange(2**31)
+        if self.parallel is not None:  # (parallel) every rank draws rank 0's noise
+            seed = self.parallel.agree_seed(seed)
         g = torch.Generator("cpu").manual_seed(seed)
         return torch.randn(shape, generator=g, dtype=torch.float32).to(self.device), seed
 
@@ -308,6 +315,10 @@ class WanPipeline:
         vae = self.components.get("tiny_vae")
         with placed(self, "vae" if vae is None else "tiny_vae"):
             vae = self.vae if vae is None else vae
+            if self.parallel is not None and self.parallel.vae_parallel:  # (parallel) every rank decodes a part
+                from lightx2v.runtime.parallel import decode
+
+                return decode(self, vae, latents.to(self.vae_dtype), on_chunk)
             return vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
 
     # -- the whole run -------------------------------------------------------------------------
@@ -421,6 +432,11 @@ class WanPipeline:
         reset_context_kv(dits)  # the kept cross-attention K/V (~0.6 GB at 14B I2V) are not needed by the decode
         result = GenerationResult(latents=latents, seed=seed, timings=timings, stats=cache_stats(dits, counter.stats(), timings))
         if p.output_type == "latent":
+            timings["total"] = self._lap(t0)
+            return result
+        if self.parallel is not None and not self.parallel.writes_output:  # (parallel) rank 0 writes
+            if self.parallel.vae_parallel:
+                self.decode(latents)  # its part of the decode
             timings["total"] = self._lap(t0)
             return result
 

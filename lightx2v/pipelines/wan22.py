@@ -86,8 +86,9 @@ class Wan22Pipeline(WanPipeline):
         if self.dit_2 is None:
             return super().guidance(p)
         low = p.guidance_scale if p.guidance_scale_2 is None else p.guidance_scale_2
-        return Guidance(scale=p.guidance_scale, scales={"high": p.guidance_scale, "low": low},
-                        mode=self.engine.cfg_mode)
+        from lightx2v.runtime.parallel import guidance_kw
+
+        return Guidance(scale=p.guidance_scale, scales={"high": p.guidance_scale, "low": low}, **guidance_kw(self))
 
     # -- conditioning ---------------------------------------------------------------------------
     def condition(self, p: SamplingParams, context: torch.Tensor, neg: Optional[torch.Tensor]) -> Conditioning:

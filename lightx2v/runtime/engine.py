@@ -25,7 +25,10 @@ sub-config of `EngineConfig`, in this order (the reasons are the order):
     7. kernels         the DiT blocks' fused elementwise ops (lightx2v.ops.fused: torch | triton)
     8. context_kv      each DiT keeps its cross-attention K/V for a generation (they depend on the
                        context only; lightx2v.runtime.context_kv); before compile, outside the blocks
-    9. parallel        (several GPUs; joins here: it wraps the block stack, under the cache)
+    9. parallel        several GPUs (lightx2v.runtime.parallel): the ranks' groups; each DiT's block
+                       stack over this rank's share of the tokens and its self-attention's all-to-all
+                       (Ulysses) / ring, from the model's declared `_sp_plan`; under the cache (which
+                       then sees, and decides on, whole tensors: the same on every rank), before compile
    10. cache           TeaCache, MagCache, first-block, TaylorSeer (lightx2v.runtime.cache): a runner in
                        the DiT's `block_runner` seat around `run_blocks`, deciding from the step
                        context per step and CFG branch; outside the blocks, so before compile
@@ -408,6 +411,11 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
 
         kept = apply_context_kv(_transformers(pipeline))
         log += [f"context_kv: {name}, cross-attention K/V once per generation" for name in kept]
+    # -- parallel (EngineConfig.parallel; lightx2v.runtime.parallel) --
+    if engine.parallel.enabled:
+        from lightx2v.runtime.parallel import apply_parallel
+
+        log += [f"parallel: {d}" for d in apply_parallel(pipeline, engine)]
     if engine.cache.enabled:
         from lightx2v.runtime.cache import apply_cache
 

@@ -80,6 +80,12 @@ class WanModel(nn.Module):
     # the time projection and the head stay in float (small, precision-sensitive).
     _repeated_blocks: tuple[str, ...] = ("blocks",)
     _quant_linears = r"blocks\.\d+\.(self_attn|cross_attn|ffn)\..+"
+    # sequence parallelism (lightx2v.runtime.parallel.sequence): run_blocks' inputs cut along their
+    # token dim (x [B, L, C], e0 [B, L, 6, C] when per token (TI2V), rope [L, 1, D/2, 2]; a size-1 dim,
+    # e0 [B, 1, 6, C], is per sample and stays whole), the output gathered along x's; the attention
+    # role whose keys are the tokens (the all-to-all / ring wraps it; cross-attention stays local)
+    _sp_plan = {"x": 1, "e0": 1, "rope": 0}
+    _sp_attention = ("self",)
 
     @staticmethod
     def key_from_diffusers(key: str) -> str | None:
