@@ -98,12 +98,13 @@ class QwenImagePipeline(WanPipeline):
 
     @classmethod
     def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "QwenImagePipeline":
-        from lightx2v.loading.components import load_component, load_dit
+        from lightx2v.loading.components import load_component
         from lightx2v.models.qwen_image.text import load_tokenizer
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
+        cls.check_engine(engine)
         staging, dt = engine.staging_device(), engine.dtype
-        parts = {"dit": load_dit(mc, staging, dt, quant=quant_on_load(engine, "dit", {}))}
+        parts = {"dit": cls.load_dit(mc, staging, dt, quant=quant_on_load(engine, "dit", {}))}
         for c in mc.spec.components:
             parts[c.name] = load_component(mc, c.name, staging, dt)
         vae_dtype = torch.float32
@@ -111,8 +112,23 @@ class QwenImagePipeline(WanPipeline):
             parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
         pipe = cls(mc, engine, tokenizer=load_tokenizer(mc.files["tokenizer"]), vae_dtype=vae_dtype,
                    progress=progress, **parts)
+        pipe.after_load(mc)
         apply_engine(pipe, engine)
         return pipe
+
+    # -- what a sibling model of the family (Qwen-Image-2.1) changes in `load` --------------------------
+    @classmethod
+    def check_engine(cls, engine: EngineConfig) -> None:
+        """Refuse, before any weight is read, what the engine asks and this model cannot do."""
+
+    @classmethod
+    def load_dit(cls, mc: ModelConfig, device, dtype: torch.dtype, quant: Optional[str]):
+        from lightx2v.loading.components import load_dit
+
+        return load_dit(mc, device, dtype, quant=quant)
+
+    def after_load(self, mc: ModelConfig) -> None:
+        """Anything read from the folder beside the components (nothing for Qwen-Image)."""
 
     # -- the request ----------------------------------------------------------------------------
     @classmethod

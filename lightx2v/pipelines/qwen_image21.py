@@ -44,9 +44,9 @@ from lightx2v.pipelines.base import Counter, Guidance, StepContext, denoise
 from lightx2v.pipelines.output import ImageResult, decode_and_write_images
 from lightx2v.pipelines.qwen_image import QwenImagePipeline
 from lightx2v.pipelines.qwen_image_edit import calculate_dimensions, request_images
+from lightx2v.runtime.offload import placed
 
 OUTPUT_RESOLUTION = 1024  # the reference's output_resolution: the default side, and the condition images' area
-from lightx2v.runtime.offload import placed
 
 
 class QwenImage21Pipeline(QwenImagePipeline):
@@ -56,31 +56,23 @@ class QwenImage21Pipeline(QwenImagePipeline):
     output_resolution = OUTPUT_RESOLUTION
 
     @classmethod
-    def load(cls, mc: ModelConfig, engine: EngineConfig, progress: bool = True) -> "QwenImage21Pipeline":
-        from lightx2v.loading.components import load_component
-        from lightx2v.models.qwen_image.spec21 import load_dit21
-        from lightx2v.models.qwen_image.text import load_tokenizer
-        from lightx2v.runtime.engine import apply_engine, quant_on_load
-
+    def check_engine(cls, engine: EngineConfig) -> None:
         if engine.cache.enabled:  # refused before any weight is read
             raise InputError(f"cache {engine.cache.method}: the feature caches are not supported for Qwen-Image-2.1 "
                              "yet; drop --cache", field="cache")
-        staging, dt = engine.staging_device(), engine.dtype
-        parts = {"dit": load_dit21(mc, device=staging, dtype=dt, quant=quant_on_load(engine, "dit", {}))}
-        for c in mc.spec.components:
-            parts[c.name] = load_component(mc, c.name, staging, dt)
-        vae_dtype = torch.float32
-        if engine.vae_dtype is not None:
-            parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
-        pipe = cls(mc, engine, tokenizer=load_tokenizer(mc.files["tokenizer"]), vae_dtype=vae_dtype,
-                   progress=progress, **parts)
-        pipe.image_processor = None  # the image-conditioned mode's (processor/preprocessor_config.json)
+
+    @classmethod
+    def load_dit(cls, mc: ModelConfig, device, dtype: torch.dtype, quant: Optional[str]):
+        from lightx2v.models.qwen_image.spec21 import load_dit21
+
+        return load_dit21(mc, device=device, dtype=dtype, quant=quant)
+
+    def after_load(self, mc: ModelConfig) -> None:
+        self.image_processor = None  # the image-conditioned mode's (processor/preprocessor_config.json)
         if (Path(mc.files["tokenizer"]) / "preprocessor_config.json").is_file():
             from lightx2v.models.qwen_image.vision import load_image_processor
 
-            pipe.image_processor = load_image_processor(mc.files["tokenizer"])
-        apply_engine(pipe, engine)
-        return pipe
+            self.image_processor = load_image_processor(mc.files["tokenizer"])
 
     @classmethod
     def fill_from_images(cls, mc: ModelConfig, p: SamplingParams) -> SamplingParams:
