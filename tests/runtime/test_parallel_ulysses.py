@@ -12,7 +12,7 @@ import contextlib
 import pytest
 import torch
 
-from lightx2v.runtime.parallel.ulysses import count_bytes, stage_bounds
+from lightx2v.runtime.parallel.ulysses import count_bytes, pack_out, pack_qkv, stage_bounds, unpack_qkv
 from tests.runtime.parallel_harness import RankPool
 
 
@@ -130,6 +130,23 @@ def test_stage_bounds_and_byte_count():
     c = count_bytes(1, 16380, 40, 128, 2)
     x = 16380 * 5120 * 2
     assert c == {"sent": 2 * x, "copied_legacy": 11 * x, "copied_packed": 4 * x}
+
+
+def test_the_attention_reads_the_received_buffer_and_the_output_is_sent_in_place():
+    recv = torch.randn(2 * 5 * 1 * 3 * 2 * 8)  # [n 2, Ll 5, B 1, 3, hs 2, D 8], as it arrives
+    q, k, v = unpack_qkv(recv, 2, 5, 1, 2, 8)
+    assert q.shape == k.shape == v.shape == (1, 10, 2, 8) and q.stride(-1) == 1
+    assert {t.untyped_storage().data_ptr() for t in (q, k, v)} == {recv.untyped_storage().data_ptr()}  # no copy
+    assert torch.equal(k[0, 7], recv.view(2, 5, 1, 3, 2, 8)[1, 2, 0, 1])  # token 7 = rank 1's token 2
+    out = torch.randn(1, 10, 2, 8)  # B 1, contiguous: already the send buffer
+    assert pack_out(out, 2).data_ptr() == out.data_ptr()
+    out2 = torch.randn(2, 10, 2, 8)  # B 2: one copy, chunk j = rank j's tokens
+    sent = pack_out(out2, 2)
+    assert sent.data_ptr() != out2.data_ptr() and torch.equal(sent[1, 0], out2[0, 5:])
+    qkv = torch.randn(1, 5, 3 * 4 * 8)  # H 4 over n 2, heads [1, 2) of each rank's group of 2
+    q, k, v = (t.unflatten(-1, (4, 8)) for t in qkv.chunk(3, dim=-1))
+    send = pack_qkv(q, k, v, 2, 1, 2)
+    assert send.shape == (2, 5, 1, 3, 1, 8) and torch.equal(send[1, :, 0, 2, 0], v[0, :, 3])
 
 
 def test_unknown_exchange_is_refused():
