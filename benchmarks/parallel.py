@@ -11,6 +11,12 @@ the engine's pieces a run uses: the attention backend ("auto"), cross-attention 
   2gpu_cfg_parallel  both ranks: one forward each + one all-gather of the velocity (Guidance mode "parallel")
   1gpu_step          rank 0 alone: one forward (no CFG: a distilled model's step)
   2gpu_ulysses       both ranks: one forward, tokens split, an all-to-all around each self-attention
+  2gpu_ulysses_<variant>  the same under each --exchange variant (packed, packed1: one head stage, legacy: the
+                     reference exchange); 2gpu_ulysses is the first; ulysses_equal_<variant>: its output equals
+                     the first variant's bit for bit (torch.equal, on the GPU)
+  block_a2a          one block's Ulysses all-to-alls alone (no attention: a kernel that returns an empty
+                     output), per variant, and the bare all_to_all_single of the same bytes (raw_s, raw_GBps):
+                     the communication of a block, apart from its compute
   1gpu_vae / 2gpu_vae  the VAE decode of the 480P x 81 latents (2 GPUs: lightx2v.runtime.parallel.vae, when
                        in the build)
 Seconds: median of --repeat after a warm-up, the slowest rank's (CUDA events; barriers between runs).
@@ -60,10 +66,10 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def timed(self, fn, ranks: int) -> float:
+    def timed(self, fn, ranks: int, repeat: int | None = None) -> float:
         """Median seconds of fn over --repeat runs (after one warm-up) on the first `ranks` ranks, the slowest rank's."""
         times = []
-        for i in range(self.args.repeat + 1):
+        for i in range((repeat or self.args.repeat) + 1):
             dist.barrier()
             if self.rank < ranks:
                 self.sync()
@@ -140,8 +146,9 @@ class Bench:
                 rows["2gpu_cfg_parallel"] = self.timed(lambda: par(model_fn, x, t, ctx, neg, step), 2)
                 state = init_parallel(ParallelConfig(ulysses=2), self.device)
                 apply_sequence_parallel(m, state)
-                rows["2gpu_ulysses"] = self.timed(lambda: model_fn(x, t, ctx, step), 2)
+                rows.update(self.ulysses_rows(m, lambda: model_fn(x, t, ctx, step)))
                 remove_sequence_parallel(m)
+                rows["block_a2a"] = self.a2a_rows(cfg, x, state.ulysses_group)
         tokens = math.prod(s // p for s, p in zip(x.shape[2:], cfg.patch_size))
         b = 2  # bf16 bytes
         rows["comm_bytes_per_rank"] = {  # what one rank sends per forward (Ulysses N) / step (CFG parallel)
@@ -151,6 +158,57 @@ class Bench:
         rows["tokens"] = tokens
         rows["speedup_cfg_parallel"] = rows["1gpu_cfg_step"] / rows.get("2gpu_cfg_parallel", float("nan"))
         rows["speedup_ulysses"] = rows["1gpu_step"] / rows.get("2gpu_ulysses", float("nan"))
+        return rows
+
+    def variants(self) -> list[tuple[str, str, int]]:
+        """--exchange as (name, exchange, stages): "packed" (2 stages), "packedN" (N stages), "legacy"."""
+        out = []
+        for name in self.args.exchange.split(","):
+            exchange = "legacy" if name == "legacy" else "packed"
+            stages = int(name[len("packed"):] or 2) if exchange == "packed" else 1
+            out.append((name, exchange, stages))
+        return out
+
+    def ulysses_rows(self, m, forward) -> dict:
+        """One forward under Ulysses 2 per exchange variant; the first is the headline row."""
+        from lightx2v.runtime.parallel.ulysses import set_ulysses_exchange
+
+        rows, first = {}, None
+        for i, (name, exchange, stages) in enumerate(self.variants()):
+            set_ulysses_exchange(m, exchange, stages)
+            rows[f"2gpu_ulysses_{name}"] = self.timed(forward, 2)
+            out = forward()
+            if i == 0:
+                rows["2gpu_ulysses"], first = rows[f"2gpu_ulysses_{name}"], out
+            else:
+                rows[f"ulysses_equal_{name}"] = bool(torch.equal(out, first))
+        set_ulysses_exchange(m, "packed", 2)
+        return rows
+
+    def a2a_rows(self, cfg, x, group) -> dict:
+        """One block's all-to-alls alone: each variant's exchange around a kernel that computes nothing,
+        and the bare all_to_all_single of the bytes a block sends (q, k, v and the output)."""
+        import torch.distributed._functional_collectives as fc
+
+        from lightx2v.runtime.parallel.sequence import SequenceParallelAttention, ShardInfo
+        from lightx2v.runtime.parallel.ulysses import count_bytes
+
+        tokens = math.prod(s // p for s, p in zip(x.shape[2:], cfg.patch_size))
+        n, heads = self.world, cfg.num_heads
+        local = math.ceil(tokens / n)
+        qkv = torch.randn(1, local, 3 * cfg.dim, device=self.device, dtype=self.dtype)  # as the fused projection
+        q, k, v = (t.unflatten(-1, (heads, -1)) for t in qkv.chunk(3, dim=-1))  # [1, Ll, H, D] each, strided
+        wrap = SequenceParallelAttention(lambda q_, k_, v_: q_.new_empty(q_.shape), ShardInfo(), ulysses_group=group)
+        rows = {}
+        for name, exchange, stages in self.variants():
+            wrap.exchange, wrap.stages = exchange, stages
+            rows[f"{name}_s"] = self.timed(lambda: wrap(q, k, v), 2, repeat=10)
+        send = torch.empty(4 * local * cfg.dim, device=self.device, dtype=self.dtype)
+        rows["raw_s"] = self.timed(lambda: fc.wait_tensor(fc.all_to_all_single(send, None, None, group)), 2, repeat=10)
+        counted = count_bytes(1, local, heads, cfg.dim // heads, n, q.element_size())
+        rows["bytes_sent"] = counted["sent"]
+        rows["raw_GBps"] = counted["sent"] / rows["raw_s"] / 1e9
+        rows["bytes_copied"] = {"legacy": counted["copied_legacy"], "packed": counted["copied_packed"]}
         return rows
 
     def vae_rows(self, shape: str) -> dict:
@@ -181,6 +239,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="regional torch.compile of the DiT blocks (inductor)")
     ap.add_argument("--no-vae", dest="vae", action="store_false")
+    ap.add_argument("--exchange", default="packed,legacy",
+                    help="Ulysses exchange variants, the first the headline: packed (2 head stages), packedN, legacy")
     ap.add_argument("--dry-run", action="store_true", help="CPU, gloo, tiny shapes, fp32: checks the logic")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--commit", default="?")

@@ -80,6 +80,12 @@ class SequenceParallelAttention:
     tokens, all-to-all back. Ring (group of R ranks): `ring_attention` over the R chunks. Both: the
     Ulysses all-to-all inside, the ring across (each ring chunk is one Ulysses group's tokens)."""
 
+    # the Ulysses exchange (lightx2v.runtime.parallel.ulysses): "packed" (one copy in, one out, the
+    # heads in `stages` groups so the all-to-alls overlap attention) or "legacy" (the reference);
+    # the same bits either way. Switch: set_ulysses_exchange(model, "legacy")
+    exchange: str = "packed"
+    stages: int = 2
+
     def __init__(self, inner: Callable[[Tensor, Tensor, Tensor], Tensor], shard: ShardInfo,
                  ulysses_group=None, ring_group=None) -> None:
         self.inner = inner
@@ -90,15 +96,26 @@ class SequenceParallelAttention:
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         g = self.ulysses_group
-        if g is not None:  # [3, B, Ll, H, D] -> [3, B, U * Ll, H / U, D]: one exchange for q, k and v
-            q, k, v = _all_to_all(torch.stack([q, k, v]), g, scatter_dim=3, gather_dim=2).unbind(0)
+        if g is None:
+            return self._attend(q, k, v)
+        if self.exchange == "legacy":
+            return self._legacy(q, k, v)
+        from lightx2v.runtime.parallel.ulysses import ulysses_attention
+
+        return ulysses_attention(q, k, v, g, _group_size(g), self._attend, self.stages)
+
+    def _legacy(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        # the reference exchange: a copy in and out of contiguous buffers around each all-to-all
+        g = self.ulysses_group  # [3, B, Ll, H, D] -> [3, B, U * Ll, H / U, D]: one exchange for q, k and v
+        q, k, v = _all_to_all(torch.stack([q, k, v]), g, scatter_dim=3, gather_dim=2).unbind(0)
+        out = self._attend(q, k, v)
+        return _all_to_all(out, g, scatter_dim=1, gather_dim=2)  # [B, U * Ll, H / U, D] -> [B, Ll, H, D]
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        # q, k, v: [B, L, h, D], this Ulysses group's tokens (all of them) and heads
         if self.ring_group is not None:  # the ring chunks, in ring-rank order, are the (padded) sequence
-            out = _ring(q, k, v, self.ring_group, self.shard.valid)
-        else:
-            out = self._local(q, k, v)
-        if g is not None:  # [B, U * Ll, H / U, D] -> [B, Ll, H, D]
-            out = _all_to_all(out, g, scatter_dim=1, gather_dim=2)
-        return out
+            return _ring(q, k, v, self.ring_group, self.shard.valid)
+        return self._local(q, k, v)
 
     def _local(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # q, k, v: [B, Lp, h, D], the whole (padded) sequence: the padding (the last rows) is cut
