@@ -14,7 +14,7 @@ from tests.web.conftest import UiProcess, httpx
 
 pytest.importorskip("diffusers")
 
-LONG = 5000  # steps of a job that runs until it is cancelled
+LONG = 1000  # steps of a job that runs until it is cancelled (the most the scheduler allows)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_generate_shows_the_images_in_the_gallery(page):
 def test_cancel_stops_the_running_job(page, ui):
     fill(page, "a long run", steps=LONG)
     page.click("#generate")
-    status_is(page, "/in_progress: [0-9]+%/.test(s) && !s.startsWith('in_progress: 0%')")
+    status_is(page, "s.startsWith('in_progress: ')")  # the worker has it (the steps stop at the next one)
     page.click("#cancel")
     status_is(page, "s === 'cancelled'")
     with httpx.Client(base_url=ui.url, timeout=10) as http:
