@@ -14,6 +14,10 @@ The LoRA picker (with --lora-dir) is a multiselect of the offered files and a st
 chosen file; Generate first writes them into the `lora` text it sends (shown on the page), then runs.
 A bad request is one line in the page (gr.Error: the HTTP API's message, the same checks as the
 CLI), never a traceback. Cancel stops the session's running job in the worker at its next step.
+
+Shared with the image page (lightx2v.web.image_app): `follow_job` (follow one job into the status line
+while Cancel can find it), `reattach_fn` (on page load, follow the newest queued / running job of the
+page's kind: "ui" or "ui-images") and `_cancel`.
 """
 
 # no `from __future__ import annotations`: gradio reads the handlers' gr.Request / gr.Progress

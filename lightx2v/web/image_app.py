@@ -5,7 +5,9 @@ the input image(s); Generate / Cancel, a gallery of the results (each downloadab
 lightx2v.web.app.build_blocks hands over to `build_image_blocks` when the served model makes images
 (`Served.is_image`). The work goes through the same job store and worker as everything else
 (lightx2v.web.jobs.submit_images -> the images API's request checks, meta api "ui-images"); the
-images are the job's files under the data dir's images/.
+images are the job's files under the data dir's images/. The status line follows the job's steps, Cancel
+stops it, and a reloaded page re-attaches to the newest "ui-images" job still queued or running, showing
+its images when it finishes: the video page's code (lightx2v.web.app: follow_job, reattach_fn, _cancel).
 
     `api_name="/generate"` (a hidden trigger): the stable gradio_client endpoint, parameters named as
     LightX2V.generate's: prompt, negative_prompt, image (an edit model's input images: a list of files;
