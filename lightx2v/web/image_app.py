@@ -21,6 +21,7 @@ floors it), then custom. An edit model adds "auto": the last input image's ratio
 
 # no `from __future__ import annotations`: gradio reads the handlers' gr.Request / gr.Progress annotations
 import time
+
 from lightx2v.errors import InputError
 from lightx2v.web import jobs
 from lightx2v.web.app import _cancel, follow_job, reattach_fn, session_of
