@@ -14,6 +14,10 @@ The LoRA picker (with --lora-dir) is a multiselect of the offered files and a st
 chosen file; Generate first writes them into the `lora` text it sends (shown on the page), then runs.
 A bad request is one line in the page (gr.Error: the HTTP API's message, the same checks as the
 CLI), never a traceback. Cancel stops the session's running job in the worker at its next step.
+
+Shared with the image page (lightx2v.web.image_app): `follow_job` (follow one job into the status line
+while Cancel can find it), `reattach_fn` (on page load, follow the newest queued / running job of the
+page's kind: "ui" or "ui-images") and `_cancel`.
 """
 
 # no `from __future__ import annotations`: gradio reads the handlers' gr.Request / gr.Progress
@@ -113,6 +117,29 @@ def api_generate_fn(state):
     return generate
 
 
+def session_of(request) -> str:
+    """The browser session a handler serves (Cancel's key into the page's running-jobs map)."""
+    return getattr(request, "session_hash", None) or "default"
+
+
+def follow_job(state, running: dict, session: str, job_id: str, frame, progress=None, note: str = ""):
+    """Follow one job for a page (the video page's and the image page's Generate and re-attach): Cancel
+    finds it in `running` under the session meanwhile. Yields frame(status text) on every progress
+    change ("in_progress: 40%" + note); returns the final Update (None if the follow timed out):
+    `update = yield from follow_job(...)`."""
+    running[session] = job_id
+    update = None
+    try:
+        for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
+            if progress is not None:
+                progress(update.progress / 100, desc=f"{update.status} {update.progress}%")
+            if not update.final:
+                yield frame(f"{update.status}: {update.progress}%{note}")
+    finally:
+        running.pop(session, None)
+    return update
+
+
 def ui_generate_fn(state, running: dict):
     """The page's Generate: yields (video, seed used, status, history, history table) as it goes."""
     import gradio as gr
@@ -127,17 +154,10 @@ def ui_generate_fn(state, running: dict):
             job_id, used = jobs.submit(state, values, image, last_image)
         except InputError as exc:
             raise _gr_error(exc) from None
-        session = getattr(request, "session_hash", None) or "default"
-        running[session] = job_id
         history = list(history or [])
-        try:
-            yield gr.skip(), str(used), f"queued ({job_id})", history, _table(history)
-            for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
-                progress(update.progress / 100, desc=f"{update.status} {update.progress}%")
-                if not update.final:
-                    yield gr.skip(), gr.skip(), f"{update.status}: {update.progress}%", gr.skip(), gr.skip()
-        finally:
-            running.pop(session, None)
+        yield gr.skip(), str(used), f"queued ({job_id})", history, _table(history)
+        update = yield from follow_job(state, running, session_of(request), job_id,
+                                       lambda text: (gr.skip(), gr.skip(), text, gr.skip(), gr.skip()), progress)
         row = _row(state, job_id, update, values, used, time.monotonic() - start)
         history = [row] + history
         if update.status == "completed":
@@ -150,27 +170,26 @@ def ui_generate_fn(state, running: dict):
     return run
 
 
-def reattach_fn(state, running: dict):
-    """On page load: follow the newest queued / running job the page started (a reload, another tab):
-    yields (video, status) as it goes; Cancel acts on it. Nothing running: the page as it is."""
+def video_result(update) -> tuple:
+    """A completed video job -> (the video component's value, the status line)."""
+    return str(update.video), f"done: {update.video.name}"
+
+
+def reattach_fn(state, running: dict, api: str = "ui", result=video_result):
+    """On page load: follow the newest queued / running job this page kind started (`api`: the job's
+    meta api, "ui" or "ui-images"; a reload, another tab): yields (result, status) as it goes, the
+    result by result(update) once completed; Cancel acts on it. Nothing running: the page as it is."""
     import gradio as gr
 
     def reattach(request: gr.Request):
-        job_id = jobs.active_ui_job(state)
+        job_id = jobs.active_ui_job(state, api)
         if job_id is None:
             yield gr.skip(), gr.skip()
             return
-        session = getattr(request, "session_hash", None) or "default"
-        running[session] = job_id
-        update = None
-        try:
-            for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
-                if not update.final:
-                    yield gr.skip(), f"{update.status}: {update.progress}% ({job_id}, started before this page loaded)"
-        finally:
-            running.pop(session, None)
+        update = yield from follow_job(state, running, session_of(request), job_id, lambda text: (gr.skip(), text),
+                                       note=f" ({job_id}, started before this page loaded)")
         if update is not None and update.status == "completed":
-            yield str(update.video), f"done: {update.video.name}"
+            yield result(update)
         elif update is not None:
             yield gr.skip(), update.status if update.status == "cancelled" else f"failed: {update.error}"
 
@@ -317,7 +336,8 @@ def build_blocks(state, engine=None):
 
 
 def _cancel(state, running: dict, request) -> str:
-    job_id = running.get(getattr(request, "session_hash", None) or "default")
+    """Cancel's handler (both pages): stop the job this browser session follows."""
+    job_id = running.get(session_of(request))
     if job_id is None:
         return "nothing is running"
     return "cancelling..." if jobs.cancel(state, job_id) else "the job had finished already"

@@ -5,7 +5,9 @@ the input image(s); Generate / Cancel, a gallery of the results (each downloadab
 lightx2v.web.app.build_blocks hands over to `build_image_blocks` when the served model makes images
 (`Served.is_image`). The work goes through the same job store and worker as everything else
 (lightx2v.web.jobs.submit_images -> the images API's request checks, meta api "ui-images"); the
-images are the job's files under the data dir's images/.
+images are the job's files under the data dir's images/. The status line follows the job's steps, Cancel
+stops it, and a reloaded page re-attaches to the newest "ui-images" job still queued or running, showing
+its images when it finishes: the video page's code (lightx2v.web.app: follow_job, reattach_fn, _cancel).
 
     `api_name="/generate"` (a hidden trigger): the stable gradio_client endpoint, parameters named as
     LightX2V.generate's: prompt, negative_prompt, image (an edit model's input images: a list of files;
@@ -19,11 +21,10 @@ floors it), then custom. An edit model adds "auto": the last input image's ratio
 
 # no `from __future__ import annotations`: gradio reads the handlers' gr.Request / gr.Progress annotations
 import time
-from typing import Optional
 
 from lightx2v.errors import InputError
 from lightx2v.web import jobs
-from lightx2v.web.app import _cancel
+from lightx2v.web.app import _cancel, follow_job, reattach_fn, session_of
 
 CUSTOM, AUTO = "custom", "auto (the last input image's ratio)"
 # Qwen-Image's published aspect sizes (width, height), model card / diffusers example
@@ -54,6 +55,16 @@ def preset_size(label: str):
     return int(w), int(h)
 
 
+def _submit(state, values: dict, images) -> tuple[str, int]:
+    """Check and queue one image job: (job id, seed used); a bad request is gr.Error's one line."""
+    import gradio as gr
+
+    try:
+        return jobs.submit_images(state, values, images)
+    except InputError as exc:
+        raise gr.Error(str(exc), print_exception=False) from None
+
+
 def api_generate_fn(state):
     """The stable API: its parameter names are LightX2V.generate's (gradio reads this signature)."""
     import gradio as gr
@@ -63,38 +74,26 @@ def api_generate_fn(state):
         values = dict(prompt=prompt, negative_prompt=negative_prompt, height=height, width=width,
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                       num_images=num_images)
-        update = _run(state, values, image, progress)[1]
-        if update.status != "completed":
+        job_id, _ = _submit(state, values, image)
+        for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
+            progress(update.progress / 100, desc=f"{update.status} {update.progress}%")
+        if update.status == "cancelled":
             raise gr.Error("the job was cancelled", print_exception=False)
+        if update.status != "completed":
+            raise gr.Error(update.error or update.status, print_exception=False)
         return [str(p) for p in update.images]
 
     return generate
 
 
-def _run(state, values: dict, images, progress, running: Optional[dict] = None, session: str = "default"):
-    """Queue and follow one job; ((job id, seed used), the final Update). A bad request or a failed job:
-    gr.Error. `running`: the page's session -> job map, which Cancel reads while the job runs."""
-    import gradio as gr
-
-    try:
-        job_id, used = jobs.submit_images(state, values, images)
-    except InputError as exc:
-        raise gr.Error(str(exc), print_exception=False) from None
-    if running is not None:
-        running[session] = job_id
-    try:
-        for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
-            progress(update.progress / 100, desc=f"{update.status} {update.progress}%")
-    finally:
-        if running is not None:
-            running.pop(session, None)
-    if update.status not in ("completed", "cancelled"):
-        raise gr.Error(update.error or update.status, print_exception=False)
-    return (job_id, used), update
+def gallery_result(update) -> tuple:
+    """A completed image job -> (the gallery's value, the status line)."""
+    return [str(p) for p in update.images], f"done: {len(update.images)} image(s)"
 
 
 def ui_generate_fn(state, running: dict):
-    """The page's Generate: (gallery, seed used, status, history, history table)."""
+    """The page's Generate: yields (gallery, seed used, status, history, history table) as it goes; the
+    status line follows the worker's steps (lightx2v.web.app.follow_job, the video page's)."""
     import gradio as gr
 
     def run(prompt, negative_prompt, image, height, width, num_inference_steps, guidance_scale, seed, num_images,
@@ -103,19 +102,25 @@ def ui_generate_fn(state, running: dict):
                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                       num_images=num_images)
         start = time.monotonic()
-        session = getattr(request, "session_hash", None) or "default"
-        (job_id, used), update = _run(state, values, image, progress, running, session)
+        job_id, used = _submit(state, values, image)
+        history = list(history or [])
+        yield gr.skip(), str(used), f"queued ({job_id})", gr.skip(), gr.skip()
+        update = yield from follow_job(state, running, session_of(request), job_id,
+                                       lambda text: (gr.skip(), gr.skip(), text, gr.skip(), gr.skip()), progress)
+        if update.status == "failed":
+            raise gr.Error(update.error or "the job failed", print_exception=False)
         job = state.store.get(job_id)
         meta = job.meta if job is not None else {}
         row = {"job": job_id, "status": update.status, "prompt": (prompt or "")[:80], "size": meta.get("size", ""),
                "images": meta.get("n", ""), "steps": meta.get("steps", ""), "guidance": guidance_scale, "seed": used,
                "seconds": f"{time.monotonic() - start:.1f}"}
-        history = [row] + list(history or [])
+        history = [row] + history
         table = [[r.get(c, "") for c in HISTORY_COLUMNS] for r in history]
-        files = [str(p) for p in update.images]
         if update.status == "cancelled":
-            return gr.skip(), str(used), "cancelled", history, table
-        return files, str(used), f"done in {row['seconds']} s: {len(files)} image(s)", history, table
+            yield gr.skip(), str(used), "cancelled", history, table
+            return
+        files, _ = gallery_result(update)
+        yield files, str(used), f"done in {row['seconds']} s: {len(files)} image(s)", history, table
 
     return run
 
@@ -180,6 +185,9 @@ def build_image_blocks(state, engine=None):
             return _cancel(state, running, request)
 
         stop.click(cancel, None, status, api_visibility="private", concurrency_limit=None)
+        # a reload (another tab) re-attaches to the page's running image job: the video page's mechanism
+        blocks.load(reattach_fn(state, running, api="ui-images", result=gallery_result), None, [gallery, status],
+                    api_visibility="private", concurrency_limit=None)
         out = gr.File(file_count="multiple", visible=False)
         api_trigger = gr.Button(visible=False)
         api_trigger.click(api_generate_fn(state), fields, out, api_name="generate", concurrency_limit=None,

@@ -7,7 +7,7 @@ API share one queue and one loaded model, and a job outlives the page that start
     submit(state, values, image, last_image) -> (job id, seed)   checked as the HTTP API checks
     submit_images(state, values, images) -> (job id, seed)         an image model's job (t2i / edit)
     follow(state, job id) -> Update ...                            progress until a final status
-    active_ui_job(state) -> job id | None                          what a reloaded page re-attaches to
+    active_ui_job(state, api) -> job id | None                     what a reloaded page re-attaches to
     cancel(state, job id)                                          the store's cancel + file removal
 
 The seed is always chosen here (a "random" one drawn before submitting), so the seed that made a
@@ -180,11 +180,12 @@ def follow(state, job_id: str, poll_s: float = 0.1, timeout_s: Optional[float] =
         time.sleep(poll_s)
 
 
-def active_ui_job(state) -> Optional[str]:
+def active_ui_job(state, api: str = "ui") -> Optional[str]:
     """The newest job the page started that is still queued or running (None: none). A reloaded page
-    re-attaches to it: its progress, its result and its Cancel (the job never stopped: it is the store's)."""
+    re-attaches to it: its progress, its result and its Cancel (the job never stopped: it is the store's).
+    `api`: the job's meta api, "ui" (the video page's, `submit`) or "ui-images" (the image page's)."""
     jobs, _ = state.store.list(limit=20, statuses=("queued", "in_progress"))
-    return next((job.id for job in jobs if (job.meta or {}).get("api") == "ui"), None)
+    return next((job.id for job in jobs if (job.meta or {}).get("api") == api), None)
 
 
 def cancel(state, job_id: Optional[str]) -> bool:

@@ -4,10 +4,17 @@ the tiny random Wan2.1 checkpoint on the CPU (tests/server/conftest.py's approac
 
 `UiProcess` starts it, waits for the HTTP service's /ready (the page and the API share the
 process), and stops it with SIGTERM; its log is kept for assertions. One process per test module.
+
+The browser tests' fixtures (test_browser.py: the video page; test_image_browser.py: the image page):
+`browser`, one headless Chromium per module (Debian's `chromium` driven by Playwright through its
+executable, `playwright install` not needed; the test skips, saying why, without either), and `page`, a
+fresh context on the module's `ui` process with the page loaded (`page.errors`: console and page errors).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,3 +42,30 @@ def tiny_model(tmp_path_factory) -> Path:
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     return write_official_checkpoint(tmp_path_factory.mktemp("ui-model") / "Wan2.1-T2V-tiny")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = next((p for p in (os.environ.get("LIGHTX2V_CHROMIUM"), shutil.which("chromium"),
+                                 shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
+    if chromium is None:
+        pytest.skip("no Chromium binary (apt-get install chromium, or set LIGHTX2V_CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True,
+                              args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, ui):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    pg = context.new_page()
+    pg.errors = []
+    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+    pg.goto(ui.url + "/", wait_until="domcontentloaded")  # the page keeps a stream open: no network idle
+    pg.wait_for_selector("#generate", timeout=30_000)
+    yield pg
+    context.close()

@@ -1,24 +1,16 @@
-"""The page in a real headless browser: Debian's Chromium driven by Playwright (pointed at the
-system executable; `playwright install` is not needed). Skips, saying why, when no browser or no
-playwright is there (.ci/run installs the `chromium` package).
+"""The page in a real headless browser: Debian's Chromium driven by Playwright (the `browser` and `page`
+fixtures of tests/web/conftest.py, shared with test_image_browser.py). Skips, saying why, when no browser
+or no playwright is there (.ci/run installs the `chromium` package).
 
 Set LIGHTX2V_UI_SCREENSHOT=docs/ui.png to (re)write the README's screenshot of a finished result.
 """
 
 import os
-import shutil
 import time
 
 import pytest
 
 from tests.web.conftest import UiProcess, httpx
-
-sync_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = next((p for p in (os.environ.get("LIGHTX2V_CHROMIUM"), shutil.which("chromium"),
-                             shutil.which("chromium-browser"), shutil.which("google-chrome")) if p), None)
-if CHROMIUM is None:
-    pytest.skip("no Chromium binary (apt-get install chromium, or set LIGHTX2V_CHROMIUM)", allow_module_level=True)
-
 
 @pytest.fixture(scope="module")
 def ui(tiny_model, tmp_path_factory):
@@ -28,28 +20,6 @@ def ui(tiny_model, tmp_path_factory):
     proc = UiProcess(tiny_model, root / "data", "--lora-dir", str(write_lora_dir(root / "loras"))).start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser, ui):
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
-    pg = context.new_page()
-    pg.errors = []
-    pg.on("console", lambda m: pg.errors.append(m.text) if m.type == "error" else None)
-    pg.on("pageerror", lambda e: pg.errors.append(str(e)))
-    pg.goto(ui.url + "/", wait_until="domcontentloaded")  # the page keeps a stream open: no network idle
-    pg.wait_for_selector("#generate", timeout=30_000)
-    yield pg
-    context.close()
 
 
 def fill(page, prompt: str, size=(16, 16), frames=5, steps=1) -> None:

@@ -62,4 +62,7 @@ def test_a_reloaded_page_reattaches_to_the_newest_running_ui_job(tmp_path):
     assert claimed.id == api_job.id and jobs.active_ui_job(state) == first.id
     store.cancel(first.id)
     assert jobs.active_ui_job(state) is None
+    image_job = store.create({"prompt": "c"}, {"api": "ui-images", "kind": "image"})
+    assert jobs.active_ui_job(state) is None  # the image page's job is not the video page's
+    assert jobs.active_ui_job(state, "ui-images") == image_job.id  # but the image page re-attaches to it
     store.close()
