@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -248,8 +249,13 @@ def ssta_flex(q: Tensor, k: Tensor, v: Tensor, layout: SSTALayout) -> Tensor:
     (qi, ki, vi), (qt, kt, vt), tile = _split(q, k, v, layout)
     vol = math.prod(tile)
     bm = block_mask(tile_mask(qi, ki, layout), qi.shape[2], qt.shape[2], vol, q.shape[2])
-    fn = _compiled_flex() if q.is_cuda else flex_attention
-    out = fn(torch.cat([qi, qt], 2), torch.cat([ki, kt], 2), torch.cat([vi, vt], 2), block_mask=bm)
+    args = torch.cat([qi, qt], 2), torch.cat([ki, kt], 2), torch.cat([vi, vt], 2)
+    if q.is_cuda:
+        out = _compiled_flex()(*args, block_mask=bm)
+    else:  # the unfused form on purpose (see the module docstring): torch's advice to compile is not for us
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+            out = flex_attention(*args, block_mask=bm)
     return _join(out[:, :, :qi.shape[2]], out[:, :, qi.shape[2]:], layout, tile, q.dtype)
 
 
