@@ -208,10 +208,13 @@ def ssta_reference(q: Tensor, k: Tensor, v: Tensor, layout: SSTALayout) -> Tenso
 
 @functools.lru_cache(maxsize=1)
 def _compiled_flex():
-    """flex_attention compiled once per process (the fused kernel; eager flex is the unfused math)."""
+    """flex_attention compiled once per process (the fused kernel; eager flex is the unfused math).
+    Shapes dynamic after the first change (torch's default): the text length differs between prompts
+    and CFG branches, and a fixed-shape cache would run out of recompiles into the unfused form. A new
+    mask_mod closure over new tensors of the same shapes does not recompile (checked on CPU)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    return torch.compile(flex_attention)
 
 
 def block_mask(mask: Tensor, n_image: int, n_text: int, vol: int, heads: int):
