@@ -13,6 +13,9 @@ fp32 output. Results in $OUT/family_dit.json and a markdown table.
     python benchmarks/family_dit.py --family qwen-image --out $OUT --commit <sha>
     python benchmarks/family_dit.py --family hunyuan15 --res 480p,720p --out $OUT --commit <sha>
     python benchmarks/family_dit.py --family qwen-image --tiny --device cpu --out /tmp/f   # the logic
+    python benchmarks/family_dit.py --ssta --res 480p --out $OUT --commit <sha>    # SSTA vs dense (480P)
+    python benchmarks/family_dit.py --ssta --tiny --device cpu --ssta-topk 64,16,4,2 --out /tmp/s \
+        --ssta-param '{"tile_size": [2, 4, 4]}'                                       # the CPU error table
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import sys
 import time
 import traceback
@@ -267,6 +271,89 @@ def family_rows(fam, args, rows) -> None:
                 fam.diff_call(ref, fam.inputs(shape, dev), bf16), dev, args.repeat, refs.get(shape), model=ref)
 
 
+# -- SSTA (HunyuanVideo-1.5's sparse attention, lightx2v.ops.ssta) beside dense attention -------------
+SSTA_TINY_GRID = (29, 256, 256)  # frames, height, width: a (8, 16, 16) latent grid, 2,048 tokens
+
+
+def ssta_rows(args, rows) -> None:
+    """The DiT with attn_mode flex-block-attn (random weights), one forward with the "ssta" backend in
+    its double blocks beside the same model dense ("auto"): time, peak, the tile pairs attended, and the
+    relative L2 of the sparse output against the dense one; one attention call of the flex path against
+    the tile-by-tile reference (ops/ssta.ssta_reference) at the same grid (a GPU correctness check).
+    `--ssta-topk` sweeps top-k (per the reference's attn_param: halved at <= 31 frames)."""
+    import dataclasses
+
+    from lightx2v.ops.attention import get_backend, set_attention_backend
+    from lightx2v.ops.ssta import SSTALayout, ssta_flex, ssta_reference
+
+    dev = args.device
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
+    fam = Hunyuan(args)
+    param = json.loads(args.ssta_param) if args.ssta_param else {}
+    for shape in fam.shapes:
+        i = fam.inputs(shape, dev)
+        if args.tiny:  # a grid big enough for tiles to matter
+            f, h, w = SSTA_TINY_GRID
+            g = torch.Generator(dev).manual_seed(2)
+            i["x"] = torch.randn(1, 65, (f - 1) // 4 + 1, h // 16, w // 16, device=dev, generator=g)
+            i["x"][:, 32:] = 0
+        for topk in args.ssta_topk.split(","):
+            p = {**param, **({"ssta_topk": int(topk)} if topk else {})}
+            fam.cfg = dataclasses.replace(fam.cfg, attn_mode="flex-block-attn", attn_param=p)
+            m = build_ours(fam, dev, dtype).to(dtype)
+            grid = tuple(i["x"].shape[2:])
+            seen = []
+            density = _ssta_density(m, grid, seen)
+            dense = run(rows, fam, shape, "dense (auto)", fam.ours_call(m, i, dtype), dev, args.repeat)
+            set_attention_backend(m.double_blocks, get_backend("ssta"))
+            extra = {"topk": m.sparse.for_grid(grid)[2], "tile": list(m.sparse.tile), "window": list(m.sparse.window)}
+            out = run(rows, fam, shape, "ssta", fam.ours_call(m, i, dtype), dev, args.repeat, dense, extra)
+            if out is not None:
+                m.double_blocks[0].attn_backend = density
+                with torch.no_grad():
+                    fam.ours_call(m, i, dtype)()
+                rows[-1]["tile_pairs_attended"] = seen[0] if seen else None
+            q, k, v = (torch.randn(1, math.prod(grid) + 120, m.config.heads_num, m.config.head_dim, device=dev,
+                                   dtype=dtype) for _ in range(3))
+            lay = SSTALayout(grid, m.sparse)
+            rows.append({"family": fam.name, "shape": shape, "run": "ssta flex vs tile-by-tile reference, one call",
+                         **extra, "rel_l2_flex_vs_reference": rel(ssta_flex(q, k, v, lay).float(),
+                                                                  ssta_reference(q, k, v, lay).float())})
+            print(json.dumps(rows[-1]), flush=True)
+            del m
+            gc.collect()
+
+
+def _ssta_density(model, grid, seen):
+    """An "ssta" backend that also records the fraction of tile pairs the image queries attend."""
+    from lightx2v.ops.attention import AttentionBackend, get_backend
+    from lightx2v.ops.ssta import _split, ssta_flex, tile_mask
+
+    def kernel(q, k, v, layout):
+        (qi, ki, _), _, _ = _split(q, k, v, layout)
+        seen.append(float(tile_mask(qi, ki, layout).float().mean()))
+        return ssta_flex(q, k, v, layout)
+
+    return AttentionBackend("ssta (recording)", lambda d, t: None, get_backend("ssta").kernel, layout_kernel=kernel)
+
+
+def ssta_table(rows) -> str:
+    lines = ["| shape | run | top-k | s/forward | peak GiB | tile pairs attended (block 0) | rel. L2 vs dense |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r.get('shape', '')} | {r['run']} | | failed: {r['error'][:100]} | | | |")
+        elif "rel_l2_flex_vs_reference" in r:
+            lines.append(f"| {r['shape']} | {r['run']} | {r['topk']} | | | | flex vs reference "
+                         f"{r['rel_l2_flex_vs_reference']:.1e} |")
+        else:
+            err = f"{r['rel_l2_vs_fp32']:.1e}" if "rel_l2_vs_fp32" in r else ""
+            pairs = f"{r['tile_pairs_attended']:.2f}" if r.get("tile_pairs_attended") is not None else ""
+            lines.append(f"| {r['shape']} | {r['run']} | {r.get('topk', '')} | {r['s']:.3f} | {r['peak_gib']:.1f} | "
+                         f"{pairs} | {err} |")
+    return "\n".join(lines)
+
+
 def table(rows) -> str:
     lines = ["| model | shape | run | s/forward | first call s | peak GiB | rel. L2 vs the fp32 reference |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
@@ -293,6 +380,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny configs: checks the script's logic (CPU)")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--commit", default="?")
+    ap.add_argument("--ssta", action="store_true", help="HunyuanVideo-1.5: the DiT with SSTA vs dense (no diffusers)")
+    ap.add_argument("--ssta-topk", default="", help="--ssta: top-k values to sweep ('': attn_param's)")
+    ap.add_argument("--ssta-param", default="", help="--ssta: attn_param as JSON ('': the reference's defaults)")
     args = ap.parse_args()
     if args.tiny:
         args.fp32_shapes = "all"
@@ -301,6 +391,13 @@ def main() -> None:
     meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
             "commit": args.commit, "date": time.strftime("%Y-%m-%d")}
     rows: list = []
+    if args.ssta:
+        ssta_rows(args, rows)
+        (out / "family_dit_ssta.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        md = ssta_table(rows)
+        (out / "family_dit_ssta.md").write_text(md + "\n")
+        print(md)
+        return
     for name in args.family.split(","):
         try:
             family_rows(FAMILIES[name](args), args, rows)

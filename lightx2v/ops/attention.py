@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +32,7 @@ from lightx2v.ops.registry import lookup, require
 
 Check = Callable[[torch.device, torch.dtype], "str | None"]
 Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]
+LayoutKernel = Callable[[Tensor, Tensor, Tensor, Any], Tensor]
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -44,13 +45,22 @@ class AttentionBackend:
     check: Check
     kernel: Kernel
     description: str = ""
+    # a sparse backend's kernel for calls that describe their tokens (`layout`, e.g. ops/ssta.SSTALayout);
+    # None: a dense backend, which callers never hand a layout (`takes_layout`)
+    layout_kernel: LayoutKernel | None = None
+
+    @property
+    def takes_layout(self) -> bool:
+        return self.layout_kernel is not None
 
     def available(self, device: torch.device | str, dtype: torch.dtype) -> str | None:
         """None if this backend can run on `device` with `dtype`, else the reason it cannot."""
         return self.check(torch.device(device), dtype)
 
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, layout: Any = None) -> Tensor:
         # q: [B, Lq, H, D], k/v: [B, Lk, H, D] -> [B, Lq, H, D]
+        if layout is not None and self.layout_kernel is not None:
+            return self.layout_kernel(q, k, v, layout)
         return self.kernel(q, k, v)
 
     def __repr__(self) -> str:
@@ -121,6 +131,17 @@ def _check_package(module: str, min_sm: int) -> Check:
     return check
 
 
+def _check_flex(device: torch.device, dtype: torch.dtype) -> str | None:
+    """FlexAttention (torch >= 2.5): compiled on CUDA sm80+ (Triton), its unfused form on CPU."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention  # noqa: F401
+    except Exception as exc:
+        return f"torch.nn.attention.flex_attention cannot be imported ({type(exc).__name__})"
+    if device.type == "cpu":
+        return None
+    return _all(lambda: _cuda_arch(device, 80), lambda: _importable("triton"))
+
+
 # ---------------------------------------------------------------- kernels
 
 
@@ -168,6 +189,18 @@ def _sage_attn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return sageattn(q, k, v, tensor_layout="NHD", is_causal=False)
 
 
+def _ssta(q: Tensor, k: Tensor, v: Tensor, layout: Any) -> Tensor:
+    from lightx2v.ops.ssta import ssta_flex
+
+    return ssta_flex(q, k, v, layout)
+
+
+def _ssta_dense(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from lightx2v.ops.ssta import ssta_dense
+
+    return ssta_dense(q, k, v)
+
+
 def _sage8(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     from lightx2v.ops.triton.sage8 import sage8_attention  # imports triton: only when called
 
@@ -201,12 +234,20 @@ _BACKENDS: Mapping[str, AttentionBackend] = MappingProxyType(
                 _sage8,
                 "8-bit (FP8 on sm89+, INT8 QK on sm80/86) Triton attention, lossy, opt-in",
             ),
+            AttentionBackend(
+                "ssta",
+                _check_flex,
+                _ssta_dense,
+                "HunyuanVideo-1.5's sparse SSTA (FlexAttention) where a call gives its token layout; SDPA elsewhere",
+                layout_kernel=_ssta,
+            ),
         )
     }
 )
 
 # "auto": fastest first. cuDNN SDPA only on sm90+, where it measured fastest; sage_attn is never
 # picked automatically because it quantizes Q and K (a user must ask for it), nor is our own sage8.
+# ssta is not in it either: a model trained with it asks for it (pipelines/hunyuan15.py), not "auto".
 AUTO_ORDER: tuple[str, ...] = ("sdpa_cudnn", "flash_attn3", "flash_attn", "sdpa_flash", "torch_sdpa")
 
 

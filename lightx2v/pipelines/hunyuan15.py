@@ -51,6 +51,39 @@ from lightx2v.pipelines.wan import WanPipeline
 from lightx2v.runtime.offload import placed
 
 
+def _sparse_attention(pipe, engine: EngineConfig) -> None:
+    """SSTA for a DiT trained with it (attn_mode flex-block-attn, the *_distilled_sparse releases): under
+    attention "auto" its double blocks take the "ssta" backend (lightx2v.ops.ssta; the text refiner keeps
+    auto's); a named backend runs dense, as asked; where ssta cannot run, dense with a warning."""
+    from lightx2v.ops.attention import get_backend, set_attention_backend
+
+    dit, asked = pipe.components["dit"], engine.attention_for("self")
+    if dit.sparse is None:
+        if asked == "ssta":
+            _say(pipe, "dit: attention ssta: this DiT was trained dense (attn_mode flash, no SSTA settings); "
+                       "its attention runs dense (SDPA)", warn=True)
+        return
+    s = dit.sparse
+    what = f"tile {s.tile}, window {s.window}, top-k {s.topk} ({s.sampling}, lambda {s.lam})"
+    if asked not in ("auto", "ssta"):
+        _say(pipe, f"dit: trained with SSTA sparse attention; dense attention ({asked}) as asked")
+        return
+    backend = get_backend("ssta")
+    reason = backend.available(engine.torch_device(), engine.dtype)
+    if reason is not None:  # only under auto: an explicit ssta that cannot run was refused by the engine
+        _say(pipe, f"dit: trained with SSTA sparse attention, which cannot run here ({reason}); dense attention "
+                   "instead: slower than SSTA, and not its output", warn=True)
+        return
+    set_attention_backend(dit.double_blocks, backend)
+    _say(pipe, f"dit: SSTA sparse attention (ssta, FlexAttention) in the double blocks: {what}")
+
+
+def _say(pipe, msg: str, warn: bool = False) -> None:
+    if warn:
+        warnings.warn(msg, stacklevel=4)
+    pipe.engine_log.append(msg)
+
+
 @dataclass(frozen=True)
 class HunyuanInputs:
     """What the DiT is conditioned on besides x and t (one CFG branch, or both batched)."""
@@ -135,11 +168,7 @@ class Hunyuan15Pipeline(WanPipeline):
             default_tiling = VAETiling.of_size(mc.arch.vae.sample_size)
             parts["vae"].set_tiling(default_tiling)
         apply_engine(pipe, engine)
-        if mc.dit.attn_mode == "flex-block-attn":  # the *_distilled_sparse releases (docs/models.md: SSTA)
-            msg = ("dit: trained with SSTA sparse attention (attn_mode flex-block-attn); lightx2v runs it with dense "
-                   "attention (SSTA is not implemented): slower than the reference's sparse kernel, not its output")
-            warnings.warn(msg, stacklevel=3)
-            pipe.engine_log.append(msg)
+        _sparse_attention(pipe, engine)
         if default_tiling is not None:
             pipe.engine_log.append(f"vae: tiled decode/encode by default (the reference's), tile {default_tiling.tile} "
                                    f"px, overlap {default_tiling.overlap} px")

@@ -106,14 +106,30 @@ def test_image_to_video_release_matches(tmp_path):
     assert np.abs(got - want).max() < 1e-5
 
 
-def test_a_sparse_attention_release_runs_dense_and_says_so(t2v, tmp_path):
-    """The *_distilled_sparse DiTs state attn_mode flex-block-attn (SSTA): we run dense attention, not silently."""
+def test_a_sparse_attention_release_runs_ssta(t2v, tmp_path):
+    """The *_distilled_sparse DiTs state attn_mode flex-block-attn (SSTA): under auto their double blocks
+    run the "ssta" backend (no warning); a named backend forces dense attention, and says so."""
     root = tmp_path / "ckpts"
     shutil.copytree(t2v[1], root)
     cfg_file = root / "transformer" / "480p_t2v" / "config.json"
     cfg = json.loads(cfg_file.read_text())
-    cfg_file.write_text(json.dumps(cfg | {"attn_mode": "flex-block-attn", "attn_param": {"ssta_topk": 64}}))
-    with pytest.warns(UserWarning, match="SSTA sparse attention .* dense attention"):
-        pipe = _load(root)
-    assert pipe.pipeline.model_config.dit.attn_mode == "flex-block-attn"
-    assert any("SSTA" in line for line in pipe.pipeline.engine_log)
+    param = {"tile_size": [1, 2, 2], "win_size": [[1, 1, 1]], "ssta_topk": 2}  # 8 tiles of the 2x4x4 latent grid
+    cfg_file.write_text(json.dumps(cfg | {"attn_mode": "flex-block-attn", "attn_param": param}))
+    import warnings as w
+
+    with w.catch_warnings():
+        w.simplefilter("error", UserWarning)
+        sparse = _load(root)
+    dit = sparse.pipeline.components["dit"]
+    assert dit.sparse.topk == 2 and dit.sparse.tile == (1, 2, 2)
+    assert {b.attn_backend.name for b in dit.double_blocks} == {"ssta"}
+    assert dit.txt_in.individual_token_refiner.blocks[0].attn_backend.name == "torch_sdpa"  # auto's
+    assert any("SSTA sparse attention (ssta" in line for line in sparse.pipeline.engine_log)
+    dense = LightX2V.from_pretrained(root, device="cpu", dtype=torch.float32, progress=False, attention="torch_sdpa")
+    assert {b.attn_backend.name for b in dense.pipeline.components["dit"].double_blocks} == {"torch_sdpa"}
+    assert any("dense attention (torch_sdpa) as asked" in line for line in dense.pipeline.engine_log)
+    z = _noise(3)
+    kw = dict(KW, num_inference_steps=1)
+    a, b = sparse.generate(PROMPT, latents=z, **kw).frames, dense.generate(PROMPT, latents=z, **kw).frames
+    assert np.isfinite(a).all() and a.shape == b.shape == (F, H, W, 3)
+    assert np.abs(a - b).max() > 1e-4  # each tile attends itself and its top-1 (2 // 2, <= 31 frames): sparse

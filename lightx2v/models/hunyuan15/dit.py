@@ -18,7 +18,10 @@ Differences from the reference that do not change the output: the reference pads
 conditioning to a fixed length and masks the padding in attention; here padding tokens are removed
 (selected by the masks) before the refiner and the blocks, and a batch whose samples have unequal
 numbers of conditioning tokens runs its joint attention one sample at a time (dit_blocks.joint_attention),
-so the attention dispatch needs no mask and the padding costs nothing. A T2V call (no image states,
+so the attention dispatch needs no mask and the padding costs nothing.
+SSTA (attn_mode "flex-block-attn", the *_distilled_sparse releases): forward builds an `SSTALayout`
+(the image token grid and the attn_param settings) that run_blocks hands each block (not the blocks
+win_type "hybrid" keeps dense); the "ssta" attention backend runs it (lightx2v.ops.ssta). A T2V call (no image states,
 or all-zero ones as the reference's pipelines pass) has no image tokens, as the reference masks
 them all. No autocast: see dit_blocks.py for the precision rules.
 """
@@ -39,6 +42,7 @@ from lightx2v.models.hunyuan15.dit_blocks import (
 )
 from lightx2v.models.hunyuan15.dit_config import BYT5_HIDDEN, HunyuanVideo15DiTConfig
 from lightx2v.models.hunyuan15.dit_keys import key_from_diffusers
+from lightx2v.ops.ssta import SSTALayout
 
 TEXT, GLYPH, IMAGE = 0, 1, 2  # the condition-type embedding's rows (the reference's order)
 
@@ -88,6 +92,9 @@ class HunyuanVideo15DiT(nn.Module):
             for _ in range(c.num_layers))
         self.final_layer = FinalLayer(c.hidden_size, c.out_channels * math.prod(c.patch_size))
         self.rope_cache = RopeCache(c.rope_dim_list, c.rope_theta)
+        # SSTA's settings when the DiT was trained with it (attn_mode flex-block-attn): forward hands the
+        # blocks a layout; a backend that takes one ("ssta") runs sparse, any other ignores it (dense)
+        self.sparse = c.sparse_attention()
         # as the Wan DiT (lightx2v.models.wan.dit): hooks around each block (block offload), the block
         # stack's stand-in (a cache), and the loop's StepContext of the current call
         self.block_hooks = None
@@ -178,6 +185,8 @@ class HunyuanVideo15DiT(nn.Module):
             vec = vec + self.time_r_in(t_r)
         txt, valid = self.embed_condition(t, text, text_mask, byt5, byt5_mask, image_embeds)
         kw = dict(e=vec, txt=txt, txt_valid=valid, rope=self.rope(grid, x.device))
+        if self.sparse is not None:  # an SSTA DiT: the image tokens' grid, for a backend that takes it
+            kw["layout"] = SSTALayout(grid, self.sparse)
         if self.block_runner is not None:  # what a cache's rule reads (TeaCache: block 0's modulated input)
             kw["e0"] = self.cache_indicator(x, vec)
         x = self.run_blocks(x, **kw) if self.block_runner is None else self.block_runner(self, x, **kw)
@@ -201,9 +210,10 @@ class HunyuanVideo15DiT(nn.Module):
         from block to block and dropped after the last, as the reference does), txt_valid (valid
         conditioning tokens per sample, or None), rope [L, 1, D/2, 2]; `blocks`: the range to run.
         `block_hooks` (when set) run around each block, outside it: a compiled block never sees them."""
-        txt = kw["txt"]
-        for i in hooked_blocks(len(self.double_blocks), self.block_hooks, kw.get("blocks", slice(None))):
-            x, txt = self.double_blocks[i](x, txt, kw["e"], kw["rope"], kw["txt_valid"])
+        txt, layout, depth = kw["txt"], kw.get("layout"), len(self.double_blocks)
+        for i in hooked_blocks(depth, self.block_hooks, kw.get("blocks", slice(None))):
+            dense = layout is None or layout.config.dense_block(i, depth)  # win_type "hybrid": some blocks dense
+            x, txt = self.double_blocks[i](x, txt, kw["e"], kw["rope"], kw["txt_valid"], None if dense else layout)
         return x
 
     def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:

@@ -5,7 +5,8 @@ hyvideo/models/transformers/hunyuanvideo_1_5_transformer.py and its modules/), s
 transformer loads by name. Precision follows the Wan DiT's rules (lightx2v.models.wan.dit_blocks):
 the residual streams, norms, modulation and RoPE in float32; activations cast to a layer's compute
 dtype right before each Linear and before attention (`linear`, `compute_dtype`, shared with Wan).
-Attention goes through `module.attn_backend(q, k, v)` ([B, L, H, D], no mask: lightx2v.ops.attention).
+Attention goes through `module.attn_backend(q, k, v)` ([B, L, H, D], no mask: lightx2v.ops.attention);
+an SSTA DiT's blocks also hand a backend that takes one their token layout (`joint_attention`).
 The reference masks padding text tokens; here they are removed before the blocks (dit.py), and
 `joint_attention` runs samples of unequal text lengths one at a time, so no mask is needed.
 """
@@ -114,14 +115,20 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-def joint_attention(backend, q: Tensor, k: Tensor, v: Tensor, valid: list[int] | None) -> Tensor:
+def joint_attention(backend, q: Tensor, k: Tensor, v: Tensor, valid: list[int] | None, layout=None) -> Tensor:
     """Attention over [B, L, H, D] where sample b's keys are its first `valid[b]` tokens (the rest is
     text padding); None: all keys valid. Samples of unequal length run one at a time, so the backend
     never needs a mask; a padding token's query attends the sample's valid keys (its output is never
-    read by the image tokens)."""
+    read by the image tokens). `layout` (an SSTA DiT's lightx2v.ops.ssta.SSTALayout) goes to a backend
+    that takes one (the "ssta" backend); there the padding queries are left out (their output: zeros)."""
+    if layout is None or not getattr(backend, "takes_layout", False):
+        if valid is None:
+            return backend(q, k, v)
+        return torch.cat([backend(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n]) for b, n in enumerate(valid)])
     if valid is None:
-        return backend(q, k, v)
-    return torch.cat([backend(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n]) for b, n in enumerate(valid)])
+        return backend(q, k, v, layout=layout)
+    return torch.cat([F.pad(backend(q[b:b + 1, :n], k[b:b + 1, :n], v[b:b + 1, :n], layout=layout),
+                            (0, 0, 0, 0, 0, q.shape[1] - n)) for b, n in enumerate(valid)])
 
 
 # ---------------------------------------------------------------- text token refiner (txt_in)
@@ -254,9 +261,9 @@ class MMDoubleStreamBlock(nn.Module):
         return x + y.float() * gate2[:, None]
 
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, rope: Tensor,
-                txt_valid: list[int] | None) -> tuple[Tensor, Tensor]:
+                txt_valid: list[int] | None, layout=None) -> tuple[Tensor, Tensor]:
         # img: [B, Li, C], txt: [B, Lt, C] fp32; vec: [B, C] fp32; rope: [Li, 1, D/2, 2];
-        # txt_valid: valid text tokens per sample (None: all)
+        # txt_valid: valid text tokens per sample (None: all); layout: SSTA's (None: dense attention)
         img_mod = self.img_mod(vec).chunk(6, dim=-1)
         txt_mod = self.txt_mod(vec).chunk(6, dim=-1)
         iq, ik, iv = self._qkv("img", img, img_mod[0], img_mod[1], rope)
@@ -264,7 +271,7 @@ class MMDoubleStreamBlock(nn.Module):
         li = img.shape[1]
         valid = None if txt_valid is None else [li + n for n in txt_valid]
         attn = joint_attention(self.attn_backend, torch.cat([iq, tq], 1), torch.cat([ik, tk], 1),
-                               torch.cat([iv, tv], 1), valid).flatten(2)  # [B, Li + Lt, C]
+                               torch.cat([iv, tv], 1), valid, layout).flatten(2)  # [B, Li + Lt, C]
         img = self._mlp("img", img, attn[:, :li], img_mod)
         txt = self._mlp("txt", txt, attn[:, li:], txt_mod)
         return img, txt

@@ -19,9 +19,12 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from lightx2v.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from lightx2v.ops.ssta import SSTAConfig
 
 BYT5_HIDDEN = 2048  # the byT5 mapper's hidden width: fixed in the official ByT5Mapper and in diffusers
 
@@ -55,7 +58,7 @@ class HunyuanVideo15DiTConfig:
     ideal_resolution: str | None = None
     ideal_task: str | None = None
     # the reference's attention kernel ("flash", or "flex-block-attn": its sparse SSTA, with
-    # attn_param). Recorded; forward runs dense attention through lightx2v.ops.attention.
+    # attn_param, read by `sparse_attention()`: the DiT gives its blocks' attention an SSTA layout)
     attn_mode: str = "flash"
     attn_param: Any = None
 
@@ -65,6 +68,11 @@ class HunyuanVideo15DiTConfig:
         if sum(self.rope_dim_list) != self.head_dim or any(d % 2 for d in self.rope_dim_list):
             raise CheckpointError(f"rope_dim_list {list(self.rope_dim_list)} must be even and sum to the head dim "
                                   f"{self.head_dim}")
+        self.sparse_attention()  # an attn_param we cannot run is refused at load, naming the field
+
+    def sparse_attention(self) -> SSTAConfig | None:
+        """The SSTA parameters of a DiT trained with it (attn_mode "flex-block-attn"), else None."""
+        return ssta_config(self.attn_param) if self.attn_mode == "flex-block-attn" else None
 
     @property
     def head_dim(self) -> int:
@@ -173,6 +181,39 @@ _DIFFUSERS_FIELDS = (
     "rope_theta", "rope_axes_dim", "target_size", "task_type", "use_meanflow",
 )
 _TARGET_SIZES = {640: "480p", 960: "720p"}
+
+
+# attn_param (the reference's HunyuanVideo_1_5_DiffusionTransformer defaults when a key is absent) -> SSTAConfig
+_SSTA_ONLY = {"attn_sparse_type": "ssta", "ssta_threshold": 0.0, "ssta_adaptive_pool": None, "attn_use_text_mask": 1}
+_SSTA_KEYS = ("win_size", "win_type", "win_ratio", "tile_size", "ssta_topk", "ssta_lambda", "ssta_sampling_type",
+              "attn_pad_type", "attn_mask_share_within_head", *_SSTA_ONLY)
+_SSTA_RUNTIME = ("thw", "layer-name")  # written into attn_param by the reference's forward, not settings
+
+
+def ssta_config(param: Mapping[str, Any] | None, where: str = "transformer config.json") -> SSTAConfig:
+    """The SSTA settings of an official attn_param (None: the reference's defaults); a value we do not
+    implement (another sparse type, a threshold, adaptive pooling, unmasked text) is refused by name."""
+    from lightx2v.ops.ssta import SSTAConfig  # (torch: imported only for a sparse DiT)
+
+    p = dict(param or {})
+    unknown = [k for k in p if k not in _SSTA_KEYS and k not in _SSTA_RUNTIME]
+    if unknown:
+        raise CheckpointError(f"{where}: attn_param field {unknown[0]!r} is unknown; supported: {', '.join(_SSTA_KEYS)}")
+    for key, only in _SSTA_ONLY.items():
+        if key in p and p[key] != only and not (key == "attn_use_text_mask" and p[key] is True):
+            raise CheckpointError(f"{where}: attn_param {key} = {p[key]!r} is not supported; expected {only!r}")
+    win = p.get("win_size", [[3, 3, 3]])
+    win = win[0] if win and isinstance(win[0], (list, tuple)) else win  # the reference reads win_size[0]
+    if p.get("win_type", "fixed") not in ("fixed", "hybrid"):
+        raise CheckpointError(f"{where}: attn_param win_type = {p['win_type']!r}; expected 'fixed' or 'hybrid'")
+    try:
+        return SSTAConfig(tile=tuple(int(x) for x in p.get("tile_size", (6, 8, 8))), window=tuple(int(x) for x in win),
+                          topk=int(p.get("ssta_topk", 64)), lam=float(p.get("ssta_lambda", 0.7)),
+                          sampling=p.get("ssta_sampling_type", "importance"), pad=p.get("attn_pad_type", "zero"),
+                          share_heads=bool(p.get("attn_mask_share_within_head", 0)),
+                          dense_every=int(p.get("win_ratio", 10)) if p.get("win_type") == "hybrid" else 0)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: attn_param: {exc}") from None
 
 
 def _norm(v: Any) -> Any:
