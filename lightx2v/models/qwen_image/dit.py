@@ -66,10 +66,11 @@ class QwenImageDiT(nn.Module):
     # the feature caches its run_blocks boundary supports (lightx2v.runtime.cache): firstblock splits a
     # per-block K/V list this stack does not take; teacache / magcache are refused for want of coefficients
     _cache_methods: tuple[str, ...] = ("teacache", "magcache", "taylorseer")
-    # sequence parallelism (lightx2v.runtime.parallel.sequence): run_blocks' image tokens and their RoPE are
-    # cut along the tokens, `split` (where the condition images start) made relative to each rank's share;
-    # the text stream stays whole on every rank and precedes the image tokens in the joint attention
-    _sp_plan = {"x": 1, "rope": 0, "split": "index"}
+    # sequence parallelism (lightx2v.runtime.parallel.sequence): run_blocks' image tokens are cut along the
+    # tokens, and their RoPE rows (the table's rows after the first Lt, the text's: ("rope": (0, "txt"))),
+    # `split` (where the condition images start) made relative to each rank's share; the text stream stays
+    # whole on every rank and precedes the image tokens in the joint attention
+    _sp_plan = {"x": 1, "rope": (0, "txt"), "split": "index"}
     _sp_attention = ("self",)
     _sp_joint = "before"
     _quant_linears = (r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj"
@@ -136,9 +137,8 @@ class QwenImageDiT(nn.Module):
         x = linear(self.img_in, x).float()  # [B, L, C] fp32 image stream
         txt = linear(self.txt_in, self.txt_norm(context)).float()  # [B, Lt, C] fp32 text stream
         e0 = self.embed_time(t)
-        rope = self.rope_cache.get(segments, txt.shape[1], x.device)  # [Lt + L, 1, D/2, 2]: text first
-        lt = txt.shape[1]
-        kw = dict(txt=txt, e0=e0, e=e0[:, :1], split=split, rope_txt=rope[:lt], rope=rope[lt:])
+        kw = dict(txt=txt, e0=e0, e=e0[:, :1], split=split,
+                  rope=self.rope_cache.get(segments, txt.shape[1], x.device))
         x = self.run_blocks(x, **kw) if self.block_runner is None else self.block_runner(self, x, **kw)
         x = self.norm_out(x[:, :split], e0[:, 0], compute_dtype(self.proj_out))
         return linear(self.proj_out, x).float()
@@ -148,12 +148,10 @@ class QwenImageDiT(nn.Module):
         parallel transform wraps: forward = embed -> run_blocks -> head. `kw`: txt [B, Lt, C] fp32 (the text
         stream, carried from block to block; only the image stream comes out, as only it reaches the head),
         e0 [B, S, C] (the time embeddings the blocks modulate with), split (tokens of the noisy image),
-        rope [L, 1, D/2, 2] the image tokens' and rope_txt [Lt, 1, D/2, 2] the text's (apart, so that
-        sequence parallelism cuts the image's: `_sp_plan`), e [B, 1, C] (the step's embedding: not read by the blocks; a cache's
+        rope [Lt + L, 1, D/2, 2], e [B, 1, C] (the step's embedding: not read by the blocks; a cache's
         indicator); `blocks`: the range of blocks to run. `block_hooks` (when set) run around each block."""
         txt = kw["txt"]
-        rope = torch.cat([kw["rope_txt"], kw["rope"]])  # [Lt + L, 1, D/2, 2], the attention's order
         for i in hooked_blocks(len(self.transformer_blocks), self.block_hooks, kw.get("blocks", slice(None))):
-            x, txt = self.transformer_blocks[i](x, txt, kw["e0"], rope, kw["split"])
+            x, txt = self.transformer_blocks[i](x, txt, kw["e0"], kw["rope"], kw["split"])
         return x
 

@@ -10,7 +10,9 @@ A DiT declares (principle 3; lightx2v.models.wan.dit.WanModel):
                                              whole (the text)
 and the transform reads nothing else: no forward is copied. A plan value "index" (not a dim) marks an
 int run_blocks input that is a token position (Qwen-Image's `split`, where the condition images
-start): each rank gets it relative to its share, clamped to [0, share].
+start): each rank gets it relative to its share, clamped to [0, share]. A value (dim, "name") cuts
+along dim after the first kw["name"].shape[1] entries, which stay whole (Qwen-Image's RoPE table:
+the text's rows, then the image tokens'; one table, so the unsharded run keeps its one copy).
 
 Two pieces, installed by `apply_sequence_parallel`:
   `SequenceShardedBlocks`  in place of the model's `run_blocks` (an instance attribute over the
@@ -199,11 +201,16 @@ class SequenceShardedBlocks:
         # x: [B, L, C] fp32 (the whole sequence) -> [B, L, C] fp32
         length = x.shape[1]
         padded = math.ceil(length / self.size) * self.size
-        local = {k: (self.cut(v, self.plan[k], padded) if k in self.plan and isinstance(v, Tensor) else v)
-                 for k, v in kw.items()}
+        local = {k: (self.cut(v, self.plan[k], padded) if isinstance(self.plan.get(k), int) and isinstance(v, Tensor)
+                     else v) for k, v in kw.items()}
         for k, how in self.plan.items():
             if how == "index" and k in kw:
                 local[k] = self.index(kw[k], padded)
+            elif isinstance(how, tuple) and k in kw:  # (dim, name): the first kw[name].shape[1] rows whole
+                dim, lead = how[0], kw[how[1]].shape[1]
+                t = kw[k]
+                local[k] = torch.cat([t.narrow(dim, 0, lead),
+                                      self.cut(t.narrow(dim, lead, t.shape[dim] - lead), dim, padded)], dim)
         self.shard.valid = length
         self.shard.local = padded // self.size
         try:
