@@ -141,6 +141,12 @@ class Guidance:
         g = self.scale_for(ctx)
         if uncond is None or g == 1.0:
             return model_fn(x, t, cond, ctx).float()  # combine in float32, whatever the model's dtype
+        v, v_u = self.branches(model_fn, x, t, cond, uncond, ctx)
+        return self.combine(v, v_u, g)
+
+    def branches(self, model_fn: ModelFn, x: torch.Tensor, t: torch.Tensor, cond: Any, uncond: Any,
+                 ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v_cond, v_uncond) float32, run as `mode` says (under "parallel" each rank gets both)."""
         if self.mode == "batched":
             v2 = model_fn(torch.cat([x, x]), t.expand(2 * x.shape[0]), self._join(cond, uncond),
                           replace(ctx, branch="cfg")).float()
@@ -152,6 +158,10 @@ class Guidance:
         else:
             v = model_fn(x, t, cond, ctx).float()
             v_u = model_fn(x, t, uncond, replace(ctx, branch="uncond")).float()
+        return v, v_u
+
+    def combine(self, v: torch.Tensor, v_u: torch.Tensor, g: float) -> torch.Tensor:
+        """The guided velocity from both branches' (float32): what a subclass's rescale overrides."""
         out = v_u + g * (v - v_u)
         if self.rescale > 0:
             dims = tuple(range(1, out.ndim))

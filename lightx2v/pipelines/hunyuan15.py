@@ -111,6 +111,11 @@ class Hunyuan15Pipeline(WanPipeline):
     """The loaded components of one HunyuanVideo-1.5 checkpoint: dit, text_encoder, text_encoder_2, vae, and
     for i2v image_encoder (SigLIP) with its feature_extractor (image processor)."""
 
+    # (parallel) cfg_parallel and ulysses (the DiT's joint plan); not ring, not vae_parallel
+    parallel_ready = True
+    parallel_ring = False
+    parallel_vae = False
+
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, text_encoder_2,
                  tokenizer, tokenizer_2, vae, image_encoder=None, feature_extractor=None,
                  vae_dtype: torch.dtype = torch.float32, progress: bool = True):
@@ -260,8 +265,10 @@ class Hunyuan15Pipeline(WanPipeline):
         return sched
 
     def guidance(self, p: SamplingParams) -> Guidance:
-        return Guidance(scale=p.guidance_scale, mode=self.engine.cfg_mode,
-                        rescale=self.model_config.arch.guidance_rescale)
+        from lightx2v.runtime.parallel import guidance_kw
+
+        # the engine's cfg_mode, or (cfg_parallel) one branch per rank of the CFG group
+        return Guidance(scale=p.guidance_scale, rescale=self.model_config.arch.guidance_rescale, **guidance_kw(self))
 
     def model_fn(self, x: torch.Tensor, t: torch.Tensor, c: HunyuanInputs, ctx: StepContext) -> torch.Tensor:
         dt, dit = self.engine.dtype, self.dit
@@ -324,7 +331,7 @@ class Hunyuan15Pipeline(WanPipeline):
         reset_context_kv([self.dit])
         result = GenerationResult(latents=latents, seed=seed, timings=timings,
                                   stats=cache_stats([self.dit], counter.stats(), timings))
-        if p.output_type != "latent":
+        if p.output_type != "latent" and (self.parallel is None or self.parallel.writes_output):  # rank 0 writes
             decode_and_write(self, p, latents, seed, size, result)
         timings["total"] = self._lap(t0)
         return result

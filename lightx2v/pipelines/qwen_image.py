@@ -56,19 +56,10 @@ class NormRescaledCFG(Guidance):
     """QwenImagePipeline's true CFG: v = v_u + g (v_c - v_u), then rescaled per token to the norm of v_c
     (norm over the packed channels, the last dim). The branches run as `Guidance` runs them."""
 
-    def __call__(self, model_fn, x, t, cond, uncond, ctx: StepContext) -> torch.Tensor:
-        if uncond is None or self.scale_for(ctx) == 1.0:
-            return super().__call__(model_fn, x, t, cond, uncond, ctx)
-        seen = {}
-
-        def keep_cond(x_, t_, c_, ctx_):
-            out = model_fn(x_, t_, c_, ctx_)
-            if ctx_.branch == "cond":
-                seen["v"] = out.float()
-            return out
-
-        out = super().__call__(keep_cond, x, t, cond, uncond, ctx)
-        v = seen["v"]
+    def combine(self, v: torch.Tensor, v_u: torch.Tensor, g: float) -> torch.Tensor:
+        # on the combined result, from the cond branch's v: under CFG parallel both ranks hold both
+        # branches after the exchange, so each computes this exactly as one process does
+        out = super().combine(v, v_u, g)
         return out * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(out, dim=-1, keepdim=True))
 
 
@@ -88,6 +79,11 @@ def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 class QwenImagePipeline(WanPipeline):
     """The loaded components of one Qwen-Image checkpoint (t2i): dit, text_encoder, vae."""
+
+    # (parallel) cfg_parallel and ulysses (the DiT's joint plan); not ring, not vae_parallel
+    parallel_ready = True
+    parallel_ring = False
+    parallel_vae = False
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
                  vae_dtype: torch.dtype = torch.float32, progress: bool = True):
@@ -190,6 +186,8 @@ class QwenImagePipeline(WanPipeline):
                                  f"{size[1]}x{size[0]}; got {list(x.shape)}", field="latents")
             return x.to(self.device, torch.float32), p.seed
         seed = p.seed if p.seed is not None else random.randrange(2**31)
+        if self.parallel is not None:  # (parallel) every rank draws rank 0's noise
+            seed = self.parallel.agree_seed(seed)
         g = torch.Generator("cpu").manual_seed(seed)
         return pack(torch.randn(shape, generator=g, dtype=torch.float32)).to(self.device), seed
 
@@ -238,13 +236,13 @@ class QwenImagePipeline(WanPipeline):
         with self._stage("denoise", p):
             latents, seed = self.prepare_latents(p, size)
             sched = self.make_scheduler(p, latents.shape[1])
-            guidance = NormRescaledCFG(scale=p.guidance_scale if cfg else 1.0)
+            guidance = NormRescaledCFG(scale=p.guidance_scale if cfg else 1.0, **parallel_guidance(self))
             latents = denoise(counter, sched, latents, cond, uncond, guidance, callback=p.callback,
                               progress=self.progress)
         timings["denoise"] = self._lap(t1)
         result = ImageResult(latents=latents, seed=seed, timings=timings,
                              stats=cache_stats([self.dit], counter.stats(), timings))
-        if p.output_type != "latent":
+        if p.output_type != "latent" and (self.parallel is None or self.parallel.writes_output):  # rank 0 writes
             decode_and_write_images(self, p, unpack(latents, h, w), seed, size, result)
         timings["total"] = self._lap(t0)
         return result
@@ -263,6 +261,15 @@ class QwenImagePipeline(WanPipeline):
             # what the sampling and the weights came from besides the folder: a Lightning preset, a --dit-path file
             "preset": getattr(mc.distill, "name", None), "dit_path": None if mc.dit_source is None else str(mc.dit_source.path),
         }
+
+
+def parallel_guidance(pipe) -> dict:
+    """CFG across the ranks of the CFG group under cfg_parallel; else the branches one after the other
+    (the prompt and the negative prompt have different token counts: no batch of 2)."""
+    from lightx2v.runtime.parallel import guidance_kw
+
+    kw = guidance_kw(pipe)
+    return kw if kw["mode"] == "parallel" else {}
 
 
 IMAGE_OUTPUT_TYPES = IMAGE_FILE_TYPES + ("pil", "np", "pt", "latent")

@@ -52,6 +52,10 @@ OUTPUT_RESOLUTION = 1024  # the reference's output_resolution: the default side,
 class QwenImage21Pipeline(QwenImagePipeline):
     """The loaded components of one Qwen-Image-2.1 checkpoint (t2i): dit, text_encoder, vae."""
 
+    # (parallel) not yet: its DiT (prefix K/V, one stream) declares no sequence-parallel plan; refused by name
+    parallel_ready = False
+    parallel_title = "Qwen-Image-2.1"
+
     # the condition images' area (side^2) and the default output side: the reference's output_resolution
     output_resolution = OUTPUT_RESOLUTION
 

@@ -64,6 +64,12 @@ class HunyuanVideo15DiT(nn.Module):
     # split of the stack after block 0 would restart the text stream from its input (run_blocks
     # carries it from block to block and returns the image stream only)
     _cache_methods: tuple[str, ...] = ("teacache", "magcache", "taylorseer")
+    # sequence parallelism (lightx2v.runtime.parallel.sequence): the image tokens and their RoPE are cut
+    # along the tokens; the conditioning stream (image, glyph, text) stays whole on every rank and
+    # follows the image tokens in the joint attention (the refiner's attention, before the stack, is not cut)
+    _sp_plan = {"x": 1, "rope": 0}
+    _sp_attention = ("self",)
+    _sp_joint = "after"
     _quant_linears = r"double_blocks\.\d+\.(img|txt)_(attn_(q|k|v|proj)|mlp\.fc[12]|mod\.linear)"
 
     @staticmethod

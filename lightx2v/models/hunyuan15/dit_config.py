@@ -79,6 +79,11 @@ class HunyuanVideo15DiTConfig:
         return self.hidden_size // self.heads_num
 
     @property
+    def num_heads(self) -> int:
+        """The attention heads (what a Ulysses degree must divide: lightx2v.runtime.parallel)."""
+        return self.heads_num
+
+    @property
     def mlp_hidden(self) -> int:
         return int(self.hidden_size * self.mlp_width_ratio)
 

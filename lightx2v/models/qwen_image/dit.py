@@ -66,6 +66,13 @@ class QwenImageDiT(nn.Module):
     # the feature caches its run_blocks boundary supports (lightx2v.runtime.cache): firstblock splits a
     # per-block K/V list this stack does not take; teacache / magcache are refused for want of coefficients
     _cache_methods: tuple[str, ...] = ("teacache", "magcache", "taylorseer")
+    # sequence parallelism (lightx2v.runtime.parallel.sequence): run_blocks' image tokens are cut along the
+    # tokens, and their RoPE rows (the table's rows after the first Lt, the text's: ("rope": (0, "txt"))),
+    # `split` (where the condition images start) made relative to each rank's share; the text stream stays
+    # whole on every rank and precedes the image tokens in the joint attention
+    _sp_plan = {"x": 1, "rope": (0, "txt"), "split": "index"}
+    _sp_attention = ("self",)
+    _sp_joint = "before"
     _quant_linears = (r"transformer_blocks\.\d+\.(attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj"
                       r"|to_add_out)|(img|txt)_mlp\.net\.(0\.proj|2)|(img|txt)_mod\.1)")
 

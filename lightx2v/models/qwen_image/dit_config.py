@@ -73,6 +73,11 @@ class QwenImageDiTConfig:
                                   f"{self.attention_head_dim} (RoPE rotates every channel of a head)")
 
     @property
+    def num_heads(self) -> int:
+        """The attention heads (what a Ulysses degree must divide: lightx2v.runtime.parallel)."""
+        return self.num_attention_heads
+
+    @property
     def dim(self) -> int:
         """The model width (both streams)."""
         return self.num_attention_heads * self.attention_head_dim

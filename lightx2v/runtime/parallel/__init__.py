@@ -33,9 +33,18 @@ def check_parallel(mc, cfg, world: int | None = None) -> None:
     if not cfg.enabled:
         return
     check_world(cfg, world)
-    if not getattr(mc.spec.pipeline(), "parallel_ready", False):
-        raise InputError(f"{mc.spec.title} pipelines do not run on several GPUs yet (cfg_parallel, ulysses, ring, "
+    pipe = mc.spec.pipeline()
+    if hasattr(pipe, "for_model"):  # a family's dispatcher (Qwen-Image: t2i, edit, 2.1): the model's own class
+        pipe = pipe.for_model(mc)
+    title = getattr(pipe, "parallel_title", None) or mc.spec.title
+    if not getattr(pipe, "parallel_ready", False):
+        raise InputError(f"{title} pipelines do not run on several GPUs yet (cfg_parallel, ulysses, ring, "
                          "vae_parallel); run them on one", field="parallel")
+    if cfg.ring > 1 and not getattr(pipe, "parallel_ring", True):
+        raise InputError(f"ring {cfg.ring}: not built for {title} (its DiT attends jointly over text and image "
+                         "tokens); use ulysses and / or cfg_parallel", field="ring")
+    if cfg.vae_parallel and not getattr(pipe, "parallel_vae", True):
+        raise InputError(f"vae_parallel: not built for {title}; rank 0 decodes", field="vae_parallel")
     heads = getattr(mc.dit, "num_heads", None)
     if cfg.sequence > 1 and heads is None:
         raise InputError(f"sequence parallelism (ulysses / ring) is not declared for {mc.spec.title} models; "

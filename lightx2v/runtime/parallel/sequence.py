@@ -4,7 +4,15 @@ A DiT declares (principle 3; lightx2v.models.wan.dit.WanModel):
     _sp_plan = {"x": 1, "e0": 1, "rope": 0}   run_blocks' inputs cut along their token dim (a dim of
                                              size 1 is per sample and is not cut: e0 [B, 1, 6, C])
     _sp_attention = ("self",)                the attention roles whose keys span the whole sequence
-and the transform reads nothing else: no forward is copied.
+    _sp_joint = "after" | "before"            (joint-attention models: HunyuanVideo-1.5, Qwen-Image) the
+                                             attention's q, k, v hold the sharded tokens followed
+                                             ("after") or preceded ("before") by tokens every rank holds
+                                             whole (the text)
+and the transform reads nothing else: no forward is copied. A plan value "index" (not a dim) marks an
+int run_blocks input that is a token position (Qwen-Image's `split`, where the condition images
+start): each rank gets it relative to its share, clamped to [0, share]. A value (dim, "name") cuts
+along dim after the first kw["name"].shape[1] entries, which stay whole (Qwen-Image's RoPE table:
+the text's rows, then the image tokens'; one table, so the unsharded run keeps its one copy).
 
 Two pieces, installed by `apply_sequence_parallel`:
   `SequenceShardedBlocks`  in place of the model's `run_blocks` (an instance attribute over the
@@ -19,6 +27,13 @@ Two pieces, installed by `apply_sequence_parallel`:
       Padded tokens sit at the end of the sequence: after the all-to-all they are the last Lp - L
       rows, cut from q, k, v before the inner backend and zero-filled after; with a ring, the ring
       leaves the keys past L out (`valid`). Either way the attention of the real tokens is exact.
+Joint attention (xDiT's USP "joint" scheme): the text tokens are whole on every rank; around the
+all-to-all of the sharded tokens each rank takes its heads' slice of the text's q, k, v, attends over
+[all image tokens, text] (in the model's order) with heads / U, sends the image rows back and
+all-gathers the text rows over the heads, so every rank holds the whole text stream again (the
+text's own MLP then runs alike on every rank). Only the attentions inside the repeated blocks
+(`_repeated_blocks`, what run_blocks runs) are wrapped: a text refiner before the stack is not.
+Ring is not offered for joint models (the text keys would join the ring once; not built).
 Cross-attention stays local (its keys are the text, whole on every rank). The blocks are unchanged;
 compiled blocks trace the all-to-all (functional collectives), the ring exchange is left out of the
 graph.
@@ -43,9 +58,11 @@ class ShardInfo:
     token count of the whole sequence (the rest is padding). State with a name (principle 8)."""
 
     valid: Optional[int] = None
+    local: Optional[int] = None  # this rank's sharded token count (joint models: the rest is replicated)
 
     def reset(self) -> None:
         self.valid = None
+        self.local = None
 
 
 def _group_size(group) -> int:
@@ -87,14 +104,18 @@ class SequenceParallelAttention:
     stages: int = 2
 
     def __init__(self, inner: Callable[[Tensor, Tensor, Tensor], Tensor], shard: ShardInfo,
-                 ulysses_group=None, ring_group=None) -> None:
+                 ulysses_group=None, ring_group=None, joint: Optional[str] = None) -> None:
         self.inner = inner
         self.shard = shard
         self.ulysses_group = ulysses_group
         self.ring_group = ring_group
+        self.joint = joint
         self.name = f"{getattr(inner, 'name', type(inner).__name__)} (sequence parallel)"
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.joint is not None and self.shard.local is not None and (
+                q.shape[1] != self.shard.local or k.shape[1] != self.shard.local):
+            return self._joint(q, k, v)
         g = self.ulysses_group
         if g is None:
             return self._attend(q, k, v)
@@ -116,6 +137,37 @@ class SequenceParallelAttention:
         if self.ring_group is not None:  # the ring chunks, in ring-rank order, are the (padded) sequence
             return _ring(q, k, v, self.ring_group, self.shard.valid)
         return self._local(q, k, v)
+
+    def _joint(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """q [B, Ls + Lq, H, D], k / v [B, Ls + Lk, H, D]: Ls sharded tokens (this rank's share) and the
+        replicated ones (whole on every rank; Lq may differ from Lk: a sample's valid text keys) in the
+        model's order -> [B, Ls + Lq, H, D]."""
+        import torch.distributed as dist
+
+        g, n = self.ulysses_group, self.shard.local
+        size, me = _group_size(g), (0 if g is None else dist.get_rank(g))
+
+        def parts(t: Tensor) -> tuple[Tensor, Tensor]:  # (sharded [B, Ls, H, D], replicated [B, Lr, H, D])
+            rep = t.shape[1] - n
+            return (t[:, :n], t[:, n:]) if self.joint == "after" else (t[:, rep:], t[:, :rep])
+
+        (qs, qr), (ks, kr), (vs, vr) = parts(q), parts(k), parts(v)
+        h = q.shape[2] // size  # this rank's heads: [me * h, (me + 1) * h), the all-to-all's chunk
+        if g is not None:  # [3, B, Ls, H, D] -> [3, B, U * Ls, H / U, D]
+            qs, ks, vs = _all_to_all(torch.stack([qs, ks, vs]), g, scatter_dim=3, gather_dim=2).unbind(0)
+        total, valid = qs.shape[1], self.shard.valid
+        valid = total if valid is None else min(valid, total)
+        qr, kr, vr = (t[:, :, me * h:(me + 1) * h] for t in (qr, kr, vr))
+        order = (lambda s, r: torch.cat([s[:, :valid], r], 1)) if self.joint == "after" else \
+            (lambda s, r: torch.cat([r, s[:, :valid]], 1))
+        out = self.inner(order(qs, qr), order(ks, kr), order(vs, vr))  # [B, valid + Lq, h, D]
+        lq = qr.shape[1]
+        out_s, out_r = (out[:, :valid], out[:, valid:]) if self.joint == "after" else (out[:, lq:], out[:, :lq])
+        out_s = F.pad(out_s, (0, 0, 0, 0, 0, total - valid))  # the padded rows: zeros, cut after the gather
+        if g is not None:  # [B, U * Ls, h, D] -> [B, Ls, H, D]; the text rows: every rank's heads
+            out_s = _all_to_all(out_s, g, scatter_dim=1, gather_dim=2)
+            out_r = all_gather_dim(out_r, g, 2)
+        return torch.cat([out_s, out_r], 1) if self.joint == "after" else torch.cat([out_r, out_s], 1)
 
     def _local(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # q, k, v: [B, Lp, h, D], the whole (padded) sequence: the padding (the last rows) is cut
@@ -147,6 +199,11 @@ class SequenceShardedBlocks:
         self.group, self.rank, self.size = group, rank, size
         self.shard = shard
 
+    def index(self, i: int, padded: int) -> int:
+        """A token position of the whole sequence, relative to this rank's share (clamped to it)."""
+        n = padded // self.size
+        return min(max(int(i) - self.rank * n, 0), n)
+
     def cut(self, t: Tensor, dim: int, padded: int) -> Tensor:
         """This rank's share of t along `dim` (padded with zeros to `padded` first); size 1: whole."""
         if t.shape[dim] == 1:
@@ -161,9 +218,18 @@ class SequenceShardedBlocks:
         # x: [B, L, C] fp32 (the whole sequence) -> [B, L, C] fp32
         length = x.shape[1]
         padded = math.ceil(length / self.size) * self.size
-        local = {k: (self.cut(v, self.plan[k], padded) if k in self.plan and isinstance(v, Tensor) else v)
-                 for k, v in kw.items()}
+        local = {k: (self.cut(v, self.plan[k], padded) if isinstance(self.plan.get(k), int) and isinstance(v, Tensor)
+                     else v) for k, v in kw.items()}
+        for k, how in self.plan.items():
+            if how == "index" and k in kw:
+                local[k] = self.index(kw[k], padded)
+            elif isinstance(how, tuple) and k in kw:  # (dim, name): the first kw[name].shape[1] rows whole
+                dim, lead = how[0], kw[how[1]].shape[1]
+                t = kw[k]
+                local[k] = torch.cat([t.narrow(dim, 0, lead),
+                                      self.cut(t.narrow(dim, lead, t.shape[dim] - lead), dim, padded)], dim)
         self.shard.valid = length
+        self.shard.local = padded // self.size
         try:
             out = type(self.model).run_blocks(self.model, self.cut(x, self.plan["x"], padded), **local)
         finally:
@@ -181,12 +247,17 @@ def apply_sequence_parallel(model: nn.Module, state) -> int:
         raise InputError(f"{type(model).__name__} declares no sequence-parallel plan (_sp_plan); it cannot run "
                          "with ulysses or ring", field="parallel")
     roles = getattr(type(model), "_sp_attention", ("self",))
+    joint = getattr(type(model), "_sp_joint", None)
+    if joint is not None and state.ring > 1:
+        raise InputError(f"{type(model).__name__} attends jointly over text and image tokens: ring is not built for "
+                         "it; use ulysses (and cfg_parallel)", field="ring")
     shard = ShardInfo()
     n = 0
-    for module in model.modules():
+    stacks = [getattr(model, name) for name in getattr(type(model), "_repeated_blocks", ())] or [model]
+    for module in (m for stack in stacks for m in stack.modules()):  # the attentions run_blocks runs
         if hasattr(module, "attn_backend") and attention_role(module) in roles:
             module.attn_backend = SequenceParallelAttention(module.attn_backend, shard, state.ulysses_group,
-                                                            state.ring_group)
+                                                            state.ring_group, joint)
             n += 1
     model.run_blocks = SequenceShardedBlocks(model, plan, state.sp_group, state.sp_rank, state.sp, shard)
     return n
