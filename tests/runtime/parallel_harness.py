@@ -141,3 +141,21 @@ def run_on_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float 
     """`fn(*args, **kwargs)` on `world` fresh gloo ranks: each rank's result, in rank order."""
     with RankPool(world, timeout) as pool:
         return pool.run(fn, *args, **kwargs)
+
+
+def assert_ranks_match_one_process(name: str, got: list, want: dict, par_kw: dict, load_kw: dict, tol: float) -> None:
+    """A 2-rank generation (`got`: each rank's {"latents", "log", "stats"}) against the one-process
+    one (`want`): latents within `tol`, each rank's parallel log line, the CFG branches' forwards
+    shared between the ranks (cfg_parallel) or the self-attentions wrapped (ulysses), the cache's skips."""
+    for r, g in enumerate(got):
+        err = float((g["latents"] - want["latents"]).abs().max())
+        assert err <= tol, f"{name}: rank {r} differs from one process by {err:.2e}"
+    assert want["latents"].abs().max() > 0.1
+    assert [next(x for x in g["log"] if x.startswith("parallel: rank")) for g in got] == [
+        f"parallel: rank {r} of 2 on cpu: " + ("cfg 2" if "cfg_parallel" in par_kw else "ulysses 2") for r in range(2)]
+    if "cfg_parallel" in par_kw:  # one branch's forwards per rank: together, the one process's
+        assert sum(g["stats"]["model_calls"] for g in got) == want["stats"]["model_calls"]
+    else:
+        assert any("tokens split over 2 ranks (ulysses 2), 2 self-attentions wrapped" in x for x in got[0]["log"])
+    if "cache" in load_kw:
+        assert got[0]["stats"].get("model_calls_skipped", 0) > 0

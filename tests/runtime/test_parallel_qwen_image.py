@@ -18,7 +18,7 @@ pytest.importorskip("diffusers")
 from lightx2v import LightX2V  # noqa: E402
 from lightx2v.config import ParallelConfig  # noqa: E402
 from lightx2v.errors import InputError  # noqa: E402
-from tests.runtime.parallel_harness import RankPool  # noqa: E402
+from tests.runtime.parallel_harness import RankPool, assert_ranks_match_one_process  # noqa: E402
 
 PROMPT, NEG = "a red cat sitting on a green mat", "blurry"
 TOL = 1e-5
@@ -93,18 +93,7 @@ def test_two_ranks_equal_one(folders, ranks, name):
     # Ulysses attends half the heads per call: the ranks differ by ~9 ulps, 8e-7 relative; a wrong `split`
     # makes it 0.7)
     tol = TOL * max(1.0, float(want["latents"].abs().max()))
-    for r, g in enumerate(got):
-        err = float((g["latents"] - want["latents"]).abs().max())
-        assert err <= tol, f"{name}: rank {r} differs from one process by {err:.2e}"
-    assert want["latents"].abs().max() > 0.1
-    assert [next(x for x in g["log"] if x.startswith("parallel: rank")) for g in got] == [
-        f"parallel: rank {r} of 2 on cpu: " + ("cfg 2" if "cfg_parallel" in par_kw else "ulysses 2") for r in range(2)]
-    if "cfg_parallel" in par_kw:  # one branch's forwards per rank: together, the one process's
-        assert sum(g["stats"]["model_calls"] for g in got) == want["stats"]["model_calls"]
-    else:
-        assert any("tokens split over 2 ranks (ulysses 2), 2 self-attentions wrapped" in x for x in got[0]["log"])
-    if "cache" in load_kw:
-        assert got[0]["stats"].get("model_calls_skipped", 0) > 0
+    assert_ranks_match_one_process(name, got, want, par_kw, load_kw, tol)
 
 
 def test_only_rank_0_writes_the_png_and_the_seed_is_rank_0s(folders, ranks, tmp_path):
