@@ -4,9 +4,11 @@ The folder: benchmarks/family_folders.py writes the family's diffusers layout at
 weights drawn on the GPU (bf16 safetensors shards, to /dev/shm: RAM, so load times are from RAM; the
 tokenizers are tiny: see there), in a process of its own. Then each configuration runs in a fresh
 process (clean peaks, as benchmarks/small_gpu.py does): load (ours: `LightX2V.from_pretrained`;
-diffusers: `<Pipeline>.from_pretrained(torch_dtype=bf16, device_map=device)`), a first and a second
-generation written to a file (ours: mp4 / png through `output_path`; diffusers: `export_to_video` or,
-where diffusers has no writer, our writer after its decoded frames; `image.save` for Qwen-Image).
+diffusers: `<Pipeline>.from_pretrained(torch_dtype=bf16, device_map=device)`), generations written
+to a file (ours: mp4 / png through `output_path`; diffusers: `export_to_video` or, where diffusers has
+no writer, our writer after its decoded frames; `image.save` for Qwen-Image). Ours runs a first and a
+second generation (`--gens`), diffusers one by default (`--diffusers-gens`: its eager pipeline has
+nothing to compile, and one HunyuanVideo-1.5 call of it is about a minute of device time).
 Per row: load s, per-stage timings (ours: `result.timings`; diffusers: the pipeline call and the
 export), each generation's wall seconds, peak GPU GiB (max_memory_allocated), host peak RSS (VmHWM:
 the folder's /dev/shm pages count when mapped).
@@ -17,6 +19,8 @@ the folder's /dev/shm pages count when mapped).
     at 1) and with (6), VAE tiling on (its documented setting for this model).
   qwen-image: 1328 x 1328, 4 steps without CFG (the Lightning regime) and with true CFG 4 (a negative
     prompt given, as diffusers needs it to run CFG), ours (also compiled) and diffusers' QwenImagePipeline.
+  `--configs default` runs what fits ~8 min of device time for both families (DEFAULT_CONFIGS), `all`
+  every row of CONFIGS; rows are written to $OUT/e2e_family.json as they come (a timeout keeps them).
 
     python benchmarks/e2e_family.py --family hunyuan15 --out $OUT --commit <sha>
     python benchmarks/e2e_family.py --family qwen-image,hunyuan15 --tiny --device cpu --out /tmp/ef   # the logic
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,7 +61,7 @@ CONFIGS = {
 # what one run of both families fits in (~8 min of device time: the HunyuanVideo-1.5 decode and
 # diffusers' masked attention are the long parts); --configs all runs every row
 DEFAULT_CONFIGS = {"hunyuan15": "ours_4step,diffusers_4step,ours_cfg6_4step",
-                   "qwen-image": "ours_4step,diffusers_4step,ours_cfg4_4step,diffusers_cfg4_4step,ours_4step_compile"}
+                   "qwen-image": "ours_4step,diffusers_4step,ours_cfg4_4step,ours_4step_compile"}
 
 
 def shape(family: str, tiny: bool) -> dict:
@@ -160,7 +165,7 @@ def diffusers_run(args, engine: dict, gen: dict, row: dict) -> None:
     pipe = diffusers_pipe(args)
     row["load_s"] = time.perf_counter() - t0
     ext = "mp4" if args.family == "hunyuan15" else "png"
-    for attempt in range(args.gens):
+    for attempt in range(args.diffusers_gens):
         out = Path(args.tmp) / f"{args.family}_{args.config}_{attempt}.{ext}"
         t1 = time.perf_counter()
         call_s, export_s, how = diffusers_call(args, pipe, gen, out)
@@ -205,7 +210,8 @@ def writer(args) -> dict:
 def spawn(args, extra: list, timeout: float) -> dict | None:
     """This script again in a fresh process; its `ROW {json}` line, or None with the error in `why`."""
     cmd = [sys.executable, __file__, "--family", args.family, "--device", args.device, "--ckpt", args.ckpt,
-           "--tmp", args.tmp, "--gens", str(args.gens), *(["--tiny"] if args.tiny else []), *extra]
+           "--tmp", args.tmp, "--gens", str(args.gens),
+           "--diffusers-gens", str(args.diffusers_gens), *(["--tiny"] if args.tiny else []), *extra]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -223,7 +229,7 @@ def stages(t: dict) -> str:
 
 
 def table(rows: list) -> str:
-    lines = ["| family | config | load s | 1st gen s | 2nd gen s | 2nd gen stages (s) | peak GPU GiB | host peak RSS GiB |",
+    lines = ["| family | config | load s | 1st gen s | 2nd gen s | last gen's stages (s) | peak GPU GiB | host peak RSS GiB |",
              "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: |"]
     for r in rows:
         if "error" in r:
@@ -243,6 +249,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny configs: checks the whole logic (CPU)")
     ap.add_argument("--gens", type=int, default=2, help="generations per configuration (the first pays warm-up)")
+    ap.add_argument("--diffusers-gens", type=int, default=1,
+                    help="diffusers' generations per configuration (eager: nothing to compile; 2 to see its warm-up)")
     ap.add_argument("--ckpt", default="/dev/shm/lx2v_e2e_family", help="where the folder is written (RAM by default)")
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--timeout", type=float, default=420, help="seconds per configuration's process")
@@ -258,10 +266,13 @@ def main() -> None:
     if args.config:
         print("ROW " + json.dumps(child(args)), flush=True)
         return
+    # a `timeout` around this script sends SIGTERM: exit through the `finally`s, so that subprocess.run
+    # kills the running configuration (it would hold the GPU for the next part) and the folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"commit": args.commit, "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device, "tiny": args.tiny,
-            "gens": args.gens, "checkpoint_dir": args.ckpt, "write": {}}
+            "gens": args.gens, "diffusers_gens": args.diffusers_gens, "checkpoint_dir": args.ckpt, "write": {}}
     rows: list = []
     families = [f for f in args.family.split(",") if f]
     for family in families:
