@@ -7,8 +7,9 @@ process (clean peaks, as benchmarks/small_gpu.py does): load (ours: `LightX2V.fr
 diffusers: `<Pipeline>.from_pretrained(torch_dtype=bf16, device_map=device)`), generations written
 to a file (ours: mp4 / png through `output_path`; diffusers: `export_to_video` or, where diffusers has
 no writer, our writer after its decoded frames; `image.save` for Qwen-Image). Ours runs a first and a
-second generation (`--gens`), diffusers one by default (`--diffusers-gens`: its eager pipeline has
-nothing to compile, and one HunyuanVideo-1.5 call of it is about a minute of device time).
+second generation (`--gens`; one in a CFG configuration, `--cfg-gens`: its denoise stage shows the CFG
+cost), diffusers one by default (`--diffusers-gens`: its eager pipeline has nothing to compile, and one
+HunyuanVideo-1.5 call of it is about a minute of device time).
 Per row: load s, per-stage timings (ours: `result.timings`; diffusers: the pipeline call and the
 export), each generation's wall seconds, peak GPU GiB (max_memory_allocated), host peak RSS (VmHWM:
 the folder's /dev/shm pages count when mapped).
@@ -101,7 +102,8 @@ def ours(args, engine: dict, gen: dict, row: dict) -> None:
     row["load_s"] = time.perf_counter() - t0
     row["engine_log"] = pipe.pipeline.engine_log
     ext = "mp4" if args.family == "hunyuan15" else "png"
-    for attempt in range(args.gens):
+    # a CFG row shows the CFG cost in its denoise stage; the no-CFG row before it shows the warm-up
+    for attempt in range(args.cfg_gens if gen["guidance_scale"] > 1 else args.gens):
         out = Path(args.tmp) / f"{args.family}_{args.config}_{attempt}.{ext}"
         t1 = time.perf_counter()
         result = pipe.generate(PROMPT, num_inference_steps=4, seed=0, output_path=str(out), **shape(args.family, args.tiny),
@@ -211,7 +213,8 @@ def spawn(args, extra: list, timeout: float) -> dict | None:
     """This script again in a fresh process; its `ROW {json}` line, or None with the error in `why`."""
     cmd = [sys.executable, __file__, "--family", args.family, "--device", args.device, "--ckpt", args.ckpt,
            "--tmp", args.tmp, "--gens", str(args.gens),
-           "--diffusers-gens", str(args.diffusers_gens), *(["--tiny"] if args.tiny else []), *extra]
+           "--diffusers-gens", str(args.diffusers_gens),
+           "--cfg-gens", str(args.cfg_gens), *(["--tiny"] if args.tiny else []), *extra]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -251,6 +254,7 @@ def main() -> None:
     ap.add_argument("--gens", type=int, default=2, help="generations per configuration (the first pays warm-up)")
     ap.add_argument("--diffusers-gens", type=int, default=1,
                     help="diffusers' generations per configuration (eager: nothing to compile; 2 to see its warm-up)")
+    ap.add_argument("--cfg-gens", type=int, default=1, help="ours' generations in a CFG configuration")
     ap.add_argument("--ckpt", default="/dev/shm/lx2v_e2e_family", help="where the folder is written (RAM by default)")
     ap.add_argument("--tmp", default="/tmp")
     ap.add_argument("--timeout", type=float, default=420, help="seconds per configuration's process")
@@ -272,7 +276,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"commit": args.commit, "date": time.strftime("%Y-%m-%d %H:%M"), "device": args.device, "tiny": args.tiny,
-            "gens": args.gens, "diffusers_gens": args.diffusers_gens, "checkpoint_dir": args.ckpt, "write": {}}
+            "gens": args.gens, "diffusers_gens": args.diffusers_gens,
+            "cfg_gens": args.cfg_gens, "checkpoint_dir": args.ckpt, "write": {}}
     rows: list = []
     families = [f for f in args.family.split(",") if f]
     for family in families:
@@ -284,6 +289,7 @@ def main() -> None:
             meta["write"][family] = spawn(args, ["--write"], args.timeout)
             meta["write"][family]["wall_s"] = round(time.perf_counter() - t0, 1)
             print(family, "folder written", json.dumps(meta["write"][family]), flush=True)
+            (out / "e2e_family.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
             if "error" in meta["write"][family]:
                 rows.append({"family": family, "config": "write the folder", "error": meta["write"][family]["error"]})
                 continue
