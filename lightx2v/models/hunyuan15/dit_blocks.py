@@ -227,6 +227,16 @@ class MMDoubleStreamBlock(nn.Module):
     """One double-stream block: image and text tokens, each with its own modulation, projections and
     MLP, attending jointly ([img, txt]); RoPE on the image tokens only. Both streams fp32."""
 
+    # What phase offload reads (lightx2v.runtime.block_offload): the block's parts in forward order, every
+    # tensor in exactly one. A later phase is brought by a forward pre-hook on its first module called:
+    # img_attn_proj runs through `linear()` (no module call, no hook), so it belongs to the first phase;
+    # the parameter-free img_norm2 is the module that opens the second.
+    _offload_phases = (
+        ("attn", tuple(f"{s}_{m}" for s in ("img", "txt") for m in ("mod", "norm1", "attn_q", "attn_k", "attn_v",
+                                                                     "attn_q_norm", "attn_k_norm")) + ("img_attn_proj",)),
+        ("mlp", ("img_norm2", "img_mlp", "txt_attn_proj", "txt_norm2", "txt_mlp")),
+    )
+
     def __init__(self, hidden: int, heads: int, mlp_hidden: int, qk_norm: bool, qkv_bias: bool) -> None:
         super().__init__()
         self.heads = heads
