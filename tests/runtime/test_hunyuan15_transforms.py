@@ -109,3 +109,19 @@ def test_refused_before_loading_in_one_line(folder, tmp_path, monkeypatch, kw, m
     with pytest.raises(InputError, match=match) as err:
         _load(folder, **kw)
     assert "\n" not in str(err.value)
+
+
+def test_chunk_tokens_runs_the_image_stream_in_chunks_with_the_same_latents(folder, plain, monkeypatch):
+    """Through the engine (the log), then 3 tokens a chunk (below the engine's minimum of 256: the tiny image
+    stream has 8 tokens) so that the chunked path runs, with a last partial chunk."""
+    from lightx2v.models.hunyuan15.dit_blocks import MMDoubleStreamBlock
+    from lightx2v.runtime.chunking import apply_chunking
+
+    pipe = _load(folder, chunk_tokens=256)
+    assert _log(pipe, "chunking") == ["chunking: dit, 2 blocks run 256 tokens at a time"]
+    assert apply_chunking(pipe.pipeline.dit, 3) == 2
+    calls = []
+    chunked = MMDoubleStreamBlock._img_chunked
+    monkeypatch.setattr(MMDoubleStreamBlock, "_img_chunked", lambda self, *a: calls.append(1) or chunked(self, *a))
+    torch.testing.assert_close(_run(pipe), plain, rtol=1e-4, atol=1e-5)  # GEMMs over fewer rows: last bits
+    assert len(calls) == 2 * 2 * 2 * 2  # (q/k/v, residuals) x blocks x CFG branches x steps
