@@ -270,8 +270,8 @@ def fuse_qkv_step(pipeline, engine: EngineConfig) -> list[str]:
     for name, model in dits:
         lines = fuse_qkv(model)
         if lines == ["0 self-attention layers"]:  # no fusable slots at all: a no-op, and why
-            lines = [f"nothing to fuse ({type(model).__name__}'s joint attention keeps per-stream q, k, v "
-                     "projections, which have no fused path); unchanged"]
+            lines = [f"nothing to fuse ({type(model).__name__} has no self-attention with fusable q, k, v "
+                     "slots: its attention projects each stream apart); unchanged"]
         done += [f"{name}: {line}" for line in lines]
     return done
 
