@@ -266,7 +266,14 @@ def fuse_qkv_step(pipeline, engine: EngineConfig) -> list[str]:
     dits = _transformers(pipeline)
     if engine.offload.granularity is not None:
         return [f"{name}: skipped (offload {engine.offload.granularity} moves the weights)" for name, _ in dits]
-    return [f"{name}: {line}" for name, model in dits for line in fuse_qkv(model)]
+    done = []
+    for name, model in dits:
+        lines = fuse_qkv(model)
+        if lines == ["0 self-attention layers"]:  # no fusable slots at all: a no-op, and why
+            lines = [f"nothing to fuse ({type(model).__name__} has no self-attention with fusable q, k, v "
+                     "slots: its attention projects each stream apart); unchanged"]
+        done += [f"{name}: {line}" for line in lines]
+    return done
 
 
 def set_attention(pipeline, engine: EngineConfig) -> list[str]:
@@ -303,6 +310,8 @@ def set_fused_ops(pipeline, engine: EngineConfig) -> list[str]:
     for name, model in _transformers(pipeline):
         if set_fused_backend(model, ops):
             chosen.append(f"{name}: {ops.name}")
+        elif engine.kernels != "torch":  # (a family that cannot take "triton" refuses it before loading)
+            chosen.append(f"{name}: {type(model).__name__} has no fused elementwise ops; it runs as written (torch)")
     for name, field in ENCODERS:
         module = pipeline.components.get(name)
         if getattr(engine, field) is not None and module is not None:
@@ -411,6 +420,9 @@ def apply_engine(pipeline, engine: EngineConfig) -> list[str]:
 
         kept = apply_context_kv(_transformers(pipeline))
         log += [f"context_kv: {name}, cross-attention K/V once per generation" for name in kept]
+        log += [f"context_kv: {name}: no-op, {type(model).__name__} has no cross-attention (joint attention: its "
+                "text stream changes in every block, so there is no per-generation K/V to keep)"
+                for name, model in _transformers(pipeline) if name not in kept]
     # -- parallel (EngineConfig.parallel; lightx2v.runtime.parallel) --
     if engine.parallel.enabled:
         from lightx2v.runtime.parallel import apply_parallel

@@ -227,6 +227,16 @@ class MMDoubleStreamBlock(nn.Module):
     """One double-stream block: image and text tokens, each with its own modulation, projections and
     MLP, attending jointly ([img, txt]); RoPE on the image tokens only. Both streams fp32."""
 
+    # What phase offload reads (lightx2v.runtime.block_offload): the block's parts in forward order, every
+    # tensor in exactly one. A later phase is brought by a forward pre-hook on its first module called:
+    # img_attn_proj runs through `linear()` (no module call, no hook), so it belongs to the first phase;
+    # the parameter-free img_norm2 is the module that opens the second.
+    _offload_phases = (
+        ("attn", tuple(f"{s}_{m}" for s in ("img", "txt") for m in ("mod", "norm1", "attn_q", "attn_k", "attn_v",
+                                                                     "attn_q_norm", "attn_k_norm")) + ("img_attn_proj",)),
+        ("mlp", ("img_norm2", "img_mlp", "txt_attn_proj", "txt_norm2", "txt_mlp")),
+    )
+
     def __init__(self, hidden: int, heads: int, mlp_hidden: int, qk_norm: bool, qkv_bias: bool) -> None:
         super().__init__()
         self.heads = heads
@@ -242,6 +252,9 @@ class MMDoubleStreamBlock(nn.Module):
             self.add_module(f"{s}_norm2", LayerNormFP32(hidden, eps=EPS, elementwise_affine=False))
             self.add_module(f"{s}_mlp", MLP(hidden, mlp_hidden, nn.GELU(approximate="tanh")))
         self.attn_backend = get_backend("torch_sdpa")  # swapped by set_attention_backend
+
+    # tokens per chunk of the image stream's token-wise parts (lightx2v.runtime.chunking); 0: off
+    chunk_tokens: int = 0
 
     def _qkv(self, s: str, x: Tensor, shift: Tensor, scale: Tensor, rope: Tensor | None):
         # x: [B, L, C] fp32 -> q, k, v [B, L, H, D] in the compute dtype
@@ -260,19 +273,48 @@ class MMDoubleStreamBlock(nn.Module):
         y = getattr(self, f"{s}_mlp")(modulate(getattr(self, f"{s}_norm2")(x), shift2, scale2))
         return x + y.float() * gate2[:, None]
 
+    def _img_chunked(self, img: Tensor, mod: tuple[Tensor, ...], rope: Tensor, n: int, attn: Tensor | None = None):
+        """The image stream's token-wise work `n` tokens at a time (chunk_tokens; inference only): without
+        `attn`, q, k, v [B, Li, H, D] filled chunk by chunk (modulated norm, projection, q/k norm, RoPE);
+        with it, the gated residuals (output projection, modulated norm, MLP) into a new [B, Li, C]. Only the
+        joint attention sees every token at once; the MLP's hidden state is one chunk's. Same arithmetic per
+        token as `forward` (a GEMM over fewer rows may round differently in its last bits)."""
+        B, L, _ = img.shape
+        out = None
+        for s in range(0, L, n):
+            e = min(s + n, L)
+            if attn is not None:
+                y = self._mlp("img", img[:, s:e], attn[:, s:e], mod)
+                out = torch.empty_like(img) if out is None else out
+                out[:, s:e] = y
+                continue
+            part = self._qkv("img", img[:, s:e], mod[0], mod[1], rope[s:e])
+            out = out or tuple(t.new_empty((B, L, *t.shape[2:])) for t in part)
+            for whole, t in zip(out, part):
+                whole[:, s:e] = t
+        return out
+
     def forward(self, img: Tensor, txt: Tensor, vec: Tensor, rope: Tensor,
                 txt_valid: list[int] | None, layout=None) -> tuple[Tensor, Tensor]:
         # img: [B, Li, C], txt: [B, Lt, C] fp32; vec: [B, C] fp32; rope: [Li, 1, D/2, 2];
         # txt_valid: valid text tokens per sample (None: all); layout: SSTA's (None: dense attention)
         img_mod = self.img_mod(vec).chunk(6, dim=-1)
         txt_mod = self.txt_mod(vec).chunk(6, dim=-1)
-        iq, ik, iv = self._qkv("img", img, img_mod[0], img_mod[1], rope)
+        li, n = img.shape[1], self.chunk_tokens
+        chunked = bool(n) and li > n and not torch.is_grad_enabled()
+        if chunked:
+            iq, ik, iv = self._img_chunked(img, img_mod, rope, n)
+        else:
+            iq, ik, iv = self._qkv("img", img, img_mod[0], img_mod[1], rope)
         tq, tk, tv = self._qkv("txt", txt, txt_mod[0], txt_mod[1], None)
-        li = img.shape[1]
         valid = None if txt_valid is None else [li + n for n in txt_valid]
         attn = joint_attention(self.attn_backend, torch.cat([iq, tq], 1), torch.cat([ik, tk], 1),
                                torch.cat([iv, tv], 1), valid, layout).flatten(2)  # [B, Li + Lt, C]
-        img = self._mlp("img", img, attn[:, :li], img_mod)
+        del iq, ik, iv, tq, tk, tv
+        if chunked:
+            img = self._img_chunked(img, img_mod, rope, n, attn[:, :li])
+        else:
+            img = self._mlp("img", img, attn[:, :li], img_mod)
         txt = self._mlp("txt", txt, attn[:, li:], txt_mod)
         return img, txt
 

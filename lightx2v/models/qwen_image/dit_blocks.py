@@ -186,6 +186,8 @@ def _per_segment(fn: Callable[..., Tensor], split: int, x: Tensor, *params: Tens
     Two slices instead of diffusers' per-token [B, L, C] tables (L x C floats per parameter)."""
     if params[0].shape[1] == 1 or split >= x.shape[1]:
         return fn(x, *(p[:, :1] for p in params))
+    if split <= 0:  # a chunk past the split (chunk_tokens): the second set only
+        return fn(x, *(p[:, 1:2] for p in params))
     return torch.cat([fn(x[:, :split], *(p[:, :1] for p in params)),
                       fn(x[:, split:], *(p[:, 1:2] for p in params))], dim=1)
 
@@ -210,6 +212,24 @@ class QwenImageBlock(nn.Module):
         self.txt_mlp = FeedForward(dim, 4 * dim)
         self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
 
+    # tokens per chunk of the image stream's MLP stage (lightx2v.runtime.chunking); 0: off
+    chunk_tokens: int = 0
+
+    def _img_mlp(self, x: Tensor, p: tuple[Tensor, ...], split: int, modulate, gated) -> Tensor:
+        """The image stream's second half: x + MLP(modulated norm(x)) * gate, with chunk_tokens `n` tokens at
+        a time into a new [B, Li, C] (inference only): the MLP's 4 x C hidden state is one chunk's, not the
+        sequence's (attention, with its projections, still sees every token). Same arithmetic per token (a
+        GEMM over fewer rows may round differently in its last bits)."""
+        n, L = self.chunk_tokens, x.shape[1]
+        dt = compute_dtype(self.img_mlp.net[0].proj)
+        if not n or L <= n or torch.is_grad_enabled():
+            return _residual(gated, split, x, self.img_mlp(_per_segment(modulate(dt), split, x, p[3], p[4])), p[5])
+        out = torch.empty_like(x)
+        for s in range(0, L, n):
+            xs, at = x[:, s:s + n], split - s  # the segment split, as seen from this chunk
+            out[:, s:s + n] = _residual(gated, at, xs, self.img_mlp(_per_segment(modulate(dt), at, xs, p[3], p[4])), p[5])
+        return out
+
     def forward(self, x: Tensor, txt: Tensor, e0: Tensor, rope: Tensor, split: int) -> tuple[Tensor, Tensor]:
         # x: [B, Li, C] fp32 image stream; txt: [B, Lt, C] fp32 text stream; e0: [B, S, C] fp32 time
         # embeddings (S = 2 with zero_cond_t: the step's, then timestep 0's for tokens >= split);
@@ -217,7 +237,7 @@ class QwenImageBlock(nn.Module):
         ops = self.fused_ops
         img_p = linear(self.img_mod[1], F.silu(e0)).float().chunk(6, dim=-1)  # 6 x [B, S, C]
         txt_p = linear(self.txt_mod[1], F.silu(e0[:, :1])).float().chunk(6, dim=-1)  # 6 x [B, 1, C]
-        dt_a, dt_m = compute_dtype(self.attn.to_q), compute_dtype(self.img_mlp.net[0].proj)
+        dt_a = compute_dtype(self.attn.to_q)
         dt_ta, dt_tm = compute_dtype(self.attn.add_q_proj), compute_dtype(self.txt_mlp.net[0].proj)
 
         def modulate(dt: torch.dtype) -> Callable[..., Tensor]:
@@ -230,8 +250,7 @@ class QwenImageBlock(nn.Module):
                                  ops.norm_modulate(txt, txt_p[0], txt_p[1], EPS, dt_ta), rope)
         x = _residual(gated, split, x, img_a, img_p[2])
         txt = ops.gated_residual(txt, txt_a, txt_p[2])
-        x = _residual(gated, split, x, self.img_mlp(_per_segment(modulate(dt_m), split, x, img_p[3], img_p[4])),
-                      img_p[5])
+        x = self._img_mlp(x, img_p, split, modulate, gated)
         txt = ops.gated_residual(txt, self.txt_mlp(ops.norm_modulate(txt, txt_p[3], txt_p[4], EPS, dt_tm)), txt_p[5])
         return x, txt
 
@@ -240,4 +259,6 @@ def _residual(fn: Callable[..., Tensor], split: int, x: Tensor, y: Tensor, gate:
     """x + y * gate per segment (as `_per_segment`, y sliced with x)."""
     if gate.shape[1] == 1 or split >= x.shape[1]:
         return fn(x, y, gate[:, :1])
+    if split <= 0:  # a chunk past the split (chunk_tokens)
+        return fn(x, y, gate[:, 1:2])
     return torch.cat([fn(x[:, :split], y[:, :split], gate[:, :1]), fn(x[:, split:], y[:, split:], gate[:, 1:2])], 1)
