@@ -122,14 +122,17 @@ def session_of(request) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
-def follow_job(state, running: dict, session: str, job_id: str, frame, progress=None, note: str = ""):
+def follow_job(state, running: dict, session: str, job_id: str, frame, progress=None, note: str = "", first=None):
     """Follow one job for a page (the video page's and the image page's Generate and re-attach): Cancel
-    finds it in `running` under the session meanwhile. Yields frame(status text) on every progress
-    change ("in_progress: 40%" + note); returns the final Update (None if the follow timed out):
+    finds it in `running` under the session meanwhile. Yields `first` (the page's first outputs, when
+    given: only once Cancel can find the job), then frame(status text) on every progress change
+    ("in_progress: 40%" + note); returns the final Update (None if the follow timed out):
     `update = yield from follow_job(...)`."""
     running[session] = job_id
     update = None
     try:
+        if first is not None:
+            yield first
         for update in jobs.follow(state, job_id, timeout_s=FOLLOW_TIMEOUT_S):
             if progress is not None:
                 progress(update.progress / 100, desc=f"{update.status} {update.progress}%")
@@ -155,9 +158,9 @@ def ui_generate_fn(state, running: dict):
         except InputError as exc:
             raise _gr_error(exc) from None
         history = list(history or [])
-        yield gr.skip(), str(used), f"queued ({job_id})", history, _table(history)
         update = yield from follow_job(state, running, session_of(request), job_id,
-                                       lambda text: (gr.skip(), gr.skip(), text, gr.skip(), gr.skip()), progress)
+                                       lambda text: (gr.skip(), gr.skip(), text, gr.skip(), gr.skip()), progress,
+                                       first=(gr.skip(), str(used), f"queued ({job_id})", history, _table(history)))
         row = _row(state, job_id, update, values, used, time.monotonic() - start)
         history = [row] + history
         if update.status == "completed":
@@ -335,9 +338,13 @@ def build_blocks(state, engine=None):
     return blocks
 
 
-def _cancel(state, running: dict, request) -> str:
-    """Cancel's handler (both pages): stop the job this browser session follows."""
+def _cancel(state, running: dict, request):
+    """Cancel's handler (both pages): stop the job this browser session follows. Once the job takes the
+    cancel, the status is left to the follower, which writes "cancelled" when the worker stops: a
+    "cancelling..." written here could land after it (a fast worker) and stay."""
+    import gradio as gr
+
     job_id = running.get(session_of(request))
     if job_id is None:
         return "nothing is running"
-    return "cancelling..." if jobs.cancel(state, job_id) else "the job had finished already"
+    return gr.skip() if jobs.cancel(state, job_id) else "the job had finished already"

@@ -104,9 +104,9 @@ def ui_generate_fn(state, running: dict):
         start = time.monotonic()
         job_id, used = _submit(state, values, image)
         history = list(history or [])
-        yield gr.skip(), str(used), f"queued ({job_id})", gr.skip(), gr.skip()
         update = yield from follow_job(state, running, session_of(request), job_id,
-                                       lambda text: (gr.skip(), gr.skip(), text, gr.skip(), gr.skip()), progress)
+                                       lambda text: (gr.skip(), gr.skip(), text, gr.skip(), gr.skip()), progress,
+                                       first=(gr.skip(), str(used), f"queued ({job_id})", gr.skip(), gr.skip()))
         if update.status == "failed":
             raise gr.Error(update.error or "the job failed", print_exception=False)
         job = state.store.get(job_id)
