@@ -71,14 +71,6 @@ def shape(family: str, tiny: bool) -> dict:
     return dict(height=64, width=64) if tiny else dict(height=1328, width=1328)
 
 
-def peak_rss_gib() -> float:
-    """VmHWM: this process's own high-water mark (a fresh process: no parent's pages)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def _sync(dev: str) -> None:
     import torch
 
@@ -195,6 +187,8 @@ def child(args) -> dict:
         row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:400]
         row["traceback"] = traceback.format_exc()[-1500:]
     row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else 0.0
+    from small_gpu import peak_rss_gib  # this process's VmHWM (benchmarks/ is on sys.path: the script's folder)
+
     row["host_peak_rss_gib"] = peak_rss_gib()
     return row
 
