@@ -220,9 +220,10 @@ def family_rows(fam, args, rows) -> None:
     refs = {}
     for shape in fam.shapes:
         if args.fp32_shapes == "all" or shape in args.fp32_shapes.split(","):
-            refs[shape] = run(rows, fam, shape, "diffusers fp32 (TF32 off, the reference)",
-                              fam.diff_call(ref, fam.inputs(shape, dev), torch.float32), dev, 0, model=ref)
-            if refs[shape] is None:  # diffusers' fp32 path cannot run it (HunyuanVideo-1.5: masked SDPA at 49k tokens)
+            if args.fp32_ref == "diffusers":
+                refs[shape] = run(rows, fam, shape, "diffusers fp32 (TF32 off, the reference)",
+                                  fam.diff_call(ref, fam.inputs(shape, dev), torch.float32), dev, 0, model=ref)
+            if refs.get(shape) is None:  # diffusers' fp32 path cannot run it (HunyuanVideo-1.5: masked SDPA at 49k tokens)
                 m32 = build_ours(fam, dev, torch.float32, fam.ours_sd(ref.state_dict()))
                 refs[shape] = run(rows, fam, shape, "ours fp32 (TF32 off, the reference instead)",
                                   fam.ours_call(m32, fam.inputs(shape, dev), torch.float32), dev, 0, model=m32)
@@ -238,8 +239,8 @@ def family_rows(fam, args, rows) -> None:
         run(rows, fam, shape, "ours eager", fam.ours_call(ours, fam.inputs(shape, dev), bf16), dev, args.repeat,
             refs.get(shape), model=ours)
     torch._dynamo.reset()
-    n = compile_blocks(ours, CompileConfig(enabled=True, backend=backend))
-    for shape in fam.shapes:
+    n = 0 if args.skip_compiled else compile_blocks(ours, CompileConfig(enabled=True, backend=backend))
+    for shape in fam.shapes if n else ():
         run(rows, fam, shape, f"ours compiled ({n} blocks)", fam.ours_call(ours, fam.inputs(shape, dev), bf16), dev,
             args.repeat, refs.get(shape), model=ours)
     del ours
@@ -259,7 +260,7 @@ def family_rows(fam, args, rows) -> None:
     for shape in fam.shapes:
         run(rows, fam, shape, "diffusers eager", fam.diff_call(ref, fam.inputs(shape, dev), bf16), dev, args.repeat,
             refs.get(shape), model=ref)
-    if dev == "cuda":
+    if dev == "cuda" and not args.skip_compiled:
         torch._dynamo.reset()
         try:
             ref.set_attention_backend("_native_cudnn")
@@ -374,6 +375,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1328, help="Qwen-Image: the image side")
     ap.add_argument("--res", default="480p,720p", help="HunyuanVideo-1.5: resolutions (121 frames)")
     ap.add_argument("--fp32-shapes", default="480p,1328x1328", help="shapes given an fp32 reference ('all')")
+    ap.add_argument("--fp32-ref", default="diffusers", choices=("diffusers", "ours"),
+                    help="the fp32 reference: diffusers' model (ours when it fails) or ours (4x cheaper for HV1.5)")
+    ap.add_argument("--skip-compiled", action="store_true", help="eager rows only (an error-only run)")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--no-fp8", dest="fp8", action="store_false")
     ap.add_argument("--no-diffusers", action="store_true")

@@ -5,7 +5,7 @@
 # parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS),
 #        e2e ($E2E_RUNS), offload (offload.py; offload_ours / offload_diffusers: bf16 ours, then diffusers'
 #        resident and group-offloaded rows, each in its own process: both pinned copies do not fit the host), attn (attention_kernels.py), cache (cache.py),
-#        family (family_dit.py: Qwen-Image / HunyuanVideo-1.5 DiTs vs diffusers, $FAMILIES, $HY_RES),
+#        family (family_dit.py: Qwen-Image / HunyuanVideo-1.5 DiTs vs diffusers, $FAMILIES, $HY_RES, $FAMILY_ARGS),
 #        parallel (torchrun benchmarks/parallel.py on $NGPUS GPUs: the nvidia-h200-x2 kind),
 #        tiling (vae_tiling.py), small (small_gpu.py: whole runs under a capped allocator, the planner's plans)
 #        e2efam (e2e_family.py: whole HunyuanVideo-1.5 480P / Qwen-Image generations at full size, ours and diffusers,
@@ -39,7 +39,7 @@ for spec in "$@"; do
     offload_diffusers) timeout "$limit" python3 benchmarks/offload.py --out "$OUT/offload_diffusers" --commit "$COMMIT" --precisions "" > "$OUT/offload_diffusers.log" 2>&1 ;;
     tinyvae) timeout "$limit" python3 benchmarks/tiny_vae.py --out "$OUT" --commit "$COMMIT" > "$OUT/tinyvae.log" 2>&1 ;;
     tiling) timeout "$limit" python3 benchmarks/vae_tiling.py --out "$OUT" > "$OUT/tiling.log" 2>&1 ;;
-    family) timeout "$limit" python3 benchmarks/family_dit.py --out "$OUT" --commit "$COMMIT" --family "${FAMILIES:-qwen-image,hunyuan15}" --res "${HY_RES:-480p}" > "$OUT/family.log" 2>&1 ;;
+    family) timeout "$limit" python3 benchmarks/family_dit.py --out "$OUT" --commit "$COMMIT" --family "${FAMILIES:-qwen-image,hunyuan15}" --res "${HY_RES:-480p}" ${FAMILY_ARGS:-} > "$OUT/family.log" 2>&1 ;;
     parallel) NCCL_NVLS_ENABLE=0 timeout "$limit" torchrun --nproc-per-node "${NGPUS:-2}" benchmarks/parallel.py --out "$OUT" --commit "$COMMIT" --shapes "${PAR_SHAPES:-t2v-14b,i2v-14b}" > "$OUT/parallel.log" 2>&1 ;;
     e2efam) timeout "$limit" python3 benchmarks/e2e_family.py --out "$OUT/e2efam" --commit "$COMMIT" --family "${FAMILIES:-hunyuan15,qwen-image}" --configs "${E2EFAM_CONFIGS:-default}" > "$OUT/e2efam.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
