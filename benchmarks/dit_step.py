@@ -283,6 +283,8 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
             row.update(first_s=first, s=sec, s_per_sample=per, tflops=(f_gemm + f_attn) / per / 1e12,
                        floor_share=floor_s / per, peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else 0)
             outputs[cname] = y[:1].float().cpu()
+            if args.profile:
+                row["profile"] = kernel_profile(fn)
             if args.four_step and batch == 1 and (cname in ("eager", "compiled") or opts.get("quant") or opts.get("self")):
                 four[cname] = four_steps(lambda xx, tt: ours(xx.to(torch.bfloat16), tt, cb), x)
             if opts.get("self", "auto") != "auto" and not opts.get("compile") and args.per_layer:
@@ -312,6 +314,38 @@ def run_shape(name: str, args, results: list, floors: dict) -> None:
     ours = diff = None  # free this shape's models before the next
     if DEV == "cuda":
         torch.cuda.empty_cache()
+
+
+# kernel name -> category, first match wins (lower-case substrings of the CUDA kernel names)
+KERNEL_KINDS = (("attention", ("flash", "fmha", "attn", "sdpa", "cudnn", "sage")),
+                ("gemm", ("gemm", "sm90_xmma", "cutlass", "nvjet", "_mm", "matmul", "scaled_mm")),
+                ("triton (fused elementwise)", ("triton",)),
+                ("copy / cast", ("copy", "cast", "elementwise_kernel", "vectorized")),
+                ("reduction / norm", ("reduce", "norm")))
+
+
+def kernel_profile(fn, top: int = 12) -> dict:
+    """One forward under torch.profiler: GPU seconds per kernel category (KERNEL_KINDS) and the `top`
+    kernels by time, so a forward's time above its floor can be attributed (GEMM, attention, the rest)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kinds: dict = {}
+    kernels = []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if not t or ev.key.startswith("cuda"):  # runtime API rows, not kernels
+            continue
+        name = ev.key.lower()
+        kind = next((k for k, subs in KERNEL_KINDS if any(x in name for x in subs)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + t / 1e6
+        kernels.append((t / 1e6, ev.count, kind, ev.key[:120]))
+    kernels.sort(reverse=True)
+    return {"by_kind_s": {k: round(v, 4) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "total_s": round(sum(kinds.values()), 4),
+            "top": [{"s": round(t, 4), "calls": c, "kind": k, "name": n} for t, c, k, n in kernels[:top]]}
 
 
 def four_steps(fn, x: torch.Tensor) -> torch.Tensor:
@@ -347,6 +381,7 @@ def main() -> None:
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-per-layer", dest="per_layer", action="store_false")
+    ap.add_argument("--profile", action="store_true", help="one profiled forward per configuration: GPU time by kernel kind")
     ap.add_argument("--four-step", action="store_true", help="also the error of a 4-step run (quantized, 8-bit attention)")
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--device", default="cuda")

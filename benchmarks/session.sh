@@ -2,9 +2,10 @@
 # One device call: set up the carried wheels, then run the named parts in order, each under its own
 # time limit, logs and results under $OUT (device notes: .library/device). Usage:
 #   bash benchmarks/session.sh COMMIT part[:seconds] ...
-# parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS),
+# parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS, $DIT_ARGS: default --four-step, e.g. "--profile"),
 #        e2e ($E2E_RUNS), offload (offload.py; offload_ours / offload_diffusers: bf16 ours, then diffusers'
-#        resident and group-offloaded rows, each in its own process: both pinned copies do not fit the host), attn (attention_kernels.py), cache (cache.py),
+#        resident and group-offloaded rows, each in its own process: both pinned copies do not fit the host), attn (attention_kernels.py),
+#        sage8cfg (sage8_configs.py: sage8's kernel under explicit configurations, $SAGE8_CONFIGS), cache (cache.py),
 #        family (family_dit.py: Qwen-Image / HunyuanVideo-1.5 DiTs vs diffusers, $FAMILIES, $HY_RES, $FAMILY_ARGS),
 #        parallel (torchrun benchmarks/parallel.py on $NGPUS GPUs: the nvidia-h200-x2 kind),
 #        tiling (vae_tiling.py), small (small_gpu.py: whole runs under a capped allocator, the planner's plans)
@@ -30,7 +31,7 @@ for spec in "$@"; do
   case $part in
     tests) timeout "$limit" python3 -m pytest -q -p no:cacheprovider tests/ops/test_quant_kernels.py tests/quant/test_nvfp4.py tests/runtime/test_block_offload.py tests/ops/test_fused.py tests/ops/test_sage8.py > "$OUT/tests.log" 2>&1 ;;
     quant) timeout "$limit" python3 benchmarks/quant_gemm.py --out "$OUT" --commit "$COMMIT" > "$OUT/quant.log" 2>&1 ;;
-    dit) timeout "$limit" python3 benchmarks/dit_step.py --out "$OUT" --commit "$COMMIT" --shapes "${DIT_SHAPES:-14B-480p}" --configs "${DIT_CONFIGS:-compiled}" --four-step --no-per-layer > "$OUT/dit.log" 2>&1 ;;
+    dit) timeout "$limit" python3 benchmarks/dit_step.py --out "$OUT" --commit "$COMMIT" --shapes "${DIT_SHAPES:-14B-480p}" --configs "${DIT_CONFIGS:-compiled}" --no-per-layer ${DIT_ARGS:---four-step} > "$OUT/dit.log" 2>&1 ;;
     e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;
     offload) timeout "$limit" python3 benchmarks/offload.py --out "$OUT" --commit "$COMMIT" > "$OUT/offload.log" 2>&1 ;;
     cache) timeout "$limit" python3 benchmarks/cache.py --out "$OUT" --commit "$COMMIT" --methods "${CACHE_METHODS:-none,teacache,magcache,firstblock,taylorseer,diffusers_none,diffusers_firstblock,diffusers_taylorseer}" > "$OUT/cache.log" 2>&1 ;;
@@ -42,6 +43,7 @@ for spec in "$@"; do
     family) timeout "$limit" python3 benchmarks/family_dit.py --out "$OUT" --commit "$COMMIT" --family "${FAMILIES:-qwen-image,hunyuan15}" --res "${HY_RES:-480p}" ${FAMILY_ARGS:-} > "$OUT/family.log" 2>&1 ;;
     parallel) NCCL_NVLS_ENABLE=0 timeout "$limit" torchrun --nproc-per-node "${NGPUS:-2}" benchmarks/parallel.py --out "$OUT" --commit "$COMMIT" --shapes "${PAR_SHAPES:-t2v-14b,i2v-14b}" > "$OUT/parallel.log" 2>&1 ;;
     e2efam) timeout "$limit" python3 benchmarks/e2e_family.py --out "$OUT/e2efam" --commit "$COMMIT" --family "${FAMILIES:-hunyuan15,qwen-image}" --configs "${E2EFAM_CONFIGS:-default}" > "$OUT/e2efam.log" 2>&1 ;;
+    sage8cfg) timeout "$limit" python3 benchmarks/sage8_configs.py --out "$OUT" --commit "$COMMIT" ${SAGE8_CONFIGS:+--configs "$SAGE8_CONFIGS"} > "$OUT/sage8cfg.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
     *) echo "unknown part $part" ;;
   esac
