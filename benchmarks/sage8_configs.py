@@ -2,18 +2,18 @@
 
 At one shape (default Wan2.1-14B 480P: q, k, v [1, 32760, 40, 128] bf16) the inputs are prepared once
 (smooth + quantize, lightx2v.ops.triton.sage8.prepare), then `_attn_kernel` runs under each
-configuration of --configs: BLOCK_M x BLOCK_N, warps, stages, and WS (Triton's automatic warp
-specialization of the key loop, `tl.range(..., warp_specialize=True)`; on sm90 it is the Hopper
-pass `add_hopper_warpspec`). Per configuration: compile outcome (a configuration that does not
+configuration of --configs: BLOCK_M x BLOCK_N, warps, stages. Per configuration: compile outcome (a configuration that does not
 compile or run is a row with its error, not the end of the run), median ms (triton.testing.do_bench),
 TOPS-equivalent (4 B H Lq Lk D / time), and the largest difference from the autotuned kernel's output
 (every configuration computes the same attention: a wrong one shows here). Rows: $OUT/sage8_configs.json.
 
     python benchmarks/sage8_configs.py --out $OUT                      # the default sweep (~2 min)
-    python benchmarks/sage8_configs.py --configs 128x128w8s2ws,64x128w4s3 --out $OUT
+    python benchmarks/sage8_configs.py --configs 128x128w8s2,64x128w4s3 --out $OUT
     TRITON_INTERPRET=1 python benchmarks/sage8_configs.py --dry-run --out /tmp/s8   # CPU: the logic
 
-A configuration is written BMxBNwWARPSsSTAGES[ws], e.g. 128x128w8s2ws.
+A configuration is written BMxBNwWARPSsSTAGES, e.g. 128x128w8s2. (Triton 3.6's automatic warp
+specialization of the key loop, `tl.range(..., warp_specialize=True)`, was tried this way on the H200
+on 2026-11-30: 754 against 748 TOPS-equivalent for the best configuration, no gain; not kept.)
 """
 
 from __future__ import annotations
@@ -29,16 +29,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-DEFAULT = ("64x128w4s2,64x128w4s3,128x128w8s2,64x128w4s2ws,64x128w4s3ws,128x128w8s2ws,128x128w8s3ws,"
-           "128x128w4s2ws,128x64w8s3ws,64x64w4s4ws")
+DEFAULT = "64x128w4s2,64x128w4s3,64x64w4s4,128x128w8s2,128x128w8s3,128x64w8s3,128x64w8s4"
 
 
 def parse(spec: str) -> dict:
-    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)(ws)?", spec)
+    m = re.fullmatch(r"(\d+)x(\d+)w(\d+)s(\d+)", spec)
     if not m:
-        raise SystemExit(f"bad configuration {spec!r}: expected BMxBNwWARPSsSTAGES[ws], e.g. 128x128w8s2ws")
-    bm, bn, w, s, ws = m.groups()
-    return dict(BLOCK_M=int(bm), BLOCK_N=int(bn), num_warps=int(w), num_stages=int(s), WS=bool(ws))
+        raise SystemExit(f"bad configuration {spec!r}: expected BMxBNwWARPSsSTAGES, e.g. 128x128w8s2")
+    bm, bn, w, s = m.groups()
+    return dict(BLOCK_M=int(bm), BLOCK_N=int(bn), num_warps=int(w), num_stages=int(s))
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def _attn_kernel(
     H, Lq, Lk, LQ_PAD, LK_PAD,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KBLK: tl.constexpr,
     QK_INT8: tl.constexpr, PV_FP8: tl.constexpr, P_LOG2: tl.constexpr, INTERPRET: tl.constexpr,
-    QBLK: tl.constexpr, WS: tl.constexpr = False,
+    QBLK: tl.constexpr,
 ):
     tl.static_assert(KBLK % BLOCK_N == 0)  # one K scale per tile
     tl.static_assert(QBLK % BLOCK_M == 0)  # a program's rows lie inside one Q scale block
@@ -188,9 +188,8 @@ def _attn_kernel(
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, q_scale, K_bh, V_bh, KS_bh, start_n, Lk, LK_PAD,
                                        HEAD_DIM, BLOCK_N, KBLK, QK_INT8, P_LOG2, False)
             start_n += BLOCK_N
-    else:  # a `for` loop, so the compiler software-pipelines the K/V loads (num_stages); WS: Triton's
-        # automatic warp specialization of the loop (producer/consumer warps; benchmarks/sage8_configs.py)
-        for start_n in tl.range(0, lk_full, BLOCK_N, warp_specialize=WS):
+    else:  # a `for` loop, so the compiler software-pipelines the K/V loads (num_stages)
+        for start_n in range(0, lk_full, BLOCK_N):
             acc, l_i, m_i = _attn_tile(acc, l_i, m_i, q, q_scale, K_bh, V_bh, KS_bh, start_n, Lk, LK_PAD,
                                        HEAD_DIM, BLOCK_N, KBLK, QK_INT8, P_LOG2, False)
     if lk_full < Lk:  # the partial last tile (K/V are zero-padded there, the scores masked)
