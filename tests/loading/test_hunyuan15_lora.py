@@ -113,7 +113,7 @@ def _close(a, b, tol):
 
 def _both_modes(ref, path, want, tol=1e-4, n_targets=None):
     """Ours with the LoRA merged and as hooks (dynamic): each equals `want` (a tensor of outputs)."""
-    i = _inputs(2)
+    i = _inputs(1)
     outs = []
     for mode in ("merge", "dynamic"):
         model = _ours(ref)
@@ -139,7 +139,7 @@ def test_diffusers_layout_matches_diffusers_peft(ref, tmp_path):
                   ("lora_A.weight", "lora_B.weight"), alpha=False)
     oracle = copy.deepcopy(ref)
     oracle.load_lora_adapter(str(path), prefix="transformer")
-    i = _inputs(2)
+    i = _inputs(1)
     want = _run_ref(oracle, i, i["image"])
     assert (want - _run_ref(ref, i, i["image"])).abs().max() > 0.1  # the LoRA changes the output a lot
     # the 6 refiner q/k/v pairs land on 2 fused tensors: 2 x 3 fewer targets than file layers
@@ -178,17 +178,18 @@ def test_refiner_qkv_is_block_diagonal_and_head_is_swapped(ref, tmp_path):
 # ---------------------------------------------------------------- official names, Kohya, ComfyUI
 
 
-@pytest.mark.parametrize("layout", ["bare", "diffusion_model", "kohya", "lora_A"])
+@pytest.mark.parametrize("layout", ["bare_lora_A", "diffusion_model", "kohya"])
 def test_official_layouts_equal_the_hand_merge(ref, tmp_path, layout):
-    """Official names (bare / `diffusion_model.` / Kohya underscores / lora_A-lora_B with alpha): merged equals
+    """Official names (bare with lora_A / lora_B + alpha; `diffusion_model.` with lora_down / lora_up + alpha;
+    Kohya underscores): merged equals
     W + alpha / r * up @ down on our state dict, loaded; dynamic equals merged."""
     base = _ours(ref).state_dict()
     pairs = _pairs(_shapes(base, _official_modules()))
-    prefix = {"bare": "", "diffusion_model": "diffusion_model.", "kohya": "lora_unet_", "lora_A": "diffusion_model."}[layout]
-    kinds = ("lora_A.weight", "lora_B.weight") if layout == "lora_A" else ("lora_down.weight", "lora_up.weight")
+    prefix = {"bare_lora_A": "", "diffusion_model": "diffusion_model.", "kohya": "lora_unet_"}[layout]
+    kinds = ("lora_A.weight", "lora_B.weight") if layout == "bare_lora_A" else ("lora_down.weight", "lora_up.weight")
     path = _write(tmp_path / "o.safetensors", pairs, prefix, kinds, underscore=layout == "kohya")
     want_model = _ours_from(_merged_by_hand(base, pairs, ALPHA / RANK), ref)
-    i = _inputs(2)
+    i = _inputs(1)
     want = _run(want_model, i, i["image"])
     _both_modes(ref, path, want, tol=1e-5, n_targets=len(pairs))
 
@@ -212,7 +213,7 @@ def test_comfyui_fused_qkv_gives_each_projection_its_rows(ref, tmp_path):
         file_pairs[theirs] = hand[mine] = _pairs(_shapes(base, [mine]), seed=len(hand))[mine]
     path = _write(tmp_path / "c.safetensors", file_pairs, "diffusion_model.")
     want_model = _ours_from(_merged_by_hand(base, hand, ALPHA / RANK), ref)
-    i = _inputs(2)
+    i = _inputs(1)
     _both_modes(ref, path, _run(want_model, i, i["image"]), tol=1e-5, n_targets=len(hand))
 
 
@@ -252,3 +253,88 @@ def test_a_fused_pair_of_the_wrong_width_is_refused(ref, tmp_path):
     save_file(sd, str(tmp_path / "w.safetensors"))
     with pytest.raises(CheckpointError, match="does not fit this model: .*img_attn.qkv.lora_down.weight"):
         load_lora(tmp_path / "w.safetensors", _ours(ref))
+
+
+# ---------------------------------------------------------------- through the engine
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from tests.hunyuan15_fixtures import write_hunyuan15
+
+    return write_hunyuan15(tmp_path_factory.mktemp("hy15lora"))[0]
+
+
+@pytest.fixture(scope="module")
+def folder_lora(folder):
+    """A diffusers-named LoRA over the folder's DiT: the blocks' attention, MLP and modulation, the refiner's
+    q/k/v (row blocks of our fused tensor) and the head's modulation (halves swapped)."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(next((folder / "transformer").glob("*.safetensors"))))
+    mods = [f"transformer_blocks.{i}.{m}" for i in range(2) for m in
+            ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "ff.net.0.proj", "norm1.linear")]
+    mods += [f"context_embedder.token_refiner.refiner_blocks.0.attn.to_{p}" for p in "qkv"] + ["norm_out.linear"]
+    path = folder.parent / "engine_lora.safetensors"
+    return _write(path, _pairs(_shapes(sd, mods), seed=7), "transformer.", ("lora_A.weight", "lora_B.weight"),
+                  alpha=False)
+
+
+def _load(folder, **kw):
+    from lightx2v import LightX2V
+
+    return LightX2V.from_pretrained(folder, device="cpu", dtype=torch.float32, progress=False, **kw)
+
+
+def _gen(pipe):
+    from tests.hunyuan15_fixtures import LATENT
+
+    z = torch.randn(1, LATENT, 2, 2, 2, generator=torch.Generator().manual_seed(3))
+    return pipe.generate('a sign reads "HI"', negative_prompt="blurry", height=32, width=32, num_frames=5,
+                         num_inference_steps=2, guidance_scale=6.0, latents=z, output_type="latent").latents
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def merged(folder, folder_lora):
+    pipe = _load(folder, lora=[(str(folder_lora), 0.8)])
+    return pipe, _gen(pipe)
+
+
+def test_engine_merged_dynamic_and_block_offload_agree(folder, folder_lora, merged):
+    """from_pretrained(lora=): merged with block offload gives the merged latents (the same weights, placed
+    otherwise); dynamic (hooks) with block offload gives them too, and set_lora([]) the plain latents, which
+    the LoRA moved."""
+    pipe, want = merged
+    assert any(line.startswith("lora_merge: dit: 1 LoRA") for line in pipe.pipeline.engine_log)
+    assert _rel(_gen(_load(folder, lora=[(str(folder_lora), 0.8)], offload="block")), want) < 1e-5
+    dyn = _load(folder, lora=[(str(folder_lora), 0.8)], lora_mode="dynamic", offload="block")
+    assert _rel(_gen(dyn), want) < 1e-5
+    dyn.set_lora([])
+    assert _rel(_gen(dyn), want) > 0.05
+
+
+def test_engine_quant_and_lora_equal_step_by_step(folder, folder_lora):
+    """lora + w8a8-int8 through from_pretrained: merged, then quantized, as merging into the plain DiT by hand and
+    quantizing it (the same bytes, the same latents); dynamic: hooks on the quantized layers, as quantizing the
+    plain DiT and hooking it by hand."""
+    from lightx2v.quant import apply_quant
+
+    lora = [(str(folder_lora), 0.8)]
+    for mode in ("merge", "dynamic"):
+        pipe = _load(folder, lora=lora, lora_mode=mode, quant="w8a8-int8")
+        steps = [line.split(":")[0] for line in pipe.pipeline.engine_log]
+        assert steps.index("quant") == (steps.index("lora_merge") + 1 if mode == "merge" else 0)
+        by_hand = _load(folder)
+        dit = by_hand.pipeline.dit
+        if mode == "merge":
+            merge_loras_(dit, [(load_lora(folder_lora, dit), 0.8)])
+        apply_quant(dit, "w8a8-int8", compute_dtype=torch.float32)
+        if mode == "dynamic":
+            apply_dynamic_lora(dit, [(load_lora(folder_lora, dit), 0.8)])
+        for (k, u), (k2, v) in zip(pipe.pipeline.dit.state_dict().items(), dit.state_dict().items()):
+            assert k == k2 and torch.equal(u, v), k
+        assert torch.equal(_gen(pipe), _gen(by_hand)), mode

@@ -146,3 +146,92 @@ def test_top_level_layers_equal_the_hand_merge(base, tmp_path, layout):
     full = _ours(base)
     full.load_state_dict({k: base.state_dict()[k] + (v - base.state_dict()[k]) / 0.7 for k, v in sd.items()})
     assert (got - _run(full, x, ctx, t)).abs().max() <= 1e-4
+
+
+# ---------------------------------------------------------------- through the engine
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    from tests.qwen_image21_fixtures import write_qwen_image21
+
+    return write_qwen_image21(tmp_path_factory.mktemp("qwen21lora"))[0]
+
+
+@pytest.fixture(scope="module")
+def folder_lora(folder):
+    """A Kohya LoRA over the folder's DiT: every block linear (the quantized ones) and the shared modulation."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(next((folder / "transformer").glob("*.safetensors"))))
+    g = torch.Generator().manual_seed(9)
+    out = {}
+    mods = [f"transformer_blocks.{i}.{m}" for i in range(2) for m in BLOCK] + ["modulation.1"]
+    for m in mods:
+        o, i = sd[f"{m}.weight"].shape
+        key = "lora_unet_" + m.replace(".", "_")
+        out |= {f"{key}.lora_down.weight": torch.randn(RANK, i, generator=g) * 0.3,
+                f"{key}.lora_up.weight": torch.randn(o, RANK, generator=g) * 0.3, f"{key}.alpha": torch.tensor(ALPHA)}
+    path = folder.parent / "engine_lora.safetensors"
+    save_file(out, str(path))
+    return path
+
+
+def _load(folder, **kw):
+    from lightx2v import LightX2V
+
+    return LightX2V.from_pretrained(folder, device="cpu", dtype=torch.float32, progress=False, **kw)
+
+
+def _gen(pipe):
+    z = torch.randn(1, 8, 1, 4, 6, generator=torch.Generator().manual_seed(5))
+    return pipe.generate("a red cat on a mat", negative_prompt="blurry", height=64, width=96, num_inference_steps=2,
+                         guidance_scale=4.0, latents=z, output_type="latent").latents
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.fixture(scope="module")
+def merged(folder, folder_lora):
+    pipe = _load(folder, lora=[(str(folder_lora), 0.8)])
+    return pipe, _gen(pipe)
+
+
+def test_engine_merged_dynamic_and_block_offload_agree(folder, folder_lora, merged):
+    """from_pretrained(lora=) with the prefix K/V kept (context_kv, on by default): merged with block offload
+    gives the merged latents; dynamic with block offload too; set_lora([]) then the plain latents (the prefix
+    K/V are made again, not kept from the LoRA's run), which the LoRA moved."""
+    pipe, want = merged
+    assert any(line.startswith("lora_merge: dit: 1 LoRA") for line in pipe.pipeline.engine_log)
+    assert _rel(_gen(_load(folder, lora=[(str(folder_lora), 0.8)], offload="block")), want) < 1e-5
+    dyn = _load(folder, lora=[(str(folder_lora), 0.8)], lora_mode="dynamic", offload="block")
+    assert _rel(_gen(dyn), want) < 1e-5
+    dyn.set_lora([])
+    plain = _gen(dyn)
+    assert _rel(plain, want) > 0.05
+    assert _rel(plain, _gen(_load(folder, offload="block"))) < 1e-6
+
+
+def test_engine_quant_and_lora_equal_step_by_step(folder, folder_lora):
+    """lora + w8a8-int8 through from_pretrained: merged, then quantized, as merging into the plain DiT by hand and
+    quantizing it (the same bytes, the same latents); dynamic: hooks on the quantized layers, as quantizing the
+    plain DiT and hooking it by hand."""
+    from lightx2v.quant import apply_quant
+
+    lora = [(str(folder_lora), 0.8)]
+    for mode in ("merge", "dynamic"):
+        pipe = _load(folder, lora=lora, lora_mode=mode, quant="w8a8-int8")
+        steps = [line.split(":")[0] for line in pipe.pipeline.engine_log]
+        assert steps.index("quant") == (steps.index("lora_merge") + 1 if mode == "merge" else 0)
+        by_hand = _load(folder)
+        dit = by_hand.pipeline.dit
+        if mode == "merge":
+            merge_loras_(dit, [(load_lora(folder_lora, dit), 0.8)])
+        apply_quant(dit, "w8a8-int8", compute_dtype=torch.float32)
+        if mode == "dynamic":
+            apply_dynamic_lora(dit, [(load_lora(folder_lora, dit), 0.8)])
+        for (k, u), (k2, v) in zip(pipe.pipeline.dit.state_dict().items(), dit.state_dict().items()):
+            assert k == k2 and torch.equal(u, v), k
+        assert torch.equal(_gen(pipe), _gen(by_hand)), mode
