@@ -291,7 +291,7 @@ def _gen(pipe):
 
     z = torch.randn(1, LATENT, 2, 2, 2, generator=torch.Generator().manual_seed(3))
     return pipe.generate('a sign reads "HI"', negative_prompt="blurry", height=32, width=32, num_frames=5,
-                         num_inference_steps=2, guidance_scale=6.0, latents=z, output_type="latent").latents
+                         num_inference_steps=1, guidance_scale=1.0, latents=z, output_type="latent").latents
 
 
 def _rel(a, b):
