@@ -175,6 +175,24 @@ def test_refiner_qkv_is_block_diagonal_and_head_is_swapped(ref, tmp_path):
     torch.testing.assert_close(delta[32:64], ALPHA / RANK * pairs[mods[1]][1] @ pairs[mods[1]][0])
 
 
+def test_bias_deltas_are_placed_like_the_rows(ref, tmp_path):
+    """`diff_b` on a refiner projection lands in its rows of the fused bias; on diffusers' `norm_out.linear`,
+    swapped; `lora_B.bias` (PEFT) likewise, times its pair's scale."""
+    g = torch.Generator().manual_seed(2)
+    refiner = "transformer.context_embedder.token_refiner.refiner_blocks.1"
+    b_k, b_head, b_v = torch.randn(32, generator=g), torch.randn(64, generator=g), torch.randn(32, generator=g)
+    down, up = torch.randn(RANK, 32, generator=g), torch.randn(32, RANK, generator=g)
+    save_file({f"{refiner}.attn.to_k.diff_b": b_k, "transformer.norm_out.linear.diff_b": b_head,
+               f"{refiner}.attn.to_v.lora_A.weight": down, f"{refiner}.attn.to_v.lora_B.weight": up,
+               f"{refiner}.attn.to_v.lora_B.bias": b_v, f"{refiner}.attn.to_v.alpha": torch.tensor(ALPHA)},
+              str(tmp_path / "b.safetensors"))
+    lw = load_lora(tmp_path / "b.safetensors", _ours(ref))
+    assert not lw.unmatched
+    fused = lw.diffs["txt_in.individual_token_refiner.blocks.1.self_attn_qkv.bias"]
+    torch.testing.assert_close(fused, torch.cat([torch.zeros(32), b_k, b_v * ALPHA / RANK]))
+    torch.testing.assert_close(lw.diffs["final_layer.adaLN_modulation.1.bias"], torch.cat([b_head[32:], b_head[:32]]))
+
+
 # ---------------------------------------------------------------- official names, Kohya, ComfyUI
 
 
