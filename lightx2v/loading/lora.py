@@ -16,8 +16,9 @@ A key is `<prefix><module path>.<kind>`:
   `alpha` (scale = alpha / rank), `lora_B.bias` (PEFT bias delta, scaled like its pair),
   `diff` (full delta of the module's weight, or of the named tensor itself), `diff_b` (bias
   delta), `diff_m` (delta of the module's `modulation`).
-Module paths in official names are used as they are; otherwise the model's diffusers renamer
-(the `key_from_diffusers` the model declares) maps them. For diffusers/PEFT files without `.alpha`
+Module paths in official names are used as they are; then the family's alias table (lora_alias.py:
+file layers that are row blocks of ours, fuse several of ours, or order their rows otherwise); then
+the model's diffusers renamer (the `key_from_diffusers` the model declares). For diffusers/PEFT files without `.alpha`
 keys, the `lora_adapter_metadata` that diffusers writes (lora_alpha, alpha_pattern, use_rslora)
 gives the scale, as PEFT computes it.
 
@@ -39,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from lightx2v.errors import CheckpointError, InputError
+from lightx2v.loading.lora_alias import Aliases, RowPiece, by_target, covered_rows, declared_aliases, place_rows
 from lightx2v.loading.state_dict import read_tensors
 
 # `lora_A.<adapter>.weight` is how PEFT names a tensor inside a live model; accepted too
@@ -119,15 +121,28 @@ def target_shape(module: nn.Module, attr: str) -> tuple[int, ...]:
 class _Resolver:
     """Maps a module path of a LoRA file to the name of one of the model's tensors."""
 
-    def __init__(self, model: nn.Module, rename: Rename | None) -> None:
+    def __init__(self, model: nn.Module, rename: Rename | None, aliases: Aliases | None = None) -> None:
         self.modules = dict(model.named_modules())
         self.rename = rename
+        self.aliases = dict(aliases or {})
         # Kohya writes `blocks_0_cross_attn_k_img`; the model's names, written the same way, say
         # where the dots were. Two names that collide this way resolve to nothing (reported).
         self.flat: dict[str, str | None] = {}
         for name in [*self.modules, *(n for n, _ in model.named_parameters())]:
             u = name.replace(".", "_")
             self.flat[u] = name if self.flat.get(u, name) == name else None
+        self.flat_aliases: dict[str, str | None] = {}
+        for name in self.aliases:
+            u = name.replace(".", "_")
+            self.flat_aliases[u] = name if self.flat_aliases.get(u, name) == name else None
+
+    def pieces(self, path: str, underscore: bool) -> tuple[RowPiece, ...] | None:
+        """The alias pieces of a file layer the model does not have under that name; None otherwise."""
+        if underscore:
+            alias = None if self.flat.get(path) else self.flat_aliases.get(path)
+        else:
+            alias = None if path in self.modules else (path if path in self.aliases else None)
+        return self.aliases[alias] if alias else None
 
     def _tensor(self, module_path: str, attr: str) -> str | None:
         module = self.modules.get(module_path)
@@ -270,6 +285,10 @@ class _Builder:
             for kind in ("down", "up", "alpha"):
                 if kind in group:
                     self.unmatched[group[kind][0]] = "lora_down/lora_A and lora_up/lora_B must come as a pair"
+        pieces = self.resolver.pieces(path, underscore)
+        if pieces is not None:
+            self._add_pieces(path, group, pieces, has_pair)
+            return
         pair_scale = 1.0
         if has_pair:
             name = self.resolver.resolve(path, "weight", underscore)
@@ -283,11 +302,76 @@ class _Builder:
                 if isinstance(pair, str):
                     self.mismatched.append((key, pair, self.resolver.shape(name)))
                 else:
-                    self.low_rank[name] = pair
+                    self._add_low_rank(name, pair)
                     pair_scale = pair.scale
         for kind in ("diff", "diff_b", "up_bias", "diff_m"):
             if kind in group:
                 self._add_diff(path, underscore, kind, *group[kind], scale=pair_scale if kind == "up_bias" else 1.0)
+
+    def _add_low_rank(self, name: str, pair: LowRank) -> None:
+        """A second pair on one tensor (three file layers on one fused tensor) joins the first along the
+        rank, each scale folded into its `up`: the sum of both deltas (block-diagonal for row blocks)."""
+        old = self.low_rank.get(name)
+        if old is None:
+            self.low_rank[name] = pair
+            return
+        down = torch.cat([old.down.float(), pair.down.float()])
+        up = torch.cat([old.up.float() * old.scale, pair.up.float() * pair.scale], dim=1)
+        self.low_rank[name] = LowRank(down, up, 1.0, old.shape)
+
+    def _add_pieces(self, path: str, group: dict[str, tuple[str, Tensor]], pieces: tuple[RowPiece, ...],
+                    has_pair: bool) -> None:
+        """A file layer of the family's alias table: each target gets its rows (lora_alias.py)."""
+        targets = by_target(pieces)
+        pair_scale = 1.0
+        if has_pair:
+            (key, down), (_, up) = group["down"], group["up"]
+            if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+                self.mismatched.append((key, f"down {tuple(down.shape)} / up {tuple(up.shape)} is no low-rank pair",
+                                        tuple(up.shape)))
+                return
+            rank = down.shape[0]
+            if "alpha" in group:
+                pair_scale = float(group["alpha"][1].float().item()) / rank
+            elif self.alphas is not None:
+                pair_scale = self.alphas.scale(path, rank)
+            for target, ps in targets.items():
+                name = self._piece_target(group, target, "weight", ("down", "up", "alpha"))
+                if name is None:
+                    continue
+                shape = self.resolver.shape(name)
+                up_t = place_rows(up, ps, shape[0]) if covered_rows(pieces, up.shape[0]) else "does not cover its rows"
+                if isinstance(up_t, str) or down.shape[1] != math.prod(shape[1:]):
+                    gives = up_t if isinstance(up_t, str) else f"gives [{up.shape[0]}, {down.shape[1]}]"
+                    self.mismatched.append((key, gives, shape))
+                    continue
+                self._add_low_rank(name, LowRank(down, up_t, pair_scale, tuple(shape)))
+        for kind in ("diff", "diff_b", "up_bias", "diff_m"):
+            if kind not in group:
+                continue
+            key, t = group[kind]
+            if kind == "diff_m":
+                self.unmatched[key] = f"no modulation for {path!r} in this model"
+                continue
+            for target, ps in targets.items():
+                name = self._piece_target(group, target, _DIFF_ATTR[kind], (kind,))
+                if name is None:
+                    continue
+                shape = self.resolver.shape(name)
+                placed = place_rows(t, ps, shape[0])
+                if isinstance(placed, str) or tuple(placed.shape) != tuple(shape):
+                    self.mismatched.append((key, placed if isinstance(placed, str) else f"gives {list(t.shape)}", shape))
+                    continue
+                placed = placed * pair_scale if kind == "up_bias" else placed
+                self.diffs[name] = placed + self.diffs[name] if name in self.diffs else placed
+
+    def _piece_target(self, group: dict, target: str, attr: str, kinds: tuple[str, ...]) -> str | None:
+        name = self.resolver.resolve(target, attr, False)
+        if name is None:
+            for kind in kinds:
+                if kind in group:
+                    self.unmatched[group[kind][0]] = f"no {attr} {target!r} in this model"
+        return name
 
     def _add_diff(self, path: str, underscore: bool, kind: str, key: str, t: Tensor, scale: float) -> None:
         name = self.resolver.resolve(path, _DIFF_ATTR[kind], underscore)
@@ -334,7 +418,7 @@ def load_lora(path: str | Path, model: nn.Module, *, rename: Rename | None = Non
     """
     path = Path(path)
     sd = read_tensors(path)
-    builder = _Builder(_Resolver(model, rename or _default_rename(model)), _peft_alphas(path))
+    builder = _Builder(_Resolver(model, rename or _default_rename(model), declared_aliases(model)), _peft_alphas(path))
     for (mod_path, underscore), group in _groups(sd, builder.unmatched).items():
         builder.add_group(mod_path, underscore, group)
     if builder.mismatched:

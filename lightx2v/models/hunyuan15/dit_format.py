@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from lightx2v.errors import CheckpointError
 from lightx2v.models.hunyuan15.dit import HunyuanVideo15DiT
 from lightx2v.models.hunyuan15.dit_config import HunyuanVideo15DiTConfig, fields_from_shapes
+from lightx2v.models.hunyuan15.lora_keys import lora_aliases
 
 _BLOCK = re.compile(r"double_blocks\.(\d+)\.")
 # what shapes tell: compared between a DiT file and the folder's config
@@ -75,6 +76,8 @@ class Hunyuan15DitFormat:
         return "official" if any(_BLOCK.match(k) for k in body) else None
 
     key_from_diffusers = staticmethod(HunyuanVideo15DiT.key_from_diffusers)
+    # LoRA names that are not one-to-one renames (diffusers' refiner q/k/v and head, ComfyUI's fused qkv)
+    lora_aliases = staticmethod(lora_aliases)
     config_from_shapes = staticmethod(config_from_shapes)
     check_matches = staticmethod(check_matches)
     describe = staticmethod(describe)
