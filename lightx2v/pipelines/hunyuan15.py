@@ -117,7 +117,7 @@ class Hunyuan15Pipeline(WanPipeline):
     parallel_vae = False
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, text_encoder_2,
-                 tokenizer, tokenizer_2, vae, image_encoder=None, feature_extractor=None, tiny_vae=None,
+                 tokenizer, tokenizer_2, vae=None, image_encoder=None, feature_extractor=None, tiny_vae=None,
                  vae_dtype: torch.dtype = torch.float32, progress: bool = True):
         from lightx2v.models.hunyuan15.text import crop_start_of
 
