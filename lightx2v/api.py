@@ -148,9 +148,10 @@ class LightX2V:
         x ulysses x ring must be the world size; each rank runs on cuda:LOCAL_RANK; only rank 0 decodes
         and writes (`result.path` is None on the others).
         `preset`: a preset of the family (e.g. a step-distilled one) when the checkpoint does not say it is one.
-        `tiny_vae`: a tiny VAE file (Wan2.1: TAEHV taew2_1 / LightX2V's lighttaew2_1, .pth or .safetensors)
-        that decodes instead of the VAE (much faster, a little less faithful); which of the two it is is
-        told from its tensors, or given as `tiny_vae_kind`. An I2V image is still encoded with the VAE.
+        `tiny_vae`: a tiny VAE file (TAEHV, .pth or .safetensors: Wan2.1 and Wan2.2 A14B taew2_1 / LightX2V's
+        lighttaew2_1; Wan2.2 TI2V-5B taew2_2 / lighttaew2_2; HunyuanVideo-1.5 taehv1_5 / lighttaehy1_5)
+        that decodes instead of the VAE (much faster, a little less faithful); which release it is is
+        told from its tensors, or given as `tiny_vae_kind`. An image (I2V, TI2V) is still encoded with the VAE.
         A repo id is fetched from the Hugging Face Hub (`cache_dir`, `revision`, `local_files_only`;
         `timeout`: seconds to wait for the Hub's first answer, default HF_HUB_ETAG_TIMEOUT or 10).
         """

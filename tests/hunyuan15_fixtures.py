@@ -42,8 +42,9 @@ def _tokenizer(folder: Path):
     return tok
 
 
-def _parts(root: Path, seed: int, task_type: str, target_size: int = 640) -> dict:
-    """The components both pipelines share, random and tiny (the keyword names of diffusers' pipelines)."""
+def _parts(root: Path, seed: int, task_type: str, target_size: int = 640, latent: int = LATENT) -> dict:
+    """The components both pipelines share, random and tiny (the keyword names of diffusers' pipelines);
+    `latent`: the VAE's latent channels (32: the release's, which the tiny VAEs take)."""
     import diffusers
     import transformers
 
@@ -59,11 +60,12 @@ def _parts(root: Path, seed: int, task_type: str, target_size: int = 640) -> dic
     byt5_tok = transformers.ByT5Tokenizer()
     byt5 = transformers.T5EncoderModel(transformers.T5Config(
         vocab_size=len(byt5_tok), d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2)).eval()
-    dit = diffusers.HunyuanVideo15Transformer3DModel(**(DIT | {"task_type": task_type, "target_size": target_size})).eval()
+    dit = diffusers.HunyuanVideo15Transformer3DModel(**(DIT | {"task_type": task_type, "target_size": target_size,
+                                                               "in_channels": 2 * latent + 1, "out_channels": latent})).eval()
     with torch.no_grad():
         for p in dit.parameters():  # diffusers zero-inits some layers: make every tensor count
             p.normal_(0, 0.2)
-    vae = diffusers.AutoencoderKLHunyuanVideo15(**tiny_vae_config(latent_channels=LATENT).to_diffusers()).eval()
+    vae = diffusers.AutoencoderKLHunyuanVideo15(**tiny_vae_config(latent_channels=latent).to_diffusers()).eval()
     with torch.no_grad():
         randomize_(vae, seed + 1)
     return dict(text_encoder=llm, tokenizer=tok, transformer=dit, vae=vae,
@@ -80,10 +82,10 @@ def _save(ref, root: Path):
     return folder, ref
 
 
-def write_hunyuan15(root: Path, seed: int = 0):
+def write_hunyuan15(root: Path, seed: int = 0, latent: int = LATENT):
     import diffusers
 
-    return _save(diffusers.HunyuanVideo15Pipeline(**_parts(root, seed, "t2v")), root)
+    return _save(diffusers.HunyuanVideo15Pipeline(**_parts(root, seed, "t2v", latent=latent)), root)
 
 
 SIGLIP_SIZE = 28  # pixels: 2 x 2 patches of 14 -> 4 image tokens

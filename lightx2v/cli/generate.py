@@ -164,13 +164,16 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                    help="CFG branches as two calls of batch 1 (as the references) or one call of batch 2 (the same "
                         "numbers, more memory)")
     p.add_argument("--tiny-vae", default=None, metavar="FILE",
-                   help="decode with a tiny VAE instead of the VAE (Wan2.1 latents: taew2_1 from madebyollin/taehv, "
-                        "lighttaew2_1 from lightx2v/Autoencoders; .pth or .safetensors): much faster, a little less "
-                        "faithful; i2v still encodes its image with the VAE")
-    p.add_argument("--tiny-vae-kind", default=None, choices=("taew2_1", "lighttaew2_1"),
-                   help="which tiny VAE --tiny-vae is (they differ in the latents they decode, not in their "
-                        "tensors' names; default: told from the weights: fp32 trained weights are lighttaew2_1, "
-                        "fp16 ones taew2_1)")
+                   help="decode with a tiny VAE (TAEHV) instead of the VAE, .pth or .safetensors: Wan2.1 and "
+                        "Wan2.2 A14B: taew2_1 (madebyollin/taehv) / lighttaew2_1 (lightx2v/Autoencoders); Wan2.2 "
+                        "TI2V-5B: taew2_2 / lighttaew2_2; HunyuanVideo-1.5: taehv1_5 / lighttaehy1_5. Much faster, "
+                        "a little less faithful; an image task still encodes its image with the VAE")
+    # (the names of lightx2v.models.wan.taehv.KINDS, written out: --help imports no torch)
+    p.add_argument("--tiny-vae-kind", default=None,
+                   choices=("taew2_1", "lighttaew2_1", "taew2_2", "lighttaew2_2", "taehv1_5", "lighttaehy1_5"),
+                   help="which release --tiny-vae is (madebyollin's or LightX2V's: they differ in the latents they "
+                        "decode, not in their tensors' names; default: told from the weights: fp32 trained weights "
+                        "are LightX2V's light*, fp16 ones madebyollin's)")
     p.add_argument("--vae-dtype", default=None, choices=("fp32", "bf16", "fp16"),
                    help="VAE precision (default: fp32, as the references; bf16: 480P x 81 frames decode in 1.79 s "
                         "instead of 2.71 s on an H200, relative error 1.5e-2)")

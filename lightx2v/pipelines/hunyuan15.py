@@ -117,13 +117,16 @@ class Hunyuan15Pipeline(WanPipeline):
     parallel_vae = False
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, text_encoder_2,
-                 tokenizer, tokenizer_2, vae, image_encoder=None, feature_extractor=None,
+                 tokenizer, tokenizer_2, vae=None, image_encoder=None, feature_extractor=None, tiny_vae=None,
                  vae_dtype: torch.dtype = torch.float32, progress: bool = True):
         from lightx2v.models.hunyuan15.text import crop_start_of
 
         super().__init__(model_config, engine, dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
                          vae_dtype=vae_dtype, progress=progress)
-        self.components = {"dit": dit, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "vae": vae}
+        # tiny_vae: a TAEHV file (taehv1_5 / lighttaehy1_5) decodes instead of the VAE (WanPipeline.decode);
+        # vae is then None for t2v (i2v still encodes its image with it)
+        self.components = {"dit": dit, "text_encoder": text_encoder, "text_encoder_2": text_encoder_2, "vae": vae,
+                           "tiny_vae": tiny_vae}
         if image_encoder is not None:
             self.components["image_encoder"] = image_encoder
         self.tokenizer_2 = tokenizer_2
@@ -164,15 +167,17 @@ class Hunyuan15Pipeline(WanPipeline):
         if mc.task == "i2v":
             parts["feature_extractor"] = load_feature_extractor(mc.files["feature_extractor"])
         vae_dtype = torch.float32
-        if engine.vae_dtype is not None:
-            parts["vae"], vae_dtype = parts["vae"].to(engine.vae_dtype), engine.vae_dtype
+        for name in ("vae", "tiny_vae"):
+            if engine.vae_dtype is not None and parts.get(name) is not None:  # the engine's VAE precision
+                parts[name], vae_dtype = parts[name].to(engine.vae_dtype), engine.vae_dtype
         tokenizer, tokenizer_2 = load_tokenizers(mc.files["tokenizer"], mc.files["tokenizer_2"])
         if "glyph_tokens" in mc.files:  # the official release: google/byt5-small's tokenizer + Glyph-SDXL-v2's tokens
             add_glyph_tokens(tokenizer_2, *mc.files["glyph_tokens"])
         pipe = cls(mc, engine, tokenizer=tokenizer, tokenizer_2=tokenizer_2, vae_dtype=vae_dtype, progress=progress,
                    **parts)
         default_tiling = None
-        if not engine.vae_tiling:  # the reference's default; the engine's VAE step replaces it when asked
+        if not engine.vae_tiling and parts.get("vae") is not None:  # the reference's default; the engine's VAE
+            # step replaces it when asked (a tiny VAE decodes untiled: it is small)
             default_tiling = VAETiling.of_size(mc.arch.vae.sample_size)
             parts["vae"].set_tiling(default_tiling)
         apply_engine(pipe, engine)
@@ -291,11 +296,8 @@ class Hunyuan15Pipeline(WanPipeline):
         finally:
             dit.step_context = None
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, on_chunk=None) -> torch.Tensor:
-        """float32 latents [1, 32, T', h, w] -> video [1, 3, F, H, W] in [-1, 1] (the VAE unscales them)."""
-        with placed(self, "vae"):
-            return self.vae.decode(latents.to(self.vae_dtype), progress=self.progress, on_chunk=on_chunk)
+    # decode: WanPipeline's: float32 latents [1, 32, T', h, w] -> video [1, 3, F, H, W] in [-1, 1] by the VAE
+    # (which unscales them) or, when loaded, the tiny VAE (lightx2v.models.wan.taehv: the same frames and layout)
 
     # -- the whole run -------------------------------------------------------------------------
     def _run(self, p: SamplingParams) -> GenerationResult:
@@ -339,7 +341,3 @@ class Hunyuan15Pipeline(WanPipeline):
         timings["total"] = self._lap(t0)
         return result
 
-    def output_metadata(self, p: SamplingParams, seed: Optional[int], size: tuple[int, int]) -> dict:
-        meta = super().output_metadata(p, seed, size)
-        meta.pop("tiny_vae", None)
-        return meta

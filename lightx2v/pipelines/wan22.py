@@ -52,7 +52,7 @@ class Wan22Pipeline(WanPipeline):
     expert_components = MappingProxyType(EXPERTS)
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
-                 dit_2=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
+                 dit_2=None, tiny_vae=None, vae_dtype: torch.dtype = torch.float32, progress: bool = True):
         super().__init__(model_config, engine, dit=dit, text_encoder=text_encoder, tokenizer=tokenizer, vae=vae,
                          vae_dtype=vae_dtype, progress=progress)
         two = model_config.task != "ti2v"
@@ -60,7 +60,8 @@ class Wan22Pipeline(WanPipeline):
             raise CheckpointError(f"a Wan2.2 {model_config.task} checkpoint has "
                                   + ("two experts (high and low noise)" if two else "one DiT")
                                   + f"; got {'one' if dit_2 is None else 'two'}")
-        self.components = {"dit": dit, "dit_2": dit_2, "text_encoder": text_encoder, "vae": vae}
+        # tiny_vae: a TAEHV file decodes (WanPipeline.decode); vae: None for t2v with one
+        self.components = {"dit": dit, "dit_2": dit_2, "text_encoder": text_encoder, "vae": vae, "tiny_vae": tiny_vae}
 
     dit_2 = property(lambda self: self.components["dit_2"])
 

@@ -181,7 +181,7 @@ def test_bad_latents_and_video_are_one_line_errors(weights):
     with pytest.raises(InputError, match="no encoder"):
         TinyVAE(TinyVAEConfig(encoder=False)).encode(torch.zeros(1, 3, 1, 8, 8))
     with pytest.raises(InputError, match="taew2_1, lighttaew2_1"):
-        TinyVAEConfig(kind="taew2_2")
+        TinyVAEConfig(kind="taew2_3")  # (taew2_2 is a kind since the Wan2.2 / HunyuanVideo-1.5 variants)
 
 
 # ---------------------------------------------------------------- files

@@ -76,14 +76,38 @@ def _read_vae(mc: ModelConfig):
     return _read(mc.files["vae"], official_from_diffusers if mc.layout == "diffusers" else None)
 
 
+# ---- the tiny VAE (TAEHV for the HunyuanVideo-1.5 latents; the Wan specs' component, this family's map) ----
+
+
+def _vae_needed(mc: ModelConfig) -> bool:
+    from lightx2v.models.wan.spec import vae_needed
+
+    return vae_needed(mc)
+
+
+def _tiny_latents(mc: ModelConfig) -> tuple[str, tuple, tuple]:
+    """The DiT's latents are (mu - shift) * scaling_factor: raw = latents * (1 / scaling_factor) + shift."""
+    v = mc.arch.vae
+    z = v.latent_channels
+    return "hunyuanvideo-1.5", (float(v.shift_factor or 0.0),) * z, (1.0 / v.scaling_factor,) * z
+
+
+def _tiny_vae_component():
+    from lightx2v.models.wan.spec import tiny_vae_component
+
+    return tiny_vae_component(_tiny_latents)
+
+
 COMPONENTS = (
     ComponentSpec("text_encoder", "text encoder", _build_llm, _read_llm),
     ComponentSpec("text_encoder_2", "byT5 glyph encoder", _build_byt5, _read_byt5),
     # image-to-video only: SigLIP (transformers' SiglipVisionModel; the file's names are its own)
     ComponentSpec("image_encoder", "SigLIP image encoder", _build_siglip,
                   _read_siglip, needed=lambda mc: mc.task == "i2v"),
-    # fp32 as every VAE of lightx2v (engine.vae_dtype changes it)
-    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32),
+    # fp32 as every VAE of lightx2v (engine.vae_dtype changes it); with a tiny VAE, t2v does not load it
+    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32, needed=_vae_needed),
+    # -- tiny VAE (tiny_vae= / --tiny-vae): taehv1_5 / lighttaehy1_5 (lightx2v.models.wan.taehv) --
+    _tiny_vae_component(),
 )
 
 TRAINED_SIZE = (720, 1280)   # the 720p models' bucket at 16:9
@@ -119,6 +143,7 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
     (crop_start + text_len): n x (4 hidden + 3 intermediate) x s for the layer's working set, the causal
     mask n^2 s, and every layer's hidden states, which the reference asks for (output_hidden_states):
     (layers + 1) x n x hidden x s. The byT5 encoder (256 tokens, 1472 wide) is small beside it.
+    With a tiny VAE (t2v): its decode working set per pixel of one chunk (taehv.decode_pixel_bytes), untiled.
     """
     from lightx2v.models.hunyuan15.text import CROP_START, GLYPH_LEN, TEXT_LEN
 
@@ -131,9 +156,13 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
     te, n = mc.arch.text_encoder, CROP_START + TEXT_LEN
     text = n * (4 * te.hidden_size + 3 * te.intermediate_size) * s + n * n * s
     text += (te.num_hidden_layers + 1) * n * te.hidden_size * s
-    return MemoryProfile(token_bytes=per_token * (1 + share), attention_heads=d.heads_num,
-                         pixel_bytes=3 * mc.arch.vae.block_out_channels[0] * 4, text_bytes=text,
-                         vae_tile=mc.arch.vae.sample_size, vae_whole_clip=True)
+    vae = dict(pixel_bytes=3 * mc.arch.vae.block_out_channels[0] * 4, vae_tile=mc.arch.vae.sample_size,
+               vae_whole_clip=True)
+    if mc.tiny_vae is not None and mc.task == "t2v":  # TAEHV decodes untiled, one latent frame at a time
+        from lightx2v.models.wan.taehv import decode_pixel_bytes
+
+        vae = dict(pixel_bytes=decode_pixel_bytes(mc.tiny_vae.config), vae_tile=None, vae_whole_clip=False)
+    return MemoryProfile(token_bytes=per_token * (1 + share), attention_heads=d.heads_num, text_bytes=text, **vae)
 
 
 def refine(mc: ModelConfig, *, dit_path=None, preset=None, hints=()) -> ModelConfig:

@@ -6,6 +6,7 @@ This is the one place the generic layers learn about Wan2.1 (lightx2v.models.reg
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -57,6 +58,9 @@ def _read_vae(mc: ModelConfig):
     return _read(mc.files["vae"], mc.arch.vae.key_from_diffusers if mc.layout == "diffusers" else None)
 
 
+# ---- the tiny VAE (TAEHV, lightx2v.models.wan.taehv): shared by the Wan2.2 and HunyuanVideo-1.5 specs ----
+
+
 def _build_tiny_vae(mc: ModelConfig):
     from lightx2v.models.wan.taehv import TinyVAE
 
@@ -67,13 +71,44 @@ def _read_tiny_vae(mc: ModelConfig):
     return _read(mc.tiny_vae.path)  # the released keys are the module's own
 
 
-def attach_tiny_vae(mc: ModelConfig, path, kind: Optional[str] = None) -> ModelConfig:
-    """A tiny VAE file (taew2_1 / lighttaew2_1, .pth or .safetensors) to decode with: checked now, its
-    kind told from its tensors unless `kind` is given (lightx2v.models.wan.taehv.inspect_tiny_vae)."""
+def wan_tiny_latents(mc: ModelConfig) -> tuple[str, tuple, tuple]:
+    """(TAEHV latent space, mean, std) of a Wan model's VAE: Wan2.2's VAE (TI2V-5B) or Wan2.1's (Wan2.1,
+    Wan2.2 A14B); raw VAE latents = DiT latents * std + mean."""
+    from lightx2v.models.wan.vae22 import Wan22VAEConfig
+
+    vae = mc.arch.vae
+    return ("wan2.2" if isinstance(vae, Wan22VAEConfig) else "wan2.1"), vae.latents_mean, vae.latents_std
+
+
+def attach_tiny_vae(mc: ModelConfig, path, kind: Optional[str] = None, latents=wan_tiny_latents) -> ModelConfig:
+    """A tiny VAE file (.pth or .safetensors) to decode with: checked now against the latent space
+    `latents(mc)` names (Wan: taew2_1 / lighttaew2_1, or taew2_2 / lighttaew2_2 for TI2V-5B), its kind
+    told from its tensors unless `kind` is given (lightx2v.models.wan.taehv_files.inspect_tiny_vae)."""
     from lightx2v.models.wan.taehv import inspect_tiny_vae
 
-    tiny = inspect_tiny_vae(path, kind)
+    from lightx2v.errors import CheckpointError
+    from lightx2v.models.wan.taehv import SPACES
+
+    space, mean, std = latents(mc)
+    want = SPACES[space]
+    if len(mean) != want.latent_channels:  # a model not of the released latent size: no TAEHV fits it
+        raise CheckpointError(f"this {mc.spec.title} model's VAE has {len(mean)} latent channels; the tiny VAEs for "
+                              f"its latents ({want.kinds[0]} / {want.kinds[1]}) take {want.latent_channels}")
+    tiny = inspect_tiny_vae(path, kind, space=space, latents_mean=mean, latents_std=std)
     return dataclasses.replace(mc, tiny_vae=tiny, files={**mc.files, "tiny_vae": tiny.path})
+
+
+def tiny_vae_component(latents=wan_tiny_latents) -> FileComponentSpec:
+    """The "tiny_vae" component (`tiny_vae=` / `--tiny-vae`): TAEHV decodes instead of the VAE, fp32 as
+    the VAE (engine.vae_dtype applies to both); `latents(mc)` -> (space, mean, std) of the family."""
+    return FileComponentSpec("tiny_vae", "tiny VAE", _build_tiny_vae, _read_tiny_vae, dtype=lambda dt: torch.float32,
+                             needed=lambda mc: mc.tiny_vae is not None,
+                             attach=functools.partial(attach_tiny_vae, latents=latents))
+
+
+def vae_needed(mc: ModelConfig) -> bool:
+    """With a tiny VAE the full one only encodes images (i2v, flf2v, ti2v, as LightX2V does): t2v skips it."""
+    return mc.tiny_vae is None or mc.task != "t2v"
 
 
 def _build_clip(mc: ModelConfig):
@@ -94,15 +129,13 @@ COMPONENTS = (
     ComponentSpec("text_encoder", "text encoder", _build_t5, _read_t5),
     # the reference decodes in fp32 whatever the DiT runs in; with a tiny VAE the full one only
     # encodes the images of i2v / flf2v (as LightX2V does), so t2v does not load it
-    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32,
-                  needed=lambda mc: mc.tiny_vae is None or mc.task != "t2v"),
+    ComponentSpec("vae", "VAE", _build_vae, _read_vae, dtype=lambda dt: torch.float32, needed=vae_needed),
     # the official code runs CLIP in fp16 (clip_dtype); fp32 stays fp32
     ComponentSpec("clip", "image encoder", _build_clip, _read_clip,
                   dtype=lambda dt: torch.float32 if dt == torch.float32 else torch.float16,
                   needed=lambda mc: mc.task != "t2v"),
-    # --tiny-vae: TAEHV decodes instead of the VAE (fp32 as the VAE; engine.vae_dtype applies to both)
-    FileComponentSpec("tiny_vae", "tiny VAE", _build_tiny_vae, _read_tiny_vae, dtype=lambda dt: torch.float32,
-                      needed=lambda mc: mc.tiny_vae is not None, attach=attach_tiny_vae),
+    # --tiny-vae: TAEHV decodes instead of the VAE
+    tiny_vae_component(),
 )
 
 
@@ -183,9 +216,9 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
         FFN             (12.5 + s) * dim + 2s * ffn_dim
     VAE decode, per output pixel of one chunk (4 frames at full resolution, fp32):
         61 * c0 * 4     c0 = the decoder's full-resolution width (96 for Wan2.1: 23.4 KB a pixel)
-        tiny VAE (t2v with --tiny-vae; an image task still encodes with the VAE): 2 * 64 * 4 fp32 =
-        2 KB a pixel, the input and output of its last full-resolution conv (64 channels, 4 frames),
-        counted from the tensors alive, not measured
+        tiny VAE (t2v with --tiny-vae; an image task still encodes with the VAE): 2 * 64 * 4 fp32 / p^2
+        = 2 KB a pixel (p = patch size 1; 512 B for TI2V's taew2_2, p = 2), the input and output of its
+        last conv before the head (64 channels, 4 frames), counted from the tensors alive, not measured
     T5, per prompt: text_len * (8 dim + 3 dim_ffn) * s + 3 fp32 [heads, text_len, text_len] tensors
     (position bias, scores, softmax).
     With token chunking (WanBlock._forward_chunked): (4 + 4s) * dim a token (the fp32 residual, q/k/v
@@ -204,9 +237,9 @@ def memory(mc: ModelConfig, dtype: torch.dtype) -> MemoryProfile:
     text = n * (8 * t5.dim + 3 * t5.dim_ffn) * s + 3 * t5.num_heads * n * n * 4
     pixel = 61 * c0 * vae.scale_factor_temporal
     if mc.tiny_vae is not None and mc.task == "t2v":
-        from lightx2v.models.wan.taehv import DECODER_WIDTHS, TIME_STRIDE
+        from lightx2v.models.wan.taehv import decode_pixel_bytes
 
-        pixel = 2 * DECODER_WIDTHS[-1] * TIME_STRIDE * 4
+        pixel = decode_pixel_bytes(mc.tiny_vae.config)
     return MemoryProfile(token_bytes=max(attention, ffn), attention_heads=d.num_heads,
                          pixel_bytes=pixel, text_bytes=text, chunk_token_bytes=(4 + 4 * s) * d.dim,
                          context_bytes=d.num_layers * 2 * (d.text_len + d.image_tokens) * d.dim * s)

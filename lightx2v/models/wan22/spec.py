@@ -43,7 +43,11 @@ COMPONENTS = (
     # the text encoder and how a VAE file is read are Wan2.1's (each VAE config carries its own
     # diffusers rename); only the VAE built differs (Wan2.1's for A14B, Wan2.2's for TI2V-5B)
     wan21.component("text_encoder"),
-    ComponentSpec("vae", "VAE", _build_vae, wan21.component("vae").read, dtype=lambda dt: torch.float32),
+    ComponentSpec("vae", "VAE", _build_vae, wan21.component("vae").read, dtype=lambda dt: torch.float32,
+                  needed=wan21.component("vae").needed),
+    # -- tiny VAE (tiny_vae= / --tiny-vae): taew2_1 / lighttaew2_1 for A14B (the Wan2.1 VAE), taew2_2 /
+    # lighttaew2_2 for TI2V-5B; its latent space from the folder's VAE (lightx2v.models.wan.spec) --
+    wan21.component("tiny_vae"),
 )
 DIT_FLAGS = {"dit": "--dit-path", "dit_2": "--dit-path-2"}
 
