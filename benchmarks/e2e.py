@@ -46,6 +46,10 @@ RUNS = {
     "4step_fp8_fast": dict(engine=dict(compile=dict(enabled=True, vae=True), quant="w8a8-fp8", kernels="triton",
                                        attention="self=sage8,cross=auto", vae_dtype="bf16"),
                            gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    # the fastest lossy path with the tiny VAE (taew2_1 layout, random weights written beside the folder)
+    "4step_fp8_tiny_vae": dict(engine=dict(compile=True, quant="w8a8-fp8", kernels="triton",
+                                           attention="self=sage8,cross=auto", tiny_vae="@taew2_1"),
+                               gen=dict(num_inference_steps=4, guidance_scale=1.0)),
     "cfg_4step_batched": dict(engine=dict(compile=True, cfg_mode="batched"),
                               gen=dict(num_inference_steps=4, guidance_scale=5.0)),
 }
@@ -61,6 +65,18 @@ def built(cls, cfg, device: str, dtype: torch.dtype) -> dict:
         m = cls(cfg)
     m = fill_random_(m.to_empty(device=device), device)
     return {k: v.to(dtype).cpu().contiguous() for k, v in m.state_dict().items()}
+
+
+def write_tiny_vae(path: Path) -> Path:
+    """A taew2_1-layout tiny VAE file (fp16, as madebyollin's release) with random weights."""
+    from safetensors.torch import save_file
+
+    from lightx2v.models.wan.taehv import TinyVAE
+
+    if not path.exists():
+        sd = fill_random_(TinyVAE(), "cpu").state_dict()
+        save_file({k: v.half().contiguous() for k, v in sd.items()}, str(path))
+    return path
 
 
 def write_checkpoint(root: Path, size: str, device: str, task: str = "t2v", parts: tuple = ("t5", "vae", "dit")) -> dict:
@@ -147,6 +163,8 @@ def run(name: str, spec: dict, ckpt: Path, args) -> dict:
         engine.pop("compile", None)
         if "sage8" in str(engine.get("attention", "")):
             engine["attention"] = "reference"
+    if engine.get("tiny_vae") == "@taew2_1":
+        engine["tiny_vae"] = str(write_tiny_vae(ckpt.parent / "lx2v_e2e_taew2_1.safetensors"))
     pipe = LightX2V.from_pretrained(ckpt, device=args.device, progress=False, **engine)
     row["load_s"] = time.perf_counter() - t0
     row["engine_log"] = pipe.pipeline.engine_log
