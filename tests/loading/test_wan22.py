@@ -62,7 +62,7 @@ def test_detect_both_layouts(dirs):
         assert mc.arch.boundary == boundary and mc.arch.switch_step is None
         assert mc.dit.model_type == kind and mc.dit.in_dim == in_dim and not mc.dit.has_image_branch
         assert isinstance(mc.arch.vae, vae_cls) and mc.arch.vae.z_dim == z
-        assert "clip" not in mc.files and {c.name for c in mc.spec.components} == {"text_encoder", "vae"}
+        assert "clip" not in mc.files and {c.name for c in mc.spec.components} == {"text_encoder", "vae", "tiny_vae"}  # tiny_vae: loaded only when a file is given
         d = mc.defaults
         assert (d.num_inference_steps, d.guidance_scale, d.guidance_scale_2, d.fps) == (steps, g_high, g_low, fps)
         assert d.negative_prompt.startswith("色调艳丽") and d.solver == "unipc"
