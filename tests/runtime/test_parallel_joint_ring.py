@@ -3,8 +3,9 @@ RankPool for the module): `ring_joint_attention` against float64 attention over 
 image tokens, fewer text keys than text queries; the text's output the same bits on both ranks); the
 HunyuanVideo-1.5 VAE's parallel decode against its tiled decode on the same grid; HunyuanVideo-1.5 T2V
 and Qwen-Image T2I with ring 2 (a token count the ranks pad: 27, 15; HunyuanVideo-1.5 with batched CFG,
-whose two branches have unequal text lengths) and with ring 2 + vae_parallel (the decoded pixels),
-each against one process within 1e-5 (fp32). Ulysses 2 x ring 2 (4 ranks): test_parallel_joint_ring4.py."""
+whose two branches have unequal text lengths), Qwen-Image-Edit-2511 with ring 2 (the condition tokens'
+`split` per rank) and with ring 2 + vae_parallel (the decoded pixels), each against one process within
+1e-5 (fp32; Qwen: of the output's largest value). Ulysses 2 x ring 2 (4 ranks): test_parallel_joint_ring4.py."""
 
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ CASES = {  # name: (family, load options, parallel options, request, decode to p
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory, qwen_image_t2i):
     from tests.hunyuan15_fixtures import write_hunyuan15
+    from tests.qwen_image_edit_fixtures import write_qwen_image_edit
 
     root = tmp_path_factory.mktemp("par-joint-ring")
-    return {"hy15": str(write_hunyuan15(root / "t2v")[0]), "qwen": str(qwen_image_t2i[0])}
+    return {"hy15": str(write_hunyuan15(root / "t2v")[0]), "qwen": str(qwen_image_t2i[0]),
+            "edit-plus": str(write_qwen_image_edit(root / "edit", plus=True))}
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +108,32 @@ def test_hunyuan15_vae_split_over_two_ranks_is_its_tiled_decode(ranks):
 
 
 # ---------------------------------------------------------------- whole generations
+
+
+def _generate_small_edit(folder: str, load_kw: dict, req: dict) -> dict:
+    from lightx2v.pipelines import qwen_image_edit
+    from tests.small_edit_areas import small_variants
+
+    qwen_image_edit.VARIANTS.update(small_variants())  # the edit models' image areas made small (tests only)
+    return jc.generate(folder, load_kw, req)
+
+
+def test_edit_2511_under_ring_equals_one(folders, ranks, monkeypatch):
+    """The condition images' tokens follow the noisy image's in the ring's sequence; `split` (where they
+    start, modulated by timestep 0) is made relative to each rank's share, as under Ulysses."""
+    import numpy as np
+    from PIL import Image
+
+    from lightx2v.pipelines import qwen_image_edit
+    from tests.small_edit_areas import small_variants
+
+    for k, v in small_variants().items():
+        monkeypatch.setitem(qwen_image_edit.VARIANTS, k, v)
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 72, 3), dtype=np.uint8))
+    req = dict(jc.request("qwen", jc.QW_PADDED), image=image)
+    want = jc.generate(folders["edit-plus"], {}, req)
+    got = ranks.run(_generate_small_edit, folders["edit-plus"], {"ring": 2}, req)
+    jc.check("edit_plus_ring", got, want, {"ring": 2}, jc.TOL * max(1.0, float(want["latents"].abs().max())))
 
 
 @pytest.mark.parametrize("name", CASES)
