@@ -111,10 +111,10 @@ class Hunyuan15Pipeline(WanPipeline):
     """The loaded components of one HunyuanVideo-1.5 checkpoint: dit, text_encoder, text_encoder_2, vae, and
     for i2v image_encoder (SigLIP) with its feature_extractor (image processor)."""
 
-    # (parallel) cfg_parallel and ulysses (the DiT's joint plan); not ring, not vae_parallel
+    # (parallel) cfg_parallel, ulysses and ring (the DiT's joint plan), vae_parallel (the VAE's raw decoder)
     parallel_ready = True
-    parallel_ring = False
-    parallel_vae = False
+    parallel_ring = True
+    parallel_vae = True
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, text_encoder_2,
                  tokenizer, tokenizer_2, vae=None, image_encoder=None, feature_extractor=None, tiny_vae=None,
@@ -297,7 +297,8 @@ class Hunyuan15Pipeline(WanPipeline):
             dit.step_context = None
 
     # decode: WanPipeline's: float32 latents [1, 32, T', h, w] -> video [1, 3, F, H, W] in [-1, 1] by the VAE
-    # (which unscales them) or, when loaded, the tiny VAE (lightx2v.models.wan.taehv: the same frames and layout)
+    # (which unscales them) or, when loaded, the tiny VAE (lightx2v.models.wan.taehv: the same frames and layout);
+    # with vae_parallel every rank decodes a part (lightx2v.runtime.parallel.decode: the VAE's raw decoder)
 
     # -- the whole run -------------------------------------------------------------------------
     def _run(self, p: SamplingParams) -> GenerationResult:
@@ -338,6 +339,8 @@ class Hunyuan15Pipeline(WanPipeline):
                                   stats=cache_stats([self.dit], counter.stats(), timings))
         if p.output_type != "latent" and (self.parallel is None or self.parallel.writes_output):  # rank 0 writes
             decode_and_write(self, p, latents, seed, size, result)
+        elif p.output_type != "latent" and self.parallel.vae_parallel:  # (parallel) this rank's part of the decode
+            self.decode(latents)
         timings["total"] = self._lap(t0)
         return result
 

@@ -80,10 +80,10 @@ def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 class QwenImagePipeline(WanPipeline):
     """The loaded components of one Qwen-Image checkpoint (t2i): dit, text_encoder, vae."""
 
-    # (parallel) cfg_parallel and ulysses (the DiT's joint plan); not ring, not vae_parallel
+    # (parallel) cfg_parallel, ulysses and ring (the DiT's joint plan), vae_parallel (the Wan VAE's raw decoder)
     parallel_ready = True
-    parallel_ring = False
-    parallel_vae = False
+    parallel_ring = True
+    parallel_vae = True
 
     def __init__(self, model_config: ModelConfig, engine: EngineConfig, *, dit, text_encoder, tokenizer, vae,
                  vae_dtype: torch.dtype = torch.float32, progress: bool = True):
@@ -203,6 +203,10 @@ class QwenImagePipeline(WanPipeline):
     def decode(self, latents: torch.Tensor, on_chunk=None) -> torch.Tensor:
         """Image latents [N, z, 1, h, w] float32 -> [N, 3, 1, H, W] in [-1, 1]."""
         with placed(self, "vae"):
+            if self.parallel is not None and self.parallel.vae_parallel:  # (parallel) every rank decodes a part
+                from lightx2v.runtime.parallel import decode
+
+                return decode(self, self.vae, latents.to(self.vae_dtype))
             return self.vae.decode(latents.to(self.vae_dtype))
 
     def encode_conditions(self, p: SamplingParams, cfg: bool, timings: dict) -> tuple[QwenInputs, Optional[QwenInputs], list]:
@@ -244,6 +248,8 @@ class QwenImagePipeline(WanPipeline):
                              stats=cache_stats([self.dit], counter.stats(), timings))
         if p.output_type != "latent" and (self.parallel is None or self.parallel.writes_output):  # rank 0 writes
             decode_and_write_images(self, p, unpack(latents, h, w), seed, size, result)
+        elif p.output_type != "latent" and self.parallel.vae_parallel:  # (parallel) this rank's part of the decode
+            self.decode(unpack(latents, h, w))
         timings["total"] = self._lap(t0)
         return result
 

@@ -3,7 +3,8 @@ and Ulysses 2 equal the one-process run within 1e-5 (fp32, the tiny T2V / I2V fo
 tests/hunyuan15_fixtures.py), Ulysses on a token count the ranks pad (27), with batched CFG (the two
 branches' conditioning lengths differ: the joint attention per sample), on I2V (the SigLIP tokens join
 the replicated stream), CFG parallel with TaylorSeer, Ulysses with w8a8-int8; only rank 0 writes the
-mp4; what cannot run is one line before any weight is read."""
+mp4; what cannot run is one line before any weight is read (ring and vae_parallel run:
+test_parallel_joint_ring.py)."""
 
 from __future__ import annotations
 
@@ -101,9 +102,10 @@ def test_impossible_degrees_are_one_line_before_loading(folders, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     with pytest.raises(InputError, match=r"^ulysses 4 does not divide the model's 2 attention heads; possible: 1, 2$"):
         check_parallel(mc, ParallelConfig(ulysses=4))
-    with pytest.raises(InputError, match=r"^ring 2: not built for HunyuanVideo-1.5"):
-        check_parallel(mc, ParallelConfig(cfg_parallel=True, ring=2))
+    check_parallel(mc, ParallelConfig(cfg_parallel=True, ring=2))  # ring: joint attention round the ring
+    check_parallel(mc, ParallelConfig(ulysses=2, ring=2))
+    with pytest.raises(InputError, match=r"^parallel degrees cfg 1 x ulysses 1 x ring 2 = 2, but the launch has 4"):
+        check_parallel(mc, ParallelConfig(ring=2))
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(InputError, match=r"^vae_parallel: not built for HunyuanVideo-1.5"):
-        check_parallel(mc, ParallelConfig(ulysses=2, vae_parallel=True))
+    check_parallel(mc, ParallelConfig(ulysses=2, vae_parallel=True))  # the VAE's raw decoder, split
     check_parallel(mc, ParallelConfig(ulysses=2))  # fine

@@ -41,8 +41,7 @@ def check_parallel(mc, cfg, world: int | None = None) -> None:
         raise InputError(f"{title} pipelines do not run on several GPUs yet (cfg_parallel, ulysses, ring, "
                          "vae_parallel); run them on one", field="parallel")
     if cfg.ring > 1 and not getattr(pipe, "parallel_ring", True):
-        raise InputError(f"ring {cfg.ring}: not built for {title} (its DiT attends jointly over text and image "
-                         "tokens); use ulysses and / or cfg_parallel", field="ring")
+        raise InputError(f"ring {cfg.ring}: not built for {title}; use ulysses and / or cfg_parallel", field="ring")
     if cfg.vae_parallel and not getattr(pipe, "parallel_vae", True):
         raise InputError(f"vae_parallel: not built for {title}; rank 0 decodes", field="vae_parallel")
     heads = getattr(mc.dit, "num_heads", None)
@@ -94,11 +93,12 @@ def decode(pipeline, vae, latents, on_chunk=None):
     """A pipeline's decode with vae_parallel: every rank decodes a spatial piece
     (lightx2v.runtime.parallel.vae), rank 0 gets the video [1, 3, F, H, W] (None elsewhere), then
     given whole to `on_chunk` (the streamed save). A Wan VAE blends its raw pieces as its tiled
-    decode does (`decode_vae_parallel`); another decoder (a tiny VAE) its decoded pixels."""
-    from lightx2v.runtime.parallel.vae import decode_parallel, decode_vae_parallel
+    decode does (`decode_vae_parallel`; so does HunyuanVideo-1.5's); another decoder (a tiny VAE) its
+    decoded pixels."""
+    from lightx2v.runtime.parallel.vae import decode_parallel, decode_vae_parallel, has_raw_decoder
 
     group = pipeline.parallel.world_group
-    if hasattr(vae, "_decoded") and hasattr(vae, "_to_pixels"):  # the Wan VAE's decoder (VAEDecode)
+    if has_raw_decoder(vae):  # a Wan VAE's decoder (VAEDecode; Qwen-Image's), HunyuanVideo-1.5's
         video = decode_vae_parallel(vae, latents, group)
     else:
         video = decode_parallel(lambda z: vae.decode(z, progress=False), latents, group)

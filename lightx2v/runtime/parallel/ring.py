@@ -9,6 +9,12 @@ the log-sum-exp of its scores (LSE, `[B, H, L]`); the partial outputs are merged
 stable rule  lse = logaddexp(lse_a, lse_b),  out = out_a * exp(lse_a - lse) + out_b * exp(lse_b - lse),
 which is exact: the result is the softmax over all N*L keys, up to rounding.
 
+Joint attention (HunyuanVideo-1.5, Qwen-Image: text and image tokens attended together):
+`ring_joint_attention` passes the image K/V round the ring as above and attends the text K/V, which
+every rank holds whole, once per rank, locally; one more LSE merge. The text queries (whole on every
+rank too) attend the same keys, their parts merged in source order so that every rank gets the same
+bits for the text stream (lightx2v.runtime.parallel.sequence carries it into the next block).
+
 Every rank must hold the same number of tokens (the caller pads the sequence to a multiple of N);
 `ring_attention` checks it (one small all_gather, `check_lengths=True`) and raises the same
 InputError on every rank, instead of a hang in the transfer. Inference only: no autograd through
@@ -29,7 +35,7 @@ over 2 gloo ranks with attention over the whole sequence.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -38,7 +44,7 @@ from torch import Tensor
 
 from lightx2v.errors import InputError
 
-__all__ = ["BLOCK_KERNELS", "block_attention", "ring_attention"]
+__all__ = ["BLOCK_KERNELS", "block_attention", "ring_attention", "ring_joint_attention"]
 
 # (q, k, v, scale) -> (out [B, Lq, H, D] in q's dtype, lse [B, H, Lq] float32)
 BlockKernel = Callable[[Tensor, Tensor, Tensor, float], "tuple[Tensor, Tensor]"]
@@ -137,6 +143,46 @@ def _accumulate(acc: Tensor | None, lse_acc: Tensor | None, out: Tensor, lse: Te
     return acc, new
 
 
+def _kernel_of(inner: BlockKernel | str | None) -> BlockKernel:
+    if callable(inner):
+        return inner
+    name = inner or "auto"
+    return lambda q_, k_, v_, s_: block_attention(q_, k_, v_, s_, name)
+
+
+def _ring_pass(k: Tensor, v: Tensor, group: dist.ProcessGroup | None, n: int) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Every rank's K/V shard in turn, (source rank, k, v), this rank's own first: at step s the shard
+    of rank (rank - s) mod n, while it goes on to rank + 1 and the next comes from rank - 1 (started
+    before the caller computes on it, so the transfer overlaps that). The yielded views are valid until
+    the next step; the caller must run the generator to its end (every rank sends at every step)."""
+    rank = dist.get_rank(group)
+    send_to = dist.get_global_rank(group or dist.group.WORLD, (rank + 1) % n)
+    recv_from = dist.get_global_rank(group or dist.group.WORLD, (rank - 1) % n)
+    cur = torch.stack((k, v))      # [2, B, Lk, H, D]: one message per step
+    nxt = torch.empty_like(cur)    # the one being received; the two swap after each step
+    for step in range(n):
+        reqs = []
+        if step + 1 < n:  # start the next transfer before this block's compute, so they overlap
+            reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, cur, send_to, group),
+                                           dist.P2POp(dist.irecv, nxt, recv_from, group)])
+        yield (rank - step) % n, cur[0], cur[1]
+        for req in reqs:
+            req.wait()
+        cur, nxt = nxt, cur
+
+
+def _kept(valid: int | None, src: int, length: int) -> int:
+    # the real keys of source rank src's shard [src * length, (src + 1) * length) when the whole
+    # sequence has `valid` real tokens (the rest: padding at the end)
+    return length if valid is None else max(0, min(length, valid - src * length))
+
+
+def _check_valid(valid: int | None, n: int, length: int) -> None:
+    if valid is not None and not 0 < valid <= n * length:
+        raise InputError(f"ring attention: valid {valid} tokens; expected 1 .. {n * length} (the ring's "
+                         f"{n} x {length} tokens)")
+
+
 def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | None,
                    inner: BlockKernel | str | None = None, *, scale: float | None = None,
                    check_lengths: bool = True, valid: int | None = None) -> Tensor:
@@ -151,38 +197,52 @@ def ring_attention(q: Tensor, k: Tensor, v: Tensor, group: dist.ProcessGroup | N
     whole sequence when the caller padded it at the end: keys at positions >= valid are left out (a
     shard of them is cut, not masked); the padded queries' rows are computed and are the caller's to
     drop. Returns [B, L, H, D] in q's dtype. Every rank of the group must call it (a collective)."""
-    kernel: BlockKernel
-    if callable(inner):
-        kernel = inner
-    else:
-        name = inner or "auto"
-        kernel = lambda q_, k_, v_, s_: block_attention(q_, k_, v_, s_, name)  # noqa: E731
+    kernel = _kernel_of(inner)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     n = _group_size(group)
-    if valid is not None and not 0 < valid <= n * k.shape[1]:
-        raise InputError(f"ring attention: valid {valid} tokens; expected 1 .. {n * k.shape[1]} (the ring's "
-                         f"{n} x {k.shape[1]} tokens)")
+    _check_valid(valid, n, k.shape[1])
     if n == 1:
         keep = k.shape[1] if valid is None else valid
         return kernel(q, k[:, :keep], v[:, :keep], scale)[0].to(q.dtype)
     if check_lengths:
         _check_lengths(q, k, v, group, n)
-    rank = dist.get_rank(group)
-    send_to = dist.get_global_rank(group or dist.group.WORLD, (rank + 1) % n)
-    recv_from = dist.get_global_rank(group or dist.group.WORLD, (rank - 1) % n)
-    cur = torch.stack((k, v))      # [2, B, Lk, H, D]: one message per step
-    nxt = torch.empty_like(cur)    # the one being received; the two swap after each step
     acc = lse_acc = None
-    for step in range(n):
-        reqs = []
-        if step + 1 < n:  # start the next transfer before this block's compute, so they overlap
-            reqs = dist.batch_isend_irecv([dist.P2POp(dist.isend, cur, send_to, group),
-                                           dist.P2POp(dist.irecv, nxt, recv_from, group)])
-        # this step's shard came from rank (rank - step) mod n: keys [src * Lk, (src + 1) * Lk)
-        keep = cur.shape[2] if valid is None else min(cur.shape[2], valid - (rank - step) % n * cur.shape[2])
+    for src, ks, vs in _ring_pass(k, v, group, n):
+        keep = _kept(valid, src, ks.shape[1])
         if keep > 0:
-            acc, lse_acc = _accumulate(acc, lse_acc, *kernel(q, cur[0, :, :keep], cur[1, :, :keep], scale))
-        for req in reqs:
-            req.wait()
-        cur, nxt = nxt, cur
+            acc, lse_acc = _accumulate(acc, lse_acc, *kernel(q, ks[:, :keep], vs[:, :keep], scale))
     return acc.to(q.dtype)
+
+
+def ring_joint_attention(q: Tensor, k: Tensor, v: Tensor, q_txt: Tensor, k_txt: Tensor, v_txt: Tensor,
+                         group: dist.ProcessGroup | None, inner: BlockKernel | str | None = None, *,
+                         scale: float | None = None, valid: int | None = None) -> tuple[Tensor, Tensor]:
+    """Joint attention with the image tokens around the ring and the text tokens whole on every rank.
+
+    q, k, v: [B, L, H, D] this rank's share of the image tokens (rank r of the group: [r*L, (r+1)*L),
+    the same L on every rank; `valid` as ring_attention's); q_txt [B, Lq, H, D], k_txt / v_txt
+    [B, Lk, H, D]: the text, the same on every rank (Lk may be less than Lq: the valid text keys).
+    Every query, image or text, attends every real image key (the shards passed round the ring) and the
+    text keys once (this rank's own copy, attended locally); the parts are merged by their log-sum-exp.
+    Returns (image out [B, L, H, D], text out [B, Lq, H, D]) in q's dtype. The text's output is the
+    same, bit for bit, on every rank: its parts are computed by separate kernel calls (shapes equal on
+    every rank) and merged in source order (text, then ranks 0..n-1), not in ring order, so every rank
+    carries the same text stream into the next block. Every rank of the group must call it."""
+    kernel = _kernel_of(inner)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    n = _group_size(group)
+    _check_valid(valid, n, k.shape[1])
+    acc = lse_acc = txt = lse_txt = None
+    if k_txt.shape[1] > 0:
+        acc, lse_acc = _accumulate(None, None, *kernel(q, k_txt, v_txt, scale))
+        txt, lse_txt = _accumulate(None, None, *kernel(q_txt, k_txt, v_txt, scale))
+    parts: dict[int, tuple[Tensor, Tensor]] = {}  # the text's part from each source rank's shard
+    shards = [(0, k, v)] if n == 1 else _ring_pass(k, v, group, n)
+    for src, ks, vs in shards:
+        keep = _kept(valid, src, ks.shape[1])
+        if keep > 0:
+            acc, lse_acc = _accumulate(acc, lse_acc, *kernel(q, ks[:, :keep], vs[:, :keep], scale))
+            parts[src] = kernel(q_txt, ks[:, :keep], vs[:, :keep], scale)
+    for src in sorted(parts):
+        txt, lse_txt = _accumulate(txt, lse_txt, *parts.pop(src))
+    return acc.to(q.dtype), txt.to(q_txt.dtype)

@@ -33,7 +33,10 @@ all-to-all of the sharded tokens each rank takes its heads' slice of the text's 
 all-gathers the text rows over the heads, so every rank holds the whole text stream again (the
 text's own MLP then runs alike on every rank). Only the attentions inside the repeated blocks
 (`_repeated_blocks`, what run_blocks runs) are wrapped: a text refiner before the stack is not.
-Ring is not offered for joint models (the text keys would join the ring once; not built).
+With a ring (alone or around Ulysses) the image tokens' K/V of every ring chunk go round the ring and
+the text's K/V, whole on every rank, are attended once per rank, locally, merged by the log-sum-exp
+(`ring_joint_attention`, lightx2v.runtime.parallel.ring); the text queries attend the same keys, their
+parts merged in a fixed order, so every ring rank holds the same bits of the text stream.
 Cross-attention stays local (its keys are the text, whole on every rank). The blocks are unchanged;
 compiled blocks trace the all-to-all (functional collectives), the ring exchange is left out of the
 graph.
@@ -155,19 +158,29 @@ class SequenceParallelAttention:
         h = q.shape[2] // size  # this rank's heads: [me * h, (me + 1) * h), the all-to-all's chunk
         if g is not None:  # [3, B, Ls, H, D] -> [3, B, U * Ls, H / U, D]
             qs, ks, vs = _all_to_all(torch.stack([qs, ks, vs]), g, scatter_dim=3, gather_dim=2).unbind(0)
+        qr, kr, vr = (t[:, :, me * h:(me + 1) * h] for t in (qr, kr, vr))
+        if self.ring_group is not None:  # this ring chunk's image tokens; the text once per rank, locally
+            out_s, out_r = _ring_joint(qs, ks, vs, qr, kr, vr, self.ring_group, self.shard.valid)
+        else:
+            out_s, out_r = self._joint_local(qs, ks, vs, qr, kr, vr)
+        if g is not None:  # [B, U * Ls, h, D] -> [B, Ls, H, D]; the text rows: every rank's heads
+            out_s = _all_to_all(out_s, g, scatter_dim=1, gather_dim=2)
+            out_r = all_gather_dim(out_r, g, 2)
+        return torch.cat([out_s, out_r], 1) if self.joint == "after" else torch.cat([out_r, out_s], 1)
+
+    def _joint_local(self, qs: Tensor, ks: Tensor, vs: Tensor, qr: Tensor, kr: Tensor,
+                     vr: Tensor) -> tuple[Tensor, Tensor]:
+        """The inner backend over [all image tokens (the padding cut), text] in the model's order: qs, ks, vs
+        [B, Lp, h, D] (the whole padded image sequence), qr [B, Lq, h, D], kr / vr [B, Lk, h, D] ->
+        (image out [B, Lp, h, D], the padded rows zeros; text out [B, Lq, h, D])."""
         total, valid = qs.shape[1], self.shard.valid
         valid = total if valid is None else min(valid, total)
-        qr, kr, vr = (t[:, :, me * h:(me + 1) * h] for t in (qr, kr, vr))
         order = (lambda s, r: torch.cat([s[:, :valid], r], 1)) if self.joint == "after" else \
             (lambda s, r: torch.cat([r, s[:, :valid]], 1))
         out = self.inner(order(qs, qr), order(ks, kr), order(vs, vr))  # [B, valid + Lq, h, D]
         lq = qr.shape[1]
         out_s, out_r = (out[:, :valid], out[:, valid:]) if self.joint == "after" else (out[:, lq:], out[:, :lq])
-        out_s = F.pad(out_s, (0, 0, 0, 0, 0, total - valid))  # the padded rows: zeros, cut after the gather
-        if g is not None:  # [B, U * Ls, h, D] -> [B, Ls, H, D]; the text rows: every rank's heads
-            out_s = _all_to_all(out_s, g, scatter_dim=1, gather_dim=2)
-            out_r = all_gather_dim(out_r, g, 2)
-        return torch.cat([out_s, out_r], 1) if self.joint == "after" else torch.cat([out_r, out_s], 1)
+        return F.pad(out_s, (0, 0, 0, 0, 0, total - valid)), out_r  # the padded rows: zeros, cut after the gather
 
     def _local(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # q, k, v: [B, Lp, h, D], the whole (padded) sequence: the padding (the last rows) is cut
@@ -176,6 +189,16 @@ class SequenceParallelAttention:
             return self.inner(q, k, v)
         out = self.inner(q[:, :valid], k[:, :valid], v[:, :valid])  # [B, valid, h, D]
         return F.pad(out, (0, 0, 0, 0, 0, total - valid))
+
+
+@torch.compiler.disable
+def _ring_joint(q: Tensor, k: Tensor, v: Tensor, qt: Tensor, kt: Tensor, vt: Tensor, group,
+                valid: Optional[int]) -> tuple[Tensor, Tensor]:
+    # joint attention with the image tokens round the ring, the text (whole on every rank) attended once
+    # per rank; the text's output the same bits on every rank (lightx2v.runtime.parallel.ring)
+    from lightx2v.runtime.parallel.ring import ring_joint_attention
+
+    return ring_joint_attention(q, k, v, qt, kt, vt, group, valid=valid)
 
 
 @torch.compiler.disable
@@ -248,9 +271,6 @@ def apply_sequence_parallel(model: nn.Module, state) -> int:
                          "with ulysses or ring", field="parallel")
     roles = getattr(type(model), "_sp_attention", ("self",))
     joint = getattr(type(model), "_sp_joint", None)
-    if joint is not None and state.ring > 1:
-        raise InputError(f"{type(model).__name__} attends jointly over text and image tokens: ring is not built for "
-                         "it; use ulysses (and cfg_parallel)", field="ring")
     shard = ShardInfo()
     n = 0
     stacks = [getattr(model, name) for name in getattr(type(model), "_repeated_blocks", ())] or [model]

@@ -11,9 +11,11 @@ with the tiled decode's own `Blender` (linear ramps over the overlap, in raster 
 `finish`. So when the split equals the tile grid, the result is the tiled decode's.
 
 Two ways to call it:
-* `decode_vae_parallel(vae, latents, group)` for a Wan VAE (Wan2.1 / Wan2.2): the pieces are the
-  decoder's raw output and the VAE's own `_to_pixels` (unpatchify, clamp) runs once on the blended
-  canvas, as the tiled decode does (`raw_decoder`);
+* `decode_vae_parallel(vae, latents, group)` for a VAE whose tiled decode blends the decoder's raw
+  output (a Wan VAE: Wan2.1, Wan2.2, Qwen-Image's; HunyuanVideo-1.5's): the pieces are that raw output
+  and what the VAE runs after its blend (Wan: `_to_pixels`, unpatchify and clamp; HunyuanVideo-1.5: the
+  clamp) runs once on the blended canvas, as its tiled decode does (`raw_decoder`: the one per-VAE
+  seam, (decode_fn, finish, pixels per latent pixel); the overlap defaults to the VAE's tiling's);
 * `decode_parallel(decode_fn, latents, group, overlap, finish=None)` for any decoder
   `latents [B, C, T, h, w] -> [B, C', F, h*s, w*s]` (s: pixels per latent pixel, read from the shapes).
   With `decode_fn = vae.decode` the blend is of clamped pixels: close to, not equal to, the tiled decode.
@@ -21,7 +23,7 @@ Two ways to call it:
 Every rank must pass the same latents (all ranks join the collectives). An error inside `decode_fn` on
 one rank leaves the others waiting in the gather: stopping them is the launcher's job. Memory on
 rank 0: the N padded pieces and the canvas. tests/runtime/test_parallel_vae.py compares it with the
-tiled and the whole decode of tiny random Wan2.1 / Wan2.2 VAEs over 2 gloo ranks.
+tiled and the whole decode of tiny random Wan2.1 / Wan2.2 / HunyuanVideo-1.5 VAEs over 2 gloo ranks.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from torch import Tensor
 from lightx2v.errors import InputError
 from lightx2v.models.wan.vae_tiling import Blender, TileGrid, VAETiling
 
-__all__ = ["decode_parallel", "decode_vae_parallel", "raw_decoder", "split_grid"]
+__all__ = ["decode_parallel", "decode_vae_parallel", "has_raw_decoder", "raw_decoder", "split_grid"]
 
 Decode = Callable[[Tensor], Tensor]
 
@@ -139,11 +141,8 @@ def decode_parallel(decode_fn: Decode, latents: Tensor, group: dist.ProcessGroup
     return finish(canvas) if finish is not None else canvas
 
 
-def raw_decoder(vae) -> tuple[Decode, Decode]:
-    """(decode_fn, finish) of a Wan VAE (lightx2v.models.wan.vae_decode.VAEDecode): decode_fn gives the
-    decoder's raw output for normalized latents (denormalised, conv2, the causal time loop; untiled,
-    whatever `vae.tiling` says), finish the VAE's `_to_pixels` (unpatchify, float32, clamp), which
-    the tiled decode also runs once on its blended canvas."""
+def _wan_raw(vae) -> tuple[Decode, Decode, int]:
+    # a Wan VAE (Wan2.1 / Wan2.2 / Qwen-Image's; lightx2v.models.wan.vae_decode.VAEDecode)
     from lightx2v.models.wan.vae import latent_stats
     from lightx2v.models.wan.vae_blocks import CausalCache
 
@@ -156,18 +155,64 @@ def raw_decoder(vae) -> tuple[Decode, Decode]:
         bar = SimpleNamespace(update=lambda *a: None)
         return torch.cat(list(vae._decoded(x, CausalCache(), bar)), dim=2)  # [B, C', F, h*s, w*s]
 
-    return decode_fn, vae._to_pixels
+    return decode_fn, vae._to_pixels, vae.config.scale_factor_spatial
+
+
+def _hunyuan15_raw(vae) -> tuple[Decode, Decode, int]:
+    # HunyuanVideo-1.5's VAE (lightx2v.models.hunyuan15.vae): the whole clip through `decoder` at once
+    c = vae.config
+
+    @torch.no_grad()
+    def decode_fn(latents: Tensor) -> Tensor:
+        # as HunyuanVideo15VAE._decode before its tiling: unscale (and shift), pointwise
+        z = latents.float() / c.scaling_factor
+        if c.shift_factor:
+            z = z + c.shift_factor
+        return vae.decoder(z.to(vae.dtype))  # [B, 3, F, 16h, 16w], unclamped
+
+    return decode_fn, (lambda y: y.float().clamp_(-1.0, 1.0)), c.ffactor_spatial
+
+
+def _raw_kind(vae):
+    # which VAE's raw decoder (None: unknown); by the Wan decoder's parts, and by class for HunyuanVideo-1.5
+    # (a tiny VAE also has a `decoder`, whose pieces must not be taken for raw output)
+    from lightx2v.models.hunyuan15.vae import HunyuanVideo15VAE
+
+    if hasattr(vae, "_decoded") and hasattr(vae, "_to_pixels"):
+        return _wan_raw
+    return _hunyuan15_raw if isinstance(vae, HunyuanVideo15VAE) else None
+
+
+def has_raw_decoder(vae) -> bool:
+    """Whether `raw_decoder` knows this VAE (else a caller decodes pieces to pixels: `decode_parallel`)."""
+    return _raw_kind(vae) is not None
+
+
+def raw_decoder(vae) -> tuple[Decode, Decode, int]:
+    """(decode_fn, finish, scale) of a VAE whose tiled decode blends raw decoder output: decode_fn gives
+    the decoder's raw output for the pipeline's latents (denormalised, the decoder; untiled, whatever
+    `vae.tiling` says), finish what that VAE runs once on its blended canvas (Wan: `_to_pixels`,
+    unpatchify and clamp; HunyuanVideo-1.5: the clamp), scale its pixels per latent pixel (Wan2.1 and
+    Qwen-Image 8, Wan2.2 16, HunyuanVideo-1.5 16). One seam for every family; the split, the gather
+    and the blend are shared."""
+    kind = _raw_kind(vae)
+    if kind is None:
+        raise InputError(f"parallel VAE decode: {type(vae).__name__} has no raw decoder known to "
+                         "lightx2v.runtime.parallel.vae; pass its decode to decode_parallel")
+    return kind(vae)
 
 
 def decode_vae_parallel(vae, latents: Tensor, group: dist.ProcessGroup | None, overlap_px: int | None = None, *,
                         grid: tuple[int, int] | None = None, all_ranks: bool = False) -> Tensor | None:
-    """A Wan VAE's decode split over `group`: normalized latents -> video [B, 3, F, H, W] float32 in
-    [-1, 1] on rank 0 (every rank with `all_ranks`), None elsewhere. `overlap_px`: the overlap in video
-    pixels, a multiple of the VAE's compression (default the tiled decode's, 64)."""
-    scale = vae.config.scale_factor_spatial
-    overlap_px = VAETiling().overlap if overlap_px is None else overlap_px
+    """A VAE's decode split over `group` (a Wan VAE, Qwen-Image's, HunyuanVideo-1.5's: `raw_decoder`):
+    the pipeline's latents -> video [B, 3, F, H, W] float32 in [-1, 1] on rank 0 (every rank with
+    `all_ranks`), None elsewhere. `overlap_px`: the overlap in video pixels, a multiple of the VAE's
+    compression (default: its tiling's overlap when it has one, else the tiled decode's default, 64)."""
+    decode_fn, finish, scale = raw_decoder(vae)
+    if overlap_px is None:
+        tiling = getattr(vae, "tiling", None)
+        overlap_px = (tiling or VAETiling()).overlap
     if overlap_px % scale:
         raise InputError(f"parallel VAE decode: overlap {overlap_px} px must be a multiple of this VAE's "
                          f"{scale} pixels per latent pixel")
-    decode_fn, finish = raw_decoder(vae)
     return decode_parallel(decode_fn, latents, group, overlap_px // scale, grid=grid, finish=finish, all_ranks=all_ranks)
