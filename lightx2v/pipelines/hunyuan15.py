@@ -68,6 +68,16 @@ def _sparse_attention(pipe, engine: EngineConfig) -> None:
     if asked not in ("auto", "ssta"):
         _say(pipe, f"dit: trained with SSTA sparse attention; dense attention ({asked}) as asked")
         return
+    sp = engine.parallel.ulysses * engine.parallel.ring
+    if sp > 1:  # SSTA's tiles cover the whole 3-D grid; a rank holds a slice of it, and the ssta backend
+        # would replace the sequence-parallel attention wrappers the engine just installed
+        if asked == "ssta":
+            raise InputError(f"attention 'ssta' cannot run under sequence parallelism (ulysses x ring = {sp}): its "
+                             "tiles span the whole video; use attention 'auto' (dense) or cfg_parallel only",
+                             field="attention")
+        _say(pipe, f"dit: trained with SSTA sparse attention; dense attention under sequence parallelism "
+                   f"(ulysses x ring = {sp}): slower than SSTA, and not its output", warn=True)
+        return
     backend = get_backend("ssta")
     reason = backend.available(engine.torch_device(), engine.dtype)
     if reason is not None:  # only under auto: an explicit ssta that cannot run was refused by the engine

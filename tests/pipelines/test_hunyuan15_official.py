@@ -133,3 +133,28 @@ def test_a_sparse_attention_release_runs_ssta(t2v, tmp_path):
     a, b = sparse.generate(PROMPT, latents=z, **kw).frames, dense.generate(PROMPT, latents=z, **kw).frames
     assert np.isfinite(a).all() and a.shape == b.shape == (F, H, W, 3)
     assert np.abs(a - b).max() > 1e-4  # each tile attends itself and its top-1 (2 // 2, <= 31 frames): sparse
+
+
+@pytest.mark.parametrize("asked", ["auto", "ssta"])
+def test_ssta_under_sequence_parallelism_is_dense_or_refused(asked):
+    """SSTA's tiles span the whole grid and its backend would replace the sequence-parallel attention
+    wrappers: under ulysses x ring > 1, auto runs dense (and says so), an explicit ssta is refused."""
+    from types import SimpleNamespace
+
+    from lightx2v.engine_config import EngineConfig, ParallelConfig
+    from lightx2v.errors import InputError
+    from lightx2v.pipelines.hunyuan15 import _sparse_attention
+
+    marker = object()
+    blocks = [SimpleNamespace(attn_backend=marker) for _ in range(2)]  # stands for the SP wrappers
+    dit = SimpleNamespace(sparse=SimpleNamespace(tile=(1, 2, 2), window=(1, 1, 1), topk=2, sampling="topk", lam=0),
+                          double_blocks=blocks)
+    pipe = SimpleNamespace(components={"dit": dit}, engine_log=[])
+    engine = EngineConfig(device="cpu", attention=asked, parallel=ParallelConfig(ulysses=2))
+    if asked == "ssta":
+        with pytest.raises(InputError, match="sequence parallelism"):
+            _sparse_attention(pipe, engine)
+    else:
+        with pytest.warns(UserWarning, match="dense attention under sequence parallelism"):
+            _sparse_attention(pipe, engine)
+    assert all(b.attn_backend is marker for b in blocks)  # the wrappers stay
