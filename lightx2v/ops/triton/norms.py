@@ -6,7 +6,7 @@ C = 1536 / 3072 / 5120 for Wan 1.3B / 5B / 14B), fp32 arithmetic, one rounding a
 - `norm_modulate`:  LayerNorm (no affine) of the fp32 residual, then `* (1 + scale) + shift`,
                     stored in the next Linear's dtype (bf16 / fp16 / fp32)
 - `qk_norm_rope`:   RMSNorm (with weight) of a q or k projection across the whole width (Wan), or
-                    of each head on its own (`per_head`: HunyuanVideo-1.5, one program per head),
+                    of each head on its own (`per_head`: HunyuanVideo-1.5; the row as a [heads, D/2] tile),
                     then the 3D RoPE rotation of each head's channel pairs with that token's
                     (cos, sin), or none (`rope` None: a text stream)
 - `gated_residual`: `x + y * gate` in fp32 (a new tensor; the inputs are not written)
@@ -121,31 +121,31 @@ def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype
 
 @triton.jit
 def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, G, HALF_D, sxb, sxl, srl, eps,
-                         BLOCK: tl.constexpr, ROPE: tl.constexpr):
-    # one program per normalised group of G channels of a token row: the whole row (G = C = H * D, Wan)
-    # or one head (G = D, per_head); read as G/2 pairs (2p, 2p+1). A group starts at a head boundary,
-    # so pair p is pair p % (D/2) of its head and the weight (G long) is read from its start.
-    pid = tl.program_id(0).to(tl.int64)  # int64: a strided [2, 75600, 3 * 5120] q/k passes 2**31
-    groups = C // G
-    row, g = pid // groups, pid % groups
-    b, l_ = row // L, row % L
-    p = tl.arange(0, BLOCK)
-    mask = p < G // 2
-    base = x_ptr + b * sxb + l_ * sxl + g * G
-    re = tl.load(base + 2 * p, mask=mask, other=0.0).to(tl.float32)
-    im = tl.load(base + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt((tl.sum(re * re, axis=0) + tl.sum(im * im, axis=0)) / G + eps)
-    re = re * rstd * tl.load(w_ptr + 2 * p, mask=mask, other=0.0).to(tl.float32)
-    im = im * rstd * tl.load(w_ptr + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
+                         BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, ROPE: tl.constexpr):
+    # one token row of C = H * D channels as a [groups, pairs] tile: the row is normalised in G-channel
+    # groups, the whole row (G = C, one group: Wan) or each head (G = D, H groups: per_head), each read as
+    # G/2 pairs (2p, 2p+1). A group starts at a head boundary, so its pair p is pair (g*G/2 + p) % (D/2)
+    # of its head, and the weight (G long) is read from its start for every group.
+    row, b, l_ = _row(L)
+    g = tl.arange(0, BLOCK_G)[:, None]
+    p = tl.arange(0, BLOCK_P)[None, :]
+    mask = (g < C // G) & (p < G // 2)
+    pair = g * (G // 2) + p  # [BLOCK_G, BLOCK_P]: the pair's index in the row
+    base = x_ptr + b * sxb + l_ * sxl
+    re = tl.load(base + 2 * pair, mask=mask, other=0.0).to(tl.float32)
+    im = tl.load(base + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(re * re + im * im, axis=1) / G + eps)  # [BLOCK_G], one per group
+    re = re * rstd[:, None] * tl.load(w_ptr + 2 * p, mask=mask, other=0.0).to(tl.float32)
+    im = im * rstd[:, None] * tl.load(w_ptr + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
     if ROPE:
-        j = p % HALF_D
+        j = pair % HALF_D
         cos = tl.load(rope_ptr + l_ * srl + 2 * j, mask=mask, other=0.0)
         sin = tl.load(rope_ptr + l_ * srl + 2 * j + 1, mask=mask, other=0.0)
         re, im = re * cos - im * sin, re * sin + im * cos
-    out = out_ptr + row * C + g * G
+    out = out_ptr + row * C
     ty = out_ptr.dtype.element_ty
-    tl.store(out + 2 * p, _cast(re, ty), mask=mask)
-    tl.store(out + 2 * p + 1, _cast(im, ty), mask=mask)
+    tl.store(out + 2 * pair, _cast(re, ty), mask=mask)
+    tl.store(out + 2 * pair + 1, _cast(im, ty), mask=mask)
 
 
 @_op("qk_norm_rope",
@@ -164,10 +164,11 @@ def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor | None, num
             rope = rope.float().contiguous()
     weight = weight.contiguous()
     out = torch.empty((B, L, C), dtype=out_dtype, device=x.device)
-    block = triton.next_power_of_2(group // 2)
-    _launch(_qk_norm_rope_kernel, (B * L * (C // group),),
+    block_g, block_p = triton.next_power_of_2(C // group), triton.next_power_of_2(group // 2)
+    _launch(_qk_norm_rope_kernel, (B * L,),
         x, weight, x if rope is None else rope, out, L, C, group, C // num_heads // 2, x.stride(0), x.stride(1),
-        0 if rope is None else rope.stride(0), eps, BLOCK=block, ROPE=rope is not None, num_warps=_warps(block))
+        0 if rope is None else rope.stride(0), eps, BLOCK_G=block_g, BLOCK_P=block_p, ROPE=rope is not None,
+        num_warps=_warps(block_g * block_p))
     return out
 
 
