@@ -19,6 +19,7 @@ from lightx2v.ops.fused import get_fused, set_fused_backend
 pytest.importorskip("triton")
 
 REF, TRI = get_fused("torch"), get_fused("triton")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU machine the kernels compile for real
 CFG = dict(in_channels=4, out_channels=4, hidden_size=64, heads_num=2, num_layers=2, num_refiner_layers=1,
            mlp_width_ratio=2.0, rope_dim_list=(8, 12, 12), text_states_dim=24, byt5_dim=20, vision_states_dim=12)
 
@@ -45,8 +46,9 @@ def _inputs(small: bool = False) -> tuple:
 
 
 def _run(model, small: bool = False) -> torch.Tensor:
+    dev = next(model.parameters()).device
     with torch.no_grad():
-        return model(*_inputs(small))
+        return model(*(t if t is None else t.to(dev) for t in _inputs(small)))
 
 
 # ---------------------------------------------------------------- the block before fused ops, written out
@@ -126,7 +128,7 @@ def _counting(ops, calls):
 def test_triton_whole_dit_within_fp32_rounding(monkeypatch):
     from lightx2v.ops.triton import norms
 
-    model = _tiny(num_layers=1)
+    model = _tiny(num_layers=1).to(DEV)
     ref = _run(model, small=True)
     assert set_fused_backend(model, TRI) == 1 + 1  # the block and the head
     launched = []
@@ -144,7 +146,7 @@ def test_triton_blocks_compile_without_graph_breaks():
     from lightx2v.engine_config import CompileConfig
     from lightx2v.runtime.engine import compile_blocks
 
-    model = _tiny(num_layers=1)
+    model = _tiny(num_layers=1).to(DEV)
     ref = _run(model, small=True)
     set_fused_backend(model, TRI)
     torch._dynamo.reset()
@@ -160,7 +162,7 @@ def test_triton_with_quantized_linears():
     """w8a8-int8 blocks: the kernels step gives their GEMMs the Triton kernels too; close to the torch run."""
     from lightx2v.quant import QuantLinear, apply_quant
 
-    model = apply_quant(_tiny(num_layers=1), "w8a8-int8", compute_dtype=torch.float32)
+    model = apply_quant(_tiny(num_layers=1).to(DEV), "w8a8-int8", compute_dtype=torch.float32)
     quantized = [m for m in model.modules() if isinstance(m, QuantLinear)]
     assert len(quantized) == 2 * 7
     ref = _run(model, small=True)

@@ -17,6 +17,7 @@ from lightx2v.ops.fused import get_fused  # noqa: E402
 from tests.hunyuan15_fixtures import LATENT, write_hunyuan15  # noqa: E402
 
 H = W = 32
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # on a GPU machine the kernels compile for real
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def folder(tmp_path_factory):
 
 
 def _load(folder, **kw):
-    return LightX2V.from_pretrained(folder, device="cpu", dtype=torch.float32, progress=False, **kw)
+    return LightX2V.from_pretrained(folder, device=DEV, dtype=torch.float32, progress=False, **kw)
 
 
 def _run(pipe):
