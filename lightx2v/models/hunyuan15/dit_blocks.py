@@ -234,7 +234,8 @@ class MMDoubleStreamBlock(nn.Module):
     # What phase offload reads (lightx2v.runtime.block_offload): the block's parts in forward order, every
     # tensor in exactly one. A later phase is brought by a forward pre-hook on its first module called:
     # img_attn_proj runs through `linear()` (no module call, no hook), so it belongs to the first phase;
-    # the parameter-free img_norm2 is the module that opens the second.
+    # img_mlp's call opens the second (the parameter-free img_norm2 is not called: its LayerNorm runs in
+    # fused_ops.norm_modulate, which reads its eps only).
     _offload_phases = (
         ("attn", tuple(f"{s}_{m}" for s in ("img", "txt") for m in ("mod", "norm1", "attn_q", "attn_k", "attn_v",
                                                                      "attn_q_norm", "attn_k_norm")) + ("img_attn_proj",)),
