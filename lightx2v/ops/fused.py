@@ -7,8 +7,10 @@ otherwise why not) and three ops:
 
     norm_modulate(x, shift, scale, eps, out_dtype)   LayerNorm(x) * (1 + scale) + shift, cast to out_dtype
         x: [B, L, C] fp32 residual; shift, scale: [B, 1 | L, C] fp32 -> [B, L, C] out_dtype
-    qk_norm_rope(x, weight, eps, rope, num_heads, out_dtype)   RoPE(RMSNorm(x) * weight), cast
-        x: [B, L, C] a q or k projection; weight [C]; rope [L, 1, D/2, 2] -> [B, L, H, D] out_dtype
+    qk_norm_rope(x, weight, eps, rope, num_heads, out_dtype, per_head=False)   RoPE(RMSNorm(x) * weight), cast
+        x: [B, L, C] a q or k projection; weight [C] (the norm across the heads, Wan's), or with
+        per_head [D] (each head's own norm, HunyuanVideo-1.5's); rope [L, 1, D/2, 2], or None (no
+        rotation: a text stream) -> [B, L, H, D] out_dtype
     gated_residual(x, y, gate)   x + y * gate in fp32, a NEW tensor (no input is written)
         x: [B, L, C] fp32; y: [B, L, C] (the layer's dtype); gate [B, 1 | L, C] fp32 -> [B, L, C] fp32
 
@@ -64,13 +66,17 @@ def _torch_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, ou
     return (F.layer_norm(x.float(), (x.shape[-1],), None, None, eps) * (1 + scale) + shift).to(out_dtype)
 
 
-def _torch_qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads: int,
-                        out_dtype: torch.dtype) -> Tensor:
+def _torch_qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor | None, num_heads: int,
+                        out_dtype: torch.dtype, per_head: bool = False) -> Tensor:
     from lightx2v.models.wan.dit_blocks import apply_rope
 
-    # RMSNormFP32 over the whole width, split into heads, RoPE in fp32, one cast
-    normed = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)
-    return apply_rope(normed.unflatten(-1, (num_heads, -1)), rope).to(out_dtype)
+    # RMSNormFP32 over the whole width then split into heads (Wan), or over each head (per_head:
+    # HunyuanVideo-1.5's RMSNormFP32(head_dim) on [B, L, H, D]); RoPE in fp32 (None: none); one cast
+    if per_head:
+        normed = F.rms_norm(x.float().unflatten(-1, (num_heads, -1)), (x.shape[-1] // num_heads,), weight.float(), eps)
+    else:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps).unflatten(-1, (num_heads, -1))
+    return (normed if rope is None else apply_rope(normed, rope)).to(out_dtype)
 
 
 def _torch_gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
@@ -86,11 +92,11 @@ def _triton_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, o
     return torch.ops.lightx2v.norm_modulate(x, shift, scale, float(eps), out_dtype)
 
 
-def _triton_qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads: int,
-                         out_dtype: torch.dtype) -> Tensor:
+def _triton_qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor | None, num_heads: int,
+                         out_dtype: torch.dtype, per_head: bool = False) -> Tensor:
     import lightx2v.ops.triton.norms  # noqa: F401
 
-    out = torch.ops.lightx2v.qk_norm_rope(x, weight, float(eps), rope, int(num_heads), out_dtype)
+    out = torch.ops.lightx2v.qk_norm_rope(x, weight, float(eps), rope, int(num_heads), out_dtype, bool(per_head))
     return out.unflatten(-1, (num_heads, -1))
 
 

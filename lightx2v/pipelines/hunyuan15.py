@@ -152,9 +152,6 @@ class Hunyuan15Pipeline(WanPipeline):
         from lightx2v.models.wan.vae_tiling import VAETiling
         from lightx2v.runtime.engine import apply_engine, quant_on_load
 
-        if engine.kernels == "triton":  # what cannot work is refused before any weight is read
-            raise InputError("kernels 'triton' is not supported by HunyuanVideo-1.5: its blocks have no fused "
-                             "elementwise ops (use kernels 'torch' or 'auto')", field="kernels")
         if engine.cache.enabled:
             from lightx2v.runtime.cache import check_cache
 

@@ -2,7 +2,7 @@
 through from_pretrained against the plain load on the same weights and the same latents: w8a8-int8
 quantization (close), block offload (equal: the same weights, placed otherwise), regional compile with
 aot_eager (equal), batched CFG (close); a feature cache that cannot work is refused by name before any weight
-is read (the ones that work: tests/runtime/test_hunyuan15_cache.py)."""
+is read (the ones that work, first-block included: tests/runtime/test_hunyuan15_cache.py)."""
 
 from __future__ import annotations
 
@@ -78,7 +78,6 @@ def test_batched_cfg_matches_sequential(folder, plain):
 
 
 @pytest.mark.parametrize("method, match", [
-    ("firstblock", "cache firstblock is not supported by HunyuanVideo15DiT"),
     ("magcache", "magcache has no published ratios named 'hy15-t2v-480p'"),  # LightX2V publishes 480p I2V only
 ])
 def test_the_feature_cache_is_refused_by_name(folder, method, match):

@@ -1,7 +1,8 @@
 """The feature caches on HunyuanVideo-1.5 (lightx2v.runtime.cache) with the tiny diffusers folder: TaylorSeer,
 TeaCache (LightX2V's published HV1.5 coefficients, on block 0's modulated input) and MagCache (LightX2V's
-published 480p I2V ratios) skip block-stack runs and stay close to the uncached video, switched off they give
-it exactly; first-block is refused by name (the dual-stream block stack)."""
+published 480p I2V ratios) and first-block (block 0, then the rest from block 0's image and text streams) skip
+block-stack runs and stay close to the uncached video, switched off they give it exactly; first-block skips what
+its rule says, the same with sequential and batched CFG."""
 
 from __future__ import annotations
 
@@ -82,6 +83,51 @@ def test_magcache_ratios_are_published_for_480p_i2v_only(folder, plain):
                {"method": "magcache", "model": "hy15-i2v-480p", "threshold": 0})
 
 
-def test_firstblock_is_refused_by_name(folder):
-    with pytest.raises(InputError, match="cache firstblock is not supported by HunyuanVideo15DiT"):
-        _load(folder, "firstblock")
+def test_firstblock(folder, plain):
+    """Threshold 0 runs block 0 and then blocks 1.. on its image and text streams: exactly the uncached video."""
+    got = _check(folder, plain, "firstblock:threshold=1e9", "firstblock:threshold=0")
+    # only the first step runs the rest, per branch; every later one reuses its residual
+    assert (got.stats["model_calls"], got.stats["model_calls_skipped"]) == (2, 10)
+
+
+def test_firstblock_split_carries_the_text_stream(folder):
+    """run_blocks over block 0 hands back block 0's text stream (`carry`); blocks 1.. from it give the whole
+    stack's output bit for bit, and from the stack's input text stream (the split without it) they do not."""
+    dit = _load(folder).pipeline.dit
+    c, g = dit.config.hidden_size, torch.Generator().manual_seed(4)
+    kw = dict(e=torch.randn(1, c, generator=g), txt=torch.randn(1, 5, c, generator=g), txt_valid=None,
+              rope=dit.rope((1, 2, 3), torch.device("cpu")))
+    x = torch.randn(1, 6, c, generator=g)
+    with torch.no_grad():
+        whole = dit.run_blocks(x, **kw)
+        carry = {}
+        x1 = dit.run_blocks(x, **kw, blocks=slice(0, 1), carry=carry)
+        assert set(carry) == {"txt"} and not torch.equal(carry["txt"], kw["txt"])
+        assert torch.equal(dit.run_blocks(x1, **{**kw, **carry}, blocks=slice(1, None)), whole)
+        assert not torch.equal(dit.run_blocks(x1, **kw, blocks=slice(1, None)), whole)
+
+
+def _record(pipe) -> list:
+    """[(branch, ran)] for every branch of every call, in order (the runner's commit, spied)."""
+    method, log = pipe.pipeline.dit.block_runner.method, []
+    commit = method.commit
+    method.commit = lambda state, d, ran: log.append((state.branch, ran)) or commit(state, d, ran)
+    return log
+
+
+@pytest.mark.parametrize("threshold, want", [(1e9, [True] + [False] * 5), (1.75, [True, False, False, False, False, True])])
+def test_firstblock_decides_alike_with_sequential_and_batched_cfg(folder, threshold, want):
+    """The same steps run the rest with the two branches as two calls or as one batch of 2 (each branch's
+    first-block residual, compared with its own last computed one), and the latents agree. (On these random
+    weights block 0's residual moves a lot: rel. L1 1.25 .. 1.70 from step 0's in steps 1-4, over 2 at step 5.)"""
+    runs = {}
+    for mode in ("sequential", "batched"):
+        pipe = LightX2V.from_pretrained(folder, device="cpu", dtype=torch.float32, progress=False,
+                                        cache=f"firstblock:threshold={threshold}", cfg_mode=mode)
+        log = _record(pipe)
+        out = pipe.generate(PROMPT, latents=_noise(), **{**KW, "output_type": "latent"})
+        runs[mode] = out, [ran for b, ran in log if b == "cond"], [ran for b, ran in log if b == "uncond"]
+    (seq, cond, uncond), (bat, bcond, buncond) = runs["sequential"], runs["batched"]
+    assert cond == uncond == bcond == buncond == want
+    assert seq.stats["model_calls_skipped"] == 2 * bat.stats["model_calls_skipped"] == 2 * cond.count(False)
+    torch.testing.assert_close(bat.latents, seq.latents, rtol=1e-4, atol=1e-4)

@@ -60,10 +60,9 @@ class HunyuanVideo15DiT(nn.Module):
     # projections, MLPs and modulation linears (img_mod / txt_mod hold a third of the 8.3B weights);
     # the embedders, the refiner and the head stay in float (small, precision-sensitive).
     _repeated_blocks: tuple[str, ...] = ("double_blocks",)
-    # the feature caches its block stack supports (lightx2v.runtime.cache): not firstblock, whose
-    # split of the stack after block 0 would restart the text stream from its input (run_blocks
-    # carries it from block to block and returns the image stream only)
-    _cache_methods: tuple[str, ...] = ("teacache", "magcache", "taylorseer")
+    # the feature caches its block stack supports (lightx2v.runtime.cache): all four; firstblock's split
+    # after block 0 goes on with block 0's text stream (run_blocks hands it back through `carry`)
+    _cache_methods: tuple[str, ...] = ("teacache", "magcache", "firstblock", "taylorseer")
     # sequence parallelism (lightx2v.runtime.parallel.sequence): the image tokens and their RoPE are cut
     # along the tokens; the conditioning stream (image, glyph, text) stays whole on every rank and
     # follows the image tokens in the joint attention (the refiner's attention, before the stack, is not cut)
@@ -214,12 +213,16 @@ class HunyuanVideo15DiT(nn.Module):
         a parallel transform wraps: forward = embed -> run_blocks -> head. kw: e [B, C] (the timestep
         embedding every block is modulated by), txt [B, Lc, C] fp32 (the conditioning stream, carried
         from block to block and dropped after the last, as the reference does), txt_valid (valid
-        conditioning tokens per sample, or None), rope [L, 1, D/2, 2]; `blocks`: the range to run.
+        conditioning tokens per sample, or None), rope [L, 1, D/2, 2]; `blocks`: the range to run;
+        `carry` (a dict, when given): receives {"txt": the text stream after the range}, the kw that run
+        the blocks after it (the first-block cache: block 0, then the rest from block 0's text stream).
         `block_hooks` (when set) run around each block, outside it: a compiled block never sees them."""
         txt, layout, depth = kw["txt"], kw.get("layout"), len(self.double_blocks)
         for i in hooked_blocks(depth, self.block_hooks, kw.get("blocks", slice(None))):
             dense = layout is None or layout.config.dense_block(i, depth)  # win_type "hybrid": some blocks dense
             x, txt = self.double_blocks[i](x, txt, kw["e"], kw["rope"], kw["txt_valid"], None if dense else layout)
+        if kw.get("carry") is not None:  # txt [B, Lc, C] fp32: whole on every rank under sequence parallelism
+            kw["carry"]["txt"] = txt
         return x
 
     def unpatchify(self, x: Tensor, grid: tuple[int, int, int]) -> Tensor:

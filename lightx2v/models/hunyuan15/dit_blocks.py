@@ -6,6 +6,9 @@ transformer loads by name. Precision follows the Wan DiT's rules (lightx2v.model
 the residual streams, norms, modulation and RoPE in float32; activations cast to a layer's compute
 dtype right before each Linear and before attention (`linear`, `compute_dtype`, shared with Wan).
 Attention goes through `module.attn_backend(q, k, v)` ([B, L, H, D], no mask: lightx2v.ops.attention);
+the elementwise work of the double-stream blocks and the head (LayerNorm + modulation, the per-head q/k
+RMSNorm + RoPE, the gated residuals) through `module.fused_ops` (lightx2v.ops.fused: "torch", the
+reference and default, exactly the expressions written out before, or "triton"), as Wan's blocks;
 an SSTA DiT's blocks also hand a backend that takes one their token layout (`joint_attention`).
 The reference masks padding text tokens; here they are removed before the blocks (dit.py), and
 `joint_attention` runs samples of unequal text lengths one at a time, so no mask is needed.
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 
 from lightx2v.models.wan.dit_blocks import LayerNormFP32, RMSNormFP32, apply_rope, compute_dtype, linear
 from lightx2v.ops.attention import get_backend
+from lightx2v.ops.fused import get_fused
 from lightx2v.ops.table_cache import TableCache
 
 __all__ = ["LayerNormFP32", "RMSNormFP32", "compute_dtype", "linear"]
@@ -230,7 +234,8 @@ class MMDoubleStreamBlock(nn.Module):
     # What phase offload reads (lightx2v.runtime.block_offload): the block's parts in forward order, every
     # tensor in exactly one. A later phase is brought by a forward pre-hook on its first module called:
     # img_attn_proj runs through `linear()` (no module call, no hook), so it belongs to the first phase;
-    # the parameter-free img_norm2 is the module that opens the second.
+    # img_mlp's call opens the second (the parameter-free img_norm2 is not called: its LayerNorm runs in
+    # fused_ops.norm_modulate, which reads its eps only).
     _offload_phases = (
         ("attn", tuple(f"{s}_{m}" for s in ("img", "txt") for m in ("mod", "norm1", "attn_q", "attn_k", "attn_v",
                                                                      "attn_q_norm", "attn_k_norm")) + ("img_attn_proj",)),
@@ -252,26 +257,37 @@ class MMDoubleStreamBlock(nn.Module):
             self.add_module(f"{s}_norm2", LayerNormFP32(hidden, eps=EPS, elementwise_affine=False))
             self.add_module(f"{s}_mlp", MLP(hidden, mlp_hidden, nn.GELU(approximate="tanh")))
         self.attn_backend = get_backend("torch_sdpa")  # swapped by set_attention_backend
+        self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
 
     # tokens per chunk of the image stream's token-wise parts (lightx2v.runtime.chunking); 0: off
     chunk_tokens: int = 0
 
     def _qkv(self, s: str, x: Tensor, shift: Tensor, scale: Tensor, rope: Tensor | None):
-        # x: [B, L, C] fp32 -> q, k, v [B, L, H, D] in the compute dtype
-        dt = compute_dtype(getattr(self, f"{s}_attn_q"))
-        h = modulate(getattr(self, f"{s}_norm1")(x), shift, scale).to(dt)
-        q, k, v = (getattr(self, f"{s}_attn_{p}")(h).unflatten(-1, (self.heads, -1)) for p in ("q", "k", "v"))
-        q, k = getattr(self, f"{s}_attn_q_norm")(q), getattr(self, f"{s}_attn_k_norm")(k)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
-        return q.to(dt), k.to(dt), v.to(dt)
+        # x: [B, L, C] fp32; shift, scale: [B, C] fp32; rope: [L, 1, D/2, 2] (None: the text stream, not
+        # rotated) -> q, k, v [B, L, H, D] in the compute dtype
+        ops, dt = self.fused_ops, compute_dtype(getattr(self, f"{s}_attn_q"))
+        h = ops.norm_modulate(x, shift[:, None], scale[:, None], getattr(self, f"{s}_norm1").eps, dt)
+        q, k, v = (getattr(self, f"{s}_attn_{p}")(h) for p in ("q", "k", "v"))  # [B, L, C] each
+        qn, kn = getattr(self, f"{s}_attn_q_norm"), getattr(self, f"{s}_attn_k_norm")
+        if isinstance(qn, RMSNormFP32) and isinstance(kn, RMSNormFP32):  # RMSNorm over each head's D channels
+            q = ops.qk_norm_rope(q, qn.weight, qn.eps, rope, self.heads, dt, per_head=True)
+            k = ops.qk_norm_rope(k, kn.weight, kn.eps, rope, self.heads, dt, per_head=True)
+        else:  # qk_norm False: no norm, RoPE only
+            q, k = (t.unflatten(-1, (self.heads, -1)) for t in (q, k))
+            if rope is not None:
+                q, k = apply_rope(q, rope), apply_rope(k, rope)
+            q, k = q.to(dt), k.to(dt)
+        return q, k, v.unflatten(-1, (self.heads, -1)).to(dt)
 
     def _mlp(self, s: str, x: Tensor, attn: Tensor, mod: tuple[Tensor, ...]) -> Tensor:
         # the gated residuals of one stream: attention output, then the modulated MLP
+        # x: [B, L, C] fp32; attn: [B, L, C] (the attention's output, before the projection)
         _, _, gate, shift2, scale2, gate2 = mod
-        x = x + linear(getattr(self, f"{s}_attn_proj"), attn).float() * gate[:, None]
-        y = getattr(self, f"{s}_mlp")(modulate(getattr(self, f"{s}_norm2")(x), shift2, scale2))
-        return x + y.float() * gate2[:, None]
+        ops, mlp = self.fused_ops, getattr(self, f"{s}_mlp")
+        x = ops.gated_residual(x, linear(getattr(self, f"{s}_attn_proj"), attn), gate[:, None])
+        h = ops.norm_modulate(x, shift2[:, None], scale2[:, None], getattr(self, f"{s}_norm2").eps,
+                              compute_dtype(mlp.fc1))
+        return ops.gated_residual(x, mlp(h), gate2[:, None])
 
     def _img_chunked(self, img: Tensor, mod: tuple[Tensor, ...], rope: Tensor, n: int, attn: Tensor | None = None):
         """The image stream's token-wise work `n` tokens at a time (chunk_tokens; inference only): without
@@ -327,8 +343,10 @@ class FinalLayer(nn.Module):
         self.norm_final = LayerNormFP32(hidden, eps=EPS, elementwise_affine=False)
         self.linear = nn.Linear(hidden, out_features)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
+        self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
 
     def forward(self, x: Tensor, vec: Tensor) -> Tensor:
         # x: [B, L, C] fp32; vec: [B, C] fp32 -> [B, L, out_features]
         shift, scale = linear(self.adaLN_modulation[1], self.adaLN_modulation[0](vec)).float().chunk(2, dim=-1)
-        return linear(self.linear, modulate(self.norm_final(x), shift, scale))
+        h = self.fused_ops.norm_modulate(x, shift[:, None], scale[:, None], self.norm_final.eps, compute_dtype(self.linear))
+        return linear(self.linear, h)

@@ -1,12 +1,14 @@
-"""Triton kernels for the elementwise work of a Wan DiT block (dispatch: lightx2v.ops.fused).
+"""Triton kernels for the elementwise work of a DiT block (dispatch: lightx2v.ops.fused).
 
 Three memory-bound kernels, one program per token row (the whole row of C channels in one block:
 C = 1536 / 3072 / 5120 for Wan 1.3B / 5B / 14B), fp32 arithmetic, one rounding at the store:
 
 - `norm_modulate`:  LayerNorm (no affine) of the fp32 residual, then `* (1 + scale) + shift`,
                     stored in the next Linear's dtype (bf16 / fp16 / fp32)
-- `qk_norm_rope`:   RMSNorm across the whole width (with weight) of a q or k projection, then the
-                    3D RoPE rotation of each head's channel pairs with that token's (cos, sin)
+- `qk_norm_rope`:   RMSNorm (with weight) of a q or k projection across the whole width (Wan), or
+                    of each head on its own (`per_head`: HunyuanVideo-1.5; the row as a [heads, D/2] tile),
+                    then the 3D RoPE rotation of each head's channel pairs with that token's
+                    (cos, sin), or none (`rope` None: a text stream)
 - `gated_residual`: `x + y * gate` in fp32 (a new tensor; the inputs are not written)
 
 Modulation tensors (shift, scale, gate) are [B, 1 | L, C]: they are expanded to [B, L, C] (a view,
@@ -114,46 +116,59 @@ def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype
     return out
 
 
-# ---------------------------------------------------------------- RMSNorm across heads + RoPE
+# ---------------------------------------------------------------- RMSNorm (across heads or per head) + RoPE
 
 
 @triton.jit
-def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, HALF_D, sxb, sxl, srl, eps,
-                         BLOCK: tl.constexpr):
-    # one token row of C = H * D channels, read as C/2 pairs (2p, 2p+1); pair p is pair p % (D/2) of its head
+def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, G, HALF_D, sxb, sxl, srl, eps,
+                         BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, ROPE: tl.constexpr):
+    # one token row of C = H * D channels as a [groups, pairs] tile: the row is normalised in G-channel
+    # groups, the whole row (G = C, one group: Wan) or each head (G = D, H groups: per_head), each read as
+    # G/2 pairs (2p, 2p+1). A group starts at a head boundary, so its pair p is pair (g*G/2 + p) % (D/2)
+    # of its head, and the weight (G long) is read from its start for every group.
     row, b, l_ = _row(L)
-    p = tl.arange(0, BLOCK)
-    mask = p < C // 2
+    g = tl.arange(0, BLOCK_G)[:, None]
+    p = tl.arange(0, BLOCK_P)[None, :]
+    mask = (g < C // G) & (p < G // 2)
+    pair = g * (G // 2) + p  # [BLOCK_G, BLOCK_P]: the pair's index in the row
     base = x_ptr + b * sxb + l_ * sxl
-    re = tl.load(base + 2 * p, mask=mask, other=0.0).to(tl.float32)
-    im = tl.load(base + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt((tl.sum(re * re, axis=0) + tl.sum(im * im, axis=0)) / C + eps)
-    re = re * rstd * tl.load(w_ptr + 2 * p, mask=mask, other=0.0).to(tl.float32)
-    im = im * rstd * tl.load(w_ptr + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
-    j = p % HALF_D
-    cos = tl.load(rope_ptr + l_ * srl + 2 * j, mask=mask, other=0.0)
-    sin = tl.load(rope_ptr + l_ * srl + 2 * j + 1, mask=mask, other=0.0)
+    re = tl.load(base + 2 * pair, mask=mask, other=0.0).to(tl.float32)
+    im = tl.load(base + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(re * re + im * im, axis=1) / G + eps)  # [BLOCK_G], one per group
+    re = re * rstd[:, None] * tl.load(w_ptr + 2 * p, mask=mask, other=0.0).to(tl.float32)
+    im = im * rstd[:, None] * tl.load(w_ptr + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
+    if ROPE:
+        j = pair % HALF_D
+        cos = tl.load(rope_ptr + l_ * srl + 2 * j, mask=mask, other=0.0)
+        sin = tl.load(rope_ptr + l_ * srl + 2 * j + 1, mask=mask, other=0.0)
+        re, im = re * cos - im * sin, re * sin + im * cos
     out = out_ptr + row * C
     ty = out_ptr.dtype.element_ty
-    tl.store(out + 2 * p, _cast(re * cos - im * sin, ty), mask=mask)
-    tl.store(out + 2 * p + 1, _cast(re * sin + im * cos, ty), mask=mask)
+    tl.store(out + 2 * pair, _cast(re, ty), mask=mask)
+    tl.store(out + 2 * pair + 1, _cast(im, ty), mask=mask)
 
 
-@_op("qk_norm_rope", lambda x, weight, eps, rope, num_heads, out_dtype: x.new_empty(x.shape, dtype=out_dtype))
-def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor, num_heads: int, out_dtype: torch.dtype) -> Tensor:
-    """RoPE(RMSNorm(x) * weight): x [B, L, C], weight [C], rope [L, 1, D/2, 2] fp32 -> [B, L, C] out_dtype."""
+@_op("qk_norm_rope",
+     lambda x, weight, eps, rope, num_heads, out_dtype, per_head=False: x.new_empty(x.shape, dtype=out_dtype))
+def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor | None, num_heads: int, out_dtype: torch.dtype,
+                 per_head: bool = False) -> Tensor:
+    """RoPE(RMSNorm(x) * weight): x [B, L, C], weight [C] (across the heads) or with per_head [D] (each head),
+    rope [L, 1, D/2, 2] fp32 or None (no rotation) -> [B, L, C] out_dtype."""
     B, L, C = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
-    rope = rope.reshape(rope.shape[0], -1)  # [L, D] (cos, sin) interleaved
-    if rope.dtype != torch.float32 or rope.stride(-1) != 1:
-        rope = rope.float().contiguous()
+    group = C // num_heads if per_head else C
+    if rope is not None:
+        rope = rope.reshape(rope.shape[0], -1)  # [L, D] (cos, sin) interleaved
+        if rope.dtype != torch.float32 or rope.stride(-1) != 1:
+            rope = rope.float().contiguous()
     weight = weight.contiguous()
     out = torch.empty((B, L, C), dtype=out_dtype, device=x.device)
-    block = triton.next_power_of_2(C // 2)
+    block_g, block_p = triton.next_power_of_2(C // group), triton.next_power_of_2(group // 2)
     _launch(_qk_norm_rope_kernel, (B * L,),
-        x, weight, rope, out, L, C, C // num_heads // 2, x.stride(0), x.stride(1), rope.stride(0), eps,
-        BLOCK=block, num_warps=_warps(block))
+        x, weight, x if rope is None else rope, out, L, C, group, C // num_heads // 2, x.stride(0), x.stride(1),
+        0 if rope is None else rope.stride(0), eps, BLOCK_G=block_g, BLOCK_P=block_p, ROPE=rope is not None,
+        num_warps=_warps(block_g * block_p))
     return out
 
 

@@ -8,6 +8,8 @@ they are skipped and their stored residual is added to block 0's output. Compari
 *computed* step (diffusers' rule; LightX2V compares consecutive steps) bounds the drift the reused
 residual can hide. Default threshold: diffusers' 0.05 (LightX2V's Wan config: 0.02 on its
 consecutive-step rule). One device->host scalar per branch and call (a sync).
+The split: block 0 through `run_blocks(blocks=slice(0, 1))`, then the rest from its output and from what
+that call put in `carry` (a stack that carries a second stream, HunyuanVideo-1.5's text, hands it on there).
 """
 
 from __future__ import annotations
@@ -34,11 +36,17 @@ class FirstBlockCache(CacheMethod):
         return f"firstblock (threshold {self.threshold:g})"
 
     def prepare(self, model, x: Tensor, kw: dict) -> tuple[Tensor, dict, Tensor]:
-        # block 0 now, through run_blocks (offload hooks and compiled blocks see an ordinary call);
-        # the K/V iterator is split, not listed, so blocks' K/V stay made when their block runs
-        kvs = iter(kw["kv"])
-        x1 = model.run_blocks(x, **{**kw, "kv": [next(kvs)], "blocks": slice(0, 1)})
-        return x1, {**kw, "kv": kvs, "blocks": slice(1, None)}, x1 - x
+        # block 0 now, through run_blocks (offload hooks and compiled blocks see an ordinary call).
+        # The rest goes on from block 0's state: a stack that carries another stream from block to block
+        # (HunyuanVideo-1.5's text) puts the kw that continue it in `carry` (a dict run_blocks fills when
+        # given one); Wan's per-block K/V iterator is split, not listed, so each block's K/V is made when
+        # its block runs
+        first, rest = {**kw, "blocks": slice(0, 1), "carry": {}}, {**kw, "blocks": slice(1, None)}
+        if "kv" in kw:
+            kvs = iter(kw["kv"])
+            first["kv"], rest["kv"] = [next(kvs)], kvs
+        x1 = model.run_blocks(x, **first)
+        return x1, {**rest, **first["carry"]}, x1 - x
 
     def decide(self, state: BranchState, step: int, num_steps: int, inputs: BranchInputs) -> Decision:
         previous = state.vars.get("previous")
