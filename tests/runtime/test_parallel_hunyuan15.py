@@ -36,6 +36,9 @@ CASES = {  # name: (folder, load options, parallel options, request)
     "cfg_taylorseer": ("t2v", {"cache": "taylorseer:interval=2,warmup=1"}, {"cfg_parallel": True},
                        dict(SMALL, num_inference_steps=5)),
     "ulysses_quant": ("t2v", {"quant": "w8a8-int8"}, {"ulysses": 2}, SMALL),
+    # firstblock under Ulysses: the decision (block 0's residual) is made on every rank alike, and the
+    # carried text stream is whole on every rank
+    "ulysses_firstblock": ("t2v", {"cache": "firstblock:threshold=1e9"}, {"ulysses": 2}, dict(SMALL, num_inference_steps=4)),
     "i2v_ulysses": ("i2v", {}, {"ulysses": 2}, dict(SMALL, height=48, width=48)),
 }
 
