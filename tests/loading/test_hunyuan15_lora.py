@@ -30,6 +30,7 @@ from lightx2v.models.hunyuan15.dit import HunyuanVideo15DiT  # noqa: E402
 from lightx2v.models.hunyuan15.dit_config import HunyuanVideo15DiTConfig  # noqa: E402
 from lightx2v.models.hunyuan15.dit_keys import state_dict_from_diffusers  # noqa: E402
 from lightx2v.runtime.lora import apply_dynamic_lora  # noqa: E402
+from tests.loading.lora_engine_checks import check_merged_dynamic_offload, check_quant_lora_by_hand  # noqa: E402
 from tests.models.test_hunyuan15_dit import _inputs, _reference, _run, _run_ref  # noqa: E402
 
 RANK, ALPHA = 4, 2.0
@@ -323,36 +324,9 @@ def merged(folder, folder_lora):
 
 
 def test_engine_merged_dynamic_and_block_offload_agree(folder, folder_lora, merged):
-    """from_pretrained(lora=): merged with block offload gives the merged latents (the same weights, placed
-    otherwise); dynamic (hooks) with block offload gives them too, and set_lora([]) the plain latents, which
-    the LoRA moved."""
-    pipe, want = merged
-    assert any(line.startswith("lora_merge: dit: 1 LoRA") for line in pipe.pipeline.engine_log)
-    assert _rel(_gen(_load(folder, lora=[(str(folder_lora), 0.8)], offload="block")), want) < 1e-5
-    dyn = _load(folder, lora=[(str(folder_lora), 0.8)], lora_mode="dynamic", offload="block")
-    assert _rel(_gen(dyn), want) < 1e-5
-    dyn.set_lora([])
-    assert _rel(_gen(dyn), want) > 0.05
+    """from_pretrained(lora=) on HunyuanVideo-1.5: tests/loading/lora_engine_checks.py."""
+    check_merged_dynamic_offload(_load, _gen, folder, folder_lora, merged)
 
 
 def test_engine_quant_and_lora_equal_step_by_step(folder, folder_lora):
-    """lora + w8a8-int8 through from_pretrained: merged, then quantized, as merging into the plain DiT by hand and
-    quantizing it (the same bytes, the same latents); dynamic: hooks on the quantized layers, as quantizing the
-    plain DiT and hooking it by hand."""
-    from lightx2v.quant import apply_quant
-
-    lora = [(str(folder_lora), 0.8)]
-    for mode in ("merge", "dynamic"):
-        pipe = _load(folder, lora=lora, lora_mode=mode, quant="w8a8-int8")
-        steps = [line.split(":")[0] for line in pipe.pipeline.engine_log]
-        assert steps.index("quant") == (steps.index("lora_merge") + 1 if mode == "merge" else 0)
-        by_hand = _load(folder)
-        dit = by_hand.pipeline.dit
-        if mode == "merge":
-            merge_loras_(dit, [(load_lora(folder_lora, dit), 0.8)])
-        apply_quant(dit, "w8a8-int8", compute_dtype=torch.float32)
-        if mode == "dynamic":
-            apply_dynamic_lora(dit, [(load_lora(folder_lora, dit), 0.8)])
-        for (k, u), (k2, v) in zip(pipe.pipeline.dit.state_dict().items(), dit.state_dict().items()):
-            assert k == k2 and torch.equal(u, v), k
-        assert torch.equal(_gen(pipe), _gen(by_hand)), mode
+    check_quant_lora_by_hand(_load, _gen, folder, folder_lora)
