@@ -4,7 +4,7 @@
 # network; then put the importable module in $FA3_SITE (default /tmp/fa3site) and a tarball of it in
 # $OUT/fa3site.tar.gz, so a later call can carry it (as .fa3site/) instead of building again.
 #
-#   bash benchmarks/fa3_build.sh            # on the device; logs to stdout (session.sh: $OUT/fa3_build.log)
+#   bash benchmarks/fa3_build.sh            # on the device; logs to stdout (session.sh: $OUT/fa3.log)
 #   bash benchmarks/fa3_build.sh --plan     # no compiling: the sources and nvcc flags setup.py would use
 #
 # What is built (setup.py's own switches, FLASH_ATTENTION_DISABLE_*=TRUE for everything else): the
@@ -14,15 +14,22 @@
 # of 2 or 1 (kept: that is FA3's fast path at our shapes), so bf16 holds 3 kernels and e4m3 2 (a
 # full-feature file holds 9-10: local, varlen, append-KV too).
 #
-# Build time, estimated (not measured): one full-feature FA3 instantiation takes about 5-10 min of
-# one core (a full build, ~450 units, ran ~15 min on 128 cores: flash-attention issue 1486); ours
-# have 3 and 2 of those ~10 kernels plus ~1 min of parsing CUTLASS, so ~2-4 min each. The 4 units
-# compile in parallel (MAX_JOBS=16, ~5 GB of RAM each at most), so the wall time is the slowest unit:
-# ~3-5 min. nvcc's --threads parallelises over targets and there is one (sm_90a): NVCC_THREADS buys
-# nothing here. A build over FA3_BUILD_LIMIT seconds (default 480) is stopped cleanly and the log
-# says which units finished. Levers if it does not fit: FA3_DTYPES=bf16 (drops the e4m3 unit: frees
-# cores, not wall time), FA3_DISABLE_CLUSTER=1 (bf16: 2 kernels, slower kernel at 32760 tokens),
-# FA3_SPLIT_COMPILE=N (nvcc --split-compile=N through NVCC_APPEND_FLAGS; may cost kernel speed).
+# Build time. Measured on the CPU box (2026-11-30: the same nvcc 13.0 (13.0.88), gcc 12, CUTLASS pin
+# and flags, one niced core of an AMD EPYC shared with others, each unit compiled alone):
+# flash_fwd_hdim128_bf16_sm90.cu 207 s (3 kernels, 5.1 GB peak RAM), flash_fwd_hdim128_e4m3_sm90.cu
+# 197 s (2 kernels, 4.5 GB), flash_prepare_scheduler.cu 161 s (sm_90a + sm_80), flash_api_stable.cpp
+# 21 s (against torch 2.13's headers); all four compiled cleanly and the objects' symbols resolve. A
+# full-feature instantiation holds 9-10 kernels (a full build, ~450 units, ran ~15 min on 128 cores:
+# flash-attention issue 1486). Here the 4 units compile in parallel (MAX_JOBS=16), so the wall time
+# is the slowest unit plus setup and link: ~4 min if the device's cores are like the box's (not
+# measured there). nvcc's --threads parallelises over targets and each unit has one (sm_90a), so
+# NVCC_THREADS buys nothing. A build over FA3_BUILD_LIMIT seconds (default 480) is stopped cleanly
+# and the log says which units finished. Levers if it does not fit: FA3_DISABLE_CLUSTER=1 (bf16: 2
+# kernels; FA3's non-causal path at 32760 tokens then runs without its 2-CTA cluster),
+# FA3_DTYPES=bf16 (drops the e4m3 unit: frees cores, not wall time), FA3_SPLIT_COMPILE=N (nvcc
+# --split-compile=N through NVCC_APPEND_FLAGS; may cost kernel speed).
+# ptxas 13.0 reports small spills: bf16 non-causal 12 and 20 bytes (cluster 1, 2), causal none; e4m3 12 / 28;
+# FA3's setup prefers ptxas 12.8 on CUDA 12): whether that costs speed is for the timing to say.
 #
 # Environment: FA3_SRC (default <repo>/.fa3src), FA3_SITE, FA3_WORK (/tmp/fa3build),
 # FA3_CARRIED (<repo>/.fa3site: a carried earlier build, a folder or .fa3site/fa3site.tar.gz; used
@@ -38,6 +45,8 @@ OUT=${OUT:-$ROOT/bench_out}
 LIMIT=${FA3_BUILD_LIMIT:-480}
 DTYPES=${FA3_DTYPES:-bf16,e4m3}
 PY=${PYTHON:-python3}
+[ "$LIMIT" -lt 60 ] && LIMIT=60
+export PYTHONUNBUFFERED=1  # setup.py's own lines reach the log even when the limit kills it
 T0=$(date +%s)
 say() { echo "[fa3_build +$(( $(date +%s) - T0 ))s] $*"; }
 
@@ -52,6 +61,18 @@ export FLASH_ATTENTION_DISABLE_CLUSTER=$([ "${FA3_DISABLE_CLUSTER:-0}" = 1 ] && 
 export FLASH_ATTENTION_DISABLE_FP8=$(case ",$DTYPES," in *,e4m3,*) echo FALSE ;; *) echo TRUE ;; esac)
 export MAX_JOBS=${MAX_JOBS:-16} NVCC_THREADS=${NVCC_THREADS:-2} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 [ -n "${FA3_SPLIT_COMPILE:-}" ] && export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} --split-compile=$FA3_SPLIT_COMPILE"
+
+find_cuda() {  # NVCC and CUDA_HOME (what torch's cpp_extension and setup.py's version check read)
+  NVCC=$(command -v nvcc || true)
+  [ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && NVCC=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
+  [ -n "$NVCC" ] || { say "no nvcc on PATH nor in \$CUDA_HOME/bin"; return 1; }
+  if [ -z "${CUDA_HOME:-}" ]; then  # nvcc on PATH may be a wrapper script: ask nvcc where it lives
+    echo 'int main() { return 0; }' > /tmp/fa3_probe.cu
+    local here; here=$("$NVCC" --dryrun -c /tmp/fa3_probe.cu -o /tmp/fa3_probe.o 2>&1 | sed -n 's/^#\$ _HERE_=//p' | head -1)
+    CUDA_HOME=$(cd "${here:-$(dirname "$(readlink -f "$NVCC")")}/.." && pwd)
+  fi
+  export CUDA_HOME PATH=$CUDA_HOME/bin:$PATH
+}
 
 # setup.py's sources and nvcc flags without compiling: setuptools.setup replaced by a printer.
 plan() {
@@ -71,6 +92,7 @@ EOF
 }
 
 if [ "${1:-}" = "--plan" ]; then
+  find_cuda || exit 1
   rm -rf "$WORK" && mkdir -p "$WORK" && cp -a "$SRC/." "$WORK/" && plan "$WORK"
   exit $?
 fi
@@ -91,7 +113,7 @@ e = err(fa3.flash_attn_func(q, k, v)); print(f"bf16 rel. L2 vs fp32 SDPA {e:.2e}
 if "e4m3" in sys.argv[1]:
     one = torch.ones(1, 4, device="cuda")
     e8 = err(fa3.flash_attn_func(*(t.to(torch.float8_e4m3fn) for t in (q, k, v)), q_descale=one, k_descale=one, v_descale=one))
-    print(f"e4m3 rel. L2 vs fp32 SDPA {e8:.2e}"); assert e8 < 1e-1, e8
+    print(f"e4m3 rel. L2 vs fp32 SDPA {e8:.2e}"); assert e8 < 0.2, e8  # fp8 rounding of q, k, v and P: ~5-8%; garbage would be ~1
 print("FA3 SMOKE OK")
 EOF
 }
@@ -121,22 +143,19 @@ fi
 # ---------------------------------------------------------------- preflight (cheap, before minutes of nvcc)
 [ -f "$SRC/hopper/setup.py" ] || { say "no $SRC/hopper/setup.py: run benchmarks/fa3_prepare.sh here and carry .fa3src"; exit 1; }
 cat "$SRC/SOURCES.txt" 2>/dev/null
-NVCC=$(command -v nvcc || true)
-[ -z "$NVCC" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nvcc" ] && NVCC=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
-[ -n "$NVCC" ] || { say "no nvcc on PATH nor in \$CUDA_HOME/bin"; exit 1; }
-export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}
-export PATH=$CUDA_HOME/bin:$PATH
+find_cuda || exit 1
 say "nvcc $NVCC: $("$NVCC" --version | grep -o 'release [0-9.]*'); CUDA_HOME=$CUDA_HOME; cccl: $(ls -d "$CUDA_HOME/include/cccl" 2>/dev/null || echo none)"
-say "host compiler: $(${CXX:-c++} --version | head -1); $(nproc) cores; $(free -g | awk '/Mem/ {print $2 " GiB RAM"}'); /tmp free $(df -h /tmp | awk 'NR==2 {print $4}')"
+say "host compiler: $(${CXX:-c++} --version | head -1); ninja $(ninja --version 2>&1); $(nproc) cores; $(free -g | awk '/Mem/ {print $2 " GiB RAM"}'); /tmp free $(df -h /tmp | awk 'NR==2 {print $4}')"
 "$PY" - <<'EOF' || exit 1
 import os, sysconfig, torch
 inc = sysconfig.get_paths()["include"]
 print(f"python {sysconfig.get_python_version()} torch {torch.__version__} (CUDA {torch.version.cuda}); Python.h: {os.path.exists(os.path.join(inc, 'Python.h'))} in {inc}")
 if not os.path.exists(os.path.join(inc, "Python.h")):
     raise SystemExit("Python.h is missing: flash_api_stable.cpp includes it (PyInit__C); no build possible")
-for m in ("ninja", "packaging", "setuptools"):
+for m in ("packaging", "setuptools"):
     __import__(m)
 EOF
+command -v ninja >/dev/null || { say "no ninja on PATH: torch's cpp_extension builds through it"; exit 1; }
 # setup.py imports wheel.bdist_wheel; a wheel release without that alias gets setuptools' own command.
 if ! "$PY" -c "from wheel.bdist_wheel import bdist_wheel" 2>/dev/null; then
   mkdir -p /tmp/fa3shim/wheel && echo "from setuptools.command.bdist_wheel import bdist_wheel  # noqa" > /tmp/fa3shim/wheel/bdist_wheel.py
