@@ -29,16 +29,19 @@ else
 fi
 # FlashAttention-3, an optional build (benchmarks/fa3_build.sh): built into /tmp/fa3site by the fa3 part,
 # or carried from an earlier call as .fa3site/ (the fa3site.tar.gz that call returned, or its contents).
-if [ -f .fa3site/fa3site.tar.gz ]; then mkdir -p /tmp/fa3site && tar -xzf .fa3site/fa3site.tar.gz -C /tmp/fa3site
-elif [ -f .fa3site/flash_attn_interface.py ]; then mkdir -p /tmp/fa3site && cp -a .fa3site/. /tmp/fa3site/; fi
-export PYTHONPATH=/tmp/fa3site:$PYTHONPATH
+FA3_SITE=${FA3_SITE:-/tmp/fa3site}; export FA3_SITE
+if [ -f .fa3site/fa3site.tar.gz ]; then mkdir -p "$FA3_SITE" && tar -xzf .fa3site/fa3site.tar.gz -C "$FA3_SITE"
+elif [ -f .fa3site/flash_attn_interface.py ]; then mkdir -p "$FA3_SITE" && cp -a .fa3site/. "$FA3_SITE/"; fi
+export PYTHONPATH=$FA3_SITE:$PYTHONPATH
 fa3_part() {  # $1: fa3 or fa3build, $2: seconds for the whole part; the build stops itself in time to report
-  local build_limit=$(( $2 - 30 )) left
+  local build_limit=$(( $2 - 30 )) left rc
   [ "$1" = fa3 ] && build_limit=$(( $2 - 120 ))  # fa3_attention.py takes about a minute
-  FA3_BUILD_LIMIT=${FA3_BUILD_LIMIT:-$build_limit} timeout "$2" bash benchmarks/fa3_build.sh > "$OUT/fa3.log" 2>&1 || return
-  [ "$1" = fa3 ] || return 0
+  FA3_BUILD_LIMIT=${FA3_BUILD_LIMIT:-$build_limit} timeout "$2" bash benchmarks/fa3_build.sh > "$OUT/fa3.log" 2>&1; rc=$?
+  # the timing runs whenever a module was built (a failed smoke check included: it records each kernel's error)
+  [ "$1" = fa3 ] && ls "$FA3_SITE"/flash_attn_3/_C*.so >/dev/null 2>&1 || return $rc
   left=$(( $2 - ($(date +%s) - start) )); [ "$left" -lt 10 ] && left=10
-  PYTHONUNBUFFERED=1 timeout "$left" python3 benchmarks/fa3_attention.py --out "$OUT" >> "$OUT/fa3.log" 2>&1
+  PYTHONUNBUFFERED=1 timeout "$left" python3 benchmarks/fa3_attention.py --out "$OUT" >> "$OUT/fa3.log" 2>&1 || rc=$?
+  return $rc
 }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 for spec in "$@"; do
