@@ -50,6 +50,10 @@ CONFIGS = {
     "compiled_sage8": {"compile": True, "self": "sage8"},
     "compiled_cfg_batched": {"compile": True, "batch": 2},
     "compiled_cudagraphs": {"compile": True, "mode": "reduce-overhead"},
+    # FlashAttention-3 (an optional build: benchmarks/fa3_build.sh) on the self-attention, and on both roles
+    "eager_fa3": {"self": "flash_attn3"},
+    "compiled_fa3": {"compile": True, "self": "flash_attn3"},
+    "compiled_fa3_all": {"compile": True, "self": "flash_attn3", "cross": "flash_attn3"},
     # quantized: the DiT's block linears quantized in place (a scheme change rebuilds the bf16 model
     # from the same seed: these rows run after every float row)
     "compiled_w8a8_fp8": {"quant": "w8a8-fp8", "compile": True},

@@ -11,6 +11,9 @@
 #        tiling (vae_tiling.py), small (small_gpu.py: whole runs under a capped allocator, the planner's plans)
 #        e2efam (e2e_family.py: whole HunyuanVideo-1.5 480P / Qwen-Image generations at full size, ours and diffusers,
 #        $FAMILIES, $E2EFAM_CONFIGS: default / all / names; results under $OUT/e2efam)
+#        fa3 (FlashAttention-3: fa3_build.sh builds it from the carried .fa3src, or takes a carried .fa3site,
+#        then fa3_attention.py times it; both logs in $OUT/fa3.log, the module in $OUT/fa3site.tar.gz), fa3build (the build alone).
+#        After fa3 (same call) or with .fa3site carried, `dit` with DIT_CONFIGS=compiled,compiled_fa3 runs the DiT on FA3.
 set -u
 COMMIT=$1; shift
 OUT=${OUT:-bench_out}; mkdir -p "$OUT"
@@ -24,6 +27,22 @@ if [ -d .whl ]; then
 else
   export PYTHONPATH=$PWD
 fi
+# FlashAttention-3, an optional build (benchmarks/fa3_build.sh): built into /tmp/fa3site by the fa3 part,
+# or carried from an earlier call as .fa3site/ (the fa3site.tar.gz that call returned, or its contents).
+FA3_SITE=${FA3_SITE:-/tmp/fa3site}; export FA3_SITE
+if [ -f .fa3site/fa3site.tar.gz ]; then mkdir -p "$FA3_SITE" && tar -xzf .fa3site/fa3site.tar.gz -C "$FA3_SITE"
+elif [ -f .fa3site/flash_attn_interface.py ]; then mkdir -p "$FA3_SITE" && cp -a .fa3site/. "$FA3_SITE/"; fi
+export PYTHONPATH=$FA3_SITE:$PYTHONPATH
+fa3_part() {  # $1: fa3 or fa3build, $2: seconds for the whole part; the build stops itself in time to report
+  local build_limit=$(( $2 - 30 )) left rc
+  [ "$1" = fa3 ] && build_limit=$(( $2 - 120 ))  # fa3_attention.py takes about a minute
+  FA3_BUILD_LIMIT=${FA3_BUILD_LIMIT:-$build_limit} timeout "$2" bash benchmarks/fa3_build.sh > "$OUT/fa3.log" 2>&1; rc=$?
+  # the timing runs whenever a module was built (a failed smoke check included: it records each kernel's error)
+  [ "$1" = fa3 ] && ls "$FA3_SITE"/flash_attn_3/_C*.so >/dev/null 2>&1 || return $rc
+  left=$(( $2 - ($(date +%s) - start) )); [ "$left" -lt 10 ] && left=10
+  PYTHONUNBUFFERED=1 timeout "$left" python3 benchmarks/fa3_attention.py --out "$OUT" >> "$OUT/fa3.log" 2>&1 || rc=$?
+  return $rc
+}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 for spec in "$@"; do
   part=${spec%%:*}; limit=${spec#*:}; [ "$limit" = "$spec" ] && limit=300
@@ -45,6 +64,7 @@ for spec in "$@"; do
     e2efam) timeout "$limit" python3 benchmarks/e2e_family.py --out "$OUT/e2efam" --commit "$COMMIT" --family "${FAMILIES:-hunyuan15,qwen-image}" --configs "${E2EFAM_CONFIGS:-default}" > "$OUT/e2efam.log" 2>&1 ;;
     sage8cfg) timeout "$limit" python3 benchmarks/sage8_configs.py --out "$OUT" --commit "$COMMIT" ${SAGE8_CONFIGS:+--configs "$SAGE8_CONFIGS"} > "$OUT/sage8cfg.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
+    fa3|fa3build) fa3_part "$part" "$limit" ;;
     *) echo "unknown part $part" ;;
   esac
   echo "$part rc=$? $(( $(date +%s) - start ))s" | tee -a "$OUT/parts.txt"
