@@ -45,7 +45,18 @@ from lightx2v.loading.lora_resolve import (  # the key grammar and resolver (spl
     Rename, _default_rename, _PeftAlphas, _peft_alphas, _Resolver, _split_key, is_quantized, target_shape,
 )
 
-_KNOWN_WIDTHS = {1536: "Wan2.1 1.3B", 5120: "Wan2.1/2.2 14B", 3072: "Wan2.2 5B"}
+
+
+def known_widths(family=None) -> dict[int, str]:
+    """DiT width -> the released models of that width, as the families declare them (FamilySpec.widths):
+    one family's, or every family's (a width two families share names both)."""
+    from lightx2v.models.registry import families
+
+    out: dict[int, str] = {}
+    for fam in (family,) if family is not None else families():
+        for width, title in fam.widths:
+            out[width] = title if width not in out or title in out[width] else f"{out[width]} or {title}"
+    return out
 
 
 
@@ -313,8 +324,8 @@ def _looks_like(sd: Mapping[str, Tensor], model: nn.Module) -> str:
     if not widths:
         return (mine + ".") if mine else ""
     width = widths.most_common(1)[0][0]
-    known = f" ({_KNOWN_WIDTHS[width]})" if width in _KNOWN_WIDTHS else ""
-    return f"It looks like a LoRA for a Wan DiT of width {width}{known} with {len(blocks)} blocks; {mine}."
+    known = known_widths().get(width)
+    return f"It looks like a LoRA for a DiT of width {width}{f' ({known})' if known else ''} with {len(blocks)} blocks; {mine}."
 
 
 # ---------------------------------------------------------------- merging

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightx2v.loading.lora import _KNOWN_WIDTHS, _peft_alphas, _split_key
+from lightx2v.loading.lora import _peft_alphas, _split_key, known_widths
 
 _PAIR_KINDS = ("down", "up")
 _PREFIXES = {  # the prefix a key starts with -> who writes it
@@ -223,8 +223,9 @@ def _fits(width: int | None, blocks: tuple[int, ...], family) -> str:
     if width is None:
         return "no low-rank pair: the width of its model cannot be read"
     depth = f", at least {max(blocks) + 1} blocks" if blocks else ""
-    if width in _KNOWN_WIDTHS:
-        return f"for {_KNOWN_WIDTHS[width]} (dim {width}{depth})"
+    known = known_widths(family)
+    if width in known:
+        return f"for {known[width]} (dim {width}{depth})"
     owner = f"a {family.title} DiT" if family else "a model"
     return f"for {owner} of width {width}{depth} (no released model we know has that width)"
 

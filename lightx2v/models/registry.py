@@ -162,6 +162,8 @@ class FamilySpec:
     # a file named `..._high_noise_lora_...`); None: a plain LoRA, for every DiT. Read by
     # lightx2v.loading.lora_plan.resolve_loras before any weight is read.
     lora_experts: Optional[Callable[[Path], Optional[tuple[Mapping[str, Path], str]]]] = None
+    # (DiT width, the released models of that width): what `info` names a LoRA file's model by
+    widths: tuple[tuple[int, str], ...] = ()
 
     def component(self, name: str) -> ComponentSpec:
         for c in self.components:

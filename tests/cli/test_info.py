@@ -116,6 +116,24 @@ def test_kohya_lora_with_underscored_names(tmp_path, capsys):
     assert "not LoRA tensors: 1, e.g. text_encoder.some_weight" in text
 
 
+@pytest.mark.parametrize("keys, width, family, fits", [
+    (("double_blocks.{i}.img_attn_q", "double_blocks.{i}.txt_mlp.fc1"), 2048, "hunyuanvideo-1.5",
+     "for HunyuanVideo-1.5 8.3B (dim 2048, at least 2 blocks)"),
+    (("transformer_blocks.{i}.attn.to_q", "transformer_blocks.{i}.img_mlp.net.0.proj"), 3072, "qwen-image",
+     "for Qwen-Image 20B (dim 3072, at least 2 blocks)"),  # Wan2.2 5B has this width too: the family decides
+])
+def test_a_lora_of_another_family_is_named_by_its_width(tmp_path, capsys, keys, width, family, fits):
+    sd = {}
+    for i in range(2):
+        for k in keys:
+            sd[f"diffusion_model.{k.format(i=i)}.lora_down.weight"] = torch.zeros(4, width)
+            sd[f"diffusion_model.{k.format(i=i)}.lora_up.weight"] = torch.zeros(width, 4)
+    path = tmp_path / f"{family}_lora.safetensors"
+    save_file(sd, str(path))
+    text, info = _info(capsys, str(path))
+    assert (info["family"], info["fits"]) == (family, fits)
+
+
 @pytest.mark.parametrize("layout, kind, keys", [("official", "folder", "official"), ("diffusers", "folder", "diffusers"),
                                                 ("blocks", "blocks", "official")])
 def test_dit_only_folders_written_by_convert(layout, kind, keys, tiny_official_dir, tmp_path, capsys):

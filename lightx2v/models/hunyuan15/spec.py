@@ -194,5 +194,5 @@ HUNYUAN15 = register_family(FamilySpec(
     name="hunyuanvideo-1.5", title="HunyuanVideo-1.5", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers", "official"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=HUNYUAN15_DIT_FORMAT, describe=describe,
-    presets=("hunyuanvideo-1.5-t2v-480p-distill",), memory=memory,
+    presets=("hunyuanvideo-1.5-t2v-480p-distill",), memory=memory, widths=((2048, "HunyuanVideo-1.5 8.3B"),),
 ))

@@ -178,5 +178,5 @@ QWEN_IMAGE = register_family(FamilySpec(
     name="qwen-image", title="Qwen-Image", tasks=layouts.SUPPORTED_TASKS, layouts=("diffusers",),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=QWEN_IMAGE_DIT_FORMAT, describe=describe,
-    memory=memory, presets=PRESETS,
+    memory=memory, presets=PRESETS, widths=((3072, "Qwen-Image 20B"),),
 ))

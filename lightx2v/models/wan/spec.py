@@ -263,9 +263,12 @@ def _presets() -> tuple[str, ...]:
     return tuple(DISTILL_PRESETS)
 
 
+# the Wan DiT widths (Wan2.1 and Wan2.2 LoRAs share their key names, so either family may describe one)
+WAN_WIDTHS = ((1536, "Wan2.1 1.3B"), (5120, "Wan2.1/2.2 14B"), (3072, "Wan2.2 5B"))
+
 WAN21 = register_family(FamilySpec(
     name="wan2.1", title="Wan2.1", tasks=layouts.SUPPORTED_TASKS, layouts=("official", "diffusers"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=WAN_DIT_FORMAT, describe=describe,
-    presets=_presets(), memory=memory,
+    presets=_presets(), memory=memory, widths=WAN_WIDTHS,
 ))

@@ -221,7 +221,7 @@ WAN22 = register_family(FamilySpec(
     name="wan2.2", title="Wan2.2", tasks=layouts.TASKS, layouts=("official", "diffusers"),
     recognise=layouts.recognise, model_config=layouts.read_config, refine=refine, geometry=geometry,
     pipeline=_pipeline, components=COMPONENTS, dit_format=WAN_DIT_FORMAT, describe=describe,
-    presets=_presets(), memory=memory, lora_experts=lora_experts,
+    presets=_presets(), memory=memory, lora_experts=lora_experts, widths=wan21.widths,
 ))
 
 __all__ = ["COMPONENTS", "WAN22", "Wan22Arch", "describe", "geometry", "refine", "with_dit_file"]
