@@ -313,10 +313,6 @@ def _gen(pipe):
                          num_inference_steps=1, guidance_scale=1.0, latents=z, output_type="latent").latents
 
 
-def _rel(a, b):
-    return ((a - b).norm() / b.norm()).item()
-
-
 @pytest.fixture(scope="module")
 def merged(folder, folder_lora):
     pipe = _load(folder, lora=[(str(folder_lora), 0.8)])

@@ -96,18 +96,6 @@ def test_unknown_backend_lists_known() -> None:
         resolve_attention("nope", CPU, torch.float32)
 
 
-@pytest.fixture
-def fake_cuda(monkeypatch: pytest.MonkeyPatch):
-    """Pretend a CUDA GPU of a given compute capability is present (checks only, no kernels run)."""
-
-    def set_arch(major: int, minor: int) -> None:
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
-        monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
-
-    return set_arch
-
-
 def _importable(module: str) -> bool:
     try:
         __import__(module)

@@ -15,18 +15,6 @@ from lightx2v.ops.attention import get_backend, resolve_attention
 REF = get_backend("reference")
 
 
-@pytest.fixture
-def fake_cuda(monkeypatch: pytest.MonkeyPatch):
-    """Pretend a CUDA GPU of a given compute capability is present (checks only, no kernels run)."""
-
-    def set_arch(major: int, minor: int) -> None:
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (major, minor))
-        monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
-
-    return set_arch
-
-
 def _fake_fa3(monkeypatch: pytest.MonkeyPatch, returns_lse: bool) -> list:
     """Install a `flash_attn_interface` whose flash_attn_func is the fp32 reference; returns its call log."""
     calls: list = []
