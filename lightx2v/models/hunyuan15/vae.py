@@ -205,6 +205,25 @@ class HunyuanVideo15VAE(nn.Module):
         of one decode (the reference decodes the clip at once)."""
         yield from _chunks(self._decode(latents, progress), self.config.ffactor_temporal)
 
+    def _unscale(self, latents: torch.Tensor) -> torch.Tensor:
+        # DiT latents -> what the decoder takes: / scaling_factor (+ shift_factor), in the VAE's dtype
+        c = self.config
+        z = latents.float() / c.scaling_factor
+        if c.shift_factor:
+            z = z + c.shift_factor
+        return z.to(self.dtype)
+
+    def raw_decoder(self) -> tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor], int]:
+        """(decode_fn, finish, pixels per latent pixel) for a decode whose pieces are blended before the
+        clamp, as the tiled decode does (lightx2v.runtime.parallel.vae): decode_fn the whole clip through
+        `decoder` untiled, unclamped; finish the clamp to [-1, 1]."""
+
+        @torch.no_grad()
+        def decode_fn(latents: torch.Tensor) -> torch.Tensor:
+            return self.decoder(self._unscale(latents))  # [B, 3, F, 16h, 16w], unclamped
+
+        return decode_fn, (lambda y: y.float().clamp_(-1.0, 1.0)), self.config.ffactor_spatial
+
     def _decode(self, latents: torch.Tensor, progress: bool) -> torch.Tensor:
         from tqdm.auto import tqdm
 
@@ -212,10 +231,7 @@ class HunyuanVideo15VAE(nn.Module):
         if latents.ndim != 5 or latents.shape[1] != c.latent_channels:
             raise InputError(f"VAE decode expects latents [B, {c.latent_channels}, T, h, w], "
                              f"got shape {tuple(latents.shape)}")
-        z = latents.float() / c.scaling_factor
-        if c.shift_factor:
-            z = z + c.shift_factor
-        z = z.to(self.dtype)
+        z = self._unscale(latents)
         grid = self._grid(z.shape[3], z.shape[4])
         with tqdm(total=1 if grid is None else len(grid), disable=not progress, leave=False,
                   desc="vae decode", unit="tile") as bar:

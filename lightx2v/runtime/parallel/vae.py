@@ -15,7 +15,8 @@ Two ways to call it:
   output (a Wan VAE: Wan2.1, Wan2.2, Qwen-Image's; HunyuanVideo-1.5's): the pieces are that raw output
   and what the VAE runs after its blend (Wan: `_to_pixels`, unpatchify and clamp; HunyuanVideo-1.5: the
   clamp) runs once on the blended canvas, as its tiled decode does (`raw_decoder`: the one per-VAE
-  seam, (decode_fn, finish, pixels per latent pixel); the overlap defaults to the VAE's tiling's);
+  seam, (decode_fn, finish, pixels per latent pixel): a Wan VAE's parts here, another VAE's `raw_decoder()`
+  method; the overlap defaults to the VAE's tiling's);
 * `decode_parallel(decode_fn, latents, group, overlap, finish=None)` for any decoder
   `latents [B, C, T, h, w] -> [B, C', F, h*s, w*s]` (s: pixels per latent pixel, read from the shapes).
   With `decode_fn = vae.decode` the blend is of clamped pixels: close to, not equal to, the tiled decode.
@@ -158,29 +159,12 @@ def _wan_raw(vae) -> tuple[Decode, Decode, int]:
     return decode_fn, vae._to_pixels, vae.config.scale_factor_spatial
 
 
-def _hunyuan15_raw(vae) -> tuple[Decode, Decode, int]:
-    # HunyuanVideo-1.5's VAE (lightx2v.models.hunyuan15.vae): the whole clip through `decoder` at once
-    c = vae.config
-
-    @torch.no_grad()
-    def decode_fn(latents: Tensor) -> Tensor:
-        # as HunyuanVideo15VAE._decode before its tiling: unscale (and shift), pointwise
-        z = latents.float() / c.scaling_factor
-        if c.shift_factor:
-            z = z + c.shift_factor
-        return vae.decoder(z.to(vae.dtype))  # [B, 3, F, 16h, 16w], unclamped
-
-    return decode_fn, (lambda y: y.float().clamp_(-1.0, 1.0)), c.ffactor_spatial
-
-
 def _raw_kind(vae):
-    # which VAE's raw decoder (None: unknown); by the Wan decoder's parts, and by class for HunyuanVideo-1.5
-    # (a tiny VAE also has a `decoder`, whose pieces must not be taken for raw output)
-    from lightx2v.models.hunyuan15.vae import HunyuanVideo15VAE
-
+    # which raw decoder (None: unknown): a Wan VAE's decoder parts, or the VAE's own `raw_decoder()`
+    # (HunyuanVideo-1.5's). A tiny VAE has neither: its decoded pixels are blended instead.
     if hasattr(vae, "_decoded") and hasattr(vae, "_to_pixels"):
         return _wan_raw
-    return _hunyuan15_raw if isinstance(vae, HunyuanVideo15VAE) else None
+    return (lambda v: v.raw_decoder()) if hasattr(vae, "raw_decoder") else None
 
 
 def has_raw_decoder(vae) -> bool:
