@@ -54,6 +54,11 @@ CONFIGS = {
     "eager_fa3": {"self": "flash_attn3"},
     "compiled_fa3": {"compile": True, "self": "flash_attn3"},
     "compiled_fa3_all": {"compile": True, "self": "flash_attn3", "cross": "flash_attn3"},
+    "compiled_fa3_fuse_qkv": {"compile": True, "self": "flash_attn3", "cross": "flash_attn3", "fuse_qkv": True},
+    # cuDNN SDPA named: "auto" takes FA3 where it is installed
+    "compiled_cudnn": {"compile": True, "self": "sdpa_cudnn", "cross": "sdpa_cudnn"},
+    # FA3's FP8 kernel on the self-attention (lossy, opt-in: ops/fa3_fp8.py)
+    "compiled_fa3fp8": {"compile": True, "self": "fa3_fp8", "cross": "flash_attn3"},
     # quantized: the DiT's block linears quantized in place (a scheme change rebuilds the bf16 model
     # from the same seed: these rows run after every float row)
     "compiled_w8a8_fp8": {"quant": "w8a8-fp8", "compile": True},
@@ -61,6 +66,8 @@ CONFIGS = {
     "compiled_w8a8_fp8_sage8": {"quant": "w8a8-fp8", "compile": True, "self": "sage8"},
     "compiled_w8a8_fp8_triton_fuse_qkv": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton", "fuse_qkv": True},
     "compiled_w8a8_fp8_triton_sage8": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton", "self": "sage8"},
+    "compiled_w8a8_fp8_fa3": {"quant": "w8a8-fp8", "compile": True, "self": "flash_attn3", "cross": "flash_attn3"},
+    "compiled_w8a8_fp8_fa3fp8": {"quant": "w8a8-fp8", "compile": True, "self": "fa3_fp8", "cross": "flash_attn3"},
     "compiled_w8a8_int8": {"quant": "w8a8-int8", "compile": True},
     "compiled_w8a8_int8_triton": {"quant": "w8a8-int8", "compile": True, "kernels": "triton"},
     "compiled_w8a16_fp8_triton": {"quant": "w8a16-fp8", "compile": True, "kernels": "triton"},

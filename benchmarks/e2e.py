@@ -46,6 +46,18 @@ RUNS = {
     "4step_fp8_fast": dict(engine=dict(compile=dict(enabled=True, vae=True), quant="w8a8-fp8", kernels="triton",
                                        attention="self=sage8,cross=auto", vae_dtype="bf16"),
                            gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    # lossless attention (auto: FlashAttention-3 where installed), the VAE in bf16 with its decoder compiled
+    "4step_lossless_fast_vae": dict(engine=dict(compile=dict(enabled=True, vae=True), vae_dtype="bf16"),
+                                    gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    # FA3's FP8 kernel on the self-attention (needs FA3 installed): with bf16 weights, and with fp8 ones
+    "4step_fa3fp8_fast_vae": dict(engine=dict(compile=dict(enabled=True, vae=True), attention="self=fa3_fp8,cross=auto",
+                                              vae_dtype="bf16"), gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "4step_fp8_fa3fp8_fast_vae": dict(engine=dict(compile=dict(enabled=True, vae=True), quant="w8a8-fp8",
+                                                  kernels="triton", attention="self=fa3_fp8,cross=auto", vae_dtype="bf16"),
+                                      gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "4step_fp8_fa3fp8_tiny_vae": dict(engine=dict(compile=True, quant="w8a8-fp8", kernels="triton",
+                                                  attention="self=fa3_fp8,cross=auto", tiny_vae="@taew2_1"),
+                                      gen=dict(num_inference_steps=4, guidance_scale=1.0)),
     # the fastest lossy path with the tiny VAE (taew2_1 layout, random weights written beside the folder)
     "4step_fp8_tiny_vae": dict(engine=dict(compile=True, quant="w8a8-fp8", kernels="triton",
                                            attention="self=sage8,cross=auto", tiny_vae="@taew2_1"),
@@ -161,7 +173,7 @@ def run(name: str, spec: dict, ckpt: Path, args) -> dict:
         engine["compile"] = CompileConfig(**engine["compile"])
     if args.device == "cpu":
         engine.pop("compile", None)
-        if "sage8" in str(engine.get("attention", "")):
+        if any(lossy in str(engine.get("attention", "")) for lossy in ("sage8", "fa3_fp8")):  # GPU-only kernels
             engine["attention"] = "reference"
     if engine.get("tiny_vae") == "@taew2_1":
         engine["tiny_vae"] = str(write_tiny_vae(ckpt.parent / "lx2v_e2e_taew2_1.safetensors"))

@@ -17,7 +17,7 @@ SOLVER_NAMES = SOLVERS + FIXED_STEP_SOLVERS
 
 # ops/attention.py's registry, in its order
 ATTENTION_BACKENDS = ("reference", "torch_sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient",
-                      "flash_attn3", "flash_attn", "sage_attn", "sage8", "ssta")
+                      "flash_attn3", "fa3_fp8", "flash_attn", "sage_attn", "sage8", "ssta")
 
 # ops/fused.py's registry ("auto": triton on CUDA, else torch)
 KERNELS = ("torch", "triton")

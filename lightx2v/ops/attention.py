@@ -131,6 +131,17 @@ def _check_package(module: str, min_sm: int) -> Check:
     return check
 
 
+def _check_fa3(device: torch.device, dtype: torch.dtype) -> str | None:
+    """FlashAttention-3's kernels are built for sm90a (Hopper) only: an sm100 GPU cannot run them."""
+
+    def hopper() -> str | None:
+        major, minor = torch.cuda.get_device_capability(device)
+        return None if major == 9 else f"needs a Hopper GPU (sm90), this GPU is sm{major}{minor}"
+
+    return _all(lambda: _cuda_arch(device, 90), hopper, lambda: _half_dtype(dtype),
+                lambda: _importable("flash_attn_interface"))
+
+
 def _check_flex(device: torch.device, dtype: torch.dtype) -> str | None:
     """FlexAttention (torch >= 2.5): compiled on CUDA sm80+ (Triton), its unfused form on CPU."""
     try:
@@ -183,6 +194,12 @@ def _flash_attn3(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     return out[0] if isinstance(out, tuple) else out  # some FA3 versions also return the LSE
 
 
+def _fa3_fp8(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    from lightx2v.ops.fa3_fp8 import fa3_fp8_attention
+
+    return fa3_fp8_attention(q, k, v)
+
+
 def _sage_attn(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     from sageattention import sageattn
 
@@ -225,7 +242,10 @@ _BACKENDS: Mapping[str, AttentionBackend] = MappingProxyType(
                 _sdpa_with("EFFICIENT_ATTENTION"),
                 "SDPA, memory-efficient only",
             ),
-            AttentionBackend("flash_attn3", _check_package("flash_attn_interface", 90), _flash_attn3, "FA3 (Hopper)"),
+            AttentionBackend("flash_attn3", _check_fa3, _flash_attn3, "FlashAttention-3 (Hopper), bf16/fp16"),
+            AttentionBackend(
+                "fa3_fp8", _check_fa3, _fa3_fp8, "FlashAttention-3's FP8 kernel (Hopper), per-head scales, lossy, opt-in"
+            ),
             AttentionBackend("flash_attn", _check_package("flash_attn", 80), _flash_attn2, "flash-attn 2 package"),
             AttentionBackend("sage_attn", _check_package("sageattention", 80), _sage_attn, "SageAttention (int8 QK)"),
             AttentionBackend(
@@ -245,10 +265,11 @@ _BACKENDS: Mapping[str, AttentionBackend] = MappingProxyType(
     }
 )
 
-# "auto": fastest first. cuDNN SDPA only on sm90+, where it measured fastest; sage_attn is never
-# picked automatically because it quantizes Q and K (a user must ask for it), nor is our own sage8.
-# ssta is not in it either: a model trained with it asks for it (pipelines/hunyuan15.py), not "auto".
-AUTO_ORDER: tuple[str, ...] = ("sdpa_cudnn", "flash_attn3", "flash_attn", "sdpa_flash", "torch_sdpa")
+# "auto": fastest first, lossless only. FlashAttention-3 (installed: Hopper only) before cuDNN SDPA:
+# 706 vs 572 TOPS at Wan-14B 480P on an H200, a compiled 14B forward 2.61 vs 2.87 s (docs/benchmarks.md);
+# cuDNN SDPA only on sm90+, where it measured fastest of torch's own. sage_attn, sage8 and fa3_fp8
+# quantize (a user must ask for them); ssta is asked for by a model trained with it (pipelines/hunyuan15.py).
+AUTO_ORDER: tuple[str, ...] = ("flash_attn3", "sdpa_cudnn", "flash_attn", "sdpa_flash", "torch_sdpa")
 
 
 def list_backends() -> list[str]:

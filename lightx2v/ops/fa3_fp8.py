@@ -1,0 +1,45 @@
+"""8-bit attention through FlashAttention-3's FP8 (e4m3) forward: the `fa3_fp8` backend.
+
+FA3 (the Hopper build of flash-attention, module `flash_attn_interface`) runs both products as FP8
+wgmma with the softmax overlapped (its ping-pong schedule): ~940 TOPS at Wan-14B 480P shapes on
+an H200 against ~770 for our Triton `sage8` and ~575 for cuDNN's bf16 kernel (docs/benchmarks.md).
+FA3 takes one dequantization scale per (batch, head) for each of q, k and v, so the quantization
+here is per (batch, head): amax over tokens and channels -> 448 (e4m3's largest finite value).
+
+K is smoothed first, as SageAttention does: its mean over tokens (per batch, head and channel) is
+subtracted. That is exact for softmax attention -- q . (k - m) differs from q . k by q . m, the same
+for every key of a query row, which the softmax cancels -- and it takes K's channel offset out of
+the range the 8-bit grid has to cover. Lossy (q, k, v and the probabilities are rounded to e4m3):
+opt-in, never picked by "auto"; its error is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def quantize_per_head(x: Tensor, smooth: bool = False) -> tuple[Tensor, Tensor]:
+    """x [B, L, H, D] -> (x8 float8_e4m3fn [B, L, H, D], descale fp32 [B, H]) with x ~= x8 * descale
+    (with `smooth`: x minus its mean over L ~= x8 * descale)."""
+    xf = x.float()
+    if smooth:
+        xf = xf - xf.mean(dim=1, keepdim=True)
+    amax = xf.abs().amax(dim=(1, 3)).clamp_min(1e-12)  # [B, H]
+    x8 = (xf * (E4M3_MAX / amax)[:, None, :, None]).to(torch.float8_e4m3fn)
+    return x8, (amax / E4M3_MAX).contiguous()
+
+
+def fa3_fp8_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Softmax attention of q [B, Lq, H, D], k/v [B, Lk, H, D] (bf16/fp16) with FA3's FP8 kernel;
+    the output [B, Lq, H, D] in q's dtype."""
+    from flash_attn_interface import flash_attn_func
+
+    q8, qd = quantize_per_head(q)
+    k8, kd = quantize_per_head(k, smooth=True)
+    v8, vd = quantize_per_head(v)
+    out = flash_attn_func(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
+    out = out[0] if isinstance(out, tuple) else out  # some FA3 versions also return the LSE
+    return out.to(q.dtype)
