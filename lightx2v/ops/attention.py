@@ -131,15 +131,34 @@ def _check_package(module: str, min_sm: int) -> Check:
     return check
 
 
-def _check_fa3(device: torch.device, dtype: torch.dtype) -> str | None:
+def _fa3_build_lacks(dtype: torch.dtype, fp8: bool) -> str | None:
+    """FA3 builds may leave dtypes out (FLASH_ATTENTION_DISABLE_FP16 / _FP8); its generated
+    `flash_attn_config.CONFIG` says which, and a call into a kernel that was not built crashes the
+    process rather than raising, so the capability check reads it. No config file: a full build."""
+    try:
+        from flash_attn_config import CONFIG
+
+        flags = CONFIG["build_flags"]
+    except Exception:
+        return None
+    for wanted, flag in ((fp8, "FLASHATTENTION_DISABLE_FP8"), (dtype == torch.float16, "FLASHATTENTION_DISABLE_FP16")):
+        if wanted and flags.get(flag):
+            return f"this FlashAttention-3 build has no {'fp8' if flag.endswith('FP8') else 'float16'} kernels ({flag})"
+    return None
+
+
+def _check_fa3(fp8: bool) -> Check:
     """FlashAttention-3's kernels are built for sm90a (Hopper) only: an sm100 GPU cannot run them."""
 
-    def hopper() -> str | None:
-        major, minor = torch.cuda.get_device_capability(device)
-        return None if major == 9 else f"needs a Hopper GPU (sm90), this GPU is sm{major}{minor}"
+    def check(device: torch.device, dtype: torch.dtype) -> str | None:
+        def hopper() -> str | None:
+            major, minor = torch.cuda.get_device_capability(device)
+            return None if major == 9 else f"needs a Hopper GPU (sm90), this GPU is sm{major}{minor}"
 
-    return _all(lambda: _cuda_arch(device, 90), hopper, lambda: _half_dtype(dtype),
-                lambda: _importable("flash_attn_interface"))
+        return _all(lambda: _cuda_arch(device, 90), hopper, lambda: _half_dtype(dtype),
+                    lambda: _importable("flash_attn_interface"), lambda: _fa3_build_lacks(dtype, fp8))
+
+    return check
 
 
 def _check_flex(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -242,9 +261,9 @@ _BACKENDS: Mapping[str, AttentionBackend] = MappingProxyType(
                 _sdpa_with("EFFICIENT_ATTENTION"),
                 "SDPA, memory-efficient only",
             ),
-            AttentionBackend("flash_attn3", _check_fa3, _flash_attn3, "FlashAttention-3 (Hopper), bf16/fp16"),
+            AttentionBackend("flash_attn3", _check_fa3(fp8=False), _flash_attn3, "FlashAttention-3 (Hopper), bf16/fp16"),
             AttentionBackend(
-                "fa3_fp8", _check_fa3, _fa3_fp8, "FlashAttention-3's FP8 kernel (Hopper), per-head scales, lossy, opt-in"
+                "fa3_fp8", _check_fa3(fp8=True), _fa3_fp8, "FlashAttention-3's FP8 kernel (Hopper), per-head scales, lossy, opt-in"
             ),
             AttentionBackend("flash_attn", _check_package("flash_attn", 80), _flash_attn2, "flash-attn 2 package"),
             AttentionBackend("sage_attn", _check_package("sageattention", 80), _sage_attn, "SageAttention (int8 QK)"),
