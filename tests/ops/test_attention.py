@@ -183,5 +183,5 @@ def test_gpu_backends_match_reference(dtype: torch.dtype) -> None:
             err = (out.float() - ref).abs().max().item()
             assert err <= tol_n * ref.abs().max().item(), f"{name} {dtype}: err {err}"
     if dtype != torch.float32 and torch.cuda.get_device_capability(dev) >= (9, 0):
-        hopper_fa3 = torch.cuda.get_device_capability(dev)[0] == 9 and _importable("flash_attn_interface")
-        assert resolve_attention("auto", dev, dtype).name == ("flash_attn3" if hopper_fa3 else "sdpa_cudnn")
+        fa3 = get_backend("flash_attn3").available(dev, dtype) is None  # Hopper, installed, this dtype built
+        assert resolve_attention("auto", dev, dtype).name == ("flash_attn3" if fa3 else "sdpa_cudnn")
