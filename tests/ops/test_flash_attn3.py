@@ -33,6 +33,7 @@ def _fake_fa3(monkeypatch: pytest.MonkeyPatch, returns_lse: bool) -> list:
     module = types.ModuleType("flash_attn_interface")
     module.flash_attn_func = flash_attn_func
     monkeypatch.setitem(sys.modules, "flash_attn_interface", module)
+    monkeypatch.setitem(sys.modules, "flash_attn_config", None)  # no build config: a full build (not a real one on the path)
     return calls
 
 
