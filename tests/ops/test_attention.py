@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -104,7 +106,8 @@ def _importable(module: str) -> bool:
     return True
 
 
-def test_auto_on_hopper_prefers_cudnn(fake_cuda) -> None:
+def test_auto_on_hopper_prefers_cudnn(monkeypatch, fake_cuda) -> None:
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # no FA3 (it comes first: test_flash_attn3.py)
     fake_cuda(9, 0)
     assert resolve_attention("auto", "cuda", torch.bfloat16).name == "sdpa_cudnn"
     assert resolve_attention("auto", "cuda:0", torch.float16).name == "sdpa_cudnn"
