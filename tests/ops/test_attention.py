@@ -4,7 +4,6 @@ resolution picks the right backend and refuses, with a reason, those that cannot
 from __future__ import annotations
 
 import dataclasses
-
 import sys
 
 import pytest
