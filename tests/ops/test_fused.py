@@ -106,6 +106,26 @@ def test_gated_residual_matches_reference(mod):
     assert out.data_ptr() != x.data_ptr()  # a new tensor: x is not written
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_gelu_matches_reference(dtype):
+    import torch.nn.functional as F
+
+    lin = torch.nn.Linear(64, 96).to(DEV, dtype)
+    x = torch.randn(B, L, 64, generator=_g(20)).to(DEV, dtype)
+    ref = REF.linear_gelu(lin, x)
+    assert torch.equal(ref, F.gelu(lin(x), approximate="tanh"))  # the FFN's Linear + GELU(tanh), unchanged
+    out = TRI.linear_gelu(lin, x)
+    assert out.shape == ref.shape and out.dtype == dtype
+    if x.is_cuda and dtype == torch.bfloat16:  # cuBLASLt's epilogue: GELU before the one rounding
+        assert (out.float() - ref.float()).abs().max() <= 2e-2 * ref.float().abs().max()
+        assert not torch.equal(out, ref)  # the epilogue did run
+    else:
+        assert torch.equal(out, ref)  # the reference everywhere else
+    # a hooked layer (a dynamic LoRA is a forward hook) always runs through the module
+    lin.register_forward_hook(lambda module, inputs, output: output * 2)
+    assert torch.equal(TRI.linear_gelu(lin, x), F.gelu(lin(x), approximate="tanh"))
+
+
 def test_triton_ops_trace_without_graph_breaks():
     c, heads = 64, 2
     x = torch.randn(B, L, c).to(DEV)

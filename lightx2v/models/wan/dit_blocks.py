@@ -283,9 +283,8 @@ class WanBlock(nn.Module):
         y = self.self_attn(ops.norm_modulate(x, shift, scale, self.norm1.eps, compute_dtype(self.self_attn.q)), rope)
         x = ops.gated_residual(x, y, gate)
         x = x + self.cross_attn(self.norm3(x).float(), kv).float()
-        y = linear(self.ffn[0], ops.norm_modulate(x, c_shift, c_scale, self.norm2.eps, compute_dtype(self.ffn[0])))
-        y = self.ffn[2](self.ffn[1](y))
-        return ops.gated_residual(x, y, c_gate)
+        y = ops.linear_gelu(self.ffn[0], ops.norm_modulate(x, c_shift, c_scale, self.norm2.eps, compute_dtype(self.ffn[0])))
+        return ops.gated_residual(x, self.ffn[2](y), c_gate)
 
     def _forward_chunked(self, x: Tensor, e: Tensor, kv: tuple[Tensor, ...], rope: Tensor, n: int) -> Tensor:
         """`forward` with every token-wise part run `n` tokens at a time (inference only).
@@ -328,9 +327,9 @@ class WanBlock(nn.Module):
             xs += self.cross_attn(self.norm3(xs).float(), kv).float()
         for s, end in spans:
             xs = new[:, s:end]
-            y = linear(self.ffn[0], ops.norm_modulate(xs, rows(c_shift, s, end), rows(c_scale, s, end),
-                                                      self.norm2.eps, compute_dtype(self.ffn[0])))
-            new[:, s:end] = ops.gated_residual(xs, self.ffn[2](self.ffn[1](y)), rows(c_gate, s, end))
+            y = ops.linear_gelu(self.ffn[0], ops.norm_modulate(xs, rows(c_shift, s, end), rows(c_scale, s, end),
+                                                               self.norm2.eps, compute_dtype(self.ffn[0])))
+            new[:, s:end] = ops.gated_residual(xs, self.ffn[2](y), rows(c_gate, s, end))
         return new
 
 
