@@ -8,6 +8,7 @@
 #        sage8cfg (sage8_configs.py: sage8's kernel under explicit configurations, $SAGE8_CONFIGS), cache (cache.py),
 #        family (family_dit.py: Qwen-Image / HunyuanVideo-1.5 DiTs vs diffusers, $FAMILIES, $HY_RES, $FAMILY_ARGS),
 #        parallel (torchrun benchmarks/parallel.py on $NGPUS GPUs: the nvidia-h200-x2 kind),
+#        qkprep (qk_prep.py: Wan's q/k RMSNorm + RoPE four ways), ffn (ffn_epilogue.py: the FFN's GELU epilogue),
 #        tiling (vae_tiling.py), small (small_gpu.py: whole runs under a capped allocator, the planner's plans)
 #        e2efam (e2e_family.py: whole HunyuanVideo-1.5 480P / Qwen-Image generations at full size, ours and diffusers,
 #        $FAMILIES, $E2EFAM_CONFIGS: default / all / names; results under $OUT/e2efam)
@@ -64,6 +65,8 @@ for spec in "$@"; do
     e2efam) timeout "$limit" python3 benchmarks/e2e_family.py --out "$OUT/e2efam" --commit "$COMMIT" --family "${FAMILIES:-hunyuan15,qwen-image}" --configs "${E2EFAM_CONFIGS:-default}" > "$OUT/e2efam.log" 2>&1 ;;
     sage8cfg) timeout "$limit" python3 benchmarks/sage8_configs.py --out "$OUT" --commit "$COMMIT" ${SAGE8_CONFIGS:+--configs "$SAGE8_CONFIGS"} > "$OUT/sage8cfg.log" 2>&1 ;;
     attn) timeout "$limit" python3 benchmarks/attention_kernels.py --out "$OUT" > "$OUT/attn.log" 2>&1 ;;
+    qkprep) timeout "$limit" python3 benchmarks/qk_prep.py --out "$OUT" > "$OUT/qkprep.log" 2>&1 ;;
+    ffn) timeout "$limit" python3 benchmarks/ffn_epilogue.py --out "$OUT" > "$OUT/ffn.log" 2>&1 ;;
     fa3|fa3build) fa3_part "$part" "$limit" ;;
     *) echo "unknown part $part" ;;
   esac
