@@ -21,7 +21,10 @@ otherwise why not) and three ops:
 
 "torch" is the reference: exactly the expressions the blocks computed before this module existed
 (so the default is bit-identical to them); "triton" runs the kernels of lightx2v.ops.triton.norms
-(one pass over memory each), which match the reference to fp32 rounding before the final cast.
+(one pass over memory each), which match the reference to fp32 rounding before the final cast,
+when the block runs eagerly; inside a compiled block its three elementwise ops are the reference
+(`_eager_only`: Inductor fuses them with their neighbours, measured faster than the kernels there)
+and only `linear_gelu`'s GEMM epilogue, which Inductor does not do, stays.
 Blocks read `module.fused_ops` (set by `set_fused_backend`, the engine's "kernels" step); the Triton
 module is imported on first use, so importing this module needs no Triton.
 `resolve_fused(name, device, dtype)`: "auto" is triton where it compiles for real (CUDA), else
@@ -97,6 +100,18 @@ def _torch_gated_residual(x: Tensor, y: Tensor, gate: Tensor) -> Tensor:
 # ---------------------------------------------------------------- Triton (lightx2v.ops.triton.norms)
 
 
+def _eager_only(triton_fn: Callable[..., Tensor], torch_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`triton_fn` when running eagerly, `torch_fn` (the reference) while torch.compile traces: Inductor
+    fuses the reference with its neighbours, which measured as fast or faster than our kernels inside
+    a compiled block (docs/benchmarks.md; q/k norm + RoPE 0.58 ms compiled vs 0.78 ms Triton per 14B block)."""
+
+    def op(*args, **kwargs) -> Tensor:
+        return (torch_fn if torch.compiler.is_compiling() else triton_fn)(*args, **kwargs)
+
+    op.__name__ = triton_fn.__name__
+    return op
+
+
 def _triton_norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype: torch.dtype) -> Tensor:
     import lightx2v.ops.triton.norms  # noqa: F401  (registers the lightx2v:: ops)
 
@@ -160,7 +175,9 @@ _OPS: Mapping[str, FusedOps] = MappingProxyType(
         for o in (
             FusedOps("torch", _any, _torch_norm_modulate, _torch_qk_norm_rope, _torch_gated_residual,
                      "torch ops, the reference (the blocks' original expressions)"),
-            FusedOps("triton", _check_triton, _triton_norm_modulate, _triton_qk_norm_rope, _triton_gated_residual,
+            FusedOps("triton", _check_triton, _eager_only(_triton_norm_modulate, _torch_norm_modulate),
+                     _eager_only(_triton_qk_norm_rope, _torch_qk_norm_rope),
+                     _eager_only(_triton_gated_residual, _torch_gated_residual),
                      "fused Triton kernels, one pass over memory each (lightx2v.ops.triton.norms); the FFN's "
                      "GELU in cuBLASLt's epilogue", linear_gelu=_epilogue_linear_gelu),
         )

@@ -106,13 +106,19 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
 
     The reference's complex multiply, in complex64 (one kernel in eager; the reference uses
     complex128). Under torch.compile the same product is written in real arithmetic, because
-    Inductor cannot generate code for complex ops but fuses the real form into one kernel.
+    Inductor cannot generate code for complex ops: x * cos2 + swap(x) * sin2, with cos2 = (c, c) and
+    sin2 = (-s, s) per pair and swap(x) each channel's pair partner -- plain pointwise index math
+    that Inductor fuses with the RMSNorm before it at 2x the speed of rotating (re, im) and
+    re-interleaving them with torch.stack (Wan-14B q and k: 0.58 vs 1.19 ms per block on an H200,
+    benchmarks/qk_prep.py); the same products and sums, so the same numbers.
     """
-    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     if torch.compiler.is_compiling():
-        cos, sin = freqs[..., 0], freqs[..., 1]
-        re, im = pairs[..., 0], pairs[..., 1]
-        return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2)
+        x = x.float()
+        cos2 = freqs[..., 0:1].expand(*freqs.shape[:-1], 2).flatten(-2)  # [L, 1, D]: c0 c0 c1 c1 ...
+        sin2 = torch.stack((-freqs[..., 1], freqs[..., 1]), dim=-1).flatten(-2)  # [L, 1, D]: -s0 s0 -s1 s1 ...
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # [B, L, H, D]: (im, re) per pair
+        return x * cos2 + swapped * sin2
+    pairs = x.float().unflatten(-1, (-1, 2))  # [B, L, H, D/2, 2]
     rotated = torch.view_as_complex(pairs.contiguous()) * torch.view_as_complex(freqs)
     return torch.view_as_real(rotated).flatten(-2)
 

@@ -122,30 +122,28 @@ def norm_modulate(x: Tensor, shift: Tensor, scale: Tensor, eps: float, out_dtype
 @triton.jit
 def _qk_norm_rope_kernel(x_ptr, w_ptr, rope_ptr, out_ptr, L, C, G, HALF_D, sxb, sxl, srl, eps,
                          BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, ROPE: tl.constexpr):
-    # one token row of C = H * D channels as a [groups, pairs] tile: the row is normalised in G-channel
-    # groups, the whole row (G = C, one group: Wan) or each head (G = D, H groups: per_head), each read as
-    # G/2 pairs (2p, 2p+1). A group starts at a head boundary, so its pair p is pair (g*G/2 + p) % (D/2)
-    # of its head, and the weight (G long) is read from its start for every group.
+    # one token row of C = H * D channels as a [groups, pairs, 2] tile: the row is normalised in
+    # G-channel groups, the whole row (G = C, one group: Wan) or each head (G = D, H groups: per_head).
+    # The tile's addresses are the row's channels in order, so loads and the store are contiguous;
+    # the pairs (2p, 2p+1) are split and joined in registers (strided even/odd loads and stores ran
+    # at 0.75x the speed: benchmarks/qk_prep.py). A group starts at a head boundary, so its pair p is
+    # pair (g*G/2 + p) % (D/2) of its head, and the weight (G long) is read from its start per group.
     row, b, l_ = _row(L)
-    g = tl.arange(0, BLOCK_G)[:, None]
-    p = tl.arange(0, BLOCK_P)[None, :]
-    mask = (g < C // G) & (p < G // 2)
-    pair = g * (G // 2) + p  # [BLOCK_G, BLOCK_P]: the pair's index in the row
-    base = x_ptr + b * sxb + l_ * sxl
-    re = tl.load(base + 2 * pair, mask=mask, other=0.0).to(tl.float32)
-    im = tl.load(base + 2 * pair + 1, mask=mask, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(re * re + im * im, axis=1) / G + eps)  # [BLOCK_G], one per group
-    re = re * rstd[:, None] * tl.load(w_ptr + 2 * p, mask=mask, other=0.0).to(tl.float32)
-    im = im * rstd[:, None] * tl.load(w_ptr + 2 * p + 1, mask=mask, other=0.0).to(tl.float32)
+    g = tl.arange(0, BLOCK_G)[:, None, None]
+    p = tl.arange(0, BLOCK_P)[None, :, None]
+    two = tl.arange(0, 2)[None, None, :]
+    mask = (g < C // G) & (p < G // 2) & (two < 2)
+    offs = g * G + 2 * p + two  # [BLOCK_G, BLOCK_P, 2]: the channel
+    x = tl.load(x_ptr + b * sxb + l_ * sxl + offs, mask=mask, other=0.0).to(tl.float32)
+    rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(x * x, axis=2), axis=1) / G + eps)  # [BLOCK_G], one per group
+    x = x * rstd[:, None, None] * tl.load(w_ptr + 2 * p + two, mask=mask, other=0.0).to(tl.float32)
     if ROPE:
-        j = pair % HALF_D
-        cos = tl.load(rope_ptr + l_ * srl + 2 * j, mask=mask, other=0.0)
-        sin = tl.load(rope_ptr + l_ * srl + 2 * j + 1, mask=mask, other=0.0)
-        re, im = re * cos - im * sin, re * sin + im * cos
-    out = out_ptr + row * C
-    ty = out_ptr.dtype.element_ty
-    tl.store(out + 2 * pair, _cast(re, ty), mask=mask)
-    tl.store(out + 2 * pair + 1, _cast(im, ty), mask=mask)
+        j = (g * (G // 2) + p) % HALF_D  # the pair's index in its head
+        cs = tl.load(rope_ptr + l_ * srl + 2 * j + two, mask=mask, other=0.0)  # (cos, sin)
+        re, im = tl.split(x)
+        cos, sin = tl.split(cs)
+        x = tl.join(re * cos - im * sin, re * sin + im * cos)
+    tl.store(out_ptr + row * C + offs, _cast(x, out_ptr.dtype.element_ty), mask=mask)
 
 
 @_op("qk_norm_rope",
@@ -168,7 +166,7 @@ def qk_norm_rope(x: Tensor, weight: Tensor, eps: float, rope: Tensor | None, num
     _launch(_qk_norm_rope_kernel, (B * L,),
         x, weight, x if rope is None else rope, out, L, C, group, C // num_heads // 2, x.stride(0), x.stride(1),
         0 if rope is None else rope.stride(0), eps, BLOCK_G=block_g, BLOCK_P=block_p, ROPE=rope is not None,
-        num_warps=_warps(block_g * block_p))
+        num_warps=_warps(block_g * block_p))  # pairs: 4096 (Wan-14B's 2,560 padded) -> 8 warps
     return out
 
 
