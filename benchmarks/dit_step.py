@@ -59,6 +59,9 @@ CONFIGS = {
     "compiled_cudnn": {"compile": True, "self": "sdpa_cudnn", "cross": "sdpa_cudnn"},
     # FA3's FP8 kernel on the self-attention (lossy, opt-in: ops/fa3_fp8.py)
     "compiled_fa3fp8": {"compile": True, "self": "fa3_fp8", "cross": "flash_attn3"},
+    # kernels="triton" under compile: Inductor's elementwise fusion plus the FFN's GELU epilogue
+    "compiled_fa3_triton": {"compile": True, "self": "flash_attn3", "cross": "flash_attn3", "kernels": "triton"},
+    "compiled_fa3fp8_triton": {"compile": True, "self": "fa3_fp8", "cross": "flash_attn3", "kernels": "triton"},
     # quantized: the DiT's block linears quantized in place (a scheme change rebuilds the bf16 model
     # from the same seed: these rows run after every float row)
     "compiled_w8a8_fp8": {"quant": "w8a8-fp8", "compile": True},

@@ -49,6 +49,9 @@ RUNS = {
     # lossless attention (auto: FlashAttention-3 where installed), the VAE in bf16 with its decoder compiled
     "4step_lossless_fast_vae": dict(engine=dict(compile=dict(enabled=True, vae=True), vae_dtype="bf16"),
                                     gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "4step_lossless_fast_vae_triton": dict(engine=dict(compile=dict(enabled=True, vae=True), vae_dtype="bf16",
+                                                       kernels="triton"),
+                                           gen=dict(num_inference_steps=4, guidance_scale=1.0)),
     # FA3's FP8 kernel on the self-attention (needs FA3 installed): with bf16 weights, and with fp8 ones
     "4step_fa3fp8_fast_vae": dict(engine=dict(compile=dict(enabled=True, vae=True), attention="self=fa3_fp8,cross=auto",
                                               vae_dtype="bf16"), gen=dict(num_inference_steps=4, guidance_scale=1.0)),
