@@ -98,7 +98,11 @@ class MLP(nn.Module):
         self.act = act
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, ops=None) -> Tensor:
+        # with a block's fused ops (lightx2v.ops.fused), a GELU(tanh) MLP takes their linear_gelu
+        # (the GEMM's GELU epilogue under kernels="triton"; the same expression under "torch")
+        if ops is not None and isinstance(self.act, nn.GELU) and self.act.approximate == "tanh":
+            return linear(self.fc2, ops.linear_gelu(self.fc1, x.to(compute_dtype(self.fc1))))
         return linear(self.fc2, self.act(linear(self.fc1, x)))
 
 
@@ -287,7 +291,7 @@ class MMDoubleStreamBlock(nn.Module):
         x = ops.gated_residual(x, linear(getattr(self, f"{s}_attn_proj"), attn), gate[:, None])
         h = ops.norm_modulate(x, shift2[:, None], scale2[:, None], getattr(self, f"{s}_norm2").eps,
                               compute_dtype(mlp.fc1))
-        return ops.gated_residual(x, mlp(h), gate2[:, None])
+        return ops.gated_residual(x, mlp(h, ops), gate2[:, None])
 
     def _img_chunked(self, img: Tensor, mod: tuple[Tensor, ...], rope: Tensor, n: int, attn: Tensor | None = None):
         """The image stream's token-wise work `n` tokens at a time (chunk_tokens; inference only): without

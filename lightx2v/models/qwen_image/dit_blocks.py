@@ -174,9 +174,12 @@ class FeedForward(nn.Module):
         proj.proj = nn.Linear(dim, hidden)
         self.net = nn.ModuleList([proj, nn.Identity(), nn.Linear(hidden, dim)])
 
-    def forward(self, x: Tensor) -> Tensor:
-        # x: [B, L, C] in the compute dtype -> [B, L, C] in net.2's dtype
-        h = F.gelu(linear(self.net[0].proj, x), approximate="tanh")
+    def forward(self, x: Tensor, ops=None) -> Tensor:
+        # x: [B, L, C] in the compute dtype -> [B, L, C] in net.2's dtype; with a block's fused ops
+        # (lightx2v.ops.fused), their linear_gelu: the GEMM's GELU epilogue under kernels="triton"
+        proj = self.net[0].proj
+        h = (ops.linear_gelu(proj, x.to(compute_dtype(proj))) if ops is not None
+             else F.gelu(linear(proj, x), approximate="tanh"))
         return linear(self.net[2], h)
 
 
@@ -223,11 +226,13 @@ class QwenImageBlock(nn.Module):
         n, L = self.chunk_tokens, x.shape[1]
         dt = compute_dtype(self.img_mlp.net[0].proj)
         if not n or L <= n or torch.is_grad_enabled():
-            return _residual(gated, split, x, self.img_mlp(_per_segment(modulate(dt), split, x, p[3], p[4])), p[5])
+            return _residual(gated, split, x, self.img_mlp(_per_segment(modulate(dt), split, x, p[3], p[4]),
+                                                           self.fused_ops), p[5])
         out = torch.empty_like(x)
         for s in range(0, L, n):
             xs, at = x[:, s:s + n], split - s  # the segment split, as seen from this chunk
-            out[:, s:s + n] = _residual(gated, at, xs, self.img_mlp(_per_segment(modulate(dt), at, xs, p[3], p[4])), p[5])
+            out[:, s:s + n] = _residual(gated, at, xs, self.img_mlp(_per_segment(modulate(dt), at, xs, p[3], p[4]),
+                                                                    self.fused_ops), p[5])
         return out
 
     def forward(self, x: Tensor, txt: Tensor, e0: Tensor, rope: Tensor, split: int) -> tuple[Tensor, Tensor]:
@@ -251,7 +256,7 @@ class QwenImageBlock(nn.Module):
         x = _residual(gated, split, x, img_a, img_p[2])
         txt = ops.gated_residual(txt, txt_a, txt_p[2])
         x = self._img_mlp(x, img_p, split, modulate, gated)
-        txt = ops.gated_residual(txt, self.txt_mlp(ops.norm_modulate(txt, txt_p[3], txt_p[4], EPS, dt_tm)), txt_p[5])
+        txt = ops.gated_residual(txt, self.txt_mlp(ops.norm_modulate(txt, txt_p[3], txt_p[4], EPS, dt_tm), ops), txt_p[5])
         return x, txt
 
 
