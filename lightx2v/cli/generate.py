@@ -194,6 +194,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
                         "than half the activation memory (a small GPU), a little slower")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
+    p.add_argument("--compile-vae", action="store_true",
+                   help="also torch.compile the VAE decoder's blocks (implies --compile): ~50 s more on the first run "
+                        "at 480P, then a faster decode (bf16 480P x 81 frames 1.04 s instead of 1.45 s on an H200)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")
     p.add_argument("--attention", default="auto",
@@ -233,7 +236,7 @@ def detect_from_args(args: argparse.Namespace, progress: bool = True):
                          lora=[parse_lora_spec(spec) for spec in args.lora],
                          lora_per_dit=expert_loras([parse_lora_spec(spec) for spec in args.lora_high],
                                                    [parse_lora_spec(spec) for spec in args.lora_low]),
-                         lora_allow_unmatched=args.lora_allow_unmatched, compile=args.compile, offload=args.offload,
+                         lora_allow_unmatched=args.lora_allow_unmatched, compile=compile_arg(args), offload=args.offload,
                          offload_buffers=args.offload_buffers, lazy_load=args.lazy_load,
                          num_disk_workers=args.num_disk_workers,
                          vae_dtype=args.vae_dtype, cfg_mode=args.cfg_mode, kernels=args.kernels,
@@ -254,6 +257,15 @@ def detect_from_args(args: argparse.Namespace, progress: bool = True):
     mc = with_tiny_vae(mc, args.tiny_vae, args.tiny_vae_kind)  # the file checked before any weight is read
     engine = resolve_engine_loras(mc, engine)  # --lora-high on a one-DiT model, Lightning folders: before loading
     return mc, engine
+
+
+def compile_arg(args: argparse.Namespace):
+    """--compile / --compile-vae as make_engine's `compile` (a bool, or the config compiling the VAE too)."""
+    if getattr(args, "compile_vae", False):
+        from lightx2v.engine_config import CompileConfig
+
+        return CompileConfig(enabled=True, vae=True)
+    return args.compile
 
 
 def parallel_args(args: argparse.Namespace) -> dict:
@@ -423,7 +435,7 @@ def summary_line(mc, engine, p) -> str:
     if engine.cache.enabled:
         opts.append(f"cache {engine.cache.method}")
     if engine.compile.enabled:
-        opts.append("compile")
+        opts.append("compile (DiT + VAE)" if engine.compile.vae else "compile")
     if engine.offload.granularity is not None:
         opts.append(f"offload {engine.offload.granularity}" + (" (lazy load)" if engine.offload.lazy_load else ""))
     if engine.offload_encoders:

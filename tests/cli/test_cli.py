@@ -166,3 +166,16 @@ def test_unknown_solver_rejected_without_traceback(tiny_official_dir, tmp_path):
     assert proc.returncode == 2
     assert "invalid choice: 'heun'" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_compile_vae_flag_compiles_dit_and_vae(tiny_official_dir):
+    """--compile-vae is the API's CompileConfig(enabled=True, vae=True) (the measured fastest decode);
+    --compile alone leaves the VAE eager."""
+    from lightx2v.cli.generate import detect_from_args
+
+    sub = build_parser()
+    for flags, dit, vae in ((["--compile-vae"], True, True), (["--compile"], True, False), ([], False, False)):
+        args = sub.parse_args(["generate", "--model-path", str(tiny_official_dir), "--prompt", "p", "--device", "cpu",
+                               *flags])
+        _, engine = detect_from_args(args, progress=False)
+        assert (engine.compile.enabled, engine.compile.vae) == (dit, vae), flags
