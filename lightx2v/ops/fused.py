@@ -1,9 +1,9 @@
-"""One dispatch point for the fused elementwise ops of a DiT block (norm + modulation, q/k norm + RoPE,
-gated residual).
+"""One dispatch point for the fused ops of a DiT block (norm + modulation, q/k norm + RoPE,
+gated residual, an MLP's up-projection + GELU).
 
 Design (as lightx2v.ops.attention): a read-only registry of small frozen `FusedOps` objects, each
 with a `name`, a capability check `available(device, dtype) -> str | None` (None: it can run;
-otherwise why not) and three ops:
+otherwise why not) and four ops:
 
     norm_modulate(x, shift, scale, eps, out_dtype)   LayerNorm(x) * (1 + scale) + shift, cast to out_dtype
         x: [B, L, C] fp32 residual; shift, scale: [B, 1 | L, C] fp32 -> [B, L, C] out_dtype
@@ -54,7 +54,7 @@ def _torch_linear_gelu(layer: nn.Module, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class FusedOps:
-    """A named set of the three fused ops with a capability check."""
+    """A named set of the fused ops (three elementwise, the MLP's linear_gelu) with a capability check."""
 
     name: str
     check: Check
