@@ -106,10 +106,25 @@ def _ours(path, task, latents, **extra):
                                latents=latents.clone(), output_type="np", **kw, **extra)
 
 
-def test_diffusers_layout_matches_reference(task_dirs, latents):
+# Each task's diffusers reference and our plain run on the diffusers folder are made once and only read by the
+# tests below (same inputs every time): they used to be recomputed per test.
+@pytest.fixture(scope="module")
+def reference(task_dirs, latents) -> np.ndarray:
     task, diff, _ = task_dirs
-    ref = _reference(diff, task, latents)
-    pipe, r = _ours(diff, task, latents)
+    return _reference(diff, task, latents)
+
+
+@pytest.fixture(scope="module")
+def ours_diffusers(task_dirs, latents):
+    """(pipe, result): our resident run on the diffusers folder, the pipe's first generation."""
+    task, diff, _ = task_dirs
+    return _ours(diff, task, latents)
+
+
+def test_diffusers_layout_matches_reference(task_dirs, latents, reference, ours_diffusers):
+    task, diff, _ = task_dirs
+    ref = reference
+    pipe, r = ours_diffusers
     assert pipe.model_config.task == task
     assert r.frames.shape == (FRAMES, H, W, 3)
     assert np.abs(r.frames - ref).max() <= 1e-3
@@ -120,17 +135,18 @@ def test_diffusers_layout_matches_reference(task_dirs, latents):
     assert np.abs(other.frames - r.frames).max() > 1e-2
 
 
-def test_official_layout_loads_same_weights(task_dirs, latents):
+def test_official_layout_loads_same_weights(task_dirs, latents, reference, ours_diffusers):
     """Same weights through the official files; with diffusers' sampling and resampling it must give
     the diffusers frames; with its own (bicubic resize, CLIP 224 resize without crop) it differs."""
     import dataclasses
 
     task, diff, off = task_dirs
-    ref = _reference(diff, task, latents)
+    ref = reference
     pipe = LightX2V.from_pretrained(off, device="cpu", dtype=torch.float32, progress=False)
     assert pipe.model_config.layout == "official" and pipe.model_config.task == task
     assert pipe.model_config.defaults.num_inference_steps == (40 if task == "i2v" else 50)
-    d_defaults = LightX2V.from_pretrained(diff, device="cpu", dtype=torch.float32, progress=False).model_config
+    d_defaults = ours_diffusers[0].model_config  # the diffusers folder's config, as from_pretrained(diff) reads it
+    assert d_defaults.layout == "diffusers"
     arch = dataclasses.replace(pipe.model_config.arch, image_processor=d_defaults.arch.image_processor)
     mc = dataclasses.replace(pipe.model_config, layout="diffusers", arch=arch,
                              defaults=dataclasses.replace(pipe.model_config.defaults, convention="diffusers",
@@ -221,7 +237,7 @@ def test_cli_i2v_writes_video(task_dirs, tmp_path):
     assert (info["frames"], info["width"], info["height"]) == (5, 96, 48)
 
 
-def test_official_conditioning_matches_reference_with_official_clip_input(task_dirs, latents):
+def test_official_conditioning_matches_reference_with_official_clip_input(task_dirs, latents, ours_diffusers):
     """The official layout's own image path (CLIP on a plain 224x224 bicubic resize of the whole
     image, no crop) against diffusers given the CLIP tokens of that same input: only the sampler
     convention is swapped to diffusers' so the two loops can be compared step by step."""
@@ -248,7 +264,7 @@ def test_official_conditioning_matches_reference_with_official_clip_input(task_d
                    **kw).frames[0]
 
     pipe = LightX2V.from_pretrained(off, device="cpu", dtype=torch.float32, progress=False)
-    sched_cfg = LightX2V.from_pretrained(diff, device="cpu", dtype=torch.float32, progress=False).model_config.defaults.scheduler_config
+    sched_cfg = ours_diffusers[0].model_config.defaults.scheduler_config  # the diffusers folder's
     mc = pipe.model_config
     pipe.pipeline.model_config = dataclasses.replace(mc, defaults=dataclasses.replace(
         mc.defaults, convention="diffusers", scheduler_config=sched_cfg))
@@ -259,13 +275,13 @@ def test_official_conditioning_matches_reference_with_official_clip_input(task_d
     assert np.abs(ours - np.asarray(ref, dtype=np.float32)).max() <= 1e-3
 
 
-def test_offloaded_encoders_take_the_device_one_at_a_time(task_dirs, latents, monkeypatch):
+def test_offloaded_encoders_take_the_device_one_at_a_time(task_dirs, latents, ours_diffusers, monkeypatch):
     """With encoder offload the VAE encodes, goes back, then the CLIP tower comes (a small GPU holds one
     of them beside the DiT, not both); the frames are those of the resident run."""
     from lightx2v.runtime.offload import ModelOffload
 
     task, diff, _ = task_dirs
-    _, ref = _ours(diff, task, latents)
+    _, ref = ours_diffusers
     events = []
     for name in ("activate", "bring", "release"):
         orig = getattr(ModelOffload, name)

@@ -3,7 +3,9 @@ the tiny random Wan2.1 checkpoint on the CPU (tests/server/conftest.py's approac
 16x16 pixels takes about a second).
 
 `UiProcess` starts it, waits for the HTTP service's /ready (the page and the API share the
-process), and stops it with SIGTERM; its log is kept for assertions. One process per test module.
+process), and stops it with SIGTERM; its log is kept for assertions. One process per test module, but for
+the tiny Qwen-Image T2I folder without flags: one process (`qwen_ui`) for test_images_ui.py and
+test_image_browser.py, whose tests only add jobs of their own (a start costs 10-15 s on two cores).
 
 The browser tests' fixtures (test_browser.py: the video page; test_image_browser.py: the image page):
 `browser`, one headless Chromium per module (Debian's `chromium` driven by Playwright through its
@@ -42,6 +44,15 @@ def tiny_model(tmp_path_factory) -> Path:
     from lightx2v.models.wan.tiny import write_official_checkpoint
 
     return write_official_checkpoint(tmp_path_factory.mktemp("ui-model") / "Wan2.1-T2V-tiny")
+
+
+@pytest.fixture(scope="session")
+def qwen_ui(qwen_image_t2i, tmp_path_factory):
+    """The UI on the tiny Qwen-Image T2I folder, no flags; killed at the end (a graceful stop waits ~10 s for
+    gradio's open streams; shutdown is tested elsewhere)."""
+    proc = UiProcess(qwen_image_t2i[0], tmp_path_factory.mktemp("ui-qwen") / "data").start()
+    yield proc
+    proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,15 @@
 `lightx2v ui` process serving the tiny Qwen-Image T2I folder (tests/qwen_image_fixtures.py): Generate fills
 the gallery with PNGs of the asked size and no console error; Cancel stops the running job in the worker;
 a reloaded page re-attaches to the page's job (queued behind another one here, so nothing races the
-reload) and shows its images when it finishes. One process for the module, killed at the end (a graceful
-stop waits ~10 s for gradio's open streams; shutdown is tested elsewhere)."""
+reload) and shows its images when it finishes. One process, shared with test_images_ui.py
+(tests/web/conftest.py's `qwen_ui`)."""
 
 import threading
 import time
 
 import pytest
 
-from tests.web.conftest import UiProcess, httpx
+from tests.web.conftest import httpx
 
 pytest.importorskip("diffusers")
 
@@ -18,10 +18,8 @@ LONG = 1000  # steps of a job that runs until it is cancelled (the most the sche
 
 
 @pytest.fixture(scope="module")
-def ui(qwen_image_t2i, tmp_path_factory):
-    proc = UiProcess(qwen_image_t2i[0], tmp_path_factory.mktemp("ui-image-browser") / "data").start()
-    yield proc
-    proc.kill()
+def ui(qwen_ui):
+    return qwen_ui  # one process with test_images_ui.py / test_image_browser.py (tests/web/conftest.py)
 
 
 def fill(page, prompt: str, size=(32, 32), steps=2, images=1, seed=None) -> None:

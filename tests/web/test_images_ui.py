@@ -8,8 +8,6 @@ result depends on it."""
 import numpy as np
 import pytest
 
-from tests.web.conftest import UiProcess
-
 gradio_client = pytest.importorskip("gradio_client")
 pytest.importorskip("diffusers")
 
@@ -19,10 +17,8 @@ ASK = dict(prompt="a red cat on a mat", height=64, width=96, num_inference_steps
 
 
 @pytest.fixture(scope="module")
-def ui(qwen_image_t2i, tmp_path_factory):
-    proc = UiProcess(qwen_image_t2i[0], tmp_path_factory.mktemp("ui-qwen") / "data").start()
-    yield proc
-    proc.kill()  # no shutdown is tested here: a graceful stop waits ~10 s for gradio_client's open streams
+def ui(qwen_ui):
+    return qwen_ui  # one process with test_images_ui.py / test_image_browser.py (tests/web/conftest.py)
 
 
 @pytest.fixture(scope="module")
