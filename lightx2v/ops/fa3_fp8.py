@@ -25,20 +25,17 @@ from torch import Tensor
 E4M3_MAX = 448.0  # largest finite float8_e4m3fn
 
 
-def token_mean(x: Tensor) -> Tensor:
-    """x [B, L, H, D] -> its mean over tokens, fp32 [B, 1, H, D]."""
-    return x.float().mean(dim=1, keepdim=True)
-
-
-def quantize_per_head(x: Tensor, center: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """x [B, L, H, D] -> (x8 float8_e4m3fn [B, L, H, D], descale fp32 [B, H]) with x ~= x8 * descale
-    (with `center` [B, 1, H, D]: x - center ~= x8 * descale)."""
+def quantize_per_head(x: Tensor, smooth: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """x [B, L, H, D] -> (x8 float8_e4m3fn [B, L, H, D], descale fp32 [B, H], mean): x ~= x8 * descale,
+    or with `smooth` x - mean ~= x8 * descale, mean fp32 [B, 1, H, D] over the tokens (else None).
+    One fp32 copy of x serves the mean, the amax and the cast."""
     xf = x.float()
-    if center is not None:
-        xf = xf - center
+    mean = xf.mean(dim=1, keepdim=True) if smooth else None
+    if mean is not None:
+        xf = xf - mean
     amax = xf.abs().amax(dim=(1, 3)).clamp_min(1e-12)  # [B, H]
     x8 = (xf * (E4M3_MAX / amax)[:, None, :, None]).to(torch.float8_e4m3fn)
-    return x8, (amax / E4M3_MAX).contiguous()
+    return x8, (amax / E4M3_MAX).contiguous(), mean
 
 
 def fa3_fp8_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -46,10 +43,9 @@ def fa3_fp8_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     the output [B, Lq, H, D] in q's dtype."""
     from flash_attn_interface import flash_attn_func
 
-    q8, qd = quantize_per_head(q)
-    k8, kd = quantize_per_head(k, token_mean(k))
-    v_mean = token_mean(v)
-    v8, vd = quantize_per_head(v, v_mean)
+    q8, qd, _ = quantize_per_head(q)
+    k8, kd, _ = quantize_per_head(k, smooth=True)  # K's mean: the softmax cancels it
+    v8, vd, v_mean = quantize_per_head(v, smooth=True)  # V's mean: added back below
     out = flash_attn_func(q8, k8, v8, q_descale=qd, k_descale=kd, v_descale=vd)
     out = out[0] if isinstance(out, tuple) else out  # some FA3 versions also return the LSE
     return (out.float() + v_mean).to(q.dtype)

@@ -80,13 +80,16 @@ def test_flash_attn3_missing_package_is_named(monkeypatch, fake_cuda) -> None:
 
 
 def test_quantize_per_head_is_e4m3_with_one_scale_per_batch_and_head() -> None:
-    from lightx2v.ops.fa3_fp8 import E4M3_MAX, quantize_per_head, token_mean
+    from lightx2v.ops.fa3_fp8 import E4M3_MAX, quantize_per_head
 
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 33, 3, 16, generator=g) * torch.tensor([1.0, 10.0, 0.01])[None, None, :, None]
     x = (x + 5.0).to(torch.bfloat16)  # a channel offset, as keys have
     for smooth in (False, True):
-        x8, d = quantize_per_head(x, token_mean(x) if smooth else None)
+        x8, d, mean = quantize_per_head(x, smooth=smooth)
+        assert (mean is None) == (not smooth)
+        if smooth:
+            torch.testing.assert_close(mean, x.float().mean(dim=1, keepdim=True))
         assert x8.dtype == torch.float8_e4m3fn and x8.shape == x.shape and d.shape == (2, 3) and d.dtype == torch.float32
         target = x.float() - (x.float().mean(dim=1, keepdim=True) if smooth else 0.0)
         # the largest magnitude of each (batch, head) lands on e4m3's largest value; the rest within e4m3's rounding
@@ -97,7 +100,7 @@ def test_quantize_per_head_is_e4m3_with_one_scale_per_batch_and_head() -> None:
     y = (torch.randn(1, 64, 2, 16, generator=g) + 5.0 * torch.randn(1, 1, 2, 16, generator=g)).to(torch.bfloat16)
     err = []
     for smooth in (False, True):
-        y8, d = quantize_per_head(y, token_mean(y) if smooth else None)
+        y8, d, _ = quantize_per_head(y, smooth=smooth)
         err.append((y8.float() * d[:, None, :, None] - (y.float() - (y.float().mean(1, keepdim=True) if smooth else 0))).norm())
     assert err[1] < 0.5 * err[0], err
 
@@ -115,8 +118,8 @@ def test_fa3_fp8_hands_fa3_e4m3_tensors_with_their_descales(monkeypatch) -> None
     assert all(d.shape == (1, 4) and d.dtype == torch.float32 for d in call["descale"])
     assert call["softmax_scale"] is None and call["causal"] is False
     # k reaches FA3 without its mean over tokens: exact for softmax attention
-    for i in (1, 2):
-        assert call["kv"[i - 1]].float().mul(call["descale"][i][:, None, :, None]).mean(dim=1).abs().max() < 0.05
+    for name, descale in (("k", call["descale"][1]), ("v", call["descale"][2])):
+        assert call[name].float().mul(descale[:, None, :, None]).mean(dim=1).abs().max() < 0.05, name
     ref = REF(q.float(), k.float(), v.float())
     assert out.shape == q.shape and out.dtype == torch.bfloat16
     rel = ((out.float() - ref).norm() / ref.norm()).item()

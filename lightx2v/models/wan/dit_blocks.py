@@ -269,6 +269,7 @@ class WanBlock(nn.Module):
         self.norm3 = LayerNormFP32(dim, eps=eps, elementwise_affine=True) if cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(dim, num_heads, qk_norm, eps, image_input)
         self.norm2 = LayerNormFP32(dim, eps=eps, elementwise_affine=False)
+        # official ffn.0 / ffn.2; ffn.1 (GELU tanh) is applied by fused_ops.linear_gelu with ffn.0
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim**0.5)
         self.fused_ops = get_fused("torch")  # swapped by the engine's kernels step
