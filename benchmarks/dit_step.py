@@ -71,6 +71,7 @@ CONFIGS = {
     "compiled_w8a8_fp8_triton_sage8": {"quant": "w8a8-fp8", "compile": True, "kernels": "triton", "self": "sage8"},
     "compiled_w8a8_fp8_fa3": {"quant": "w8a8-fp8", "compile": True, "self": "flash_attn3", "cross": "flash_attn3"},
     "compiled_w8a8_fp8_fa3fp8": {"quant": "w8a8-fp8", "compile": True, "self": "fa3_fp8", "cross": "flash_attn3"},
+    "compiled_w8a8_fp8_fa3fp8_triton": {"quant": "w8a8-fp8", "compile": True, "self": "fa3_fp8", "cross": "flash_attn3", "kernels": "triton"},
     "compiled_w8a8_int8": {"quant": "w8a8-int8", "compile": True},
     "compiled_w8a8_int8_triton": {"quant": "w8a8-int8", "compile": True, "kernels": "triton"},
     "compiled_w8a16_fp8_triton": {"quant": "w8a16-fp8", "compile": True, "kernels": "triton"},
