@@ -173,7 +173,8 @@ def test_quantized_weights_and_scales_are_offloaded(scheme, granularity):
 def test_batched_inputs():
     model, resident = _model(), _model()
     _offloaded(model, "phase")
-    assert all(torch.equal(a, b) for a, b in zip(_generations(model, batch=2), _generations(resident, batch=2)))
+    diffs = [float((a - b).abs().max()) for a, b in zip(_generations(model, batch=2), _generations(resident, batch=2))]
+    assert diffs == [0.0] * len(diffs), f"max |offloaded - resident| per call: {diffs}"
 
 
 def test_two_models_share_the_buffers():
