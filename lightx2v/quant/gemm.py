@@ -4,7 +4,9 @@
 
 - int8: `torch._int_mm` (int32 accumulation; CPU and CUDA), the scales applied in fp32 after.
 - fp8 (e4m3): `torch._scaled_mm` with row-wise scales (fp32 accumulation, the bias and the output
-  dtype in the same call; CUDA sm89+, and the CPU).
+  dtype in the same call; CUDA sm89+, and the CPU where this torch's CPU `_scaled_mm` takes row-wise
+  scales — torch 2.11's takes one scale per tensor only, older ones none: there the same product is
+  computed in fp32 from the e4m3 values, `_cpu_rowwise_scaled_mm` decides once per process).
 The GEMMs want aligned shapes (CUDA: K and N multiples of 16 for fp8, 8 for int8; M > 16 and a
 multiple of 8 for torch._int_mm): for `_int_mm` rows are zero-padded up to a multiple of 16 (a zero
 row has scale 1e-12 and gives a zero output row, dropped after); `_scaled_mm` takes any M, so the
@@ -98,14 +100,38 @@ def fp8_linear(x: Tensor, qweight: Tensor, w_scale: Tensor, bias: Optional[Tenso
     else:
         xq, xs = quantize_rows(x2, qweight.dtype)
     out_dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else torch.bfloat16
+    if x.device.type == "cpu" and not _cpu_rowwise_scaled_mm():
+        # the same product as _scaled_mm's: e4m3 values exactly in fp32, fp32 accumulation, both scales after
+        y = (xq.float() @ qweight.float().t()) * xs * w_scale.reshape(1, -1).float()
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype).reshape(*x.shape[:-1], -1)
     y = torch._scaled_mm(xq, qweight.t(), scale_a=xs, scale_b=w_scale.reshape(1, -1).float(),
                          bias=None if bias is None else bias.to(out_dtype), out_dtype=out_dtype)
     return y[:m].to(x.dtype).reshape(*x.shape[:-1], -1)
 
 
+_CPU_ROWWISE: Optional[bool] = None
+
+
+def _cpu_rowwise_scaled_mm() -> bool:
+    """Whether this torch's CPU `_scaled_mm` takes row-wise scales (asked once, with a 16 x 16 probe)."""
+    global _CPU_ROWWISE
+    if _CPU_ROWWISE is None:
+        a = torch.ones(16, 16).to(torch.float8_e4m3fn)
+        try:
+            y = torch._scaled_mm(a, a.t(), scale_a=torch.full((16, 1), 2.0), scale_b=torch.full((1, 16), 3.0),
+                                 out_dtype=torch.float32)
+            _CPU_ROWWISE = bool((y == 96.0).all())
+        except (RuntimeError, NotImplementedError, AttributeError, TypeError):
+            _CPU_ROWWISE = False
+    return _CPU_ROWWISE
+
+
 def fp8_gemm_available(device: torch.device) -> Optional[str]:
     """None if fp8 GEMMs run on `device` (CUDA sm89+, or the CPU), else the reason."""
     if device.type == "cpu":
+        _cpu_rowwise_scaled_mm()  # asked here, outside any compiled region
         return None
     if device.type != "cuda":
         return f"needs a CUDA GPU or the CPU, got {device.type}"

@@ -196,6 +196,26 @@ def test_w8a8_quantizes_activations_per_token(name, dtype, rows):
     assert (out.float() - lin(x).detach()).norm() <= 0.1 * lin(x).detach().norm()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_w8a8_fp8_on_a_cpu_whose_scaled_mm_lacks_row_wise_scales(monkeypatch, dtype):
+    """torch 2.11's CPU _scaled_mm takes per-tensor scales only: the same product is then computed in fp32."""
+    from lightx2v.quant import gemm
+
+    assert gemm._cpu_rowwise_scaled_mm() in (True, False)  # this torch's answer (2.13: True)
+    g = torch.Generator().manual_seed(3)
+    lin = nn.Linear(64, 48)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(48, 64, generator=g) / 8)
+    q = QuantLinear.from_linear(lin, get_scheme("w8a8-fp8"), compute_dtype=dtype)
+    x = torch.randn(2, 37, 64, generator=g)
+    monkeypatch.setattr(gemm, "_CPU_ROWWISE", False)
+    monkeypatch.setattr(torch, "_scaled_mm", None)  # never reached
+    out = q(x)
+    assert out.dtype == dtype and out.shape == (2, 37, 48)
+    want = _emulate_w8a8(x.to(dtype), q.weight.float(), q.weight_scale, q.bias.float(), fp8=True)
+    assert (out.double() - want).norm() / want.norm() <= (1e-6 if dtype == torch.float32 else 1e-2)
+
+
 def test_w8a8_leading_dims_and_no_bias():
     lin = nn.Linear(32, 16, bias=False)
     q = QuantLinear.from_linear(lin, get_scheme("w8a8-int8"))
