@@ -58,6 +58,8 @@ RUNS = {
     "4step_fp8_fa3fp8_fast_vae": dict(engine=dict(compile=dict(enabled=True, vae=True), quant="w8a8-fp8",
                                                   kernels="triton", attention="self=fa3_fp8,cross=auto", vae_dtype="bf16"),
                                       gen=dict(num_inference_steps=4, guidance_scale=1.0)),
+    "4step_fa3fp8_tiny_vae": dict(engine=dict(compile=True, kernels="triton", attention="self=fa3_fp8,cross=auto",
+                                              tiny_vae="@taew2_1"), gen=dict(num_inference_steps=4, guidance_scale=1.0)),
     "4step_fp8_fa3fp8_tiny_vae": dict(engine=dict(compile=True, quant="w8a8-fp8", kernels="triton",
                                                   attention="self=fa3_fp8,cross=auto", tiny_vae="@taew2_1"),
                                       gen=dict(num_inference_steps=4, guidance_scale=1.0)),
