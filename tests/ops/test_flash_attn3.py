@@ -135,11 +135,12 @@ def _fa3_installed() -> bool:
 
 
 @pytest.mark.skipif(not _fa3_installed(), reason="needs a Hopper GPU with FlashAttention-3 (benchmarks/fa3_build.sh)")
-@pytest.mark.parametrize("lq,lk", [(1000, 1000), (4097, 4097), (3000, 512)])
-def test_fa3_kernels_on_the_gpu(lq: int, lk: int) -> None:
+@pytest.mark.parametrize("lq,lk,d", [(1000, 1000, 128), (4097, 4097, 128), (3000, 512, 128), (1000, 999, 64), (777, 1000, 80)])
+def test_fa3_kernels_on_the_gpu(lq: int, lk: int, d: int) -> None:
+    # head dims below 128 run a build with only the hdim-128 kernels (FA3 rounds the head dim up)
     g = torch.Generator("cuda").manual_seed(3)
-    q, k, v = (torch.randn(2, n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16) for n in (lq, lk, lk))
-    k = k + 2.0 * torch.randn(1, 1, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)  # a channel offset
+    q, k, v = (torch.randn(2, n, 8, d, device="cuda", generator=g, dtype=torch.bfloat16) for n in (lq, lk, lk))
+    k = k + 2.0 * torch.randn(1, 1, 8, d, device="cuda", generator=g, dtype=torch.bfloat16)  # a channel offset
     ref = REF(q, k, v).float()
     for name, bound in (("flash_attn3", 1e-2), ("fa3_fp8", 8e-2)):
         out = get_backend(name)(q, k, v)
