@@ -92,6 +92,8 @@ def test_quantize_per_head_is_e4m3_with_one_scale_per_batch_and_head() -> None:
             torch.testing.assert_close(mean, x.float().mean(dim=1, keepdim=True))
         assert x8.dtype == torch.float8_e4m3fn and x8.shape == x.shape and d.shape == (2, 3) and d.dtype == torch.float32
         target = x.float() - (x.float().mean(dim=1, keepdim=True) if smooth else 0.0)
+        # the scale from the one-pass max/min/mean is the amax of |x - mean| itself, to the bit
+        torch.testing.assert_close(d, target.abs().amax(dim=(1, 3)) / E4M3_MAX, rtol=0, atol=0)
         # the largest magnitude of each (batch, head) lands on e4m3's largest value; the rest within e4m3's rounding
         assert torch.equal(x8.float().abs().amax(dim=(1, 3)), torch.full((2, 3), E4M3_MAX))
         back = x8.float() * d[:, None, :, None]
