@@ -84,9 +84,10 @@ def run_shape(name, shape, args, device, dtype) -> dict:
     except Exception as exc:
         results += [error_entry(n, exc) for n in ("fa3 bf16", "fa3 e4m3")]
         fa3 = None
-    if fa3 is not None:
+    if fa3 is not None and args.kernels == "all":
         results.append(run_kernel(dict(kernel="fa3 bf16"), lambda: first(fa3.flash_attn_func(q, k, v)),
                                   ref, rows, flops, device))
+    if fa3 is not None:
         entry = run_kernel(dict(kernel="fa3 e4m3"), lambda: fa3_e4m3(fa3, q, k, v), ref, rows, flops, device)
         if "error" not in entry:
             try:  # the kernel alone on prepared inputs: the quantize pass costs the difference
@@ -97,7 +98,7 @@ def run_shape(name, shape, args, device, dtype) -> dict:
             except Exception as exc:
                 entry["attn_error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         results.append(entry)
-    for backend_name in ("flash_attn3", "sdpa_cudnn", "sdpa_flash"):
+    for backend_name in ("flash_attn3", "sdpa_cudnn", "sdpa_flash") if args.kernels == "all" else ():
         try:
             backend = resolve_attention(backend_name, device, dtype)
         except Exception as exc:  # e.g. no CUDA in a dry run, or FA3 not importable
@@ -137,6 +138,8 @@ def main() -> None:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: checks the script")
     p.add_argument("--shapes", default=None, help=f"comma-separated names from attention_kernels.py (default {','.join(FA3_SHAPES)})")
     p.add_argument("--ref-rows", type=int, default=1024, help="query rows checked against fp32")
+    p.add_argument("--kernels", choices=("all", "e4m3"), default="all",
+                   help="e4m3: FA3's FP8 kernel only (comparing builds: benchmarks/fa3_exp2.sh)")
     args = p.parse_args()
 
     device = torch.device("cpu" if args.dry_run else "cuda")
