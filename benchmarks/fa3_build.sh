@@ -172,7 +172,8 @@ fi
 # ---------------------------------------------------------------- build
 rm -rf "$WORK" && mkdir -p "$WORK" && cp -a "$SRC/." "$WORK/"
 for p in ${FA3_PATCHES:-}; do  # patches to FA3's sources (paths from the repo root), e.g. benchmarks/fa3_exp2_fma.patch
-  patch -p1 -d "$WORK" < "$ROOT/$p" || { say "patch $p does not apply"; exit 1; }
+  if command -v patch >/dev/null; then patch -p1 -d "$WORK" < "$ROOT/$p"; else "$PY" "$ROOT/benchmarks/apply_patch.py" "$WORK" "$ROOT/$p"; fi \
+    || { say "patch $p does not apply"; exit 1; }
   say "applied $p"
 done
 plan "$WORK" > "$WORK/plan.txt" 2>&1 || { cat "$WORK/plan.txt"; say "setup.py fails before compiling"; exit 1; }
