@@ -2,7 +2,7 @@
 # One device call: set up the carried wheels, then run the named parts in order, each under its own
 # time limit, logs and results under $OUT (device notes: .library/device). Usage:
 #   bash benchmarks/session.sh COMMIT part[:seconds] ...
-# parts: tests (the GPU tests of our kernels), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS, $DIT_ARGS: default --four-step, e.g. "--profile"),
+# parts: tests (the GPU tests of our kernels, and the quantization tests on the device's torch), quant (quant_gemm.py), dit (dit_step.py, $DIT_CONFIGS, $DIT_ARGS: default --four-step, e.g. "--profile"),
 #        e2e ($E2E_RUNS), offload (offload.py; offload_ours / offload_diffusers: bf16 ours, then diffusers'
 #        resident and group-offloaded rows, each in its own process: both pinned copies do not fit the host), attn (attention_kernels.py),
 #        sage8cfg (sage8_configs.py: sage8's kernel under explicit configurations, $SAGE8_CONFIGS), cache (cache.py),
@@ -49,7 +49,7 @@ for spec in "$@"; do
   part=${spec%%:*}; limit=${spec#*:}; [ "$limit" = "$spec" ] && limit=300
   start=$(date +%s)
   case $part in
-    tests) timeout "$limit" python3 -m pytest -v --tb=short -rfE -p no:cacheprovider tests/ops/test_quant_kernels.py tests/quant/test_nvfp4.py tests/runtime/test_block_offload.py tests/ops/test_fused.py tests/ops/test_sage8.py tests/ops/test_flash_attn3.py tests/ops/test_attention.py > "$OUT/tests.log" 2>&1 ;;
+    tests) timeout "$limit" python3 -m pytest -v --tb=short -rfE -p no:cacheprovider tests/ops/test_quant_kernels.py tests/quant/test_nvfp4.py tests/runtime/test_block_offload.py tests/ops/test_fused.py tests/ops/test_sage8.py tests/ops/test_flash_attn3.py tests/ops/test_attention.py tests/quant/test_quant.py > "$OUT/tests.log" 2>&1 ;;
     quant) timeout "$limit" python3 benchmarks/quant_gemm.py --out "$OUT" --commit "$COMMIT" > "$OUT/quant.log" 2>&1 ;;
     dit) timeout "$limit" python3 benchmarks/dit_step.py --out "$OUT" --commit "$COMMIT" --shapes "${DIT_SHAPES:-14B-480p}" --configs "${DIT_CONFIGS:-compiled}" --no-per-layer ${DIT_ARGS:---four-step} > "$OUT/dit.log" 2>&1 ;;
     e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;
