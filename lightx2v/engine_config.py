@@ -366,6 +366,11 @@ class EngineConfig:
         if self.parallel.cfg_parallel and self.cfg_mode == "batched":  # (parallel) one branch per rank
             raise InputError("cfg_parallel runs one CFG branch per rank; it cannot be combined with cfg_mode "
                              "'batched' (both branches in one call)", field="cfg_mode")
+        ring_refuses = self.attention_for("self") if self.parallel.ring > 1 else None
+        if ring_refuses in RING_EXACT_ONLY:
+            raise InputError(f"attention self={ring_refuses} cannot run under ring attention: the ring computes each "
+                             "block of keys exactly (SDPA with its log-sum-exp), not with an 8-bit kernel; split the "
+                             "sequence with ulysses instead, or keep a lossless self-attention (auto)", field="attention")
         if self.kernels not in ("torch", "triton", "auto"):
             raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")
         if self.text_encoder_device not in (None, "cpu"):
@@ -399,6 +404,10 @@ class EngineConfig:
 
 
 ATTENTION_ROLES = ("self", "cross")
+# self-attention backends that round q, k, v (and the probabilities) to 8 bits: under ring attention
+# each block of keys is computed exactly by the ring's own kernel (lightx2v.runtime.parallel.ring),
+# so asking for one of these with ring > 1 is refused rather than silently not honoured
+RING_EXACT_ONLY = ("sage_attn", "sage8", "fa3_fp8")
 
 
 def parse_attention(value) -> str | dict[str, str]:

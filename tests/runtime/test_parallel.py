@@ -99,6 +99,16 @@ def test_config_checks_degrees():
         EngineConfig(device="cpu", cfg_mode="batched", parallel=ParallelConfig(cfg_parallel=True))
 
 
+@pytest.mark.parametrize("attention", ["sage8", "self=fa3_fp8,cross=auto", "self=sage_attn,cross=sdpa_cudnn"])
+def test_an_8bit_self_attention_is_refused_under_ring(attention):
+    # the ring computes each block exactly; an 8-bit self-attention would silently not be used
+    name = attention.split(",")[0].removeprefix("self=")
+    with pytest.raises(InputError, match=rf"attention self={name} cannot run under ring attention.*ulysses"):
+        EngineConfig(device="cpu", attention=attention, parallel=ParallelConfig(ulysses=2, ring=2))
+    assert EngineConfig(device="cpu", attention=attention, parallel=ParallelConfig(ulysses=2)).attention_for("self") == name
+    assert EngineConfig(device="cpu", attention="self=auto,cross=sage8", parallel=ParallelConfig(ring=2)).parallel.ring == 2
+
+
 def test_degree_without_torchrun_is_an_error(monkeypatch):
     from lightx2v.api import make_engine
 

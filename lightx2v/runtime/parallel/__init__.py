@@ -76,7 +76,9 @@ def apply_parallel(pipeline, engine) -> list[str]:
             if model is not None:
                 n = apply_sequence_parallel(model, state)
                 how = " x ".join(f"{k} {d}" for k, d in (("ulysses", state.ulysses), ("ring", state.ring)) if d > 1)
-                log.append(f"{name}: tokens split over {state.sp} ranks ({how}), {n} self-attentions wrapped")
+                log.append(f"{name}: tokens split over {state.sp} ranks ({how}), {n} self-attentions wrapped"
+                           + (" (each ring block by SDPA with its log-sum-exp, not the self-attention backend)"
+                              if state.ring > 1 else ""))
     return log
 
 
