@@ -49,7 +49,7 @@ for spec in "$@"; do
   part=${spec%%:*}; limit=${spec#*:}; [ "$limit" = "$spec" ] && limit=300
   start=$(date +%s)
   case $part in
-    tests) timeout "$limit" python3 -m pytest -v --tb=short -rfE -p no:cacheprovider tests/ops/test_quant_kernels.py tests/quant/test_nvfp4.py tests/runtime/test_block_offload.py tests/ops/test_fused.py tests/ops/test_sage8.py tests/ops/test_flash_attn3.py tests/ops/test_attention.py tests/quant/test_quant.py > "$OUT/tests.log" 2>&1 ;;
+    tests) timeout "$limit" python3 -m pytest -v --tb=short -rfE -p no:cacheprovider tests/ops/test_quant_kernels.py tests/quant/test_nvfp4.py tests/runtime/test_block_offload.py tests/ops/test_fused.py tests/ops/test_sage8.py tests/ops/test_flash_attn3.py tests/ops/test_attention.py tests/quant/test_quant.py tests/runtime/test_parallel_ring.py > "$OUT/tests.log" 2>&1 ;;
     quant) timeout "$limit" python3 benchmarks/quant_gemm.py --out "$OUT" --commit "$COMMIT" > "$OUT/quant.log" 2>&1 ;;
     dit) timeout "$limit" python3 benchmarks/dit_step.py --out "$OUT" --commit "$COMMIT" --shapes "${DIT_SHAPES:-14B-480p}" --configs "${DIT_CONFIGS:-compiled}" --no-per-layer ${DIT_ARGS:---four-step} > "$OUT/dit.log" 2>&1 ;;
     e2e) timeout "$limit" python3 benchmarks/e2e.py --out "$OUT" --commit "$COMMIT" --runs "${E2E_RUNS:-lossless}" > "$OUT/e2e.log" 2>&1 ;;

@@ -369,7 +369,7 @@ class EngineConfig:
         ring_refuses = self.attention_for("self") if self.parallel.ring > 1 else None
         if ring_refuses in RING_EXACT_ONLY:
             raise InputError(f"attention self={ring_refuses} cannot run under ring attention: the ring computes each "
-                             "block of keys exactly (SDPA with its log-sum-exp), not with an 8-bit kernel; split the "
+                             "block of keys exactly (FA3 or SDPA with its log-sum-exp), not with an 8-bit kernel; split the "
                              "sequence with ulysses instead, or keep a lossless self-attention (auto)", field="attention")
         if self.kernels not in ("torch", "triton", "auto"):
             raise InputError(f"kernels must be 'torch', 'triton' or 'auto', got {self.kernels!r}", field="kernels")

@@ -41,7 +41,13 @@ def _runnable(name: str) -> bool:
     return name in ("math", "cpu_flash") or torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("name", sorted(BLOCK_KERNELS))
+def _fa3_on_gpu() -> bool:
+    from lightx2v.ops.attention import get_backend
+
+    return torch.cuda.is_available() and get_backend("flash_attn3").available(torch.device("cuda"), torch.bfloat16) is None
+
+
+@pytest.mark.parametrize("name", sorted(set(BLOCK_KERNELS) - {"fa3"}))  # fa3 (half only): the tests below
 @pytest.mark.parametrize("d", [13, 64])
 def test_block_kernel_gives_the_output_and_lse_of_the_math_kernel(name, d):
     if not _runnable(name):
@@ -63,6 +69,52 @@ def test_cuda_kernels_in_bf16_follow_the_math_kernel(name):
     want, want_lse = block_attention(q, k, v, kernel="math")
     torch.testing.assert_close(out.float(), want.float(), rtol=0, atol=2e-2)
     torch.testing.assert_close(lse, want_lse, rtol=0, atol=1e-2)
+
+
+def test_the_fa3_block_kernel_hands_fa3_the_layout_and_takes_its_lse(monkeypatch):
+    """A stand-in flash_attn_interface (the real one needs Hopper): what the ring passes and takes back."""
+    import sys
+    import types
+
+    from lightx2v.runtime.parallel import ring
+
+    seen = {}
+
+    def flash_attn_func(q, k, v, softmax_scale=None, return_attn_probs=False):
+        seen.update(shape=q.shape, scale=softmax_scale, probs=return_attn_probs)
+        out, lse = ring._math(q, k, v, softmax_scale)
+        return (out, lse) if return_attn_probs else out
+
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_func=flash_attn_func))
+    q, k, v = _qkv(2, 7, 3, 16)
+    out, lse = block_attention(q, k[:, :5], v[:, :5], kernel="fa3")
+    assert seen == dict(shape=(2, 7, 3, 16), scale=16 ** -0.5, probs=True)  # [B, L, H, D], no transposes
+    torch.testing.assert_close(out.double(), _reference(q, k[:, :5], v[:, :5]), rtol=0, atol=2e-5)
+    torch.testing.assert_close(lse.double(), _reference_lse(q, k[:, :5]), rtol=0, atol=2e-5)
+    # auto takes it on a GPU where FA3 runs, for half dtypes and head dims up to 128
+    monkeypatch.setattr(ring, "_fa3_runs", lambda device, dtype: True)
+    cuda_like = types.SimpleNamespace(device=torch.device("cuda"), dtype=torch.bfloat16, shape=(1, 8, 2, 128))
+    assert ring._auto_kernel(cuda_like) == "fa3"
+    assert ring._auto_kernel(types.SimpleNamespace(**{**vars(cuda_like), "shape": (1, 8, 2, 256)})) == "cuda_flash"
+    assert ring._auto_kernel(types.SimpleNamespace(**{**vars(cuda_like), "dtype": torch.float32})) == "cuda_efficient"
+    monkeypatch.setattr(ring, "_fa3_runs", lambda device, dtype: False)
+    assert ring._auto_kernel(cuda_like) == "cuda_flash"
+    # a build that does not return the LSE is one clear error
+    monkeypatch.setitem(sys.modules, "flash_attn_interface",
+                        types.SimpleNamespace(flash_attn_func=lambda q, k, v, **kw: q))
+    with pytest.raises(InputError, match="does not return the log-sum-exp"):
+        block_attention(q, k, v, kernel="fa3")
+
+
+@pytest.mark.skipif(not _fa3_on_gpu(), reason="needs a Hopper GPU with FlashAttention-3")
+def test_fa3_block_kernel_on_the_gpu_follows_the_math_kernel():
+    q, k, v = (t.cuda() for t in _qkv(2, 300, 4, 128, dtype=torch.bfloat16))
+    out, lse = block_attention(q, k[:, :257], v[:, :257], kernel="fa3")
+    want, want_lse = block_attention(q, k[:, :257], v[:, :257], kernel="math")
+    assert lse.shape == (2, 4, 300) and lse.dtype == torch.float32
+    torch.testing.assert_close(out.float(), want.float(), rtol=0, atol=2e-2)
+    torch.testing.assert_close(lse, want_lse, rtol=0, atol=1e-2)
+    assert block_attention(q, k, v)[0].shape == q.shape  # auto: fa3 here
 
 
 def test_a_group_of_one_is_plain_attention_and_unknown_kernels_are_refused():

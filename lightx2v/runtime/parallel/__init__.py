@@ -77,7 +77,7 @@ def apply_parallel(pipeline, engine) -> list[str]:
                 n = apply_sequence_parallel(model, state)
                 how = " x ".join(f"{k} {d}" for k, d in (("ulysses", state.ulysses), ("ring", state.ring)) if d > 1)
                 log.append(f"{name}: tokens split over {state.sp} ranks ({how}), {n} self-attentions wrapped"
-                           + (" (each ring block by SDPA with its log-sum-exp, not the self-attention backend)"
+                           + (" (each ring block by the ring's exact kernel with its log-sum-exp: FA3 on Hopper where installed, else SDPA; not the self-attention backend)"
                               if state.ring > 1 else ""))
     return log
 

@@ -26,7 +26,12 @@ The per-block kernel is `block_attention(q, k, v, scale, kernel)` -> (out, lse):
   "cuda_flash"      aten::_scaled_dot_product_flash_attention (fp16 / bf16; LSE [B, H, L])
   "cuda_efficient"  aten::_scaled_dot_product_efficient_attention (any float dtype; its LSE is
                     padded to a multiple of 32 along L and is sliced back)
-  "auto"            CUDA: flash for fp16/bf16, efficient otherwise; CPU: cpu_flash; else math.
+  "fa3"             FlashAttention-3 (Hopper, when installed: `flash_attn_interface.flash_attn_func`
+                    with return_attn_probs=True gives its LSE [B, H, L]); bf16 here (and fp16 where
+                    the build has it), head dim <= 128 (the smallest builds stop there)
+  "auto"            CUDA: fa3 where it runs (the lossless self-attention `auto` takes on Hopper: 706
+                    against flash SDPA's 365 TOPS at Wan-14B shapes on an H200), else flash for
+                    fp16/bf16, efficient otherwise; CPU: cpu_flash; else math.
 The CUDA kernels get the head dim zero-padded to a multiple of 8 (zeros add nothing to q.k and give
 zero output columns, which are dropped) with the scale of the real head dim.
 tests/runtime/test_parallel_ring.py compares each kernel that can run with "math", and the ring
@@ -86,13 +91,41 @@ def _cuda_efficient(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tens
     return out.transpose(1, 2)[..., :d], lse[..., :lq].float()  # lse: [B, H, ceil32(Lq)]
 
 
+def _fa3(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    from flash_attn_interface import flash_attn_func
+
+    try:
+        res = flash_attn_func(q, k, v, softmax_scale=scale, return_attn_probs=True)
+    except TypeError:  # early FA3 releases: no such argument, (out, lse) always
+        res = flash_attn_func(q, k, v, softmax_scale=scale)
+    if not isinstance(res, tuple):
+        raise InputError("ring attention: this FlashAttention-3 build does not return the log-sum-exp")
+    out, lse = res[0], res[1]
+    return out, lse.float()                               # out [B, Lq, H, D], lse [B, H, Lq]
+
+
 BLOCK_KERNELS: dict[str, BlockKernel] = {
     "math": _math, "cpu_flash": _cpu_flash, "cuda_flash": _cuda_flash, "cuda_efficient": _cuda_efficient,
+    "fa3": _fa3,
 }
+
+_FA3_OK: dict[tuple, bool] = {}
+
+
+def _fa3_runs(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether FlashAttention-3 runs here (the attention registry's own check), asked once per device and dtype."""
+    key = (device, dtype)
+    if key not in _FA3_OK:
+        from lightx2v.ops.attention import get_backend
+
+        _FA3_OK[key] = get_backend("flash_attn3").available(device, dtype) is None
+    return _FA3_OK[key]
 
 
 def _auto_kernel(q: Tensor) -> str:
     if q.device.type == "cuda":
+        if q.dtype in _HALF and q.shape[-1] <= 128 and _fa3_runs(q.device, q.dtype):
+            return "fa3"
         return "cuda_flash" if q.dtype in _HALF and q.shape[-1] <= 256 else "cuda_efficient"
     return "cpu_flash" if q.device.type == "cpu" else "math"
 
