@@ -208,6 +208,10 @@ _OTHER_MODELS = (
     ("a language model (Qwen/Llama-style)", (r"(^|\.)layers\.\d+\.(self_attn|mlp)\.",)),
     ("part of a block-split DiT (blocks only, no patch_embedding): pass the folder holding "
      "block_<i>.safetensors and non_block.safetensors", (r"^blocks\.\d+\.",)),
+    # its diffusers keys are more than a rename (models/hunyuan15/dit_format.py): read per key, only the official ones
+    ("a HunyuanVideo-1.5 DiT in diffusers keys; this reads its official keys (the released "
+     "transformer/<res>/diffusion_pytorch_model.safetensors); a diffusers model folder loads whole with "
+     "generate / from_pretrained", (r"(^|\.)cond_type_embed\.", r"(^|\.)context_embedder\.token_refiner\.")),
     ("a diffusers transformer of another family", (r"(^|\.)transformer_blocks\.",)),
 )
 

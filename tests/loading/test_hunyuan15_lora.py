@@ -326,3 +326,41 @@ def test_engine_merged_dynamic_and_block_offload_agree(folder, folder_lora, merg
 
 def test_engine_quant_and_lora_equal_step_by_step(folder, folder_lora):
     check_quant_lora_by_hand(_load, _gen, folder, folder_lora)
+
+
+# ---------------------------------------------------------------- lightx2v convert
+
+
+@pytest.mark.parametrize("quant", [None, "w8a8-int8"])
+def test_convert_merges_a_lora_into_the_official_file_as_loading_does(folder, folder_lora, tmp_path, quant):
+    """`lightx2v convert` on the released (official-keyed) HunyuanVideo-1.5 file with a diffusers-named LoRA
+    (refiner q/k/v fused, head halves swapped) and quantization equals merging and quantizing at load."""
+    from safetensors.torch import load_file
+
+    from lightx2v.loading.convert import convert_dit
+    from lightx2v.loading.dit_files import build_dit, inspect_dit_source, read_dit_state_dict
+    from lightx2v.quant import apply_quant
+
+    sd = load_file(str(next((folder / "transformer").glob("*.safetensors"))))
+    src = tmp_path / "hunyuanvideo1.5_480p_t2v.safetensors"
+    save_file({k: v.contiguous() for k, v in state_dict_from_diffusers(sd).items()}, str(src))
+    report = convert_dit(src, tmp_path / "out", loras=[(folder_lora, 0.8)], quant=quant)
+    assert "double_blocks.0.img_attn_q.weight" in report.merged and "txt_in.individual_token_refiner.blocks.0.self_attn_qkv.weight" in report.merged
+    model = build_dit(inspect_dit_source(src), dtype=torch.float32, device="cpu")
+    merge_loras_(model, [(load_lora(folder_lora, model), 0.8)])
+    want = (apply_quant(model, quant) if quant else model).state_dict()
+    got = read_dit_state_dict(inspect_dit_source(tmp_path / "out"))
+    assert got.keys() == want.keys()
+    bad = [k for k in got if got[k].dtype != want[k].dtype or not torch.equal(got[k], want[k])]
+    assert not bad, bad[:3]
+    assert not torch.equal(got["double_blocks.0.img_attn_q.weight" if not quant else "double_blocks.1.img_mlp.fc2.weight"],
+                           read_dit_state_dict(inspect_dit_source(src))["double_blocks.0.img_attn_q.weight" if not quant
+                                                                         else "double_blocks.1.img_mlp.fc2.weight"])
+
+
+def test_convert_names_a_diffusers_hunyuan15_folder(folder, tmp_path):
+    from lightx2v.loading.convert import convert_dit
+
+    with pytest.raises(CheckpointError, match=r"HunyuanVideo-1\.5 DiT in diffusers keys.*official"):
+        convert_dit(folder / "transformer", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
