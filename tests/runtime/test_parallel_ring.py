@@ -97,6 +97,8 @@ def test_the_fa3_block_kernel_hands_fa3_the_layout_and_takes_its_lse(monkeypatch
     assert ring._auto_kernel(cuda_like) == "fa3"
     assert ring._auto_kernel(types.SimpleNamespace(**{**vars(cuda_like), "shape": (1, 8, 2, 256)})) == "cuda_flash"
     assert ring._auto_kernel(types.SimpleNamespace(**{**vars(cuda_like), "dtype": torch.float32})) == "cuda_efficient"
+    assert ring._auto_kernel(types.SimpleNamespace(**{**vars(cuda_like), "shape": (1, 8, 2, 72)})) == "fa3"
+    assert ring._auto_kernel(types.SimpleNamespace(**{**vars(cuda_like), "shape": (1, 8, 2, 13)})) == "cuda_flash"
     monkeypatch.setattr(ring, "_fa3_runs", lambda device, dtype: False)
     assert ring._auto_kernel(cuda_like) == "cuda_flash"
     # a build that does not return the LSE is one clear error

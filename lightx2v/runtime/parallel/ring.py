@@ -28,7 +28,7 @@ The per-block kernel is `block_attention(q, k, v, scale, kernel)` -> (out, lse):
                     padded to a multiple of 32 along L and is sliced back)
   "fa3"             FlashAttention-3 (Hopper, when installed: `flash_attn_interface.flash_attn_func`
                     with return_attn_probs=True gives its LSE [B, H, L]); bf16 here (and fp16 where
-                    the build has it), head dim <= 128 (the smallest builds stop there)
+                    the build has it), head dims <= 128 and multiples of 8 (the smallest builds stop there)
   "auto"            CUDA: fa3 where it runs (the lossless self-attention `auto` takes on Hopper: 706
                     against flash SDPA's 365 TOPS at Wan-14B shapes on an H200), else flash for
                     fp16/bf16, efficient otherwise; CPU: cpu_flash; else math.
@@ -124,7 +124,7 @@ def _fa3_runs(device: torch.device, dtype: torch.dtype) -> bool:
 
 def _auto_kernel(q: Tensor) -> str:
     if q.device.type == "cuda":
-        if q.dtype in _HALF and q.shape[-1] <= 128 and _fa3_runs(q.device, q.dtype):
+        if q.dtype in _HALF and q.shape[-1] <= 128 and q.shape[-1] % 8 == 0 and _fa3_runs(q.device, q.dtype):
             return "fa3"
         return "cuda_flash" if q.dtype in _HALF and q.shape[-1] <= 256 else "cuda_efficient"
     return "cpu_flash" if q.device.type == "cpu" else "math"
