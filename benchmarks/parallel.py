@@ -1,5 +1,5 @@
 """Several GPUs: one denoising step of Wan2.1-T2V-14B / I2V-14B (480P, 81 frames, random bf16 weights)
-on 1 GPU and on 2, CFG parallel and Ulysses 2, and the VAE decode on 1 and 2 GPUs. One launch:
+on 1 GPU and on 2, CFG parallel, Ulysses 2 and ring 2, and the VAE decode on 1 and 2 GPUs. One launch:
 
     torchrun --nproc-per-node 2 benchmarks/parallel.py --out $OUT --commit <sha>
     torchrun --nproc-per-node 2 benchmarks/parallel.py --dry-run --out /tmp/p   # the logic, CPU + gloo, tiny
@@ -17,6 +17,9 @@ the engine's pieces a run uses: the attention backend ("auto"), cross-attention 
   block_a2a          one block's Ulysses all-to-alls alone (no attention: a kernel that returns an empty
                      output), per variant, and the bare all_to_all_single of the same bytes (raw_s, raw_GBps):
                      the communication of a block, apart from its compute
+  2gpu_ring          both ranks: one forward, ring 2 (the K/V shards passed round, each block by the ring's
+                     own kernel: ring_block_kernel names it, FA3 on Hopper where installed); ring_vs_ulysses_rel_l2:
+                     its output against Ulysses 2's (both exact attention: rounding only)
   1gpu_vae / 2gpu_vae  the VAE decode of the 480P x 81 latents (2 GPUs: lightx2v.runtime.parallel.vae, when
                        in the build)
 Seconds: median of --repeat after a warm-up, the slowest rank's (CUDA events; barriers between runs).
@@ -147,8 +150,20 @@ class Bench:
                 state = init_parallel(ParallelConfig(ulysses=2), self.device)
                 apply_sequence_parallel(m, state)
                 rows.update(self.ulysses_rows(m, lambda: model_fn(x, t, ctx, step)))
+                ulysses_out = model_fn(x, t, ctx, step)
                 remove_sequence_parallel(m)
                 rows["block_a2a"] = self.a2a_rows(cfg, x, state.ulysses_group)
+                # ring 2: the K/V shards round the ring, each block by the ring's own kernel (FA3 on Hopper)
+                from lightx2v.runtime.parallel.ring import _auto_kernel
+
+                state = init_parallel(ParallelConfig(ring=2), self.device)
+                apply_sequence_parallel(m, state)
+                rows["ring_block_kernel"] = _auto_kernel(x.new_empty(1, 8, cfg.num_heads, cfg.dim // cfg.num_heads))
+                rows["2gpu_ring"] = self.timed(lambda: model_fn(x, t, ctx, step), 2)
+                ring_out = model_fn(x, t, ctx, step)
+                rows["ring_vs_ulysses_rel_l2"] = float((ring_out.float() - ulysses_out.float()).norm()
+                                                       / ulysses_out.float().norm())
+                remove_sequence_parallel(m)
         tokens = math.prod(s // p for s, p in zip(x.shape[2:], cfg.patch_size))
         b = 2  # bf16 bytes
         rows["comm_bytes_per_rank"] = {  # what one rank sends per forward (Ulysses N) / step (CFG parallel)
@@ -158,6 +173,7 @@ class Bench:
         rows["tokens"] = tokens
         rows["speedup_cfg_parallel"] = rows["1gpu_cfg_step"] / rows.get("2gpu_cfg_parallel", float("nan"))
         rows["speedup_ulysses"] = rows["1gpu_step"] / rows.get("2gpu_ulysses", float("nan"))
+        rows["speedup_ring"] = rows["1gpu_step"] / rows.get("2gpu_ring", float("nan"))
         return rows
 
     def variants(self) -> list[tuple[str, str, int]]:
