@@ -19,6 +19,10 @@ SOLVER_NAMES = SOLVERS + FIXED_STEP_SOLVERS
 ATTENTION_BACKENDS = ("reference", "torch_sdpa", "sdpa_cudnn", "sdpa_flash", "sdpa_efficient",
                       "flash_attn3", "fa3_fp8", "flash_attn", "sage_attn", "sage8", "ssta")
 
+# the backends among them that round q, k, v (and the probabilities) to 8 bits: lossy, opt-in, never
+# taken by "auto" (ops/attention.AUTO_ORDER), refused under ring attention (engine_config)
+QUANTIZED_ATTENTION = ("fa3_fp8", "sage_attn", "sage8")
+
 # ops/fused.py's registry ("auto": triton on CUDA, else torch)
 KERNELS = ("torch", "triton")
 

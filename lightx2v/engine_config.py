@@ -12,6 +12,7 @@ from typing import Mapping, Optional
 
 import torch
 
+from lightx2v.choices import QUANTIZED_ATTENTION
 from lightx2v.errors import InputError
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -366,8 +367,10 @@ class EngineConfig:
         if self.parallel.cfg_parallel and self.cfg_mode == "batched":  # (parallel) one branch per rank
             raise InputError("cfg_parallel runs one CFG branch per rank; it cannot be combined with cfg_mode "
                              "'batched' (both branches in one call)", field="cfg_mode")
+        # under ring attention each block of keys is computed exactly by the ring's own kernel
+        # (lightx2v.runtime.parallel.ring): an 8-bit self-attention is refused, not silently not honoured
         ring_refuses = self.attention_for("self") if self.parallel.ring > 1 else None
-        if ring_refuses in RING_EXACT_ONLY:
+        if ring_refuses in QUANTIZED_ATTENTION:
             raise InputError(f"attention self={ring_refuses} cannot run under ring attention: the ring computes each "
                              "block of keys exactly (FA3 or SDPA with its log-sum-exp), not with an 8-bit kernel; split the "
                              "sequence with ulysses instead, or keep a lossless self-attention (auto)", field="attention")
@@ -404,10 +407,6 @@ class EngineConfig:
 
 
 ATTENTION_ROLES = ("self", "cross")
-# self-attention backends that round q, k, v (and the probabilities) to 8 bits: under ring attention
-# each block of keys is computed exactly by the ring's own kernel (lightx2v.runtime.parallel.ring),
-# so asking for one of these with ring > 1 is refused rather than silently not honoured
-RING_EXACT_ONLY = ("sage_attn", "sage8", "fa3_fp8")
 
 
 def parse_attention(value) -> str | dict[str, str]:

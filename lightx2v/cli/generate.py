@@ -195,7 +195,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each DiT block (regional: one short compile on the first run, then faster steps)")
     p.add_argument("--compile-vae", action="store_true",
-                   help="also torch.compile the VAE decoder's blocks (implies --compile): ~50 s more on the first run "
+                   help="also torch.compile the VAE decoder's blocks (implies --compile): ~50-60 s more on the first run "
                         "at 480P, then a faster decode (bf16 480P x 81 frames 1.04 s instead of 1.45 s on an H200)")
     p.add_argument("--device", default="auto", help="cuda, cuda:N, cpu, or auto (cuda if available)")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"), help="compute precision of the DiT and text encoder")

@@ -287,7 +287,7 @@ _BACKENDS: Mapping[str, AttentionBackend] = MappingProxyType(
 # "auto": fastest first, lossless only. FlashAttention-3 (installed: Hopper only) before cuDNN SDPA:
 # 706 vs 572 TOPS at Wan-14B 480P on an H200, a compiled 14B forward 2.61 vs 2.87 s (docs/benchmarks.md);
 # cuDNN SDPA only on sm90+, where it measured fastest of torch's own. sage_attn, sage8 and fa3_fp8
-# quantize (a user must ask for them); ssta is asked for by a model trained with it (pipelines/hunyuan15.py).
+# quantize (choices.QUANTIZED_ATTENTION: a user must ask for them); ssta is asked for by a model trained with it (pipelines/hunyuan15.py).
 AUTO_ORDER: tuple[str, ...] = ("flash_attn3", "sdpa_cudnn", "flash_attn", "sdpa_flash", "torch_sdpa")
 
 

@@ -66,10 +66,12 @@ def test_import_is_cheap_and_the_public_names_still_import():
 def test_name_lists_are_what_runs():
     from lightx2v import choices
     from lightx2v.models import registry
-    from lightx2v.ops.attention import list_backends
+    from lightx2v.ops.attention import AUTO_ORDER, list_backends
     from lightx2v.schedulers import SOLVER_NAMES, make_scheduler
 
     assert tuple(list_backends()) == choices.ATTENTION_BACKENDS
+    assert set(choices.QUANTIZED_ATTENTION) <= set(choices.ATTENTION_BACKENDS)
+    assert not set(choices.QUANTIZED_ATTENTION) & set(AUTO_ORDER)  # auto stays lossless
     assert SOLVER_NAMES == choices.SOLVER_NAMES and all(make_scheduler(s) for s in SOLVER_NAMES)
     spec = registry.get_family("wan2.1")  # registering checked it against its manifest
     assert [m.name for m in registry.manifests()] == ["wan2.1", "wan2.2", "qwen-image", "hunyuanvideo-1.5"]

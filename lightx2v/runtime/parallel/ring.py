@@ -40,6 +40,7 @@ over 2 gloo ranks with attention over the whole sequence.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator
 
 import torch
@@ -109,17 +110,12 @@ BLOCK_KERNELS: dict[str, BlockKernel] = {
     "fa3": _fa3,
 }
 
-_FA3_OK: dict[tuple, bool] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _fa3_runs(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether FlashAttention-3 runs here (the attention registry's own check), asked once per device and dtype."""
-    key = (device, dtype)
-    if key not in _FA3_OK:
-        from lightx2v.ops.attention import get_backend
+    from lightx2v.ops.attention import get_backend
 
-        _FA3_OK[key] = get_backend("flash_attn3").available(device, dtype) is None
-    return _FA3_OK[key]
+    return get_backend("flash_attn3").available(device, dtype) is None
 
 
 def _auto_kernel(q: Tensor) -> str:
